@@ -1,0 +1,185 @@
+//! Ledger leaves: what each position of the ledger commits to.
+//!
+//! A leaf commits to the *digest* of its entry's body (the signed transaction,
+//! the genesis document or a checkpoint marker), never to the body itself, so a
+//! private body can later be withheld or encrypted while every hash still checks.
+
+use crate::cbor::{self, CborError, MapView, Value};
+use crate::crypto::PublicKey;
+use crate::merkle::Hash;
+
+/// Version of the apply rules and entry formats; every leaf carries it.
+pub const PROTOCOL_VERSION: u64 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    /// The first entry: the genesis document that fixes the network id.
+    Genesis,
+    /// A signed client or node transaction.
+    Tx,
+    /// A checkpoint marker: the tree size at which every node signs the roots.
+    Checkpoint,
+}
+
+impl EntryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::Genesis => "genesis",
+            EntryKind::Tx => "tx",
+            EntryKind::Checkpoint => "checkpoint",
+        }
+    }
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "genesis" => EntryKind::Genesis,
+            "tx" => EntryKind::Tx,
+            "checkpoint" => EntryKind::Checkpoint,
+            _ => return None,
+        })
+    }
+}
+
+/// Result of applying an entry. A rejected transaction is still a leaf.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    Rejected(String),
+}
+
+impl Outcome {
+    pub fn code(&self) -> &str {
+        match self {
+            Outcome::Applied => "ok",
+            Outcome::Rejected(c) => c,
+        }
+    }
+}
+
+/// One ledger leaf. Its Merkle leaf hash is `SHA-256(0x00 ‖ to_cbor())`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Leaf {
+    pub version: u64,
+    pub index: u64,
+    /// Ledger time in milliseconds since the Unix epoch, never decreasing.
+    pub time: u64,
+    pub kind: EntryKind,
+    /// SHA-256 of the entry body.
+    pub digest: Hash,
+    pub outcome: Outcome,
+    /// For transactions: the signer's identity id and the SubjectPublicKeyInfo
+    /// of the key valid when it was committed, so the signature checks offline.
+    pub signer: Option<(Hash, Vec<u8>)>,
+}
+
+impl Leaf {
+    pub fn to_cbor(&self) -> Vec<u8> {
+        let mut m = vec![
+            ("v", cbor::uint(self.version)),
+            ("index", cbor::uint(self.index)),
+            ("time", cbor::uint(self.time)),
+            ("kind", cbor::text(self.kind.as_str())),
+            ("digest", cbor::bytes(self.digest)),
+            ("outcome", cbor::text(self.outcome.code())),
+        ];
+        if let Some((id, key)) = &self.signer {
+            m.push(("signer", cbor::bytes(*id)));
+            m.push(("key", cbor::bytes(key.clone())));
+        }
+        cbor::to_vec(Value::Map(
+            m.into_iter().map(|(k, v)| (cbor::text(k), v)).collect(),
+        ))
+        .expect("leaf built from valid parts")
+    }
+
+    pub fn from_cbor(bytes: &[u8]) -> Result<Leaf, CborError> {
+        let v = cbor::from_canonical_slice(bytes)?;
+        let m = MapView::new(&v)?;
+        let kind = EntryKind::parse(m.text("kind")?)
+            .ok_or_else(|| CborError::Shape("unknown entry kind".into()))?;
+        let outcome = match m.text("outcome")? {
+            "ok" => Outcome::Applied,
+            code => Outcome::Rejected(code.to_string()),
+        };
+        let signer = match m.get("signer") {
+            Some(_) => {
+                let key = m.bytes("key")?.to_vec();
+                PublicKey::from_spki_der(&key).map_err(|e| CborError::Shape(e.to_string()))?;
+                Some((m.hash("signer")?, key))
+            }
+            None => None,
+        };
+        let expected = 6 + if signer.is_some() { 2 } else { 0 };
+        if m.0.len() != expected {
+            return Err(CborError::Shape("unexpected fields in leaf".into()));
+        }
+        Ok(Leaf {
+            version: m.u64("v")?,
+            index: m.u64("index")?,
+            time: m.u64("time")?,
+            kind,
+            digest: m.hash("digest")?,
+            outcome,
+            signer,
+        })
+    }
+}
+
+/// A ledger record as stored in segment files and served to auditors: the
+/// leaf plus the body it commits to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub leaf: Vec<u8>,
+    pub body: Vec<u8>,
+}
+
+impl Record {
+    pub fn to_cbor(&self) -> Vec<u8> {
+        cbor::to_vec(cbor::map([
+            ("leaf", cbor::bytes(self.leaf.clone())),
+            ("body", cbor::bytes(self.body.clone())),
+        ]))
+        .expect("record built from valid parts")
+    }
+
+    pub fn from_cbor(bytes: &[u8]) -> Result<Record, CborError> {
+        let v = cbor::from_canonical_slice(bytes)?;
+        let m = MapView::new(&v)?;
+        Ok(Record {
+            leaf: m.bytes("leaf")?.to_vec(),
+            body: m.bytes("body")?.to_vec(),
+        })
+    }
+}
+
+/// Body of a checkpoint marker entry.
+pub fn checkpoint_marker_body(seq: u64) -> Vec<u8> {
+    cbor::to_vec(cbor::map([("checkpoint", cbor::uint(seq))])).expect("valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{Alg, SigningKey};
+
+    #[test]
+    fn leaf_round_trip() {
+        let k = SigningKey::generate(Alg::Es256).public();
+        let leaf = Leaf {
+            version: PROTOCOL_VERSION,
+            index: 42,
+            time: 1,
+            kind: EntryKind::Tx,
+            digest: [3; 32],
+            outcome: Outcome::Rejected("nonce_reused".into()),
+            signer: Some((k.fingerprint(), k.to_spki_der())),
+        };
+        assert_eq!(Leaf::from_cbor(&leaf.to_cbor()).unwrap(), leaf);
+        let plain = Leaf {
+            signer: None,
+            kind: EntryKind::Checkpoint,
+            outcome: Outcome::Applied,
+            ..leaf
+        };
+        assert_eq!(Leaf::from_cbor(&plain.to_cbor()).unwrap(), plain);
+    }
+}

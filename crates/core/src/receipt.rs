@@ -1,0 +1,394 @@
+//! Receipts: offline proof that an entry is in the ledger.
+//!
+//! A receipt is a COSE_Sign (tag 98) whose payload is a checkpoint body and
+//! whose signatures are the checkpoint signatures of a quorum of nodes. Its
+//! unprotected header carries the RFC 9162 inclusion proof (label 396, as in
+//! draft-ietf-cose-merkle-tree-proofs), the leaf, optionally the entry body,
+//! and the chain of node-set changes since genesis. See docs/receipts.md.
+
+use crate::cbor::{self, Value};
+use crate::checkpoint::{self, Checkpoint, CHECKPOINT_CONTENT_TYPE, NODE_SET_CONTENT_TYPE};
+use crate::crypto::{sha256, PublicKey};
+use crate::entry::{EntryKind, Leaf};
+use crate::merkle::{self, Hash};
+use crate::network::{NetworkIdentity, NodeSet};
+use crate::tx::Tx;
+use coset::{
+    CborSerializable, CoseSign, CoseSignBuilder, CoseSignature, HeaderBuilder, Label,
+    TaggedCborSerializable,
+};
+use std::collections::BTreeSet;
+
+/// COSE header label of verifiable data structure proofs.
+pub const VDP_LABEL: i64 = 396;
+/// Key of inclusion proofs inside the proofs map.
+pub const INCLUSION_PROOFS: i64 = -1;
+pub const LEAF_LABEL: &str = "comity.leaf";
+pub const BODY_LABEL: &str = "comity.body";
+pub const CHAIN_LABEL: &str = "comity.chain";
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ReceiptError {
+    #[error("malformed receipt: {0}")]
+    Malformed(String),
+    #[error("receipt is for network {found}, expected {expected}")]
+    WrongNetwork { found: String, expected: String },
+    #[error("inclusion proof fails: {0}")]
+    Inclusion(#[from] merkle::VerifyError),
+    #[error("leaf says index {leaf}, proof is for index {proof}")]
+    IndexMismatch { leaf: u64, proof: u64 },
+    #[error("entry body does not match the digest in the leaf")]
+    BodyMismatch,
+    #[error("transaction signature does not verify with the key recorded in the leaf")]
+    TxSignature,
+    #[error("signature by unknown node {0}")]
+    UnknownSigner(String),
+    #[error("{0}")]
+    Signature(#[from] checkpoint::SignatureError),
+    #[error("not enough signatures: {got} of {needed} members required ({what})")]
+    NoQuorum {
+        got: usize,
+        needed: usize,
+        what: &'static str,
+    },
+    #[error("node-set chain: {0}")]
+    Chain(String),
+}
+
+fn malformed(s: impl Into<String>) -> ReceiptError {
+    ReceiptError::Malformed(s.into())
+}
+
+/// The parts of a receipt.
+#[derive(Clone, Debug)]
+pub struct Receipt {
+    /// Checkpoint body bytes (the COSE payload).
+    pub checkpoint: Vec<u8>,
+    pub signatures: Vec<CoseSignature>,
+    pub index: u64,
+    pub path: Vec<Hash>,
+    pub leaf: Vec<u8>,
+    pub body: Option<Vec<u8>>,
+    /// Node-set changes since genesis, each a COSE_Sign endorsed by the previous set.
+    pub chain: Vec<Vec<u8>>,
+}
+
+/// What a receipt proved.
+#[derive(Clone, Debug)]
+pub struct Verified {
+    pub leaf: Leaf,
+    pub checkpoint: Checkpoint,
+    /// Nodes whose checkpoint signatures verified.
+    pub signers: Vec<Hash>,
+    /// Members those nodes belong to.
+    pub members: usize,
+    /// The transaction, when the receipt carries its body.
+    pub tx: Option<Tx>,
+}
+
+impl Receipt {
+    pub fn to_cose(&self) -> Vec<u8> {
+        let mut size = self.index + 1;
+        if let Ok(cp) = Checkpoint::from_cbor(&self.checkpoint) {
+            size = cp.size;
+        }
+        let path = Value::Array(self.path.iter().map(|h| cbor::bytes(*h)).collect());
+        let proof = cbor::to_vec(Value::Array(vec![
+            cbor::uint(size),
+            cbor::uint(self.index),
+            path,
+        ]))
+        .expect("valid");
+        let proofs = Value::Map(vec![(
+            Value::Integer(INCLUSION_PROOFS.into()),
+            Value::Array(vec![cbor::bytes(proof)]),
+        )]);
+        let mut h = HeaderBuilder::new()
+            .value(VDP_LABEL, proofs)
+            .text_value(LEAF_LABEL.into(), cbor::bytes(self.leaf.clone()))
+            .text_value(
+                CHAIN_LABEL.into(),
+                Value::Array(self.chain.iter().map(|c| cbor::bytes(c.clone())).collect()),
+            );
+        if let Some(b) = &self.body {
+            h = h.text_value(BODY_LABEL.into(), cbor::bytes(b.clone()));
+        }
+        let mut b = CoseSignBuilder::new()
+            .protected(checkpoint::body_protected(CHECKPOINT_CONTENT_TYPE).header)
+            .unprotected(h.build())
+            .payload(self.checkpoint.clone());
+        for s in &self.signatures {
+            b = b.add_signature(s.clone());
+        }
+        b.build()
+            .to_tagged_vec()
+            .expect("encoding a COSE_Sign cannot fail")
+    }
+
+    pub fn from_cose(bytes: &[u8]) -> Result<Self, ReceiptError> {
+        let sign = CoseSign::from_tagged_slice(bytes)
+            .or_else(|_| CoseSign::from_slice(bytes))
+            .map_err(|e| malformed(format!("not a COSE_Sign: {e}")))?;
+        check_protected(&sign, CHECKPOINT_CONTENT_TYPE)?;
+        let rest = &sign.unprotected.rest;
+        let find = |label: Label| rest.iter().find(|(l, _)| *l == label).map(|(_, v)| v);
+        let text_bytes = |name: &str| -> Option<Result<Vec<u8>, ReceiptError>> {
+            find(Label::Text(name.into())).map(|v| match v {
+                Value::Bytes(b) => Ok(b.clone()),
+                _ => Err(malformed(format!("{name} must be bytes"))),
+            })
+        };
+        let proofs = find(Label::Int(VDP_LABEL))
+            .ok_or_else(|| malformed("no inclusion proof (label 396)"))?;
+        let proof_bytes = match proofs {
+            Value::Map(m) => match m.as_slice() {
+                [(Value::Integer(k), Value::Array(a))]
+                    if i128::from(*k) == INCLUSION_PROOFS as i128 =>
+                {
+                    match a.as_slice() {
+                        [Value::Bytes(b)] => b.clone(),
+                        _ => return Err(malformed("expected exactly one inclusion proof")),
+                    }
+                }
+                _ => return Err(malformed("proofs map must hold only inclusion proofs (-1)")),
+            },
+            _ => return Err(malformed("proofs must be a map")),
+        };
+        let proof =
+            cbor::from_canonical_slice(&proof_bytes).map_err(|e| malformed(e.to_string()))?;
+        let (index, path) = match proof {
+            Value::Array(a) if a.len() == 3 => {
+                let n = |v: &Value| v.as_integer().and_then(|i| u64::try_from(i).ok());
+                let _size = n(&a[0]).ok_or_else(|| malformed("bad tree size"))?;
+                let index = n(&a[1]).ok_or_else(|| malformed("bad leaf index"))?;
+                let path = a[2]
+                    .as_array()
+                    .ok_or_else(|| malformed("bad path"))?
+                    .iter()
+                    .map(|h| match h {
+                        Value::Bytes(b) => b
+                            .as_slice()
+                            .try_into()
+                            .map_err(|_| malformed("path hash must be 32 bytes")),
+                        _ => Err(malformed("path hash must be bytes")),
+                    })
+                    .collect::<Result<Vec<Hash>, _>>()?;
+                (index, path)
+            }
+            _ => return Err(malformed("inclusion proof must be [size, index, path]")),
+        };
+        // The proof's own size must equal the checkpoint's; checked in verify via the payload.
+        let size_in_proof = match cbor::from_slice(&proof_bytes) {
+            Ok(Value::Array(a)) => a[0].as_integer().and_then(|i| u64::try_from(i).ok()),
+            _ => None,
+        };
+        let checkpoint = sign
+            .payload
+            .clone()
+            .ok_or_else(|| malformed("no checkpoint payload"))?;
+        if let Ok(cp) = Checkpoint::from_cbor(&checkpoint) {
+            if size_in_proof != Some(cp.size) {
+                return Err(malformed(
+                    "inclusion proof tree size differs from the checkpoint size",
+                ));
+            }
+        }
+        let chain = match find(Label::Text(CHAIN_LABEL.into())) {
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|c| match c {
+                    Value::Bytes(b) => Ok(b.clone()),
+                    _ => Err(malformed("chain items must be bytes")),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(malformed("chain must be an array")),
+            None => return Err(malformed("no node-set chain")),
+        };
+        Ok(Receipt {
+            checkpoint,
+            signatures: sign.signatures.clone(),
+            index,
+            path,
+            leaf: text_bytes(LEAF_LABEL).ok_or_else(|| malformed("no leaf"))??,
+            body: text_bytes(BODY_LABEL).transpose()?,
+            chain,
+        })
+    }
+
+    /// Verifies everything against the network identity alone.
+    pub fn verify(&self, identity: &NetworkIdentity) -> Result<Verified, ReceiptError> {
+        let cp = Checkpoint::from_cbor(&self.checkpoint)
+            .map_err(|e| malformed(format!("checkpoint: {e}")))?;
+        if cp.network_id != identity.network_id {
+            return Err(ReceiptError::WrongNetwork {
+                found: hex::encode(cp.network_id),
+                expected: hex::encode(identity.network_id),
+            });
+        }
+        let leaf_hash = merkle::leaf_hash(&self.leaf);
+        merkle::verify_inclusion(&leaf_hash, self.index, cp.size, &self.path, &cp.tx_root)?;
+        let leaf = Leaf::from_cbor(&self.leaf).map_err(|e| malformed(format!("leaf: {e}")))?;
+        if leaf.index != self.index {
+            return Err(ReceiptError::IndexMismatch {
+                leaf: leaf.index,
+                proof: self.index,
+            });
+        }
+        let mut tx = None;
+        if let Some(body) = &self.body {
+            if sha256(body) != leaf.digest {
+                return Err(ReceiptError::BodyMismatch);
+            }
+            if leaf.kind == EntryKind::Tx {
+                let parsed = Tx::parse(body).map_err(|e| malformed(format!("body: {e}")))?;
+                let (signer, key) = leaf
+                    .signer
+                    .as_ref()
+                    .ok_or_else(|| malformed("tx leaf without signer"))?;
+                let key = PublicKey::from_spki_der(key).map_err(|_| ReceiptError::TxSignature)?;
+                if &parsed.kid != signer || parsed.verify(&key).is_err() {
+                    return Err(ReceiptError::TxSignature);
+                }
+                tx = Some(parsed);
+            }
+        }
+        let set = node_set_at(identity, &self.chain, cp.size)?;
+        let (signers, members) = verify_quorum(
+            CHECKPOINT_CONTENT_TYPE,
+            &self.checkpoint,
+            &self.signatures,
+            &set,
+            "checkpoint",
+        )?;
+        Ok(Verified {
+            leaf,
+            checkpoint: cp,
+            signers,
+            members,
+            tx,
+        })
+    }
+}
+
+fn check_protected(sign: &CoseSign, ct: &str) -> Result<(), ReceiptError> {
+    let expected = checkpoint::body_protected(ct)
+        .header
+        .to_vec()
+        .expect("valid");
+    let found = match &sign.protected.original_data {
+        Some(b) => b.clone(),
+        None => sign
+            .protected
+            .header
+            .clone()
+            .to_vec()
+            .map_err(|e| malformed(e.to_string()))?,
+    };
+    if found != expected {
+        return Err(malformed(format!(
+            "protected header is not the {ct} header"
+        )));
+    }
+    Ok(())
+}
+
+/// Verifies signatures over a statement and checks they come from a quorum of members of `set`.
+pub fn verify_quorum(
+    ct: &str,
+    body: &[u8],
+    sigs: &[CoseSignature],
+    set: &NodeSet,
+    what: &'static str,
+) -> Result<(Vec<Hash>, usize), ReceiptError> {
+    let mut nodes = Vec::new();
+    let mut members = BTreeSet::new();
+    for sig in sigs {
+        let id = checkpoint::signer(sig)?;
+        let node = set
+            .get(&id)
+            .ok_or_else(|| ReceiptError::UnknownSigner(hex::encode(id)))?;
+        let key = node
+            .public_key()
+            .map_err(|e| ReceiptError::Chain(e.to_string()))?;
+        checkpoint::verify(ct, body, sig, &key)?;
+        if !nodes.contains(&id) {
+            nodes.push(id);
+            members.insert(node.member);
+        }
+    }
+    if members.len() < set.quorum() {
+        return Err(ReceiptError::NoQuorum {
+            got: members.len(),
+            needed: set.quorum(),
+            what,
+        });
+    }
+    Ok((nodes, members.len()))
+}
+
+/// A node-set change: from tree size `size` on, `nodes` sign checkpoints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeSetChange {
+    pub network_id: Hash,
+    pub size: u64,
+    pub nodes: NodeSet,
+}
+
+impl NodeSetChange {
+    pub fn to_cbor(&self) -> Vec<u8> {
+        cbor::to_vec(cbor::map([
+            ("net", cbor::bytes(self.network_id)),
+            ("size", cbor::uint(self.size)),
+            ("nodes", self.nodes.to_value()),
+        ]))
+        .expect("valid")
+    }
+
+    pub fn from_cbor(bytes: &[u8]) -> Result<Self, ReceiptError> {
+        let v =
+            cbor::from_canonical_slice(bytes).map_err(|e| ReceiptError::Chain(e.to_string()))?;
+        let m = cbor::MapView::new(&v).map_err(|e| ReceiptError::Chain(e.to_string()))?;
+        let err = |e: cbor::CborError| ReceiptError::Chain(e.to_string());
+        Ok(NodeSetChange {
+            network_id: m.hash("net").map_err(err)?,
+            size: m.u64("size").map_err(err)?,
+            nodes: NodeSet::from_value(m.req("nodes").map_err(err)?).map_err(err)?,
+        })
+    }
+}
+
+/// Walks the chain from the genesis set and returns the set that signs at `size`.
+pub fn node_set_at(
+    identity: &NetworkIdentity,
+    chain: &[Vec<u8>],
+    size: u64,
+) -> Result<NodeSet, ReceiptError> {
+    let mut set = identity.nodes.clone();
+    let mut last = 0;
+    for (i, item) in chain.iter().enumerate() {
+        let sign = CoseSign::from_tagged_slice(item)
+            .or_else(|_| CoseSign::from_slice(item))
+            .map_err(|e| ReceiptError::Chain(format!("change {i}: {e}")))?;
+        check_protected(&sign, NODE_SET_CONTENT_TYPE)?;
+        let body = sign
+            .payload
+            .as_deref()
+            .ok_or_else(|| ReceiptError::Chain(format!("change {i}: no payload")))?;
+        let change = NodeSetChange::from_cbor(body)?;
+        if change.network_id != identity.network_id || change.size < last || change.size > size {
+            return Err(ReceiptError::Chain(format!(
+                "change {i} is for another network or out of order"
+            )));
+        }
+        verify_quorum(
+            NODE_SET_CONTENT_TYPE,
+            body,
+            &sign.signatures,
+            &set,
+            "node-set change",
+        )?;
+        last = change.size;
+        set = change.nodes;
+    }
+    Ok(set)
+}

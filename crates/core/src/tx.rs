@@ -1,0 +1,235 @@
+//! Signed transactions: COSE_Sign1 (RFC 9052) over a deterministic CBOR payload.
+//!
+//! The transaction id is the SHA-256 of the exact submitted bytes, so the same
+//! bytes always name the same transaction.
+
+use crate::cbor::{self, MapView, Value};
+use crate::crypto::{sha256, Alg, CryptoError, PublicKey, SigningKey};
+use crate::merkle::Hash;
+use coset::{
+    iana, CborSerializable, CoseSign1, CoseSign1Builder, HeaderBuilder, TaggedCborSerializable,
+};
+
+/// Upper bound on a nonce, which only needs to be unique per signer inside the time window.
+pub const MAX_NONCE_LEN: usize = 32;
+/// Upper bound on application and operation names.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// What a client asks the ledger to do.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TxPayload {
+    /// Network id (the genesis hash): a transaction is valid on one network only.
+    pub net: Hash,
+    pub app: String,
+    pub op: String,
+    pub args: Value,
+    pub nonce: Vec<u8>,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created: u64,
+}
+
+impl TxPayload {
+    pub fn to_cbor(&self) -> Vec<u8> {
+        cbor::to_vec(cbor::map([
+            ("net", cbor::bytes(self.net)),
+            ("app", cbor::text(&self.app)),
+            ("op", cbor::text(&self.op)),
+            ("args", self.args.clone()),
+            ("nonce", cbor::bytes(self.nonce.clone())),
+            ("created", cbor::uint(self.created)),
+        ]))
+        .expect("payload built from valid parts")
+    }
+
+    fn from_cbor(bytes: &[u8]) -> Result<Self, TxError> {
+        let v = cbor::from_canonical_slice(bytes).map_err(|e| TxError::Malformed(e.to_string()))?;
+        let m = MapView::new(&v).map_err(|e| TxError::Malformed(e.to_string()))?;
+        if m.0.len() != 6 {
+            return Err(TxError::Malformed(
+                "payload must have exactly the fields net, app, op, args, nonce, created".into(),
+            ));
+        }
+        let bad = |e: cbor::CborError| TxError::Malformed(e.to_string());
+        let app = m.text("app").map_err(bad)?.to_string();
+        let op = m.text("op").map_err(bad)?.to_string();
+        if app.is_empty() || app.len() > MAX_NAME_LEN || op.is_empty() || op.len() > MAX_NAME_LEN {
+            return Err(TxError::Malformed(
+                "app and op must be 1 to 64 bytes".into(),
+            ));
+        }
+        let nonce = m.bytes("nonce").map_err(bad)?.to_vec();
+        if nonce.is_empty() || nonce.len() > MAX_NONCE_LEN {
+            return Err(TxError::Malformed("nonce must be 1 to 32 bytes".into()));
+        }
+        Ok(TxPayload {
+            net: m.hash("net").map_err(bad)?,
+            app,
+            op,
+            args: m.req("args").map_err(bad)?.clone(),
+            nonce,
+            created: m.u64("created").map_err(bad)?,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum TxError {
+    #[error("malformed transaction: {0}")]
+    Malformed(String),
+    #[error("unsupported algorithm: {0} (EdDSA and ES256 are accepted)")]
+    UnsupportedAlg(String),
+    #[error("bad signature: {0}")]
+    BadSignature(#[from] CryptoError),
+}
+
+/// A parsed (not yet verified) transaction.
+#[derive(Clone, Debug)]
+pub struct Tx {
+    pub id: Hash,
+    pub alg: Alg,
+    /// Identity id of the signer.
+    pub kid: Hash,
+    pub payload: TxPayload,
+    sign1: CoseSign1,
+}
+
+impl Tx {
+    /// Decodes a COSE_Sign1 (tagged or not) with an embedded payload.
+    pub fn parse(bytes: &[u8]) -> Result<Tx, TxError> {
+        let sign1 = CoseSign1::from_tagged_slice(bytes)
+            .or_else(|_| CoseSign1::from_slice(bytes))
+            .map_err(|e| TxError::Malformed(format!("not a COSE_Sign1: {e}")))?;
+        let alg = match &sign1.protected.header.alg {
+            Some(coset::RegisteredLabelWithPrivate::Assigned(a)) => Alg::from_cose_id(*a as i64)
+                .ok_or_else(|| TxError::UnsupportedAlg(format!("{a:?}")))?,
+            Some(other) => return Err(TxError::UnsupportedAlg(format!("{other:?}"))),
+            None => return Err(TxError::Malformed("protected header has no alg".into())),
+        };
+        let kid: Hash = sign1
+            .protected
+            .header
+            .key_id
+            .as_slice()
+            .try_into()
+            .map_err(|_| {
+                TxError::Malformed("protected header kid must be a 32-byte identity id".into())
+            })?;
+        let payload = match &sign1.payload {
+            Some(p) => TxPayload::from_cbor(p)?,
+            None => {
+                return Err(TxError::Malformed(
+                    "detached payloads are not accepted".into(),
+                ))
+            }
+        };
+        Ok(Tx {
+            id: sha256(bytes),
+            alg,
+            kid,
+            payload,
+            sign1,
+        })
+    }
+
+    /// Checks the signature with `key`, which must be of the header's algorithm.
+    pub fn verify(&self, key: &PublicKey) -> Result<(), TxError> {
+        if key.alg() != self.alg {
+            return Err(TxError::BadSignature(CryptoError::BadSignature));
+        }
+        self.sign1
+            .verify_signature(b"", |sig, data| key.verify(data, sig))
+            .map_err(TxError::BadSignature)
+    }
+
+    /// The bytes the signature covers, for batch verification.
+    pub fn signed_data(&self) -> Vec<u8> {
+        self.sign1.tbs_data(b"")
+    }
+
+    pub fn signature(&self) -> &[u8] {
+        &self.sign1.signature
+    }
+
+    /// Signs `payload` as identity `kid`, returning the exact transaction bytes.
+    pub fn sign(key: &SigningKey, kid: &Hash, payload: &TxPayload) -> Vec<u8> {
+        let alg = match key.alg() {
+            Alg::EdDsa => iana::Algorithm::EdDSA,
+            Alg::Es256 => iana::Algorithm::ES256,
+        };
+        let protected = HeaderBuilder::new()
+            .algorithm(alg)
+            .key_id(kid.to_vec())
+            .build();
+        CoseSign1Builder::new()
+            .protected(protected)
+            .payload(payload.to_cbor())
+            .create_signature(b"", |data| key.sign(data))
+            .build()
+            .to_tagged_vec()
+            .expect("encoding a COSE_Sign1 cannot fail")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload() -> TxPayload {
+        TxPayload {
+            net: [7; 32],
+            app: "kv".into(),
+            op: "put".into(),
+            args: cbor::map([("key", cbor::text("k")), ("value", cbor::bytes(vec![1, 2]))]),
+            nonce: vec![1; 16],
+            created: 1_700_000_000_000,
+        }
+    }
+
+    #[test]
+    fn sign_parse_verify() {
+        for alg in [Alg::EdDsa, Alg::Es256] {
+            let k = SigningKey::generate(alg);
+            let kid = k.public().fingerprint();
+            let bytes = Tx::sign(&k, &kid, &payload());
+            let tx = Tx::parse(&bytes).unwrap();
+            assert_eq!(tx.payload, payload());
+            assert_eq!(tx.kid, kid);
+            assert_eq!(tx.id, sha256(&bytes));
+            tx.verify(&k.public()).unwrap();
+            let other = SigningKey::generate(alg);
+            assert!(tx.verify(&other.public()).is_err());
+        }
+    }
+
+    #[test]
+    fn any_bit_flip_breaks_parse_or_signature() {
+        let k = SigningKey::generate(Alg::EdDsa);
+        let kid = k.public().fingerprint();
+        let bytes = Tx::sign(&k, &kid, &payload());
+        for i in 0..bytes.len() {
+            for bit in 0..8 {
+                let mut b = bytes.clone();
+                b[i] ^= 1 << bit;
+                if let Ok(tx) = Tx::parse(&b) {
+                    assert!(
+                        tx.kid != kid || tx.verify(&k.public()).is_err(),
+                        "flip {i}:{bit} accepted"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn truncated_and_garbage_are_malformed() {
+        let k = SigningKey::generate(Alg::EdDsa);
+        let bytes = Tx::sign(&k, &[0; 32], &payload());
+        for n in 0..bytes.len() {
+            assert!(Tx::parse(&bytes[..n]).is_err());
+        }
+        assert!(matches!(
+            Tx::parse(b"\xff\x00garbage"),
+            Err(TxError::Malformed(_))
+        ));
+    }
+}

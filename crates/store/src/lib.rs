@@ -1,0 +1,8 @@
+//! Comity storage: the permanent ledger, its Merkle tree on disk, and state.
+
+pub mod segments;
+pub mod state;
+pub mod tree;
+
+pub use segments::{LedgerFiles, OpenReport, SegmentError};
+pub use state::{Reader, Store, StoreError, WriteBatch};

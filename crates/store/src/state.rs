@@ -1,0 +1,410 @@
+//! The store: ledger segments + on-disk tree + redb state, opened and
+//! committed together.
+//!
+//! Durability contract (see docs/architecture.md): the Raft log is the
+//! write-ahead log. Apply-time commits use `Durability::None`; every so often a
+//! *durable* commit first fsyncs the ledger segments, then commits redb with
+//! `Durability::Immediate`. After a crash redb is back at its last durable
+//! commit, whose meta says how many ledger records were durable; the ledger is
+//! cut back to that length and the Raft log replays the rest.
+
+use crate::segments::{LedgerFiles, OpenReport, SegmentError};
+use crate::tree::{TreeError, TreeFiles};
+use comity_core::entry::Record;
+use comity_core::merkle::{self, Hash};
+use jmt::storage::{LeafNode, Node, NodeKey, TreeReader};
+use jmt::{KeyHash, OwnedValue, Sha256Jmt, Version};
+use redb::{Database, Durability, ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, RwLock};
+
+/// Application state committed to by the state root.
+const STATE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("state");
+/// Derived indexes (tx ids, nonces, histories, checkpoints): rebuilt by replay, not in the root.
+const AUX: TableDefinition<&[u8], &[u8]> = TableDefinition::new("aux");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const JMT_NODES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("jmt_nodes");
+/// (key hash ‖ version big-endian) → 0x00 (deleted) or 0x01 ‖ value.
+const JMT_VALUES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("jmt_values");
+
+const META_LEDGER_LEN: &str = "ledger_len";
+const META_LEDGER_ROOT: &str = "ledger_root";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Ledger(#[from] SegmentError),
+    #[error(transparent)]
+    Tree(#[from] TreeError),
+    #[error("state database {path}: {message}")]
+    Db { path: PathBuf, message: String },
+    #[error("ledger record {index} is not a valid record: {message}")]
+    BadRecord { index: u64, message: String },
+    #[error("the ledger files in {dir} do not match the state database: {message}")]
+    Mismatch { dir: PathBuf, message: String },
+    #[error("state tree: {0}")]
+    StateTree(String),
+}
+
+fn db_err(path: &Path) -> impl Fn(redb::Error) -> StoreError + '_ {
+    move |e| StoreError::Db { path: path.to_path_buf(), message: e.to_string() }
+}
+
+macro_rules! dbe {
+    ($self:expr, $e:expr) => {
+        $e.map_err(|e| StoreError::Db { path: $self.db_path.clone(), message: e.to_string() })
+    };
+}
+
+/// Storage of one node. Shared between the applier and readers.
+pub struct Store {
+    db: Database,
+    db_path: PathBuf,
+    ledger: RwLock<LedgerFiles>,
+    tree: RwLock<TreeFiles>,
+    /// State keys changed since the last state-root update.
+    dirty: Mutex<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+}
+
+impl Store {
+    /// Opens the store in `dir`, verifying every ledger record and rebuilding the tree.
+    pub fn open(dir: &Path, roll_bytes: u64) -> Result<(Store, OpenReport), StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Db { path: dir.into(), message: e.to_string() })?;
+        let db_path = dir.join("state.redb");
+        let db = Database::create(&db_path).map_err(|e| db_err(&db_path)(e.into()))?;
+        let (durable_len, durable_root) = {
+            let txn = db.begin_write().map_err(|e| db_err(&db_path)(e.into()))?;
+            for t in [STATE, AUX, JMT_NODES, JMT_VALUES] {
+                txn.open_table(t).map_err(|e| db_err(&db_path)(e.into()))?;
+            }
+            let meta = txn.open_table(META).map_err(|e| db_err(&db_path)(e.into()))?;
+            let len = meta
+                .get(META_LEDGER_LEN)
+                .map_err(|e| db_err(&db_path)(e.into()))?
+                .map(|v| u64::from_be_bytes(v.value().try_into().unwrap_or_default()))
+                .unwrap_or(0);
+            let root: Option<Hash> = meta
+                .get(META_LEDGER_ROOT)
+                .map_err(|e| db_err(&db_path)(e.into()))?
+                .and_then(|v| v.value().try_into().ok());
+            drop(meta);
+            txn.commit().map_err(|e| db_err(&db_path)(e.into()))?;
+            (len, root)
+        };
+        let mut tree = TreeFiles::create(&dir.join("tree"))?;
+        let mut tree_err = None;
+        let ledger_dir = dir.join("ledger");
+        let (mut ledger, report) = LedgerFiles::open(&ledger_dir, durable_len, roll_bytes, |index, payload| {
+            if index >= durable_len {
+                return Ok(()); // unsynced tail: cut below and replayed from the Raft log
+            }
+            let rec = Record::from_cbor(payload).map_err(|e| StoreError::BadRecord { index, message: e.to_string() })?;
+            if let Err(e) = tree.push(merkle::leaf_hash(&rec.leaf)) {
+                tree_err = Some(e);
+            }
+            Ok::<(), StoreError>(())
+        })?;
+        if let Some(e) = tree_err {
+            return Err(e.into());
+        }
+        if ledger.len() > durable_len {
+            ledger.truncate(durable_len)?;
+        }
+        tree.flush()?;
+        let root = tree.root();
+        if durable_len > 0 && Some(root) != durable_root {
+            return Err(StoreError::Mismatch {
+                dir: ledger_dir,
+                message: format!(
+                    "the {durable_len} durable records hash to root {}, the state database recorded {}",
+                    hex::encode(root),
+                    durable_root.map(hex::encode).unwrap_or_else(|| "none".into())
+                ),
+            });
+        }
+        Ok((
+            Store { db, db_path, ledger: RwLock::new(ledger), tree: RwLock::new(tree), dirty: Mutex::new(BTreeMap::new()) },
+            report,
+        ))
+    }
+
+    /// Starts the single write batch of one apply step.
+    pub fn begin(&self) -> Result<WriteBatch<'_>, StoreError> {
+        let mut txn = dbe!(self, self.db.begin_write())?;
+        txn.set_durability(Durability::None);
+        Ok(WriteBatch { store: self, txn })
+    }
+
+    pub fn read(&self) -> Result<Reader<'_>, StoreError> {
+        Ok(Reader { store: self, txn: dbe!(self, self.db.begin_read())? })
+    }
+
+    /// Reads a ledger record; the checksum is checked before it is returned.
+    pub fn record(&self, index: u64) -> Result<Vec<u8>, StoreError> {
+        Ok(self.ledger.read().expect("ledger lock").read(index)?)
+    }
+
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, StoreError> {
+        merkle::inclusion_proof(&*self.tree.read().expect("tree lock"), index, size)
+            .map_err(|e| StoreError::StateTree(e.to_string()))
+    }
+
+    pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, StoreError> {
+        merkle::consistency_proof(&*self.tree.read().expect("tree lock"), old, new)
+            .map_err(|e| StoreError::StateTree(e.to_string()))
+    }
+
+    pub fn tree_root_at(&self, size: u64) -> Result<Hash, StoreError> {
+        Ok(self.tree.read().expect("tree lock").root_at(size)?)
+    }
+}
+
+/// One apply step's writes: state, indexes, ledger records and meta, committed together.
+pub struct WriteBatch<'s> {
+    store: &'s Store,
+    txn: WriteTransaction,
+}
+
+impl WriteBatch<'_> {
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        table_get(self.store, &dbe!(self.store, self.txn.open_table(STATE))?, key)
+    }
+
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        dbe!(self.store, dbe!(self.store, self.txn.open_table(STATE))?.insert(key, value))?;
+        self.store.dirty.lock().expect("dirty lock").insert(key.to_vec(), Some(value.to_vec()));
+        Ok(())
+    }
+
+    pub fn delete(&mut self, key: &[u8]) -> Result<(), StoreError> {
+        dbe!(self.store, dbe!(self.store, self.txn.open_table(STATE))?.remove(key))?;
+        self.store.dirty.lock().expect("dirty lock").insert(key.to_vec(), None);
+        Ok(())
+    }
+
+    pub fn aux_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        table_get(self.store, &dbe!(self.store, self.txn.open_table(AUX))?, key)
+    }
+
+    pub fn aux_put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        dbe!(self.store, dbe!(self.store, self.txn.open_table(AUX))?.insert(key, value))?;
+        Ok(())
+    }
+
+    pub fn aux_delete(&mut self, key: &[u8]) -> Result<(), StoreError> {
+        dbe!(self.store, dbe!(self.store, self.txn.open_table(AUX))?.remove(key))?;
+        Ok(())
+    }
+
+    /// Keys (and values) in `[from, to)` of the aux table, in order, at most `limit`.
+    pub fn aux_range(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        range(self.store, &dbe!(self.store, self.txn.open_table(AUX))?, from, to, limit)
+    }
+
+    pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let t = dbe!(self.store, self.txn.open_table(META))?;
+        let v = dbe!(self.store, t.get(key))?.map(|v| v.value().to_vec());
+        Ok(v)
+    }
+
+    pub fn meta_put(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        dbe!(self.store, dbe!(self.store, self.txn.open_table(META))?.insert(key, value))?;
+        Ok(())
+    }
+
+    /// Appends a ledger record and its leaf to the tree; returns its index.
+    pub fn append(&mut self, record: &Record) -> Result<u64, StoreError> {
+        let index = self.store.ledger.write().expect("ledger lock").append(&record.to_cbor())?;
+        self.store.tree.write().expect("tree lock").push(merkle::leaf_hash(&record.leaf))?;
+        Ok(index)
+    }
+
+    pub fn ledger_len(&self) -> u64 {
+        self.store.tree.read().expect("tree lock").len()
+    }
+
+    pub fn tx_root(&self) -> Hash {
+        self.store.tree.read().expect("tree lock").root()
+    }
+
+    /// Folds the state changed since the last call into the state tree at `version`
+    /// (versions must be consecutive from 0) and returns the new state root.
+    pub fn update_state_root(&mut self, version: Version) -> Result<Hash, StoreError> {
+        let changes = std::mem::take(&mut *self.store.dirty.lock().expect("dirty lock"));
+        let mut nodes = dbe!(self.store, self.txn.open_table(JMT_NODES))?;
+        let mut values = dbe!(self.store, self.txn.open_table(JMT_VALUES))?;
+        let (root, batch) = {
+            let reader = JmtReader { nodes: &nodes, values: &values };
+            let tree = Sha256Jmt::new(&reader);
+            tree.put_value_set(changes.into_iter().map(|(k, v)| (KeyHash::with::<sha2::Sha256>(&k), v)), version)
+                .map_err(|e| StoreError::StateTree(e.to_string()))?
+        };
+        for (k, n) in batch.node_batch.nodes() {
+            let kb = borsh::to_vec(k).map_err(|e| StoreError::StateTree(e.to_string()))?;
+            let nb = borsh::to_vec(n).map_err(|e| StoreError::StateTree(e.to_string()))?;
+            dbe!(self.store, nodes.insert(kb.as_slice(), nb.as_slice()))?;
+        }
+        for ((v, kh), val) in batch.node_batch.values() {
+            let key = value_key(kh, *v);
+            let mut stored = Vec::with_capacity(1 + val.as_ref().map_or(0, |x| x.len()));
+            match val {
+                Some(x) => {
+                    stored.push(1);
+                    stored.extend_from_slice(x);
+                }
+                None => stored.push(0),
+            }
+            dbe!(self.store, values.insert(key.as_slice(), stored.as_slice()))?;
+        }
+        Ok(root.0)
+    }
+
+    /// Commits. A durable commit fsyncs the ledger first, then redb, so the
+    /// recorded ledger length never exceeds what is on disk.
+    pub fn commit(mut self, durable: bool) -> Result<(), StoreError> {
+        let (len, root) = {
+            let t = self.store.tree.read().expect("tree lock");
+            (t.len(), t.root())
+        };
+        self.meta_put(META_LEDGER_LEN, &len.to_be_bytes())?;
+        self.meta_put(META_LEDGER_ROOT, &root)?;
+        self.store.tree.write().expect("tree lock").flush()?;
+        if durable {
+            self.store.ledger.write().expect("ledger lock").sync()?;
+            self.txn.set_durability(Durability::Immediate);
+        }
+        dbe!(self.store, self.txn.commit())?;
+        Ok(())
+    }
+}
+
+/// A consistent read view of state and indexes.
+pub struct Reader<'s> {
+    store: &'s Store,
+    txn: ReadTransaction,
+}
+
+impl Reader<'_> {
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        table_get(self.store, &dbe!(self.store, self.txn.open_table(STATE))?, key)
+    }
+
+    pub fn aux_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        table_get(self.store, &dbe!(self.store, self.txn.open_table(AUX))?, key)
+    }
+
+    pub fn aux_range(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        range(self.store, &dbe!(self.store, self.txn.open_table(AUX))?, from, to, limit)
+    }
+
+    /// Last entry of the aux table strictly below `to` and at or above `from`.
+    pub fn aux_last_before(&self, from: &[u8], to: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let t = dbe!(self.store, self.txn.open_table(AUX))?;
+        let mut it = dbe!(self.store, t.range::<&[u8]>(from..to))?;
+        match it.next_back() {
+            Some(r) => {
+                let (k, v) = dbe!(self.store, r)?;
+                Ok(Some((k.value().to_vec(), v.value().to_vec())))
+            }
+            None => Ok(None),
+        }
+    }
+
+    pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let t = dbe!(self.store, self.txn.open_table(META))?;
+        let v = dbe!(self.store, t.get(key))?.map(|v| v.value().to_vec());
+        Ok(v)
+    }
+
+    /// Ledger length as of this view.
+    pub fn ledger_len(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .meta_get(META_LEDGER_LEN)?
+            .and_then(|v| v.try_into().ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0))
+    }
+
+    /// The value of `key` in the state tree at `version`, with a proof
+    /// (borsh-encoded jmt `SparseMerkleProof<Sha256>`) against that version's root.
+    pub fn state_proof(&self, key: &[u8], version: Version) -> Result<(Option<Vec<u8>>, Vec<u8>, Hash), StoreError> {
+        let nodes = dbe!(self.store, self.txn.open_table(JMT_NODES))?;
+        let values = dbe!(self.store, self.txn.open_table(JMT_VALUES))?;
+        let reader = JmtReader { nodes: &nodes, values: &values };
+        let tree = Sha256Jmt::new(&reader);
+        let (value, proof) = tree
+            .get_with_proof(KeyHash::with::<sha2::Sha256>(key), version)
+            .map_err(|e| StoreError::StateTree(e.to_string()))?;
+        let root = tree.get_root_hash(version).map_err(|e| StoreError::StateTree(e.to_string()))?;
+        let proof = borsh::to_vec(&proof).map_err(|e| StoreError::StateTree(e.to_string()))?;
+        Ok((value, proof, root.0))
+    }
+}
+
+fn table_get(store: &Store, t: &impl ReadableTable<&'static [u8], &'static [u8]>, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(dbe!(store, t.get(key))?.map(|v| v.value().to_vec()))
+}
+
+fn range(
+    store: &Store,
+    t: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    from: &[u8],
+    to: &[u8],
+    limit: usize,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    let mut out = Vec::new();
+    for r in dbe!(store, t.range::<&[u8]>(from..to))? {
+        if out.len() >= limit {
+            break;
+        }
+        let (k, v) = dbe!(store, r)?;
+        out.push((k.value().to_vec(), v.value().to_vec()));
+    }
+    Ok(out)
+}
+
+fn value_key(kh: &KeyHash, version: Version) -> Vec<u8> {
+    let mut k = Vec::with_capacity(40);
+    k.extend_from_slice(&kh.0);
+    k.extend_from_slice(&version.to_be_bytes());
+    k
+}
+
+/// Adapter from redb tables to jmt's reader.
+struct JmtReader<'a, N, V> {
+    nodes: &'a N,
+    values: &'a V,
+}
+
+impl<N, V> TreeReader for JmtReader<'_, N, V>
+where
+    N: ReadableTable<&'static [u8], &'static [u8]>,
+    V: ReadableTable<&'static [u8], &'static [u8]>,
+{
+    fn get_node_option(&self, node_key: &NodeKey) -> anyhow::Result<Option<Node>> {
+        let k = borsh::to_vec(node_key)?;
+        match self.nodes.get(k.as_slice())? {
+            Some(v) => Ok(Some(borsh::from_slice(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn get_value_option(&self, max_version: Version, key_hash: KeyHash) -> anyhow::Result<Option<OwnedValue>> {
+        let from = value_key(&key_hash, 0);
+        let to = value_key(&key_hash, max_version);
+        let mut it = self.values.range::<&[u8]>(from.as_slice()..=to.as_slice())?;
+        match it.next_back() {
+            Some(r) => {
+                let (_, v) = r?;
+                let v = v.value();
+                Ok(if v.first() == Some(&1) { Some(v[1..].to_vec()) } else { None })
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn get_rightmost_leaf(&self) -> anyhow::Result<Option<(NodeKey, LeafNode)>> {
+        anyhow::bail!("tree restoration from a rightmost leaf is not supported; snapshots carry whole state")
+    }
+}
