@@ -159,3 +159,20 @@ pub fn verify(
     key.verify(&tbs, &sig.signature)
         .map_err(|e| SignatureError::Invalid(hex::encode(node), e))
 }
+
+/// Assembles node signatures (COSE_Signature bytes) over `body` into a COSE_Sign.
+/// Unparseable signatures are skipped; verification would reject them anyway.
+pub fn signed_statement(ct: &str, body: &[u8], sigs: &[Vec<u8>]) -> Vec<u8> {
+    use coset::TaggedCborSerializable;
+    let mut b = coset::CoseSignBuilder::new()
+        .protected(body_protected(ct).header)
+        .payload(body.to_vec());
+    for s in sigs {
+        if let Ok(sig) = parse_signature(s) {
+            b = b.add_signature(sig);
+        }
+    }
+    b.build()
+        .to_tagged_vec()
+        .expect("encoding a COSE_Sign cannot fail")
+}

@@ -144,7 +144,7 @@ impl SigningKey {
     pub fn generate(alg: Alg) -> Self {
         let mut rng = rand_core::OsRng;
         match alg {
-            Alg::EdDsa => SigningKey::Ed25519(ed25519_consensus::SigningKey::new(&mut rng)),
+            Alg::EdDsa => SigningKey::Ed25519(ed25519_consensus::SigningKey::new(rng)),
             Alg::Es256 => SigningKey::P256(p256::ecdsa::SigningKey::random(&mut rng)),
         }
     }

@@ -131,6 +131,26 @@ impl Receipt {
             .map_err(|e| malformed(format!("not a COSE_Sign: {e}")))?;
         check_protected(&sign, CHECKPOINT_CONTENT_TYPE)?;
         let rest = &sign.unprotected.rest;
+        // Strict: an unknown or altered label is an error, never silently ignored.
+        for (label, _) in rest {
+            let known = match label {
+                Label::Int(i) => *i == VDP_LABEL,
+                Label::Text(t) => [LEAF_LABEL, BODY_LABEL, CHAIN_LABEL].contains(&t.as_str()),
+            };
+            if !known {
+                return Err(malformed(format!(
+                    "unknown unprotected header label {label:?}"
+                )));
+            }
+        }
+        if sign.unprotected
+            != (coset::Header {
+                rest: rest.clone(),
+                ..Default::default()
+            })
+        {
+            return Err(malformed("unexpected standard unprotected header fields"));
+        }
         let find = |label: Label| rest.iter().find(|(l, _)| *l == label).map(|(_, v)| v);
         let text_bytes = |name: &str| -> Option<Result<Vec<u8>, ReceiptError>> {
             find(Label::Text(name.into())).map(|v| match v {
@@ -391,4 +411,36 @@ pub fn node_set_at(
         set = change.nodes;
     }
     Ok(set)
+}
+
+/// Verifies a bare signed checkpoint (COSE_Sign without proof headers) against the network identity.
+pub fn verify_signed_checkpoint(
+    bytes: &[u8],
+    identity: &NetworkIdentity,
+    chain: &[Vec<u8>],
+) -> Result<(Checkpoint, Vec<Hash>), ReceiptError> {
+    let sign = CoseSign::from_tagged_slice(bytes)
+        .or_else(|_| CoseSign::from_slice(bytes))
+        .map_err(|e| malformed(format!("not a COSE_Sign: {e}")))?;
+    check_protected(&sign, CHECKPOINT_CONTENT_TYPE)?;
+    let body = sign
+        .payload
+        .as_deref()
+        .ok_or_else(|| malformed("no checkpoint payload"))?;
+    let cp = Checkpoint::from_cbor(body).map_err(|e| malformed(format!("checkpoint: {e}")))?;
+    if cp.network_id != identity.network_id {
+        return Err(ReceiptError::WrongNetwork {
+            found: hex::encode(cp.network_id),
+            expected: hex::encode(identity.network_id),
+        });
+    }
+    let set = node_set_at(identity, chain, cp.size)?;
+    let (signers, _) = verify_quorum(
+        CHECKPOINT_CONTENT_TYPE,
+        body,
+        &sign.signatures,
+        &set,
+        "checkpoint",
+    )?;
+    Ok((cp, signers))
 }

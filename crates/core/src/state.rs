@@ -16,7 +16,12 @@ pub enum StateProofError {
 }
 
 /// Checks that `key` has `value` (or is absent, for `None`) under `root`.
-pub fn verify(root: &Hash, key: &[u8], value: Option<&[u8]>, proof: &[u8]) -> Result<(), StateProofError> {
+pub fn verify(
+    root: &Hash,
+    key: &[u8],
+    value: Option<&[u8]>,
+    proof: &[u8],
+) -> Result<(), StateProofError> {
     let proof: SparseMerkleProof<sha2::Sha256> =
         borsh::from_slice(proof).map_err(|e| StateProofError::Malformed(e.to_string()))?;
     proof

@@ -14,7 +14,9 @@ use comity_core::entry::Record;
 use comity_core::merkle::{self, Hash};
 use jmt::storage::{LeafNode, Node, NodeKey, TreeReader};
 use jmt::{KeyHash, OwnedValue, Sha256Jmt, Version};
-use redb::{Database, Durability, ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{
+    Database, Durability, ReadTransaction, ReadableTable, TableDefinition, WriteTransaction,
+};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
@@ -48,12 +50,18 @@ pub enum StoreError {
 }
 
 fn db_err(path: &Path) -> impl Fn(redb::Error) -> StoreError + '_ {
-    move |e| StoreError::Db { path: path.to_path_buf(), message: e.to_string() }
+    move |e| StoreError::Db {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
 }
 
 macro_rules! dbe {
     ($self:expr, $e:expr) => {
-        $e.map_err(|e| StoreError::Db { path: $self.db_path.clone(), message: e.to_string() })
+        $e.map_err(|e| StoreError::Db {
+            path: $self.db_path.clone(),
+            message: e.to_string(),
+        })
     };
 }
 
@@ -70,7 +78,10 @@ pub struct Store {
 impl Store {
     /// Opens the store in `dir`, verifying every ledger record and rebuilding the tree.
     pub fn open(dir: &Path, roll_bytes: u64) -> Result<(Store, OpenReport), StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Db { path: dir.into(), message: e.to_string() })?;
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Db {
+            path: dir.into(),
+            message: e.to_string(),
+        })?;
         let db_path = dir.join("state.redb");
         let db = Database::create(&db_path).map_err(|e| db_err(&db_path)(e.into()))?;
         let (durable_len, durable_root) = {
@@ -78,7 +89,9 @@ impl Store {
             for t in [STATE, AUX, JMT_NODES, JMT_VALUES] {
                 txn.open_table(t).map_err(|e| db_err(&db_path)(e.into()))?;
             }
-            let meta = txn.open_table(META).map_err(|e| db_err(&db_path)(e.into()))?;
+            let meta = txn
+                .open_table(META)
+                .map_err(|e| db_err(&db_path)(e.into()))?;
             let len = meta
                 .get(META_LEDGER_LEN)
                 .map_err(|e| db_err(&db_path)(e.into()))?
@@ -95,16 +108,20 @@ impl Store {
         let mut tree = TreeFiles::create(&dir.join("tree"))?;
         let mut tree_err = None;
         let ledger_dir = dir.join("ledger");
-        let (mut ledger, report) = LedgerFiles::open(&ledger_dir, durable_len, roll_bytes, |index, payload| {
-            if index >= durable_len {
-                return Ok(()); // unsynced tail: cut below and replayed from the Raft log
-            }
-            let rec = Record::from_cbor(payload).map_err(|e| StoreError::BadRecord { index, message: e.to_string() })?;
-            if let Err(e) = tree.push(merkle::leaf_hash(&rec.leaf)) {
-                tree_err = Some(e);
-            }
-            Ok::<(), StoreError>(())
-        })?;
+        let (mut ledger, report) =
+            LedgerFiles::open(&ledger_dir, durable_len, roll_bytes, |index, payload| {
+                if index >= durable_len {
+                    return Ok(()); // unsynced tail: cut below and replayed from the Raft log
+                }
+                let rec = Record::from_cbor(payload).map_err(|e| StoreError::BadRecord {
+                    index,
+                    message: e.to_string(),
+                })?;
+                if let Err(e) = tree.push(merkle::leaf_hash(&rec.leaf)) {
+                    tree_err = Some(e);
+                }
+                Ok::<(), StoreError>(())
+            })?;
         if let Some(e) = tree_err {
             return Err(e.into());
         }
@@ -124,7 +141,13 @@ impl Store {
             });
         }
         Ok((
-            Store { db, db_path, ledger: RwLock::new(ledger), tree: RwLock::new(tree), dirty: Mutex::new(BTreeMap::new()) },
+            Store {
+                db,
+                db_path,
+                ledger: RwLock::new(ledger),
+                tree: RwLock::new(tree),
+                dirty: Mutex::new(BTreeMap::new()),
+            },
             report,
         ))
     }
@@ -137,7 +160,10 @@ impl Store {
     }
 
     pub fn read(&self) -> Result<Reader<'_>, StoreError> {
-        Ok(Reader { store: self, txn: dbe!(self, self.db.begin_read())? })
+        Ok(Reader {
+            store: self,
+            txn: dbe!(self, self.db.begin_read())?,
+        })
     }
 
     /// Reads a ledger record; the checksum is checked before it is returned.
@@ -168,38 +194,77 @@ pub struct WriteBatch<'s> {
 
 impl WriteBatch<'_> {
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        table_get(self.store, &dbe!(self.store, self.txn.open_table(STATE))?, key)
+        table_get(
+            self.store,
+            &dbe!(self.store, self.txn.open_table(STATE))?,
+            key,
+        )
     }
 
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        dbe!(self.store, dbe!(self.store, self.txn.open_table(STATE))?.insert(key, value))?;
-        self.store.dirty.lock().expect("dirty lock").insert(key.to_vec(), Some(value.to_vec()));
+        dbe!(
+            self.store,
+            dbe!(self.store, self.txn.open_table(STATE))?.insert(key, value)
+        )?;
+        self.store
+            .dirty
+            .lock()
+            .expect("dirty lock")
+            .insert(key.to_vec(), Some(value.to_vec()));
         Ok(())
     }
 
     pub fn delete(&mut self, key: &[u8]) -> Result<(), StoreError> {
-        dbe!(self.store, dbe!(self.store, self.txn.open_table(STATE))?.remove(key))?;
-        self.store.dirty.lock().expect("dirty lock").insert(key.to_vec(), None);
+        dbe!(
+            self.store,
+            dbe!(self.store, self.txn.open_table(STATE))?.remove(key)
+        )?;
+        self.store
+            .dirty
+            .lock()
+            .expect("dirty lock")
+            .insert(key.to_vec(), None);
         Ok(())
     }
 
     pub fn aux_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        table_get(self.store, &dbe!(self.store, self.txn.open_table(AUX))?, key)
+        table_get(
+            self.store,
+            &dbe!(self.store, self.txn.open_table(AUX))?,
+            key,
+        )
     }
 
     pub fn aux_put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        dbe!(self.store, dbe!(self.store, self.txn.open_table(AUX))?.insert(key, value))?;
+        dbe!(
+            self.store,
+            dbe!(self.store, self.txn.open_table(AUX))?.insert(key, value)
+        )?;
         Ok(())
     }
 
     pub fn aux_delete(&mut self, key: &[u8]) -> Result<(), StoreError> {
-        dbe!(self.store, dbe!(self.store, self.txn.open_table(AUX))?.remove(key))?;
+        dbe!(
+            self.store,
+            dbe!(self.store, self.txn.open_table(AUX))?.remove(key)
+        )?;
         Ok(())
     }
 
     /// Keys (and values) in `[from, to)` of the aux table, in order, at most `limit`.
-    pub fn aux_range(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
-        range(self.store, &dbe!(self.store, self.txn.open_table(AUX))?, from, to, limit)
+    pub fn aux_range(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        range(
+            self.store,
+            &dbe!(self.store, self.txn.open_table(AUX))?,
+            from,
+            to,
+            limit,
+        )
     }
 
     pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -209,14 +274,26 @@ impl WriteBatch<'_> {
     }
 
     pub fn meta_put(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        dbe!(self.store, dbe!(self.store, self.txn.open_table(META))?.insert(key, value))?;
+        dbe!(
+            self.store,
+            dbe!(self.store, self.txn.open_table(META))?.insert(key, value)
+        )?;
         Ok(())
     }
 
     /// Appends a ledger record and its leaf to the tree; returns its index.
     pub fn append(&mut self, record: &Record) -> Result<u64, StoreError> {
-        let index = self.store.ledger.write().expect("ledger lock").append(&record.to_cbor())?;
-        self.store.tree.write().expect("tree lock").push(merkle::leaf_hash(&record.leaf))?;
+        let index = self
+            .store
+            .ledger
+            .write()
+            .expect("ledger lock")
+            .append(&record.to_cbor())?;
+        self.store
+            .tree
+            .write()
+            .expect("tree lock")
+            .push(merkle::leaf_hash(&record.leaf))?;
         Ok(index)
     }
 
@@ -235,10 +312,18 @@ impl WriteBatch<'_> {
         let mut nodes = dbe!(self.store, self.txn.open_table(JMT_NODES))?;
         let mut values = dbe!(self.store, self.txn.open_table(JMT_VALUES))?;
         let (root, batch) = {
-            let reader = JmtReader { nodes: &nodes, values: &values };
+            let reader = JmtReader {
+                nodes: &nodes,
+                values: &values,
+            };
             let tree = Sha256Jmt::new(&reader);
-            tree.put_value_set(changes.into_iter().map(|(k, v)| (KeyHash::with::<sha2::Sha256>(&k), v)), version)
-                .map_err(|e| StoreError::StateTree(e.to_string()))?
+            tree.put_value_set(
+                changes
+                    .into_iter()
+                    .map(|(k, v)| (KeyHash::with::<sha2::Sha256>(&k), v)),
+                version,
+            )
+            .map_err(|e| StoreError::StateTree(e.to_string()))?
         };
         for (k, n) in batch.node_batch.nodes() {
             let kb = borsh::to_vec(k).map_err(|e| StoreError::StateTree(e.to_string()))?;
@@ -287,19 +372,42 @@ pub struct Reader<'s> {
 
 impl Reader<'_> {
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        table_get(self.store, &dbe!(self.store, self.txn.open_table(STATE))?, key)
+        table_get(
+            self.store,
+            &dbe!(self.store, self.txn.open_table(STATE))?,
+            key,
+        )
     }
 
     pub fn aux_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        table_get(self.store, &dbe!(self.store, self.txn.open_table(AUX))?, key)
+        table_get(
+            self.store,
+            &dbe!(self.store, self.txn.open_table(AUX))?,
+            key,
+        )
     }
 
-    pub fn aux_range(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
-        range(self.store, &dbe!(self.store, self.txn.open_table(AUX))?, from, to, limit)
+    pub fn aux_range(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        range(
+            self.store,
+            &dbe!(self.store, self.txn.open_table(AUX))?,
+            from,
+            to,
+            limit,
+        )
     }
 
     /// Last entry of the aux table strictly below `to` and at or above `from`.
-    pub fn aux_last_before(&self, from: &[u8], to: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn aux_last_before(
+        &self,
+        from: &[u8],
+        to: &[u8],
+    ) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
         let t = dbe!(self.store, self.txn.open_table(AUX))?;
         let mut it = dbe!(self.store, t.range::<&[u8]>(from..to))?;
         match it.next_back() {
@@ -328,21 +436,34 @@ impl Reader<'_> {
 
     /// The value of `key` in the state tree at `version`, with a proof
     /// (borsh-encoded jmt `SparseMerkleProof<Sha256>`) against that version's root.
-    pub fn state_proof(&self, key: &[u8], version: Version) -> Result<(Option<Vec<u8>>, Vec<u8>, Hash), StoreError> {
+    pub fn state_proof(
+        &self,
+        key: &[u8],
+        version: Version,
+    ) -> Result<(Option<Vec<u8>>, Vec<u8>, Hash), StoreError> {
         let nodes = dbe!(self.store, self.txn.open_table(JMT_NODES))?;
         let values = dbe!(self.store, self.txn.open_table(JMT_VALUES))?;
-        let reader = JmtReader { nodes: &nodes, values: &values };
+        let reader = JmtReader {
+            nodes: &nodes,
+            values: &values,
+        };
         let tree = Sha256Jmt::new(&reader);
         let (value, proof) = tree
             .get_with_proof(KeyHash::with::<sha2::Sha256>(key), version)
             .map_err(|e| StoreError::StateTree(e.to_string()))?;
-        let root = tree.get_root_hash(version).map_err(|e| StoreError::StateTree(e.to_string()))?;
+        let root = tree
+            .get_root_hash(version)
+            .map_err(|e| StoreError::StateTree(e.to_string()))?;
         let proof = borsh::to_vec(&proof).map_err(|e| StoreError::StateTree(e.to_string()))?;
         Ok((value, proof, root.0))
     }
 }
 
-fn table_get(store: &Store, t: &impl ReadableTable<&'static [u8], &'static [u8]>, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+fn table_get(
+    store: &Store,
+    t: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    key: &[u8],
+) -> Result<Option<Vec<u8>>, StoreError> {
     Ok(dbe!(store, t.get(key))?.map(|v| v.value().to_vec()))
 }
 
@@ -390,21 +511,33 @@ where
         }
     }
 
-    fn get_value_option(&self, max_version: Version, key_hash: KeyHash) -> anyhow::Result<Option<OwnedValue>> {
+    fn get_value_option(
+        &self,
+        max_version: Version,
+        key_hash: KeyHash,
+    ) -> anyhow::Result<Option<OwnedValue>> {
         let from = value_key(&key_hash, 0);
         let to = value_key(&key_hash, max_version);
-        let mut it = self.values.range::<&[u8]>(from.as_slice()..=to.as_slice())?;
+        let mut it = self
+            .values
+            .range::<&[u8]>(from.as_slice()..=to.as_slice())?;
         match it.next_back() {
             Some(r) => {
                 let (_, v) = r?;
                 let v = v.value();
-                Ok(if v.first() == Some(&1) { Some(v[1..].to_vec()) } else { None })
+                Ok(if v.first() == Some(&1) {
+                    Some(v[1..].to_vec())
+                } else {
+                    None
+                })
             }
             None => Ok(None),
         }
     }
 
     fn get_rightmost_leaf(&self) -> anyhow::Result<Option<(NodeKey, LeafNode)>> {
-        anyhow::bail!("tree restoration from a rightmost leaf is not supported; snapshots carry whole state")
+        anyhow::bail!(
+            "tree restoration from a rightmost leaf is not supported; snapshots carry whole state"
+        )
     }
 }

@@ -30,7 +30,10 @@ pub struct TreeFiles {
 #[derive(Debug, thiserror::Error)]
 pub enum TreeError {
     #[error("tree file {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("tree subtree ({level}, {index}) is not stored")]
     Missing { level: u32, index: u64 },
     #[error("tree is full")]
@@ -40,25 +43,42 @@ pub enum TreeError {
 impl TreeFiles {
     /// Starts an empty tree in `dir`, deleting any previous level files.
     pub fn create(dir: &Path) -> Result<Self, TreeError> {
-        let io = |source| TreeError::Io { path: dir.to_path_buf(), source };
+        let io = |source| TreeError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
         if dir.exists() {
             std::fs::remove_dir_all(dir).map_err(io)?;
         }
         std::fs::create_dir_all(dir).map_err(io)?;
-        Ok(TreeFiles { dir: dir.to_path_buf(), levels: Vec::new(), frontier: Frontier::new() })
+        Ok(TreeFiles {
+            dir: dir.to_path_buf(),
+            levels: Vec::new(),
+            frontier: Frontier::new(),
+        })
     }
 
     fn level(&mut self, k: u32) -> Result<&mut Level, TreeError> {
         while self.levels.len() <= k as usize {
-            let path = self.dir.join(format!("level-{:02}.hashes", self.levels.len()));
+            let path = self
+                .dir
+                .join(format!("level-{:02}.hashes", self.levels.len()));
             let file = OpenOptions::new()
                 .create(true)
                 .truncate(true)
                 .read(true)
                 .write(true)
                 .open(&path)
-                .map_err(|source| TreeError::Io { path: path.clone(), source })?;
-            self.levels.push(Level { file, path, flushed: 0, pending: Vec::new() });
+                .map_err(|source| TreeError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+            self.levels.push(Level {
+                file,
+                path,
+                flushed: 0,
+                pending: Vec::new(),
+            });
         }
         Ok(&mut self.levels[k as usize])
     }
@@ -103,7 +123,10 @@ fn flush_level(level: &mut Level) -> Result<(), TreeError> {
     let bytes: Vec<u8> = level.pending.iter().flatten().copied().collect();
     (&level.file)
         .write_all(&bytes)
-        .map_err(|source| TreeError::Io { path: level.path.clone(), source })?;
+        .map_err(|source| TreeError::Io {
+            path: level.path.clone(),
+            source,
+        })?;
     level.flushed += level.pending.len() as u64;
     level.pending.clear();
     Ok(())
@@ -122,7 +145,10 @@ impl SubtreeSource for TreeFiles {
         let mut h = [0u8; 32];
         l.file
             .read_exact_at(&mut h, index * 32)
-            .map_err(|source| TreeError::Io { path: l.path.clone(), source })?;
+            .map_err(|source| TreeError::Io {
+                path: l.path.clone(),
+                source,
+            })?;
         Ok(h)
     }
 }
@@ -149,7 +175,14 @@ mod tests {
         for size in [1u64, 2, 3, 1000, 2049, 4096, 5000] {
             assert_eq!(t.root_at(size).unwrap(), merkle::root(&m, size).unwrap());
             let p = merkle::inclusion_proof(&t, size - 1, size).unwrap();
-            merkle::verify_inclusion(&leaf_hash(&((size - 1) as u32).to_be_bytes()), size - 1, size, &p, &t.root_at(size).unwrap()).unwrap();
+            merkle::verify_inclusion(
+                &leaf_hash(&((size - 1) as u32).to_be_bytes()),
+                size - 1,
+                size,
+                &p,
+                &t.root_at(size).unwrap(),
+            )
+            .unwrap();
         }
         let p = merkle::consistency_proof(&t, 1234, 5000).unwrap();
         merkle::verify_consistency(1234, 5000, &t.root_at(1234).unwrap(), &t.root(), &p).unwrap();

@@ -1,0 +1,394 @@
+//! The executor: turns ordered commands into leaves, state and checkpoints.
+
+use crate::command::Command;
+use crate::genesis::{Config, Genesis};
+use crate::node::Divergence;
+use crate::registry::{self, Identity, Role};
+use crate::{codes, keys, kv, node, Reject};
+use comity_core::cbor::{self, MapView};
+use comity_core::checkpoint::Checkpoint;
+use comity_core::crypto::{sha256, PublicKey};
+use comity_core::entry::{
+    checkpoint_marker_body, EntryKind, Leaf, Outcome, Record, PROTOCOL_VERSION,
+};
+use comity_core::tx::Tx;
+use comity_core::Hash;
+use comity_store::{Store, StoreError, WriteBatch};
+
+/// What happened to one submitted transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TxResult {
+    pub id: Hash,
+    pub index: u64,
+    pub outcome: Outcome,
+    pub time: u64,
+}
+
+/// Everything an application sees while executing one transaction.
+pub struct Ctx<'a, 'b> {
+    pub batch: &'a mut WriteBatch<'b>,
+    pub net: Hash,
+    pub signer: Hash,
+    pub role: Role,
+    /// Ledger index this transaction's leaf will have.
+    pub index: u64,
+    pub time: u64,
+    pub divergence: Option<Divergence>,
+}
+
+/// Results of one apply step.
+#[derive(Default)]
+pub struct Output {
+    pub txs: Vec<TxResult>,
+    /// A checkpoint this node should now sign.
+    pub checkpoint: Option<Checkpoint>,
+    /// Set when a node's signed checkpoint differs from ours.
+    pub divergence: Option<(Hash, u64)>,
+}
+
+/// Executor state that is not application state; persisted in aux with each batch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct ExecState {
+    net: Option<Hash>,
+    time: u64,
+    seq: u64,
+    /// Leaves since the last checkpoint that need one (node signatures do not).
+    uncovered: u64,
+}
+
+pub struct Executor {
+    st: ExecState,
+    config: Config,
+}
+
+impl Executor {
+    /// Loads executor state from the store (empty before genesis).
+    pub fn load(store: &Store) -> Result<Self, StoreError> {
+        let r = store.read()?;
+        let st = match r.aux_get(keys::EXEC)? {
+            Some(b) => decode_state(&b)?,
+            None => ExecState::default(),
+        };
+        let config = match r.get(keys::CONFIG)? {
+            Some(b) => decode_config(&b)?,
+            None => Config::default(),
+        };
+        Ok(Executor { st, config })
+    }
+
+    pub fn network_id(&self) -> Option<Hash> {
+        self.st.net
+    }
+    pub fn ledger_time(&self) -> u64 {
+        self.st.time
+    }
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    pub fn checkpoint_seq(&self) -> u64 {
+        self.st.seq
+    }
+    /// Leaves not yet covered by a checkpoint (excluding node signatures).
+    pub fn uncovered(&self) -> u64 {
+        self.st.uncovered
+    }
+
+    /// Applies one command. `preverified(id)` says the signature was already
+    /// checked at ingress on this node; the outcome is the same either way.
+    pub fn apply(
+        &mut self,
+        batch: &mut WriteBatch<'_>,
+        cmd: &Command,
+        preverified: &dyn Fn(&Hash) -> bool,
+    ) -> Result<Output, StoreError> {
+        let mut out = Output::default();
+        match cmd {
+            Command::Genesis { doc } => self.genesis(batch, doc)?,
+            Command::Batch { time, txs } => {
+                self.st.time = self.st.time.max(*time);
+                for bytes in txs {
+                    if let Some(r) = self.transaction(batch, bytes, preverified, &mut out)? {
+                        out.txs.push(r);
+                    }
+                }
+            }
+            Command::Checkpoint { time } => {
+                self.st.time = self.st.time.max(*time);
+                out.checkpoint = self.checkpoint(batch)?;
+            }
+        }
+        batch.aux_put(keys::EXEC, &encode_state(&self.st))?;
+        Ok(out)
+    }
+
+    fn genesis(&mut self, batch: &mut WriteBatch<'_>, doc: &[u8]) -> Result<(), StoreError> {
+        if self.st.net.is_some() || batch.ledger_len() != 0 {
+            tracing::warn!("ignoring a second genesis entry");
+            return Ok(());
+        }
+        let g = Genesis::from_cbor(doc)
+            .map_err(|e| StoreError::StateTree(format!("invalid genesis document: {e}")))?;
+        let net = sha256(doc);
+        for (role, list) in [(Role::Member, &g.members), (Role::User, &g.users)] {
+            for spec in list {
+                let ident = Identity::new(role, &spec.name, spec.key.clone(), 0);
+                batch.put(&keys::identity(&ident.id()), &ident.to_cbor())?;
+            }
+        }
+        for n in &g.nodes.0 {
+            let ident = Identity::new(
+                Role::Node,
+                &format!("node {}", &hex::encode(n.id)[..12]),
+                n.key.clone(),
+                0,
+            );
+            batch.put(&keys::identity(&n.id), &ident.to_cbor())?;
+        }
+        batch.put(
+            keys::NODES,
+            &cbor::to_vec(g.nodes.to_value()).expect("valid"),
+        )?;
+        batch.put(
+            keys::CONFIG,
+            &cbor::to_vec(g.config.to_value()).expect("valid"),
+        )?;
+        batch.put(
+            keys::NETWORK,
+            &cbor::to_vec(cbor::map([
+                ("id", cbor::bytes(net)),
+                ("name", cbor::text(&g.name)),
+            ]))
+            .expect("valid"),
+        )?;
+        self.config = g.config.clone();
+        self.st.net = Some(net);
+        self.st.time = self.st.time.max(g.time);
+        let leaf = Leaf {
+            version: PROTOCOL_VERSION,
+            index: 0,
+            time: self.st.time,
+            kind: EntryKind::Genesis,
+            digest: net,
+            outcome: Outcome::Applied,
+            signer: None,
+        };
+        batch.append(&Record {
+            leaf: leaf.to_cbor(),
+            body: doc.to_vec(),
+        })?;
+        batch.update_state_root(0)?;
+        self.st.uncovered += 1;
+        Ok(())
+    }
+
+    fn transaction(
+        &mut self,
+        batch: &mut WriteBatch<'_>,
+        bytes: &[u8],
+        preverified: &dyn Fn(&Hash) -> bool,
+        out: &mut Output,
+    ) -> Result<Option<TxResult>, StoreError> {
+        let id = sha256(bytes);
+        if batch.aux_get(&keys::tx(&id))?.is_some() {
+            return Ok(None); // identical bytes already in the ledger: idempotent
+        }
+        let index = batch.ledger_len();
+        let time = self.st.time;
+        let mut signer_leaf = None;
+        let mut is_node_sig = false;
+        let outcome = match self.check(batch, bytes, &id, preverified, &mut signer_leaf)? {
+            Err(r) => Outcome::Rejected(r.0.to_string()),
+            Ok((tx, role)) => {
+                is_node_sig = tx.payload.app == "node";
+                let mut ctx = Ctx {
+                    batch: &mut *batch,
+                    net: tx.payload.net,
+                    signer: tx.kid,
+                    role,
+                    index,
+                    time,
+                    divergence: None,
+                };
+                let r = match tx.payload.app.as_str() {
+                    "kv" => kv::execute(&mut ctx, &tx.payload.op, &tx.payload.args)?,
+                    "identity" => registry::execute(&mut ctx, &tx.payload.op, &tx.payload.args)?,
+                    "node" => node::execute(&mut ctx, &tx.payload.op, &tx.payload.args)?,
+                    _ => Err(Reject(codes::UNKNOWN_APP)),
+                };
+                if let Some(d) = ctx.divergence {
+                    out.divergence = Some((d.node, d.seq));
+                }
+                // The nonce is spent whatever the outcome, so the same intent cannot be replayed.
+                batch.aux_put(
+                    &keys::nonce(&tx.kid, &tx.payload.nonce),
+                    &tx.payload.created.to_be_bytes(),
+                )?;
+                batch.aux_put(
+                    &keys::nonce_time(tx.payload.created, &tx.kid, &tx.payload.nonce),
+                    &[],
+                )?;
+                match r {
+                    Ok(()) => Outcome::Applied,
+                    Err(r) => Outcome::Rejected(r.0.to_string()),
+                }
+            }
+        };
+        let leaf = Leaf {
+            version: PROTOCOL_VERSION,
+            index,
+            time,
+            kind: EntryKind::Tx,
+            digest: id,
+            outcome: outcome.clone(),
+            signer: signer_leaf,
+        };
+        batch.append(&Record {
+            leaf: leaf.to_cbor(),
+            body: bytes.to_vec(),
+        })?;
+        batch.aux_put(&keys::tx(&id), &index.to_be_bytes())?;
+        if !is_node_sig {
+            self.st.uncovered += 1;
+        }
+        Ok(Some(TxResult {
+            id,
+            index,
+            outcome,
+            time,
+        }))
+    }
+
+    /// Envelope checks, in the order the HTTP API reports them.
+    fn check(
+        &self,
+        batch: &WriteBatch<'_>,
+        bytes: &[u8],
+        id: &Hash,
+        preverified: &dyn Fn(&Hash) -> bool,
+        signer_leaf: &mut Option<(Hash, Vec<u8>)>,
+    ) -> Result<Result<(Tx, Role), Reject>, StoreError> {
+        if bytes.len() as u64 > self.config.max_tx_bytes {
+            return Ok(Err(Reject(codes::MALFORMED)));
+        }
+        let tx = match Tx::parse(bytes) {
+            Ok(tx) => tx,
+            Err(_) => return Ok(Err(Reject(codes::MALFORMED))),
+        };
+        if Some(tx.payload.net) != self.st.net {
+            return Ok(Err(Reject(codes::WRONG_NETWORK)));
+        }
+        let Some(ident) = registry::get(batch, &tx.kid)? else {
+            return Ok(Err(Reject(codes::UNKNOWN_SIGNER)));
+        };
+        *signer_leaf = Some((tx.kid, ident.current_key().to_vec()));
+        if !ident.is_active() {
+            return Ok(Err(Reject(codes::UNKNOWN_SIGNER)));
+        }
+        if !preverified(id) {
+            let key = PublicKey::from_spki_der(ident.current_key())
+                .map_err(|e| StoreError::StateTree(format!("stored key: {e}")))?;
+            if tx.verify(&key).is_err() {
+                return Ok(Err(Reject(codes::BAD_SIGNATURE)));
+            }
+        }
+        if !within_window(tx.payload.created, self.st.time, self.config.tx_window_ms) {
+            return Ok(Err(Reject(codes::OUTSIDE_WINDOW)));
+        }
+        if batch
+            .aux_get(&keys::nonce(&tx.kid, &tx.payload.nonce))?
+            .is_some()
+        {
+            return Ok(Err(Reject(codes::NONCE_REUSED)));
+        }
+        let role = ident.role;
+        Ok(Ok((tx, role)))
+    }
+
+    fn checkpoint(&mut self, batch: &mut WriteBatch<'_>) -> Result<Option<Checkpoint>, StoreError> {
+        let Some(net) = self.st.net else {
+            return Ok(None);
+        };
+        self.st.seq += 1;
+        let seq = self.st.seq;
+        let body = checkpoint_marker_body(seq);
+        let index = batch.ledger_len();
+        let leaf = Leaf {
+            version: PROTOCOL_VERSION,
+            index,
+            time: self.st.time,
+            kind: EntryKind::Checkpoint,
+            digest: sha256(&body),
+            outcome: Outcome::Applied,
+            signer: None,
+        };
+        batch.append(&Record {
+            leaf: leaf.to_cbor(),
+            body,
+        })?;
+        self.prune_nonces(batch)?;
+        let state_root = batch.update_state_root(seq)?;
+        let cp = Checkpoint {
+            network_id: net,
+            seq,
+            size: batch.ledger_len(),
+            tx_root: batch.tx_root(),
+            state_root,
+            time: self.st.time,
+            version: PROTOCOL_VERSION,
+        };
+        batch.aux_put(&keys::checkpoint(seq), &cp.to_cbor())?;
+        batch.aux_put(&keys::checkpoint_by_size(cp.size), &seq.to_be_bytes())?;
+        self.st.uncovered = 0;
+        Ok(Some(cp))
+    }
+
+    /// Forgets nonces created before the window: such transactions are refused anyway.
+    fn prune_nonces(&self, batch: &mut WriteBatch<'_>) -> Result<(), StoreError> {
+        let horizon = self.st.time.saturating_sub(self.config.tx_window_ms);
+        let to = [keys::NONCE_TIME_PREFIX, &horizon.to_be_bytes()].concat();
+        loop {
+            let old = batch.aux_range(keys::NONCE_TIME_PREFIX, &to, 1024)?;
+            if old.is_empty() {
+                return Ok(());
+            }
+            for (k, _) in old {
+                let rest = &k[keys::NONCE_TIME_PREFIX.len() + 8..];
+                let (signer, nonce) = rest.split_at(32);
+                batch.aux_delete(&keys::nonce(signer.try_into().expect("32 bytes"), nonce))?;
+                batch.aux_delete(&k)?;
+            }
+        }
+    }
+}
+
+/// Whether `created` lies within `window` of ledger time `now`.
+pub fn within_window(created: u64, now: u64, window: u64) -> bool {
+    created.abs_diff(now) <= window
+}
+
+fn encode_state(s: &ExecState) -> Vec<u8> {
+    cbor::to_vec(cbor::map([
+        ("net", s.net.map(cbor::bytes).unwrap_or(cbor::Value::Null)),
+        ("time", cbor::uint(s.time)),
+        ("seq", cbor::uint(s.seq)),
+        ("uncovered", cbor::uint(s.uncovered)),
+    ]))
+    .expect("valid")
+}
+
+fn decode_state(b: &[u8]) -> Result<ExecState, StoreError> {
+    let bad = |e: cbor::CborError| StoreError::StateTree(format!("executor state: {e}"));
+    let v = cbor::from_slice(b).map_err(bad)?;
+    let m = MapView::new(&v).map_err(bad)?;
+    Ok(ExecState {
+        net: m.hash("net").ok(),
+        time: m.u64("time").map_err(bad)?,
+        seq: m.u64("seq").map_err(bad)?,
+        uncovered: m.u64("uncovered").map_err(bad)?,
+    })
+}
+
+fn decode_config(b: &[u8]) -> Result<Config, StoreError> {
+    let bad = |e: cbor::CborError| StoreError::StateTree(format!("config: {e}"));
+    Config::from_value(&cbor::from_slice(b).map_err(bad)?).map_err(bad)
+}

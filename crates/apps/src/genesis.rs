@@ -1,0 +1,166 @@
+//! The genesis document: the network's name, first identities, nodes and
+//! configuration. Its SHA-256 is the network id.
+
+use comity_core::cbor::{self, CborError, MapView, Value};
+use comity_core::crypto::PublicKey;
+use comity_core::network::{NodeInfo, NodeSet};
+
+/// Tunables that every node must agree on, so they live in state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// A checkpoint marker after this many client transactions...
+    pub checkpoint_txs: u64,
+    /// ...or after this many milliseconds with uncovered transactions.
+    pub checkpoint_ms: u64,
+    /// Accepted distance between a transaction's creation time and ledger time.
+    pub tx_window_ms: u64,
+    /// Largest accepted transaction.
+    pub max_tx_bytes: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            checkpoint_txs: 5000,
+            checkpoint_ms: 20,
+            tx_window_ms: 10 * 60 * 1000,
+            max_tx_bytes: 128 * 1024,
+        }
+    }
+}
+
+impl Config {
+    pub fn to_value(&self) -> Value {
+        cbor::map([
+            ("checkpoint_txs", cbor::uint(self.checkpoint_txs)),
+            ("checkpoint_ms", cbor::uint(self.checkpoint_ms)),
+            ("tx_window_ms", cbor::uint(self.tx_window_ms)),
+            ("max_tx_bytes", cbor::uint(self.max_tx_bytes)),
+        ])
+    }
+
+    pub fn from_value(v: &Value) -> Result<Self, CborError> {
+        let m = MapView::new(v)?;
+        let c = Config {
+            checkpoint_txs: m.u64("checkpoint_txs")?,
+            checkpoint_ms: m.u64("checkpoint_ms")?,
+            tx_window_ms: m.u64("tx_window_ms")?,
+            max_tx_bytes: m.u64("max_tx_bytes")?,
+        };
+        if c.checkpoint_txs == 0 || c.checkpoint_ms == 0 || c.max_tx_bytes < 1024 {
+            return Err(CborError::Shape(
+                "config values must be positive (max_tx_bytes >= 1024)".into(),
+            ));
+        }
+        Ok(c)
+    }
+}
+
+/// An identity named in genesis.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentitySpec {
+    /// SubjectPublicKeyInfo DER.
+    pub key: Vec<u8>,
+    pub name: String,
+}
+
+impl IdentitySpec {
+    fn to_value(&self) -> Value {
+        cbor::map([
+            ("key", cbor::bytes(self.key.clone())),
+            ("name", cbor::text(&self.name)),
+        ])
+    }
+    fn from_value(v: &Value) -> Result<Self, CborError> {
+        let m = MapView::new(v)?;
+        let key = m.bytes("key")?.to_vec();
+        PublicKey::from_spki_der(&key).map_err(|e| CborError::Shape(e.to_string()))?;
+        Ok(IdentitySpec {
+            key,
+            name: m.text("name")?.to_string(),
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Genesis {
+    pub name: String,
+    /// Creation time (ms); the first ledger time.
+    pub time: u64,
+    pub members: Vec<IdentitySpec>,
+    pub users: Vec<IdentitySpec>,
+    pub nodes: NodeSet,
+    pub config: Config,
+}
+
+impl Genesis {
+    pub fn to_cbor(&self) -> Vec<u8> {
+        let list =
+            |l: &[IdentitySpec]| Value::Array(l.iter().map(IdentitySpec::to_value).collect());
+        cbor::to_vec(cbor::map([
+            ("name", cbor::text(&self.name)),
+            ("time", cbor::uint(self.time)),
+            ("members", list(&self.members)),
+            ("users", list(&self.users)),
+            ("nodes", self.nodes.to_value()),
+            ("config", self.config.to_value()),
+        ]))
+        .expect("genesis built from valid parts")
+    }
+
+    pub fn from_cbor(bytes: &[u8]) -> Result<Self, CborError> {
+        let v = cbor::from_canonical_slice(bytes)?;
+        let m = MapView::new(&v)?;
+        let list = |k: &str| -> Result<Vec<IdentitySpec>, CborError> {
+            m.array(k)?.iter().map(IdentitySpec::from_value).collect()
+        };
+        let nodes = NodeSet::from_value(m.req("nodes")?)?;
+        for n in &nodes.0 {
+            let key = n
+                .public_key()
+                .map_err(|e| CborError::Shape(e.to_string()))?;
+            if key.fingerprint() != n.id {
+                return Err(CborError::Shape(
+                    "node id must be the SHA-256 of its key".into(),
+                ));
+            }
+        }
+        let g = Genesis {
+            name: m.text("name")?.to_string(),
+            time: m.u64("time")?,
+            members: list("members")?,
+            users: list("users")?,
+            nodes,
+            config: Config::from_value(m.req("config")?)?,
+        };
+        if g.members.is_empty() || g.nodes.0.is_empty() {
+            return Err(CborError::Shape(
+                "genesis needs at least one member and one node".into(),
+            ));
+        }
+        let member_ids: Vec<_> = g.members.iter().map(|s| fingerprint(&s.key)).collect();
+        if g.nodes.0.iter().any(|n| !member_ids.contains(&n.member)) {
+            return Err(CborError::Shape(
+                "every node must be operated by a genesis member".into(),
+            ));
+        }
+        Ok(g)
+    }
+
+    pub fn network_id(&self) -> comity_core::Hash {
+        comity_core::crypto::sha256(&self.to_cbor())
+    }
+}
+
+fn fingerprint(spki: &[u8]) -> comity_core::Hash {
+    comity_core::crypto::sha256(spki)
+}
+
+/// Convenience for building node entries.
+pub fn node_info(key: &PublicKey, member: comity_core::Hash) -> NodeInfo {
+    NodeInfo {
+        id: key.fingerprint(),
+        member,
+        key: key.to_spki_der(),
+    }
+}

@@ -1,0 +1,86 @@
+//! Key layout of the state (in the state root) and aux (derived) tables.
+
+use comity_core::Hash;
+
+// State (committed to by the state root).
+pub const NETWORK: &[u8] = b"net";
+pub const CONFIG: &[u8] = b"cfg";
+pub const NODES: &[u8] = b"nodes";
+
+pub fn identity(id: &Hash) -> Vec<u8> {
+    [b"id/".as_slice(), id].concat()
+}
+
+pub fn kv(key: &str) -> Vec<u8> {
+    [b"kv/".as_slice(), key.as_bytes()].concat()
+}
+
+// Aux (derived from the ledger, rebuilt by replay).
+pub const EXEC: &[u8] = b"exec";
+
+pub fn tx(id: &Hash) -> Vec<u8> {
+    [b"tx/".as_slice(), id].concat()
+}
+
+pub fn nonce(signer: &Hash, nonce: &[u8]) -> Vec<u8> {
+    [b"nonce/".as_slice(), signer, nonce].concat()
+}
+
+pub const NONCE_TIME_PREFIX: &[u8] = b"nt/";
+
+/// Nonces ordered by creation time, for deterministic pruning.
+pub fn nonce_time(created: u64, signer: &Hash, nonce: &[u8]) -> Vec<u8> {
+    [NONCE_TIME_PREFIX, &created.to_be_bytes(), signer, nonce].concat()
+}
+
+fn kv_history_prefix(key: &str) -> Vec<u8> {
+    let len = u16::try_from(key.len()).unwrap_or(u16::MAX);
+    [b"kvh/".as_slice(), &len.to_be_bytes(), key.as_bytes()].concat()
+}
+
+pub fn kv_history(key: &str, index: u64) -> Vec<u8> {
+    [kv_history_prefix(key), index.to_be_bytes().to_vec()].concat()
+}
+
+/// Range bounds of one key's history.
+pub fn kv_history_range(key: &str) -> (Vec<u8>, Vec<u8>) {
+    let p = kv_history_prefix(key);
+    (
+        [p.clone(), vec![0; 8]].concat(),
+        [p, vec![0xff; 9]].concat(),
+    )
+}
+
+pub fn checkpoint(seq: u64) -> Vec<u8> {
+    [b"cp/".as_slice(), &seq.to_be_bytes()].concat()
+}
+
+pub const CHECKPOINT_SIZE_PREFIX: &[u8] = b"cps/";
+
+pub fn checkpoint_by_size(size: u64) -> Vec<u8> {
+    [CHECKPOINT_SIZE_PREFIX, &size.to_be_bytes()].concat()
+}
+
+pub fn signature(seq: u64, node: &Hash) -> Vec<u8> {
+    [b"sig/".as_slice(), &seq.to_be_bytes(), node].concat()
+}
+
+pub fn signature_range(seq: u64) -> (Vec<u8>, Vec<u8>) {
+    (
+        signature(seq, &[0; 32]),
+        signature(seq, &[0xff; 32])
+            .into_iter()
+            .chain([0xff])
+            .collect(),
+    )
+}
+
+pub fn final_checkpoint(seq: u64) -> Vec<u8> {
+    [b"fin/".as_slice(), &seq.to_be_bytes()].concat()
+}
+
+pub const LATEST_FINAL: &[u8] = b"fin_latest";
+
+pub fn evidence(node: &Hash, seq: u64) -> Vec<u8> {
+    [b"evidence/".as_slice(), node, &seq.to_be_bytes()].concat()
+}

@@ -1,0 +1,155 @@
+//! The `node` application: nodes' checkpoint signatures, finality, and
+//! evidence of conflicting signatures.
+
+use crate::executor::Ctx;
+use crate::registry::Role;
+use crate::{codes, keys, Reject};
+use comity_core::cbor::{self, MapView, Value};
+use comity_core::checkpoint::{self, Checkpoint, CHECKPOINT_CONTENT_TYPE};
+use comity_core::network::NodeSet;
+use comity_core::Hash;
+use comity_store::{StoreError, WriteBatch};
+use std::collections::BTreeSet;
+
+/// Arguments of `node.checkpoint`: the body the node computed and its COSE_Signature.
+pub fn signature_args(body: &[u8], sig: &[u8]) -> Value {
+    cbor::map([
+        ("body", cbor::bytes(body.to_vec())),
+        ("sig", cbor::bytes(sig.to_vec())),
+    ])
+}
+
+pub fn node_set(batch: &WriteBatch<'_>) -> Result<NodeSet, StoreError> {
+    let raw = batch
+        .get(keys::NODES)?
+        .ok_or_else(|| StoreError::StateTree("no node set".into()))?;
+    let v = cbor::from_slice(&raw).map_err(|e| StoreError::StateTree(e.to_string()))?;
+    NodeSet::from_value(&v).map_err(|e| StoreError::StateTree(e.to_string()))
+}
+
+/// Outcome for the caller: whether the local checkpoint disagreed with the signed one.
+pub struct Divergence {
+    pub node: Hash,
+    pub seq: u64,
+}
+
+pub fn execute(
+    ctx: &mut Ctx<'_, '_>,
+    op: &str,
+    args: &Value,
+) -> Result<Result<(), Reject>, StoreError> {
+    if ctx.role != Role::Node {
+        return Ok(Err(Reject(codes::FORBIDDEN)));
+    }
+    if op != "checkpoint" {
+        return Ok(Err(Reject(codes::UNKNOWN_OP)));
+    }
+    let Ok(m) = MapView::new(args) else {
+        return Ok(Err(Reject(codes::BAD_ARGS)));
+    };
+    let (Ok(body), Ok(sig_bytes)) = (m.bytes("body"), m.bytes("sig")) else {
+        return Ok(Err(Reject(codes::BAD_ARGS)));
+    };
+    let Ok(cp) = Checkpoint::from_cbor(body) else {
+        return Ok(Err(Reject(codes::BAD_ARGS)));
+    };
+    let Ok(sig) = checkpoint::parse_signature(sig_bytes) else {
+        return Ok(Err(Reject(codes::BAD_ARGS)));
+    };
+    if cp.network_id != ctx.net {
+        return Ok(Err(Reject(codes::WRONG_NETWORK)));
+    }
+    let set = node_set(ctx.batch)?;
+    let Some(node) = set.get(&ctx.signer) else {
+        return Ok(Err(Reject(codes::FORBIDDEN)));
+    };
+    let Ok(key) = node.public_key() else {
+        return Ok(Err(Reject(codes::BAD_ARGS)));
+    };
+    if checkpoint::signer(&sig).ok() != Some(ctx.signer)
+        || checkpoint::verify(CHECKPOINT_CONTENT_TYPE, body, &sig, &key).is_err()
+    {
+        return Ok(Err(Reject(codes::BAD_SIGNATURE)));
+    }
+    let sig_key = keys::signature(cp.seq, &ctx.signer);
+    if let Some(prev) = ctx.batch.aux_get(&sig_key)? {
+        // Same node, same checkpoint: identical is a harmless resend; different is evidence.
+        let prev_body = cbor::from_slice(&prev).ok().and_then(|v| {
+            MapView::new(&v)
+                .ok()
+                .and_then(|m| m.bytes("body").ok().map(<[u8]>::to_vec))
+        });
+        if prev_body.as_deref() == Some(body) {
+            return Ok(Ok(()));
+        }
+        ctx.batch.aux_put(
+            &keys::evidence(&ctx.signer, cp.seq),
+            &cbor::to_vec(Value::Array(vec![
+                cbor::bytes(prev),
+                cbor::bytes(cbor::to_vec(signature_args(body, sig_bytes)).expect("valid")),
+            ]))
+            .expect("valid"),
+        )?;
+        tracing::error!(node = %hex::encode(ctx.signer), seq = cp.seq, "node signed two different checkpoints for one sequence number; evidence kept");
+        return Ok(Err(Reject(codes::CONFLICTING_SIGNATURE)));
+    }
+    let local = ctx.batch.aux_get(&keys::checkpoint(cp.seq))?;
+    if local.as_deref() != Some(body) {
+        // This node computed something else for the same checkpoint: it or the signer diverged.
+        ctx.divergence = Some(Divergence {
+            node: ctx.signer,
+            seq: cp.seq,
+        });
+    }
+    ctx.batch.aux_put(
+        &sig_key,
+        &cbor::to_vec(signature_args(body, sig_bytes)).expect("valid"),
+    )?;
+    if local.as_deref() == Some(body)
+        && ctx
+            .batch
+            .aux_get(&keys::final_checkpoint(cp.seq))?
+            .is_none()
+    {
+        let (from, to) = keys::signature_range(cp.seq);
+        let members: BTreeSet<Hash> = ctx
+            .batch
+            .aux_range(&from, &to, usize::MAX)?
+            .into_iter()
+            .filter(|(_, v)| stored_body(v).as_deref() == Some(body))
+            .filter_map(|(k, _)| {
+                set.get(&k[k.len() - 32..].try_into().expect("32-byte suffix"))
+                    .map(|n| n.member)
+            })
+            .collect();
+        if members.len() >= set.quorum() {
+            ctx.batch.aux_put(&keys::final_checkpoint(cp.seq), &[])?;
+            let latest = ctx
+                .batch
+                .aux_get(keys::LATEST_FINAL)?
+                .and_then(|v| v.try_into().ok())
+                .map(u64::from_be_bytes);
+            if latest.is_none_or(|l| l < cp.seq) {
+                ctx.batch
+                    .aux_put(keys::LATEST_FINAL, &cp.seq.to_be_bytes())?;
+            }
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// The body stored with a signature record.
+pub fn stored_body(v: &[u8]) -> Option<Vec<u8>> {
+    let v = cbor::from_slice(v).ok()?;
+    MapView::new(&v)
+        .ok()?
+        .bytes("body")
+        .ok()
+        .map(<[u8]>::to_vec)
+}
+
+/// The COSE_Signature stored with a signature record.
+pub fn stored_sig(v: &[u8]) -> Option<Vec<u8>> {
+    let v = cbor::from_slice(v).ok()?;
+    MapView::new(&v).ok()?.bytes("sig").ok().map(<[u8]>::to_vec)
+}

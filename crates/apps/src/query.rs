@@ -1,0 +1,183 @@
+//! Read-side queries: transaction status, receipts, checkpoints, proved reads.
+
+use crate::{keys, node};
+use comity_core::cbor;
+use comity_core::checkpoint::{self, Checkpoint};
+use comity_core::entry::{Leaf, Record};
+use comity_core::receipt::Receipt;
+use comity_core::Hash;
+use comity_store::{Reader, Store, StoreError};
+
+fn be_u64(v: &[u8]) -> Option<u64> {
+    v.try_into().ok().map(u64::from_be_bytes)
+}
+
+/// Ledger index of a committed transaction.
+pub fn tx_index(r: &Reader<'_>, id: &Hash) -> Result<Option<u64>, StoreError> {
+    Ok(r.aux_get(&keys::tx(id))?.as_deref().and_then(be_u64))
+}
+
+/// The record at `index`, decoded.
+pub fn record(store: &Store, index: u64) -> Result<(Record, Leaf), StoreError> {
+    let raw = store.record(index)?;
+    let rec = Record::from_cbor(&raw).map_err(|e| StoreError::BadRecord {
+        index,
+        message: e.to_string(),
+    })?;
+    let leaf = Leaf::from_cbor(&rec.leaf).map_err(|e| StoreError::BadRecord {
+        index,
+        message: e.to_string(),
+    })?;
+    Ok((rec, leaf))
+}
+
+/// A checkpoint with the signatures that make it final.
+pub struct SignedCheckpoint {
+    pub body: Vec<u8>,
+    pub checkpoint: Checkpoint,
+    pub signatures: Vec<Vec<u8>>,
+    pub signers: Vec<Hash>,
+}
+
+pub fn signed_checkpoint(r: &Reader<'_>, seq: u64) -> Result<Option<SignedCheckpoint>, StoreError> {
+    let Some(body) = r.aux_get(&keys::checkpoint(seq))? else {
+        return Ok(None);
+    };
+    let checkpoint =
+        Checkpoint::from_cbor(&body).map_err(|e| StoreError::StateTree(e.to_string()))?;
+    let (from, to) = keys::signature_range(seq);
+    let mut signatures = Vec::new();
+    let mut signers = Vec::new();
+    for (k, v) in r.aux_range(&from, &to, 1024)? {
+        if node::stored_body(&v).as_deref() == Some(body.as_slice()) {
+            if let Some(sig) = node::stored_sig(&v) {
+                signatures.push(sig);
+                signers.push(k[k.len() - 32..].try_into().expect("32-byte suffix"));
+            }
+        }
+    }
+    Ok(Some(SignedCheckpoint {
+        body,
+        checkpoint,
+        signatures,
+        signers,
+    }))
+}
+
+pub fn is_final(r: &Reader<'_>, seq: u64) -> Result<bool, StoreError> {
+    Ok(r.aux_get(&keys::final_checkpoint(seq))?.is_some())
+}
+
+pub fn latest_final(r: &Reader<'_>) -> Result<Option<SignedCheckpoint>, StoreError> {
+    match r.aux_get(keys::LATEST_FINAL)?.as_deref().and_then(be_u64) {
+        Some(seq) => signed_checkpoint(r, seq),
+        None => Ok(None),
+    }
+}
+
+/// The first final checkpoint covering ledger index `index`, if any yet.
+pub fn covering_checkpoint(
+    r: &Reader<'_>,
+    index: u64,
+) -> Result<Option<SignedCheckpoint>, StoreError> {
+    let from = keys::checkpoint_by_size(index + 1);
+    let to = [keys::CHECKPOINT_SIZE_PREFIX, &[0xff; 9]].concat();
+    for (_, seq) in r.aux_range(&from, &to, 8)? {
+        let Some(seq) = be_u64(&seq) else { continue };
+        if is_final(r, seq)? {
+            return signed_checkpoint(r, seq);
+        }
+    }
+    Ok(None)
+}
+
+/// Builds the receipt of ledger position `index`, or `None` while no final checkpoint covers it.
+pub fn receipt(store: &Store, index: u64, with_body: bool) -> Result<Option<Receipt>, StoreError> {
+    let r = store.read()?;
+    if index >= r.ledger_len()? {
+        return Ok(None);
+    }
+    let Some(cp) = covering_checkpoint(&r, index)? else {
+        return Ok(None);
+    };
+    let (rec, _) = record(store, index)?;
+    let path = store.inclusion_proof(index, cp.checkpoint.size)?;
+    let signatures = cp
+        .signatures
+        .iter()
+        .map(|s| checkpoint::parse_signature(s).map_err(|e| StoreError::StateTree(e.to_string())))
+        .collect::<Result<_, _>>()?;
+    Ok(Some(Receipt {
+        checkpoint: cp.body,
+        signatures,
+        index,
+        path,
+        leaf: rec.leaf,
+        body: with_body.then_some(rec.body),
+        chain: Vec::new(),
+    }))
+}
+
+/// The signed checkpoint alone as a COSE_Sign (a receipt without proof headers).
+pub fn checkpoint_cose(cp: &SignedCheckpoint) -> Vec<u8> {
+    checkpoint::signed_statement(
+        checkpoint::CHECKPOINT_CONTENT_TYPE,
+        &cp.body,
+        &cp.signatures,
+    )
+}
+
+/// `kv` value proved against the latest final checkpoint's state root.
+pub struct ProvedValue {
+    pub value: Option<Vec<u8>>,
+    pub proof: Vec<u8>,
+    pub checkpoint: SignedCheckpoint,
+}
+
+pub fn proved_state(store: &Store, key: &[u8]) -> Result<Option<ProvedValue>, StoreError> {
+    let r = store.read()?;
+    let Some(cp) = latest_final(&r)? else {
+        return Ok(None);
+    };
+    let (value, proof, root) = r.state_proof(key, cp.checkpoint.seq)?;
+    if root != cp.checkpoint.state_root {
+        return Err(StoreError::StateTree(format!(
+            "state tree root at version {} differs from checkpoint state root",
+            cp.checkpoint.seq
+        )));
+    }
+    Ok(Some(ProvedValue {
+        value,
+        proof,
+        checkpoint: cp,
+    }))
+}
+
+/// Ledger indexes of writes to a kv key, oldest first.
+pub fn kv_history(r: &Reader<'_>, key: &str, limit: usize) -> Result<Vec<u64>, StoreError> {
+    let (from, to) = keys::kv_history_range(key);
+    Ok(r.aux_range(&from, &to, limit)?
+        .into_iter()
+        .filter_map(|(k, _)| be_u64(&k[k.len() - 8..]))
+        .collect())
+}
+
+pub fn current_state(r: &Reader<'_>, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    r.get(key)
+}
+
+/// The genesis document bytes (ledger entry 0).
+pub fn genesis_doc(store: &Store) -> Result<Vec<u8>, StoreError> {
+    Ok(record(store, 0)?.0.body)
+}
+
+pub fn decode_u64(v: &[u8]) -> Option<u64> {
+    be_u64(v)
+}
+
+pub fn value_bytes(v: cbor::Value) -> Option<Vec<u8>> {
+    match v {
+        cbor::Value::Bytes(b) => Some(b),
+        _ => None,
+    }
+}

@@ -1,0 +1,296 @@
+//! The executor end to end on a real store: genesis, transactions, a
+//! checkpoint, its signature, a receipt that verifies offline, a state proof,
+//! and a restart that recovers the same roots.
+
+use comity_apps::genesis::node_info;
+use comity_apps::{node, query, Command, Config, Executor, Genesis, IdentitySpec};
+use comity_core::cbor;
+use comity_core::checkpoint::{self, CHECKPOINT_CONTENT_TYPE};
+use comity_core::crypto::{Alg, SigningKey};
+use comity_core::entry::Outcome;
+use comity_core::network::{NetworkIdentity, NodeSet};
+use comity_core::tx::{Tx, TxPayload};
+use comity_store::Store;
+use serde_bytes::ByteBuf;
+
+const T0: u64 = 1_763_000_000_000;
+
+struct Net {
+    member: SigningKey,
+    user: SigningKey,
+    node: SigningKey,
+    genesis: Vec<u8>,
+    identity: NetworkIdentity,
+}
+
+fn network() -> Net {
+    let member = SigningKey::generate(Alg::EdDsa);
+    let user = SigningKey::generate(Alg::Es256);
+    let node = SigningKey::generate(Alg::EdDsa);
+    let nodes = NodeSet(vec![node_info(
+        &node.public(),
+        member.public().fingerprint(),
+    )]);
+    let g = Genesis {
+        name: "test".into(),
+        time: T0,
+        members: vec![IdentitySpec {
+            key: member.public().to_spki_der(),
+            name: "m".into(),
+        }],
+        users: vec![IdentitySpec {
+            key: user.public().to_spki_der(),
+            name: "u".into(),
+        }],
+        nodes: nodes.clone(),
+        config: Config::default(),
+    };
+    let identity = NetworkIdentity {
+        name: "test".into(),
+        network_id: g.network_id(),
+        nodes,
+    };
+    Net {
+        member,
+        user,
+        node,
+        genesis: g.to_cbor(),
+        identity,
+    }
+}
+
+fn tx(
+    net: &Net,
+    key: &SigningKey,
+    app: &str,
+    op: &str,
+    args: cbor::Value,
+    nonce: u8,
+    created: u64,
+) -> Vec<u8> {
+    let p = TxPayload {
+        net: net.identity.network_id,
+        app: app.into(),
+        op: op.into(),
+        args,
+        nonce: vec![nonce; 16],
+        created,
+    };
+    Tx::sign(key, &key.public().fingerprint(), &p)
+}
+
+fn put(k: &str, v: &[u8]) -> cbor::Value {
+    cbor::map([("key", cbor::text(k)), ("value", cbor::bytes(v.to_vec()))])
+}
+
+fn apply(store: &Store, ex: &mut Executor, cmd: Command) -> comity_apps::executor::Output {
+    let mut b = store.begin().unwrap();
+    let out = ex.apply(&mut b, &cmd, &|_| false).unwrap();
+    b.commit(true).unwrap();
+    out
+}
+
+fn batch(txs: Vec<Vec<u8>>, time: u64) -> Command {
+    Command::Batch {
+        time,
+        txs: txs.into_iter().map(ByteBuf::from).collect(),
+    }
+}
+
+#[test]
+fn ledger_life_cycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network();
+    let (store, _) = Store::open(dir.path(), 1 << 20).unwrap();
+    let mut ex = Executor::load(&store).unwrap();
+    apply(
+        &store,
+        &mut ex,
+        Command::Genesis {
+            doc: ByteBuf::from(net.genesis.clone()),
+        },
+    );
+    assert_eq!(ex.network_id(), Some(net.identity.network_id));
+
+    let ok = tx(&net, &net.user, "kv", "put", put("a", b"1"), 1, T0 + 5);
+    let replay_nonce = tx(&net, &net.user, "kv", "put", put("a", b"2"), 1, T0 + 6);
+    let stale = tx(
+        &net,
+        &net.user,
+        "kv",
+        "put",
+        put("b", b"x"),
+        2,
+        T0 - 3_600_000,
+    );
+    let stranger = SigningKey::generate(Alg::EdDsa);
+    let unknown = tx(&net, &stranger, "kv", "put", put("c", b"x"), 3, T0);
+    let missing = tx(
+        &net,
+        &net.member,
+        "kv",
+        "delete",
+        cbor::map([("key", cbor::text("zz"))]),
+        4,
+        T0,
+    );
+    let user_registers = tx(
+        &net,
+        &net.user,
+        "identity",
+        "register",
+        cbor::map([
+            ("key", cbor::bytes(stranger.public().to_spki_der())),
+            ("name", cbor::text("s")),
+            ("role", cbor::text("user")),
+        ]),
+        5,
+        T0,
+    );
+    let out = apply(
+        &store,
+        &mut ex,
+        batch(
+            vec![
+                ok.clone(),
+                ok.clone(),
+                replay_nonce,
+                stale,
+                unknown,
+                missing,
+                user_registers,
+            ],
+            T0 + 10,
+        ),
+    );
+    let outcomes: Vec<_> = out
+        .txs
+        .iter()
+        .map(|r| r.outcome.code().to_string())
+        .collect();
+    // The duplicate of `ok` is absorbed: identical bytes are one transaction.
+    assert_eq!(
+        outcomes,
+        [
+            "ok",
+            "nonce_reused",
+            "outside_window",
+            "unknown_signer",
+            "not_found",
+            "forbidden"
+        ]
+    );
+    assert_eq!(out.txs[0].index, 1);
+
+    let out = apply(&store, &mut ex, Command::Checkpoint { time: T0 + 20 });
+    let cp = out.checkpoint.expect("checkpoint");
+    assert_eq!(cp.seq, 1);
+    assert_eq!(cp.size, 8);
+    let body = cp.to_cbor();
+    let node_id = net.node.public().fingerprint();
+    let sig = checkpoint::sign(CHECKPOINT_CONTENT_TYPE, &body, &net.node, &node_id);
+    let sig_tx = tx(
+        &net,
+        &net.node,
+        "node",
+        "checkpoint",
+        node::signature_args(&body, &sig),
+        9,
+        T0 + 21,
+    );
+    let out = apply(&store, &mut ex, batch(vec![sig_tx], T0 + 21));
+    assert_eq!(out.txs[0].outcome, Outcome::Applied);
+    assert!(out.divergence.is_none());
+
+    // A receipt for the kv.put verifies offline; a flipped bit anywhere fails.
+    let receipt = query::receipt(&store, 1, true).unwrap().expect("receipt");
+    let bytes = receipt.to_cose();
+    let v = comity_core::receipt::Receipt::from_cose(&bytes)
+        .unwrap()
+        .verify(&net.identity)
+        .unwrap();
+    assert_eq!(v.leaf.index, 1);
+    assert_eq!(v.tx.unwrap().payload.op, "put");
+    for i in 0..bytes.len() {
+        let mut b = bytes.clone();
+        b[i] ^= 0x10;
+        let res =
+            comity_core::receipt::Receipt::from_cose(&b).and_then(|r| r.verify(&net.identity));
+        assert!(res.is_err(), "bit flip at byte {i} was accepted");
+    }
+    // Receipts exist for rejected transactions too, and not beyond the checkpoint.
+    assert!(query::receipt(&store, 5, false).unwrap().is_some());
+    assert!(query::receipt(&store, 8, false).unwrap().is_none());
+
+    // Proved read of the current value.
+    let pv = query::proved_state(&store, b"kv/a").unwrap().unwrap();
+    assert_eq!(pv.value.as_deref(), Some(b"1".as_slice()));
+    comity_core::state::verify(
+        &pv.checkpoint.checkpoint.state_root,
+        b"kv/a",
+        Some(b"1"),
+        &pv.proof,
+    )
+    .unwrap();
+    assert!(comity_core::state::verify(
+        &pv.checkpoint.checkpoint.state_root,
+        b"kv/a",
+        Some(b"2"),
+        &pv.proof
+    )
+    .is_err());
+    let absent = query::proved_state(&store, b"kv/nope").unwrap().unwrap();
+    assert!(absent.value.is_none());
+    comity_core::state::verify(
+        &absent.checkpoint.checkpoint.state_root,
+        b"kv/nope",
+        None::<&[u8]>,
+        &absent.proof,
+    )
+    .unwrap();
+    let cose = query::checkpoint_cose(&pv.checkpoint);
+    comity_core::receipt::verify_signed_checkpoint(&cose, &net.identity, &[]).unwrap();
+
+    // Reopen: same roots, same executor state.
+    let root = store.tree_root_at(9).unwrap();
+    drop(store);
+    let (store, report) = Store::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(report.discarded_tail_bytes, 0);
+    assert_eq!(store.tree_root_at(9).unwrap(), root);
+    let ex2 = Executor::load(&store).unwrap();
+    assert_eq!(ex2.checkpoint_seq(), 1);
+    assert_eq!(ex2.ledger_time(), ex.ledger_time());
+}
+
+#[test]
+fn non_durable_tail_is_cut_back_on_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network();
+    let (store, _) = Store::open(dir.path(), 1 << 20).unwrap();
+    let mut ex = Executor::load(&store).unwrap();
+    apply(
+        &store,
+        &mut ex,
+        Command::Genesis {
+            doc: ByteBuf::from(net.genesis.clone()),
+        },
+    );
+    let mut b = store.begin().unwrap();
+    ex.apply(
+        &mut b,
+        &batch(
+            vec![tx(&net, &net.user, "kv", "put", put("a", b"1"), 1, T0)],
+            T0,
+        ),
+        &|_| false,
+    )
+    .unwrap();
+    b.commit(false).unwrap();
+    drop(store);
+    // The non-durable commit is not guaranteed to survive; if redb kept it, the
+    // ledger agrees; if not, the ledger was cut back to the durable length.
+    let (store, _) = Store::open(dir.path(), 1 << 20).unwrap();
+    let r = store.read().unwrap();
+    let len = r.ledger_len().unwrap();
+    assert!(len == 1 || len == 2, "unexpected ledger length {len}");
+}
