@@ -1,0 +1,60 @@
+//! Comity's consensus layer: openraft with the Raft log as the write-ahead
+//! log and the executor as the state machine.
+
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+
+use comity_apps::Command;
+use openraft::{BasicNode, StorageError};
+use serde::{Deserialize, Serialize};
+use std::io::Cursor;
+
+/// What applying a client batch reports back, per transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxOutcome {
+    #[serde(with = "serde_bytes")]
+    pub id: Vec<u8>,
+    pub index: u64,
+    /// `ok` or the rejection code.
+    pub outcome: String,
+    pub time: u64,
+}
+
+openraft::declare_raft_types!(
+    /// Comity's Raft type configuration.
+    pub TypeConfig:
+        D = Command,
+        R = Vec<TxOutcome>,
+        NodeId = u64,
+        Node = BasicNode,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type LogId = openraft::LogId<u64>;
+
+pub(crate) fn storage_io(
+    subject: openraft::ErrorSubject<u64>,
+    verb: openraft::ErrorVerb,
+    e: impl std::fmt::Display,
+) -> StorageError<u64> {
+    StorageError::from_io_error(subject, verb, std::io::Error::other(e.to_string()))
+}
+
+/// Raft settings for Comity: fast elections on a LAN, snapshots (durable
+/// state-machine points) often enough that the log stays short.
+pub fn raft_config(cluster: &str) -> openraft::Config {
+    openraft::Config {
+        cluster_name: cluster.to_string(),
+        heartbeat_interval: 100,
+        election_timeout_min: 400,
+        election_timeout_max: 800,
+        max_payload_entries: 64,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1024),
+        max_in_snapshot_log_to_keep: 256,
+        purge_batch_size: 256,
+        ..Default::default()
+    }
+}

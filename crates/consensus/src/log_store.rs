@@ -1,0 +1,520 @@
+//! The Raft log: Comity's write-ahead log.
+//!
+//! Records are appended to segment files `wal-<seq>.log` as
+//! `[u32 LE length][u32 LE CRC-32C of payload][CBOR payload]`. A record is an
+//! entry, a truncation, a purge mark or the committed index. Appends are made
+//! durable by one flusher thread that fdatasyncs once for every append queued
+//! since its last sync (group commit), then acknowledges them in order.
+//! The vote is a separate file replaced atomically (write, fsync, rename).
+//!
+//! On open, only a torn tail of the last segment (an incomplete or
+//! unverifiable final record, which was never acknowledged) is discarded;
+//! damage anywhere else is an error naming the file and offset.
+
+use crate::{storage_io, Entry, LogId, TypeConfig};
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, StorageError, Vote};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Read, Write};
+use std::ops::RangeBounds;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+
+const ROLL_BYTES: u64 = 64 << 20;
+const MAX_RECORD: u32 = 256 << 20;
+
+#[derive(Serialize, Deserialize)]
+enum WalRecord {
+    Entry(Entry),
+    /// Entries at or after this index are gone.
+    Truncate(u64),
+    Purged(LogId),
+    Committed(Option<LogId>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    #[error("Raft log file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("Raft log file {path} is corrupt at byte {offset}: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+}
+
+struct Segment {
+    path: PathBuf,
+    /// Highest entry index written into this segment.
+    max_index: u64,
+}
+
+struct State {
+    entries: BTreeMap<u64, Entry>,
+    last_purged: Option<LogId>,
+    committed: Option<LogId>,
+    vote: Option<Vote<u64>>,
+    closed: Vec<Segment>,
+    current: Segment,
+    current_seq: u64,
+    writer: BufWriter<File>,
+    written: u64,
+}
+
+struct Inner {
+    dir: PathBuf,
+    state: Mutex<State>,
+    /// The file the flusher syncs; swapped on roll (after the old one is synced).
+    sync_file: Mutex<Arc<File>>,
+    flush_tx: Mutex<mpsc::Sender<LogFlushed<TypeConfig>>>,
+}
+
+/// The Raft log storage, cheap to clone (clones share one log).
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<Inner>,
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> WalError + '_ {
+    move |source| WalError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn frame(rec: &WalRecord) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(256);
+    ciborium::into_writer(rec, &mut payload).expect("encoding a WAL record cannot fail");
+    let mut out = Vec::with_capacity(payload.len() + 8);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+fn segment_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("wal-{seq:020}.log"))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), WalError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
+impl LogStore {
+    /// Opens (or creates) the log in `dir`, replaying every segment.
+    pub fn open(dir: &Path) -> Result<LogStore, WalError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let mut seqs: Vec<u64> = std::fs::read_dir(dir)
+            .map_err(io(dir))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                name.strip_prefix("wal-")?
+                    .strip_suffix(".log")?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        seqs.sort_unstable();
+        let mut entries = BTreeMap::new();
+        let mut last_purged = None;
+        let mut committed = None;
+        let mut closed = Vec::new();
+        for (i, seq) in seqs.iter().enumerate() {
+            let path = segment_path(dir, *seq);
+            let last = i + 1 == seqs.len();
+            let mut max_index = 0;
+            replay(&path, last, |rec| match rec {
+                WalRecord::Entry(e) => {
+                    max_index = max_index.max(e.log_id.index);
+                    entries.insert(e.log_id.index, e);
+                }
+                WalRecord::Truncate(from) => {
+                    entries.split_off(&from);
+                }
+                WalRecord::Purged(id) => {
+                    entries = entries.split_off(&(id.index + 1));
+                    last_purged = Some(id);
+                }
+                WalRecord::Committed(c) => committed = c,
+            })?;
+            closed.push(Segment { path, max_index });
+        }
+        let current_seq = seqs.last().map_or(0, |s| s + 1);
+        let path = segment_path(dir, current_seq);
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        let sync_file = Arc::new(file.try_clone().map_err(io(&path))?);
+        let mut writer = BufWriter::with_capacity(1 << 20, file);
+        // A new segment restates what older ones said, so they can be deleted.
+        let head = [
+            frame(&WalRecord::Purged(last_purged.unwrap_or_default())),
+            frame(&WalRecord::Committed(committed)),
+        ];
+        for f in head.iter().skip(usize::from(last_purged.is_none())) {
+            writer.write_all(f).map_err(io(&path))?;
+        }
+        writer.flush().map_err(io(&path))?;
+        sync_file.sync_data().map_err(io(&path))?;
+        sync_dir(dir)?;
+        let vote = read_vote(dir)?;
+        let state = State {
+            entries,
+            last_purged,
+            committed,
+            vote,
+            closed,
+            current: Segment { path, max_index: 0 },
+            current_seq,
+            writer,
+            written: 0,
+        };
+        let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
+        let inner = Arc::new(Inner {
+            dir: dir.to_path_buf(),
+            state: Mutex::new(state),
+            sync_file: Mutex::new(sync_file),
+            flush_tx: Mutex::new(tx),
+        });
+        let weak = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name("raft-log-flusher".into())
+            .spawn(move || flusher(weak, rx))
+            .map_err(io(dir))?;
+        let store = LogStore { inner };
+        store.delete_old_segments();
+        Ok(store)
+    }
+
+    fn write(&self, st: &mut State, recs: &[WalRecord]) -> Result<(), StorageError<u64>> {
+        let err = |e: std::io::Error| storage_io(ErrorSubject::Logs, ErrorVerb::Write, e);
+        for r in recs {
+            let f = frame(r);
+            st.writer.write_all(&f).map_err(err)?;
+            st.written += f.len() as u64;
+            if let WalRecord::Entry(e) = r {
+                st.current.max_index = st.current.max_index.max(e.log_id.index);
+            }
+        }
+        st.writer.flush().map_err(err)?;
+        if st.written >= ROLL_BYTES {
+            self.roll(st)
+                .map_err(|e| storage_io(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        }
+        Ok(())
+    }
+
+    /// Starts a new segment; the old one is synced first so queued acknowledgements stay true.
+    fn roll(&self, st: &mut State) -> Result<(), WalError> {
+        st.writer.flush().map_err(io(&st.current.path))?;
+        st.writer
+            .get_ref()
+            .sync_data()
+            .map_err(io(&st.current.path))?;
+        st.current_seq += 1;
+        let path = segment_path(&self.inner.dir, st.current_seq);
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        let sync = Arc::new(file.try_clone().map_err(io(&path))?);
+        let old = std::mem::replace(
+            &mut st.current,
+            Segment {
+                path: path.clone(),
+                max_index: 0,
+            },
+        );
+        st.closed.push(old);
+        st.writer = BufWriter::with_capacity(1 << 20, file);
+        st.written = 0;
+        for f in [
+            frame(&WalRecord::Purged(st.last_purged.unwrap_or_default())),
+            frame(&WalRecord::Committed(st.committed)),
+        ] {
+            st.writer.write_all(&f).map_err(io(&path))?;
+        }
+        st.writer.flush().map_err(io(&path))?;
+        sync.sync_data().map_err(io(&path))?;
+        sync_dir(&self.inner.dir)?;
+        *self.inner.sync_file.lock().expect("sync file lock") = sync;
+        Ok(())
+    }
+
+    fn delete_old_segments(&self) {
+        let mut st = self.inner.state.lock().expect("log lock");
+        let purged = st.last_purged.map_or(0, |p| p.index);
+        let has_purge = st.last_purged.is_some();
+        st.closed.retain(|s| {
+            if has_purge && s.max_index <= purged {
+                if let Err(e) = std::fs::remove_file(&s.path) {
+                    tracing::warn!(path = %s.path.display(), error = %e, "could not delete an old Raft log segment");
+                    return true;
+                }
+                return false;
+            }
+            true
+        });
+    }
+
+    /// Number of entries held (for metrics).
+    pub fn len(&self) -> usize {
+        self.inner.state.lock().expect("log lock").entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn flusher(inner: std::sync::Weak<Inner>, rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter());
+        let Some(inner) = inner.upgrade() else { return };
+        let file = inner.sync_file.lock().expect("sync file lock").clone();
+        drop(inner);
+        let res = file.sync_data();
+        for cb in batch {
+            cb.log_io_completed(
+                res.as_ref()
+                    .map(|_| ())
+                    .map_err(|e| std::io::Error::new(e.kind(), e.to_string())),
+            );
+        }
+    }
+}
+
+fn read_vote(dir: &Path) -> Result<Option<Vote<u64>>, WalError> {
+    let path = dir.join("vote");
+    match std::fs::read(&path) {
+        Ok(b) => {
+            let (crc, body) = b.split_at_checked(4).ok_or_else(|| WalError::Corrupt {
+                path: path.clone(),
+                offset: 0,
+                reason: "vote file too short".into(),
+            })?;
+            if crc32c::crc32c(body).to_le_bytes() != crc {
+                return Err(WalError::Corrupt {
+                    path,
+                    offset: 0,
+                    reason: "vote checksum mismatch".into(),
+                });
+            }
+            ciborium::from_reader(body)
+                .map(Some)
+                .map_err(|e| WalError::Corrupt {
+                    path,
+                    offset: 4,
+                    reason: e.to_string(),
+                })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(WalError::Io { path, source: e }),
+    }
+}
+
+fn write_vote(dir: &Path, vote: &Vote<u64>) -> Result<(), WalError> {
+    let mut body = Vec::new();
+    ciborium::into_writer(vote, &mut body).expect("encoding a vote cannot fail");
+    let mut b = crc32c::crc32c(&body).to_le_bytes().to_vec();
+    b.extend_from_slice(&body);
+    let tmp = dir.join("vote.tmp");
+    let mut f = File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(&b).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    std::fs::rename(&tmp, dir.join("vote")).map_err(io(dir))?;
+    sync_dir(dir)
+}
+
+/// Replays one segment. In the last segment an incomplete or unverifiable
+/// final record is a torn write and is cut off.
+fn replay(path: &Path, last: bool, mut f: impl FnMut(WalRecord)) -> Result<(), WalError> {
+    let mut data = Vec::new();
+    File::open(path)
+        .and_then(|mut file| file.read_to_end(&mut data))
+        .map_err(io(path))?;
+    let mut off = 0usize;
+    while off < data.len() {
+        let torn = |reason: &str| -> Result<bool, WalError> {
+            if last {
+                tracing::warn!(path = %path.display(), offset = off, reason, "discarding a torn Raft log tail (never acknowledged)");
+                Ok(true)
+            } else {
+                Err(WalError::Corrupt {
+                    path: path.to_path_buf(),
+                    offset: off as u64,
+                    reason: reason.to_string(),
+                })
+            }
+        };
+        if data.len() - off < 8 {
+            if torn("incomplete record header")? {
+                break;
+            }
+        }
+        let len = u32::from_le_bytes(data[off..off + 4].try_into().expect("4 bytes"));
+        let crc = u32::from_le_bytes(data[off + 4..off + 8].try_into().expect("4 bytes"));
+        let end = off + 8 + len as usize;
+        if len > MAX_RECORD || end > data.len() {
+            if torn("record runs past the end of the file")? {
+                break;
+            }
+        }
+        let payload = &data[off + 8..end];
+        if crc32c::crc32c(payload) != crc {
+            // Only the very last record can be a torn write; anything followed by more data is damage.
+            if end == data.len() && torn("checksum mismatch in the final record")? {
+                break;
+            }
+            return Err(WalError::Corrupt {
+                path: path.to_path_buf(),
+                offset: off as u64,
+                reason: "checksum mismatch".into(),
+            });
+        }
+        let rec: WalRecord = ciborium::from_reader(payload).map_err(|e| WalError::Corrupt {
+            path: path.to_path_buf(),
+            offset: off as u64,
+            reason: format!("undecodable record: {e}"),
+        })?;
+        f(rec);
+        off = end;
+    }
+    if off < data.len() {
+        let file = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io(path))?;
+        file.set_len(off as u64).map_err(io(path))?;
+        file.sync_all().map_err(io(path))?;
+    }
+    Ok(())
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError<u64>> {
+        let st = self.inner.state.lock().expect("log lock");
+        Ok(st.entries.range(range).map(|(_, e)| e.clone()).collect())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<u64>> {
+        let st = self.inner.state.lock().expect("log lock");
+        let last = st
+            .entries
+            .last_key_value()
+            .map(|(_, e)| *e.get_log_id())
+            .or(st.last_purged);
+        Ok(LogState {
+            last_purged_log_id: st.last_purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError<u64>> {
+        let mut st = self.inner.state.lock().expect("log lock");
+        let err = |e| storage_io(ErrorSubject::Vote, ErrorVerb::Write, e);
+        // Writes are serialized: everything appended before the vote is made durable first.
+        st.writer.flush().map_err(|e| {
+            err(WalError::Io {
+                path: st.current.path.clone(),
+                source: e,
+            })
+        })?;
+        st.writer.get_ref().sync_data().map_err(|e| {
+            err(WalError::Io {
+                path: st.current.path.clone(),
+                source: e,
+            })
+        })?;
+        write_vote(&self.inner.dir, vote).map_err(err)?;
+        st.vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError<u64>> {
+        Ok(self.inner.state.lock().expect("log lock").vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError<u64>> {
+        let mut st = self.inner.state.lock().expect("log lock");
+        st.committed = committed;
+        self.write(&mut st, &[WalRecord::Committed(committed)])
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError<u64>> {
+        Ok(self.inner.state.lock().expect("log lock").committed)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<u64>>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        {
+            let mut st = self.inner.state.lock().expect("log lock");
+            let recs: Vec<WalRecord> = entries.into_iter().map(WalRecord::Entry).collect();
+            self.write(&mut st, &recs)?;
+            for r in recs {
+                if let WalRecord::Entry(e) = r {
+                    st.entries.insert(e.log_id.index, e);
+                }
+            }
+        }
+        self.inner
+            .flush_tx
+            .lock()
+            .expect("flush lock")
+            .send(callback)
+            .map_err(|_| storage_io(ErrorSubject::Logs, ErrorVerb::Write, "log flusher stopped"))?;
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError<u64>> {
+        let mut st = self.inner.state.lock().expect("log lock");
+        st.entries.split_off(&log_id.index);
+        self.write(&mut st, &[WalRecord::Truncate(log_id.index)])
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError<u64>> {
+        {
+            let mut st = self.inner.state.lock().expect("log lock");
+            st.entries = st.entries.split_off(&(log_id.index + 1));
+            st.last_purged = Some(log_id);
+            self.write(&mut st, &[WalRecord::Purged(log_id)])?;
+            // The purge mark must be durable before older segments disappear.
+            st.writer
+                .get_ref()
+                .sync_data()
+                .map_err(|e| storage_io(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        }
+        self.delete_old_segments();
+        Ok(())
+    }
+}

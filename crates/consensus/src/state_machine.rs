@@ -1,0 +1,247 @@
+//! The Raft state machine: committed entries go through the executor into
+//! the store. Commits are not fsynced per batch (the Raft log is the WAL);
+//! a durable commit happens at snapshots and at least every
+//! [`DURABLE_EVERY`], which bounds replay after a crash.
+
+use crate::{storage_io, Entry, LogId, TxOutcome, TypeConfig};
+use comity_apps::executor::Output;
+use comity_apps::Executor;
+use comity_core::checkpoint::Checkpoint;
+use comity_core::Hash;
+use comity_store::Store;
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
+use openraft::{
+    BasicNode, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, SnapshotMeta, StorageError,
+    StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+use std::io::Cursor;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedSender;
+
+/// Longest time between durable state-machine commits.
+pub const DURABLE_EVERY: Duration = Duration::from_secs(1);
+
+const META_APPLIED: &str = "raft_applied";
+const META_SNAPSHOT: &str = "raft_snapshot";
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Applied {
+    last: Option<LogId>,
+    membership: StoredMembership<u64, BasicNode>,
+}
+
+/// Node-local consequences of apply that the node acts on.
+#[derive(Debug)]
+pub enum Event {
+    /// A checkpoint this node must sign and submit.
+    Checkpoint(Checkpoint),
+    /// Transactions applied (for waiters on any node).
+    Applied(Vec<TxOutcome>),
+    /// A node signed a checkpoint that differs from ours.
+    Divergence { node: Hash, seq: u64 },
+}
+
+/// Shared view of the executor for the node (ledger time, config, uncovered count).
+pub type SharedExecutor = Arc<Mutex<Executor>>;
+
+pub struct StateMachine {
+    store: Arc<Store>,
+    executor: SharedExecutor,
+    applied: Applied,
+    events: UnboundedSender<Event>,
+    /// Transaction ids whose signatures this node checked at ingress.
+    preverified: Arc<dyn Fn(&Hash) -> bool + Send + Sync>,
+    last_durable: Instant,
+}
+
+fn read_err(e: impl std::fmt::Display) -> StorageError<u64> {
+    storage_io(ErrorSubject::StateMachine, ErrorVerb::Read, e)
+}
+
+fn write_err(e: impl std::fmt::Display) -> StorageError<u64> {
+    storage_io(ErrorSubject::StateMachine, ErrorVerb::Write, e)
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    ciborium::into_writer(v, &mut out).expect("encoding cannot fail");
+    out
+}
+
+impl StateMachine {
+    pub fn new(
+        store: Arc<Store>,
+        executor: SharedExecutor,
+        events: UnboundedSender<Event>,
+        preverified: Arc<dyn Fn(&Hash) -> bool + Send + Sync>,
+    ) -> Result<Self, StorageError<u64>> {
+        let applied = match store
+            .read()
+            .map_err(read_err)?
+            .meta_get(META_APPLIED)
+            .map_err(read_err)?
+        {
+            Some(b) => ciborium::from_reader(b.as_slice()).map_err(read_err)?,
+            None => Applied::default(),
+        };
+        Ok(StateMachine {
+            store,
+            executor,
+            applied,
+            events,
+            preverified,
+            last_durable: Instant::now(),
+        })
+    }
+
+    /// Last applied log index (for health and metrics).
+    pub fn applied_index(&self) -> u64 {
+        self.applied.last.map_or(0, |l| l.index)
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId>, StoredMembership<u64, BasicNode>), StorageError<u64>> {
+        Ok((self.applied.last, self.applied.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<TxOutcome>>, StorageError<u64>>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut replies = Vec::new();
+        let mut events = Vec::new();
+        let mut batch = self.store.begin().map_err(write_err)?;
+        {
+            let mut ex = self.executor.lock().expect("executor lock");
+            for entry in entries {
+                self.applied.last = Some(entry.log_id);
+                let out = match entry.payload {
+                    EntryPayload::Blank => Output::default(),
+                    EntryPayload::Membership(m) => {
+                        self.applied.membership = StoredMembership::new(Some(entry.log_id), m);
+                        Output::default()
+                    }
+                    EntryPayload::Normal(cmd) => ex.apply(&mut batch, &cmd, &*self.preverified).map_err(|e| {
+                        tracing::error!(error = %e, index = entry.log_id.index, "apply failed; the node stops");
+                        storage_io(ErrorSubject::Apply(entry.log_id), ErrorVerb::Write, e)
+                    })?,
+                };
+                let outcomes: Vec<TxOutcome> = out
+                    .txs
+                    .iter()
+                    .map(|r| TxOutcome {
+                        id: r.id.to_vec(),
+                        index: r.index,
+                        outcome: r.outcome.code().to_string(),
+                        time: r.time,
+                    })
+                    .collect();
+                if !outcomes.is_empty() {
+                    events.push(Event::Applied(outcomes.clone()));
+                }
+                if let Some(cp) = out.checkpoint {
+                    events.push(Event::Checkpoint(cp));
+                }
+                if let Some((node, seq)) = out.divergence {
+                    events.push(Event::Divergence { node, seq });
+                }
+                replies.push(outcomes);
+            }
+        }
+        batch
+            .meta_put(META_APPLIED, &encode(&self.applied))
+            .map_err(write_err)?;
+        let durable = self.last_durable.elapsed() >= DURABLE_EVERY;
+        batch.commit(durable).map_err(write_err)?;
+        if durable {
+            self.last_durable = Instant::now();
+        }
+        for e in events {
+            let _ = self.events.send(e);
+        }
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            store: self.store.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        _meta: &SnapshotMeta<u64, BasicNode>,
+        _snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<u64>> {
+        Err(write_err("installing a snapshot from a peer needs state transfer, which this node does not support yet"))
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
+        let r = self.store.read().map_err(read_err)?;
+        match r.meta_get(META_SNAPSHOT).map_err(read_err)? {
+            Some(b) => {
+                let meta: SnapshotMeta<u64, BasicNode> =
+                    ciborium::from_reader(b.as_slice()).map_err(read_err)?;
+                Ok(Some(Snapshot {
+                    meta,
+                    snapshot: Box::new(Cursor::new(b)),
+                }))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+/// A snapshot is a durable point of the store: everything applied so far is
+/// fsynced, after which Raft may purge the log below it.
+pub struct SnapshotBuilder {
+    store: Arc<Store>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
+        let store = self.store.clone();
+        let meta = tokio::task::spawn_blocking(
+            move || -> Result<SnapshotMeta<u64, BasicNode>, StorageError<u64>> {
+                let mut batch = store.begin().map_err(write_err)?;
+                let applied: Applied = match batch.meta_get(META_APPLIED).map_err(read_err)? {
+                    Some(b) => ciborium::from_reader(b.as_slice()).map_err(read_err)?,
+                    None => Applied::default(),
+                };
+                let meta = SnapshotMeta {
+                    last_log_id: applied.last,
+                    last_membership: applied.membership,
+                    snapshot_id: format!("durable-{}", applied.last.map_or(0, |l| l.index)),
+                };
+                batch
+                    .meta_put(META_SNAPSHOT, &encode(&meta))
+                    .map_err(write_err)?;
+                batch.commit(true).map_err(write_err)?;
+                Ok(meta)
+            },
+        )
+        .await
+        .map_err(write_err)??;
+        let data = encode(&meta);
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}

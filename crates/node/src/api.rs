@@ -1,0 +1,438 @@
+//! HTTP handlers. See docs/api.md and the OpenAPI document at /v1/openapi.json.
+
+use crate::error::{ApiError, ApiResult};
+use crate::ingress::{self, Admission};
+use crate::server::ClientIdentity;
+use crate::Shared;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use comity_apps::query::{self, SignedCheckpoint};
+use comity_apps::{keys, registry};
+use comity_core::entry::Outcome;
+use comity_core::Hash;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+type S = State<Arc<Shared>>;
+
+/// Largest request body read at all; transactions are further bounded by the ledger config.
+const MAX_BODY: usize = 4 << 20;
+/// Most ledger entries served per page.
+const MAX_PAGE: u64 = 1000;
+
+static OPENAPI: &str = include_str!("../../../docs/openapi.json");
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/tx", post(submit))
+        .route("/v1/tx/{id}", get(tx_status))
+        .route("/v1/tx/{id}/receipt", get(tx_receipt))
+        .route("/v1/ledger/receipt/{index}", get(ledger_receipt))
+        .route("/v1/ledger/entries", get(entries))
+        .route("/v1/ledger/size", get(size))
+        .route("/v1/checkpoint", get(checkpoint))
+        .route("/v1/proof/consistency", get(consistency))
+        .route("/v1/kv/{key}", get(kv_get))
+        .route("/v1/kv/{key}/history", get(kv_history))
+        .route("/v1/network/identity", get(identity))
+        .route("/v1/health", get(health))
+        .route(
+            "/v1/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(shared)
+}
+
+fn parse_hash(s: &str) -> ApiResult<Hash> {
+    hex::decode(s)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| ApiError::bad_request("malformed", "expected 64 hex characters"))
+}
+
+fn query_error(e: QueryRejection) -> ApiError {
+    ApiError::bad_request("malformed", e.body_text())
+}
+
+#[derive(Deserialize)]
+struct SubmitParams {
+    wait: Option<bool>,
+}
+
+fn status_json(id: &Hash, index: u64, outcome: &Outcome, time: u64) -> Value {
+    json!({
+        "id": hex::encode(id),
+        "status": if *outcome == Outcome::Applied { "committed" } else { "rejected" },
+        "index": index,
+        "outcome": outcome.code(),
+        "ledger_time": time,
+    })
+}
+
+fn committed_status(shared: &Shared, id: &Hash, index: u64) -> ApiResult<Value> {
+    let (_, leaf) = query::record(&shared.store, index)?;
+    Ok(status_json(id, index, &leaf.outcome, leaf.time))
+}
+
+async fn submit(
+    State(shared): S,
+    headers: HeaderMap,
+    params: Result<Query<SubmitParams>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let Query(params) = params.map_err(query_error)?;
+    let body = body.map_err(|e| {
+        let status = e.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "too_large"
+        } else {
+            "malformed"
+        };
+        ApiError::new(status, code, e.body_text())
+    })?;
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct.starts_with("application/cose") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the COSE_Sign1 transaction with Content-Type: application/cose",
+        ));
+    }
+    metrics::counter!("comity_tx_received_total").increment(1);
+    let bytes = body.to_vec();
+    let (id, admission) = ingress::admit(&shared, bytes.clone())?;
+    let rx = match admission {
+        Admission::Known(index) => {
+            return Ok(Json(committed_status(&shared, &id, index)?).into_response())
+        }
+        Admission::Queued(rx, fresh) => {
+            if fresh && shared.submit.send(bytes).await.is_err() {
+                return Err(ApiError::unavailable("node is shutting down"));
+            }
+            rx
+        }
+    };
+    let pending = || {
+        (
+            StatusCode::ACCEPTED,
+            Json(json!({"id": hex::encode(id), "status": "pending"})),
+        )
+            .into_response()
+    };
+    if params.wait == Some(false) {
+        return Ok(pending());
+    }
+    match tokio::time::timeout(Duration::from_millis(shared.limits.commit_wait_ms), rx).await {
+        Ok(Ok(Ok(o))) => {
+            let outcome = if o.outcome == "ok" {
+                Outcome::Applied
+            } else {
+                Outcome::Rejected(o.outcome.clone())
+            };
+            Ok(Json(status_json(&id, o.index, &outcome, o.time)).into_response())
+        }
+        Ok(Ok(Err(msg))) => Err(ApiError::unavailable(msg)),
+        Ok(Err(_)) | Err(_) => Ok(pending()),
+    }
+}
+
+async fn tx_status(State(shared): S, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let id = parse_hash(&id)?;
+    let r = shared.store.read()?;
+    if let Some(index) = query::tx_index(&r, &id)? {
+        return Ok(Json(committed_status(&shared, &id, index)?));
+    }
+    let status = if shared.pending.contains(&id) {
+        "pending"
+    } else {
+        "unknown"
+    };
+    Ok(Json(json!({"id": hex::encode(id), "status": status})))
+}
+
+#[derive(Deserialize)]
+struct ReceiptParams {
+    body: Option<bool>,
+}
+
+fn receipt_response(shared: &Shared, index: u64, body: bool) -> ApiResult<Response> {
+    match query::receipt(&shared.store, index, body)? {
+        Some(r) => Ok(([(header::CONTENT_TYPE, "application/cose")], r.to_cose()).into_response()),
+        None => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"code": "pending", "message": "no final checkpoint covers this entry yet; retry shortly"})),
+        )
+            .into_response()),
+    }
+}
+
+async fn tx_receipt(
+    State(shared): S,
+    Path(id): Path<String>,
+    params: Result<Query<ReceiptParams>, QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(params) = params.map_err(query_error)?;
+    let id = parse_hash(&id)?;
+    let index = query::tx_index(&shared.store.read()?, &id)?;
+    match index {
+        Some(index) => receipt_response(&shared, index, params.body.unwrap_or(true)),
+        None if shared.pending.contains(&id) => receipt_response(&shared, u64::MAX, false),
+        None => Err(ApiError::not_found("unknown transaction")),
+    }
+}
+
+async fn ledger_receipt(
+    State(shared): S,
+    Path(index): Path<u64>,
+    params: Result<Query<ReceiptParams>, QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(params) = params.map_err(query_error)?;
+    if index >= shared.store.read()?.ledger_len()? {
+        return Err(ApiError::not_found("no ledger entry at that index"));
+    }
+    receipt_response(&shared, index, params.body.unwrap_or(true))
+}
+
+fn checkpoint_json(cp: &SignedCheckpoint) -> Value {
+    let c = &cp.checkpoint;
+    json!({
+        "network_id": hex::encode(c.network_id),
+        "seq": c.seq,
+        "size": c.size,
+        "tx_root": hex::encode(c.tx_root),
+        "state_root": hex::encode(c.state_root),
+        "time": c.time,
+        "version": c.version,
+        "signers": cp.signers.iter().map(hex::encode).collect::<Vec<_>>(),
+        "signed": hex::encode(query::checkpoint_cose(cp)),
+    })
+}
+
+async fn checkpoint(State(shared): S) -> ApiResult<Json<Value>> {
+    let r = shared.store.read()?;
+    let cp =
+        query::latest_final(&r)?.ok_or_else(|| ApiError::unavailable("no final checkpoint yet"))?;
+    Ok(Json(checkpoint_json(&cp)))
+}
+
+#[derive(Deserialize)]
+struct Range {
+    from: u64,
+    to: u64,
+}
+
+async fn consistency(
+    State(shared): S,
+    q: Result<Query<Range>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let Query(Range { from, to }) = q.map_err(query_error)?;
+    let len = shared.store.read()?.ledger_len()?;
+    if from == 0 || from > to || to > len {
+        return Err(ApiError::bad_request(
+            "bad_range",
+            format!("need 0 < from <= to <= {len}"),
+        ));
+    }
+    let proof = shared.store.consistency_proof(from, to)?;
+    Ok(Json(json!({
+        "from": from,
+        "to": to,
+        "from_root": hex::encode(shared.store.tree_root_at(from)?),
+        "to_root": hex::encode(shared.store.tree_root_at(to)?),
+        "proof": proof.iter().map(hex::encode).collect::<Vec<_>>(),
+    })))
+}
+
+#[derive(Deserialize)]
+struct Page {
+    from: u64,
+    count: Option<u64>,
+}
+
+/// Ledger records as a CBOR array, for auditors.
+async fn entries(State(shared): S, q: Result<Query<Page>, QueryRejection>) -> ApiResult<Response> {
+    let Query(Page { from, count }) = q.map_err(query_error)?;
+    let len = shared.store.read()?.ledger_len()?;
+    let count = count
+        .unwrap_or(100)
+        .min(MAX_PAGE)
+        .min(len.saturating_sub(from));
+    let store = shared.store.clone();
+    let body = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, comity_store::StoreError> {
+        let mut out = cbor_array_header(count);
+        for i in from..from + count {
+            out.extend_from_slice(&store.record(i)?);
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    Ok(([(header::CONTENT_TYPE, "application/cbor")], body).into_response())
+}
+
+fn cbor_array_header(n: u64) -> Vec<u8> {
+    match n {
+        0..=23 => vec![0x80 | n as u8],
+        24..=0xff => vec![0x98, n as u8],
+        0x100..=0xffff => [vec![0x99], (n as u16).to_be_bytes().to_vec()].concat(),
+        _ => [vec![0x9a], (n as u32).to_be_bytes().to_vec()].concat(),
+    }
+}
+
+async fn size(State(shared): S) -> ApiResult<Json<Value>> {
+    let len = shared.store.read()?.ledger_len()?;
+    let root = if len == 0 {
+        comity_core::merkle::empty_root()
+    } else {
+        shared.store.tree_root_at(len)?
+    };
+    Ok(Json(json!({"size": len, "tx_root": hex::encode(root)})))
+}
+
+/// Non-public reads need a client certificate of an active member or user.
+fn authorize(shared: &Shared, who: ClientIdentity) -> ApiResult<Hash> {
+    let id = who.0.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "this read needs a TLS client certificate of a registered identity",
+        )
+    })?;
+    let ident = registry::get(&shared.store.read()?, &id)?;
+    match ident {
+        Some(i)
+            if i.is_active() && matches!(i.role, registry::Role::Member | registry::Role::User) =>
+        {
+            Ok(id)
+        }
+        _ => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the client certificate does not belong to an active member or user",
+        )),
+    }
+}
+
+fn hex_opt(v: Option<Vec<u8>>) -> Value {
+    v.map(|b| Value::String(hex::encode(b)))
+        .unwrap_or(Value::Null)
+}
+
+async fn kv_get(
+    State(shared): S,
+    Extension(who): Extension<ClientIdentity>,
+    Path(key): Path<String>,
+) -> ApiResult<Json<Value>> {
+    authorize(&shared, who)?;
+    let skey = keys::kv(&key);
+    let latest = query::current_state(&shared.store.read()?, &skey)?;
+    let proved = query::proved_state(&shared.store, &skey)?
+        .ok_or_else(|| ApiError::unavailable("no final checkpoint yet"))?;
+    Ok(Json(json!({
+        "key": key,
+        "value_hex": hex_opt(proved.value),
+        "checkpoint": checkpoint_json(&proved.checkpoint),
+        "state_key_hex": hex::encode(&skey),
+        "state_proof": hex::encode(&proved.proof),
+        "latest_value_hex": hex_opt(latest),
+    })))
+}
+
+async fn kv_history(
+    State(shared): S,
+    Extension(who): Extension<ClientIdentity>,
+    Path(key): Path<String>,
+) -> ApiResult<Json<Value>> {
+    authorize(&shared, who)?;
+    let indexes = query::kv_history(&shared.store.read()?, &key, 1000)?;
+    let mut versions = Vec::new();
+    for index in indexes {
+        let (rec, leaf) = query::record(&shared.store, index)?;
+        let tx = comity_core::tx::Tx::parse(&rec.body).map_err(ApiError::internal)?;
+        let value = comity_core::cbor::MapView::new(&tx.payload.args)
+            .ok()
+            .and_then(|m| m.bytes("value").ok().map(<[u8]>::to_vec));
+        versions.push(json!({
+            "index": index,
+            "tx": hex::encode(leaf.digest),
+            "op": tx.payload.op,
+            "time": leaf.time,
+            "signer": hex::encode(tx.kid),
+            "value_hex": hex_opt(value),
+        }));
+    }
+    Ok(Json(json!({"key": key, "versions": versions})))
+}
+
+async fn identity(State(shared): S) -> ApiResult<Json<Value>> {
+    let id = crate::network_identity(&shared.store)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::unavailable("the network has no genesis yet"))?;
+    Ok(Json(serde_json::to_value(id).map_err(ApiError::internal)?))
+}
+
+async fn health(State(shared): S) -> ApiResult<Response> {
+    let m = shared.raft.metrics().borrow().clone();
+    let r = shared.store.read()?;
+    let diverged = shared.diverged.load(std::sync::atomic::Ordering::SeqCst);
+    let (time, genesis) = {
+        let ex = shared.executor.lock().expect("executor lock");
+        (ex.ledger_time(), ex.network_id().is_some())
+    };
+    let status = if diverged {
+        "diverged"
+    } else if !genesis || m.current_leader.is_none() {
+        "starting"
+    } else {
+        "ok"
+    };
+    let code = if status == "ok" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": status,
+        "node_id": m.id,
+        "node_identity": hex::encode(shared.node_identity),
+        "role": format!("{:?}", m.state).to_lowercase(),
+        "term": m.current_term,
+        "leader": m.current_leader,
+        "last_log_index": m.last_log_index,
+        "commit_index": m.last_applied.map(|l| l.index),
+        "applied_index": m.last_applied.map(|l| l.index),
+        "ledger_size": r.ledger_len()?,
+        "ledger_time": time,
+        "pending": shared.pending.len(),
+        "uptime_ms": shared.started.elapsed().as_millis() as u64,
+    });
+    Ok((code, Json(body)).into_response())
+}
+
+async fn metrics(State(shared): S) -> ApiResult<Response> {
+    let len = shared.store.read()?.ledger_len()?;
+    metrics::gauge!("comity_ledger_size").set(len as f64);
+    metrics::gauge!("comity_pending_txs").set(shared.pending.len() as f64);
+    let m = shared.raft.metrics().borrow().clone();
+    metrics::gauge!("comity_raft_term").set(m.current_term as f64);
+    metrics::gauge!("comity_raft_applied_index").set(m.last_applied.map_or(0, |l| l.index) as f64);
+    let text = shared
+        .metrics
+        .as_ref()
+        .map(|h| h.render())
+        .unwrap_or_default();
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}

@@ -1,0 +1,81 @@
+//! Ordering: the leader groups admitted transactions into Raft entries, and
+//! appends checkpoint markers every N transactions or T milliseconds.
+
+use crate::ingress::now_ms;
+use crate::Shared;
+use comity_apps::Command;
+use comity_core::crypto::sha256;
+use serde_bytes::ByteBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, Semaphore};
+
+/// Collects admitted transactions into batches and proposes them, keeping a
+/// few proposals in flight so batching overlaps with the log fsync.
+pub async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Vec<u8>>) {
+    let inflight = Arc::new(Semaphore::new(shared.limits.max_inflight_batches));
+    while let Some(first) = rx.recv().await {
+        let permit = inflight
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore open");
+        let mut txs = vec![ByteBuf::from(first)];
+        while txs.len() < shared.limits.batch_max_txs {
+            match rx.try_recv() {
+                Ok(t) => txs.push(ByteBuf::from(t)),
+                Err(_) => break,
+            }
+        }
+        metrics::histogram!("comity_batch_txs").record(txs.len() as f64);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let ids: Vec<_> = txs.iter().map(|t| sha256(t)).collect();
+            let res = shared
+                .raft
+                .client_write(Command::Batch {
+                    time: now_ms(),
+                    txs,
+                })
+                .await;
+            drop(permit);
+            if let Err(e) = res {
+                tracing::warn!(error = %e, "batch not committed");
+                for id in ids {
+                    shared
+                        .pending
+                        .resolve(&id, Err(format!("not committed: {e}")));
+                }
+            }
+        });
+    }
+}
+
+/// Proposes checkpoint markers while this node leads.
+pub async fn checkpoints(shared: Arc<Shared>) {
+    let mut last = Instant::now();
+    loop {
+        let (due_txs, due_ms, uncovered) = {
+            let ex = shared.executor.lock().expect("executor lock");
+            (
+                ex.config().checkpoint_txs,
+                ex.config().checkpoint_ms,
+                ex.uncovered(),
+            )
+        };
+        tokio::time::sleep(Duration::from_millis((due_ms / 4).clamp(1, 50))).await;
+        if uncovered == 0 || !shared.is_leader() {
+            continue;
+        }
+        if uncovered >= due_txs || last.elapsed() >= Duration::from_millis(due_ms) {
+            if let Err(e) = shared
+                .raft
+                .client_write(Command::Checkpoint { time: now_ms() })
+                .await
+            {
+                tracing::warn!(error = %e, "checkpoint marker not committed");
+            }
+            last = Instant::now();
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! Node configuration (TOML).
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Raft node id, unique in the network.
+    pub id: u64,
+    /// Client HTTPS address.
+    pub listen: SocketAddr,
+    /// Data directory: Raft log, ledger, tree, state.
+    pub data_dir: PathBuf,
+    /// PKCS#8 PEM key this node signs checkpoints with (its identity).
+    pub node_key: PathBuf,
+    /// TLS certificate chain (PEM) and key (PEM) served to clients.
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    /// Genesis document (CBOR); required the first time a network starts.
+    pub genesis: Option<PathBuf>,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// Node-local limits (the ledger-wide ones live in the genesis config).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Most transactions in one Raft entry.
+    pub batch_max_txs: usize,
+    /// Raft writes in flight at once.
+    pub max_inflight_batches: usize,
+    /// Requests waiting for commit before new ones get 503.
+    pub max_pending: usize,
+    /// How long a submission waits for its commit before answering `pending`.
+    pub commit_wait_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            batch_max_txs: 1024,
+            max_inflight_batches: 4,
+            max_pending: 50_000,
+            commit_wait_ms: 30_000,
+        }
+    }
+}
+
+impl NodeConfig {
+    pub fn load(path: &std::path::Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+}

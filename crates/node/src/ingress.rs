@@ -1,0 +1,198 @@
+//! Admission of submitted transactions: every check that can be made before
+//! ordering, so that bad input is refused with a precise error and never
+//! reaches the ledger; and the waiters that answer once a transaction commits.
+
+use crate::error::ApiError;
+use crate::Shared;
+use axum::http::StatusCode;
+use comity_apps::executor::within_window;
+use comity_apps::{keys, registry};
+use comity_consensus::TxOutcome;
+use comity_core::crypto::PublicKey;
+use comity_core::tx::{Tx, TxError};
+use comity_core::Hash;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use tokio::sync::oneshot;
+
+pub type Waiter = oneshot::Sender<Result<TxOutcome, String>>;
+
+struct Pending {
+    waiters: Vec<Waiter>,
+    nonce: Vec<u8>,
+}
+
+/// Transactions accepted but not yet applied.
+#[derive(Default)]
+pub struct PendingSet {
+    by_id: Mutex<HashMap<Hash, Pending>>,
+    nonces: Mutex<HashSet<Vec<u8>>>,
+    /// Ids whose signatures were verified here, so apply may skip them.
+    verified: Mutex<HashSet<Hash>>,
+}
+
+pub enum Admission {
+    /// Already in the ledger.
+    Known(u64),
+    /// Queued (or joined an identical queued transaction): wait on this.
+    Queued(oneshot::Receiver<Result<TxOutcome, String>>, bool),
+}
+
+impl PendingSet {
+    pub fn len(&self) -> usize {
+        self.by_id.lock().expect("pending lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn contains(&self, id: &Hash) -> bool {
+        self.by_id.lock().expect("pending lock").contains_key(id)
+    }
+
+    pub fn take_verified(&self, id: &Hash) -> bool {
+        self.verified.lock().expect("verified lock").remove(id)
+    }
+
+    /// Answers everyone waiting for `id`.
+    pub fn resolve(&self, id: &Hash, result: Result<TxOutcome, String>) {
+        let p = self.by_id.lock().expect("pending lock").remove(id);
+        if let Some(p) = p {
+            self.nonces.lock().expect("nonce lock").remove(&p.nonce);
+            self.verified.lock().expect("verified lock").remove(id);
+            for w in p.waiters {
+                let _ = w.send(result.clone());
+            }
+        }
+    }
+}
+
+fn tx_error(e: TxError) -> ApiError {
+    match e {
+        TxError::Malformed(m) => ApiError::bad_request("malformed", m),
+        TxError::UnsupportedAlg(m) => ApiError::bad_request(
+            "unsupported_alg",
+            format!("unsupported algorithm {m}; use EdDSA or ES256"),
+        ),
+        TxError::BadSignature(_) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "bad_signature",
+            "the signature does not verify with the signer's registered key",
+        ),
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Runs the ingress checks and queues the transaction for ordering.
+pub fn admit(shared: &Shared, bytes: Vec<u8>) -> Result<(Hash, Admission), ApiError> {
+    let (max_bytes, window, net) = {
+        let ex = shared.executor.lock().expect("executor lock");
+        (
+            ex.config().max_tx_bytes,
+            ex.config().tx_window_ms,
+            ex.network_id(),
+        )
+    };
+    if bytes.len() as u64 > max_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "transaction is {} bytes; the limit is {max_bytes}",
+                bytes.len()
+            ),
+        ));
+    }
+    let net = net.ok_or_else(|| ApiError::unavailable("the network has no genesis yet"))?;
+    let tx = Tx::parse(&bytes).map_err(tx_error)?;
+    if tx.payload.net != net {
+        return Err(ApiError::bad_request(
+            "wrong_network",
+            format!(
+                "transaction is for network {}, this is {}",
+                hex::encode(tx.payload.net),
+                hex::encode(net)
+            ),
+        ));
+    }
+    let reader = shared.store.read()?;
+    if let Some(index) = comity_apps::query::tx_index(&reader, &tx.id)? {
+        return Ok((tx.id, Admission::Known(index)));
+    }
+    let ident = registry::get(&reader, &tx.kid)?
+        .filter(|i| i.is_active())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "unknown_signer",
+                format!(
+                    "signer {} is not an active registered identity",
+                    hex::encode(tx.kid)
+                ),
+            )
+        })?;
+    let key = PublicKey::from_spki_der(ident.current_key()).map_err(ApiError::internal)?;
+    tx.verify(&key).map_err(tx_error)?;
+    let now = now_ms().max(shared.executor.lock().expect("executor lock").ledger_time());
+    if !within_window(tx.payload.created, now, window) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "outside_window",
+            format!(
+                "creation time {} is more than {window} ms from ledger time {now}",
+                tx.payload.created
+            ),
+        ));
+    }
+    let nonce_key = keys::nonce(&tx.kid, &tx.payload.nonce);
+    if reader.aux_get(&nonce_key)?.is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "nonce_reused",
+            "this signer already used this nonce",
+        ));
+    }
+    drop(reader);
+    let p = &shared.pending;
+    let (wtx, wrx) = oneshot::channel();
+    {
+        let mut by_id = p.by_id.lock().expect("pending lock");
+        if let Some(existing) = by_id.get_mut(&tx.id) {
+            existing.waiters.push(wtx);
+            return Ok((tx.id, Admission::Queued(wrx, false)));
+        }
+        if by_id.len() >= shared.limits.max_pending {
+            return Err(ApiError::unavailable(
+                "too many transactions waiting; retry shortly",
+            ));
+        }
+        if !p
+            .nonces
+            .lock()
+            .expect("nonce lock")
+            .insert(nonce_key.clone())
+        {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "nonce_reused",
+                "this signer already used this nonce",
+            ));
+        }
+        by_id.insert(
+            tx.id,
+            Pending {
+                waiters: vec![wtx],
+                nonce: nonce_key,
+            },
+        );
+    }
+    p.verified.lock().expect("verified lock").insert(tx.id);
+    Ok((tx.id, Admission::Queued(wrx, true)))
+}

@@ -1,0 +1,72 @@
+//! The HTTPS accept loop. It is hand-written (rather than `axum::serve`) so
+//! each connection's TLS client certificate can be attached to its requests.
+
+use crate::{api, tls, Shared};
+use axum::Extension;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+/// The authenticated client of a connection, if it presented a certificate.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientIdentity(pub Option<comity_core::Hash>);
+
+pub async fn serve(
+    shared: Arc<Shared>,
+    listen: SocketAddr,
+    tls: rustls::ServerConfig,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    let addr = listener.local_addr()?;
+    let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let router = api::router(shared);
+    let handle = tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let router = router.clone();
+            tokio::spawn(async move {
+                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+                    .await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                let client = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(tls::client_id);
+                let svc = TowerToHyperService::new(router.layer(Extension(ClientIdentity(client))));
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(30))
+                    .max_buf_size(64 * 1024)
+                    .serve_connection(TokioIo::new(tls), svc);
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            });
+        }
+    });
+    Ok((addr, handle))
+}
