@@ -4,6 +4,7 @@
 //! same leaves, state and roots on every machine: no clocks, no randomness,
 //! no unordered iteration.
 
+pub mod audit;
 pub mod command;
 pub mod executor;
 pub mod genesis;

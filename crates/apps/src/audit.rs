@@ -1,0 +1,156 @@
+//! Auditor's replay: re-executes a ledger from genesis on scratch storage and
+//! reports the first entry whose recomputed leaf, outcome, time or
+//! checkpoint signature differs from what the ledger recorded.
+
+use crate::{Command, Executor};
+use comity_core::crypto::sha256;
+use comity_core::entry::{EntryKind, Leaf, Record};
+use comity_core::Hash;
+use comity_store::{Store, StoreError};
+use serde_bytes::ByteBuf;
+use std::path::Path;
+
+/// The first discrepancy found.
+#[derive(Debug, thiserror::Error)]
+#[error("ledger entry {index}: {message}")]
+pub struct Discrepancy {
+    pub index: u64,
+    pub message: String,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Summary {
+    pub entries: u64,
+    pub transactions: u64,
+    pub rejected: u64,
+    pub checkpoints: u64,
+    pub checkpoint_signatures: u64,
+    pub tx_root: Hash,
+    pub last_state_root: Option<Hash>,
+    pub network_id: Option<Hash>,
+}
+
+pub struct Audit {
+    store: Store,
+    executor: Executor,
+    summary: Summary,
+}
+
+fn fail(index: u64, message: impl Into<String>) -> Discrepancy {
+    Discrepancy {
+        index,
+        message: message.into(),
+    }
+}
+
+impl Audit {
+    /// Starts a replay on empty scratch storage in `scratch`.
+    pub fn new(scratch: &Path) -> Result<Self, StoreError> {
+        let (store, _) = Store::open(scratch, comity_store::segments::DEFAULT_ROLL_BYTES)?;
+        let executor = Executor::load(&store)?;
+        Ok(Audit {
+            store,
+            executor,
+            summary: Summary::default(),
+        })
+    }
+
+    /// Replays the next record, which must be entry `index`.
+    pub fn feed(&mut self, index: u64, raw: &[u8]) -> Result<(), Discrepancy> {
+        let rec =
+            Record::from_cbor(raw).map_err(|e| fail(index, format!("not a ledger record: {e}")))?;
+        let leaf = Leaf::from_cbor(&rec.leaf)
+            .map_err(|e| fail(index, format!("leaf does not decode: {e}")))?;
+        if leaf.index != index {
+            return Err(fail(index, format!("leaf says it is entry {}", leaf.index)));
+        }
+        if sha256(&rec.body) != leaf.digest {
+            return Err(fail(
+                index,
+                "the body does not hash to the digest in the leaf",
+            ));
+        }
+        let cmd = match leaf.kind {
+            EntryKind::Genesis => Command::Genesis {
+                doc: ByteBuf::from(rec.body.clone()),
+            },
+            EntryKind::Tx => Command::Batch {
+                time: leaf.time,
+                txs: vec![ByteBuf::from(rec.body.clone())],
+            },
+            EntryKind::Checkpoint => Command::Checkpoint { time: leaf.time },
+        };
+        let mut batch = self.store.begin().map_err(|e| fail(index, e.to_string()))?;
+        let out = self
+            .executor
+            .apply(&mut batch, &cmd, &|_| false)
+            .map_err(|e| fail(index, format!("replay failed: {e}")))?;
+        batch
+            .commit(false)
+            .map_err(|e| fail(index, e.to_string()))?;
+        let produced = self.store.record(index).map_err(|_| {
+            fail(
+                index,
+                "replay produced no entry here (a duplicate or misplaced entry)",
+            )
+        })?;
+        let produced = Record::from_cbor(&produced).map_err(|e| fail(index, e.to_string()))?;
+        if produced.leaf != rec.leaf {
+            let mine = Leaf::from_cbor(&produced.leaf).map_err(|e| fail(index, e.to_string()))?;
+            let what = if mine.outcome != leaf.outcome {
+                format!(
+                    "recorded outcome `{}`, replay gives `{}`",
+                    leaf.outcome.code(),
+                    mine.outcome.code()
+                )
+            } else if mine.time != leaf.time {
+                format!("recorded time {}, replay gives {}", leaf.time, mine.time)
+            } else {
+                "the recorded leaf differs from the replayed one".to_string()
+            };
+            return Err(fail(index, what));
+        }
+        if let Some((node, seq)) = out.divergence {
+            return Err(fail(
+                index,
+                format!(
+                    "node {} signed checkpoint {seq} over roots that replay does not reproduce",
+                    hex::encode(node)
+                ),
+            ));
+        }
+        let s = &mut self.summary;
+        s.entries += 1;
+        match leaf.kind {
+            EntryKind::Genesis => s.network_id = self.executor.network_id(),
+            EntryKind::Tx => {
+                let is_sig = comity_core::tx::Tx::parse(&rec.body)
+                    .map(|t| t.payload.app == "node")
+                    .unwrap_or(false);
+                if is_sig && leaf.outcome == comity_core::entry::Outcome::Applied {
+                    s.checkpoint_signatures += 1;
+                } else {
+                    s.transactions += 1;
+                    if leaf.outcome != comity_core::entry::Outcome::Applied {
+                        s.rejected += 1;
+                    }
+                }
+            }
+            EntryKind::Checkpoint => {
+                s.checkpoints += 1;
+                s.last_state_root = out.checkpoint.map(|c| c.state_root);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> Result<Summary, StoreError> {
+        let len = self.store.read()?.ledger_len()?;
+        self.summary.tx_root = if len == 0 {
+            comity_core::merkle::empty_root()
+        } else {
+            self.store.tree_root_at(len)?
+        };
+        Ok(self.summary)
+    }
+}

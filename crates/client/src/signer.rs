@@ -1,0 +1,178 @@
+//! Building and signing transactions.
+
+use crate::ClientError;
+use comity_core::cbor::{self, Value};
+use comity_core::crypto::{random_nonce, SigningKey};
+use comity_core::tx::{Tx, TxPayload};
+use comity_core::Hash;
+use std::path::Path;
+
+/// Milliseconds since the Unix epoch, as transactions carry in `created`.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Signs transactions as one identity on one network.
+#[derive(Clone, Debug)]
+pub struct Signer {
+    pub key: SigningKey,
+    /// Identity id put in the COSE `kid`.
+    pub id: Hash,
+    /// Network the transactions are bound to (its genesis hash).
+    pub network_id: Hash,
+}
+
+impl Signer {
+    /// A signer whose identity id is the fingerprint of `key` (the id an
+    /// identity gets when `key` is its first key).
+    pub fn new(key: SigningKey, network_id: Hash) -> Self {
+        let id = key.public().fingerprint();
+        Signer {
+            key,
+            id,
+            network_id,
+        }
+    }
+
+    /// Loads a PKCS#8 PEM private key (`comity keys new` writes these).
+    pub fn from_pem_file(path: impl AsRef<Path>, network_id: Hash) -> Result<Self, ClientError> {
+        let path = path.as_ref();
+        let pem = std::fs::read_to_string(path)
+            .map_err(|e| ClientError::Config(format!("cannot read key {}: {e}", path.display())))?;
+        let key = SigningKey::from_pkcs8_pem(&pem)
+            .map_err(|e| ClientError::Config(format!("key {}: {e}", path.display())))?;
+        Ok(Signer::new(key, network_id))
+    }
+
+    /// The payload of a fresh transaction: random nonce, created = now.
+    pub fn payload(&self, app: &str, op: &str, args: Value) -> TxPayload {
+        TxPayload {
+            net: self.network_id,
+            app: app.to_string(),
+            op: op.to_string(),
+            args,
+            nonce: random_nonce().to_vec(),
+            created: now_ms(),
+        }
+    }
+
+    /// Signs `payload` as this identity (the payload's `net` is kept as is).
+    pub fn sign(&self, payload: &TxPayload) -> Vec<u8> {
+        Tx::sign(&self.key, &self.id, payload)
+    }
+
+    /// A signed transaction for `app.op(args)` with a fresh nonce, created now.
+    /// Its id is the SHA-256 of the returned bytes ([`tx_id`]).
+    pub fn tx(&self, app: &str, op: &str, args: Value) -> Vec<u8> {
+        self.sign(&self.payload(app, op, args))
+    }
+
+    /// `kv.put {key, value}`.
+    pub fn kv_put(&self, key: &str, value: &[u8]) -> Vec<u8> {
+        self.tx(
+            "kv",
+            "put",
+            cbor::map([("key", cbor::text(key)), ("value", cbor::bytes(value))]),
+        )
+    }
+
+    /// `kv.delete {key}`.
+    pub fn kv_delete(&self, key: &str) -> Vec<u8> {
+        self.tx("kv", "delete", cbor::map([("key", cbor::text(key))]))
+    }
+
+    /// `identity.register {key: SPKI DER, role: "user", name}`: registers a user
+    /// identity whose id will be the SHA-256 of `spki_der`. Only members may submit it.
+    pub fn register_user(&self, spki_der: &[u8], name: &str) -> Vec<u8> {
+        self.tx(
+            "identity",
+            "register",
+            cbor::map([
+                ("key", cbor::bytes(spki_der)),
+                ("role", cbor::text("user")),
+                ("name", cbor::text(name)),
+            ]),
+        )
+    }
+}
+
+/// The transaction id of signed bytes: their SHA-256.
+pub fn tx_id(tx: &[u8]) -> Hash {
+    comity_core::crypto::sha256(tx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use comity_core::cbor::MapView;
+    use comity_core::crypto::Alg;
+
+    #[test]
+    fn signed_tx_parses_and_verifies_with_core() {
+        for alg in [Alg::EdDsa, Alg::Es256] {
+            let key = SigningKey::generate(alg);
+            let s = Signer::new(key.clone(), [9; 32]);
+            assert_eq!(s.id, key.public().fingerprint());
+            let before = now_ms();
+            let bytes = s.kv_put("greeting", b"hello");
+            let tx = Tx::parse(&bytes).unwrap();
+            tx.verify(&key.public()).unwrap();
+            assert_eq!(tx.id, tx_id(&bytes));
+            assert_eq!(tx.kid, s.id);
+            assert_eq!(tx.alg, alg);
+            assert_eq!(tx.payload.net, [9; 32]);
+            assert_eq!(
+                (tx.payload.app.as_str(), tx.payload.op.as_str()),
+                ("kv", "put")
+            );
+            assert_eq!(tx.payload.nonce.len(), 16);
+            assert!(tx.payload.created >= before && tx.payload.created <= now_ms());
+            let m = MapView::new(&tx.payload.args).unwrap();
+            assert_eq!(m.text("key").unwrap(), "greeting");
+            assert_eq!(m.bytes("value").unwrap(), b"hello");
+        }
+    }
+
+    #[test]
+    fn fresh_nonce_every_time() {
+        let s = Signer::new(SigningKey::generate(Alg::EdDsa), [1; 32]);
+        let a = Tx::parse(&s.kv_delete("k")).unwrap();
+        let b = Tx::parse(&s.kv_delete("k")).unwrap();
+        assert_ne!(a.payload.nonce, b.payload.nonce);
+        assert_ne!(a.id, b.id);
+        assert_eq!(a.payload.op, "delete");
+    }
+
+    #[test]
+    fn register_user_shape() {
+        let member = Signer::new(SigningKey::generate(Alg::EdDsa), [2; 32]);
+        let user = SigningKey::generate(Alg::EdDsa).public();
+        let tx = Tx::parse(&member.register_user(&user.to_spki_der(), "bench-1")).unwrap();
+        tx.verify(&member.key.public()).unwrap();
+        assert_eq!(tx.payload.app, "identity");
+        assert_eq!(tx.payload.op, "register");
+        let m = MapView::new(&tx.payload.args).unwrap();
+        assert_eq!(m.bytes("key").unwrap(), user.to_spki_der());
+        assert_eq!(m.text("role").unwrap(), "user");
+        assert_eq!(m.text("name").unwrap(), "bench-1");
+    }
+
+    #[test]
+    fn from_pem_file_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::generate(Alg::Es256);
+        let path = dir.path().join("k.pem");
+        std::fs::write(&path, key.to_pkcs8_pem()).unwrap();
+        let s = Signer::from_pem_file(&path, [3; 32]).unwrap();
+        assert_eq!(s.key.public(), key.public());
+        assert_eq!(s.network_id, [3; 32]);
+        std::fs::write(&path, "garbage").unwrap();
+        assert!(matches!(
+            Signer::from_pem_file(&path, [3; 32]),
+            Err(ClientError::Config(_))
+        ));
+    }
+}

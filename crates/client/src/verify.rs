@@ -1,0 +1,242 @@
+//! Offline checks of what a node returns, using only `comity_core`.
+
+use crate::types::{CheckpointInfo, ConsistencyProof, KvRead};
+use crate::ClientError;
+use comity_core::checkpoint::CHECKPOINT_CONTENT_TYPE;
+use comity_core::merkle;
+use comity_core::network::{NetworkIdentity, NodeSet};
+use comity_core::receipt::{self, Receipt, Verified};
+use comity_core::Hash;
+use coset::{CborSerializable, CoseSign, TaggedCborSerializable};
+
+/// What a checkpoint's signatures proved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedCheckpoint {
+    /// Nodes whose signatures verified.
+    pub signers: Vec<Hash>,
+    /// Distinct members those nodes belong to.
+    pub members: usize,
+    /// Members needed for a quorum.
+    pub quorum: usize,
+}
+
+/// Checks that `info.signed` is a COSE_Sign over exactly the checkpoint the
+/// JSON fields describe, on this network, signed by a quorum of members of
+/// `nodes` (the node set at that size: `identity.nodes` unless the node set
+/// changed since genesis).
+pub fn verify_checkpoint(
+    info: &CheckpointInfo,
+    identity: &NetworkIdentity,
+    nodes: &NodeSet,
+) -> Result<VerifiedCheckpoint, ClientError> {
+    if info.network_id != identity.network_id {
+        return Err(ClientError::Verify(format!(
+            "checkpoint is for network {}, expected {}",
+            hex::encode(info.network_id),
+            hex::encode(identity.network_id)
+        )));
+    }
+    let sign = CoseSign::from_tagged_slice(&info.signed)
+        .or_else(|_| CoseSign::from_slice(&info.signed))
+        .map_err(|e| ClientError::Verify(format!("signed checkpoint is not a COSE_Sign: {e}")))?;
+    let body = sign
+        .payload
+        .as_deref()
+        .ok_or_else(|| ClientError::Verify("signed checkpoint has no payload".into()))?;
+    if body != info.checkpoint().to_cbor().as_slice() {
+        return Err(ClientError::Verify(
+            "the signed checkpoint differs from the checkpoint fields the node reported".into(),
+        ));
+    }
+    let (signers, members) = receipt::verify_quorum(
+        CHECKPOINT_CONTENT_TYPE,
+        body,
+        &sign.signatures,
+        nodes,
+        "checkpoint",
+    )
+    .map_err(|e| ClientError::Verify(e.to_string()))?;
+    Ok(VerifiedCheckpoint {
+        signers,
+        members,
+        quorum: nodes.quorum(),
+    })
+}
+
+/// Checks a proved read: the checkpoint's quorum of signatures (see
+/// [`verify_checkpoint`]) and that the state proof shows `r.value` (or its
+/// absence) under `state_key` in the checkpoint's state root. `state_key` is
+/// the application's state-tree key for the read (for kv: `comity_apps::keys::kv(key)`),
+/// derived by the caller rather than taken from the node.
+pub fn verify_kv_read(
+    r: &KvRead,
+    identity: &NetworkIdentity,
+    nodes: &NodeSet,
+    state_key: &[u8],
+) -> Result<VerifiedCheckpoint, ClientError> {
+    if let Some(k) = &r.state_key {
+        if k.as_slice() != state_key {
+            return Err(ClientError::Verify(format!(
+                "the node proved state key {} but the read is for {}",
+                hex::encode(k),
+                hex::encode(state_key)
+            )));
+        }
+    }
+    let v = verify_checkpoint(&r.checkpoint, identity, nodes)?;
+    comity_core::state::verify(
+        &r.checkpoint.state_root,
+        state_key,
+        r.value.as_deref(),
+        &r.state_proof,
+    )
+    .map_err(|e| ClientError::Verify(e.to_string()))?;
+    Ok(v)
+}
+
+/// Checks an RFC 9162 consistency proof: the tree of size `from` with
+/// `from_root` is a prefix of the tree of size `to` with `to_root`.
+pub fn verify_consistency(p: &ConsistencyProof) -> Result<(), ClientError> {
+    merkle::verify_consistency(p.from, p.to, &p.from_root, &p.to_root, &p.proof)
+        .map_err(|e| ClientError::Verify(format!("consistency proof {}..{}: {e}", p.from, p.to)))
+}
+
+/// Parses and verifies receipt bytes against the network identity.
+pub fn verify_receipt(bytes: &[u8], identity: &NetworkIdentity) -> Result<Verified, ClientError> {
+    let r = Receipt::from_cose(bytes).map_err(|e| ClientError::Verify(e.to_string()))?;
+    r.verify(identity)
+        .map_err(|e| ClientError::Verify(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use comity_core::checkpoint::{self, body_protected, Checkpoint};
+    use comity_core::crypto::{Alg, SigningKey};
+    use comity_core::network::NodeInfo;
+    use coset::CoseSignBuilder;
+
+    fn setup(n: usize) -> (NetworkIdentity, Vec<(Hash, SigningKey)>) {
+        let keys: Vec<_> = (0..n)
+            .map(|_| {
+                let k = SigningKey::generate(Alg::EdDsa);
+                (k.public().fingerprint(), k)
+            })
+            .collect();
+        let nodes = NodeSet(
+            keys.iter()
+                .enumerate()
+                .map(|(i, (id, k))| NodeInfo {
+                    id: *id,
+                    member: [i as u8; 32],
+                    key: k.public().to_spki_der(),
+                })
+                .collect(),
+        );
+        (
+            NetworkIdentity {
+                name: "t".into(),
+                network_id: [5; 32],
+                nodes,
+            },
+            keys,
+        )
+    }
+
+    fn info(ident: &NetworkIdentity, keys: &[(Hash, SigningKey)]) -> CheckpointInfo {
+        let cp = Checkpoint {
+            network_id: ident.network_id,
+            seq: 1,
+            size: 10,
+            tx_root: [1; 32],
+            state_root: [2; 32],
+            time: 3,
+            version: 1,
+        };
+        let body = cp.to_cbor();
+        let mut b = CoseSignBuilder::new()
+            .protected(body_protected(CHECKPOINT_CONTENT_TYPE).header)
+            .payload(body.clone());
+        for (id, k) in keys {
+            let sig = checkpoint::sign(CHECKPOINT_CONTENT_TYPE, &body, k, id);
+            b = b.add_signature(checkpoint::parse_signature(&sig).unwrap());
+        }
+        CheckpointInfo {
+            network_id: cp.network_id,
+            seq: cp.seq,
+            size: cp.size,
+            tx_root: cp.tx_root,
+            state_root: cp.state_root,
+            time: cp.time,
+            version: cp.version,
+            signers: keys.iter().map(|(id, _)| *id).collect(),
+            signed: b.build().to_tagged_vec().unwrap(),
+        }
+    }
+
+    #[test]
+    fn kv_read_state_proofs() {
+        use jmt::mock::MockTreeStore;
+        use jmt::{KeyHash, Sha256Jmt};
+        let (ident, keys) = setup(3);
+        let store = MockTreeStore::default();
+        let tree = Sha256Jmt::new(&store);
+        let kh = |k: &[u8]| KeyHash::with::<sha2::Sha256>(k);
+        let (root, batch) = tree
+            .put_value_set([(kh(b"kv/a"), Some(b"1".to_vec()))], 0)
+            .unwrap();
+        store.write_tree_update_batch(batch).unwrap();
+        let proof_of = |k: &[u8]| {
+            let (_, p) = tree.get_with_proof(kh(k), 0).unwrap();
+            borsh::to_vec(&p).unwrap()
+        };
+        let mut cp = info(&ident, &keys[..2]);
+        // Re-sign a checkpoint that commits to this state root.
+        cp.state_root = root.0;
+        let body = cp.checkpoint().to_cbor();
+        let mut b = CoseSignBuilder::new()
+            .protected(body_protected(CHECKPOINT_CONTENT_TYPE).header)
+            .payload(body.clone());
+        for (id, k) in &keys[..2] {
+            let sig = checkpoint::sign(CHECKPOINT_CONTENT_TYPE, &body, k, id);
+            b = b.add_signature(checkpoint::parse_signature(&sig).unwrap());
+        }
+        cp.signed = b.build().to_tagged_vec().unwrap();
+        let read = |value: Option<&[u8]>, key: &[u8]| KvRead {
+            key: "a".into(),
+            value: value.map(<[u8]>::to_vec),
+            checkpoint: cp.clone(),
+            state_key: Some(key.to_vec()),
+            state_proof: proof_of(key),
+            latest_value: None,
+        };
+        verify_kv_read(&read(Some(b"1"), b"kv/a"), &ident, &ident.nodes, b"kv/a").unwrap();
+        // Absent key: non-inclusion proof.
+        verify_kv_read(&read(None, b"kv/b"), &ident, &ident.nodes, b"kv/b").unwrap();
+        // A lie about the value, or about absence, fails.
+        assert!(verify_kv_read(&read(Some(b"2"), b"kv/a"), &ident, &ident.nodes, b"kv/a").is_err());
+        assert!(verify_kv_read(&read(None, b"kv/a"), &ident, &ident.nodes, b"kv/a").is_err());
+        // A proof about another key than the one asked for fails.
+        let e =
+            verify_kv_read(&read(Some(b"1"), b"kv/a"), &ident, &ident.nodes, b"kv/c").unwrap_err();
+        assert!(e.to_string().contains("state key"), "{e}");
+        let mut r = read(Some(b"1"), b"kv/a");
+        r.state_key = None;
+        r.state_proof = vec![1, 2, 3];
+        assert!(verify_kv_read(&r, &ident, &ident.nodes, b"kv/a").is_err());
+    }
+
+    #[test]
+    fn checkpoint_quorum() {
+        let (ident, keys) = setup(3);
+        let ok = info(&ident, &keys[..2]);
+        let v = verify_checkpoint(&ok, &ident, &ident.nodes).unwrap();
+        assert_eq!((v.members, v.quorum), (2, 2));
+        let few = info(&ident, &keys[..1]);
+        assert!(verify_checkpoint(&few, &ident, &ident.nodes).is_err());
+        let mut lied = ok.clone();
+        lied.size = 11;
+        let e = verify_checkpoint(&lied, &ident, &ident.nodes).unwrap_err();
+        assert!(e.to_string().contains("differs"), "{e}");
+    }
+}
