@@ -80,14 +80,14 @@ impl Audit {
             },
             EntryKind::Checkpoint => Command::Checkpoint { time: leaf.time },
         };
-        let mut batch = self.store.begin().map_err(|e| fail(index, e.to_string()))?;
-        let out = self
-            .executor
-            .apply(&mut batch, &cmd, &|_| false)
-            .map_err(|e| fail(index, format!("replay failed: {e}")))?;
-        batch
-            .commit(false)
-            .map_err(|e| fail(index, e.to_string()))?;
+        let txn = self.store.begin().map_err(|e| fail(index, e.to_string()))?;
+        let out = {
+            let mut batch = txn.batch().map_err(|e| fail(index, e.to_string()))?;
+            self.executor
+                .apply(&mut batch, &cmd, &|_| false)
+                .map_err(|e| fail(index, format!("replay failed: {e}")))?
+        };
+        txn.commit(false).map_err(|e| fail(index, e.to_string()))?;
         let produced = self.store.record(index).map_err(|_| {
             fail(
                 index,

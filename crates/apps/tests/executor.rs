@@ -84,9 +84,9 @@ fn put(k: &str, v: &[u8]) -> cbor::Value {
 }
 
 fn apply(store: &Store, ex: &mut Executor, cmd: Command) -> comity_apps::executor::Output {
-    let mut b = store.begin().unwrap();
-    let out = ex.apply(&mut b, &cmd, &|_| false).unwrap();
-    b.commit(true).unwrap();
+    let t = store.begin().unwrap();
+    let out = ex.apply(&mut t.batch().unwrap(), &cmd, &|_| false).unwrap();
+    t.commit(true).unwrap();
     out
 }
 
@@ -275,9 +275,9 @@ fn non_durable_tail_is_cut_back_on_reopen() {
             doc: ByteBuf::from(net.genesis.clone()),
         },
     );
-    let mut b = store.begin().unwrap();
+    let t = store.begin().unwrap();
     ex.apply(
-        &mut b,
+        &mut t.batch().unwrap(),
         &batch(
             vec![tx(&net, &net.user, "kv", "put", put("a", b"1"), 1, T0)],
             T0,
@@ -285,7 +285,7 @@ fn non_durable_tail_is_cut_back_on_reopen() {
         &|_| false,
     )
     .unwrap();
-    b.commit(false).unwrap();
+    t.commit(false).unwrap();
     drop(store);
     // The non-durable commit is not guaranteed to survive; if redb kept it, the
     // ledger agrees; if not, the ledger was cut back to the durable length.

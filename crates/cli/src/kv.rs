@@ -121,7 +121,12 @@ pub async fn run(g: &Global, cmd: KvCmd) -> anyhow::Result<()> {
             match verdict {
                 Some(Ok(lines)) => {
                     for l in lines {
-                        eprintln!("{l}");
+                        // Keep stdout to the value alone when it is meant for a program.
+                        if raw || json {
+                            eprintln!("{l}");
+                        } else {
+                            println!("{l}");
+                        }
                     }
                 }
                 Some(Err(e)) => return Err(e.context("verification FAILED")),

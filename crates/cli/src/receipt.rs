@@ -117,7 +117,7 @@ pub async fn run(g: &Global, cmd: ReceiptCmd) -> anyhow::Result<()> {
                     }
                     Ok(())
                 }
-                Err(e) => bail!("receipt NOT verified: {e}"),
+                Err(e) => Err(e),
             }
         }
     }
@@ -135,9 +135,10 @@ pub fn explain(
     identity: &NetworkIdentity,
     doc: Option<(&str, &[u8])>,
 ) -> anyhow::Result<Vec<String>> {
-    let r = Receipt::from_cose(bytes)?;
-    let v = r.verify(identity)?;
-    let set = node_set_at(identity, &r.chain, v.checkpoint.size)?;
+    let not = |e: &dyn std::fmt::Display| anyhow::anyhow!("receipt NOT verified: {e}");
+    let r = Receipt::from_cose(bytes).map_err(|e| not(&e))?;
+    let v = r.verify(identity).map_err(|e| not(&e))?;
+    let set = node_set_at(identity, &r.chain, v.checkpoint.size).map_err(|e| not(&e))?;
     let leaf = &v.leaf;
     let cp = &v.checkpoint;
     let net = hex::encode(identity.network_id);
@@ -211,7 +212,10 @@ pub fn explain(
         r.chain.len()
     ));
     if let Some((name, doc)) = doc {
-        out.push(check_document(&v, name, doc)?);
+        let line = check_document(&v, name, doc).map_err(|e| {
+            anyhow::anyhow!("the receipt verifies, but the document does NOT match: {e}")
+        })?;
+        out.push(line);
     }
     Ok(out)
 }

@@ -64,7 +64,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let node = comity_node::Node::start(cfg, install_metrics()).await?;
     wait_ready(&node).await?;
     print_summary(&l, &node, fresh);
-    tokio::signal::ctrl_c().await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
     eprintln!("\nstopping…");
     node.shutdown().await?;
     eprintln!(

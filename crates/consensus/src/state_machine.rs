@@ -5,7 +5,7 @@
 
 use crate::{storage_io, Entry, LogId, TxOutcome, TypeConfig};
 use comity_apps::executor::Output;
-use comity_apps::Executor;
+use comity_apps::{Config, Executor};
 use comity_core::checkpoint::Checkpoint;
 use comity_core::Hash;
 use comity_store::Store;
@@ -16,7 +16,7 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -43,12 +43,36 @@ pub enum Event {
     Divergence { node: Hash, seq: u64 },
 }
 
-/// Shared view of the executor for the node (ledger time, config, uncovered count).
-pub type SharedExecutor = Arc<Mutex<Executor>>;
+/// What the node reads about the executor outside apply, published after
+/// every apply step so readers never wait for apply.
+#[derive(Clone, Debug, Default)]
+pub struct ExecView {
+    pub network_id: Option<Hash>,
+    pub config: Config,
+    pub ledger_time: u64,
+    /// Entries not yet covered by a checkpoint marker.
+    pub uncovered: u64,
+    pub checkpoint_seq: u64,
+}
+
+impl ExecView {
+    fn of(ex: &Executor) -> Self {
+        ExecView {
+            network_id: ex.network_id(),
+            config: ex.config().clone(),
+            ledger_time: ex.ledger_time(),
+            uncovered: ex.uncovered(),
+            checkpoint_seq: ex.checkpoint_seq(),
+        }
+    }
+}
+
+pub type SharedView = Arc<RwLock<ExecView>>;
 
 pub struct StateMachine {
     store: Arc<Store>,
-    executor: SharedExecutor,
+    executor: Executor,
+    view: SharedView,
     applied: Applied,
     events: UnboundedSender<Event>,
     /// Transaction ids whose signatures this node checked at ingress.
@@ -73,10 +97,11 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 impl StateMachine {
     pub fn new(
         store: Arc<Store>,
-        executor: SharedExecutor,
         events: UnboundedSender<Event>,
         preverified: Arc<dyn Fn(&Hash) -> bool + Send + Sync>,
     ) -> Result<Self, StorageError<u64>> {
+        let executor = Executor::load(&store).map_err(read_err)?;
+        let view = Arc::new(RwLock::new(ExecView::of(&executor)));
         let applied = match store
             .read()
             .map_err(read_err)?
@@ -89,11 +114,17 @@ impl StateMachine {
         Ok(StateMachine {
             store,
             executor,
+            view,
             applied,
             events,
             preverified,
             last_durable: Instant::now(),
         })
+    }
+
+    /// The published executor view, for the node.
+    pub fn view(&self) -> SharedView {
+        self.view.clone()
     }
 
     /// Last applied log index (for health and metrics).
@@ -118,9 +149,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut replies = Vec::new();
         let mut events = Vec::new();
-        let mut batch = self.store.begin().map_err(write_err)?;
+        let txn = self.store.begin().map_err(write_err)?;
         {
-            let mut ex = self.executor.lock().expect("executor lock");
+            let mut batch = txn.batch().map_err(write_err)?;
+            let ex = &mut self.executor;
             for entry in entries {
                 self.applied.last = Some(entry.log_id);
                 let out = match entry.payload {
@@ -155,12 +187,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 replies.push(outcomes);
             }
+            batch
+                .meta_put(META_APPLIED, &encode(&self.applied))
+                .map_err(write_err)?;
         }
-        batch
-            .meta_put(META_APPLIED, &encode(&self.applied))
-            .map_err(write_err)?;
         let durable = self.last_durable.elapsed() >= DURABLE_EVERY;
-        batch.commit(durable).map_err(write_err)?;
+        txn.commit(durable).map_err(write_err)?;
+        *self.view.write().expect("view lock") = ExecView::of(&self.executor);
         if durable {
             self.last_durable = Instant::now();
         }
@@ -219,7 +252,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let store = self.store.clone();
         let meta = tokio::task::spawn_blocking(
             move || -> Result<SnapshotMeta<u64, BasicNode>, StorageError<u64>> {
-                let mut batch = store.begin().map_err(write_err)?;
+                let txn = store.begin().map_err(write_err)?;
+                let mut batch = txn.batch().map_err(write_err)?;
                 let applied: Applied = match batch.meta_get(META_APPLIED).map_err(read_err)? {
                     Some(b) => ciborium::from_reader(b.as_slice()).map_err(read_err)?,
                     None => Applied::default(),
@@ -232,7 +266,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 batch
                     .meta_put(META_SNAPSHOT, &encode(&meta))
                     .map_err(write_err)?;
-                batch.commit(true).map_err(write_err)?;
+                drop(batch);
+                txn.commit(true).map_err(write_err)?;
                 Ok(meta)
             },
         )

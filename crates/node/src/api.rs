@@ -388,10 +388,8 @@ async fn health(State(shared): S) -> ApiResult<Response> {
     let m = shared.raft.metrics().borrow().clone();
     let r = shared.store.read()?;
     let diverged = shared.diverged.load(std::sync::atomic::Ordering::SeqCst);
-    let (time, genesis) = {
-        let ex = shared.executor.lock().expect("executor lock");
-        (ex.ledger_time(), ex.network_id().is_some())
-    };
+    let view = shared.view();
+    let (time, genesis) = (view.ledger_time, view.network_id.is_some());
     let status = if diverged {
         "diverged"
     } else if !genesis || m.current_leader.is_none() {

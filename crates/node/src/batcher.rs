@@ -55,14 +55,9 @@ pub async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Vec<u8>>) {
 pub async fn checkpoints(shared: Arc<Shared>) {
     let mut last = Instant::now();
     loop {
-        let (due_txs, due_ms, uncovered) = {
-            let ex = shared.executor.lock().expect("executor lock");
-            (
-                ex.config().checkpoint_txs,
-                ex.config().checkpoint_ms,
-                ex.uncovered(),
-            )
-        };
+        let v = shared.view();
+        let (due_txs, due_ms, uncovered) =
+            (v.config.checkpoint_txs, v.config.checkpoint_ms, v.uncovered);
         tokio::time::sleep(Duration::from_millis((due_ms / 4).clamp(1, 50))).await;
         if uncovered == 0 || !shared.is_leader() {
             continue;

@@ -92,14 +92,8 @@ pub fn now_ms() -> u64 {
 
 /// Runs the ingress checks and queues the transaction for ordering.
 pub fn admit(shared: &Shared, bytes: Vec<u8>) -> Result<(Hash, Admission), ApiError> {
-    let (max_bytes, window, net) = {
-        let ex = shared.executor.lock().expect("executor lock");
-        (
-            ex.config().max_tx_bytes,
-            ex.config().tx_window_ms,
-            ex.network_id(),
-        )
-    };
+    let v = shared.view();
+    let (max_bytes, window, net) = (v.config.max_tx_bytes, v.config.tx_window_ms, v.network_id);
     if bytes.len() as u64 > max_bytes {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -140,7 +134,7 @@ pub fn admit(shared: &Shared, bytes: Vec<u8>) -> Result<(Hash, Admission), ApiEr
         })?;
     let key = PublicKey::from_spki_der(ident.current_key()).map_err(ApiError::internal)?;
     tx.verify(&key).map_err(tx_error)?;
-    let now = now_ms().max(shared.executor.lock().expect("executor lock").ledger_time());
+    let now = now_ms().max(v.ledger_time);
     if !within_window(tx.payload.created, now, window) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

@@ -8,10 +8,10 @@ pub mod ingress;
 pub mod server;
 pub mod tls;
 
-use comity_apps::{Command, Executor};
+use comity_apps::Command;
 use comity_consensus::log_store::LogStore;
 use comity_consensus::network::NoPeers;
-use comity_consensus::state_machine::{Event, SharedExecutor, StateMachine};
+use comity_consensus::state_machine::{Event, SharedView, StateMachine};
 use comity_consensus::Raft;
 use comity_core::checkpoint::{self, CHECKPOINT_CONTENT_TYPE};
 use comity_core::crypto::SigningKey;
@@ -24,13 +24,14 @@ use openraft::BasicNode;
 use serde_bytes::ByteBuf;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// State shared by the API handlers and background tasks.
 pub struct Shared {
     pub store: Arc<Store>,
-    pub executor: SharedExecutor,
+    /// Executor state as of the last apply (network id, config, ledger time).
+    pub view: SharedView,
     pub raft: Raft,
     pub node_id: u64,
     node_key: SigningKey,
@@ -46,6 +47,11 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// A copy of the executor view.
+    pub fn view(&self) -> comity_consensus::state_machine::ExecView {
+        self.view.read().expect("view lock").clone()
+    }
+
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().current_leader == Some(self.node_id)
     }
@@ -90,17 +96,16 @@ impl Node {
             "ledger verified"
         );
         let store = Arc::new(store);
-        let executor: SharedExecutor = Arc::new(Mutex::new(Executor::load(&store)?));
         let log = LogStore::open(&cfg.data_dir.join("raft"))?;
         let pending = Arc::new(PendingSet::default());
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let pv = pending.clone();
         let sm = StateMachine::new(
             store.clone(),
-            executor.clone(),
             ev_tx,
             Arc::new(move |id: &Hash| pv.take_verified(id)),
         )?;
+        let view = sm.view();
         let raft_cfg = Arc::new(comity_consensus::raft_config("comity").validate()?);
         let raft = Raft::new(cfg.id, raft_cfg, NoPeers, log, sm).await?;
         if !raft.is_initialized().await? {
@@ -111,7 +116,7 @@ impl Node {
         let (submit, submit_rx) = mpsc::channel(65536);
         let shared = Arc::new(Shared {
             store,
-            executor,
+            view,
             raft,
             node_id: cfg.id,
             node_key,
@@ -149,20 +154,14 @@ impl Node {
             .await
             .map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;
         let store = self.shared.store.clone();
-        tokio::task::spawn_blocking(move || store.begin().and_then(|b| b.commit(true))).await??;
+        tokio::task::spawn_blocking(move || store.begin().and_then(|t| t.commit(true))).await??;
         Ok(())
     }
 }
 
 async fn propose_genesis(shared: Arc<Shared>, doc: Vec<u8>) {
     loop {
-        if shared
-            .executor
-            .lock()
-            .expect("executor lock")
-            .network_id()
-            .is_some()
-        {
+        if shared.view().network_id.is_some() {
             return;
         }
         if shared.is_leader() {

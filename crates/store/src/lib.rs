@@ -5,4 +5,4 @@ pub mod state;
 pub mod tree;
 
 pub use segments::{LedgerFiles, OpenReport, SegmentError};
-pub use state::{Reader, Store, StoreError, WriteBatch};
+pub use state::{Reader, Store, StoreError, Txn, WriteBatch};

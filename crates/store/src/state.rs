@@ -152,11 +152,11 @@ impl Store {
         ))
     }
 
-    /// Starts the single write batch of one apply step.
-    pub fn begin(&self) -> Result<WriteBatch<'_>, StoreError> {
+    /// Starts the single write transaction of one apply step.
+    pub fn begin(&self) -> Result<Txn<'_>, StoreError> {
         let mut txn = dbe!(self, self.db.begin_write())?;
         txn.set_durability(Durability::None);
-        Ok(WriteBatch { store: self, txn })
+        Ok(Txn { store: self, txn })
     }
 
     pub fn read(&self) -> Result<Reader<'_>, StoreError> {
@@ -186,26 +186,69 @@ impl Store {
     }
 }
 
-/// One apply step's writes: state, indexes, ledger records and meta, committed together.
-pub struct WriteBatch<'s> {
+/// One apply step's write transaction. Its tables are used through
+/// [`Txn::batch`]; [`Txn::commit`] then records the ledger length and root.
+pub struct Txn<'s> {
     store: &'s Store,
     txn: WriteTransaction,
 }
 
+impl<'s> Txn<'s> {
+    /// Opens the tables once for a run of operations (opening per operation is costly).
+    pub fn batch(&self) -> Result<WriteBatch<'_>, StoreError> {
+        let s = self.store;
+        Ok(WriteBatch {
+            store: s,
+            txn: &self.txn,
+            state: dbe!(s, self.txn.open_table(STATE))?,
+            aux: dbe!(s, self.txn.open_table(AUX))?,
+            meta: dbe!(s, self.txn.open_table(META))?,
+        })
+    }
+
+    /// Commits. A durable commit fsyncs the ledger first, then redb, so the
+    /// recorded ledger length never exceeds what is on disk.
+    pub fn commit(mut self, durable: bool) -> Result<(), StoreError> {
+        let (len, root) = {
+            let t = self.store.tree.read().expect("tree lock");
+            (t.len(), t.root())
+        };
+        {
+            let mut meta = dbe!(self.store, self.txn.open_table(META))?;
+            dbe!(
+                self.store,
+                meta.insert(META_LEDGER_LEN, len.to_be_bytes().as_slice())
+            )?;
+            dbe!(self.store, meta.insert(META_LEDGER_ROOT, root.as_slice()))?;
+        }
+        self.store.tree.write().expect("tree lock").flush()?;
+        if durable {
+            self.store.ledger.write().expect("ledger lock").sync()?;
+            self.txn.set_durability(Durability::Immediate);
+        }
+        dbe!(self.store, self.txn.commit())?;
+        Ok(())
+    }
+}
+
+type Tbl<'t, K> = redb::Table<'t, K, &'static [u8]>;
+
+/// State, indexes, ledger records and meta written by one apply step.
+pub struct WriteBatch<'t> {
+    store: &'t Store,
+    txn: &'t WriteTransaction,
+    state: Tbl<'t, &'static [u8]>,
+    aux: Tbl<'t, &'static [u8]>,
+    meta: Tbl<'t, &'static str>,
+}
+
 impl WriteBatch<'_> {
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        table_get(
-            self.store,
-            &dbe!(self.store, self.txn.open_table(STATE))?,
-            key,
-        )
+        table_get(self.store, &self.state, key)
     }
 
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        dbe!(
-            self.store,
-            dbe!(self.store, self.txn.open_table(STATE))?.insert(key, value)
-        )?;
+        dbe!(self.store, self.state.insert(key, value))?;
         self.store
             .dirty
             .lock()
@@ -215,10 +258,7 @@ impl WriteBatch<'_> {
     }
 
     pub fn delete(&mut self, key: &[u8]) -> Result<(), StoreError> {
-        dbe!(
-            self.store,
-            dbe!(self.store, self.txn.open_table(STATE))?.remove(key)
-        )?;
+        dbe!(self.store, self.state.remove(key))?;
         self.store
             .dirty
             .lock()
@@ -228,26 +268,16 @@ impl WriteBatch<'_> {
     }
 
     pub fn aux_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        table_get(
-            self.store,
-            &dbe!(self.store, self.txn.open_table(AUX))?,
-            key,
-        )
+        table_get(self.store, &self.aux, key)
     }
 
     pub fn aux_put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        dbe!(
-            self.store,
-            dbe!(self.store, self.txn.open_table(AUX))?.insert(key, value)
-        )?;
+        dbe!(self.store, self.aux.insert(key, value))?;
         Ok(())
     }
 
     pub fn aux_delete(&mut self, key: &[u8]) -> Result<(), StoreError> {
-        dbe!(
-            self.store,
-            dbe!(self.store, self.txn.open_table(AUX))?.remove(key)
-        )?;
+        dbe!(self.store, self.aux.remove(key))?;
         Ok(())
     }
 
@@ -258,26 +288,16 @@ impl WriteBatch<'_> {
         to: &[u8],
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
-        range(
-            self.store,
-            &dbe!(self.store, self.txn.open_table(AUX))?,
-            from,
-            to,
-            limit,
-        )
+        range(self.store, &self.aux, from, to, limit)
     }
 
     pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let t = dbe!(self.store, self.txn.open_table(META))?;
-        let v = dbe!(self.store, t.get(key))?.map(|v| v.value().to_vec());
+        let v = dbe!(self.store, self.meta.get(key))?.map(|v| v.value().to_vec());
         Ok(v)
     }
 
     pub fn meta_put(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        dbe!(
-            self.store,
-            dbe!(self.store, self.txn.open_table(META))?.insert(key, value)
-        )?;
+        dbe!(self.store, self.meta.insert(key, value))?;
         Ok(())
     }
 
@@ -343,24 +363,6 @@ impl WriteBatch<'_> {
             dbe!(self.store, values.insert(key.as_slice(), stored.as_slice()))?;
         }
         Ok(root.0)
-    }
-
-    /// Commits. A durable commit fsyncs the ledger first, then redb, so the
-    /// recorded ledger length never exceeds what is on disk.
-    pub fn commit(mut self, durable: bool) -> Result<(), StoreError> {
-        let (len, root) = {
-            let t = self.store.tree.read().expect("tree lock");
-            (t.len(), t.root())
-        };
-        self.meta_put(META_LEDGER_LEN, &len.to_be_bytes())?;
-        self.meta_put(META_LEDGER_ROOT, &root)?;
-        self.store.tree.write().expect("tree lock").flush()?;
-        if durable {
-            self.store.ledger.write().expect("ledger lock").sync()?;
-            self.txn.set_durability(Durability::Immediate);
-        }
-        dbe!(self.store, self.txn.commit())?;
-        Ok(())
     }
 }
 

@@ -1,0 +1,192 @@
+#!/usr/bin/env bash
+# Compares Comity's durable write throughput with PostgreSQL's on this machine.
+#
+# PostgreSQL: a throwaway cluster (temp dir, free port, default durable commit:
+# fsync=on, synchronous_commit=on), an append-only table
+# (id bigserial primary key, payload bytea), and pgbench with 64 clients each
+# inserting 256 random-ish bytes per transaction.
+# Comity: `comity bench --json` (64 clients, one kv.put per request, each
+# waiting for the durable acknowledgement) against a running local network;
+# if none answers, one is started with `target/release/comity up` in a temp
+# data dir and stopped afterwards.
+#
+# Usage: bench/compare-postgres.sh [SECONDS] [CLIENTS]
+# Env:   COMITY_BIN   comity binary (default target/release/comity, built if missing)
+#        COMITY_DATA  data dir of a running network to use (default ./comity-data)
+#        KEEP=1       keep the temp dir (logs, JSON) after the run
+set -euo pipefail
+
+SECS="${1:-10}"
+CLIENTS="${2:-64}"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+COMITY="${COMITY_BIN:-$ROOT/target/release/comity}"
+DATA="${COMITY_DATA:-$PWD/comity-data}"
+
+WORK="$(mktemp -d -t comity-vs-pg.XXXXXX)"
+PG_STARTED=""
+COMITY_PID=""
+RUN_AS=()
+
+log() { printf '[compare] %s\n' "$*" >&2; }
+
+cleanup() {
+    local rc=$?
+    set +e
+    if [[ -n "$PG_STARTED" ]]; then
+        "${RUN_AS[@]}" "$PGBIN/pg_ctl" -D "$WORK/pg/data" -m fast -w stop >/dev/null 2>&1
+    fi
+    if [[ -n "$COMITY_PID" ]]; then
+        kill "$COMITY_PID" 2>/dev/null
+        for _ in $(seq 1 50); do kill -0 "$COMITY_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$COMITY_PID" 2>/dev/null
+        wait "$COMITY_PID" 2>/dev/null
+    fi
+    if [[ "${KEEP:-0}" == 1 ]]; then
+        log "kept $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+    local p
+    for _ in $(seq 1 200); do
+        p=$((20000 + RANDOM % 30000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            echo "$p"
+            return 0
+        fi
+    done
+    echo "no free port found" >&2
+    return 1
+}
+
+json_num() { # json_num FILE KEY: first numeric value of "KEY" in FILE
+    sed -n "s/^ *\"$2\": *\([-0-9.eE+]*\),\{0,1\}\$/\1/p" "$1" | head -n1
+}
+
+# ---------------------------------------------------------------- PostgreSQL
+find_pgbin() {
+    local d
+    d="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1 || true)"
+    if [[ -n "$d" && -x "$d/initdb" && -x "$d/pgbench" ]]; then
+        echo "$d"
+    elif command -v initdb >/dev/null && command -v pgbench >/dev/null; then
+        dirname "$(command -v initdb)"
+    fi
+}
+
+PGBIN="$(find_pgbin)"
+if [[ -z "$PGBIN" ]]; then
+    log "installing PostgreSQL (apt-get install postgresql)"
+    SUDO=()
+    [[ "$(id -u)" != 0 ]] && SUDO=(sudo)
+    "${SUDO[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq postgresql >/dev/null
+    PGBIN="$(find_pgbin)"
+    [[ -n "$PGBIN" ]] || { echo "PostgreSQL binaries not found after install" >&2; exit 1; }
+fi
+
+# initdb and postgres refuse to run as root: use the postgres system user.
+mkdir -p "$WORK/pg"
+if [[ "$(id -u)" == 0 ]]; then
+    PGUSER_OS=postgres
+    if ! id "$PGUSER_OS" >/dev/null 2>&1; then
+        PGUSER_OS=comity-pg
+        id "$PGUSER_OS" >/dev/null 2>&1 ||
+            useradd --system --no-create-home --shell /usr/sbin/nologin "$PGUSER_OS"
+    fi
+    chmod 755 "$WORK"
+    chown "$PGUSER_OS" "$WORK/pg"
+    if command -v runuser >/dev/null; then
+        RUN_AS=(runuser -u "$PGUSER_OS" --)
+    else
+        RUN_AS=(sudo -u "$PGUSER_OS")
+    fi
+fi
+[[ ${#RUN_AS[@]} -eq 0 ]] && RUN_AS=(env)
+
+PGPORT="$(free_port)"
+log "PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$PGPORT ($WORK/pg)"
+"${RUN_AS[@]}" "$PGBIN/initdb" -D "$WORK/pg/data" -U postgres --auth=trust -E UTF8 >"$WORK/initdb.log" 2>&1 ||
+    { cat "$WORK/initdb.log" >&2; exit 1; }
+"${RUN_AS[@]}" "$PGBIN/pg_ctl" -D "$WORK/pg/data" -l "$WORK/pg/server.log" -w -t 60 \
+    -o "-p $PGPORT -c listen_addresses=127.0.0.1 -k $WORK/pg -c max_connections=$((CLIENTS + 20)) -c fsync=on -c synchronous_commit=on" \
+    start >/dev/null
+PG_STARTED=1
+
+PSQL=("$PGBIN/psql" -X -q -h 127.0.0.1 -p "$PGPORT" -U postgres -v ON_ERROR_STOP=1)
+"${PSQL[@]}" -d postgres -c "CREATE DATABASE bench"
+"${PSQL[@]}" -d bench -c "CREATE TABLE ledger (id bigserial PRIMARY KEY, payload bytea NOT NULL)"
+FSYNC="$("${PSQL[@]}" -d bench -At -c 'SHOW fsync')"
+SYNC="$("${PSQL[@]}" -d bench -At -c 'SHOW synchronous_commit')"
+[[ "$FSYNC" == on && "$SYNC" == on ]] || { echo "PostgreSQL is not in durable mode (fsync=$FSYNC synchronous_commit=$SYNC)" >&2; exit 1; }
+
+# 16 MD5s of random numbers: 256 random-ish bytes per row, one row per transaction.
+cat >"$WORK/insert.sql" <<'SQL'
+INSERT INTO ledger (payload) SELECT decode(string_agg(md5(random()::text), ''), 'hex') FROM generate_series(1, 16);
+SQL
+log "pgbench: $CLIENTS clients, $SECS s, one 256-byte INSERT per transaction"
+"$PGBIN/pgbench" -n -c "$CLIENTS" -j 2 -T "$SECS" -f "$WORK/insert.sql" \
+    -h 127.0.0.1 -p "$PGPORT" -U postgres bench >"$WORK/pgbench.txt" 2>&1 ||
+    { cat "$WORK/pgbench.txt" >&2; exit 1; }
+PG_TPS="$(awk '/^tps = /{print $3; exit}' "$WORK/pgbench.txt")"
+PG_LAT="$(awk '/^latency average/{print $4; exit}' "$WORK/pgbench.txt")"
+PG_ROWS="$("${PSQL[@]}" -d bench -At -c 'SELECT count(*) FROM ledger')"
+[[ -n "$PG_TPS" ]] || { cat "$WORK/pgbench.txt" >&2; echo "could not read pgbench's tps" >&2; exit 1; }
+"${RUN_AS[@]}" "$PGBIN/pg_ctl" -D "$WORK/pg/data" -m fast -w stop >/dev/null
+PG_STARTED=""
+
+# ---------------------------------------------------------------- Comity
+if [[ ! -x "$COMITY" ]]; then
+    log "building $COMITY (cargo build --release -p comity-cli)"
+    (cd "$ROOT" && cargo build --release -p comity-cli)
+fi
+
+healthy() { # healthy DATA_DIR
+    local url ca
+    [[ -f "$1/client.json" ]] || return 1
+    url="$(sed -n 's/.*"url": *"\([^"]*\)".*/\1/p' "$1/client.json" | head -n1)"
+    ca="$(sed -n 's/.*"ca": *"\([^"]*\)".*/\1/p' "$1/client.json" | head -n1)"
+    [[ -n "$url" ]] || return 1
+    [[ -f "$ca" ]] || ca="$1/ca.pem"
+    curl -sf --max-time 2 --cacert "$ca" "$url/v1/health" >/dev/null 2>&1
+}
+
+if healthy "$DATA"; then
+    log "using the running network of $DATA"
+else
+    DATA="$WORK/comity-data"
+    CPORT="$(free_port)"
+    log "starting a local network: $COMITY --data $DATA up --port $CPORT"
+    "$COMITY" --data "$DATA" up --port "$CPORT" >"$WORK/comity-up.log" 2>&1 &
+    COMITY_PID=$!
+    for _ in $(seq 1 120); do
+        healthy "$DATA" && break
+        kill -0 "$COMITY_PID" 2>/dev/null || { cat "$WORK/comity-up.log" >&2; echo "comity up exited" >&2; exit 1; }
+        sleep 0.5
+    done
+    healthy "$DATA" || { cat "$WORK/comity-up.log" >&2; echo "the network did not become healthy in 60 s" >&2; exit 1; }
+fi
+
+log "comity bench: $CLIENTS clients, $SECS s"
+"$COMITY" --data "$DATA" bench --json --clients "$CLIENTS" --duration-secs "$SECS" \
+    >"$WORK/comity.json" 2>"$WORK/comity-bench.log" ||
+    { cat "$WORK/comity-bench.log" "$WORK/comity.json" >&2; exit 1; }
+C_TPS="$(json_num "$WORK/comity.json" tps)"
+C_P50="$(json_num "$WORK/comity.json" p50)"
+C_P99="$(json_num "$WORK/comity.json" p99)"
+C_ERR="$(json_num "$WORK/comity.json" errors)"
+[[ -n "$C_TPS" ]] || { cat "$WORK/comity.json" >&2; echo "could not read comity's tps" >&2; exit 1; }
+
+# ---------------------------------------------------------------- Report
+echo
+echo "Durable appends, $CLIENTS concurrent clients, $SECS s, 256-byte payloads, on $(nproc) cores"
+printf '  %-44s %12.0f tx/s   (avg latency %s ms, %s rows)\n' \
+    "PostgreSQL (fsync, synchronous_commit=on)" "$PG_TPS" "${PG_LAT:-?}" "$PG_ROWS"
+printf '  %-44s %12.0f tx/s   (p50 %.2f ms, p99 %.2f ms, %s errors)\n' \
+    "Comity (signed kv.put, durable ack)" "$C_TPS" "$C_P50" "$C_P99" "${C_ERR:-?}"
+awk -v c="$C_TPS" -v p="$PG_TPS" 'BEGIN { if (p > 0) printf "  Comity / PostgreSQL = %.2f\n", c / p }'
