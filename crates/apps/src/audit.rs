@@ -84,7 +84,7 @@ impl Audit {
         let out = {
             let mut batch = txn.batch().map_err(|e| fail(index, e.to_string()))?;
             self.executor
-                .apply(&mut batch, &cmd, &|_| false)
+                .apply(&mut batch, &cmd, &|_| None)
                 .map_err(|e| fail(index, format!("replay failed: {e}")))?
         };
         txn.commit(false).map_err(|e| fail(index, e.to_string()))?;

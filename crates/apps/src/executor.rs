@@ -15,6 +15,13 @@ use comity_core::tx::Tx;
 use comity_core::Hash;
 use comity_store::{Store, StoreError, WriteBatch};
 
+/// A transaction this node parsed and verified at ingress, with the key it
+/// verified against, so apply need not do either again.
+pub struct Verified {
+    pub tx: Tx,
+    pub key: Vec<u8>,
+}
+
 /// What happened to one submitted transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TxResult {
@@ -93,13 +100,13 @@ impl Executor {
         self.st.uncovered
     }
 
-    /// Applies one command. `preverified(id)` says the signature was already
-    /// checked at ingress on this node; the outcome is the same either way.
+    /// Applies one command. `preverified(id)` hands back a transaction this
+    /// node already parsed and verified at ingress; the outcome is the same either way.
     pub fn apply(
         &mut self,
         batch: &mut WriteBatch<'_>,
         cmd: &Command,
-        preverified: &dyn Fn(&Hash) -> bool,
+        preverified: &dyn Fn(&Hash) -> Option<Verified>,
     ) -> Result<Output, StoreError> {
         let mut out = Output::default();
         match cmd {
@@ -185,7 +192,7 @@ impl Executor {
         &mut self,
         batch: &mut WriteBatch<'_>,
         bytes: &[u8],
-        preverified: &dyn Fn(&Hash) -> bool,
+        preverified: &dyn Fn(&Hash) -> Option<Verified>,
         out: &mut Output,
     ) -> Result<Option<TxResult>, StoreError> {
         let id = sha256(bytes);
@@ -264,15 +271,19 @@ impl Executor {
         batch: &WriteBatch<'_>,
         bytes: &[u8],
         id: &Hash,
-        preverified: &dyn Fn(&Hash) -> bool,
+        preverified: &dyn Fn(&Hash) -> Option<Verified>,
         signer_leaf: &mut Option<(Hash, Vec<u8>)>,
     ) -> Result<Result<(Tx, Role), Reject>, StoreError> {
         if bytes.len() as u64 > self.config.max_tx_bytes {
             return Ok(Err(Reject(codes::MALFORMED)));
         }
-        let tx = match Tx::parse(bytes) {
-            Ok(tx) => tx,
-            Err(_) => return Ok(Err(Reject(codes::MALFORMED))),
+        let pre = preverified(id);
+        let (tx, verified_key) = match pre {
+            Some(v) => (v.tx, Some(v.key)),
+            None => match Tx::parse(bytes) {
+                Ok(tx) => (tx, None),
+                Err(_) => return Ok(Err(Reject(codes::MALFORMED))),
+            },
         };
         if Some(tx.payload.net) != self.st.net {
             return Ok(Err(Reject(codes::WRONG_NETWORK)));
@@ -284,7 +295,8 @@ impl Executor {
         if !ident.is_active() {
             return Ok(Err(Reject(codes::UNKNOWN_SIGNER)));
         }
-        if !preverified(id) {
+        // Skipping verification is only sound if ingress checked the very key valid now.
+        if verified_key.as_deref() != Some(ident.current_key()) {
             let key = PublicKey::from_spki_der(ident.current_key())
                 .map_err(|e| StoreError::StateTree(format!("stored key: {e}")))?;
             if tx.verify(&key).is_err() {

@@ -21,8 +21,8 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            checkpoint_txs: 5000,
-            checkpoint_ms: 20,
+            checkpoint_txs: 10_000,
+            checkpoint_ms: 50,
             tx_window_ms: 10 * 60 * 1000,
             max_tx_bytes: 128 * 1024,
         }

@@ -85,7 +85,7 @@ fn put(k: &str, v: &[u8]) -> cbor::Value {
 
 fn apply(store: &Store, ex: &mut Executor, cmd: Command) -> comity_apps::executor::Output {
     let t = store.begin().unwrap();
-    let out = ex.apply(&mut t.batch().unwrap(), &cmd, &|_| false).unwrap();
+    let out = ex.apply(&mut t.batch().unwrap(), &cmd, &|_| None).unwrap();
     t.commit(true).unwrap();
     out
 }
@@ -282,7 +282,7 @@ fn non_durable_tail_is_cut_back_on_reopen() {
             vec![tx(&net, &net.user, "kv", "put", put("a", b"1"), 1, T0)],
             T0,
         ),
-        &|_| false,
+        &|_| None,
     )
     .unwrap();
     t.commit(false).unwrap();
@@ -293,4 +293,46 @@ fn non_durable_tail_is_cut_back_on_reopen() {
     let r = store.read().unwrap();
     let len = r.ledger_len().unwrap();
     assert!(len == 1 || len == 2, "unexpected ledger length {len}");
+}
+
+/// A durable point between checkpoints (the node flushes every second, not
+/// at checkpoints) must not lose the state changes the next state root needs.
+#[test]
+fn state_root_survives_a_restart_between_checkpoints() {
+    let net = network();
+    let run = |restart: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path(), 1 << 20).unwrap();
+        let mut ex = Executor::load(&store).unwrap();
+        apply(
+            &store,
+            &mut ex,
+            Command::Genesis {
+                doc: ByteBuf::from(net.genesis.clone()),
+            },
+        );
+        let put1 = tx(&net, &net.user, "kv", "put", put("a", b"1"), 1, T0);
+        apply(&store, &mut ex, batch(vec![put1], T0 + 1));
+        let (store, mut ex) = if restart {
+            drop(store);
+            let (store, _) = Store::open(dir.path(), 1 << 20).unwrap();
+            let ex = Executor::load(&store).unwrap();
+            (store, ex)
+        } else {
+            (store, ex)
+        };
+        let put2 = tx(&net, &net.user, "kv", "put", put("b", b"2"), 2, T0);
+        apply(&store, &mut ex, batch(vec![put2], T0 + 2));
+        let cp = apply(&store, &mut ex, Command::Checkpoint { time: T0 + 3 })
+            .checkpoint
+            .unwrap();
+        (cp.state_root, cp.tx_root, dir)
+    };
+    let (plain, plain_tx, _a) = run(false);
+    let (restarted, restarted_tx, _b) = run(true);
+    assert_eq!(plain_tx, restarted_tx);
+    assert_eq!(
+        plain, restarted,
+        "state root differs after a restart between checkpoints"
+    );
 }

@@ -496,7 +496,10 @@ async fn probe_receipt(
 ) -> Result<Duration, String> {
     let mut last_err = String::new();
     loop {
-        match client.receipt_opts(&id, false).await {
+        match client
+            .receipt_waiting(&id, false, poll.max(Duration::from_secs(2)))
+            .await
+        {
             Ok(Some(_)) => return Ok(t0.elapsed()),
             Ok(None) => {}
             Err(e) => last_err = e.to_string(),

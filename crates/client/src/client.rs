@@ -157,11 +157,25 @@ impl Client {
         id: &Hash,
         body: bool,
     ) -> Result<Option<Vec<u8>>, ClientError> {
+        self.receipt_waiting(id, body, Duration::ZERO).await
+    }
+
+    /// Like [`Client::receipt_opts`], but the node holds the request up to
+    /// `wait` until a final checkpoint covers the transaction.
+    pub async fn receipt_waiting(
+        &self,
+        id: &Hash,
+        body: bool,
+        wait: Duration,
+    ) -> Result<Option<Vec<u8>>, ClientError> {
         let mut req = self
             .http
             .get(self.endpoint(&["v1", "tx", &hex::encode(id), "receipt"]));
         if !body {
             req = req.query(&[("body", "false")]);
+        }
+        if !wait.is_zero() {
+            req = req.query(&[("wait_ms", wait.as_millis().to_string())]);
         }
         self.maybe_bytes(req).await
     }
@@ -186,7 +200,10 @@ impl Client {
     ) -> Result<Vec<u8>, ClientError> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(r) = self.receipt(id).await? {
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_secs(5));
+            if let Some(r) = self.receipt_waiting(id, true, left).await? {
                 return Ok(r);
             }
             if Instant::now() >= deadline {

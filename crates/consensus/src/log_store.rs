@@ -285,7 +285,10 @@ fn flusher(inner: std::sync::Weak<Inner>, rx: mpsc::Receiver<LogFlushed<TypeConf
         let Some(inner) = inner.upgrade() else { return };
         let file = inner.sync_file.lock().expect("sync file lock").clone();
         drop(inner);
+        let t0 = std::time::Instant::now();
         let res = file.sync_data();
+        metrics::histogram!("comity_wal_sync_seconds").record(t0.elapsed().as_secs_f64());
+        metrics::histogram!("comity_wal_appends_per_sync").record(batch.len() as f64);
         for cb in batch {
             cb.log_io_completed(
                 res.as_ref()

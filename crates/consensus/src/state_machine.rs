@@ -4,7 +4,7 @@
 //! [`DURABLE_EVERY`], which bounds replay after a crash.
 
 use crate::{storage_io, Entry, LogId, TxOutcome, TypeConfig};
-use comity_apps::executor::Output;
+use comity_apps::executor::{Output, Verified};
 use comity_apps::{Config, Executor};
 use comity_core::checkpoint::Checkpoint;
 use comity_core::Hash;
@@ -76,7 +76,7 @@ pub struct StateMachine {
     applied: Applied,
     events: UnboundedSender<Event>,
     /// Transaction ids whose signatures this node checked at ingress.
-    preverified: Arc<dyn Fn(&Hash) -> bool + Send + Sync>,
+    preverified: Arc<dyn Fn(&Hash) -> Option<Verified> + Send + Sync>,
     last_durable: Instant,
 }
 
@@ -98,7 +98,7 @@ impl StateMachine {
     pub fn new(
         store: Arc<Store>,
         events: UnboundedSender<Event>,
-        preverified: Arc<dyn Fn(&Hash) -> bool + Send + Sync>,
+        preverified: Arc<dyn Fn(&Hash) -> Option<Verified> + Send + Sync>,
     ) -> Result<Self, StorageError<u64>> {
         let executor = Executor::load(&store).map_err(read_err)?;
         let view = Arc::new(RwLock::new(ExecView::of(&executor)));
@@ -147,6 +147,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let t0 = Instant::now();
         let mut replies = Vec::new();
         let mut events = Vec::new();
         let txn = self.store.begin().map_err(write_err)?;
@@ -194,6 +195,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let durable = self.last_durable.elapsed() >= DURABLE_EVERY;
         txn.commit(durable).map_err(write_err)?;
         *self.view.write().expect("view lock") = ExecView::of(&self.executor);
+        metrics::histogram!("comity_apply_seconds").record(t0.elapsed().as_secs_f64());
+        metrics::histogram!("comity_apply_entries").record(replies.len() as f64);
         if durable {
             self.last_durable = Instant::now();
         }

@@ -166,16 +166,25 @@ async fn tx_status(State(shared): S, Path(id): Path<String>) -> ApiResult<Json<V
 #[derive(Deserialize)]
 struct ReceiptParams {
     body: Option<bool>,
+    /// Hold the request up to this long (max 10 s) until the receipt exists.
+    wait_ms: Option<u64>,
+}
+
+/// Longest a receipt request may be held open.
+const MAX_RECEIPT_WAIT: Duration = Duration::from_secs(10);
+
+fn receipt_pending() -> Response {
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({"code": "pending", "message": "no final checkpoint covers this entry yet; retry shortly"})),
+    )
+        .into_response()
 }
 
 fn receipt_response(shared: &Shared, index: u64, body: bool) -> ApiResult<Response> {
     match query::receipt(&shared.store, index, body)? {
         Some(r) => Ok(([(header::CONTENT_TYPE, "application/cose")], r.to_cose()).into_response()),
-        None => Ok((
-            StatusCode::ACCEPTED,
-            Json(json!({"code": "pending", "message": "no final checkpoint covers this entry yet; retry shortly"})),
-        )
-            .into_response()),
+        None => Ok(receipt_pending()),
     }
 }
 
@@ -186,11 +195,29 @@ async fn tx_receipt(
 ) -> ApiResult<Response> {
     let Query(params) = params.map_err(query_error)?;
     let id = parse_hash(&id)?;
-    let index = query::tx_index(&shared.store.read()?, &id)?;
-    match index {
-        Some(index) => receipt_response(&shared, index, params.body.unwrap_or(true)),
-        None if shared.pending.contains(&id) => receipt_response(&shared, u64::MAX, false),
-        None => Err(ApiError::not_found("unknown transaction")),
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_millis(params.wait_ms.unwrap_or(0)).min(MAX_RECEIPT_WAIT);
+    let mut applied = shared.applied.subscribe();
+    loop {
+        let index = query::tx_index(&shared.store.read()?, &id)?;
+        let known = index.is_some() || shared.pending.contains(&id);
+        if !known {
+            return Err(ApiError::not_found("unknown transaction"));
+        }
+        if let Some(index) = index {
+            if let Some(r) = query::receipt(&shared.store, index, params.body.unwrap_or(true))? {
+                return Ok(
+                    ([(header::CONTENT_TYPE, "application/cose")], r.to_cose()).into_response()
+                );
+            }
+        }
+        // Wait for the next apply (a checkpoint signature may make it final), or give up.
+        if tokio::time::timeout_at(deadline, applied.changed())
+            .await
+            .is_err()
+        {
+            return Ok(receipt_pending());
+        }
     }
 }
 

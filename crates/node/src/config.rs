@@ -41,8 +41,8 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            batch_max_txs: 1024,
-            max_inflight_batches: 4,
+            batch_max_txs: 2048,
+            max_inflight_batches: 2,
             max_pending: 50_000,
             commit_wait_ms: 30_000,
         }

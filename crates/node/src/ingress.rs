@@ -5,7 +5,7 @@
 use crate::error::ApiError;
 use crate::Shared;
 use axum::http::StatusCode;
-use comity_apps::executor::within_window;
+use comity_apps::executor::{within_window, Verified};
 use comity_apps::{keys, registry};
 use comity_consensus::TxOutcome;
 use comity_core::crypto::PublicKey;
@@ -27,8 +27,8 @@ struct Pending {
 pub struct PendingSet {
     by_id: Mutex<HashMap<Hash, Pending>>,
     nonces: Mutex<HashSet<Vec<u8>>>,
-    /// Ids whose signatures were verified here, so apply may skip them.
-    verified: Mutex<HashSet<Hash>>,
+    /// Transactions parsed and verified here, so apply may skip both.
+    verified: Mutex<HashMap<Hash, Verified>>,
 }
 
 pub enum Admission {
@@ -51,7 +51,7 @@ impl PendingSet {
         self.by_id.lock().expect("pending lock").contains_key(id)
     }
 
-    pub fn take_verified(&self, id: &Hash) -> bool {
+    pub fn take_verified(&self, id: &Hash) -> Option<Verified> {
         self.verified.lock().expect("verified lock").remove(id)
     }
 
@@ -187,6 +187,13 @@ pub fn admit(shared: &Shared, bytes: Vec<u8>) -> Result<(Hash, Admission), ApiEr
             },
         );
     }
-    p.verified.lock().expect("verified lock").insert(tx.id);
-    Ok((tx.id, Admission::Queued(wrx, true)))
+    let id = tx.id;
+    p.verified.lock().expect("verified lock").insert(
+        id,
+        Verified {
+            tx,
+            key: ident.current_key().to_vec(),
+        },
+    );
+    Ok((id, Admission::Queued(wrx, true)))
 }

@@ -43,6 +43,8 @@ pub struct Shared {
     /// Set when another node signed a different checkpoint than ours.
     pub diverged: AtomicBool,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Bumped after every apply, for requests that wait for new state.
+    pub applied: tokio::sync::watch::Sender<u64>,
     pub started: std::time::Instant,
 }
 
@@ -126,6 +128,7 @@ impl Node {
             limits: cfg.limits.clone(),
             diverged: AtomicBool::new(false),
             metrics,
+            applied: tokio::sync::watch::Sender::new(0),
             started: t0,
         });
         tokio::spawn(batcher::run(shared.clone(), submit_rx));
@@ -186,11 +189,13 @@ async fn events(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Event>) {
         match ev {
             Event::Applied(outcomes) => {
                 metrics::counter!("comity_tx_applied_total").increment(outcomes.len() as u64);
+                let last = outcomes.last().map(|o| o.index).unwrap_or(0);
                 for o in outcomes {
                     if let Ok(id) = <Hash>::try_from(o.id.as_slice()) {
                         shared.pending.resolve(&id, Ok(o));
                     }
                 }
+                shared.applied.send_replace(last);
             }
             Event::Checkpoint(cp) => {
                 let body = cp.to_cbor();

@@ -32,6 +32,17 @@ const JMT_VALUES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("jmt_valu
 
 const META_LEDGER_LEN: &str = "ledger_len";
 const META_LEDGER_ROOT: &str = "ledger_root";
+/// State changes not yet folded into the state tree, saved at durable commits
+/// so that recovery from a durable point between checkpoints loses none.
+const META_DIRTY: &str = "dirty_state";
+
+type Dirty = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+fn encode_dirty(d: &Dirty) -> Vec<u8> {
+    let mut out = Vec::new();
+    ciborium::into_writer(d, &mut out).expect("encoding to a Vec cannot fail");
+    out
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -72,7 +83,7 @@ pub struct Store {
     ledger: RwLock<LedgerFiles>,
     tree: RwLock<TreeFiles>,
     /// State keys changed since the last state-root update.
-    dirty: Mutex<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+    dirty: Mutex<Dirty>,
 }
 
 impl Store {
@@ -84,7 +95,7 @@ impl Store {
         })?;
         let db_path = dir.join("state.redb");
         let db = Database::create(&db_path).map_err(|e| db_err(&db_path)(e.into()))?;
-        let (durable_len, durable_root) = {
+        let (durable_len, durable_root, dirty) = {
             let txn = db.begin_write().map_err(|e| db_err(&db_path)(e.into()))?;
             for t in [STATE, AUX, JMT_NODES, JMT_VALUES] {
                 txn.open_table(t).map_err(|e| db_err(&db_path)(e.into()))?;
@@ -101,9 +112,19 @@ impl Store {
                 .get(META_LEDGER_ROOT)
                 .map_err(|e| db_err(&db_path)(e.into()))?
                 .and_then(|v| v.value().try_into().ok());
+            let dirty: Dirty = match meta
+                .get(META_DIRTY)
+                .map_err(|e| db_err(&db_path)(e.into()))?
+            {
+                Some(v) => ciborium::from_reader(v.value()).map_err(|e| StoreError::Db {
+                    path: db_path.clone(),
+                    message: format!("saved state changes do not decode: {e}"),
+                })?,
+                None => Dirty::new(),
+            };
             drop(meta);
             txn.commit().map_err(|e| db_err(&db_path)(e.into()))?;
-            (len, root)
+            (len, root, dirty)
         };
         let mut tree = TreeFiles::create(&dir.join("tree"))?;
         let mut tree_err = None;
@@ -146,7 +167,7 @@ impl Store {
                 db_path,
                 ledger: RwLock::new(ledger),
                 tree: RwLock::new(tree),
-                dirty: Mutex::new(BTreeMap::new()),
+                dirty: Mutex::new(dirty),
             },
             report,
         ))
@@ -223,6 +244,10 @@ impl<'s> Txn<'s> {
         }
         self.store.tree.write().expect("tree lock").flush()?;
         if durable {
+            let dirty = encode_dirty(&self.store.dirty.lock().expect("dirty lock"));
+            let mut meta = dbe!(self.store, self.txn.open_table(META))?;
+            dbe!(self.store, meta.insert(META_DIRTY, dirty.as_slice()))?;
+            drop(meta);
             self.store.ledger.write().expect("ledger lock").sync()?;
             self.txn.set_durability(Durability::Immediate);
         }
