@@ -12,6 +12,10 @@ mod txcmd;
 mod up;
 
 use clap::{Parser, Subcommand};
+
+/// mimalloc: the node allocates many small, short-lived buffers per transaction.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]

@@ -23,7 +23,8 @@ use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 
-const ROLL_BYTES: u64 = 64 << 20;
+/// Segment size at which a new log file starts.
+pub const DEFAULT_ROLL_BYTES: u64 = 64 << 20;
 const MAX_RECORD: u32 = 256 << 20;
 
 #[derive(Serialize, Deserialize)]
@@ -74,6 +75,7 @@ struct Inner {
     /// The file the flusher syncs; swapped on roll (after the old one is synced).
     sync_file: Mutex<Arc<File>>,
     flush_tx: Mutex<mpsc::Sender<LogFlushed<TypeConfig>>>,
+    roll_bytes: u64,
 }
 
 /// The Raft log storage, cheap to clone (clones share one log).
@@ -110,6 +112,11 @@ fn sync_dir(dir: &Path) -> Result<(), WalError> {
 impl LogStore {
     /// Opens (or creates) the log in `dir`, replaying every segment.
     pub fn open(dir: &Path) -> Result<LogStore, WalError> {
+        Self::open_with(dir, DEFAULT_ROLL_BYTES)
+    }
+
+    /// [`LogStore::open`] with a chosen segment size.
+    pub fn open_with(dir: &Path, roll_bytes: u64) -> Result<LogStore, WalError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let mut seqs: Vec<u64> = std::fs::read_dir(dir)
             .map_err(io(dir))?
@@ -185,6 +192,7 @@ impl LogStore {
             state: Mutex::new(state),
             sync_file: Mutex::new(sync_file),
             flush_tx: Mutex::new(tx),
+            roll_bytes,
         });
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
@@ -207,7 +215,7 @@ impl LogStore {
             }
         }
         st.writer.flush().map_err(err)?;
-        if st.written >= ROLL_BYTES {
+        if st.written >= self.inner.roll_bytes {
             self.roll(st)
                 .map_err(|e| storage_io(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         }
@@ -371,6 +379,14 @@ fn replay(path: &Path, last: bool, mut f: impl FnMut(WalRecord)) -> Result<(), W
         let crc = u32::from_le_bytes(data[off + 4..off + 8].try_into().expect("4 bytes"));
         let end = off + 8 + len as usize;
         if len > MAX_RECORD || end > data.len() {
+            // A torn write leaves nothing valid after it; a damaged length does.
+            if valid_frame_after(&data, off + 1) {
+                return Err(WalError::Corrupt {
+                    path: path.to_path_buf(),
+                    offset: off as u64,
+                    reason: "damaged record length with valid records after it".into(),
+                });
+            }
             if torn("record runs past the end of the file")? {
                 break;
             }
@@ -404,6 +420,15 @@ fn replay(path: &Path, last: bool, mut f: impl FnMut(WalRecord)) -> Result<(), W
         file.sync_all().map_err(io(path))?;
     }
     Ok(())
+}
+
+/// Whether a checksum-valid record starts anywhere at or after `from`.
+fn valid_frame_after(data: &[u8], from: usize) -> bool {
+    (from..data.len().saturating_sub(8)).any(|o| {
+        let len = u32::from_le_bytes(data[o..o + 4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(data[o + 4..o + 8].try_into().expect("4 bytes"));
+        len > 0 && o + 8 + len <= data.len() && crc32c::crc32c(&data[o + 8..o + 8 + len]) == crc
+    })
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -519,5 +544,160 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         self.delete_old_segments();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use comity_apps::Command;
+    use openraft::storage::RaftLogStorageExt;
+    use openraft::{CommittedLeaderId, EntryPayload};
+    use serde_bytes::ByteBuf;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Normal(Command::Batch {
+                time: index,
+                txs: vec![ByteBuf::from(vec![index as u8; 300])],
+            }),
+        }
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    async fn indexes(s: &mut LogStore) -> Vec<u64> {
+        s.try_get_log_entries(0..)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect()
+    }
+
+    #[test]
+    fn survives_reopen_with_truncate_purge_vote_and_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        rt().block_on(async {
+            let mut s = LogStore::open_with(dir.path(), 4096).unwrap();
+            s.blocking_append((1..=40).map(|i| entry(i, 1)))
+                .await
+                .unwrap();
+            s.truncate(LogId::new(CommittedLeaderId::new(1, 1), 31))
+                .await
+                .unwrap();
+            s.blocking_append((31..=35).map(|i| entry(i, 2)))
+                .await
+                .unwrap();
+            s.purge(LogId::new(CommittedLeaderId::new(1, 1), 20))
+                .await
+                .unwrap();
+            let vote = Vote::new(2, 1);
+            s.save_vote(&vote).await.unwrap();
+            s.save_committed(Some(LogId::new(CommittedLeaderId::new(2, 1), 33)))
+                .await
+                .unwrap();
+            s.blocking_append([entry(36, 2)]).await.unwrap();
+        });
+        let segments = std::fs::read_dir(dir.path()).unwrap().count();
+        rt().block_on(async {
+            let mut s = LogStore::open_with(dir.path(), 4096).unwrap();
+            assert_eq!(indexes(&mut s).await, (21..=36).collect::<Vec<_>>());
+            let e = s.try_get_log_entries(31..32).await.unwrap();
+            assert_eq!(
+                e[0].log_id.leader_id.term, 2,
+                "truncated entries must stay truncated"
+            );
+            assert_eq!(s.read_vote().await.unwrap(), Some(Vote::new(2, 1)));
+            assert_eq!(s.read_committed().await.unwrap().map(|c| c.index), Some(33));
+            let st = s.get_log_state().await.unwrap();
+            assert_eq!(st.last_purged_log_id.map(|l| l.index), Some(20));
+            assert_eq!(st.last_log_id.map(|l| l.index), Some(36));
+        });
+        // Segments wholly below the purge point were deleted.
+        assert!(
+            segments < 12,
+            "old segments were not deleted ({segments} files)"
+        );
+    }
+
+    fn newest_segment(dir: &Path) -> PathBuf {
+        let mut v: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .filter(|p| std::fs::metadata(p).unwrap().len() > 0)
+            .collect();
+        v.sort();
+        v.pop().unwrap()
+    }
+
+    #[test]
+    fn torn_tail_is_discarded_but_damage_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        rt().block_on(async {
+            let mut s = LogStore::open(dir.path()).unwrap();
+            s.blocking_append((1..=10).map(|i| entry(i, 1)))
+                .await
+                .unwrap();
+        });
+        let seg = newest_segment(dir.path());
+        let len = std::fs::metadata(&seg).unwrap().len();
+        // A torn final record: the last entry was never acknowledged.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(len - 5)
+            .unwrap();
+        rt().block_on(async {
+            let mut s = LogStore::open(dir.path()).unwrap();
+            assert_eq!(indexes(&mut s).await, (1..=9).collect::<Vec<_>>());
+        });
+        // A flipped byte in the middle of an older record is corruption, named with its file.
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let mid = bytes.len() / 3;
+        bytes[mid] ^= 0x40;
+        std::fs::write(&seg, &bytes).unwrap();
+        let err = LogStore::open(dir.path())
+            .err()
+            .expect("corruption must be refused")
+            .to_string();
+        assert!(
+            err.contains(&seg.display().to_string()) && err.contains("corrupt"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn damaged_length_before_valid_records_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        rt().block_on(async {
+            let mut s = LogStore::open(dir.path()).unwrap();
+            s.blocking_append((1..=10).map(|i| entry(i, 1)))
+                .await
+                .unwrap();
+        });
+        let seg = newest_segment(dir.path());
+        let bytes = std::fs::read(&seg).unwrap();
+        // Walk the frames to the fourth one and give it an impossible length.
+        let mut off = 0;
+        for _ in 0..3 {
+            off += 8 + u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
+        }
+        let mut bad = bytes.clone();
+        bad[off..off + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        std::fs::write(&seg, &bad).unwrap();
+        let err = LogStore::open(dir.path())
+            .err()
+            .expect("must refuse")
+            .to_string();
+        assert!(err.contains("damaged record length"), "{err}");
     }
 }

@@ -118,6 +118,10 @@ impl PublicKey {
                 use p256::ecdsa::signature::Verifier;
                 let sig = p256::ecdsa::Signature::from_slice(sig)
                     .map_err(|_| CryptoError::BadSignature)?;
+                // Only low-S signatures, so a signature has a single valid form.
+                if sig.normalize_s().is_some() {
+                    return Err(CryptoError::BadSignature);
+                }
                 k.verify(msg, &sig).map_err(|_| CryptoError::BadSignature)
             }
         }
@@ -169,6 +173,7 @@ impl SigningKey {
             SigningKey::P256(k) => {
                 use p256::ecdsa::signature::Signer;
                 let sig: p256::ecdsa::Signature = k.sign(msg);
+                let sig = sig.normalize_s().unwrap_or(sig);
                 sig.to_bytes().to_vec()
             }
         }

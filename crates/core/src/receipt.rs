@@ -330,6 +330,12 @@ pub fn verify_quorum(
         let key = node
             .public_key()
             .map_err(|e| ReceiptError::Chain(e.to_string()))?;
+        if key.fingerprint() != node.id {
+            return Err(ReceiptError::Chain(format!(
+                "node {} is not the SHA-256 of its key",
+                hex::encode(node.id)
+            )));
+        }
         checkpoint::verify(ct, body, sig, &key)?;
         if !nodes.contains(&id) {
             nodes.push(id);

@@ -97,8 +97,20 @@ impl Tx {
     /// Decodes a COSE_Sign1 (tagged or not) with an embedded payload.
     pub fn parse(bytes: &[u8]) -> Result<Tx, TxError> {
         let sign1 = CoseSign1::from_tagged_slice(bytes)
-            .or_else(|_| CoseSign1::from_slice(bytes))
-            .map_err(|e| TxError::Malformed(format!("not a COSE_Sign1: {e}")))?;
+            .map_err(|e| TxError::Malformed(format!("not a tagged COSE_Sign1: {e}")))?;
+        // One transaction, one encoding: the id hashes these bytes, so nothing
+        // outside the signature (unprotected headers, alternative encodings)
+        // may vary.
+        if !sign1.unprotected.is_empty() {
+            return Err(TxError::Malformed(
+                "the unprotected header must be empty".into(),
+            ));
+        }
+        if sign1.clone().to_tagged_vec().ok().as_deref() != Some(bytes) {
+            return Err(TxError::Malformed(
+                "not in the canonical COSE_Sign1 encoding".into(),
+            ));
+        }
         let alg = match &sign1.protected.header.alg {
             Some(coset::RegisteredLabelWithPrivate::Assigned(a)) => Alg::from_cose_id(*a as i64)
                 .ok_or_else(|| TxError::UnsupportedAlg(format!("{a:?}")))?,
@@ -231,5 +243,17 @@ mod tests {
             Tx::parse(b"\xff\x00garbage"),
             Err(TxError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn only_the_canonical_envelope_is_accepted() {
+        let k = SigningKey::generate(Alg::EdDsa);
+        let bytes = Tx::sign(&k, &[0; 32], &payload());
+        let mut sign1 = CoseSign1::from_tagged_slice(&bytes).unwrap();
+        // Same signature, untagged: a different byte string, so refused.
+        assert!(Tx::parse(&sign1.clone().to_vec().unwrap()).is_err());
+        // Same signature, with an unprotected header added: refused.
+        sign1.unprotected.content_type = Some(coset::ContentType::Text("x".into()));
+        assert!(Tx::parse(&sign1.to_tagged_vec().unwrap()).is_err());
     }
 }

@@ -134,7 +134,11 @@ impl Node {
         tokio::spawn(batcher::run(shared.clone(), submit_rx));
         tokio::spawn(batcher::checkpoints(shared.clone()));
         tokio::spawn(events(shared.clone(), ev_rx));
-        if let Some(g) = &cfg.genesis {
+        if let Some(g) = cfg
+            .genesis
+            .as_ref()
+            .filter(|_| shared.view().network_id.is_none())
+        {
             let doc = std::fs::read(g).map_err(|e| anyhow::anyhow!("{}: {e}", g.display()))?;
             tokio::spawn(propose_genesis(shared.clone(), doc));
         }

@@ -94,6 +94,22 @@ impl Store {
             message: e.to_string(),
         })?;
         let db_path = dir.join("state.redb");
+        let ledger_dir = dir.join("ledger");
+        let has_ledger = std::fs::read_dir(&ledger_dir)
+            .map(|mut d| {
+                d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".seg")))
+            })
+            .unwrap_or(false);
+        if !db_path.exists() && has_ledger {
+            // Opening would cut the ledger back to an empty state's length: refuse instead.
+            return Err(StoreError::Mismatch {
+                dir: ledger_dir,
+                message: format!(
+                    "ledger files exist but the state database {} is missing; restore it from the same backup, or audit the ledger with `comity ledger verify --dir`",
+                    db_path.display()
+                ),
+            });
+        }
         let db = Database::create(&db_path).map_err(|e| db_err(&db_path)(e.into()))?;
         let (durable_len, durable_root, dirty) = {
             let txn = db.begin_write().map_err(|e| db_err(&db_path)(e.into()))?;
@@ -128,7 +144,6 @@ impl Store {
         };
         let mut tree = TreeFiles::create(&dir.join("tree"))?;
         let mut tree_err = None;
-        let ledger_dir = dir.join("ledger");
         let (mut ledger, report) =
             LedgerFiles::open(&ledger_dir, durable_len, roll_bytes, |index, payload| {
                 if index >= durable_len {
@@ -566,5 +581,42 @@ where
         anyhow::bail!(
             "tree restoration from a rightmost leaf is not supported; snapshots carry whole state"
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_state_database_is_refused_not_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, _) = Store::open(dir.path(), 1 << 20).unwrap();
+            let txn = store.begin().unwrap();
+            txn.batch()
+                .unwrap()
+                .append(&Record {
+                    leaf: vec![0xa0],
+                    body: vec![],
+                })
+                .unwrap();
+            txn.commit(true).unwrap();
+        }
+        std::fs::remove_file(dir.path().join("state.redb")).unwrap();
+        let err = Store::open(dir.path(), 1 << 20)
+            .err()
+            .expect("must refuse")
+            .to_string();
+        assert!(
+            err.contains("state database") && err.contains("missing"),
+            "{err}"
+        );
+        // The ledger files are untouched.
+        let seg = dir
+            .path()
+            .join("ledger")
+            .join(crate::segments::segment_file_name(0));
+        assert!(std::fs::metadata(seg).unwrap().len() > 20);
     }
 }

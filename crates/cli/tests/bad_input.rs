@@ -1,0 +1,696 @@
+//! Bad input never panics a node: against one running node, over real HTTPS,
+//! every kind of bad request gets the documented status and a JSON
+//! `{code, message}` body (docs/api.md), and the node keeps serving.
+
+mod common;
+
+use comity_client::{Signer, TxState};
+use comity_core::cbor;
+use comity_core::crypto::{Alg, SigningKey};
+use comity_core::tx::Tx;
+use common::{http_client, raw_tcp, raw_tls, Network, RawResponse};
+use coset::{iana, CoseSign1Builder, HeaderBuilder, TaggedCborSerializable};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+/// Collects mismatches so one run reports every failing case.
+#[derive(Default)]
+struct Cases {
+    failures: Vec<String>,
+    passed: usize,
+}
+
+impl Cases {
+    /// Checks a response's status and (if given) its JSON error code.
+    fn check(
+        &mut self,
+        name: &str,
+        got: (u16, Vec<u8>),
+        status: u16,
+        code: Option<&str>,
+    ) -> Option<Value> {
+        let (s, body) = got;
+        let json: Option<Value> = serde_json::from_slice(&body).ok();
+        let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
+        let mut bad = Vec::new();
+        if s != status {
+            bad.push(format!("status {s}, expected {status}"));
+        }
+        if let Some(code) = code {
+            match json.as_ref() {
+                Some(j) if j["code"] == code && j["message"].is_string() => {}
+                Some(j) => bad.push(format!("JSON {j}, expected code {code:?} and a message")),
+                None => bad.push(format!("body is not JSON: {text:?}")),
+            }
+        }
+        if bad.is_empty() {
+            self.passed += 1;
+            eprintln!(
+                "ok   {name}: {s} {}",
+                json.as_ref()
+                    .map(|j| j["code"].to_string())
+                    .unwrap_or_default()
+            );
+        } else {
+            eprintln!("FAIL {name}: {}", bad.join("; "));
+            self.failures.push(format!("{name}: {}", bad.join("; ")));
+        }
+        json
+    }
+
+    fn fail(&mut self, name: &str, why: String) {
+        eprintln!("FAIL {name}: {why}");
+        self.failures.push(format!("{name}: {why}"));
+    }
+
+    fn ok(&mut self, name: &str, what: String) {
+        self.passed += 1;
+        eprintln!("ok   {name}: {what}");
+    }
+
+    fn finish(self) {
+        assert!(
+            self.failures.is_empty(),
+            "{} of {} cases failed:\n  {}",
+            self.failures.len(),
+            self.failures.len() + self.passed,
+            self.failures.join("\n  ")
+        );
+    }
+}
+
+async fn send(req: reqwest::RequestBuilder) -> (u16, Vec<u8>) {
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    (status, resp.bytes().await.expect("body").to_vec())
+}
+
+fn post_tx(http: &reqwest::Client, url: &str, body: Vec<u8>) -> reqwest::RequestBuilder {
+    http.post(format!("{url}/v1/tx"))
+        .header("content-type", "application/cose")
+        .body(body)
+}
+
+fn raw_parts(r: &RawResponse) -> (u16, Vec<u8>) {
+    (r.status().unwrap_or(0), r.body())
+}
+
+/// A COSE_Sign1 carrying a valid payload but an algorithm Comity does not accept.
+fn with_alg(signer: &Signer, alg: iana::Algorithm, sig_len: usize) -> Vec<u8> {
+    let payload = signer.payload(
+        "kv",
+        "put",
+        cbor::map([
+            ("key", cbor::text("alg")),
+            ("value", cbor::bytes(b"x".to_vec())),
+        ]),
+    );
+    CoseSign1Builder::new()
+        .protected(
+            HeaderBuilder::new()
+                .algorithm(alg)
+                .key_id(signer.id.to_vec())
+                .build(),
+        )
+        .payload(payload.to_cbor())
+        .signature(vec![0xa5; sig_len])
+        .build()
+        .to_tagged_vec()
+        .unwrap()
+}
+
+/// Asserts the node still answers `GET /v1/health` with 200.
+async fn healthy(net: &Network, cases: &mut Cases, after: &str) {
+    match tokio::time::timeout(Duration::from_secs(20), net.public_client().health()).await {
+        Ok(Ok(h)) if h.status == "ok" => {
+            cases.ok(&format!("healthy after {after}"), "200 ok".into())
+        }
+        other => cases.fail(&format!("healthy after {after}"), format!("{other:?}")),
+    }
+}
+
+/// A raw exchange must end (answer or close) well before the timeout, never hang.
+fn ended(cases: &mut Cases, name: &str, r: &RawResponse, allow_ok: bool) {
+    let status = r.status();
+    if r.timed_out {
+        cases.fail(
+            name,
+            format!(
+                "no answer and no close within the timeout (read {} bytes)",
+                r.bytes.len()
+            ),
+        );
+    } else if !allow_ok && status.is_some_and(|s| s < 400) {
+        cases.fail(
+            name,
+            format!("answered {status:?}, expected an error or a closed connection"),
+        );
+    } else {
+        cases.ok(
+            name,
+            match status {
+                Some(s) => format!("answered {s}"),
+                None => format!(
+                    "connection closed ({})",
+                    r.read_error.as_deref().unwrap_or("EOF")
+                ),
+            },
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_gets_precise_errors_and_the_node_keeps_serving() {
+    let _serial = common::serial().await;
+    let t0 = Instant::now();
+    let mut net = Network::new();
+    net.start().await;
+    let url = net.url.clone();
+    let ca = net.ca_pem();
+    let http = http_client(&ca, None);
+    let user = net.signer("user0");
+    let mut c = Cases::default();
+
+    // --- transactions ---
+    let good = user.kv_put("bad-input/good", b"v1");
+    let first = c.check(
+        "valid kv.put",
+        send(post_tx(&http, &url, good.clone())).await,
+        200,
+        None,
+    );
+    let first = first.expect("JSON status");
+    assert_eq!(first["status"], "committed", "{first}");
+
+    if let Some(j) = c.check(
+        "replay of the same bytes",
+        send(post_tx(&http, &url, good.clone())).await,
+        200,
+        None,
+    ) {
+        if j["id"] != first["id"] || j["index"] != first["index"] || j["status"] != "committed" {
+            c.fail("replay is idempotent", format!("first {first}, replay {j}"));
+        }
+    }
+
+    // The committed transaction re-encoded (same signature, other bytes, so
+    // another id): must never be ordered a second time.
+    let sign1 = coset::CoseSign1::from_tagged_slice(&good).unwrap();
+    let untagged = coset::CborSerializable::to_vec(sign1.clone()).unwrap();
+    let mut with_header = sign1.clone();
+    with_header.unprotected.content_type = Some(coset::ContentType::Text("x".into()));
+    let with_header = with_header.to_tagged_vec().unwrap();
+    for (name, bytes) in [
+        ("committed tx re-encoded untagged", untagged),
+        ("committed tx with an unprotected header added", with_header),
+    ] {
+        let (s, body) = send(post_tx(&http, &url, bytes)).await;
+        let j: Value = serde_json::from_slice(&body).unwrap_or_default();
+        if (s == 400 && j["code"] == "malformed") || (s == 409 && j["code"] == "nonce_reused") {
+            c.ok(name, format!("{s} {}", j["code"]));
+        } else {
+            c.fail(
+                name,
+                format!("{s} {j}: expected 400 malformed or 409 nonce_reused"),
+            );
+        }
+    }
+
+    c.check(
+        "truncated COSE",
+        send(post_tx(&http, &url, good[..good.len() / 2].to_vec())).await,
+        400,
+        Some("malformed"),
+    );
+    c.check(
+        "not CBOR at all",
+        send(post_tx(&http, &url, b"hello, node".to_vec())).await,
+        400,
+        Some("malformed"),
+    );
+    c.check(
+        "empty body",
+        send(post_tx(&http, &url, Vec::new())).await,
+        400,
+        Some("malformed"),
+    );
+    c.check(
+        "alg ES384",
+        send(post_tx(
+            &http,
+            &url,
+            with_alg(&user, iana::Algorithm::ES384, 96),
+        ))
+        .await,
+        400,
+        Some("unsupported_alg"),
+    );
+    c.check(
+        "alg PS256",
+        send(post_tx(
+            &http,
+            &url,
+            with_alg(&user, iana::Algorithm::PS256, 256),
+        ))
+        .await,
+        400,
+        Some("unsupported_alg"),
+    );
+
+    // Deeply nested CBOR inside the payload.
+    let mut deep = vec![0x81u8; 100_000];
+    deep.push(0x00);
+    let nested = CoseSign1Builder::new()
+        .protected(
+            HeaderBuilder::new()
+                .algorithm(iana::Algorithm::EdDSA)
+                .key_id(user.id.to_vec())
+                .build(),
+        )
+        .payload(deep)
+        .signature(vec![0; 64])
+        .build()
+        .to_tagged_vec()
+        .unwrap();
+    c.check(
+        "100k-deep nested payload",
+        send(post_tx(&http, &url, nested)).await,
+        400,
+        Some("malformed"),
+    );
+
+    // Over the ledger's max_tx_bytes (128 KiB): a validly signed 200 KiB transaction.
+    let big = user.kv_put("bad-input/big", &vec![7u8; 200 * 1024]);
+    c.check(
+        "200 KiB transaction",
+        send(post_tx(&http, &url, big)).await,
+        413,
+        Some("too_large"),
+    );
+
+    // Over the HTTP body limit: 5 MiB, with a Content-Length and chunked.
+    let five = 5 << 20;
+    let mut req = format!(
+        "POST /v1/tx HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/cose\r\n\
+         Content-Length: {five}\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    req.extend(std::iter::repeat_n(0x42u8, five));
+    let r = raw_tls(net.port, &ca, req, Duration::from_secs(30)).await;
+    c.check(
+        "5 MiB body (Content-Length)",
+        raw_parts(&r),
+        413,
+        Some("too_large"),
+    );
+    let mut req = b"POST /v1/tx HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/cose\r\n\
+        Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        .to_vec();
+    for _ in 0..80 {
+        req.extend_from_slice(b"10000\r\n");
+        req.extend(std::iter::repeat_n(0x42u8, 0x10000));
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    let r = raw_tls(net.port, &ca, req, Duration::from_secs(30)).await;
+    c.check(
+        "5 MiB body (chunked)",
+        raw_parts(&r),
+        413,
+        Some("too_large"),
+    );
+    healthy(&net, &mut c, "huge bodies").await;
+
+    let other_net = Signer::new(user.key.clone(), [0x5a; 32]);
+    c.check(
+        "wrong network id",
+        send(post_tx(
+            &http,
+            &url,
+            other_net.kv_put("bad-input/net", b"x"),
+        ))
+        .await,
+        400,
+        Some("wrong_network"),
+    );
+
+    // The nonce of the committed transaction, on a different transaction.
+    let committed = Tx::parse(&good).unwrap();
+    let mut p = committed.payload.clone();
+    p.args = cbor::map([
+        ("key", cbor::text("bad-input/nonce")),
+        ("value", cbor::bytes(b"v2".to_vec())),
+    ]);
+    c.check(
+        "reused nonce",
+        send(post_tx(&http, &url, user.sign(&p))).await,
+        409,
+        Some("nonce_reused"),
+    );
+
+    let mut p = user.payload(
+        "kv",
+        "put",
+        cbor::map([
+            ("key", cbor::text("bad-input/stale")),
+            ("value", cbor::bytes(b"x".to_vec())),
+        ]),
+    );
+    p.created -= 2 * 3600 * 1000;
+    c.check(
+        "created 2 h ago",
+        send(post_tx(&http, &url, user.sign(&p))).await,
+        409,
+        Some("outside_window"),
+    );
+    p.created += 4 * 3600 * 1000;
+    p.nonce = comity_core::crypto::random_nonce().to_vec();
+    c.check(
+        "created 2 h ahead",
+        send(post_tx(&http, &url, user.sign(&p))).await,
+        409,
+        Some("outside_window"),
+    );
+
+    let stranger = Signer::new(SigningKey::generate(Alg::EdDsa), user.network_id);
+    c.check(
+        "unknown signer",
+        send(post_tx(&http, &url, stranger.kv_put("bad-input/who", b"x"))).await,
+        403,
+        Some("unknown_signer"),
+    );
+
+    let mut forged = user.kv_put("bad-input/sig", b"x");
+    *forged.last_mut().unwrap() ^= 0x01;
+    c.check(
+        "flipped signature byte",
+        send(post_tx(&http, &url, forged)).await,
+        401,
+        Some("bad_signature"),
+    );
+
+    // Signed by user0's key but naming member0 as signer.
+    let member = net.signer("member0");
+    let mut impostor = user.clone();
+    impostor.id = member.id;
+    c.check(
+        "signed with another identity's kid",
+        send(post_tx(&http, &url, impostor.kv_put("bad-input/kid", b"x"))).await,
+        401,
+        Some("bad_signature"),
+    );
+
+    let tx = user.kv_put("bad-input/ct", b"x");
+    c.check(
+        "no Content-Type",
+        send(http.post(format!("{url}/v1/tx")).body(tx.clone())).await,
+        415,
+        Some("unsupported_media_type"),
+    );
+    c.check(
+        "Content-Type application/json",
+        send(
+            http.post(format!("{url}/v1/tx"))
+                .header("content-type", "application/json")
+                .body(tx.clone()),
+        )
+        .await,
+        415,
+        Some("unsupported_media_type"),
+    );
+    c.check(
+        "bad wait parameter",
+        send(post_tx(&http, &url, tx.clone()).query(&[("wait", "perhaps")])).await,
+        400,
+        Some("malformed"),
+    );
+
+    // Valid, signed, but refused by the application: recorded as rejected.
+    if let Some(j) = c.check(
+        "kv.delete of an absent key",
+        send(post_tx(
+            &http,
+            &url,
+            user.kv_delete("bad-input/never-written"),
+        ))
+        .await,
+        200,
+        None,
+    ) {
+        if j["status"] != "rejected" || j["outcome"] != "not_found" {
+            c.fail(
+                "kv.delete of an absent key is recorded as rejected",
+                j.to_string(),
+            );
+        }
+    }
+    if let Some(j) = c.check(
+        "kv.put with a 300-byte key",
+        send(post_tx(&http, &url, user.kv_put(&"k".repeat(300), b"x"))).await,
+        200,
+        None,
+    ) {
+        if j["status"] != "rejected" {
+            c.fail(
+                "kv.put with a 300-byte key is recorded as rejected",
+                j.to_string(),
+            );
+        }
+    }
+
+    // --- garbage on the wire ---
+    let health_req = |extra: &str| {
+        format!("GET /v1/health HTTP/1.1\r\nHost: localhost\r\n{extra}Connection: close\r\n\r\n")
+            .into_bytes()
+    };
+    let r = raw_tls(
+        net.port,
+        &ca,
+        health_req(&format!("X-Big: {}\r\n", "a".repeat(60 * 1024))),
+        Duration::from_secs(40),
+    )
+    .await;
+    ended(&mut c, "60 KB header value", &r, true);
+    let r = raw_tls(
+        net.port,
+        &ca,
+        health_req(&format!("X-Big: {}\r\n", "a".repeat(200 * 1024))),
+        Duration::from_secs(40),
+    )
+    .await;
+    ended(&mut c, "200 KB header value", &r, false);
+    let many: String = (0..500).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let r = raw_tls(net.port, &ca, health_req(&many), Duration::from_secs(40)).await;
+    ended(&mut c, "500 headers", &r, false);
+    let r = raw_tls(
+        net.port,
+        &ca,
+        b"\x00\x01\x02 THIS IS NOT HTTP \xff\xfe\r\n\r\n".to_vec(),
+        Duration::from_secs(40),
+    )
+    .await;
+    ended(&mut c, "request line that is not HTTP (TLS)", &r, false);
+    let r = raw_tls(
+        net.port,
+        &ca,
+        b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\nContent-Length: banana\r\n\r\n".to_vec(),
+        Duration::from_secs(40),
+    )
+    .await;
+    ended(&mut c, "non-numeric Content-Length", &r, false);
+    let r = raw_tcp(
+        net.port,
+        b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(40),
+    )
+    .await;
+    ended(&mut c, "plain HTTP on the TLS port", &r, false);
+    let r = raw_tcp(
+        net.port,
+        &[0x16, 0x03, 0x01, 0xff, 0xff, 0x01, 0x00],
+        Duration::from_secs(40),
+    )
+    .await;
+    ended(&mut c, "garbage TLS record", &r, false);
+    healthy(&net, &mut c, "garbage on the wire").await;
+
+    // --- reads ---
+    c.check(
+        "unknown path",
+        send(http.get(format!("{url}/v1/no/such/thing"))).await,
+        404,
+        Some("not_found"),
+    );
+    c.check(
+        "kv read without a client certificate",
+        send(http.get(format!("{url}/v1/kv/x"))).await,
+        401,
+        Some("unauthenticated"),
+    );
+    let keys_dir = net.tmp.path().join("stranger");
+    let out = net
+        .cli(
+            &[
+                "keys",
+                "new",
+                "--name",
+                "stranger",
+                "--out",
+                keys_dir.to_str().unwrap(),
+            ],
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(out.status.success(), "{}", out.stderr);
+    let stranger_http = http_client(
+        &ca,
+        Some((
+            &std::fs::read(keys_dir.join("stranger.cert.pem")).unwrap(),
+            &std::fs::read(keys_dir.join("stranger.key.pem")).unwrap(),
+        )),
+    );
+    c.check(
+        "kv read with the certificate of an unregistered key",
+        send(stranger_http.get(format!("{url}/v1/kv/x"))).await,
+        403,
+        Some("forbidden"),
+    );
+    let user_http = http_client(
+        &ca,
+        Some((
+            &std::fs::read(net.cert_path("user0")).unwrap(),
+            &std::fs::read(net.key_path("user0")).unwrap(),
+        )),
+    );
+    c.check(
+        "kv read as user0",
+        send(user_http.get(format!("{url}/v1/kv/bad-input%2Fgood"))).await,
+        200,
+        None,
+    );
+    c.check(
+        "consistency from=0",
+        send(http.get(format!("{url}/v1/proof/consistency?from=0&to=5"))).await,
+        400,
+        Some("bad_range"),
+    );
+    c.check(
+        "consistency beyond the ledger",
+        send(http.get(format!("{url}/v1/proof/consistency?from=1&to=999999999"))).await,
+        400,
+        Some("bad_range"),
+    );
+    c.check(
+        "consistency with a non-number",
+        send(http.get(format!("{url}/v1/proof/consistency?from=x&to=5"))).await,
+        400,
+        Some("malformed"),
+    );
+    c.check(
+        "tx id not hex",
+        send(http.get(format!("{url}/v1/tx/nothex"))).await,
+        400,
+        Some("malformed"),
+    );
+    c.check(
+        "tx id too short",
+        send(http.get(format!("{url}/v1/tx/abcd"))).await,
+        400,
+        Some("malformed"),
+    );
+    if let Some(j) = c.check(
+        "unknown tx",
+        send(http.get(format!("{url}/v1/tx/{}", "00".repeat(32)))).await,
+        200,
+        None,
+    ) {
+        if j["status"] != "unknown" {
+            c.fail("unknown tx has status unknown", j.to_string());
+        }
+    }
+    c.check(
+        "receipt of an unknown tx",
+        send(http.get(format!("{url}/v1/tx/{}/receipt", "00".repeat(32)))).await,
+        404,
+        Some("not_found"),
+    );
+    c.check(
+        "ledger entries far beyond the end",
+        send(http.get(format!(
+            "{url}/v1/ledger/entries?from=18446744073709551615&count=1000"
+        )))
+        .await,
+        200,
+        None,
+    );
+    c.check(
+        "ledger receipt far beyond the end",
+        send(http.get(format!("{url}/v1/ledger/receipt/18446744073709551615"))).await,
+        404,
+        Some("not_found"),
+    );
+
+    // --- still serving ---
+    healthy(&net, &mut c, "all bad input").await;
+    let s = net
+        .public_client()
+        .submit(&user.kv_put("bad-input/after", b"fine"), true)
+        .await
+        .expect("a normal write after the bad input");
+    if s.status == TxState::Committed {
+        c.ok(
+            "normal kv.put afterwards",
+            format!("committed at {:?}", s.index),
+        );
+    } else {
+        c.fail("normal kv.put afterwards", format!("{s:?}"));
+    }
+    let _ = net.stop(Duration::from_secs(30)).await;
+    eprintln!(
+        "{} cases in {:.1} s",
+        c.passed + c.failures.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    c.finish();
+}
+
+/// docs/api.md: "Errors are JSON {code, message}" — also when the request
+/// does not even reach a handler (path parameters that do not parse, wrong
+/// method).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_error_body_is_json() {
+    let _serial = common::serial().await;
+    let mut net = Network::new();
+    net.start().await;
+    let url = net.url.clone();
+    let http = http_client(&net.ca_pem(), None);
+    let user_http = http_client(
+        &net.ca_pem(),
+        Some((
+            &std::fs::read(net.cert_path("user0")).unwrap(),
+            &std::fs::read(net.key_path("user0")).unwrap(),
+        )),
+    );
+    let mut c = Cases::default();
+    c.check(
+        "ledger receipt index not a number",
+        send(http.get(format!("{url}/v1/ledger/receipt/notanumber"))).await,
+        400,
+        Some("malformed"),
+    );
+    c.check(
+        "kv key that is not UTF-8",
+        send(user_http.get(format!("{url}/v1/kv/%FF%FE"))).await,
+        400,
+        Some("malformed"),
+    );
+    c.check(
+        "GET on POST-only /v1/tx",
+        send(http.get(format!("{url}/v1/tx"))).await,
+        405,
+        Some("method_not_allowed"),
+    );
+    healthy(&net, &mut c, "unparsable paths").await;
+    let _ = net.stop(Duration::from_secs(30)).await;
+    c.finish();
+}
