@@ -139,7 +139,8 @@ pub fn proved_state(store: &Store, key: &[u8]) -> Result<Option<ProvedValue>, St
     let Some(cp) = latest_final(&r)? else {
         return Ok(None);
     };
-    let (value, proof, root) = r.state_proof(key, cp.checkpoint.seq)?;
+    let comity_store::state::StateProof { value, proof, root } =
+        r.state_proof(key, cp.checkpoint.seq)?;
     if root != cp.checkpoint.state_root {
         return Err(StoreError::StateTree(format!(
             "state tree root at version {} differs from checkpoint state root",

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// How long a refusing node may take to exit.
-const REFUSE_TIMEOUT: Duration = Duration::from_secs(30);
+const REFUSE_TIMEOUT: Duration = Duration::from_secs(15);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A record inside a file: where its 8-byte header starts, where its payload
@@ -75,17 +75,8 @@ fn restore(path: &Path, offset: usize, old: u8) {
 async fn network_with_data(n: usize) -> (Network, Vec<(Hash, u64)>) {
     let mut net = Network::new();
     net.start().await;
+    let acked = write(&net, "doc", n).await;
     let client = net.public_client();
-    let signer = net.signer("user0");
-    let mut acked = Vec::new();
-    for i in 0..n {
-        let s = client
-            .submit(&signer.kv_put(&format!("doc/{i}"), &[i as u8; 100]), true)
-            .await
-            .expect("submit");
-        assert_eq!(s.status, TxState::Committed, "{s:?}");
-        acked.push((s.id, s.index.unwrap()));
-    }
     // A final checkpoint covering the writes, so receipts exist before the stop.
     let last = acked.last().unwrap().0;
     client
@@ -94,6 +85,25 @@ async fn network_with_data(n: usize) -> (Network, Vec<(Hash, u64)>) {
         .expect("receipt of the last write");
     stop(&mut net).await;
     (net, acked)
+}
+
+/// Commits `n` kv.put transactions `<prefix>/<i>` = `[i; 100]`.
+async fn write(net: &Network, prefix: &str, n: usize) -> Vec<(Hash, u64)> {
+    let client = net.public_client();
+    let signer = net.signer("user0");
+    let mut acked = Vec::new();
+    for i in 0..n {
+        let s = client
+            .submit(
+                &signer.kv_put(&format!("{prefix}/{i}"), &[i as u8; 100]),
+                true,
+            )
+            .await
+            .expect("submit");
+        assert_eq!(s.status, TxState::Committed, "{s:?}");
+        acked.push((s.id, s.index.unwrap()));
+    }
+    acked
 }
 
 async fn stop(net: &mut Network) {
@@ -248,6 +258,9 @@ async fn corrupt_raft_log_is_refused_and_torn_tail_is_not() {
     expect_refusal(&mut net, "wal-").await;
     restore(&wal, at, old);
     start_and_check(&mut net, &acked).await;
+    // More writes, so the newest Raft log file holds entries, not only its head.
+    let mut acked = acked;
+    acked.extend(write(&net, "more", 20).await);
     stop(&mut net).await;
 
     // (d) a torn tail: the last few bytes of the newest Raft log file missing.

@@ -18,7 +18,7 @@ const WRITERS: usize = 16;
 const ROUNDS: usize = 3;
 /// Kill early once this many transactions were acknowledged in a round, so
 /// the checks after each restart stay fast on a fast machine.
-const MAX_ACKS_PER_ROUND: u64 = 2500;
+const MAX_ACKS_PER_ROUND: u64 = 2000;
 
 #[derive(Default)]
 struct LoadStats {
@@ -224,7 +224,7 @@ async fn kill_9_loses_nothing_acknowledged() {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let kill_after = random_duration(Duration::from_millis(200), Duration::from_millis(2500));
+        let kill_after = random_duration(Duration::from_millis(200), Duration::from_millis(2000));
         let t_load = Instant::now();
         while t_load.elapsed() < kill_after
             && stats.ack_count.load(Ordering::SeqCst) < MAX_ACKS_PER_ROUND

@@ -370,10 +370,8 @@ fn replay(path: &Path, last: bool, mut f: impl FnMut(WalRecord)) -> Result<(), W
                 })
             }
         };
-        if data.len() - off < 8 {
-            if torn("incomplete record header")? {
-                break;
-            }
+        if data.len() - off < 8 && torn("incomplete record header")? {
+            break;
         }
         let len = u32::from_le_bytes(data[off..off + 4].try_into().expect("4 bytes"));
         let crc = u32::from_le_bytes(data[off + 4..off + 8].try_into().expect("4 bytes"));

@@ -69,6 +69,9 @@ impl ExecView {
 
 pub type SharedView = Arc<RwLock<ExecView>>;
 
+/// Hands apply the transactions this node already parsed and verified at ingress.
+pub type Preverified = Arc<dyn Fn(&Hash) -> Option<Verified> + Send + Sync>;
+
 pub struct StateMachine {
     store: Arc<Store>,
     executor: Executor,
@@ -76,7 +79,7 @@ pub struct StateMachine {
     applied: Applied,
     events: UnboundedSender<Event>,
     /// Transaction ids whose signatures this node checked at ingress.
-    preverified: Arc<dyn Fn(&Hash) -> Option<Verified> + Send + Sync>,
+    preverified: Preverified,
     last_durable: Instant,
 }
 
@@ -98,7 +101,7 @@ impl StateMachine {
     pub fn new(
         store: Arc<Store>,
         events: UnboundedSender<Event>,
-        preverified: Arc<dyn Fn(&Hash) -> Option<Verified> + Send + Sync>,
+        preverified: Preverified,
     ) -> Result<Self, StorageError<u64>> {
         let executor = Executor::load(&store).map_err(read_err)?;
         let view = Arc::new(RwLock::new(ExecView::of(&executor)));

@@ -6,9 +6,7 @@
 use crate::cbor::{self, MapView, Value};
 use crate::crypto::{sha256, Alg, CryptoError, PublicKey, SigningKey};
 use crate::merkle::Hash;
-use coset::{
-    iana, CborSerializable, CoseSign1, CoseSign1Builder, HeaderBuilder, TaggedCborSerializable,
-};
+use coset::{iana, CoseSign1, CoseSign1Builder, HeaderBuilder, TaggedCborSerializable};
 
 /// Upper bound on a nonce, which only needs to be unique per signer inside the time window.
 pub const MAX_NONCE_LEN: usize = 32;
@@ -247,6 +245,7 @@ mod tests {
 
     #[test]
     fn only_the_canonical_envelope_is_accepted() {
+        use coset::CborSerializable;
         let k = SigningKey::generate(Alg::EdDsa);
         let bytes = Tx::sign(&k, &[0; 32], &payload());
         let mut sign1 = CoseSign1::from_tagged_slice(&bytes).unwrap();

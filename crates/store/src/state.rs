@@ -38,6 +38,17 @@ const META_DIRTY: &str = "dirty_state";
 
 type Dirty = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
+/// A key and its value, as read from a range.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// A value (or its absence) at a state-tree version, with its proof and that version's root.
+pub struct StateProof {
+    pub value: Option<Vec<u8>>,
+    /// Borsh-encoded jmt `SparseMerkleProof<Sha256>`.
+    pub proof: Vec<u8>,
+    pub root: Hash,
+}
+
 fn encode_dirty(d: &Dirty) -> Vec<u8> {
     let mut out = Vec::new();
     ciborium::into_writer(d, &mut out).expect("encoding to a Vec cannot fail");
@@ -327,7 +338,7 @@ impl WriteBatch<'_> {
         from: &[u8],
         to: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<KeyValue>, StoreError> {
         range(self.store, &self.aux, from, to, limit)
     }
 
@@ -434,7 +445,7 @@ impl Reader<'_> {
         from: &[u8],
         to: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<KeyValue>, StoreError> {
         range(
             self.store,
             &dbe!(self.store, self.txn.open_table(AUX))?,
@@ -442,23 +453,6 @@ impl Reader<'_> {
             to,
             limit,
         )
-    }
-
-    /// Last entry of the aux table strictly below `to` and at or above `from`.
-    pub fn aux_last_before(
-        &self,
-        from: &[u8],
-        to: &[u8],
-    ) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
-        let t = dbe!(self.store, self.txn.open_table(AUX))?;
-        let mut it = dbe!(self.store, t.range::<&[u8]>(from..to))?;
-        match it.next_back() {
-            Some(r) => {
-                let (k, v) = dbe!(self.store, r)?;
-                Ok(Some((k.value().to_vec(), v.value().to_vec())))
-            }
-            None => Ok(None),
-        }
     }
 
     pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -478,11 +472,7 @@ impl Reader<'_> {
 
     /// The value of `key` in the state tree at `version`, with a proof
     /// (borsh-encoded jmt `SparseMerkleProof<Sha256>`) against that version's root.
-    pub fn state_proof(
-        &self,
-        key: &[u8],
-        version: Version,
-    ) -> Result<(Option<Vec<u8>>, Vec<u8>, Hash), StoreError> {
+    pub fn state_proof(&self, key: &[u8], version: Version) -> Result<StateProof, StoreError> {
         let nodes = dbe!(self.store, self.txn.open_table(JMT_NODES))?;
         let values = dbe!(self.store, self.txn.open_table(JMT_VALUES))?;
         let reader = JmtReader {
@@ -497,7 +487,11 @@ impl Reader<'_> {
             .get_root_hash(version)
             .map_err(|e| StoreError::StateTree(e.to_string()))?;
         let proof = borsh::to_vec(&proof).map_err(|e| StoreError::StateTree(e.to_string()))?;
-        Ok((value, proof, root.0))
+        Ok(StateProof {
+            value,
+            proof,
+            root: root.0,
+        })
     }
 }
 
@@ -515,7 +509,7 @@ fn range(
     from: &[u8],
     to: &[u8],
     limit: usize,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+) -> Result<Vec<KeyValue>, StoreError> {
     let mut out = Vec::new();
     for r in dbe!(store, t.range::<&[u8]>(from..to))? {
         if out.len() >= limit {
