@@ -100,7 +100,14 @@ pub async fn run(g: &Global, cmd: KvCmd) -> anyhow::Result<()> {
             json,
         } => {
             let client = authed_client(&cfg)?;
-            let r = client.kv_get(&key).await?;
+            let mut r = client.kv_get(&key).await?;
+            // A write moments ago may not be under a final checkpoint yet: give
+            // the next checkpoint a moment, so the proved value is the latest.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            while r.value != r.latest_value && std::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+                r = client.kv_get(&key).await?;
+            }
             if r.key != key {
                 bail!("asked for {key:?}, the node answered for {:?}", r.key);
             }

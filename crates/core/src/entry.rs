@@ -151,6 +151,49 @@ impl Record {
     }
 }
 
+impl Record {
+    /// The leaf bytes of an encoded record, without decoding the body: the fast
+    /// path for start-up verification of large ledgers. Accepts exactly the
+    /// canonical encoding `{"body": bstr, "leaf": bstr}` and nothing else.
+    pub fn leaf_of(bytes: &[u8]) -> Option<&[u8]> {
+        fn bstr(b: &[u8]) -> Option<(&[u8], &[u8])> {
+            let (&h, rest) = b.split_first()?;
+            if h >> 5 != 2 {
+                return None;
+            }
+            let (len, rest) = match h & 0x1f {
+                n @ 0..=23 => (n as usize, rest),
+                24 => (*rest.first()? as usize, &rest[1..]),
+                25 => (
+                    u16::from_be_bytes(rest.get(..2)?.try_into().ok()?) as usize,
+                    &rest[2..],
+                ),
+                26 => (
+                    u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize,
+                    &rest[4..],
+                ),
+                _ => return None,
+            };
+            // Shortest form only, as deterministic encoding requires.
+            let min = match h & 0x1f {
+                24 => 24,
+                25 => 0x100,
+                26 => 0x1_0000,
+                _ => 0,
+            };
+            if len < min {
+                return None;
+            }
+            Some((rest.get(..len)?, &rest[len..]))
+        }
+        let rest = bytes.strip_prefix(b"\xa2\x64body")?;
+        let (_, rest) = bstr(rest)?;
+        let rest = rest.strip_prefix(b"\x64leaf")?;
+        let (leaf, rest) = bstr(rest)?;
+        rest.is_empty().then_some(leaf)
+    }
+}
+
 /// Body of a checkpoint marker entry.
 pub fn checkpoint_marker_body(seq: u64) -> Vec<u8> {
     cbor::to_vec(cbor::map([("checkpoint", cbor::uint(seq))])).expect("valid")
@@ -160,6 +203,24 @@ pub fn checkpoint_marker_body(seq: u64) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::crypto::{Alg, SigningKey};
+
+    #[test]
+    fn fast_leaf_extraction_matches_full_decoding() {
+        for (leaf_len, body_len) in [(0, 0), (5, 23), (24, 24), (200, 255), (256, 70_000)] {
+            let r = Record {
+                leaf: vec![7; leaf_len],
+                body: vec![9; body_len],
+            };
+            let bytes = r.to_cbor();
+            assert_eq!(Record::leaf_of(&bytes), Some(r.leaf.as_slice()));
+            assert!(Record::leaf_of(&bytes[..bytes.len() - 1]).is_none());
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert!(Record::leaf_of(&longer).is_none());
+        }
+        // Non-canonical length encodings are not accepted.
+        assert!(Record::leaf_of(b"\xa2\x64body\x58\x00\x64leaf\x40").is_none());
+    }
 
     #[test]
     fn leaf_round_trip() {

@@ -160,11 +160,11 @@ impl Store {
                 if index >= durable_len {
                     return Ok(()); // unsynced tail: cut below and replayed from the Raft log
                 }
-                let rec = Record::from_cbor(payload).map_err(|e| StoreError::BadRecord {
+                let leaf = Record::leaf_of(payload).ok_or_else(|| StoreError::BadRecord {
                     index,
-                    message: e.to_string(),
+                    message: "not a canonical {body, leaf} record".into(),
                 })?;
-                if let Err(e) = tree.push(merkle::leaf_hash(&rec.leaf)) {
+                if let Err(e) = tree.push(merkle::leaf_hash(leaf)) {
                     tree_err = Some(e);
                 }
                 Ok::<(), StoreError>(())
