@@ -44,7 +44,7 @@ pub async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Vec<u8>>) {
                 for id in ids {
                     shared
                         .pending
-                        .resolve(&id, Err(format!("not committed: {e}")));
+                        .resolve(&id, Err(format!("the transaction may not have been committed ({e}); check GET /v1/tx/{}", hex::encode(id))));
                 }
             }
         });
