@@ -1,7 +1,9 @@
 //! A corrupt file is detected and named, never silently used: after a clean
 //! stop (SIGTERM), damage to a ledger segment or to the Raft log makes
 //! `comity up` refuse to start, naming the file; undoing the damage makes it
-//! start again with the data intact; a torn Raft log tail is tolerated.
+//! start again with the data intact; a torn Raft log tail is tolerated; a
+//! damaged record length in the newest Raft log is not mistaken for a torn
+//! tail (which, after a kill -9, silently lost every acknowledged write).
 
 mod common;
 

@@ -125,31 +125,10 @@ impl StateMachine {
         })
     }
 
-    /// The published executor view, for the node.
-    pub fn view(&self) -> SharedView {
-        self.view.clone()
-    }
-
-    /// Last applied log index (for health and metrics).
-    pub fn applied_index(&self) -> u64 {
-        self.applied.last.map_or(0, |l| l.index)
-    }
-}
-
-impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotBuilder = SnapshotBuilder;
-
-    async fn applied_state(
+    fn apply_entries(
         &mut self,
-    ) -> Result<(Option<LogId>, StoredMembership<u64, BasicNode>), StorageError<u64>> {
-        Ok((self.applied.last, self.applied.membership.clone()))
-    }
-
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<TxOutcome>>, StorageError<u64>>
-    where
-        I: IntoIterator<Item = Entry> + OptionalSend,
-        I::IntoIter: OptionalSend,
-    {
+        entries: Vec<Entry>,
+    ) -> Result<Vec<Vec<TxOutcome>>, StorageError<u64>> {
         let t0 = Instant::now();
         let mut replies = Vec::new();
         let mut events = Vec::new();
@@ -207,6 +186,41 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let _ = self.events.send(e);
         }
         Ok(replies)
+    }
+
+    /// The published executor view, for the node.
+    pub fn view(&self) -> SharedView {
+        self.view.clone()
+    }
+
+    /// Last applied log index (for health and metrics).
+    pub fn applied_index(&self) -> u64 {
+        self.applied.last.map_or(0, |l| l.index)
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId>, StoredMembership<u64, BasicNode>), StorageError<u64>> {
+        Ok((self.applied.last, self.applied.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<TxOutcome>>, StorageError<u64>>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        // Apply is synchronous storage work: let the runtime move its other tasks elsewhere.
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+                tokio::task::block_in_place(|| self.apply_entries(entries))
+            }
+            _ => self.apply_entries(entries),
+        }
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
