@@ -5,8 +5,10 @@ use crate::ingress::{self, Admission};
 use crate::server::ClientIdentity;
 use crate::Shared;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::FromRequestParts;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -49,6 +51,13 @@ pub fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not accept that method",
+            )
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared)
 }
@@ -60,8 +69,30 @@ fn parse_hash(s: &str) -> ApiResult<Hash> {
         .ok_or_else(|| ApiError::bad_request("malformed", "expected 64 hex characters"))
 }
 
-fn query_error(e: QueryRejection) -> ApiError {
-    ApiError::bad_request("malformed", e.body_text())
+/// `Path` whose rejection is a JSON error.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(v)| ApiPath(v))
+            .map_err(|e| ApiError::bad_request("malformed", e.body_text()))
+    }
+}
+
+/// `Query` whose rejection is a JSON error.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| ApiQuery(v))
+            .map_err(|e| ApiError::bad_request("malformed", e.body_text()))
+    }
 }
 
 #[derive(Deserialize)]
@@ -87,10 +118,9 @@ fn committed_status(shared: &Shared, id: &Hash, index: u64) -> ApiResult<Value> 
 async fn submit(
     State(shared): S,
     headers: HeaderMap,
-    params: Result<Query<SubmitParams>, QueryRejection>,
+    ApiQuery(params): ApiQuery<SubmitParams>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let Query(params) = params.map_err(query_error)?;
     let body = body.map_err(|e| {
         let status = e.status();
         let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -149,7 +179,7 @@ async fn submit(
     }
 }
 
-async fn tx_status(State(shared): S, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn tx_status(State(shared): S, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Value>> {
     let id = parse_hash(&id)?;
     let r = shared.store.read()?;
     if let Some(index) = query::tx_index(&r, &id)? {
@@ -190,10 +220,9 @@ fn receipt_response(shared: &Shared, index: u64, body: bool) -> ApiResult<Respon
 
 async fn tx_receipt(
     State(shared): S,
-    Path(id): Path<String>,
-    params: Result<Query<ReceiptParams>, QueryRejection>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(params): ApiQuery<ReceiptParams>,
 ) -> ApiResult<Response> {
-    let Query(params) = params.map_err(query_error)?;
     let id = parse_hash(&id)?;
     let deadline = tokio::time::Instant::now()
         + Duration::from_millis(params.wait_ms.unwrap_or(0)).min(MAX_RECEIPT_WAIT);
@@ -223,10 +252,9 @@ async fn tx_receipt(
 
 async fn ledger_receipt(
     State(shared): S,
-    Path(index): Path<u64>,
-    params: Result<Query<ReceiptParams>, QueryRejection>,
+    ApiPath(index): ApiPath<u64>,
+    ApiQuery(params): ApiQuery<ReceiptParams>,
 ) -> ApiResult<Response> {
-    let Query(params) = params.map_err(query_error)?;
     if index >= shared.store.read()?.ledger_len()? {
         return Err(ApiError::not_found("no ledger entry at that index"));
     }
@@ -261,11 +289,8 @@ struct Range {
     to: u64,
 }
 
-async fn consistency(
-    State(shared): S,
-    q: Result<Query<Range>, QueryRejection>,
-) -> ApiResult<Json<Value>> {
-    let Query(Range { from, to }) = q.map_err(query_error)?;
+async fn consistency(State(shared): S, ApiQuery(q): ApiQuery<Range>) -> ApiResult<Json<Value>> {
+    let Range { from, to } = q;
     let len = shared.store.read()?.ledger_len()?;
     if from == 0 || from > to || to > len {
         return Err(ApiError::bad_request(
@@ -290,8 +315,8 @@ struct Page {
 }
 
 /// Ledger records as a CBOR array, for auditors.
-async fn entries(State(shared): S, q: Result<Query<Page>, QueryRejection>) -> ApiResult<Response> {
-    let Query(Page { from, count }) = q.map_err(query_error)?;
+async fn entries(State(shared): S, ApiQuery(q): ApiQuery<Page>) -> ApiResult<Response> {
+    let Page { from, count } = q;
     let len = shared.store.read()?.ledger_len()?;
     let count = count
         .unwrap_or(100)
@@ -361,7 +386,7 @@ fn hex_opt(v: Option<Vec<u8>>) -> Value {
 async fn kv_get(
     State(shared): S,
     Extension(who): Extension<ClientIdentity>,
-    Path(key): Path<String>,
+    ApiPath(key): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     authorize(&shared, who)?;
     let skey = keys::kv(&key);
@@ -381,7 +406,7 @@ async fn kv_get(
 async fn kv_history(
     State(shared): S,
     Extension(who): Extension<ClientIdentity>,
-    Path(key): Path<String>,
+    ApiPath(key): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     authorize(&shared, who)?;
     let indexes = query::kv_history(&shared.store.read()?, &key, 1000)?;
