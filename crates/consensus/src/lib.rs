@@ -55,8 +55,8 @@ pub fn raft_config(cluster: &str) -> openraft::Config {
         election_timeout_min: 400,
         election_timeout_max: 800,
         max_payload_entries: 64,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1024),
-        max_in_snapshot_log_to_keep: 256,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(8192),
+        max_in_snapshot_log_to_keep: 1024,
         purge_batch_size: 256,
         ..Default::default()
     }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 
 /// Longest time between durable state-machine commits.
-pub const DURABLE_EVERY: Duration = Duration::from_secs(1);
+pub const DURABLE_EVERY: Duration = Duration::from_secs(5);
 
 const META_APPLIED: &str = "raft_applied";
 const META_SNAPSHOT: &str = "raft_snapshot";
