@@ -29,6 +29,15 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const JMT_NODES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("jmt_nodes");
 /// (key hash ‖ version big-endian) → 0x00 (deleted) or 0x01 ‖ value.
 const JMT_VALUES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("jmt_values");
+/// (stale-since version big-endian ‖ borsh node key) → (): replaced state-tree nodes, for pruning.
+const JMT_STALE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("jmt_stale");
+
+/// State-tree versions (checkpoints) whose nodes are kept for proofs; nodes
+/// replaced longer ago are deleted, so the state tree does not grow with history.
+pub const STATE_VERSIONS_KEPT: u64 = 256;
+
+/// Page cache of the state database.
+pub const STATE_CACHE_BYTES: usize = 256 << 20;
 
 const META_LEDGER_LEN: &str = "ledger_len";
 const META_LEDGER_ROOT: &str = "ledger_root";
@@ -121,10 +130,14 @@ impl Store {
                 ),
             });
         }
-        let db = Database::create(&db_path).map_err(|e| db_err(&db_path)(e.into()))?;
+        // A bounded page cache keeps resident memory predictable on large ledgers.
+        let db = redb::Builder::new()
+            .set_cache_size(STATE_CACHE_BYTES)
+            .create(&db_path)
+            .map_err(|e| db_err(&db_path)(e.into()))?;
         let (durable_len, durable_root, dirty) = {
             let txn = db.begin_write().map_err(|e| db_err(&db_path)(e.into()))?;
-            for t in [STATE, AUX, JMT_NODES, JMT_VALUES] {
+            for t in [STATE, AUX, JMT_NODES, JMT_VALUES, JMT_STALE] {
                 txn.open_table(t).map_err(|e| db_err(&db_path)(e.into()))?;
             }
             let meta = txn
@@ -435,6 +448,28 @@ impl WriteBatch<'_> {
             }
             dbe!(self.store, values.insert(key.as_slice(), stored.as_slice()))?;
         }
+        let mut stale = dbe!(self.store, self.txn.open_table(JMT_STALE))?;
+        for st in &batch.stale_node_index_batch {
+            let mut k = st.stale_since_version.to_be_bytes().to_vec();
+            k.extend(
+                borsh::to_vec(&st.node_key).map_err(|e| StoreError::StateTree(e.to_string()))?,
+            );
+            dbe!(self.store, stale.insert(k.as_slice(), [].as_slice()))?;
+        }
+        // Nodes replaced at or before the horizon belong to no version still served.
+        if let Some(horizon) = version.checked_sub(STATE_VERSIONS_KEPT) {
+            let end = (horizon + 1).to_be_bytes();
+            loop {
+                let old = range(self.store, &stale, &[], &end, 4096)?;
+                if old.is_empty() {
+                    break;
+                }
+                for (k, _) in old {
+                    dbe!(self.store, nodes.remove(&k[8..]))?;
+                    dbe!(self.store, stale.remove(k.as_slice()))?;
+                }
+            }
+        }
         Ok(root.0)
     }
 }
@@ -603,6 +638,38 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn state_tree_prunes_replaced_nodes_and_still_proves_the_latest_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path(), 1 << 20).unwrap();
+        let versions = STATE_VERSIONS_KEPT + 600;
+        let mut root = [0; 32];
+        for v in 0..=versions {
+            let txn = store.begin().unwrap();
+            let mut b = txn.batch().unwrap();
+            for k in 0..8u64 {
+                b.put(format!("key{k}").as_bytes(), &(v * 8 + k).to_be_bytes())
+                    .unwrap();
+            }
+            root = b.update_state_root(v).unwrap();
+            drop(b);
+            txn.commit(false).unwrap();
+        }
+        let r = store.read().unwrap();
+        let p = r.state_proof(b"key3", versions).unwrap();
+        assert_eq!(p.root, root);
+        let expected = (versions * 8 + 3).to_be_bytes();
+        assert_eq!(p.value.as_deref(), Some(expected.as_slice()));
+        comity_core::state::verify(&root, b"key3", Some(&expected), &p.proof).unwrap();
+        // Each version replaces about ten nodes; without pruning all 857 versions would stay.
+        let nodes =
+            redb::ReadableTableMetadata::len(&r.txn.open_table(JMT_NODES).unwrap()).unwrap();
+        assert!(
+            nodes < (STATE_VERSIONS_KEPT + 10) * 12,
+            "{nodes} state-tree nodes kept for {versions} versions"
+        );
+    }
 
     #[test]
     fn missing_state_database_is_refused_not_truncated() {
