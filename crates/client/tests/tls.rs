@@ -134,7 +134,11 @@ async fn serve(pki: &Pki, client_roots: Vec<Vec<u8>>) -> String {
                         "application/json",
                         format!(r#"{{"id":"{id}","status":"pending"}}"#).into_bytes(),
                     )
-                } else if target.ends_with("/receipt") {
+                } else if target
+                    .split('?')
+                    .next()
+                    .is_some_and(|p| p.ends_with("/receipt"))
+                {
                     if polls.fetch_add(1, Ordering::SeqCst) < 2 {
                         (
                             "202 Accepted",
