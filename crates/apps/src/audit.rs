@@ -138,7 +138,7 @@ impl Audit {
             }
             EntryKind::Checkpoint => {
                 s.checkpoints += 1;
-                s.last_state_root = out.checkpoint.map(|c| c.state_root);
+                s.last_state_root = out.checkpoints.last().map(|c| c.state_root);
             }
         }
         Ok(())

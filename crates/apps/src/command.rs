@@ -13,4 +13,6 @@ pub enum Command {
     Batch { time: u64, txs: Vec<ByteBuf> },
     /// A checkpoint marker.
     Checkpoint { time: u64 },
+    /// Completes checkpoints still waiting for their state root (no ledger entry).
+    Flush,
 }

@@ -4,6 +4,7 @@ use crate::command::Command;
 use crate::genesis::{Config, Genesis};
 use crate::node::Divergence;
 use crate::registry::{self, Identity, Role};
+use crate::state_worker::StateWorker;
 use crate::{codes, keys, kv, node, Reject};
 use comity_core::cbor::{self, MapView};
 use comity_core::checkpoint::Checkpoint;
@@ -13,7 +14,9 @@ use comity_core::entry::{
 };
 use comity_core::tx::Tx;
 use comity_core::Hash;
+use comity_store::state::StateTreeUpdate;
 use comity_store::{Store, StoreError, WriteBatch};
+use std::collections::BTreeMap;
 
 /// A transaction this node parsed and verified at ingress, with the key it
 /// verified against, so apply need not do either again.
@@ -47,8 +50,8 @@ pub struct Ctx<'a, 'b> {
 #[derive(Default)]
 pub struct Output {
     pub txs: Vec<TxResult>,
-    /// A checkpoint this node should now sign.
-    pub checkpoint: Option<Checkpoint>,
+    /// Checkpoints completed in this step, which this node should now sign.
+    pub checkpoints: Vec<Checkpoint>,
     /// Set when a node's signed checkpoint differs from ours.
     pub divergence: Option<(Hash, u64)>,
 }
@@ -66,6 +69,41 @@ struct ExecState {
 pub struct Executor {
     st: ExecState,
     config: Config,
+    /// Checkpoints whose state root is not computed yet, by sequence number.
+    pending: BTreeMap<u64, PendingCheckpoint>,
+    worker: Option<StateWorker>,
+    /// The version the worker is computing.
+    in_flight: Option<u64>,
+}
+
+/// A checkpoint marker applied, waiting for its state root.
+#[derive(Clone, Debug)]
+struct PendingCheckpoint {
+    size: u64,
+    tx_root: Hash,
+    time: u64,
+}
+
+impl PendingCheckpoint {
+    fn to_cbor(&self) -> Vec<u8> {
+        cbor::to_vec(cbor::map([
+            ("size", cbor::uint(self.size)),
+            ("tx_root", cbor::bytes(self.tx_root)),
+            ("time", cbor::uint(self.time)),
+        ]))
+        .expect("valid")
+    }
+
+    fn from_cbor(b: &[u8]) -> Result<Self, StoreError> {
+        let bad = |e: cbor::CborError| StoreError::StateTree(format!("pending checkpoint: {e}"));
+        let v = cbor::from_slice(b).map_err(bad)?;
+        let m = MapView::new(&v).map_err(bad)?;
+        Ok(PendingCheckpoint {
+            size: m.u64("size").map_err(bad)?,
+            tx_root: m.hash("tx_root").map_err(bad)?,
+            time: m.u64("time").map_err(bad)?,
+        })
+    }
 }
 
 impl Executor {
@@ -80,7 +118,53 @@ impl Executor {
             Some(b) => decode_config(&b)?,
             None => Config::default(),
         };
-        Ok(Executor { st, config })
+        let mut pending = BTreeMap::new();
+        for (k, v) in r.aux_range(
+            keys::PENDING_CHECKPOINT_PREFIX,
+            &[keys::PENDING_CHECKPOINT_PREFIX, &[0xff; 9]].concat(),
+            usize::MAX,
+        )? {
+            let seq = u64::from_be_bytes(
+                k[keys::PENDING_CHECKPOINT_PREFIX.len()..]
+                    .try_into()
+                    .map_err(|_| StoreError::StateTree("bad pending checkpoint key".into()))?,
+            );
+            pending.insert(seq, PendingCheckpoint::from_cbor(&v)?);
+        }
+        if pending.keys().copied().collect::<Vec<_>>() != store.pending_state_versions() {
+            return Err(StoreError::StateTree(
+                "pending checkpoints and saved state-tree jobs disagree".into(),
+            ));
+        }
+        Ok(Executor {
+            st,
+            config,
+            pending,
+            worker: None,
+            in_flight: None,
+        })
+    }
+
+    /// Moves state-tree hashing to a background thread (nodes do; replay need not).
+    pub fn set_worker(&mut self, worker: StateWorker) {
+        self.worker = Some(worker);
+    }
+
+    /// Checkpoints applied whose state root is still being computed.
+    pub fn pending_checkpoints(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Call after each committed apply step: hands the next state-tree job to
+    /// the worker once the previous version is committed and visible to it.
+    pub fn after_commit(&mut self) -> Result<(), StoreError> {
+        if let (Some(w), None, Some(&next)) =
+            (&self.worker, self.in_flight, self.pending.keys().next())
+        {
+            w.dispatch(next)?;
+            self.in_flight = Some(next);
+        }
+        Ok(())
     }
 
     pub fn network_id(&self) -> Option<Hash> {
@@ -109,6 +193,7 @@ impl Executor {
         preverified: &dyn Fn(&Hash) -> Option<Verified>,
     ) -> Result<Output, StoreError> {
         let mut out = Output::default();
+        self.poll_state_tree(batch, &mut out)?;
         match cmd {
             Command::Genesis { doc } => self.genesis(batch, doc)?,
             Command::Batch { time, txs } => {
@@ -121,8 +206,13 @@ impl Executor {
             }
             Command::Checkpoint { time } => {
                 self.st.time = self.st.time.max(*time);
-                out.checkpoint = self.checkpoint(batch)?;
+                self.complete_checkpoints(batch, &mut out)?;
+                self.checkpoint(batch)?;
+                if self.worker.is_none() {
+                    self.complete_checkpoints(batch, &mut out)?;
+                }
             }
+            Command::Flush => self.complete_checkpoints(batch, &mut out)?,
         }
         batch.aux_put(keys::EXEC, &encode_state(&self.st))?;
         Ok(out)
@@ -207,6 +297,12 @@ impl Executor {
             Err(r) => Outcome::Rejected(r.0.to_string()),
             Ok((tx, role)) => {
                 is_node_sig = tx.payload.app == "node";
+                if let Some(seq) =
+                    node::signed_seq(&tx.payload).filter(|_| !self.pending.is_empty())
+                {
+                    // A checkpoint signature is checked against our own body of it.
+                    self.complete_checkpoints_upto(batch, out, seq)?;
+                }
                 let mut ctx = Ctx {
                     batch: &mut *batch,
                     net: tx.payload.net,
@@ -316,10 +412,10 @@ impl Executor {
         Ok(Ok((tx, role)))
     }
 
-    fn checkpoint(&mut self, batch: &mut WriteBatch<'_>) -> Result<Option<Checkpoint>, StoreError> {
-        let Some(net) = self.st.net else {
-            return Ok(None);
-        };
+    fn checkpoint(&mut self, batch: &mut WriteBatch<'_>) -> Result<(), StoreError> {
+        if self.st.net.is_none() {
+            return Ok(());
+        }
         self.st.seq += 1;
         let seq = self.st.seq;
         let body = checkpoint_marker_body(seq);
@@ -338,20 +434,92 @@ impl Executor {
             body,
         })?;
         self.prune_nonces(batch)?;
-        let state_root = batch.update_state_root(seq)?;
+        batch.take_state_changes(seq);
+        let p = PendingCheckpoint {
+            size: batch.ledger_len(),
+            tx_root: batch.tx_root(),
+            time: self.st.time,
+        };
+        batch.aux_put(&keys::pending_checkpoint(seq), &p.to_cbor())?;
+        self.pending.insert(seq, p);
+        self.st.uncovered = 0;
+        Ok(())
+    }
+
+    /// Writes the worker's result if it is ready, without waiting.
+    fn poll_state_tree(
+        &mut self,
+        batch: &mut WriteBatch<'_>,
+        out: &mut Output,
+    ) -> Result<(), StoreError> {
+        if self.in_flight.is_some() {
+            if let Some(r) = self.worker.as_ref().and_then(StateWorker::try_result) {
+                self.in_flight = None;
+                self.finish_checkpoint(batch, r?, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Completes every pending checkpoint now: waits for the worker's job, and
+    /// computes the others in this transaction.
+    fn complete_checkpoints(
+        &mut self,
+        batch: &mut WriteBatch<'_>,
+        out: &mut Output,
+    ) -> Result<(), StoreError> {
+        self.complete_checkpoints_upto(batch, out, u64::MAX)
+    }
+
+    /// Completes pending checkpoints with sequence numbers up to `upto`.
+    fn complete_checkpoints_upto(
+        &mut self,
+        batch: &mut WriteBatch<'_>,
+        out: &mut Output,
+        upto: u64,
+    ) -> Result<(), StoreError> {
+        while let Some(&seq) = self.pending.keys().next().filter(|&&s| s <= upto) {
+            let update = match (self.in_flight, &self.worker) {
+                (Some(v), Some(w)) if v == seq => {
+                    self.in_flight = None;
+                    w.result()?
+                }
+                _ => batch.compute_state_tree(seq)?,
+            };
+            self.finish_checkpoint(batch, update, out)?;
+        }
+        Ok(())
+    }
+
+    fn finish_checkpoint(
+        &mut self,
+        batch: &mut WriteBatch<'_>,
+        update: StateTreeUpdate,
+        out: &mut Output,
+    ) -> Result<(), StoreError> {
+        let seq = update.version;
+        let p = self.pending.remove(&seq).ok_or_else(|| {
+            StoreError::StateTree(format!("state-tree result for unknown checkpoint {seq}"))
+        })?;
+        let state_root = batch.write_state_tree(update)?;
+        let net = self
+            .st
+            .net
+            .ok_or_else(|| StoreError::StateTree("checkpoint before genesis".into()))?;
         let cp = Checkpoint {
             network_id: net,
             seq,
-            size: batch.ledger_len(),
-            tx_root: batch.tx_root(),
+            size: p.size,
+            tx_root: p.tx_root,
             state_root,
-            time: self.st.time,
+            time: p.time,
             version: PROTOCOL_VERSION,
         };
         batch.aux_put(&keys::checkpoint(seq), &cp.to_cbor())?;
         batch.aux_put(&keys::checkpoint_by_size(cp.size), &seq.to_be_bytes())?;
-        self.st.uncovered = 0;
-        Ok(Some(cp))
+        batch.aux_delete(&keys::pending_checkpoint(seq))?;
+        out.checkpoints.push(cp);
+        Ok(())
     }
 
     /// Forgets nonces created before the window: such transactions are refused anyway.

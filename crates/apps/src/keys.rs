@@ -81,6 +81,13 @@ pub fn final_checkpoint(seq: u64) -> Vec<u8> {
 
 pub const LATEST_FINAL: &[u8] = b"fin_latest";
 
+pub const PENDING_CHECKPOINT_PREFIX: &[u8] = b"cpp/";
+
+/// A checkpoint marker applied whose state root is not computed yet.
+pub fn pending_checkpoint(seq: u64) -> Vec<u8> {
+    [PENDING_CHECKPOINT_PREFIX, &seq.to_be_bytes()].concat()
+}
+
 pub fn evidence(node: &Hash, seq: u64) -> Vec<u8> {
     [b"evidence/".as_slice(), node, &seq.to_be_bytes()].concat()
 }

@@ -13,6 +13,7 @@ pub mod kv;
 pub mod node;
 pub mod query;
 pub mod registry;
+pub mod state_worker;
 
 pub use command::Command;
 pub use executor::{Executor, TxResult};

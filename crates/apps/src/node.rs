@@ -138,6 +138,15 @@ pub fn execute(
     Ok(Ok(()))
 }
 
+/// The checkpoint a `node.checkpoint` transaction signs, if it is one.
+pub fn signed_seq(p: &comity_core::tx::TxPayload) -> Option<u64> {
+    if p.app != "node" || p.op != "checkpoint" {
+        return None;
+    }
+    let body = MapView::new(&p.args).ok()?.bytes("body").ok()?;
+    Checkpoint::from_cbor(body).ok().map(|c| c.seq)
+}
+
 /// The body stored with a signature record.
 pub fn stored_body(v: &[u8]) -> Option<Vec<u8>> {
     let v = cbor::from_slice(v).ok()?;

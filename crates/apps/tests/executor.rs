@@ -182,8 +182,8 @@ fn ledger_life_cycle() {
     );
     assert_eq!(out.txs[0].index, 1);
 
-    let out = apply(&store, &mut ex, Command::Checkpoint { time: T0 + 20 });
-    let cp = out.checkpoint.expect("checkpoint");
+    let mut out = apply(&store, &mut ex, Command::Checkpoint { time: T0 + 20 });
+    let cp = out.checkpoints.pop().expect("checkpoint");
     assert_eq!(cp.seq, 1);
     assert_eq!(cp.size, 8);
     let body = cp.to_cbor();
@@ -324,7 +324,8 @@ fn state_root_survives_a_restart_between_checkpoints() {
         let put2 = tx(&net, &net.user, "kv", "put", put("b", b"2"), 2, T0);
         apply(&store, &mut ex, batch(vec![put2], T0 + 2));
         let cp = apply(&store, &mut ex, Command::Checkpoint { time: T0 + 3 })
-            .checkpoint
+            .checkpoints
+            .pop()
             .unwrap();
         (cp.state_root, cp.tx_root, dir)
     };
@@ -335,4 +336,107 @@ fn state_root_survives_a_restart_between_checkpoints() {
         plain, restarted,
         "state root differs after a restart between checkpoints"
     );
+}
+
+/// The state-tree worker computes the same roots as in-place computation,
+/// including across a restart while a checkpoint still waits for its root.
+#[test]
+fn background_state_tree_gives_the_same_roots() {
+    use comity_apps::state_worker::StateWorker;
+    use std::sync::Arc;
+    let net = network();
+    let puts = |n: u8| -> Vec<Vec<u8>> {
+        (0..20u8)
+            .map(|i| {
+                tx(
+                    &net,
+                    &net.user,
+                    "kv",
+                    "put",
+                    put(&format!("k{n}-{i}"), &[n, i]),
+                    n * 20 + i,
+                    T0,
+                )
+            })
+            .collect()
+    };
+    // Reference: no worker.
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), 1 << 20).unwrap();
+    let mut ex = Executor::load(&store).unwrap();
+    apply(
+        &store,
+        &mut ex,
+        Command::Genesis {
+            doc: ByteBuf::from(net.genesis.clone()),
+        },
+    );
+    let mut expected = Vec::new();
+    for n in 0..4 {
+        apply(&store, &mut ex, batch(puts(n), T0 + 1));
+        expected.push(
+            apply(&store, &mut ex, Command::Checkpoint { time: T0 + 2 })
+                .checkpoints
+                .pop()
+                .unwrap(),
+        );
+    }
+
+    // With a worker, restarting after the third marker while its root is pending.
+    let dir = tempfile::tempdir().unwrap();
+    let mut got = Vec::new();
+    {
+        let store = Arc::new(Store::open(dir.path(), 1 << 20).unwrap().0);
+        let mut ex = Executor::load(&store).unwrap();
+        ex.set_worker(StateWorker::spawn(store.clone()).unwrap());
+        let step = |ex: &mut Executor, cmd: Command, durable: bool| {
+            let t = store.begin().unwrap();
+            let out = ex.apply(&mut t.batch().unwrap(), &cmd, &|_| None).unwrap();
+            t.commit(durable).unwrap();
+            ex.after_commit().unwrap();
+            out
+        };
+        step(
+            &mut ex,
+            Command::Genesis {
+                doc: ByteBuf::from(net.genesis.clone()),
+            },
+            true,
+        );
+        for n in 0..3 {
+            got.extend(step(&mut ex, batch(puts(n), T0 + 1), false).checkpoints);
+            got.extend(step(&mut ex, Command::Checkpoint { time: T0 + 2 }, true).checkpoints);
+        }
+        got.extend(step(&mut ex, Command::Flush, false).checkpoints);
+        assert_eq!(ex.pending_checkpoints(), 0);
+        // A marker whose root is still pending at a durable point, then a crash.
+        step(&mut ex, batch(puts(3), T0 + 1), false);
+        let t = store.begin().unwrap();
+        ex.apply(
+            &mut t.batch().unwrap(),
+            &Command::Checkpoint { time: T0 + 2 },
+            &|_| None,
+        )
+        .unwrap();
+        t.commit(true).unwrap();
+        assert_eq!(ex.pending_checkpoints(), 1);
+    }
+    let store = Arc::new(Store::open(dir.path(), 1 << 20).unwrap().0);
+    let mut ex = Executor::load(&store).unwrap();
+    assert_eq!(ex.pending_checkpoints(), 1);
+    ex.set_worker(StateWorker::spawn(store.clone()).unwrap());
+    ex.after_commit().unwrap();
+    let t = store.begin().unwrap();
+    got.extend(
+        ex.apply(&mut t.batch().unwrap(), &Command::Flush, &|_| None)
+            .unwrap()
+            .checkpoints,
+    );
+    t.commit(false).unwrap();
+    let roots = |v: &[comity_core::checkpoint::Checkpoint]| {
+        v.iter()
+            .map(|c| (c.seq, c.size, c.tx_root, c.state_root))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(roots(&got), roots(&expected));
 }

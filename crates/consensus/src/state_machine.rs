@@ -5,6 +5,7 @@
 
 use crate::{storage_io, Entry, LogId, TxOutcome, TypeConfig};
 use comity_apps::executor::{Output, Verified};
+use comity_apps::state_worker::StateWorker;
 use comity_apps::{Config, Executor};
 use comity_core::checkpoint::Checkpoint;
 use comity_core::Hash;
@@ -53,6 +54,8 @@ pub struct ExecView {
     /// Entries not yet covered by a checkpoint marker.
     pub uncovered: u64,
     pub checkpoint_seq: u64,
+    /// Checkpoints applied whose state root is still being computed.
+    pub pending_checkpoints: usize,
 }
 
 impl ExecView {
@@ -63,6 +66,7 @@ impl ExecView {
             ledger_time: ex.ledger_time(),
             uncovered: ex.uncovered(),
             checkpoint_seq: ex.checkpoint_seq(),
+            pending_checkpoints: ex.pending_checkpoints(),
         }
     }
 }
@@ -103,7 +107,9 @@ impl StateMachine {
         events: UnboundedSender<Event>,
         preverified: Preverified,
     ) -> Result<Self, StorageError<u64>> {
-        let executor = Executor::load(&store).map_err(read_err)?;
+        let mut executor = Executor::load(&store).map_err(read_err)?;
+        executor.set_worker(StateWorker::spawn(store.clone()).map_err(read_err)?);
+        executor.after_commit().map_err(read_err)?;
         let view = Arc::new(RwLock::new(ExecView::of(&executor)));
         let applied = match store
             .read()
@@ -162,9 +168,7 @@ impl StateMachine {
                 if !outcomes.is_empty() {
                     events.push(Event::Applied(outcomes.clone()));
                 }
-                if let Some(cp) = out.checkpoint {
-                    events.push(Event::Checkpoint(cp));
-                }
+                events.extend(out.checkpoints.into_iter().map(Event::Checkpoint));
                 if let Some((node, seq)) = out.divergence {
                     events.push(Event::Divergence { node, seq });
                 }
@@ -176,6 +180,7 @@ impl StateMachine {
         }
         let durable = self.last_durable.elapsed() >= DURABLE_EVERY;
         txn.commit(durable).map_err(write_err)?;
+        self.executor.after_commit().map_err(write_err)?;
         *self.view.write().expect("view lock") = ExecView::of(&self.executor);
         metrics::histogram!("comity_apply_seconds").record(t0.elapsed().as_secs_f64());
         metrics::histogram!("comity_apply_entries").record(replies.len() as f64);

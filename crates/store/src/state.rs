@@ -45,7 +45,15 @@ const META_LEDGER_ROOT: &str = "ledger_root";
 /// so that recovery from a durable point between checkpoints loses none.
 const META_DIRTY: &str = "dirty_state";
 
-type Dirty = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+/// State changes (key → new value, or `None` for a deletion).
+pub type Dirty = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// Unfolded changes, plus changes taken for state-tree versions not yet written.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct Unfolded {
+    dirty: Dirty,
+    jobs: BTreeMap<u64, Dirty>,
+}
 
 /// A key and its value, as read from a range.
 pub type KeyValue = (Vec<u8>, Vec<u8>);
@@ -58,9 +66,9 @@ pub struct StateProof {
     pub root: Hash,
 }
 
-fn encode_dirty(d: &Dirty) -> Vec<u8> {
+fn encode_unfolded(u: &Unfolded) -> Vec<u8> {
     let mut out = Vec::new();
-    ciborium::into_writer(d, &mut out).expect("encoding to a Vec cannot fail");
+    ciborium::into_writer(u, &mut out).expect("encoding to a Vec cannot fail");
     out
 }
 
@@ -104,6 +112,8 @@ pub struct Store {
     tree: RwLock<TreeFiles>,
     /// State keys changed since the last state-root update.
     dirty: Mutex<Dirty>,
+    /// Changes taken for state-tree versions whose nodes are not written yet.
+    jobs: Mutex<BTreeMap<u64, Dirty>>,
 }
 
 impl Store {
@@ -135,7 +145,7 @@ impl Store {
             .set_cache_size(STATE_CACHE_BYTES)
             .create(&db_path)
             .map_err(|e| db_err(&db_path)(e.into()))?;
-        let (durable_len, durable_root, dirty) = {
+        let (durable_len, durable_root, unfolded) = {
             let txn = db.begin_write().map_err(|e| db_err(&db_path)(e.into()))?;
             for t in [STATE, AUX, JMT_NODES, JMT_VALUES, JMT_STALE] {
                 txn.open_table(t).map_err(|e| db_err(&db_path)(e.into()))?;
@@ -152,7 +162,7 @@ impl Store {
                 .get(META_LEDGER_ROOT)
                 .map_err(|e| db_err(&db_path)(e.into()))?
                 .and_then(|v| v.value().try_into().ok());
-            let dirty: Dirty = match meta
+            let unfolded: Unfolded = match meta
                 .get(META_DIRTY)
                 .map_err(|e| db_err(&db_path)(e.into()))?
             {
@@ -160,11 +170,11 @@ impl Store {
                     path: db_path.clone(),
                     message: format!("saved state changes do not decode: {e}"),
                 })?,
-                None => Dirty::new(),
+                None => Unfolded::default(),
             };
             drop(meta);
             txn.commit().map_err(|e| db_err(&db_path)(e.into()))?;
-            (len, root, dirty)
+            (len, root, unfolded)
         };
         let mut tree = TreeFiles::create(&dir.join("tree"))?;
         let mut tree_err = None;
@@ -206,7 +216,8 @@ impl Store {
                 db_path,
                 ledger: RwLock::new(ledger),
                 tree: RwLock::new(tree),
-                dirty: Mutex::new(dirty),
+                dirty: Mutex::new(unfolded.dirty),
+                jobs: Mutex::new(unfolded.jobs),
             },
             report,
         ))
@@ -232,6 +243,16 @@ impl Store {
                 tracing::debug!(path = %path.display(), error = %e, "writeback failed");
             }
         }
+    }
+
+    /// State-tree versions taken but not yet written (to resume after a restart).
+    pub fn pending_state_versions(&self) -> Vec<Version> {
+        self.jobs
+            .lock()
+            .expect("jobs lock")
+            .keys()
+            .copied()
+            .collect()
     }
 
     /// Starts the single write transaction of one apply step.
@@ -305,7 +326,10 @@ impl<'s> Txn<'s> {
         }
         self.store.tree.write().expect("tree lock").flush()?;
         if durable {
-            let dirty = encode_dirty(&self.store.dirty.lock().expect("dirty lock"));
+            let dirty = encode_unfolded(&Unfolded {
+                dirty: self.store.dirty.lock().expect("dirty lock").clone(),
+                jobs: self.store.jobs.lock().expect("jobs lock").clone(),
+            });
             let mut meta = dbe!(self.store, self.txn.open_table(META))?;
             dbe!(self.store, meta.insert(META_DIRTY, dirty.as_slice()))?;
             drop(meta);
@@ -411,26 +435,31 @@ impl WriteBatch<'_> {
         self.store.tree.read().expect("tree lock").root()
     }
 
-    /// Folds the state changed since the last call into the state tree at `version`
-    /// (versions must be consecutive from 0) and returns the new state root.
-    pub fn update_state_root(&mut self, version: Version) -> Result<Hash, StoreError> {
+    /// Takes the state changed since the last call as the job of state-tree
+    /// `version`; the job is kept (and saved at durable commits) until
+    /// [`WriteBatch::write_state_tree`] writes its result.
+    pub fn take_state_changes(&mut self, version: Version) {
         let changes = std::mem::take(&mut *self.store.dirty.lock().expect("dirty lock"));
+        self.store
+            .jobs
+            .lock()
+            .expect("jobs lock")
+            .insert(version, changes);
+    }
+
+    /// Computes a taken job inside this transaction (when it cannot wait for a worker).
+    pub fn compute_state_tree(&self, version: Version) -> Result<StateTreeUpdate, StoreError> {
+        let nodes = dbe!(self.store, self.txn.open_table(JMT_NODES))?;
+        let values = dbe!(self.store, self.txn.open_table(JMT_VALUES))?;
+        compute(self.store, &nodes, &values, version)
+    }
+
+    /// Writes a computed state-tree version and prunes nodes no longer served.
+    pub fn write_state_tree(&mut self, update: StateTreeUpdate) -> Result<Hash, StoreError> {
+        let version = update.version;
+        let batch = update.batch;
         let mut nodes = dbe!(self.store, self.txn.open_table(JMT_NODES))?;
         let mut values = dbe!(self.store, self.txn.open_table(JMT_VALUES))?;
-        let (root, batch) = {
-            let reader = JmtReader {
-                nodes: &nodes,
-                values: &values,
-            };
-            let tree = Sha256Jmt::new(&reader);
-            tree.put_value_set(
-                changes
-                    .into_iter()
-                    .map(|(k, v)| (KeyHash::with::<sha2::Sha256>(&k), v)),
-                version,
-            )
-            .map_err(|e| StoreError::StateTree(e.to_string()))?
-        };
         for (k, n) in batch.node_batch.nodes() {
             let kb = borsh::to_vec(k).map_err(|e| StoreError::StateTree(e.to_string()))?;
             let nb = borsh::to_vec(n).map_err(|e| StoreError::StateTree(e.to_string()))?;
@@ -470,7 +499,16 @@ impl WriteBatch<'_> {
                 }
             }
         }
-        Ok(root.0)
+        self.store.jobs.lock().expect("jobs lock").remove(&version);
+        Ok(update.root)
+    }
+
+    /// Folds the state changed since the last call into the state tree at
+    /// `version` (versions must be consecutive from 0), synchronously.
+    pub fn update_state_root(&mut self, version: Version) -> Result<Hash, StoreError> {
+        self.take_state_changes(version);
+        let update = self.compute_state_tree(version)?;
+        self.write_state_tree(update)
     }
 }
 
@@ -527,6 +565,14 @@ impl Reader<'_> {
             .unwrap_or(0))
     }
 
+    /// Computes a taken state-tree job from this snapshot, which must already
+    /// contain the previous version (off the apply thread).
+    pub fn compute_state_tree(&self, version: Version) -> Result<StateTreeUpdate, StoreError> {
+        let nodes = dbe!(self.store, self.txn.open_table(JMT_NODES))?;
+        let values = dbe!(self.store, self.txn.open_table(JMT_VALUES))?;
+        compute(self.store, &nodes, &values, version)
+    }
+
     /// The value of `key` in the state tree at `version`, with a proof
     /// (borsh-encoded jmt `SparseMerkleProof<Sha256>`) against that version's root.
     pub fn state_proof(&self, key: &[u8], version: Version) -> Result<StateProof, StoreError> {
@@ -576,6 +622,44 @@ fn range(
         out.push((k.value().to_vec(), v.value().to_vec()));
     }
     Ok(out)
+}
+
+/// A computed state-tree version, ready to be written.
+pub struct StateTreeUpdate {
+    pub version: Version,
+    pub root: Hash,
+    batch: jmt::storage::TreeUpdateBatch,
+}
+
+fn compute(
+    store: &Store,
+    nodes: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    values: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    version: Version,
+) -> Result<StateTreeUpdate, StoreError> {
+    let changes = store
+        .jobs
+        .lock()
+        .expect("jobs lock")
+        .get(&version)
+        .cloned()
+        .ok_or_else(|| {
+            StoreError::StateTree(format!("no state changes taken for version {version}"))
+        })?;
+    let reader = JmtReader { nodes, values };
+    let (root, batch) = Sha256Jmt::new(&reader)
+        .put_value_set(
+            changes
+                .into_iter()
+                .map(|(k, v)| (KeyHash::with::<sha2::Sha256>(&k), v)),
+            version,
+        )
+        .map_err(|e| StoreError::StateTree(e.to_string()))?;
+    Ok(StateTreeUpdate {
+        version,
+        root: root.0,
+        batch,
+    })
 }
 
 fn value_key(kh: &KeyHash, version: Version) -> Vec<u8> {
