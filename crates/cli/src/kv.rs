@@ -188,7 +188,7 @@ fn authed_client(cfg: &Config) -> anyhow::Result<Client> {
 }
 
 /// Prints a write's result; a rejection is an error.
-fn report(what: &str, st: &TxStatus) -> anyhow::Result<()> {
+pub(crate) fn report(what: &str, st: &TxStatus) -> anyhow::Result<()> {
     let id = hex::encode(st.id);
     match st.status {
         TxState::Committed => {

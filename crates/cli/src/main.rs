@@ -3,6 +3,7 @@
 
 mod bench;
 mod config;
+mod identity;
 mod keys;
 mod kv;
 mod ledger;
@@ -47,6 +48,11 @@ pub enum Command {
         #[command(subcommand)]
         cmd: keys::KeysCmd,
     },
+    /// Register identities (a member's action until governance lands).
+    Identity {
+        #[command(subcommand)]
+        cmd: identity::IdentityCmd,
+    },
     /// Write and read the key-value application.
     Kv {
         #[command(subcommand)]
@@ -74,6 +80,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node(args) => node::run(args).await,
         Command::Ledger(args) => ledger::run(args).await,
         Command::Keys { cmd } => keys::run(g, cmd),
+        Command::Identity { cmd } => identity::run(g, cmd).await,
         Command::Kv { cmd } => kv::run(g, cmd).await,
         Command::Tx { cmd } => txcmd::run(g, cmd).await,
         Command::Receipt { cmd } => receipt::run(g, cmd).await,
