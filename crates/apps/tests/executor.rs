@@ -97,11 +97,9 @@ fn batch(txs: Vec<Vec<u8>>, time: u64) -> Command {
     }
 }
 
-#[test]
-fn ledger_life_cycle() {
-    let dir = tempfile::tempdir().unwrap();
-    let net = network();
-    let (store, _) = Store::open(dir.path(), 1 << 20).unwrap();
+/// A store in `dir` with the network's genesis applied.
+fn started(dir: &std::path::Path, net: &Net) -> (Store, Executor) {
+    let (store, _) = Store::open(dir, 1 << 20).unwrap();
     let mut ex = Executor::load(&store).unwrap();
     apply(
         &store,
@@ -110,6 +108,14 @@ fn ledger_life_cycle() {
             doc: ByteBuf::from(net.genesis.clone()),
         },
     );
+    (store, ex)
+}
+
+#[test]
+fn ledger_life_cycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network();
+    let (store, mut ex) = started(dir.path(), &net);
     assert_eq!(ex.network_id(), Some(net.identity.network_id));
 
     let ok = tx(&net, &net.user, "kv", "put", put("a", b"1"), 1, T0 + 5);
@@ -266,15 +272,7 @@ fn ledger_life_cycle() {
 fn non_durable_tail_is_cut_back_on_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let net = network();
-    let (store, _) = Store::open(dir.path(), 1 << 20).unwrap();
-    let mut ex = Executor::load(&store).unwrap();
-    apply(
-        &store,
-        &mut ex,
-        Command::Genesis {
-            doc: ByteBuf::from(net.genesis.clone()),
-        },
-    );
+    let (store, mut ex) = started(dir.path(), &net);
     let t = store.begin().unwrap();
     ex.apply(
         &mut t.batch().unwrap(),
@@ -302,15 +300,7 @@ fn state_root_survives_a_restart_between_checkpoints() {
     let net = network();
     let run = |restart: bool| {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = Store::open(dir.path(), 1 << 20).unwrap();
-        let mut ex = Executor::load(&store).unwrap();
-        apply(
-            &store,
-            &mut ex,
-            Command::Genesis {
-                doc: ByteBuf::from(net.genesis.clone()),
-            },
-        );
+        let (store, mut ex) = started(dir.path(), &net);
         let put1 = tx(&net, &net.user, "kv", "put", put("a", b"1"), 1, T0);
         apply(&store, &mut ex, batch(vec![put1], T0 + 1));
         let (store, mut ex) = if restart {
@@ -362,15 +352,7 @@ fn background_state_tree_gives_the_same_roots() {
     };
     // Reference: no worker.
     let dir = tempfile::tempdir().unwrap();
-    let (store, _) = Store::open(dir.path(), 1 << 20).unwrap();
-    let mut ex = Executor::load(&store).unwrap();
-    apply(
-        &store,
-        &mut ex,
-        Command::Genesis {
-            doc: ByteBuf::from(net.genesis.clone()),
-        },
-    );
+    let (store, mut ex) = started(dir.path(), &net);
     let mut expected = Vec::new();
     for n in 0..4 {
         apply(&store, &mut ex, batch(puts(n), T0 + 1));
