@@ -10,6 +10,9 @@ use comity_store::{Store, StoreError};
 use serde_bytes::ByteBuf;
 use std::path::Path;
 
+/// Replay commits durably this often, so scratch storage stays bounded.
+const DURABLE_EVERY_ENTRIES: u64 = 2048;
+
 /// The first discrepancy found.
 #[derive(Debug, thiserror::Error)]
 #[error("ledger entry {index}: {message}")]
@@ -87,7 +90,10 @@ impl Audit {
                 .apply(&mut batch, &cmd, &|_| None)
                 .map_err(|e| fail(index, format!("replay failed: {e}")))?
         };
-        txn.commit(false).map_err(|e| fail(index, e.to_string()))?;
+        // redb reclaims pages only at durable commits; without them scratch storage grows without bound.
+        let durable = index % DURABLE_EVERY_ENTRIES == 0;
+        txn.commit(durable)
+            .map_err(|e| fail(index, e.to_string()))?;
         let produced = self.store.record(index).map_err(|_| {
             fail(
                 index,
