@@ -91,7 +91,7 @@ impl Audit {
                 .map_err(|e| fail(index, format!("replay failed: {e}")))?
         };
         // redb reclaims pages only at durable commits; without them scratch storage grows without bound.
-        let durable = index % DURABLE_EVERY_ENTRIES == 0;
+        let durable = index.is_multiple_of(DURABLE_EVERY_ENTRIES);
         txn.commit(durable)
             .map_err(|e| fail(index, e.to_string()))?;
         let produced = self.store.record(index).map_err(|_| {

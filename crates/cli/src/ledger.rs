@@ -61,6 +61,7 @@ pub async fn run(args: LedgerArgs) -> anyhow::Result<()> {
                         if let Err(e) = audit.feed(i, rec) {
                             err = Some(e);
                         }
+                        progress(i, t0);
                     }
                     Ok::<(), std::io::Error>(())
                 },
@@ -88,6 +89,7 @@ pub async fn run(args: LedgerArgs) -> anyhow::Result<()> {
                     audit
                         .feed(i, &rec.to_cbor())
                         .map_err(|e| anyhow::anyhow!("FAILED: {e}"))?;
+                    progress(i, t0);
                     i += 1;
                 }
             }
@@ -141,4 +143,14 @@ pub async fn run(args: LedgerArgs) -> anyhow::Result<()> {
         println!("  genesis matches the network identity");
     }
     Ok(())
+}
+
+/// A line on stderr every 100,000 entries, so long audits show they are alive.
+fn progress(i: u64, t0: std::time::Instant) {
+    if i > 0 && i.is_multiple_of(100_000) {
+        eprintln!(
+            "  … {i} entries replayed ({:.0} s)",
+            t0.elapsed().as_secs_f64()
+        );
+    }
 }
