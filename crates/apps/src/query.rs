@@ -1,7 +1,6 @@
 //! Read-side queries: transaction status, receipts, checkpoints, proved reads.
 
 use crate::{keys, node};
-use comity_core::cbor;
 use comity_core::checkpoint::{self, Checkpoint};
 use comity_core::entry::{Leaf, Record};
 use comity_core::receipt::Receipt;
@@ -163,22 +162,7 @@ pub fn kv_history(r: &Reader<'_>, key: &str, limit: usize) -> Result<Vec<u64>, S
         .collect())
 }
 
-pub fn current_state(r: &Reader<'_>, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-    r.get(key)
-}
-
 /// The genesis document bytes (ledger entry 0).
 pub fn genesis_doc(store: &Store) -> Result<Vec<u8>, StoreError> {
     Ok(record(store, 0)?.0.body)
-}
-
-pub fn decode_u64(v: &[u8]) -> Option<u64> {
-    be_u64(v)
-}
-
-pub fn value_bytes(v: cbor::Value) -> Option<Vec<u8>> {
-    match v {
-        cbor::Value::Bytes(b) => Some(b),
-        _ => None,
-    }
 }

@@ -275,15 +275,6 @@ impl LogStore {
             true
         });
     }
-
-    /// Number of entries held (for metrics).
-    pub fn len(&self) -> usize {
-        self.inner.state.lock().expect("log lock").entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 fn flusher(inner: std::sync::Weak<Inner>, rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
@@ -636,8 +627,8 @@ mod tests {
         v.pop().unwrap()
     }
 
-    #[test]
-    fn torn_tail_is_discarded_but_damage_is_refused() {
+    /// A log holding entries 1..=10 in one segment, and that segment's path.
+    fn ten_entries() -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         rt().block_on(async {
             let mut s = LogStore::open(dir.path()).unwrap();
@@ -646,6 +637,12 @@ mod tests {
                 .unwrap();
         });
         let seg = newest_segment(dir.path());
+        (dir, seg)
+    }
+
+    #[test]
+    fn torn_tail_is_discarded_but_damage_is_refused() {
+        let (dir, seg) = ten_entries();
         let len = std::fs::metadata(&seg).unwrap().len();
         // A torn final record: the last entry was never acknowledged.
         std::fs::OpenOptions::new()
@@ -675,14 +672,7 @@ mod tests {
 
     #[test]
     fn damaged_length_before_valid_records_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        rt().block_on(async {
-            let mut s = LogStore::open(dir.path()).unwrap();
-            s.blocking_append((1..=10).map(|i| entry(i, 1)))
-                .await
-                .unwrap();
-        });
-        let seg = newest_segment(dir.path());
+        let (dir, seg) = ten_entries();
         let bytes = std::fs::read(&seg).unwrap();
         // Walk the frames to the fourth one and give it an impossible length.
         let mut off = 0;

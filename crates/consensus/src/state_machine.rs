@@ -197,11 +197,6 @@ impl StateMachine {
     pub fn view(&self) -> SharedView {
         self.view.clone()
     }
-
-    /// Last applied log index (for health and metrics).
-    pub fn applied_index(&self) -> u64 {
-        self.applied.last.map_or(0, |l| l.index)
-    }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {

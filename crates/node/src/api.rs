@@ -390,7 +390,7 @@ async fn kv_get(
 ) -> ApiResult<Json<Value>> {
     authorize(&shared, who)?;
     let skey = keys::kv(&key);
-    let latest = query::current_state(&shared.store.read()?, &skey)?;
+    let latest = shared.store.read()?.get(&skey)?;
     let proved = query::proved_state(&shared.store, &skey)?
         .ok_or_else(|| ApiError::unavailable("no final checkpoint yet"))?;
     Ok(Json(json!({
