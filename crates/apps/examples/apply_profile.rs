@@ -3,7 +3,7 @@
 //! `cargo run --release -p comity-apps --example apply_profile -- [txs] [batch] [checkpoint_every]`
 
 use comity_apps::genesis::node_info;
-use comity_apps::{Command, Config, Executor, Genesis, IdentitySpec};
+use comity_apps::{Command, Executor, Genesis, IdentitySpec};
 use comity_core::cbor;
 use comity_core::crypto::{Alg, SigningKey};
 use comity_core::network::NodeSet;
@@ -27,27 +27,20 @@ fn main() {
     let users: Vec<SigningKey> = (0..64).map(|_| SigningKey::generate(Alg::EdDsa)).collect();
     let node = SigningKey::generate(Alg::EdDsa);
     let t0 = 1_763_000_000_000;
-    let g = Genesis {
-        name: "p".into(),
-        time: t0,
-        members: vec![IdentitySpec {
-            key: member.public().to_spki_der(),
-            name: "m".into(),
-        }],
-        users: users
+    let g = Genesis::new(
+        "p",
+        t0,
+        vec![IdentitySpec::new(member.public().to_spki_der(), "m")],
+        users
             .iter()
             .enumerate()
-            .map(|(i, u)| IdentitySpec {
-                key: u.public().to_spki_der(),
-                name: format!("u{i}"),
-            })
+            .map(|(i, u)| IdentitySpec::new(u.public().to_spki_der(), &format!("u{i}")))
             .collect(),
-        nodes: NodeSet(vec![node_info(
+        NodeSet(vec![node_info(
             &node.public(),
             member.public().fingerprint(),
         )]),
-        config: Config::default(),
-    };
+    );
     let net = g.network_id();
     let (store, _) = Store::open(dir.path(), 64 << 20).unwrap();
     let mut ex = Executor::load(&store).unwrap();

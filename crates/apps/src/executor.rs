@@ -3,9 +3,9 @@
 use crate::command::Command;
 use crate::genesis::{Config, Genesis};
 use crate::node::Divergence;
-use crate::registry::{self, Identity, Role};
+use crate::registry::{self, Identity, Role, Status};
 use crate::state_worker::StateWorker;
-use crate::{codes, keys, kv, node, Reject};
+use crate::{codes, gov, keys, kv, node, Reject};
 use comity_core::cbor::{self, MapView};
 use comity_core::checkpoint::Checkpoint;
 use comity_core::crypto::{sha256, PublicKey};
@@ -40,6 +40,8 @@ pub struct Ctx<'a, 'b> {
     pub net: Hash,
     pub signer: Hash,
     pub role: Role,
+    /// The transaction's id (the hash of its bytes).
+    pub tx: Hash,
     /// Ledger index this transaction's leaf will have.
     pub index: u64,
     pub time: u64,
@@ -69,6 +71,10 @@ struct ExecState {
 pub struct Executor {
     st: ExecState,
     config: Config,
+    /// Whether users may transact (governance opens and closes the network).
+    open: bool,
+    /// (from ledger index, protocol version), set by governance.
+    protocol: Vec<(u64, u64)>,
     /// Checkpoints whose state root is not computed yet, by sequence number.
     pending: BTreeMap<u64, PendingCheckpoint>,
     worker: Option<StateWorker>,
@@ -115,9 +121,11 @@ impl Executor {
             None => ExecState::default(),
         };
         let config = match r.get(keys::CONFIG)? {
-            Some(b) => decode_config(&b)?,
+            Some(_) => gov::state::config(&r)?,
             None => Config::default(),
         };
+        let open = gov::state::is_open(&r)?;
+        let protocol = gov::state::protocol_schedule(&r)?;
         let mut pending = BTreeMap::new();
         for (k, v) in r.aux_range(
             keys::PENDING_CHECKPOINT_PREFIX,
@@ -139,6 +147,8 @@ impl Executor {
         Ok(Executor {
             st,
             config,
+            open,
+            protocol,
             pending,
             worker: None,
             in_flight: None,
@@ -197,7 +207,7 @@ impl Executor {
         match cmd {
             Command::Genesis { doc } => self.genesis(batch, doc)?,
             Command::Batch { time, txs } => {
-                self.st.time = self.st.time.max(*time);
+                self.advance_time(batch, *time)?;
                 for bytes in txs {
                     if let Some(r) = self.transaction(batch, bytes, preverified, &mut out)? {
                         out.txs.push(r);
@@ -205,7 +215,7 @@ impl Executor {
                 }
             }
             Command::Checkpoint { time } => {
-                self.st.time = self.st.time.max(*time);
+                self.advance_time(batch, *time)?;
                 self.complete_checkpoints(batch, &mut out)?;
                 self.checkpoint(batch)?;
                 if self.worker.is_none() {
@@ -226,42 +236,55 @@ impl Executor {
         let g = Genesis::from_cbor(doc)
             .map_err(|e| StoreError::StateTree(format!("invalid genesis document: {e}")))?;
         let net = sha256(doc);
-        for (role, list) in [(Role::Member, &g.members), (Role::User, &g.users)] {
+        let mut o = gov::overlay::Overlay::new(batch);
+        for (role, status, list) in [
+            (Role::Member, Status::Active, &g.members),
+            (Role::User, Status::Active, &g.users),
+        ] {
             for spec in list {
-                let ident = Identity::new(role, &spec.name, spec.key.clone(), 0);
-                batch.put(&keys::identity(&ident.id()), &ident.to_cbor())?;
+                let mut ident = Identity::new(role, status, &spec.name, spec.key.clone(), 0);
+                ident.data = spec.data.clone();
+                gov::state::put_identity(&mut o, &ident, true)?;
             }
         }
         for n in &g.nodes.0 {
-            let ident = Identity::new(
+            let mut ident = Identity::new(
                 Role::Node,
+                Status::Trusted,
                 &format!("node {}", &hex::encode(n.id)[..12]),
                 n.key.clone(),
                 0,
             );
-            batch.put(&keys::identity(&n.id), &ident.to_cbor())?;
+            ident.operator = Some(n.member);
+            gov::state::put_identity(&mut o, &ident, true)?;
         }
-        batch.put(
+        o.put(
             keys::NODES,
             &cbor::to_vec(g.nodes.to_value()).expect("valid"),
-        )?;
-        batch.put(
+        );
+        o.put(
             keys::CONFIG,
             &cbor::to_vec(g.config.to_value()).expect("valid"),
-        )?;
-        batch.put(
+        );
+        o.put(&keys::constitution(1), &gov::state::encode(&g.constitution));
+        o.put(keys::GOV_CONSTITUTION_VERSION, &1u64.to_be_bytes());
+        o.put(keys::GOV_OPEN, &[u8::from(g.open)]);
+        o.put(
             keys::NETWORK,
             &cbor::to_vec(cbor::map([
                 ("id", cbor::bytes(net)),
                 ("name", cbor::text(&g.name)),
             ]))
             .expect("valid"),
-        )?;
+        );
+        let writes = o.into_writes();
+        gov::overlay::commit(batch, writes)?;
+        self.open = g.open;
         self.config = g.config.clone();
         self.st.net = Some(net);
         self.st.time = self.st.time.max(g.time);
         let leaf = Leaf {
-            version: PROTOCOL_VERSION,
+            version: self.version_at(0)?,
             index: 0,
             time: self.st.time,
             kind: EntryKind::Genesis,
@@ -293,9 +316,12 @@ impl Executor {
         let time = self.st.time;
         let mut signer_leaf = None;
         let mut is_node_sig = false;
+        let version = self.version_at(index)?;
+        let mut settings_changed = false;
         let outcome = match self.check(batch, bytes, &id, preverified, &mut signer_leaf)? {
             Err(r) => Outcome::Rejected(r.0.to_string()),
-            Ok((tx, role)) => {
+            Ok((tx, ident)) => {
+                let role = ident.role;
                 is_node_sig = tx.payload.app == "node";
                 if let Some(seq) =
                     node::signed_seq(&tx.payload).filter(|_| !self.pending.is_empty())
@@ -308,15 +334,23 @@ impl Executor {
                     net: tx.payload.net,
                     signer: tx.kid,
                     role,
+                    tx: id,
                     index,
                     time,
                     divergence: None,
                 };
-                let r = match tx.payload.app.as_str() {
-                    "kv" => kv::execute(&mut ctx, &tx.payload.op, &tx.payload.args)?,
-                    "identity" => registry::execute(&mut ctx, &tx.payload.op, &tx.payload.args)?,
-                    "node" => node::execute(&mut ctx, &tx.payload.op, &tx.payload.args)?,
-                    _ => Err(Reject(codes::UNKNOWN_APP)),
+                let (app, op, args) = (tx.payload.app.as_str(), &tx.payload.op, &tx.payload.args);
+                let r = match registry::authorize(&ident, app, op, self.open) {
+                    Err(r) => Err(r),
+                    Ok(()) => match app {
+                        "kv" => kv::execute(&mut ctx, op, args)?,
+                        "node" => node::execute(&mut ctx, op, args)?,
+                        "gov" => {
+                            settings_changed = true;
+                            gov::execute(&mut ctx, op, args)?
+                        }
+                        _ => Err(Reject(codes::UNKNOWN_APP)),
+                    },
                 };
                 if let Some(d) = ctx.divergence {
                     out.divergence = Some((d.node, d.seq));
@@ -337,7 +371,7 @@ impl Executor {
             }
         };
         let leaf = Leaf {
-            version: PROTOCOL_VERSION,
+            version,
             index,
             time,
             kind: EntryKind::Tx,
@@ -350,6 +384,9 @@ impl Executor {
             body: bytes.to_vec(),
         })?;
         batch.aux_put(&keys::tx(&id), &index.to_be_bytes())?;
+        if settings_changed {
+            self.reload(batch)?;
+        }
         if !is_node_sig {
             self.st.uncovered += 1;
         }
@@ -369,7 +406,7 @@ impl Executor {
         id: &Hash,
         preverified: &dyn Fn(&Hash) -> Option<Verified>,
         signer_leaf: &mut Option<(Hash, Vec<u8>)>,
-    ) -> Result<Result<(Tx, Role), Reject>, StoreError> {
+    ) -> Result<Result<(Tx, Identity), Reject>, StoreError> {
         if bytes.len() as u64 > self.config.max_tx_bytes {
             return Ok(Err(Reject(codes::MALFORMED)));
         }
@@ -388,8 +425,8 @@ impl Executor {
             return Ok(Err(Reject(codes::UNKNOWN_SIGNER)));
         };
         *signer_leaf = Some((tx.kid, ident.current_key().to_vec()));
-        if !ident.is_active() {
-            return Ok(Err(Reject(codes::UNKNOWN_SIGNER)));
+        if !ident.may_sign() {
+            return Ok(Err(Reject(codes::INACTIVE)));
         }
         // Skipping verification is only sound if ingress checked the very key valid now.
         if verified_key.as_deref() != Some(ident.current_key()) {
@@ -408,8 +445,7 @@ impl Executor {
         {
             return Ok(Err(Reject(codes::NONCE_REUSED)));
         }
-        let role = ident.role;
-        Ok(Ok((tx, role)))
+        Ok(Ok((tx, ident)))
     }
 
     fn checkpoint(&mut self, batch: &mut WriteBatch<'_>) -> Result<(), StoreError> {
@@ -421,7 +457,7 @@ impl Executor {
         let body = checkpoint_marker_body(seq);
         let index = batch.ledger_len();
         let leaf = Leaf {
-            version: PROTOCOL_VERSION,
+            version: self.version_at(index)?,
             index,
             time: self.st.time,
             kind: EntryKind::Checkpoint,
@@ -513,13 +549,47 @@ impl Executor {
             tx_root: p.tx_root,
             state_root,
             time: p.time,
-            version: PROTOCOL_VERSION,
+            version: self.version_at(p.size - 1)?,
         };
         batch.aux_put(&keys::checkpoint(seq), &cp.to_cbor())?;
         batch.aux_put(&keys::checkpoint_by_size(cp.size), &seq.to_be_bytes())?;
         batch.aux_delete(&keys::pending_checkpoint(seq))?;
         out.checkpoints.push(cp);
         Ok(())
+    }
+
+    /// Moves ledger time forward (never back) and expires proposals whose time has come.
+    fn advance_time(&mut self, batch: &mut WriteBatch<'_>, time: u64) -> Result<(), StoreError> {
+        self.st.time = self.st.time.max(time);
+        if self.st.net.is_some() {
+            gov::expire(batch, self.st.time, batch.ledger_len())?;
+        }
+        Ok(())
+    }
+
+    /// Re-reads the settings governance may have changed.
+    fn reload(&mut self, batch: &WriteBatch<'_>) -> Result<(), StoreError> {
+        self.config = gov::state::config(batch)?;
+        self.open = gov::state::is_open(batch)?;
+        self.protocol = gov::state::protocol_schedule(batch)?;
+        Ok(())
+    }
+
+    /// The protocol version of ledger index `index`. A version this build does
+    /// not know stops apply: guessing would fork the ledger.
+    fn version_at(&self, index: u64) -> Result<u64, StoreError> {
+        let v = self
+            .protocol
+            .iter()
+            .rev()
+            .find(|(from, _)| *from <= index)
+            .map_or(1, |(_, v)| *v);
+        if v > PROTOCOL_VERSION {
+            return Err(StoreError::StateTree(format!(
+                "ledger entry {index} requires protocol version {v}, but this build supports up to {PROTOCOL_VERSION}; upgrade this node"
+            )));
+        }
+        Ok(v)
     }
 
     /// Forgets nonces created before the window: such transactions are refused anyway.
@@ -566,9 +636,4 @@ fn decode_state(b: &[u8]) -> Result<ExecState, StoreError> {
         seq: m.u64("seq").map_err(bad)?,
         uncovered: m.u64("uncovered").map_err(bad)?,
     })
-}
-
-fn decode_config(b: &[u8]) -> Result<Config, StoreError> {
-    let bad = |e: cbor::CborError| StoreError::StateTree(format!("config: {e}"));
-    Config::from_value(&cbor::from_slice(b).map_err(bad)?).map_err(bad)
 }

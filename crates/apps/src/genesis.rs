@@ -1,9 +1,13 @@
 //! The genesis document: the network's name, first identities, nodes and
 //! configuration. Its SHA-256 is the network id.
 
+use crate::gov::action::ConfigChange;
+use crate::gov::constitution::Constitution;
+use crate::registry::check_data;
 use comity_core::cbor::{self, CborError, MapView, Value};
 use comity_core::crypto::PublicKey;
 use comity_core::network::{NodeInfo, NodeSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Tunables that every node must agree on, so they live in state.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,12 +51,37 @@ impl Config {
             tx_window_ms: m.u64("tx_window_ms")?,
             max_tx_bytes: m.u64("max_tx_bytes")?,
         };
-        if c.checkpoint_txs == 0 || c.checkpoint_ms == 0 || c.max_tx_bytes < 1024 {
-            return Err(CborError::Shape(
-                "config values must be positive (max_tx_bytes >= 1024)".into(),
-            ));
-        }
+        c.check().map_err(CborError::Shape)?;
         Ok(c)
+    }
+
+    /// Bounds that keep a network usable: checkpoints happen, transactions fit.
+    pub fn check(&self) -> Result<(), String> {
+        if !(1..=1_000_000).contains(&self.checkpoint_txs) {
+            return Err("checkpoint_txs must be 1 to 1,000,000".into());
+        }
+        if !(1..=60_000).contains(&self.checkpoint_ms) {
+            return Err("checkpoint_ms must be 1 to 60,000".into());
+        }
+        if !(1_000..=7 * 24 * 3600 * 1000).contains(&self.tx_window_ms) {
+            return Err("tx_window_ms must be 1 second to 7 days".into());
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.max_tx_bytes) {
+            return Err("max_tx_bytes must be 1 KiB to 16 MiB".into());
+        }
+        Ok(())
+    }
+
+    /// This configuration with `c`'s fields changed, if the result is valid.
+    pub fn apply(&self, c: &ConfigChange) -> Result<Config, String> {
+        let next = Config {
+            checkpoint_txs: c.checkpoint_txs.unwrap_or(self.checkpoint_txs),
+            checkpoint_ms: c.checkpoint_ms.unwrap_or(self.checkpoint_ms),
+            tx_window_ms: c.tx_window_ms.unwrap_or(self.tx_window_ms),
+            max_tx_bytes: c.max_tx_bytes.unwrap_or(self.max_tx_bytes),
+        };
+        next.check()?;
+        Ok(next)
     }
 }
 
@@ -62,23 +91,38 @@ pub struct IdentitySpec {
     /// SubjectPublicKeyInfo DER.
     pub key: Vec<u8>,
     pub name: String,
+    /// Organization, contact, ...
+    pub data: BTreeMap<String, String>,
 }
 
 impl IdentitySpec {
+    pub fn new(key: Vec<u8>, name: &str) -> Self {
+        IdentitySpec {
+            key,
+            name: name.into(),
+            data: BTreeMap::new(),
+        }
+    }
+
     fn to_value(&self) -> Value {
         cbor::map([
             ("key", cbor::bytes(self.key.clone())),
             ("name", cbor::text(&self.name)),
+            ("data", cbor::from_serde(&self.data).expect("text map")),
         ])
     }
+
     fn from_value(v: &Value) -> Result<Self, CborError> {
         let m = MapView::new(v)?;
         let key = m.bytes("key")?.to_vec();
         PublicKey::from_spki_der(&key).map_err(|e| CborError::Shape(e.to_string()))?;
-        Ok(IdentitySpec {
+        let spec = IdentitySpec {
             key,
             name: m.text("name")?.to_string(),
-        })
+            data: cbor::to_serde(m.req("data")?)?,
+        };
+        check_data(&spec.name, &spec.data).map_err(CborError::Shape)?;
+        Ok(spec)
     }
 }
 
@@ -91,9 +135,32 @@ pub struct Genesis {
     pub users: Vec<IdentitySpec>,
     pub nodes: NodeSet,
     pub config: Config,
+    pub constitution: Constitution,
+    /// Whether users may transact from the start.
+    pub open: bool,
 }
 
 impl Genesis {
+    /// A genesis with default configuration and constitution, open to users.
+    pub fn new(
+        name: &str,
+        time: u64,
+        members: Vec<IdentitySpec>,
+        users: Vec<IdentitySpec>,
+        nodes: NodeSet,
+    ) -> Genesis {
+        Genesis {
+            name: name.into(),
+            time,
+            members,
+            users,
+            nodes,
+            config: Config::default(),
+            constitution: Constitution::default(),
+            open: true,
+        }
+    }
+
     pub fn to_cbor(&self) -> Vec<u8> {
         let list =
             |l: &[IdentitySpec]| Value::Array(l.iter().map(IdentitySpec::to_value).collect());
@@ -104,6 +171,11 @@ impl Genesis {
             ("users", list(&self.users)),
             ("nodes", self.nodes.to_value()),
             ("config", self.config.to_value()),
+            (
+                "constitution",
+                cbor::from_serde(&self.constitution).expect("constitution serializes"),
+            ),
+            ("open", Value::Bool(self.open)),
         ]))
         .expect("genesis built from valid parts")
     }
@@ -132,13 +204,30 @@ impl Genesis {
             users: list("users")?,
             nodes,
             config: Config::from_value(m.req("config")?)?,
+            constitution: cbor::to_serde(m.req("constitution")?)?,
+            open: match m.req("open")? {
+                Value::Bool(b) => *b,
+                _ => return Err(CborError::Shape("`open` must be a boolean".into())),
+            },
         };
         if g.members.is_empty() || g.nodes.0.is_empty() {
             return Err(CborError::Shape(
                 "genesis needs at least one member and one node".into(),
             ));
         }
-        let member_ids: Vec<_> = g.members.iter().map(|s| fingerprint(&s.key)).collect();
+        let member_ids: BTreeSet<_> = g.members.iter().map(|s| fingerprint(&s.key)).collect();
+        let user_ids: BTreeSet<_> = g.users.iter().map(|s| fingerprint(&s.key)).collect();
+        if member_ids.len() != g.members.len()
+            || user_ids.len() != g.users.len()
+            || !member_ids.is_disjoint(&user_ids)
+        {
+            return Err(CborError::Shape(
+                "each genesis identity needs its own key".into(),
+            ));
+        }
+        g.constitution
+            .validate(&member_ids)
+            .map_err(|e| CborError::Shape(format!("constitution: {e}")))?;
         if g.nodes.0.iter().any(|n| !member_ids.contains(&n.member)) {
             return Err(CborError::Shape(
                 "every node must be operated by a genesis member".into(),

@@ -91,3 +91,46 @@ pub fn pending_checkpoint(seq: u64) -> Vec<u8> {
 pub fn evidence(node: &Hash, seq: u64) -> Vec<u8> {
     [b"evidence/".as_slice(), node, &seq.to_be_bytes()].concat()
 }
+
+// Governance state (committed to by the state root).
+pub const GOV_MEMBERS: &[u8] = b"gov/members";
+pub const GOV_CONSTITUTION_VERSION: &[u8] = b"gov/cv";
+pub const GOV_PROTOCOL: &[u8] = b"gov/protocol";
+pub const GOV_OPEN: &[u8] = b"gov/open";
+
+pub fn constitution(version: u64) -> Vec<u8> {
+    [b"gov/c/".as_slice(), &version.to_be_bytes()].concat()
+}
+
+pub fn proposal(id: &Hash) -> Vec<u8> {
+    [b"gov/p/".as_slice(), id].concat()
+}
+
+pub const PROPOSAL_EXPIRY_PREFIX: &[u8] = b"gov/exp/";
+
+/// Open proposals ordered by expiry time, for deterministic expiry.
+pub fn proposal_expiry(expires: u64, id: &Hash) -> Vec<u8> {
+    [PROPOSAL_EXPIRY_PREFIX, &expires.to_be_bytes(), id].concat()
+}
+
+/// Which identity a key (by SHA-256 of its SPKI) belongs to; keys are never reused.
+pub fn key_owner(fingerprint: &Hash) -> Vec<u8> {
+    [b"idk/".as_slice(), fingerprint].concat()
+}
+
+// Governance indexes (aux).
+pub const PROPOSAL_LIST_PREFIX: &[u8] = b"gpl/";
+
+/// Proposals in ledger order.
+pub fn proposal_list(index: u64, id: &Hash) -> Vec<u8> {
+    [PROPOSAL_LIST_PREFIX, &index.to_be_bytes(), id].concat()
+}
+
+/// Ledger positions that changed a governed subject (identity, proposal, ...).
+pub fn history(subject: &Hash, index: u64) -> Vec<u8> {
+    [b"hist/".as_slice(), subject, &index.to_be_bytes()].concat()
+}
+
+pub fn history_range(subject: &Hash) -> (Vec<u8>, Vec<u8>) {
+    (history(subject, 0), history(subject, u64::MAX))
+}

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod command;
 pub mod executor;
 pub mod genesis;
+pub mod gov;
 pub mod keys;
 pub mod kv;
 pub mod node;
@@ -34,6 +35,17 @@ pub mod codes {
     pub const NOT_FOUND: &str = "not_found";
     pub const ALREADY_EXISTS: &str = "already_exists";
     pub const CONFLICTING_SIGNATURE: &str = "conflicting_signature";
+    /// The signer was removed or retired, or is a node not yet trusted.
+    pub const INACTIVE: &str = "inactive_identity";
+    /// An accepted member must acknowledge the constitution before anything else.
+    pub const NOT_ACKNOWLEDGED: &str = "not_acknowledged";
+    pub const NETWORK_CLOSED: &str = "network_closed";
+    pub const PROPOSAL_CLOSED: &str = "proposal_closed";
+    pub const PROPOSAL_EXPIRED: &str = "proposal_expired";
+    pub const ALREADY_VOTED: &str = "already_voted";
+    pub const NOT_PROPOSER: &str = "not_proposer";
+    pub const ALREADY_ACTIVE: &str = "already_active";
+    pub const STALE_CONSTITUTION: &str = "stale_constitution";
 }
 
 /// An application-level refusal, recorded as the leaf's outcome.

@@ -4,12 +4,11 @@
 //! keys are appended with the ledger index from which they are valid, so a
 //! historical transaction is checked with the key valid when it committed.
 
-use crate::executor::Ctx;
 use crate::{codes, keys, Reject};
 use comity_core::cbor::{self, CborError, MapView, Value};
-use comity_core::crypto::PublicKey;
 use comity_core::Hash;
 use comity_store::StoreError;
+use std::collections::BTreeMap;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -36,22 +35,89 @@ impl Role {
     }
 }
 
+/// Where an identity stands. Members start `accepted` and become `active`
+/// once they acknowledge the constitution; nodes are `pending` until members
+/// trust them; users are `active` from registration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Accepted,
+    Active,
+    Removed,
+    Pending,
+    Trusted,
+    Retired,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Accepted => "accepted",
+            Status::Active => "active",
+            Status::Removed => "removed",
+            Status::Pending => "pending",
+            Status::Trusted => "trusted",
+            Status::Retired => "retired",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Status> {
+        Some(match s {
+            "accepted" => Status::Accepted,
+            "active" => Status::Active,
+            "removed" => Status::Removed,
+            "pending" => Status::Pending,
+            "trusted" => Status::Trusted,
+            "retired" => Status::Retired,
+            _ => return None,
+        })
+    }
+}
+
+/// Most entries a record's descriptive data may hold, and their sizes.
+pub const MAX_DATA_ENTRIES: usize = 16;
+pub const MAX_DATA_KEY: usize = 64;
+pub const MAX_DATA_VALUE: usize = 1024;
+pub const MAX_NAME: usize = 256;
+
+/// Checks a display name and descriptive data (organization, contact, ...).
+pub fn check_data(name: &str, data: &BTreeMap<String, String>) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_NAME {
+        return Err(format!("name must be 1 to {MAX_NAME} bytes"));
+    }
+    if data.len() > MAX_DATA_ENTRIES {
+        return Err(format!("at most {MAX_DATA_ENTRIES} data entries"));
+    }
+    match data
+        .iter()
+        .find(|(k, v)| k.is_empty() || k.len() > MAX_DATA_KEY || v.len() > MAX_DATA_VALUE)
+    {
+        Some((k, _)) => Err(format!(
+            "data entry {k:?}: keys are 1 to {MAX_DATA_KEY} bytes, values at most {MAX_DATA_VALUE}"
+        )),
+        None => Ok(()),
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
     pub role: Role,
-    /// `active` identities may transact; others are refused.
-    pub status: String,
+    pub status: Status,
     pub name: String,
+    /// Descriptive data: organization, contact, and so on.
+    pub data: BTreeMap<String, String>,
+    /// For nodes: the member that operates it.
+    pub operator: Option<Hash>,
     /// (valid from ledger index, SubjectPublicKeyInfo DER), oldest first.
     pub keys: Vec<(u64, Vec<u8>)>,
 }
 
 impl Identity {
-    pub fn new(role: Role, name: &str, key: Vec<u8>, since: u64) -> Self {
+    pub fn new(role: Role, status: Status, name: &str, key: Vec<u8>, since: u64) -> Self {
         Identity {
             role,
-            status: "active".into(),
+            status,
             name: name.into(),
+            data: BTreeMap::new(),
+            operator: None,
             keys: vec![(since, key)],
         }
     }
@@ -68,11 +134,28 @@ impl Identity {
             .1
     }
 
-    pub fn is_active(&self) -> bool {
-        self.status == "active"
+    /// The key valid at ledger index `index`.
+    pub fn key_at(&self, index: u64) -> &[u8] {
+        self.keys
+            .iter()
+            .rev()
+            .find(|(since, _)| *since <= index)
+            .unwrap_or(&self.keys[0])
+            .1
+            .as_slice()
     }
 
-    pub fn to_cbor(&self) -> Vec<u8> {
+    /// Active users and members, and trusted nodes, may transact.
+    pub fn is_active(&self) -> bool {
+        matches!(self.status, Status::Active | Status::Trusted)
+    }
+
+    /// Whether it may sign anything at all (an accepted member may only acknowledge).
+    pub fn may_sign(&self) -> bool {
+        self.is_active() || self.status == Status::Accepted
+    }
+
+    pub fn to_value(&self) -> Value {
         let keys = Value::Array(
             self.keys
                 .iter()
@@ -84,13 +167,27 @@ impl Identity {
                 })
                 .collect(),
         );
-        cbor::to_vec(cbor::map([
-            ("role", cbor::text(self.role.as_str())),
-            ("status", cbor::text(&self.status)),
-            ("name", cbor::text(&self.name)),
-            ("keys", keys),
-        ]))
-        .expect("identity built from valid parts")
+        let data = Value::Map(
+            self.data
+                .iter()
+                .map(|(k, v)| (cbor::text(k), cbor::text(v)))
+                .collect(),
+        );
+        let mut m = vec![
+            (cbor::text("role"), cbor::text(self.role.as_str())),
+            (cbor::text("status"), cbor::text(self.status.as_str())),
+            (cbor::text("name"), cbor::text(&self.name)),
+            (cbor::text("data"), data),
+            (cbor::text("keys"), keys),
+        ];
+        if let Some(op) = self.operator {
+            m.push((cbor::text("operator"), cbor::bytes(op)));
+        }
+        Value::Map(m)
+    }
+
+    pub fn to_cbor(&self) -> Vec<u8> {
+        cbor::to_vec(self.to_value()).expect("identity built from valid parts")
     }
 
     pub fn from_cbor(bytes: &[u8]) -> Result<Self, CborError> {
@@ -107,13 +204,38 @@ impl Identity {
         if keys.is_empty() {
             return Err(CborError::Shape("identity without keys".into()));
         }
+        let data = match m.get("data") {
+            Some(d) => cbor::to_serde(d)?,
+            None => BTreeMap::new(),
+        };
         Ok(Identity {
             role: Role::parse(m.text("role")?)
                 .ok_or_else(|| CborError::Shape("bad role".into()))?,
-            status: m.text("status")?.to_string(),
+            status: Status::parse(m.text("status")?)
+                .ok_or_else(|| CborError::Shape("bad status".into()))?,
             name: m.text("name")?.to_string(),
+            data,
+            operator: m.get("operator").map(|_| m.hash("operator")).transpose()?,
             keys,
         })
+    }
+}
+
+/// Whether `ident` may submit `app.op`. Checked at ingress (for a precise
+/// HTTP error) and again at apply (where it decides).
+pub fn authorize(ident: &Identity, app: &str, op: &str, open: bool) -> Result<(), Reject> {
+    if !ident.may_sign() {
+        return Err(Reject(codes::INACTIVE));
+    }
+    match (ident.role, app) {
+        (Role::Member, "gov") if ident.is_active() || op == "ack" => Ok(()),
+        (Role::Member, _) if !ident.is_active() => Err(Reject(codes::NOT_ACKNOWLEDGED)),
+        (Role::Member, "kv") => Ok(()),
+        (Role::User, "kv") if open => Ok(()),
+        (Role::User, "kv") => Err(Reject(codes::NETWORK_CLOSED)),
+        (Role::Node, "node") => Ok(()),
+        (_, "gov" | "node" | "kv") => Err(Reject(codes::FORBIDDEN)),
+        _ => Err(Reject(codes::UNKNOWN_APP)),
     }
 }
 
@@ -141,35 +263,4 @@ pub fn get(s: &impl StateRead, id: &Hash) -> Result<Option<Identity>, StoreError
         }),
         None => Ok(None),
     }
-}
-
-/// `identity.register`: an active member registers a new user.
-/// (Governance replaces this with member votes.)
-pub fn execute(
-    ctx: &mut Ctx<'_, '_>,
-    op: &str,
-    args: &Value,
-) -> Result<Result<(), Reject>, StoreError> {
-    if ctx.role != Role::Member {
-        return Ok(Err(Reject(codes::FORBIDDEN)));
-    }
-    if op != "register" {
-        return Ok(Err(Reject(codes::UNKNOWN_OP)));
-    }
-    let Ok(m) = MapView::new(args) else {
-        return Ok(Err(Reject(codes::BAD_ARGS)));
-    };
-    let (Ok(key), Ok(name), Ok(role)) = (m.bytes("key"), m.text("name"), m.text("role")) else {
-        return Ok(Err(Reject(codes::BAD_ARGS)));
-    };
-    if role != "user" || name.len() > 256 || PublicKey::from_spki_der(key).is_err() {
-        return Ok(Err(Reject(codes::BAD_ARGS)));
-    }
-    let id = comity_core::crypto::sha256(key);
-    if get(&*ctx.batch, &id)?.is_some() {
-        return Ok(Err(Reject(codes::ALREADY_EXISTS)));
-    }
-    let ident = Identity::new(Role::User, name, key.to_vec(), ctx.index);
-    ctx.batch.put(&keys::identity(&id), &ident.to_cbor())?;
-    Ok(Ok(()))
 }

@@ -3,7 +3,7 @@
 //! and a restart that recovers the same roots.
 
 use comity_apps::genesis::node_info;
-use comity_apps::{node, query, Command, Config, Executor, Genesis, IdentitySpec};
+use comity_apps::{node, query, Command, Executor, Genesis, IdentitySpec};
 use comity_core::cbor;
 use comity_core::checkpoint::{self, CHECKPOINT_CONTENT_TYPE};
 use comity_core::crypto::{Alg, SigningKey};
@@ -31,20 +31,13 @@ fn network() -> Net {
         &node.public(),
         member.public().fingerprint(),
     )]);
-    let g = Genesis {
-        name: "test".into(),
-        time: T0,
-        members: vec![IdentitySpec {
-            key: member.public().to_spki_der(),
-            name: "m".into(),
-        }],
-        users: vec![IdentitySpec {
-            key: user.public().to_spki_der(),
-            name: "u".into(),
-        }],
-        nodes: nodes.clone(),
-        config: Config::default(),
-    };
+    let g = Genesis::new(
+        "test",
+        T0,
+        vec![IdentitySpec::new(member.public().to_spki_der(), "m")],
+        vec![IdentitySpec::new(user.public().to_spki_der(), "u")],
+        nodes.clone(),
+    );
     let identity = NetworkIdentity {
         name: "test".into(),
         network_id: g.network_id(),
@@ -143,13 +136,9 @@ fn ledger_life_cycle() {
     let user_registers = tx(
         &net,
         &net.user,
-        "identity",
-        "register",
-        cbor::map([
-            ("key", cbor::bytes(stranger.public().to_spki_der())),
-            ("name", cbor::text("s")),
-            ("role", cbor::text("user")),
-        ]),
+        "gov",
+        "propose",
+        cbor::map([("actions", cbor::Value::Array(vec![]))]),
         5,
         T0,
     );

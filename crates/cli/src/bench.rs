@@ -10,7 +10,7 @@ use comity_core::crypto::{random_nonce, Alg, SigningKey};
 use comity_core::network::NetworkIdentity;
 use comity_core::Hash;
 use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -53,9 +53,12 @@ pub struct BenchArgs {
     /// polling does not swamp the node under test.
     #[arg(long, default_value_t = 8)]
     pub receipt_probes_max: usize,
-    /// Member key that registers the identities [default: member_key of client.json]
+    /// Member key that proposes the identities [default: member_key of client.json]
     #[arg(long, value_name = "PATH")]
     pub member_key: Option<PathBuf>,
+    /// Member keys that approve the proposal (repeatable) [default: the other member*.key.pem beside --member-key]
+    #[arg(long, value_name = "PATH")]
+    pub voter_key: Vec<PathBuf>,
     /// Print the report as JSON on stdout (progress goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -237,12 +240,15 @@ pub async fn execute(g: &Global, args: &BenchArgs) -> anyhow::Result<Report> {
         }
     };
     let net = identity.network_id;
-    let member = match &args.member_key {
-        Some(p) => Signer::from_pem_file(p, net)?,
-        None => cfg.member_signer(net)?,
-    };
+    let member_path = args
+        .member_key
+        .clone()
+        .or_else(|| cfg.member_key.clone())
+        .context("no member key: pass --member-key or run `comity up`")?;
+    let member = Signer::from_pem_file(&member_path, net)?;
+    let voters = voter_keys(args, &cfg, &member_path, net)?;
 
-    let signers = register_identities(&client, &member, args.identities).await?;
+    let signers = register_identities(&client, &member, &voters, args.identities).await?;
     run_workload(&client, &identity, signers, args, &cfg.url).await
 }
 
@@ -250,39 +256,103 @@ fn progress(msg: &str) {
     eprintln!("[bench] {msg}");
 }
 
-/// Registers `n` fresh Ed25519 user identities with member-signed `identity.register`.
+/// Registers `n` fresh Ed25519 user identities through governance: one
+/// `user.add` proposal by `member`, approved by `voters` as the constitution needs.
 async fn register_identities(
     client: &Client,
     member: &Signer,
+    voters: &[Signer],
     n: usize,
 ) -> anyhow::Result<Vec<Signer>> {
-    progress(&format!("registering {n} fresh Ed25519 identities"));
+    progress(&format!(
+        "registering {n} fresh Ed25519 identities by governance proposal"
+    ));
     let run = hex::encode(&random_nonce()[..4]);
     let keys: Vec<SigningKey> = (0..n).map(|_| SigningKey::generate(Alg::EdDsa)).collect();
-    let sem = Arc::new(Semaphore::new(16));
-    let mut set = JoinSet::new();
-    for (i, k) in keys.iter().enumerate() {
-        let tx = member.register_user(&k.public().to_spki_der(), &format!("bench-{run}-{i}"));
-        let client = client.clone();
-        let sem = sem.clone();
-        set.spawn(async move {
-            let _permit = sem.acquire_owned().await;
-            (i, client.submit(&tx, true).await)
-        });
+    let actions: Vec<comity_apps::gov::action::Action> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            comity_apps::gov::action::Action::UserAdd(comity_apps::gov::action::NewIdentity {
+                key: k.public().to_spki_der(),
+                name: format!("bench-{run}-{i}"),
+                data: Default::default(),
+            })
+        })
+        .collect();
+    let tx = member.gov_propose(
+        comity_core::cbor::from_serde(&actions)?,
+        &format!("benchmark identities {run}"),
+    );
+    let st = client
+        .submit(&tx, true)
+        .await
+        .context("proposing bench identities")?;
+    if st.status != TxState::Committed {
+        bail!(
+            "proposing bench identities: {} ({})",
+            st.status,
+            st.outcome.as_deref().unwrap_or("no outcome")
+        );
     }
-    while let Some(r) = set.join_next().await {
-        let (i, r) = r?;
-        let st = r.with_context(|| format!("registering bench identity {i}"))?;
-        if st.status != TxState::Committed {
-            bail!(
-                "registering bench identity {i}: {} ({})",
-                st.status,
-                st.outcome.as_deref().unwrap_or("no outcome")
-            );
+    let id = hex::encode(st.id);
+    let mut voters = voters.iter();
+    loop {
+        let p = client.gov_get(&["proposals", &id], &[]).await?;
+        match p["proposal"]["state"].as_str() {
+            Some("accepted") => break,
+            Some("open") => match voters.next() {
+                Some(v) => {
+                    let st = client.submit(&v.gov_vote(&st.id, true), true).await?;
+                    if st.status != TxState::Committed {
+                        bail!("voting for bench identities: {}", st.outcome.as_deref().unwrap_or("?"));
+                    }
+                }
+                None => bail!(
+                    "the bench identities proposal {id} needs more approvals: pass more --voter-key files"
+                ),
+            },
+            other => bail!("the bench identities proposal {id} ended {other:?}: {}", p["proposal"]["resolved"]),
         }
     }
     let net = member.network_id;
     Ok(keys.into_iter().map(|k| Signer::new(k, net)).collect())
+}
+
+/// Member keys that vote for the bench identities: `--voter-key`, else the
+/// other `member*.key.pem` files beside the proposer's key.
+fn voter_keys(
+    args: &BenchArgs,
+    cfg: &Config,
+    proposer: &Path,
+    net: Hash,
+) -> anyhow::Result<Vec<Signer>> {
+    let paths: Vec<PathBuf> = if !args.voter_key.is_empty() {
+        args.voter_key.clone()
+    } else {
+        let dir = proposer
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| cfg.data.join("keys"));
+        let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| {
+                        p.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.starts_with("member") && n.ends_with(".key.pem"))
+                            && p.as_path() != proposer
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        found.sort();
+        found
+    };
+    paths
+        .iter()
+        .map(|p| Signer::from_pem_file(p, net).map_err(Into::into))
+        .collect()
 }
 
 async fn run_workload(
@@ -834,13 +904,17 @@ pub(crate) mod mock {
             if tx.verify(&key).is_err() {
                 return err(401, "bad_signature");
             }
-            if (tx.payload.app.as_str(), tx.payload.op.as_str()) == ("identity", "register") {
-                let k = MapView::new(&tx.payload.args)
+            if (tx.payload.app.as_str(), tx.payload.op.as_str()) == ("gov", "propose") {
+                for a in MapView::new(&tx.payload.args)
                     .unwrap()
-                    .bytes("key")
+                    .array("actions")
                     .unwrap()
-                    .to_vec();
-                st.keys.insert(sha256(&k), k);
+                {
+                    let args = MapView::new(a).unwrap();
+                    let key = MapView::new(args.req("args").unwrap()).unwrap();
+                    let k = hex::decode(key.text("key").unwrap()).unwrap();
+                    st.keys.insert(sha256(&k), k);
+                }
             }
             let (i, t) = self.append(&mut st, EntryKind::Tx, body, Some((tx.kid, spki)));
             st.by_id.insert(tx.id, i);
@@ -913,6 +987,10 @@ pub(crate) mod mock {
                         Some((h, i)) => json(200, Self::status_json(&h, i, st.times[i as usize])),
                         None => json(200, format!(r#"{{"id":"{id}","status":"unknown"}}"#)),
                     }
+                }
+                // One member: every proposal is accepted as it is made.
+                ("GET", ["v1", "gov", "proposals", _]) => {
+                    json(200, r#"{"proposal":{"state":"accepted"}}"#.into())
                 }
                 ("GET", ["v1", "tx", id, "receipt"]) => {
                     self.receipt(id, !query.contains("body=false"))
@@ -1077,6 +1155,7 @@ mod e2e {
             receipt_poll_ms: 2,
             receipt_probes_max: 2,
             member_key: None,
+            voter_key: vec![],
             json: true,
         }
     }

@@ -3,10 +3,11 @@
 
 mod bench;
 mod config;
-mod identity;
+mod gov;
 mod keys;
 mod kv;
 mod ledger;
+mod network;
 mod node;
 mod receipt;
 mod txcmd;
@@ -48,10 +49,15 @@ pub enum Command {
         #[command(subcommand)]
         cmd: keys::KeysCmd,
     },
-    /// Register identities (a member's action until governance lands).
-    Identity {
+    /// Create a network's genesis from a genesis file.
+    Network {
         #[command(subcommand)]
-        cmd: identity::IdentityCmd,
+        cmd: network::NetworkCmd,
+    },
+    /// Governance: proposals, ballots, members, users, nodes, the constitution.
+    Gov {
+        #[command(subcommand)]
+        cmd: gov::GovCmd,
     },
     /// Write and read the key-value application.
     Kv {
@@ -80,7 +86,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node(args) => node::run(args).await,
         Command::Ledger(args) => ledger::run(args).await,
         Command::Keys { cmd } => keys::run(g, cmd),
-        Command::Identity { cmd } => identity::run(g, cmd).await,
+        Command::Network { cmd } => network::run(cmd),
+        Command::Gov { cmd } => gov::run(g, cmd).await,
         Command::Kv { cmd } => kv::run(g, cmd).await,
         Command::Tx { cmd } => txcmd::run(g, cmd).await,
         Command::Receipt { cmd } => receipt::run(g, cmd).await,

@@ -3,12 +3,12 @@
 
 use crate::config::{global, ClientJson};
 use crate::keys::{new_identity, write_new};
+use crate::network::{GenesisToml, IdentityToml, NodeToml};
 use anyhow::Context;
-use comity_apps::genesis::node_info;
-use comity_apps::{Config, Genesis, IdentitySpec};
+use comity_apps::gov::constitution::Constitution;
 use comity_core::crypto::{Alg, SigningKey};
-use comity_core::network::{NetworkIdentity, NodeSet};
 use comity_node::config::{Limits, NodeConfig};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
@@ -20,6 +20,9 @@ pub struct UpArgs {
     /// Network name used when the network is created.
     #[arg(long, default_value = "local")]
     pub name: String,
+    /// Number of members created with the network (so that voting is real).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=16))]
+    pub members: u8,
 }
 
 /// Everything `up` creates, relative to the data directory.
@@ -102,7 +105,7 @@ fn print_summary(l: &Layout, node: &comity_node::Node, fresh: bool) {
     println!("  node API        https://{}", node.addr);
     println!("  network identity {d}/network.json");
     println!("  TLS CA          {d}/ca.pem");
-    println!("  member key      {d}/keys/member0.key.pem");
+    println!("  member keys     {d}/keys/member*.key.pem (three members vote on changes)");
     println!("  user key        {d}/keys/user0.key.pem");
     println!("  node data       {d}/node0/data");
     println!("Try:  comity kv put hello world && comity kv get hello --verify");
@@ -119,7 +122,10 @@ fn create(l: &Layout, args: &UpArgs) -> anyhow::Result<()> {
         .mode(0o700)
         .create(&l.data)?;
     let keys = l.data.join("keys");
-    let member = new_identity(&keys, "member0", Alg::EdDsa)?;
+    let members = (0..args.members)
+        .map(|i| new_identity(&keys, &format!("member{i}"), Alg::EdDsa))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let member = &members[0];
     let user = new_identity(&keys, "user0", Alg::EdDsa)?;
 
     // A local CA for the nodes' TLS certificates; clients trust ca.pem.
@@ -165,33 +171,37 @@ fn create(l: &Layout, args: &UpArgs) -> anyhow::Result<()> {
     )?;
     write_new(&nd.join("tls.pem"), tls_cert.pem().as_bytes(), 0o644)?;
 
-    let nodes = NodeSet(vec![node_info(&node_key.public(), member.id)]);
-    let genesis = Genesis {
+    let genesis = GenesisToml {
         name: args.name.clone(),
-        time: comity_node::ingress::now_ms(),
-        members: vec![IdentitySpec {
-            key: member.key.public().to_spki_der(),
-            name: "member0".into(),
-        }],
-        users: vec![IdentitySpec {
-            key: user.key.public().to_spki_der(),
+        open: true,
+        members: members
+            .iter()
+            .enumerate()
+            .map(|(i, _)| IdentityToml {
+                name: format!("member{i}"),
+                cert: PathBuf::from(format!("keys/member{i}.cert.pem")),
+                data: BTreeMap::from([("org".to_string(), format!("Local member {i}"))]),
+            })
+            .collect(),
+        users: vec![IdentityToml {
             name: "user0".into(),
+            cert: PathBuf::from("keys/user0.cert.pem"),
+            data: BTreeMap::new(),
         }],
-        nodes: nodes.clone(),
-        config: Config::default(),
+        nodes: vec![NodeToml {
+            key: PathBuf::from("node0/node.key.pem"),
+            member: "member0".into(),
+        }],
+        config: Default::default(),
+        constitution: Some(Constitution::default()),
     };
-    let doc = genesis.to_cbor();
-    write_new(&l.data.join("genesis.cbor"), &doc, 0o644)?;
-    let identity = NetworkIdentity {
-        name: args.name.clone(),
-        network_id: genesis.network_id(),
-        nodes,
-    };
+    let genesis_toml = l.data.join("genesis.toml");
     write_new(
-        &l.data.join("network.json"),
-        &serde_json::to_vec_pretty(&identity)?,
+        &genesis_toml,
+        toml::to_string_pretty(&genesis)?.as_bytes(),
         0o644,
     )?;
+    crate::network::init(&genesis_toml, &l.data)?;
 
     let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     let cfg = NodeConfig {

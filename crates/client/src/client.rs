@@ -275,6 +275,22 @@ impl Client {
             .await
     }
 
+    // ---- governance ----
+
+    /// `GET /v1/gov/...` (needs a client identity), e.g. `["proposals", id]`,
+    /// `["members"]`, `["constitution"]`, `["history", id]`. The documents are
+    /// described in docs/api.md.
+    pub async fn gov_get(
+        &self,
+        path: &[&str],
+        query: &[(&str, String)],
+    ) -> Result<serde_json::Value, ClientError> {
+        let mut segs = vec!["v1", "gov"];
+        segs.extend_from_slice(path);
+        self.json(self.http.get(self.endpoint(&segs)).query(query))
+            .await
+    }
+
     // ---- network ----
 
     /// `GET /v1/network/identity`. For offline verification prefer a copy of

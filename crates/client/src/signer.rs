@@ -84,17 +84,49 @@ impl Signer {
         self.tx("kv", "delete", cbor::map([("key", cbor::text(key))]))
     }
 
-    /// `identity.register {key: SPKI DER, role: "user", name}`: registers a user
-    /// identity whose id will be the SHA-256 of `spki_der`. Only members may submit it.
-    pub fn register_user(&self, spki_der: &[u8], name: &str) -> Vec<u8> {
+    /// `gov.propose {actions, description}`. `actions` is the CBOR array of
+    /// `{action, args}` maps described in docs/governance.md.
+    pub fn gov_propose(&self, actions: Value, description: &str) -> Vec<u8> {
         self.tx(
-            "identity",
-            "register",
+            "gov",
+            "propose",
             cbor::map([
-                ("key", cbor::bytes(spki_der)),
-                ("role", cbor::text("user")),
-                ("name", cbor::text(name)),
+                ("actions", actions),
+                ("description", cbor::text(description)),
             ]),
+        )
+    }
+
+    /// `gov.vote {proposal, vote}`: a signed ballot.
+    pub fn gov_vote(&self, proposal: &Hash, approve: bool) -> Vec<u8> {
+        self.tx(
+            "gov",
+            "vote",
+            cbor::map([
+                ("proposal", cbor::text(hex::encode(proposal))),
+                (
+                    "vote",
+                    cbor::text(if approve { "approve" } else { "reject" }),
+                ),
+            ]),
+        )
+    }
+
+    /// `gov.withdraw {proposal}`: only the proposer, only while it is open.
+    pub fn gov_withdraw(&self, proposal: &Hash) -> Vec<u8> {
+        self.tx(
+            "gov",
+            "withdraw",
+            cbor::map([("proposal", cbor::text(hex::encode(proposal)))]),
+        )
+    }
+
+    /// `gov.ack {constitution}`: a new member accepts the constitution with this digest.
+    pub fn gov_ack(&self, constitution_digest: &Hash) -> Vec<u8> {
+        self.tx(
+            "gov",
+            "ack",
+            cbor::map([("constitution", cbor::text(hex::encode(constitution_digest)))]),
         )
     }
 }
@@ -147,17 +179,17 @@ mod tests {
     }
 
     #[test]
-    fn register_user_shape() {
+    fn ballot_shape() {
         let member = Signer::new(SigningKey::generate(Alg::EdDsa), [2; 32]);
-        let user = SigningKey::generate(Alg::EdDsa).public();
-        let tx = Tx::parse(&member.register_user(&user.to_spki_der(), "bench-1")).unwrap();
+        let tx = Tx::parse(&member.gov_vote(&[7; 32], false)).unwrap();
         tx.verify(&member.key.public()).unwrap();
-        assert_eq!(tx.payload.app, "identity");
-        assert_eq!(tx.payload.op, "register");
+        assert_eq!(
+            (tx.payload.app.as_str(), tx.payload.op.as_str()),
+            ("gov", "vote")
+        );
         let m = MapView::new(&tx.payload.args).unwrap();
-        assert_eq!(m.bytes("key").unwrap(), user.to_spki_der());
-        assert_eq!(m.text("role").unwrap(), "user");
-        assert_eq!(m.text("name").unwrap(), "bench-1");
+        assert_eq!(m.text("proposal").unwrap(), hex::encode([7; 32]));
+        assert_eq!(m.text("vote").unwrap(), "reject");
     }
 
     #[test]

@@ -156,6 +156,17 @@ pub fn map<const N: usize>(entries: [(&str, Value); N]) -> Value {
     )
 }
 
+/// Converts a serde value (e.g. a typed governance record) to CBOR.
+pub fn from_serde<T: serde::Serialize>(t: &T) -> Result<Value, CborError> {
+    Value::serialized(t).map_err(|e| CborError::Shape(e.to_string()))
+}
+
+/// Reads a typed value out of decoded CBOR, with serde's checks.
+pub fn to_serde<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, CborError> {
+    v.deserialized()
+        .map_err(|e| CborError::Shape(e.to_string()))
+}
+
 pub fn bytes(b: impl Into<Vec<u8>>) -> Value {
     Value::Bytes(b.into())
 }

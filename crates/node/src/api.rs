@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
 
-type S = State<Arc<Shared>>;
+pub(crate) type S = State<Arc<Shared>>;
 
 /// Largest request body read at all; transactions are further bounded by the ledger config.
 const MAX_BODY: usize = 4 << 20;
@@ -50,6 +50,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
         )
         .route("/metrics", get(metrics))
+        .merge(crate::gov_api::routes())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -62,7 +63,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-fn parse_hash(s: &str) -> ApiResult<Hash> {
+pub(crate) fn parse_hash(s: &str) -> ApiResult<Hash> {
     hex::decode(s)
         .ok()
         .and_then(|v| v.try_into().ok())
@@ -261,7 +262,7 @@ async fn ledger_receipt(
     receipt_response(&shared, index, params.body.unwrap_or(true))
 }
 
-fn checkpoint_json(cp: &SignedCheckpoint) -> Value {
+pub(crate) fn checkpoint_json(cp: &SignedCheckpoint) -> Value {
     let c = &cp.checkpoint;
     json!({
         "network_id": hex::encode(c.network_id),
@@ -355,7 +356,7 @@ async fn size(State(shared): S) -> ApiResult<Json<Value>> {
 }
 
 /// Non-public reads need a client certificate of an active member or user.
-fn authorize(shared: &Shared, who: ClientIdentity) -> ApiResult<Hash> {
+pub(crate) fn authorize(shared: &Shared, who: ClientIdentity) -> ApiResult<Hash> {
     let id = who.0.ok_or_else(|| {
         ApiError::new(
             StatusCode::UNAUTHORIZED,

@@ -72,6 +72,22 @@ pub async fn checkpoints(shared: Arc<Shared>) {
             }
         }
         waiting_since = (after.pending_checkpoints > 0).then_some(after.checkpoint_seq);
+        // Deadlines run on ledger time; when nothing else moves it, an empty batch does.
+        let due = shared
+            .store
+            .read()
+            .and_then(|r| comity_apps::gov::next_expiry(&r))
+            .ok()
+            .flatten();
+        if due.is_some_and(|t| t <= now_ms() && t >= after.ledger_time) {
+            let tick = Command::Batch {
+                time: now_ms(),
+                txs: Vec::new(),
+            };
+            if let Err(e) = shared.raft.client_write(tick).await {
+                tracing::warn!(error = %e, "clock tick not committed");
+            }
+        }
         if uncovered > 0
             && (uncovered >= due_txs || last.elapsed() >= Duration::from_millis(due_ms))
         {

@@ -120,18 +120,35 @@ pub fn admit(shared: &Shared, bytes: Vec<u8>) -> Result<(Hash, Admission), ApiEr
     if let Some(index) = comity_apps::query::tx_index(&reader, &tx.id)? {
         return Ok((tx.id, Admission::Known(index)));
     }
-    let ident = registry::get(&reader, &tx.kid)?
-        .filter(|i| i.is_active())
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::FORBIDDEN,
-                "unknown_signer",
-                format!(
-                    "signer {} is not an active registered identity",
-                    hex::encode(tx.kid)
-                ),
-            )
-        })?;
+    let ident = registry::get(&reader, &tx.kid)?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "unknown_signer",
+            format!(
+                "signer {} is not a registered identity",
+                hex::encode(tx.kid)
+            ),
+        )
+    })?;
+    let open = comity_apps::gov::state::is_open(&reader)?;
+    registry::authorize(&ident, &tx.payload.app, &tx.payload.op, open).map_err(|r| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            r.0,
+            format!(
+                "{} {} ({}) may not submit {}.{}",
+                ident.role.as_str(),
+                hex::encode(tx.kid),
+                ident.status.as_str(),
+                tx.payload.app,
+                tx.payload.op
+            ),
+        )
+    })?;
+    if (tx.payload.app.as_str(), tx.payload.op.as_str()) == ("gov", "propose") {
+        comity_apps::gov::parse_proposal(&tx.payload.args)
+            .map_err(|e| ApiError::bad_request("bad_args", format!("invalid proposal: {e}")))?;
+    }
     let key = PublicKey::from_spki_der(ident.current_key()).map_err(ApiError::internal)?;
     tx.verify(&key).map_err(tx_error)?;
     let now = now_ms().max(v.ledger_time);

@@ -4,6 +4,7 @@ pub mod api;
 pub mod batcher;
 pub mod config;
 pub mod error;
+pub mod gov_api;
 pub mod ingress;
 pub mod server;
 pub mod tls;

@@ -377,6 +377,11 @@ impl WriteBatch<'_> {
         Ok(())
     }
 
+    /// Keys (and values) in `[from, to)` of the state table, in order, at most `limit`.
+    pub fn range(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<KeyValue>, StoreError> {
+        range(self.store, &self.state, from, to, limit)
+    }
+
     pub fn aux_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         table_get(self.store, &self.aux, key)
     }
@@ -524,6 +529,16 @@ impl Reader<'_> {
             self.store,
             &dbe!(self.store, self.txn.open_table(STATE))?,
             key,
+        )
+    }
+
+    pub fn range(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<KeyValue>, StoreError> {
+        range(
+            self.store,
+            &dbe!(self.store, self.txn.open_table(STATE))?,
+            from,
+            to,
+            limit,
         )
     }
 

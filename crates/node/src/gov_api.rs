@@ -1,0 +1,194 @@
+//! Governance reads: members, users, nodes, proposals, the constitution, and
+//! the history of each, with state proofs and receipts.
+
+use crate::api::{authorize, checkpoint_json, parse_hash, ApiPath, ApiQuery, S};
+use crate::error::{ApiError, ApiResult};
+use crate::server::ClientIdentity;
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use comity_apps::gov::proposal::ProposalState;
+use comity_apps::gov::{self, state};
+use comity_apps::registry::{self, Identity, Role};
+use comity_apps::{keys, query};
+use comity_core::Hash;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+const MAX_LIST: usize = 500;
+
+pub fn routes() -> Router<Arc<crate::Shared>> {
+    Router::new()
+        .route(
+            "/v1/gov/members",
+            get(|s, w, q| list(s, w, q, Role::Member)),
+        )
+        .route("/v1/gov/users", get(|s, w, q| list(s, w, q, Role::User)))
+        .route("/v1/gov/nodes", get(|s, w, q| list(s, w, q, Role::Node)))
+        .route("/v1/gov/identities/{id}", get(identity))
+        .route("/v1/gov/proposals", get(proposals))
+        .route("/v1/gov/proposals/{id}", get(proposal))
+        .route("/v1/gov/constitution", get(constitution))
+        .route("/v1/gov/history/{subject}", get(history))
+}
+
+pub fn identity_json(i: &Identity) -> Value {
+    json!({
+        "id": hex::encode(i.id()),
+        "role": i.role.as_str(),
+        "status": i.status.as_str(),
+        "name": i.name,
+        "data": i.data,
+        "operator": i.operator.map(hex::encode),
+        "keys": i.keys.iter().map(|(since, k)| json!({
+            "since": since,
+            "key": hex::encode(k),
+            "fingerprint": hex::encode(comity_core::crypto::sha256(k)),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+#[derive(Deserialize)]
+struct ListParams {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list(
+    axum::extract::State(shared): S,
+    Extension(who): Extension<ClientIdentity>,
+    ApiQuery(q): ApiQuery<ListParams>,
+    role: Role,
+) -> ApiResult<Json<Value>> {
+    authorize(&shared, who)?;
+    let after = q.after.as_deref().map(parse_hash).transpose()?;
+    let limit = q.limit.unwrap_or(100).clamp(1, MAX_LIST);
+    let r = shared.store.read()?;
+    let items: Vec<_> = gov::query::identities(&r, role, after, limit)?
+        .iter()
+        .map(identity_json)
+        .collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+/// A state value proved against the latest final checkpoint.
+fn proof_json(shared: &crate::Shared, key: &[u8]) -> ApiResult<Value> {
+    Ok(match query::proved_state(&shared.store, key)? {
+        Some(p) => json!({
+            "checkpoint": checkpoint_json(&p.checkpoint),
+            "state_key_hex": hex::encode(key),
+            "value_hex": p.value.map(hex::encode),
+            "state_proof": hex::encode(&p.proof),
+        }),
+        None => Value::Null,
+    })
+}
+
+async fn identity(
+    axum::extract::State(shared): S,
+    Extension(who): Extension<ClientIdentity>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
+    authorize(&shared, who)?;
+    let id = parse_hash(&id)?;
+    let ident = registry::get(&shared.store.read()?, &id)?
+        .ok_or_else(|| ApiError::not_found("no identity with that id"))?;
+    Ok(Json(json!({
+        "identity": identity_json(&ident),
+        "proof": proof_json(&shared, &keys::identity(&id))?,
+    })))
+}
+
+#[derive(Deserialize)]
+struct ProposalParams {
+    state: Option<String>,
+    from: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn proposals(
+    axum::extract::State(shared): S,
+    Extension(who): Extension<ClientIdentity>,
+    ApiQuery(q): ApiQuery<ProposalParams>,
+) -> ApiResult<Json<Value>> {
+    authorize(&shared, who)?;
+    let st = match q.state.as_deref() {
+        None => None,
+        Some(s) => Some(
+            serde_json::from_value::<ProposalState>(json!(s)).map_err(|_| {
+                ApiError::bad_request(
+                    "malformed",
+                    "state is one of open, accepted, rejected, withdrawn, expired, failed",
+                )
+            })?,
+        ),
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, MAX_LIST);
+    let items = gov::query::proposals(&shared.store.read()?, st, q.from.unwrap_or(0), limit)?;
+    Ok(Json(json!({ "items": items })))
+}
+
+async fn proposal(
+    axum::extract::State(shared): S,
+    Extension(who): Extension<ClientIdentity>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
+    authorize(&shared, who)?;
+    let id = parse_hash(&id)?;
+    let p = gov::load(&shared.store.read()?, &id)?
+        .ok_or_else(|| ApiError::not_found("no proposal with that id"))?;
+    Ok(Json(json!({
+        "proposal": p,
+        "proof": proof_json(&shared, &keys::proposal(&id))?,
+    })))
+}
+
+async fn constitution(
+    axum::extract::State(shared): S,
+    Extension(who): Extension<ClientIdentity>,
+) -> ApiResult<Json<Value>> {
+    authorize(&shared, who)?;
+    let (version, c) = state::current_constitution(&shared.store.read()?)?;
+    Ok(Json(json!({
+        "version": version,
+        "digest": hex::encode(state::constitution_digest(&c)),
+        "constitution": c,
+        "proof": proof_json(&shared, &keys::constitution(version))?,
+    })))
+}
+
+/// `constitution`, `config`, `network`, `protocol`, or a 64-hex id.
+fn subject(s: &str) -> ApiResult<Hash> {
+    match s {
+        "constitution" | "config" | "network" | "protocol" => Ok(state::subject(s)),
+        _ => parse_hash(s),
+    }
+}
+
+async fn history(
+    axum::extract::State(shared): S,
+    Extension(who): Extension<ClientIdentity>,
+    ApiPath(s): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
+    authorize(&shared, who)?;
+    let subject = subject(&s)?;
+    let entries = gov::query::history(&shared.store.read()?, &subject, MAX_LIST)?;
+    let mut items = Vec::with_capacity(entries.len());
+    for (index, tx) in entries {
+        let (rec, leaf) = query::record(&shared.store, index)?;
+        let parsed = comity_core::tx::Tx::parse(&rec.body).ok();
+        let receipt = query::receipt(&shared.store, index, true)?.map(|r| hex::encode(r.to_cose()));
+        items.push(json!({
+            "index": index,
+            "tx": hex::encode(tx),
+            "time": leaf.time,
+            "outcome": leaf.outcome.code(),
+            "op": parsed.as_ref().map(|t| format!("{}.{}", t.payload.app, t.payload.op)),
+            "signer": parsed.as_ref().map(|t| hex::encode(t.kid)),
+            "receipt": receipt,
+        }));
+    }
+    Ok(Json(
+        json!({ "subject": hex::encode(subject), "items": items }),
+    ))
+}
