@@ -307,6 +307,8 @@ fn enact(
 }
 
 /// Expires open proposals whose time has come; `index` is the next ledger index.
+/// Deterministic from ledger content alone: every entry with time >= the deadline
+/// sees the proposal expired, whether or not an idle tick got there first.
 pub fn expire(batch: &mut WriteBatch<'_>, now: u64, index: u64) -> Result<(), StoreError> {
     let to = [
         keys::PROPOSAL_EXPIRY_PREFIX,
@@ -322,7 +324,10 @@ pub fn expire(batch: &mut WriteBatch<'_>, now: u64, index: u64) -> Result<(), St
             let id: Hash = k[k.len() - 32..].try_into().expect("32-byte suffix");
             match load(&*batch, &id)? {
                 Some(mut p) if p.state == ProposalState::Open => {
-                    close(batch, &mut p, ProposalState::Expired, index, now, None)?;
+                    // The deadline, not the clock that noticed it: a replay of the
+                    // ledger (which has no record of idle clock ticks) must agree.
+                    let at = p.expires;
+                    close(batch, &mut p, ProposalState::Expired, index, at, None)?;
                     store(batch, &p)?;
                 }
                 _ => batch.delete(&k)?,

@@ -1,0 +1,489 @@
+//! Governance through the executor on a real store: three members propose,
+//! vote, withdraw and let proposals expire; the constitution decides; actions
+//! apply all together or not at all; every unauthorized path is refused with
+//! its code; and a replay of the ledger reproduces the same state root.
+
+use comity_apps::audit::Audit;
+use comity_apps::genesis::node_info;
+use comity_apps::gov::constitution::{Constitution, Rule, Threshold};
+use comity_apps::gov::proposal::{Proposal, ProposalState};
+use comity_apps::gov::{self, state, Id};
+use comity_apps::registry::{self, Status};
+use comity_apps::{Command, Executor, Genesis, IdentitySpec};
+use comity_core::cbor::{self, Value};
+use comity_core::crypto::{sha256, Alg, SigningKey};
+use comity_core::network::NodeSet;
+use comity_core::tx::{Tx, TxPayload};
+use comity_core::Hash;
+use comity_store::Store;
+use serde_bytes::ByteBuf;
+use serde_json::json;
+
+const T0: u64 = 1_763_000_000_000;
+const EXPIRY: u64 = 60_000;
+
+struct Gov {
+    store: Store,
+    ex: Executor,
+    net: Hash,
+    m: Vec<SigningKey>,
+    user: SigningKey,
+    time: u64,
+    nonce: u64,
+    _dir: tempfile::TempDir,
+}
+
+impl Gov {
+    fn new() -> Gov {
+        let dir = tempfile::tempdir().unwrap();
+        let m: Vec<SigningKey> = (0..3).map(|_| SigningKey::generate(Alg::EdDsa)).collect();
+        let user = SigningKey::generate(Alg::Es256);
+        let node = SigningKey::generate(Alg::EdDsa);
+        let mut g = Genesis::new(
+            "gov",
+            T0,
+            m.iter()
+                .enumerate()
+                .map(|(i, k)| IdentitySpec::new(k.public().to_spki_der(), &format!("m{i}")))
+                .collect(),
+            vec![IdentitySpec::new(user.public().to_spki_der(), "u")],
+            NodeSet(vec![node_info(&node.public(), m[0].public().fingerprint())]),
+        );
+        g.constitution.expiry_ms = EXPIRY;
+        let (store, _) = Store::open(dir.path(), 1 << 20).unwrap();
+        let mut gov = Gov {
+            ex: Executor::load(&store).unwrap(),
+            store,
+            net: g.network_id(),
+            m,
+            user,
+            time: T0,
+            nonce: 0,
+            _dir: dir,
+        };
+        gov.apply(Command::Genesis {
+            doc: ByteBuf::from(g.to_cbor()),
+        });
+        gov
+    }
+
+    fn apply(&mut self, cmd: Command) -> comity_apps::executor::Output {
+        let t = self.store.begin().unwrap();
+        let out = self
+            .ex
+            .apply(&mut t.batch().unwrap(), &cmd, &|_| None)
+            .unwrap();
+        t.commit(false).unwrap();
+        out
+    }
+
+    /// Signs as `key` (identity `kid`).
+    fn sign_as(
+        &mut self,
+        key: &SigningKey,
+        kid: &Hash,
+        app: &str,
+        op: &str,
+        args: Value,
+    ) -> Vec<u8> {
+        self.nonce += 1;
+        let p = TxPayload {
+            net: self.net,
+            app: app.into(),
+            op: op.into(),
+            args,
+            nonce: self.nonce.to_be_bytes().to_vec(),
+            created: self.time,
+        };
+        Tx::sign(key, kid, &p)
+    }
+
+    fn sign(&mut self, key: &SigningKey, app: &str, op: &str, args: Value) -> Vec<u8> {
+        let kid = key.public().fingerprint();
+        self.sign_as(key, &kid, app, op, args)
+    }
+
+    /// Applies one transaction; returns its id and outcome code.
+    fn run(&mut self, tx: Vec<u8>) -> (Hash, String) {
+        self.time += 10;
+        let out = self.apply(Command::Batch {
+            time: self.time,
+            txs: vec![ByteBuf::from(tx.clone())],
+        });
+        assert_eq!(out.txs.len(), 1);
+        (sha256(&tx), out.txs[0].outcome.code().to_string())
+    }
+
+    fn propose(&mut self, who: usize, actions: serde_json::Value) -> (Hash, String) {
+        let args = cbor::map([("actions", cbor::from_serde(&actions).unwrap())]);
+        let tx = self.sign(&self.m[who].clone(), "gov", "propose", args);
+        self.run(tx)
+    }
+
+    fn vote(&mut self, who: &SigningKey, p: &Hash, vote: &str) -> String {
+        let args = cbor::map([
+            ("proposal", cbor::text(hex::encode(p))),
+            ("vote", cbor::text(vote)),
+        ]);
+        let tx = self.sign(who, "gov", "vote", args);
+        self.run(tx).1
+    }
+
+    fn proposal(&self, id: &Hash) -> Proposal {
+        gov::load(&self.store.read().unwrap(), id).unwrap().unwrap()
+    }
+
+    /// m0 proposes, m1 approves: passes under a majority rule.
+    fn pass(&mut self, actions: serde_json::Value) -> Proposal {
+        let (id, code) = self.propose(0, actions);
+        assert_eq!(code, "ok");
+        let m1 = self.m[1].clone();
+        assert_eq!(self.vote(&m1, &id, "approve"), "ok");
+        self.proposal(&id)
+    }
+
+    fn put(&mut self, key: &SigningKey, kid: Option<Hash>) -> String {
+        let args = cbor::map([("key", cbor::text("k")), ("value", cbor::bytes(vec![1]))]);
+        let kid = kid.unwrap_or_else(|| key.public().fingerprint());
+        let tx = self.sign_as(key, &kid, "kv", "put", args);
+        self.run(tx).1
+    }
+
+    fn status(&self, id: &Hash) -> Status {
+        registry::get(&self.store.read().unwrap(), id)
+            .unwrap()
+            .unwrap()
+            .status
+    }
+}
+
+fn id_of(k: &SigningKey) -> String {
+    hex::encode(k.public().fingerprint())
+}
+
+fn add_user(k: &SigningKey) -> serde_json::Value {
+    json!([{"action": "user.add", "args": {"key": hex::encode(k.public().to_spki_der()), "name": "new"}}])
+}
+
+#[test]
+fn propose_vote_accept_reject_withdraw_expire() {
+    let mut g = Gov::new();
+    let (m1, m2) = (g.m[1].clone(), g.m[2].clone());
+
+    // Accepted by a majority: the proposer's implicit approval and one ballot.
+    let alice = SigningKey::generate(Alg::EdDsa);
+    let (p, code) = g.propose(0, add_user(&alice));
+    assert_eq!(code, "ok");
+    assert_eq!(g.proposal(&p).state, ProposalState::Open);
+    assert_eq!(g.put(&alice, None), "unknown_signer");
+    assert_eq!(g.vote(&m1, &p, "approve"), "ok");
+    let accepted = g.proposal(&p);
+    assert_eq!(accepted.state, ProposalState::Accepted);
+    assert_eq!(accepted.ballots.len(), 2);
+    assert_eq!(g.put(&alice, None), "ok");
+    // A ballot after the decision, and a duplicate ballot.
+    assert_eq!(g.vote(&m2, &p, "approve"), "proposal_closed");
+    let bob = SigningKey::generate(Alg::EdDsa);
+    let (p2, _) = g.propose(0, add_user(&bob));
+    assert_eq!(g.vote(&m1, &p2, "reject"), "ok");
+    assert_eq!(g.vote(&m1, &p2, "approve"), "already_voted");
+    // Rejected as soon as a majority can no longer be reached.
+    assert_eq!(g.vote(&m2, &p2, "reject"), "ok");
+    assert_eq!(g.proposal(&p2).state, ProposalState::Rejected);
+    assert_eq!(g.put(&bob, None), "unknown_signer");
+
+    // Withdrawn by its proposer only.
+    let (p3, _) = g.propose(0, add_user(&bob));
+    let withdraw = |g: &mut Gov, who: &SigningKey| {
+        let tx = g.sign(
+            who,
+            "gov",
+            "withdraw",
+            cbor::map([("proposal", cbor::text(hex::encode(p3)))]),
+        );
+        g.run(tx).1
+    };
+    assert_eq!(withdraw(&mut g, &m1), "not_proposer");
+    let m0 = g.m[0].clone();
+    assert_eq!(withdraw(&mut g, &m0), "ok");
+    assert_eq!(g.proposal(&p3).state, ProposalState::Withdrawn);
+    assert_eq!(g.vote(&m1, &p3, "approve"), "proposal_closed");
+
+    // Expired by ledger time, even with no transaction touching it.
+    let (p4, _) = g.propose(0, add_user(&bob));
+    let expires = g.proposal(&p4).expires;
+    g.time = expires;
+    g.apply(Command::Batch {
+        time: g.time,
+        txs: vec![],
+    });
+    let expired = g.proposal(&p4);
+    assert_eq!(expired.state, ProposalState::Expired);
+    assert_eq!(expired.resolved.unwrap().time, expires);
+    assert_eq!(g.vote(&m1, &p4, "approve"), "proposal_expired");
+    assert_eq!(
+        gov::next_expiry(&g.store.read().unwrap()).unwrap(),
+        None,
+        "no open proposal left"
+    );
+
+    // An unknown proposal.
+    assert_eq!(g.vote(&m1, &[9; 32], "approve"), "not_found");
+}
+
+#[test]
+fn failing_actions_apply_nothing() {
+    let mut g = Gov::new();
+    let carol = SigningKey::generate(Alg::EdDsa);
+    let mut actions = add_user(&carol);
+    actions
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"action": "member.remove", "args": {"id": hex::encode([7u8; 32])}}));
+    let p = g.pass(actions);
+    assert_eq!(p.state, ProposalState::Failed);
+    assert!(
+        p.resolved
+            .unwrap()
+            .reason
+            .unwrap()
+            .contains("action 1 (member.remove)"),
+        "the reason names the failing action"
+    );
+    assert_eq!(
+        g.put(&carol, None),
+        "unknown_signer",
+        "the user.add before it was not applied"
+    );
+
+    // Removing every active member is refused, and so is leaving a rule unsatisfiable.
+    let all: Vec<_> =
+        g.m.iter()
+            .map(|k| json!({"action": "member.remove", "args": {"id": id_of(k)}}))
+            .collect();
+    let p = g.pass(json!(all));
+    assert_eq!(p.state, ProposalState::Failed);
+    // Member m0 operates the only node: it cannot be removed before the node is retired.
+    let p = g.pass(json!([{"action": "member.remove", "args": {"id": id_of(&g.m[0])}}]));
+    assert_eq!(p.state, ProposalState::Failed);
+    assert!(p
+        .resolved
+        .unwrap()
+        .reason
+        .unwrap()
+        .contains("retire the node first"));
+    assert_eq!(g.status(&g.m[0].public().fingerprint()), Status::Active);
+
+    // A constitution naming someone who is not a member fails when accepted...
+    let mut c = Constitution::default();
+    c.rules.insert(
+        "network.close".into(),
+        Rule {
+            approve: Some(Threshold::AtLeast(1)),
+            of: Some(vec![Id([5; 32])]),
+            ..Rule::default()
+        },
+    );
+    let c_json = serde_json::to_value(&c).unwrap();
+    let (p, code) = g.propose(0, json!([{"action": "constitution.set", "args": c_json}]));
+    assert_eq!(code, "ok");
+    for k in [g.m[1].clone(), g.m[2].clone()] {
+        g.vote(&k, &p, "approve");
+    }
+    assert_eq!(g.proposal(&p).state, ProposalState::Failed);
+    // ...and one that cannot be satisfied at all is refused when proposed.
+    c.rules.get_mut("network.close").unwrap().approve = Some(Threshold::AtLeast(300));
+    let (_, code) = g.propose(
+        0,
+        json!([{"action": "constitution.set", "args": serde_json::to_value(&c).unwrap()}]),
+    );
+    assert_eq!(code, "bad_args");
+}
+
+#[test]
+fn constitution_change_applies_to_the_next_proposal_only() {
+    let mut g = Gov::new();
+    let (m1, m2) = (g.m[1].clone(), g.m[2].clone());
+    let dave = SigningKey::generate(Alg::EdDsa);
+    let (before, _) = g.propose(0, add_user(&dave));
+
+    // Unanimity for user.add, and m2 alone may close the network.
+    let mut c = Constitution::default();
+    c.rules.insert("user.add".into(), Rule::unanimous());
+    c.rules.insert(
+        "network.close".into(),
+        Rule {
+            approve: Some(Threshold::AtLeast(1)),
+            of: Some(vec![Id(m2.public().fingerprint())]),
+            ..Rule::default()
+        },
+    );
+    let (cs, _) = g.propose(
+        0,
+        json!([{"action": "constitution.set", "args": serde_json::to_value(&c).unwrap()}]),
+    );
+    assert_eq!(g.vote(&m1, &cs, "approve"), "ok");
+    assert_eq!(
+        g.proposal(&cs).state,
+        ProposalState::Open,
+        "constitution.set needs unanimity"
+    );
+    assert_eq!(g.vote(&m2, &cs, "approve"), "ok");
+    assert_eq!(g.proposal(&cs).state, ProposalState::Accepted);
+    assert_eq!(
+        state::current_constitution(&g.store.read().unwrap())
+            .unwrap()
+            .0,
+        2
+    );
+
+    // The open proposal is still decided by the constitution it was made under.
+    assert_eq!(g.vote(&m1, &before, "approve"), "ok");
+    assert_eq!(g.proposal(&before).state, ProposalState::Accepted);
+    // A new one follows the new rule.
+    let erin = SigningKey::generate(Alg::EdDsa);
+    let (after, _) = g.propose(0, add_user(&erin));
+    assert_eq!(g.vote(&m1, &after, "approve"), "ok");
+    assert_eq!(g.proposal(&after).state, ProposalState::Open);
+    assert_eq!(g.vote(&m2, &after, "approve"), "ok");
+    assert_eq!(g.proposal(&after).state, ProposalState::Accepted);
+
+    // Only m2's approval counts for network.close.
+    let (close, _) = g.propose(0, json!([{"action": "network.close"}]));
+    assert_eq!(g.vote(&m1, &close, "approve"), "ok");
+    assert_eq!(g.proposal(&close).state, ProposalState::Open);
+    assert_eq!(g.vote(&m2, &close, "approve"), "ok");
+    assert_eq!(g.proposal(&close).state, ProposalState::Accepted);
+    let user = g.user.clone();
+    assert_eq!(g.put(&user, None), "network_closed");
+    let m0 = g.m[0].clone();
+    assert_eq!(g.put(&m0, None), "ok", "members still transact");
+
+    // Removing m2 would leave network.close with no one to approve it.
+    let p = g.pass(json!([{"action": "member.remove", "args": {"id": id_of(&m2)}}]));
+    assert_eq!(p.state, ProposalState::Failed);
+    assert!(p
+        .resolved
+        .unwrap()
+        .reason
+        .unwrap()
+        .contains("never be satisfied"));
+}
+
+#[test]
+fn authorization_membership_and_keys() {
+    let mut g = Gov::new();
+    let (m2, user) = (g.m[2].clone(), g.user.clone());
+    let frank = SigningKey::generate(Alg::EdDsa);
+    let (p, _) = g.propose(0, add_user(&frank));
+
+    // Users may not propose or vote; strangers are unknown.
+    let args = cbor::map([("actions", cbor::from_serde(&add_user(&frank)).unwrap())]);
+    let tx = g.sign(&user, "gov", "propose", args.clone());
+    assert_eq!(g.run(tx).1, "forbidden");
+    assert_eq!(g.vote(&user, &p, "approve"), "forbidden");
+    let tx = g.sign(&frank, "gov", "propose", args);
+    assert_eq!(g.run(tx).1, "unknown_signer");
+
+    // A removed member's ballot is refused, and its earlier ballots stop counting.
+    assert_eq!(g.vote(&m2, &p, "reject"), "ok");
+    let removed = g.pass(json!([{"action": "member.remove", "args": {"id": id_of(&m2)}}]));
+    assert_eq!(removed.state, ProposalState::Accepted);
+    assert_eq!(g.status(&m2.public().fingerprint()), Status::Removed);
+    assert_eq!(g.vote(&m2, &p, "approve"), "inactive_identity");
+    assert_eq!(g.put(&m2, None), "inactive_identity");
+
+    // A new member is accepted, must acknowledge the constitution, then votes.
+    let gina = SigningKey::generate(Alg::EdDsa);
+    let added = g.pass(json!([{"action": "member.add", "args": {
+        "key": hex::encode(gina.public().to_spki_der()), "name": "Gina", "data": {"org": "Bank G"}}}]));
+    assert_eq!(added.state, ProposalState::Accepted);
+    let gid = gina.public().fingerprint();
+    assert_eq!(g.status(&gid), Status::Accepted);
+    assert_eq!(g.vote(&gina, &p, "approve"), "not_acknowledged");
+    let ack = |g: &mut Gov, digest: Hash| {
+        let tx = g.sign(
+            &gina,
+            "gov",
+            "ack",
+            cbor::map([("constitution", cbor::text(hex::encode(digest)))]),
+        );
+        g.run(tx).1
+    };
+    assert_eq!(ack(&mut g, [0; 32]), "stale_constitution");
+    let (_, c) = state::current_constitution(&g.store.read().unwrap()).unwrap();
+    assert_eq!(ack(&mut g, state::constitution_digest(&c)), "ok");
+    assert_eq!(g.status(&gid), Status::Active);
+    assert_eq!(
+        ack(&mut g, state::constitution_digest(&c)),
+        "already_active"
+    );
+    // Active members now: m0, m1, gina; m0 and gina approve.
+    assert_eq!(g.vote(&gina, &p, "approve"), "ok");
+    assert_eq!(g.proposal(&p).state, ProposalState::Accepted);
+
+    // Removing a user stops its transactions from the next entry on.
+    assert_eq!(g.put(&user, None), "ok");
+    let uid = hex::encode(user.public().fingerprint());
+    g.pass(json!([{"action": "user.remove", "args": {"id": uid}}]));
+    assert_eq!(g.put(&user, None), "inactive_identity");
+
+    // Key rotation: the id stays, the old key stops, the new key works.
+    let fk2 = SigningKey::generate(Alg::EdDsa);
+    let fid = frank.public().fingerprint();
+    let rotated = g.pass(json!([{"action": "identity.rotate_key", "args": {
+        "id": hex::encode(fid), "key": hex::encode(fk2.public().to_spki_der())}}]));
+    assert_eq!(rotated.state, ProposalState::Accepted);
+    assert_eq!(g.put(&frank, None), "bad_signature");
+    assert_eq!(g.put(&fk2, Some(fid)), "ok");
+    let ident = registry::get(&g.store.read().unwrap(), &fid)
+        .unwrap()
+        .unwrap();
+    assert_eq!(ident.id(), fid);
+    assert_eq!(ident.keys.len(), 2);
+
+    // Settings: configuration and the protocol schedule.
+    let p = g.pass(json!([{"action": "config.set", "args": {"checkpoint_ms": 200}}]));
+    assert_eq!(p.state, ProposalState::Accepted);
+    assert_eq!(g.ex.config().checkpoint_ms, 200);
+    let (_, code) = g.propose(
+        0,
+        json!([{"action": "config.set", "args": {"checkpoint_ms": 0}}]),
+    );
+    assert_eq!(code, "bad_args");
+    let p = g.pass(json!([{"action": "protocol.switch", "args": {"version": 1, "at": 1_000_000}}]));
+    assert_eq!(
+        p.state,
+        ProposalState::Failed,
+        "version 1 is already in force"
+    );
+}
+
+#[test]
+fn replay_reproduces_governance_state() {
+    let mut g = Gov::new();
+    let m1 = g.m[1].clone();
+    let h = SigningKey::generate(Alg::EdDsa);
+    g.pass(add_user(&h));
+    let (p, _) = g.propose(0, add_user(&SigningKey::generate(Alg::EdDsa)));
+    g.vote(&m1, &p, "reject");
+    let (p2, _) = g.propose(1, add_user(&SigningKey::generate(Alg::EdDsa)));
+    // Expired by an idle tick the ledger does not record.
+    g.time = g.proposal(&p2).expires + 5;
+    g.apply(Command::Batch {
+        time: g.time,
+        txs: vec![],
+    });
+    g.time += 10;
+    let out = g.apply(Command::Checkpoint { time: g.time });
+    let root = out.checkpoints.last().expect("checkpoint").state_root;
+
+    let scratch = tempfile::tempdir().unwrap();
+    let mut audit = Audit::new(scratch.path()).unwrap();
+    let len = g.store.read().unwrap().ledger_len().unwrap();
+    for i in 0..len {
+        audit.feed(i, &g.store.record(i).unwrap()).unwrap();
+    }
+    let summary = audit.finish().unwrap();
+    assert_eq!(summary.last_state_root, Some(root));
+}
