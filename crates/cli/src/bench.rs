@@ -248,7 +248,9 @@ pub async fn execute(g: &Global, args: &BenchArgs) -> anyhow::Result<Report> {
     let member = Signer::from_pem_file(&member_path, net)?;
     let voters = voter_keys(args, &cfg, &member_path, net)?;
 
-    let signers = register_identities(&client, &member, &voters, args.identities).await?;
+    // Governance reads need a registered identity's certificate.
+    let gov_client = cfg.client()?;
+    let signers = register_identities(&gov_client, &member, &voters, args.identities).await?;
     run_workload(&client, &identity, signers, args, &cfg.url).await
 }
 

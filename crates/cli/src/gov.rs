@@ -383,13 +383,7 @@ async fn list(
                 "{}  {:<9} {}  by {}",
                 i["id"].as_str().unwrap_or("?"),
                 i["state"].as_str().unwrap_or("?"),
-                i["actions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|a| a["action"].as_str())
-                    .collect::<Vec<_>>()
-                    .join(","),
+                action_summary(&i["actions"]),
                 short(i["proposer"].as_str().unwrap_or("?")),
             ),
             _ => println!(
@@ -406,6 +400,29 @@ async fn list(
         }
     }
     Ok(())
+}
+
+/// "user.add ×64, network.close": each action once, with its count.
+fn action_summary(actions: &Value) -> String {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for a in actions.as_array().into_iter().flatten() {
+        let name = a["action"].as_str().unwrap_or("?");
+        match counts.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, c)) => *c += 1,
+            None => counts.push((name, 1)),
+        }
+    }
+    counts
+        .iter()
+        .map(|(n, c)| {
+            if *c > 1 {
+                format!("{n} ×{c}")
+            } else {
+                n.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 async fn history(cfg: &Config, client: &Client, subject: &str) -> anyhow::Result<()> {
