@@ -78,9 +78,9 @@ pub struct ProposeArgs {
     /// Display name.
     #[arg(long)]
     pub name: Option<String>,
-    /// Descriptive data, e.g. --data org="Bank Four plc" (repeatable).
-    #[arg(long = "data", value_name = "KEY=VALUE")]
-    pub data: Vec<String>,
+    /// Descriptive data, e.g. --info org="Bank Four plc" (repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub info: Vec<String>,
     /// Operating member of a node to trust.
     #[arg(long)]
     pub member: Option<String>,
@@ -122,7 +122,7 @@ fn need<'a, T>(v: &'a Option<T>, flag: &str, action: &str) -> anyhow::Result<&'a
 
 /// Builds the action's `{action, args}` document from the flags.
 fn action_json(a: &ProposeArgs, action: &str) -> anyhow::Result<Value> {
-    let data = Value::Object(pairs(&a.data)?);
+    let data = Value::Object(pairs(&a.info)?);
     let name = |cert: &Path| -> String {
         a.name.clone().unwrap_or_else(|| {
             cert.file_name()
@@ -217,12 +217,20 @@ fn signer(g: &Global, cfg: &Config, net: Hash) -> anyhow::Result<Signer> {
 /// A client for governance reads, authenticated as the signing member if its
 /// certificate sits beside its key, else as client.json's identity.
 fn read_client(g: &Global, cfg: &Config) -> anyhow::Result<Client> {
-    let mut cfg = cfg.clone();
     if let (Some(k), None) = (&g.key, &g.cert) {
-        let name = k.to_string_lossy().replace(".key.pem", ".cert.pem");
-        if Path::new(&name).exists() && name != k.to_string_lossy() {
-            cfg.cert = Some(PathBuf::from(name));
+        let cert = PathBuf::from(k.to_string_lossy().replace(".key.pem", ".cert.pem"));
+        let mut cfg = cfg.clone();
+        if cert.exists() && cert != *k {
+            cfg.cert = Some(cert);
+        } else {
+            let defaults = Global {
+                key: None,
+                cert: None,
+                ..g.clone()
+            };
+            cfg = Config::load(&defaults)?;
         }
+        return cfg.client();
     }
     cfg.client()
 }

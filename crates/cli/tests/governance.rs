@@ -239,6 +239,92 @@ async fn governance_over_http() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    // A new member, added with the CLI, acknowledges the constitution with the CLI.
+    let keys = g.net.key_path("dana").parent().unwrap().to_path_buf();
+    let out = g
+        .net
+        .cli(
+            &[
+                "keys",
+                "new",
+                "--name",
+                "dana",
+                "--out",
+                keys.to_str().unwrap(),
+            ],
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(out.status.success(), "{}", out.stderr);
+    let dana_cert = g.net.cert_path("dana");
+    let key0 = g.net.key_path("member0");
+    let out = g
+        .net
+        .cli(
+            &[
+                "gov",
+                "propose",
+                "member.add",
+                "--certificate",
+                dana_cert.to_str().unwrap(),
+                "--name",
+                "Dana",
+                "--info",
+                "org=Bank D",
+                "--key",
+                key0.to_str().unwrap(),
+            ],
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    let pid = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("proposal "))
+        .expect("proposal id")
+        .to_string();
+    let out = g
+        .net
+        .cli(
+            &[
+                "gov",
+                "vote",
+                &pid,
+                "approve",
+                "--key",
+                key1.to_str().unwrap(),
+            ],
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(
+        out.stdout.contains("state:       accepted"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    let dana_key = g.net.key_path("dana");
+    let out = g
+        .net
+        .cli(
+            &["gov", "ack", "--key", dana_key.to_str().unwrap()],
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    let out = g
+        .net
+        .cli(&["gov", "list", "members"], Duration::from_secs(30))
+        .await;
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.contains("active") && l.contains("Dana")),
+        "{}",
+        out.stdout
+    );
+
     // The auditor's replay reproduces every governance outcome and root.
     let out = g
         .net

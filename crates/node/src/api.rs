@@ -355,26 +355,31 @@ async fn size(State(shared): S) -> ApiResult<Json<Value>> {
     Ok(Json(json!({"size": len, "tx_root": hex::encode(root)})))
 }
 
-/// Non-public reads need a client certificate of an active member or user.
+/// Non-public reads need a client certificate of a current key of a member
+/// (active, or accepted and about to acknowledge) or an active user.
 pub(crate) fn authorize(shared: &Shared, who: ClientIdentity) -> ApiResult<Hash> {
-    let id = who.0.ok_or_else(|| {
+    let fp = who.0.ok_or_else(|| {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthenticated",
             "this read needs a TLS client certificate of a registered identity",
         )
     })?;
-    let ident = registry::get(&shared.store.read()?, &id)?;
-    match ident {
+    let r = shared.store.read()?;
+    // A rotated identity presents its new key, whose hash is not the identity id.
+    let id = comity_apps::gov::state::key_owner(&r, &fp)?.unwrap_or(fp);
+    match registry::get(&r, &id)? {
         Some(i)
-            if i.is_active() && matches!(i.role, registry::Role::Member | registry::Role::User) =>
+            if i.may_sign()
+                && comity_core::crypto::sha256(i.current_key()) == fp
+                && matches!(i.role, registry::Role::Member | registry::Role::User) =>
         {
             Ok(id)
         }
         _ => Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
-            "the client certificate does not belong to an active member or user",
+            "the client certificate is not the current key of a member or active user",
         )),
     }
 }
