@@ -186,6 +186,10 @@ impl Executor {
     pub fn config(&self) -> &Config {
         &self.config
     }
+    /// Whether users may submit application transactions.
+    pub fn is_open(&self) -> bool {
+        self.open
+    }
     pub fn checkpoint_seq(&self) -> u64 {
         self.st.seq
     }

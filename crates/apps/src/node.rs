@@ -6,9 +6,8 @@ use crate::registry::Role;
 use crate::{codes, keys, Reject};
 use comity_core::cbor::{self, MapView, Value};
 use comity_core::checkpoint::{self, Checkpoint, CHECKPOINT_CONTENT_TYPE};
-use comity_core::network::NodeSet;
 use comity_core::Hash;
-use comity_store::{StoreError, WriteBatch};
+use comity_store::StoreError;
 use std::collections::BTreeSet;
 
 /// Arguments of `node.checkpoint`: the body the node computed and its COSE_Signature.
@@ -17,14 +16,6 @@ pub fn signature_args(body: &[u8], sig: &[u8]) -> Value {
         ("body", cbor::bytes(body.to_vec())),
         ("sig", cbor::bytes(sig.to_vec())),
     ])
-}
-
-pub fn node_set(batch: &WriteBatch<'_>) -> Result<NodeSet, StoreError> {
-    let raw = batch
-        .get(keys::NODES)?
-        .ok_or_else(|| StoreError::StateTree("no node set".into()))?;
-    let v = cbor::from_slice(&raw).map_err(|e| StoreError::StateTree(e.to_string()))?;
-    NodeSet::from_value(&v).map_err(|e| StoreError::StateTree(e.to_string()))
 }
 
 /// Outcome for the caller: whether the local checkpoint disagreed with the signed one.
@@ -59,7 +50,7 @@ pub fn execute(
     if cp.network_id != ctx.net {
         return Ok(Err(Reject(codes::WRONG_NETWORK)));
     }
-    let set = node_set(ctx.batch)?;
+    let set = crate::gov::state::node_set(&*ctx.batch)?;
     let Some(node) = set.get(&ctx.signer) else {
         return Ok(Err(Reject(codes::FORBIDDEN)));
     };

@@ -134,17 +134,6 @@ impl Identity {
             .1
     }
 
-    /// The key valid at ledger index `index`.
-    pub fn key_at(&self, index: u64) -> &[u8] {
-        self.keys
-            .iter()
-            .rev()
-            .find(|(since, _)| *since <= index)
-            .unwrap_or(&self.keys[0])
-            .1
-            .as_slice()
-    }
-
     /// Active users and members, and trusted nodes, may transact.
     pub fn is_active(&self) -> bool {
         matches!(self.status, Status::Active | Status::Trusted)

@@ -50,6 +50,8 @@ pub enum Event {
 pub struct ExecView {
     pub network_id: Option<Hash>,
     pub config: Config,
+    /// Whether users may transact.
+    pub open: bool,
     pub ledger_time: u64,
     /// Entries not yet covered by a checkpoint marker.
     pub uncovered: u64,
@@ -63,6 +65,7 @@ impl ExecView {
         ExecView {
             network_id: ex.network_id(),
             config: ex.config().clone(),
+            open: ex.is_open(),
             ledger_time: ex.ledger_time(),
             uncovered: ex.uncovered(),
             checkpoint_seq: ex.checkpoint_seq(),

@@ -73,11 +73,15 @@ pub async fn checkpoints(shared: Arc<Shared>) {
         }
         waiting_since = (after.pending_checkpoints > 0).then_some(after.checkpoint_seq);
         // Deadlines run on ledger time; when nothing else moves it, an empty batch does.
-        let due = shared
-            .store
-            .read()
-            .and_then(|r| comity_apps::gov::next_expiry(&r))
-            .ok()
+        let idle = after.uncovered == 0;
+        let due = idle
+            .then(|| {
+                shared
+                    .store
+                    .read()
+                    .and_then(|r| comity_apps::gov::next_expiry(&r))
+            })
+            .and_then(Result::ok)
             .flatten();
         if due.is_some_and(|t| t <= now_ms() && t >= after.ledger_time) {
             let tick = Command::Batch {

@@ -130,8 +130,7 @@ pub fn admit(shared: &Shared, bytes: Vec<u8>) -> Result<(Hash, Admission), ApiEr
             ),
         )
     })?;
-    let open = comity_apps::gov::state::is_open(&reader)?;
-    registry::authorize(&ident, &tx.payload.app, &tx.payload.op, open).map_err(|r| {
+    registry::authorize(&ident, &tx.payload.app, &tx.payload.op, v.open).map_err(|r| {
         ApiError::new(
             StatusCode::FORBIDDEN,
             r.0,

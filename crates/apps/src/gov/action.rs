@@ -212,8 +212,8 @@ impl Action {
             Action::RotateKey(r) => rotate_key(o, r, index)?,
             Action::ConstitutionSet(c) => {
                 let version = state::constitution_version(o)? + 1;
-                o.put(&state::constitution_key(version), &state::encode(&**c));
-                o.put(state::CONSTITUTION_VERSION, &version.to_be_bytes());
+                o.put(&keys::constitution(version), &state::encode(&**c));
+                o.put(keys::GOV_CONSTITUTION_VERSION, &version.to_be_bytes());
                 Ok(vec![state::subject("constitution")])
             }
             Action::ConfigSet(c) => match state::config(o)?.apply(c) {
@@ -232,13 +232,13 @@ impl Action {
                     Err(format!("ledger position {} has already passed", p.at))
                 } else {
                     sched.push((p.at, p.version));
-                    o.put(state::PROTOCOL, &state::encode(&sched));
+                    o.put(keys::GOV_PROTOCOL, &state::encode(&sched));
                     Ok(vec![state::subject("protocol")])
                 }
             }
             Action::NetworkOpen | Action::NetworkClose => {
                 o.put(
-                    state::OPEN,
+                    keys::GOV_OPEN,
                     &[u8::from(matches!(self, Action::NetworkOpen))],
                 );
                 Ok(vec![state::subject("network")])

@@ -16,19 +16,6 @@ pub enum ProposalState {
     Failed,
 }
 
-impl ProposalState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProposalState::Open => "open",
-            ProposalState::Accepted => "accepted",
-            ProposalState::Rejected => "rejected",
-            ProposalState::Withdrawn => "withdrawn",
-            ProposalState::Expired => "expired",
-            ProposalState::Failed => "failed",
-        }
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Vote {

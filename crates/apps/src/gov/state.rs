@@ -14,14 +14,6 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::BTreeSet;
 
-pub use crate::keys::{
-    GOV_CONSTITUTION_VERSION as CONSTITUTION_VERSION, GOV_OPEN as OPEN, GOV_PROTOCOL as PROTOCOL,
-};
-
-pub fn constitution_key(version: u64) -> Vec<u8> {
-    keys::constitution(version)
-}
-
 /// The history subject of a network-wide setting (constitution, config, ...).
 pub fn subject(name: &str) -> Hash {
     sha256(format!("comity.gov.{name}").as_bytes())
@@ -46,14 +38,14 @@ fn get<T: DeserializeOwned>(
 }
 
 pub fn constitution_version(s: &impl StateRead) -> Result<u64, StoreError> {
-    Ok(s.state(CONSTITUTION_VERSION)?
+    Ok(s.state(keys::GOV_CONSTITUTION_VERSION)?
         .and_then(|b| b.try_into().ok().map(u64::from_be_bytes))
         .unwrap_or(0))
 }
 
 /// The constitution of a given version (versions start at 1, with genesis).
 pub fn constitution(s: &impl StateRead, version: u64) -> Result<Constitution, StoreError> {
-    get(s, "constitution", &constitution_key(version))?
+    get(s, "constitution", &keys::constitution(version))?
         .ok_or_else(|| StoreError::StateTree(format!("no constitution version {version}")))
 }
 
@@ -77,12 +69,12 @@ pub fn config(s: &impl StateRead) -> Result<Config, StoreError> {
 
 /// (from ledger index, protocol version), in order; the first is genesis.
 pub fn protocol_schedule(s: &impl StateRead) -> Result<Vec<(u64, u64)>, StoreError> {
-    Ok(get(s, "protocol schedule", PROTOCOL)?.unwrap_or_else(|| vec![(0, 1)]))
+    Ok(get(s, "protocol schedule", keys::GOV_PROTOCOL)?.unwrap_or_else(|| vec![(0, 1)]))
 }
 
 /// Whether users may submit application transactions.
 pub fn is_open(s: &impl StateRead) -> Result<bool, StoreError> {
-    Ok(s.state(OPEN)?.as_deref() != Some(&[0]))
+    Ok(s.state(keys::GOV_OPEN)?.as_deref() != Some(&[0]))
 }
 
 pub fn node_set(s: &impl StateRead) -> Result<NodeSet, StoreError> {
