@@ -12,11 +12,13 @@ use comity_core::crypto::{sha256, PublicKey};
 use comity_core::entry::{
     checkpoint_marker_body, EntryKind, Leaf, Outcome, Record, PROTOCOL_VERSION,
 };
+use comity_core::network::NodeSet;
 use comity_core::tx::Tx;
 use comity_core::Hash;
 use comity_store::state::StateTreeUpdate;
 use comity_store::{Store, StoreError, WriteBatch};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// A transaction this node parsed and verified at ingress, with the key it
 /// verified against, so apply need not do either again.
@@ -75,6 +77,8 @@ pub struct Executor {
     open: bool,
     /// (from ledger index, protocol version), set by governance.
     protocol: Vec<(u64, u64)>,
+    /// The trusted node set (the checkpoint signers), shared with the node's peer network.
+    nodes: Arc<NodeSet>,
     /// Checkpoints whose state root is not computed yet, by sequence number.
     pending: BTreeMap<u64, PendingCheckpoint>,
     worker: Option<StateWorker>,
@@ -126,6 +130,10 @@ impl Executor {
         };
         let open = gov::state::is_open(&r)?;
         let protocol = gov::state::protocol_schedule(&r)?;
+        let nodes = match r.get(keys::NODES)? {
+            Some(_) => gov::state::node_set(&r)?,
+            None => NodeSet(Vec::new()),
+        };
         let mut pending = BTreeMap::new();
         for (k, v) in r.aux_range(
             keys::PENDING_CHECKPOINT_PREFIX,
@@ -149,6 +157,7 @@ impl Executor {
             config,
             open,
             protocol,
+            nodes: Arc::new(nodes),
             pending,
             worker: None,
             in_flight: None,
@@ -187,6 +196,11 @@ impl Executor {
         &self.config
     }
     /// Whether users may submit application transactions.
+    /// The trusted node set as of the last apply.
+    pub fn nodes(&self) -> Arc<NodeSet> {
+        self.nodes.clone()
+    }
+
     pub fn is_open(&self) -> bool {
         self.open
     }
@@ -251,14 +265,10 @@ impl Executor {
                 gov::state::put_identity(&mut o, &ident, true)?;
             }
         }
-        for n in &g.nodes.0 {
-            let mut ident = Identity::new(
-                Role::Node,
-                Status::Trusted,
-                &format!("node {}", &hex::encode(n.id)[..12]),
-                n.key.clone(),
-                0,
-            );
+        for (n, meta) in g.nodes.0.iter().zip(&g.node_meta) {
+            let mut ident =
+                Identity::new(Role::Node, Status::Trusted, &meta.name, n.key.clone(), 0);
+            ident.data = meta.data.clone();
             ident.operator = Some(n.member);
             gov::state::put_identity(&mut o, &ident, true)?;
         }
@@ -285,6 +295,7 @@ impl Executor {
         gov::overlay::commit(batch, writes)?;
         self.open = g.open;
         self.config = g.config.clone();
+        self.nodes = Arc::new(g.nodes.clone());
         self.st.net = Some(net);
         self.st.time = self.st.time.max(g.time);
         let leaf = Leaf {
@@ -576,6 +587,7 @@ impl Executor {
         self.config = gov::state::config(batch)?;
         self.open = gov::state::is_open(batch)?;
         self.protocol = gov::state::protocol_schedule(batch)?;
+        self.nodes = Arc::new(gov::state::node_set(batch)?);
         Ok(())
     }
 

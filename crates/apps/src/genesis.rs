@@ -126,6 +126,16 @@ impl IdentitySpec {
     }
 }
 
+/// A genesis node's name and data (its `address` is where peers reach it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeMeta {
+    pub name: String,
+    pub data: BTreeMap<String, String>,
+}
+
+/// The data key holding a node's peer address (`host:port`).
+pub const ADDRESS: &str = "address";
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Genesis {
     pub name: String,
@@ -134,6 +144,8 @@ pub struct Genesis {
     pub members: Vec<IdentitySpec>,
     pub users: Vec<IdentitySpec>,
     pub nodes: NodeSet,
+    /// Name and data of each node, in the order of `nodes`.
+    pub node_meta: Vec<NodeMeta>,
     pub config: Config,
     pub constitution: Constitution,
     /// Whether users may transact from the start.
@@ -149,12 +161,19 @@ impl Genesis {
         users: Vec<IdentitySpec>,
         nodes: NodeSet,
     ) -> Genesis {
+        let node_meta = (0..nodes.0.len())
+            .map(|i| NodeMeta {
+                name: format!("node{i}"),
+                data: BTreeMap::new(),
+            })
+            .collect();
         Genesis {
             name: name.into(),
             time,
             members,
             users,
             nodes,
+            node_meta,
             config: Config::default(),
             constitution: Constitution::default(),
             open: true,
@@ -169,7 +188,7 @@ impl Genesis {
             ("time", cbor::uint(self.time)),
             ("members", list(&self.members)),
             ("users", list(&self.users)),
-            ("nodes", self.nodes.to_value()),
+            ("nodes", self.nodes_value()),
             ("config", self.config.to_value()),
             (
                 "constitution",
@@ -180,6 +199,28 @@ impl Genesis {
         .expect("genesis built from valid parts")
     }
 
+    /// Each node's signing info with its name and data.
+    fn nodes_value(&self) -> Value {
+        Value::Array(
+            self.nodes
+                .0
+                .iter()
+                .zip(&self.node_meta)
+                .map(|(n, meta)| {
+                    let Value::Map(mut m) = n.to_value() else {
+                        unreachable!("node info is a map")
+                    };
+                    m.push((cbor::text("name"), cbor::text(&meta.name)));
+                    m.push((
+                        cbor::text("data"),
+                        cbor::from_serde(&meta.data).expect("text map"),
+                    ));
+                    Value::Map(m)
+                })
+                .collect(),
+        )
+    }
+
     pub fn from_cbor(bytes: &[u8]) -> Result<Self, CborError> {
         let v = cbor::from_canonical_slice(bytes)?;
         let m = MapView::new(&v)?;
@@ -187,6 +228,19 @@ impl Genesis {
             m.array(k)?.iter().map(IdentitySpec::from_value).collect()
         };
         let nodes = NodeSet::from_value(m.req("nodes")?)?;
+        let node_meta = m
+            .array("nodes")?
+            .iter()
+            .map(|v| {
+                let n = MapView::new(v)?;
+                let meta = NodeMeta {
+                    name: n.text("name")?.to_string(),
+                    data: cbor::to_serde(n.req("data")?)?,
+                };
+                check_data(&meta.name, &meta.data).map_err(CborError::Shape)?;
+                Ok(meta)
+            })
+            .collect::<Result<Vec<_>, CborError>>()?;
         for n in &nodes.0 {
             let key = n
                 .public_key()
@@ -203,6 +257,7 @@ impl Genesis {
             members: list("members")?,
             users: list("users")?,
             nodes,
+            node_meta,
             config: Config::from_value(m.req("config")?)?,
             constitution: cbor::to_serde(m.req("constitution")?)?,
             open: match m.req("open")? {
@@ -210,6 +265,18 @@ impl Genesis {
                 _ => return Err(CborError::Shape("`open` must be a boolean".into())),
             },
         };
+        if g.nodes
+            .0
+            .iter()
+            .map(|n| n.id)
+            .collect::<BTreeSet<_>>()
+            .len()
+            != g.nodes.0.len()
+        {
+            return Err(CborError::Shape(
+                "each genesis node needs its own key".into(),
+            ));
+        }
         if g.members.is_empty() || g.nodes.0.is_empty() {
             return Err(CborError::Shape(
                 "genesis needs at least one member and one node".into(),

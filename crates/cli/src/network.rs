@@ -4,7 +4,7 @@
 use crate::keys::write_new;
 use anyhow::{bail, Context};
 use clap::Subcommand;
-use comity_apps::genesis::node_info;
+use comity_apps::genesis::{node_info, NodeMeta};
 use comity_apps::gov::action::ConfigChange;
 use comity_apps::gov::constitution::Constitution;
 use comity_apps::{Config, Genesis, IdentitySpec};
@@ -65,6 +65,15 @@ pub struct NodeToml {
     pub key: PathBuf,
     /// Name of the member that operates it.
     pub member: String,
+    /// The node's name (default `node<i>`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Where the other nodes reach it (`host:port` of its HTTPS listener);
+    /// required when the network has more than one node.
+    #[serde(default)]
+    pub address: Option<String>,
+    #[serde(default)]
+    pub data: BTreeMap<String, String>,
 }
 
 pub fn run(cmd: NetworkCmd) -> anyhow::Result<()> {
@@ -116,7 +125,8 @@ pub fn init(file: &Path, out: &Path) -> anyhow::Result<(Genesis, NetworkIdentity
         .map(spec)
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut nodes = Vec::new();
-    for n in &t.nodes {
+    let mut node_meta = Vec::new();
+    for (i, n) in t.nodes.iter().enumerate() {
         let Some(m) = members.iter().find(|m| m.name == n.member) else {
             bail!(
                 "node {} names member {:?}, which is not in [[members]]",
@@ -126,6 +136,23 @@ pub fn init(file: &Path, out: &Path) -> anyhow::Result<(Genesis, NetworkIdentity
         };
         let key = comity_core::crypto::PublicKey::from_spki_der(&public_key(base, &n.key)?)?;
         nodes.push(node_info(&key, comity_core::crypto::sha256(&m.key)));
+        let mut data = n.data.clone();
+        match &n.address {
+            Some(a) => {
+                data.insert(comity_apps::genesis::ADDRESS.into(), a.clone());
+            }
+            None if t.nodes.len() > 1 => {
+                bail!(
+                    "node {} needs an `address` (host:port) so that the other nodes can reach it",
+                    n.key.display()
+                )
+            }
+            None => {}
+        }
+        node_meta.push(NodeMeta {
+            name: n.name.clone().unwrap_or_else(|| format!("node{i}")),
+            data,
+        });
     }
     let config = Config::default()
         .apply(&t.config)
@@ -137,6 +164,7 @@ pub fn init(file: &Path, out: &Path) -> anyhow::Result<(Genesis, NetworkIdentity
         users,
         NodeSet(nodes),
     );
+    g.node_meta = node_meta;
     g.config = config;
     g.open = t.open;
     if let Some(c) = t.constitution {

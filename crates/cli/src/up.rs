@@ -23,6 +23,15 @@ pub struct UpArgs {
     /// Number of members created with the network (so that voting is real).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=16))]
     pub members: u8,
+    /// Number of nodes (each its own process, data directory and TLS
+    /// certificate; node i listens on port + i). One node runs in this process.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=9))]
+    pub nodes: u8,
+    /// Create the network's files (keys, genesis, node configurations) and
+    /// exit without starting it: `comity node run --config <data>/nodeI/node.toml`
+    /// then runs each node.
+    #[arg(long)]
+    pub init_only: bool,
 }
 
 /// Everything `up` creates, relative to the data directory.
@@ -31,11 +40,15 @@ struct Layout {
 }
 
 impl Layout {
-    fn node_dir(&self) -> PathBuf {
-        self.data.join("node0")
+    fn node_dir(&self, i: usize) -> PathBuf {
+        self.data.join(format!("node{i}"))
     }
-    fn node_toml(&self) -> PathBuf {
-        self.node_dir().join("node.toml")
+    fn node_toml(&self, i: usize) -> PathBuf {
+        self.node_dir(i).join("node.toml")
+    }
+    /// Nodes of an existing network (node0, node1, ... with a node.toml).
+    fn existing_nodes(&self) -> usize {
+        (0..).take_while(|i| self.node_toml(*i).exists()).count()
     }
 }
 
@@ -59,19 +72,40 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let l = Layout {
         data: global().data.clone(),
     };
-    let fresh = !l.node_toml().exists();
+    let fresh = l.existing_nodes() == 0;
     if fresh {
         create(&l, &args).with_context(|| format!("creating a network in {}", l.data.display()))?;
     }
-    let cfg = NodeConfig::load(&l.node_toml())?;
-    let node = comity_node::Node::start(cfg, install_metrics()).await?;
-    wait_ready(&node).await?;
-    print_summary(&l, &node, fresh);
+    if args.init_only {
+        println!(
+            "created {} node configurations in {}; run each with `comity node run --config <nodeI>/node.toml`",
+            l.existing_nodes(),
+            l.data.display()
+        );
+        return Ok(());
+    }
+    match l.existing_nodes() {
+        1 => run_in_process(&l, fresh).await,
+        n => supervise(&l, n, fresh).await,
+    }
+}
+
+async fn stop_signal() -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         r = tokio::signal::ctrl_c() => r?,
         _ = term.recv() => {}
     }
+    Ok(())
+}
+
+/// One node, in this process.
+async fn run_in_process(l: &Layout, fresh: bool) -> anyhow::Result<()> {
+    let cfg = NodeConfig::load(&l.node_toml(0))?;
+    let node = comity_node::Node::start(cfg, install_metrics()).await?;
+    wait_ready(&node).await?;
+    print_summary(l, &[node.addr], fresh);
+    stop_signal().await?;
     eprintln!("\nstopping…");
     node.shutdown().await?;
     eprintln!(
@@ -79,6 +113,119 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         l.data.display()
     );
     Ok(())
+}
+
+/// Several nodes, each a `comity node run` child process that dies with
+/// this one (so `kill -9` of `up` is a crash of the whole network).
+async fn supervise(l: &Layout, n: usize, fresh: bool) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let mut children = Vec::new();
+    let mut addrs = Vec::new();
+    for i in 0..n {
+        let cfg = NodeConfig::load(&l.node_toml(i))?;
+        addrs.push(cfg.listen);
+        let log = std::fs::File::create(l.node_dir(i).join("node.log"))?;
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.arg("node")
+            .arg("run")
+            .arg("--config")
+            .arg(l.node_toml(i))
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // SAFETY: prctl is async-signal-safe; it asks the kernel to SIGKILL
+        // the child when this thread (the main thread, which lives as long as
+        // `up`) exits.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        children.push(cmd.spawn().with_context(|| format!("starting node{i}"))?);
+    }
+    let ready = wait_network_ready(l, &addrs, &mut children);
+    tokio::select! {
+        r = ready => r?,
+        r = stop_signal() => r?,
+    }
+    print_summary(l, &addrs, fresh);
+    let mut exited = vec![false; n];
+    loop {
+        tokio::select! {
+            r = stop_signal() => { r?; break; }
+            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+        }
+        for (i, c) in children.iter_mut().enumerate() {
+            if let (false, Some(status)) = (exited[i], c.try_wait()?) {
+                exited[i] = true;
+                eprintln!(
+                    "node{i} exited ({status}); see {}",
+                    l.node_dir(i).join("node.log").display()
+                );
+            }
+        }
+    }
+    eprintln!("\nstopping…");
+    for c in &children {
+        // SAFETY: sending SIGTERM to our own child's pid.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for (i, c) in children.iter_mut().enumerate() {
+        while c.try_wait()?.is_none() {
+            if std::time::Instant::now() > deadline {
+                eprintln!("node{i} did not stop within 30 s; killing it");
+                c.kill()?;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    eprintln!(
+        "stopped cleanly; `comity up` restarts the same network from {}",
+        l.data.display()
+    );
+    Ok(())
+}
+
+/// Waits until every node is healthy and a checkpoint is final.
+async fn wait_network_ready(
+    l: &Layout,
+    addrs: &[SocketAddr],
+    children: &mut [std::process::Child],
+) -> anyhow::Result<()> {
+    let ca = std::fs::read(l.data.join("ca.pem"))?;
+    let clients = addrs
+        .iter()
+        .map(|a| comity_client::Client::new(&format!("https://{a}"), &ca, None))
+        .collect::<Result<Vec<_>, _>>()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        for (i, c) in children.iter_mut().enumerate() {
+            if let Some(status) = c.try_wait()? {
+                anyhow::bail!(
+                    "node{i} exited ({status}) while starting; see {}",
+                    l.node_dir(i).join("node.log").display()
+                );
+            }
+        }
+        let mut ready = true;
+        for c in &clients {
+            ready &= matches!(c.health().await, Ok(h) if h.status == "ok");
+        }
+        if ready && clients[0].checkpoint().await.is_ok() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "the network did not become ready within 60 s; see the node logs in {}",
+                l.data.display()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 async fn wait_ready(node: &comity_node::Node) -> anyhow::Result<()> {
@@ -96,22 +243,26 @@ async fn wait_ready(node: &comity_node::Node) -> anyhow::Result<()> {
     }
 }
 
-fn print_summary(l: &Layout, node: &comity_node::Node, fresh: bool) {
+fn print_summary(l: &Layout, addrs: &[SocketAddr], fresh: bool) {
     let d = l.data.display();
     println!(
-        "Comity is running{}.",
-        if fresh { " (new network)" } else { "" }
+        "Comity is running{}: {} node{}.",
+        if fresh { " (new network)" } else { "" },
+        addrs.len(),
+        if addrs.len() == 1 { "" } else { "s" }
     );
-    println!("  node API        https://{}", node.addr);
+    for (i, a) in addrs.iter().enumerate() {
+        println!("  node{i} API       https://{a}");
+    }
     println!("  network identity {d}/network.json");
     println!("  TLS CA          {d}/ca.pem");
     println!("  member keys     {d}/keys/member*.key.pem (three members vote on changes)");
     println!("  user key        {d}/keys/user0.key.pem");
-    println!("  node data       {d}/node0/data");
+    println!("  node data       {d}/node*/data (logs: {d}/node*/node.log)");
     println!("Try:  comity kv put hello world && comity kv get hello --verify");
     println!(
-        "      curl --cacert {d}/ca.pem https://{}/v1/health",
-        node.addr
+        "      comity status    curl --cacert {d}/ca.pem https://{}/v1/health",
+        addrs[0]
     );
     println!("Ctrl-C stops the network.");
 }
@@ -144,32 +295,57 @@ fn create(l: &Layout, args: &UpArgs) -> anyhow::Result<()> {
     )?;
     write_new(&l.data.join("ca.pem"), ca.pem().as_bytes(), 0o644)?;
 
-    let nd = l.node_dir();
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&nd)?;
-    let node_key = SigningKey::generate(Alg::EdDsa);
-    write_new(
-        &nd.join("node.key.pem"),
-        node_key.to_pkcs8_pem().as_bytes(),
-        0o600,
-    )?;
-    let tls_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let mut p = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    p.subject_alt_names = vec![
-        rcgen::SanType::DnsName("localhost".try_into()?),
-        rcgen::SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-    ];
-    p.distinguished_name
-        .push(rcgen::DnType::CommonName, "comity node0");
-    let tls_cert = p.signed_by(&tls_key, &ca, &ca_key)?;
-    write_new(
-        &nd.join("tls.key.pem"),
-        tls_key.serialize_pem().as_bytes(),
-        0o600,
-    )?;
-    write_new(&nd.join("tls.pem"), tls_cert.pem().as_bytes(), 0o644)?;
+    let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut nodes = Vec::new();
+    for i in 0..usize::from(args.nodes) {
+        let nd = l.node_dir(i);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&nd)?;
+        let node_key = SigningKey::generate(Alg::EdDsa);
+        let pem = node_key.to_pkcs8_pem();
+        write_new(&nd.join("node.key.pem"), pem.as_bytes(), 0o600)?;
+        // The TLS certificate is for the node key itself: peers recognise each other by it.
+        let tls_key = rcgen::KeyPair::from_pem(&pem)?;
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        p.subject_alt_names = vec![
+            rcgen::SanType::DnsName("localhost".try_into()?),
+            rcgen::SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        ];
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, format!("comity node{i}"));
+        let tls_cert = p.signed_by(&tls_key, &ca, &ca_key)?;
+        write_new(&nd.join("tls.pem"), tls_cert.pem().as_bytes(), 0o644)?;
+        let listen = SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            args.port
+                .checked_add(i as u16)
+                .context("port + node number is over 65535")?,
+        );
+        let cfg = NodeConfig {
+            listen,
+            data_dir: abs(&nd.join("data")),
+            node_key: abs(&nd.join("node.key.pem")),
+            tls_cert: abs(&nd.join("tls.pem")),
+            tls_key: abs(&nd.join("node.key.pem")),
+            genesis: Some(abs(&l.data.join("genesis.cbor"))),
+            peer_bind: None,
+            limits: Limits::default(),
+        };
+        write_new(
+            &l.node_toml(i),
+            toml::to_string_pretty(&cfg)?.as_bytes(),
+            0o600,
+        )?;
+        nodes.push(NodeToml {
+            key: PathBuf::from(format!("node{i}/node.key.pem")),
+            member: format!("member{}", i % members.len()),
+            name: Some(format!("node{i}")),
+            address: Some(listen.to_string()),
+            data: BTreeMap::new(),
+        });
+    }
 
     let genesis = GenesisToml {
         name: args.name.clone(),
@@ -188,10 +364,7 @@ fn create(l: &Layout, args: &UpArgs) -> anyhow::Result<()> {
             cert: PathBuf::from("keys/user0.cert.pem"),
             data: BTreeMap::new(),
         }],
-        nodes: vec![NodeToml {
-            key: PathBuf::from("node0/node.key.pem"),
-            member: "member0".into(),
-        }],
+        nodes,
         config: Default::default(),
         constitution: Some(Constitution::default()),
     };
@@ -202,23 +375,6 @@ fn create(l: &Layout, args: &UpArgs) -> anyhow::Result<()> {
         0o644,
     )?;
     crate::network::init(&genesis_toml, &l.data)?;
-
-    let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-    let cfg = NodeConfig {
-        id: 1,
-        listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), args.port),
-        data_dir: abs(&nd.join("data")),
-        node_key: abs(&nd.join("node.key.pem")),
-        tls_cert: abs(&nd.join("tls.pem")),
-        tls_key: abs(&nd.join("tls.key.pem")),
-        genesis: Some(abs(&l.data.join("genesis.cbor"))),
-        limits: Limits::default(),
-    };
-    write_new(
-        &l.node_toml(),
-        toml::to_string_pretty(&cfg)?.as_bytes(),
-        0o600,
-    )?;
 
     let s = |p: PathBuf| Some(abs(&p).display().to_string());
     ClientJson {
@@ -235,3 +391,4 @@ fn create(l: &Layout, args: &UpArgs) -> anyhow::Result<()> {
 }
 
 use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::process::CommandExt;

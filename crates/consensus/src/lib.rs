@@ -54,9 +54,11 @@ pub fn raft_config(cluster: &str) -> openraft::Config {
         heartbeat_interval: 100,
         election_timeout_min: 400,
         election_timeout_max: 800,
-        max_payload_entries: 64,
+        // Entries are batches of up to a few MiB: bound what one RPC carries.
+        max_payload_entries: 16,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(8192),
-        max_in_snapshot_log_to_keep: 1024,
+        // Followers catch up from the log (state transfer by snapshot is not built yet).
+        max_in_snapshot_log_to_keep: 8192,
         purge_batch_size: 256,
         ..Default::default()
     }

@@ -1,57 +1,276 @@
-//! The peer network. A one-node group never sends RPCs; replication
-//! replaces this with mutually authenticated TLS between trusted nodes.
+//! The peer network: Raft RPCs between trusted nodes over mutually
+//! authenticated TLS.
+//!
+//! A node presents a certificate for its own node key. Each side accepts the
+//! other only if the SHA-256 of the certificate's public key is a node in the
+//! current trusted set (the [`Trust`] check), so no CA is involved and a
+//! retired node is shut out as soon as its retirement is applied.
 
 use crate::TypeConfig;
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
+use comity_core::crypto::sha256;
+use comity_core::Hash;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
 use openraft::BasicNode;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Duration;
 
-/// Network for a single-node group: every peer is unreachable.
-#[derive(Clone, Default)]
-pub struct NoPeers;
+/// Whether a key fingerprint belongs to a node this node currently trusts.
+pub type Trust = Arc<dyn Fn(&Hash) -> bool + Send + Sync>;
 
-fn unreachable<E: std::error::Error>() -> RPCError<u64, BasicNode, E> {
-    RPCError::Unreachable(Unreachable::new(&std::io::Error::other(
-        "this node has no peers",
-    )))
+/// Paths of the peer RPCs, served by every node under its HTTPS listener.
+pub mod path {
+    pub const APPEND: &str = "/raft/append";
+    pub const VOTE: &str = "/raft/vote";
+    pub const SNAPSHOT: &str = "/raft/snapshot";
+    /// Client transactions a follower forwards to the leader.
+    pub const SUBMIT: &str = "/raft/submit";
+    /// The leader's read index, for linearizable reads on followers.
+    pub const READ_INDEX: &str = "/raft/read-index";
 }
 
-impl RaftNetworkFactory<TypeConfig> for NoPeers {
-    type Network = NoPeers;
-    async fn new_client(&mut self, _target: u64, _node: &BasicNode) -> Self::Network {
-        NoPeers
+/// Content type of peer RPC bodies (serde CBOR of openraft's messages).
+pub const CONTENT_TYPE: &str = "application/cbor";
+
+/// The Raft id of a node: the first 8 bytes of its key fingerprint.
+pub fn raft_id(node: &Hash) -> u64 {
+    u64::from_be_bytes(node[..8].try_into().expect("8 bytes"))
+}
+
+/// Fingerprint of a certificate's public key (its SubjectPublicKeyInfo).
+pub fn cert_fingerprint(cert: &CertificateDer<'_>) -> Option<Hash> {
+    use x509_cert::der::{Decode, Encode};
+    let c = x509_cert::Certificate::from_der(cert.as_ref()).ok()?;
+    let spki = c.tbs_certificate.subject_public_key_info.to_der().ok()?;
+    Some(sha256(&spki))
+}
+
+/// Accepts a server certificate whose key is a trusted node's.
+struct TrustedServer {
+    trust: Trust,
+    provider: Arc<CryptoProvider>,
+}
+
+impl std::fmt::Debug for TrustedServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TrustedServer")
     }
 }
 
-impl RaftNetwork<TypeConfig> for NoPeers {
+impl ServerCertVerifier for TrustedServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match cert_fingerprint(end_entity) {
+            Some(fp) if (self.trust)(&fp) => Ok(ServerCertVerified::assertion()),
+            Some(fp) => Err(rustls::Error::General(format!(
+                "peer key {} is not a trusted node",
+                hex::encode(fp)
+            ))),
+            None => Err(rustls::Error::General("unreadable peer certificate".into())),
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Why a peer call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// Could not connect or the connection broke: back off.
+    #[error("peer unreachable: {0}")]
+    Unreachable(String),
+    /// The peer answered, but not with a readable reply.
+    #[error("peer error: {0}")]
+    Protocol(String),
+}
+
+impl PeerError {
+    fn into_rpc<E: std::error::Error>(self) -> RPCError<u64, BasicNode, E> {
+        match self {
+            PeerError::Unreachable(_) => RPCError::Unreachable(Unreachable::new(&self)),
+            PeerError::Protocol(_) => RPCError::Network(NetworkError::new(&self)),
+        }
+    }
+}
+
+/// A client for calling trusted peers. Cheap to clone.
+#[derive(Clone)]
+pub struct Peers {
+    http: reqwest::Client,
+}
+
+impl Peers {
+    /// `cert`/`key` are this node's TLS certificate (for its node key) and
+    /// key, PEM; `bind` is the local address to connect from, if not the default.
+    pub fn new(
+        cert: &[u8],
+        key: &[u8],
+        trust: Trust,
+        bind: Option<std::net::IpAddr>,
+    ) -> anyhow::Result<Peers> {
+        let certs = rustls_pemfile::certs(&mut &cert[..]).collect::<Result<Vec<_>, _>>()?;
+        let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut &key[..])?
+            .ok_or_else(|| anyhow::anyhow!("no private key in the TLS key file"))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(TrustedServer { trust, provider }))
+            .with_client_auth_cert(certs, key)?;
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .connect_timeout(Duration::from_secs(2))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .tcp_nodelay(true)
+            .local_address(bind)
+            .build()?;
+        Ok(Peers { http })
+    }
+
+    /// POSTs `req` (CBOR) to `https://{addr}{path}` and decodes the CBOR reply.
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, PeerError> {
+        let mut body = Vec::new();
+        ciborium::into_writer(req, &mut body).map_err(|e| PeerError::Protocol(e.to_string()))?;
+        let resp = self
+            .http
+            .post(format!("https://{addr}{path}"))
+            .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
+            .body(body)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| PeerError::Unreachable(format!("{addr}: {e:#}")))?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| PeerError::Unreachable(format!("{addr}: {e:#}")))?;
+        if !status.is_success() {
+            return Err(PeerError::Protocol(format!(
+                "{addr}{path}: HTTP {status}: {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(300)])
+            )));
+        }
+        ciborium::from_reader(&bytes[..])
+            .map_err(|e| PeerError::Protocol(format!("{addr}{path}: bad reply: {e}")))
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Peers {
+    type Network = PeerClient;
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
+        PeerClient {
+            peers: self.clone(),
+            target,
+            addr: node.addr.clone(),
+        }
+    }
+}
+
+/// The connection to one peer, as openraft sees it.
+pub struct PeerClient {
+    peers: Peers,
+    target: u64,
+    addr: String,
+}
+
+impl PeerClient {
+    async fn rpc<Req: Serialize, Resp: DeserializeOwned, E>(
+        &self,
+        path: &str,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<u64, BasicNode, RaftError<u64, E>>>
+    where
+        E: std::error::Error + DeserializeOwned,
+    {
+        let r: Result<Resp, RaftError<u64, E>> = self
+            .peers
+            .call(&self.addr, path, req, option.hard_ttl())
+            .await
+            .map_err(PeerError::into_rpc)?;
+        r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        Err(unreachable())
+        self.rpc(path::APPEND, &rpc, &option).await
     }
 
     async fn install_snapshot(
         &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<u64>,
         RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
     > {
-        Err(unreachable())
+        self.rpc(path::SNAPSHOT, &rpc, &option).await
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<u64>,
-        _option: RPCOption,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        Err(unreachable())
+        self.rpc(path::VOTE, &rpc, &option).await
     }
 }

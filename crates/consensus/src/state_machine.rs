@@ -8,6 +8,7 @@ use comity_apps::executor::{Output, Verified};
 use comity_apps::state_worker::StateWorker;
 use comity_apps::{Config, Executor};
 use comity_core::checkpoint::Checkpoint;
+use comity_core::network::NodeSet;
 use comity_core::Hash;
 use comity_store::Store;
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
@@ -58,6 +59,8 @@ pub struct ExecView {
     pub checkpoint_seq: u64,
     /// Checkpoints applied whose state root is still being computed.
     pub pending_checkpoints: usize,
+    /// The trusted node set: checkpoint signers and the only accepted peers.
+    pub nodes: Arc<NodeSet>,
 }
 
 impl ExecView {
@@ -70,6 +73,7 @@ impl ExecView {
             uncovered: ex.uncovered(),
             checkpoint_seq: ex.checkpoint_seq(),
             pending_checkpoints: ex.pending_checkpoints(),
+            nodes: ex.nodes(),
         }
     }
 }

@@ -66,7 +66,7 @@ impl NodeInfo {
 }
 
 /// Signers of checkpoints at some tree size. Quorums count members, not nodes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeSet(pub Vec<NodeInfo>);
 
 impl NodeSet {

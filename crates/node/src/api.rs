@@ -51,6 +51,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/metrics", get(metrics))
         .merge(crate::gov_api::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            linearizable,
+        ))
+        .merge(crate::peer_api::routes())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -61,6 +66,25 @@ pub fn router(shared: Arc<Shared>) -> Router {
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared)
+}
+
+/// Reads are served from this node's state; `?linearizable=true` first
+/// waits until it reflects every write committed before the request.
+async fn linearizable(
+    State(shared): S,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let wanted = req
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "linearizable=true"));
+    if wanted && req.method() == axum::http::Method::GET {
+        if let Err(e) = crate::peer_api::linearize(&shared).await {
+            return e.into_response();
+        }
+    }
+    next.run(req).await
 }
 
 pub(crate) fn parse_hash(s: &str) -> ApiResult<Hash> {

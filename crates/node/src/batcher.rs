@@ -2,28 +2,42 @@
 //! appends checkpoint markers every N transactions or T milliseconds.
 
 use crate::ingress::now_ms;
+use crate::peer_api::Forwarded;
 use crate::Shared;
 use comity_apps::Command;
+use comity_consensus::network::path;
 use comity_core::crypto::sha256;
 use serde_bytes::ByteBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Semaphore};
 
-/// Collects admitted transactions into batches and proposes them, keeping a
-/// few proposals in flight so batching overlaps with the log fsync.
+/// Batches forwarded to the leader at once by a follower.
+const FORWARDS_IN_FLIGHT: usize = 8;
+/// How long a follower keeps trying to reach a leader for a batch.
+const FORWARD_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Collects admitted transactions into batches. The leader proposes them,
+/// keeping a few proposals in flight so batching overlaps with the log
+/// fsync; a follower forwards them to the leader.
 pub async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Vec<u8>>) {
-    let inflight = Arc::new(Semaphore::new(shared.limits.max_inflight_batches));
+    let proposals = Arc::new(Semaphore::new(shared.limits.max_inflight_batches));
+    let forwards = Arc::new(Semaphore::new(FORWARDS_IN_FLIGHT));
     while let Some(first) = rx.recv().await {
-        let permit = inflight
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("semaphore open");
+        let sem = if shared.is_leader() {
+            &proposals
+        } else {
+            &forwards
+        };
+        let permit = sem.clone().acquire_owned().await.expect("semaphore open");
+        let mut bytes = first.len();
         let mut txs = vec![ByteBuf::from(first)];
-        while txs.len() < shared.limits.batch_max_txs {
+        while txs.len() < shared.limits.batch_max_txs && bytes < shared.limits.batch_max_bytes {
             match rx.try_recv() {
-                Ok(t) => txs.push(ByteBuf::from(t)),
+                Ok(t) => {
+                    bytes += t.len();
+                    txs.push(ByteBuf::from(t));
+                }
                 Err(_) => break,
             }
         }
@@ -31,23 +45,73 @@ pub async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Vec<u8>>) {
         let shared = shared.clone();
         tokio::spawn(async move {
             let ids: Vec<_> = txs.iter().map(|t| sha256(t)).collect();
-            let res = shared
-                .raft
-                .client_write(Command::Batch {
-                    time: now_ms(),
-                    txs,
-                })
-                .await;
+            let failed = order(&shared, txs).await;
             drop(permit);
-            if let Err(e) = res {
-                tracing::warn!(error = %e, "batch not committed");
-                for id in ids {
-                    shared
-                        .pending
-                        .resolve(&id, Err(format!("the transaction may not have been committed ({e}); check GET /v1/tx/{}", hex::encode(id))));
+            for (id, err) in ids.iter().zip(failed) {
+                if let Some(e) = err {
+                    shared.pending.resolve(id, Err(e));
                 }
             }
         });
+    }
+}
+
+/// Gets a batch ordered: proposed here when leading, else forwarded to the
+/// leader (retried while there is none: resubmitting is idempotent). Returns,
+/// per transaction, why it failed, if it did; successes are answered by apply.
+async fn order(shared: &Shared, txs: Vec<ByteBuf>) -> Vec<Option<String>> {
+    let n = txs.len();
+    let deadline = Instant::now() + FORWARD_PATIENCE;
+    let all = |e: String| vec![Some(e); n];
+    loop {
+        let last_error = match shared.leader() {
+            Some((id, _)) if id == shared.node_id => {
+                let res = shared
+                    .raft
+                    .client_write(Command::Batch {
+                        time: now_ms(),
+                        txs,
+                    })
+                    .await;
+                return match res {
+                    Ok(_) => vec![None; n],
+                    Err(e) => {
+                        tracing::warn!(error = %e, "batch not committed");
+                        all(format!(
+                            "the transaction may not have been committed ({e}); check its status"
+                        ))
+                    }
+                };
+            }
+            Some((_, addr)) => {
+                let wait = Duration::from_millis(shared.limits.commit_wait_ms + 5_000);
+                match shared
+                    .peers
+                    .call::<_, Vec<Forwarded>>(&addr, path::SUBMIT, &txs, wait)
+                    .await
+                {
+                    Ok(replies) if replies.len() == n => {
+                        return replies
+                            .into_iter()
+                            .map(|f| match f {
+                                Forwarded::Committed => None,
+                                Forwarded::Failed(code, msg) => Some(format!("{code}: {msg}")),
+                            })
+                            .collect()
+                    }
+                    Ok(_) => "the leader answered for a different number of transactions".into(),
+                    Err(e) => e.to_string(),
+                }
+            }
+            None => "no leader is known".to_string(),
+        };
+        if Instant::now() >= deadline {
+            tracing::warn!(error = %last_error, "could not forward a batch to the leader");
+            return all(format!(
+                "could not reach the leader ({last_error}); the transaction may not have been committed: check its status"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

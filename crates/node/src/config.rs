@@ -7,19 +7,22 @@ use std::path::PathBuf;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
-    /// Raft node id, unique in the network.
-    pub id: u64,
-    /// Client HTTPS address.
+    /// HTTPS address for clients and peers. Its Raft id comes from the node key.
     pub listen: SocketAddr,
     /// Data directory: Raft log, ledger, tree, state.
     pub data_dir: PathBuf,
     /// PKCS#8 PEM key this node signs checkpoints with (its identity).
     pub node_key: PathBuf,
-    /// TLS certificate chain (PEM) and key (PEM) served to clients.
+    /// TLS certificate chain (PEM) and its key (PEM), served to clients and
+    /// presented to peers. The certificate must be for the node key: peers
+    /// recognise each other by it.
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
     /// Genesis document (CBOR); required the first time a network starts.
     pub genesis: Option<PathBuf>,
+    /// Local address for connections to peers (on multi-homed hosts).
+    #[serde(default)]
+    pub peer_bind: Option<std::net::IpAddr>,
     #[serde(default)]
     pub limits: Limits,
 }
@@ -36,6 +39,11 @@ pub struct Limits {
     pub max_pending: usize,
     /// How long a submission waits for its commit before answering `pending`.
     pub commit_wait_ms: u64,
+    /// Largest Raft entry, in bytes of transactions.
+    pub batch_max_bytes: usize,
+    /// This node refuses to co-sign a checkpoint whose ledger time is further
+    /// than this from its own clock.
+    pub max_clock_skew_ms: u64,
 }
 
 impl Default for Limits {
@@ -45,6 +53,8 @@ impl Default for Limits {
             max_inflight_batches: 2,
             max_pending: 50_000,
             commit_wait_ms: 30_000,
+            batch_max_bytes: 4 << 20,
+            max_clock_skew_ms: 30_000,
         }
     }
 }

@@ -6,12 +6,13 @@ pub mod config;
 pub mod error;
 pub mod gov_api;
 pub mod ingress;
+pub mod peer_api;
 pub mod server;
 pub mod tls;
 
 use comity_apps::Command;
 use comity_consensus::log_store::LogStore;
-use comity_consensus::network::NoPeers;
+use comity_consensus::network::{raft_id, Peers, Trust};
 use comity_consensus::state_machine::{Event, SharedView, StateMachine};
 use comity_consensus::Raft;
 use comity_core::checkpoint::{self, CHECKPOINT_CONTENT_TYPE};
@@ -35,6 +36,10 @@ pub struct Shared {
     pub view: SharedView,
     pub raft: Raft,
     pub node_id: u64,
+    /// Calls to other nodes (forwarding, read index).
+    pub peers: Peers,
+    /// Whether a key fingerprint is a currently trusted node's.
+    pub trust: Trust,
     node_key: SigningKey,
     /// Identity id of this node (SHA-256 of its key).
     pub node_identity: Hash,
@@ -58,6 +63,14 @@ impl Shared {
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().current_leader == Some(self.node_id)
     }
+
+    /// The current leader's id and peer address, if one is known.
+    pub fn leader(&self) -> Option<(u64, String)> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, node.addr))
+    }
 }
 
 /// A running node.
@@ -78,6 +91,22 @@ impl Node {
         let node_key = SigningKey::from_pkcs8_pem(&key_pem)
             .map_err(|e| anyhow::anyhow!("{}: {e}", cfg.node_key.display()))?;
         let node_identity = node_key.public().fingerprint();
+        let node_id = raft_id(&node_identity);
+        let tls_cert = std::fs::read(&cfg.tls_cert)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", cfg.tls_cert.display()))?;
+        let tls_key = std::fs::read(&cfg.tls_key)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", cfg.tls_key.display()))?;
+        tls::check_node_cert(&tls_cert, &node_identity)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", cfg.tls_cert.display()))?;
+        let genesis = match &cfg.genesis {
+            Some(g) => {
+                let doc = std::fs::read(g).map_err(|e| anyhow::anyhow!("{}: {e}", g.display()))?;
+                let parsed = comity_apps::Genesis::from_cbor(&doc)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", g.display()))?;
+                Some((doc, parsed))
+            }
+            None => None,
+        };
         let t0 = std::time::Instant::now();
         let data = cfg.data_dir.clone();
         let (store, report) = tokio::task::spawn_blocking(move || {
@@ -119,19 +148,27 @@ impl Node {
             Arc::new(move |id: &Hash| pv.take_verified(id)),
         )?;
         let view = sm.view();
+        let trust = trust(&view, genesis.as_ref().map(|(_, g)| g.nodes.clone()));
+        let peers = Peers::new(&tls_cert, &tls_key, trust.clone(), cfg.peer_bind)?;
         let raft_cfg = Arc::new(comity_consensus::raft_config("comity").validate()?);
-        let raft = Raft::new(cfg.id, raft_cfg, NoPeers, log, sm).await?;
+        let raft = Raft::new(node_id, raft_cfg, peers.clone(), log, sm).await?;
         if !raft.is_initialized().await? {
-            let mut members = BTreeMap::new();
-            members.insert(cfg.id, BasicNode::new(cfg.listen.to_string()));
-            raft.initialize(members).await?;
+            match &genesis {
+                Some((_, g)) => {
+                    raft.initialize(genesis_members(g, &node_identity, &cfg)?)
+                        .await?
+                }
+                None => tracing::info!("no genesis: waiting for the network to add this node"),
+            }
         }
         let (submit, submit_rx) = mpsc::channel(65536);
         let shared = Arc::new(Shared {
             store,
             view,
             raft,
-            node_id: cfg.id,
+            node_id,
+            peers,
+            trust,
             node_key,
             node_identity,
             pending,
@@ -145,12 +182,7 @@ impl Node {
         tokio::spawn(batcher::run(shared.clone(), submit_rx));
         tokio::spawn(batcher::checkpoints(shared.clone()));
         tokio::spawn(events(shared.clone(), ev_rx));
-        if let Some(g) = cfg
-            .genesis
-            .as_ref()
-            .filter(|_| shared.view().network_id.is_none())
-        {
-            let doc = std::fs::read(g).map_err(|e| anyhow::anyhow!("{}: {e}", g.display()))?;
+        if let Some((doc, _)) = genesis.filter(|_| shared.view().network_id.is_none()) {
             tokio::spawn(propose_genesis(shared.clone(), doc));
         }
         let tls = tls::server_config(&cfg.tls_cert, &cfg.tls_key)?;
@@ -175,6 +207,48 @@ impl Node {
         tokio::task::spawn_blocking(move || store.begin().and_then(|t| t.commit(true))).await??;
         Ok(())
     }
+}
+
+/// Accepts the nodes trusted by the applied state or, before genesis is
+/// applied, the genesis node set.
+fn trust(view: &SharedView, genesis: Option<comity_core::network::NodeSet>) -> Trust {
+    let view = view.clone();
+    let genesis = genesis.unwrap_or_default();
+    Arc::new(move |fp: &Hash| {
+        let nodes = view.read().expect("view lock").nodes.clone();
+        if nodes.0.is_empty() {
+            genesis.get(fp).is_some()
+        } else {
+            nodes.get(fp).is_some()
+        }
+    })
+}
+
+/// The first Raft membership: every genesis node, at its genesis address.
+fn genesis_members(
+    g: &comity_apps::Genesis,
+    me: &Hash,
+    cfg: &NodeConfig,
+) -> anyhow::Result<BTreeMap<u64, BasicNode>> {
+    if g.nodes.get(me).is_none() {
+        anyhow::bail!(
+            "this node's key {} is not a genesis node; a new node joins with `comity node join`",
+            hex::encode(me)
+        );
+    }
+    let mut members = BTreeMap::new();
+    for (n, meta) in g.nodes.0.iter().zip(&g.node_meta) {
+        let addr = match meta.data.get(comity_apps::genesis::ADDRESS) {
+            Some(a) => a.clone(),
+            None if g.nodes.0.len() == 1 => cfg.listen.to_string(),
+            None => anyhow::bail!("genesis node {} has no address", meta.name),
+        };
+        members.insert(raft_id(&n.id), BasicNode::new(addr));
+    }
+    if members.len() != g.nodes.0.len() {
+        anyhow::bail!("two genesis nodes have the same Raft id (first 8 bytes of their key hash)");
+    }
+    Ok(members)
 }
 
 async fn propose_genesis(shared: Arc<Shared>, doc: Vec<u8>) {
@@ -213,6 +287,16 @@ async fn events(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Event>) {
                 shared.applied.send_replace(last);
             }
             Event::Checkpoint(cp) => {
+                let skew = cp.time.abs_diff(ingress::now_ms());
+                if skew > shared.limits.max_clock_skew_ms {
+                    tracing::warn!(
+                        seq = cp.seq,
+                        skew_ms = skew,
+                        "not co-signing checkpoint {}: its ledger time is {skew} ms from this node's clock",
+                        cp.seq
+                    );
+                    continue;
+                }
                 let body = cp.to_cbor();
                 let sig = checkpoint::sign(
                     CHECKPOINT_CONTENT_TYPE,

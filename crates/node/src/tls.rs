@@ -5,7 +5,6 @@
 //! key in the handshake; who it is comes from the registry (the SHA-256 of
 //! the certificate's public key is its identity id), not from a CA.
 
-use comity_core::crypto::sha256;
 use comity_core::Hash;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
@@ -95,8 +94,20 @@ pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerCo
 
 /// Identity id of a client certificate: SHA-256 of its SubjectPublicKeyInfo.
 pub fn client_id(cert: &CertificateDer<'_>) -> Option<Hash> {
-    use x509_cert::der::{Decode, Encode};
-    let c = x509_cert::Certificate::from_der(cert.as_ref()).ok()?;
-    let spki = c.tbs_certificate.subject_public_key_info.to_der().ok()?;
-    Some(sha256(&spki))
+    comity_consensus::network::cert_fingerprint(cert)
+}
+
+/// Checks that the first certificate in `pem` is for the node key, since
+/// peers recognise each other by the key of the certificate presented.
+pub fn check_node_cert(pem: &[u8], node: &Hash) -> anyhow::Result<()> {
+    let cert = rustls_pemfile::certs(&mut &pem[..])
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no certificate"))??;
+    match client_id(&cert) {
+        Some(fp) if &fp == node => Ok(()),
+        _ => anyhow::bail!(
+            "the TLS certificate is not for the node key {} (peers recognise nodes by it); issue it for node.key.pem",
+            hex::encode(node)
+        ),
+    }
 }

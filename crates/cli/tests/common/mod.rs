@@ -3,6 +3,9 @@
 //! HTTPS requests.
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod load;
+
 use comity_client::{Client, Health, Signer};
 use comity_core::network::NetworkIdentity;
 use std::fs::File;
@@ -71,8 +74,8 @@ pub fn strip_ansi(s: &str) -> String {
     out
 }
 
-/// A local network made by `comity --data <tmp>/comity-data up --port <port>`,
-/// run as a child process. The child is killed (SIGKILL) when this is dropped.
+/// A local one-node network made by `comity --data <tmp>/comity-data up
+/// --nodes 1 --port <port>`, run as a child process (see `cluster` for several). The child is killed (SIGKILL) when this is dropped.
 pub struct Network {
     pub tmp: tempfile::TempDir,
     pub data: PathBuf,
@@ -129,6 +132,8 @@ impl Network {
             .arg("--data")
             .arg(&self.data)
             .arg("up")
+            .arg("--nodes")
+            .arg("1")
             .arg("--port")
             .arg(self.port.to_string())
             .env("COMITY_LOG", "info,openraft=warn")

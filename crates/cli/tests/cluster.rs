@@ -1,0 +1,167 @@
+//! A replicated network under a steady load of signed transactions: the
+//! leader, a follower, and two nodes of five are killed with SIGKILL and
+//! restarted; a leader is cut off from the others and healed. Afterwards
+//! every acknowledged transaction must be committed at the index it was
+//! acknowledged at, on every node, with receipts that verify offline against
+//! the network identity, and every node's ledger must pass `comity ledger verify`.
+
+mod common;
+
+use comity_client::{Hash, TxState};
+use common::cluster::Cluster;
+use common::load::{check_acknowledged, merge_acked, Load};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+const WRITERS: usize = 12;
+const LONG: Duration = Duration::from_secs(60);
+
+/// Every node has every acknowledged transaction at its index (receipts
+/// sampled), and its ledger verifies.
+async fn check_all_nodes(c: &Cluster, acked: &HashMap<Hash, u64>) {
+    let identity = c.identity();
+    for i in 0..c.n {
+        check_acknowledged(&c.client(i), &identity, acked, 25).await;
+        let out = c.ledger_verify(i).await;
+        assert!(out.contains("OK"), "node{i}: {out}");
+    }
+    eprintln!(
+        "{} acknowledged transactions found on all {} nodes",
+        acked.len(),
+        c.n
+    );
+}
+
+/// Kills the leader; returns (time until the others agree on a new leader,
+/// time until the next acknowledged write), both from the kill.
+async fn kill_leader(c: &mut Cluster, load: &Load) -> (usize, Duration, Duration) {
+    let leader = c.wait_leader(&[], LONG).await;
+    let t = Instant::now();
+    c.kill9(leader);
+    c.wait_leader(&[leader], LONG).await;
+    let elected = t.elapsed();
+    load.wait_for_acks(1, LONG, "after the leader was killed")
+        .await;
+    (leader, elected, t.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_lose_nothing_when_leader_and_follower_are_killed() {
+    let _serial = common::serial().await;
+    let t0 = Instant::now();
+    let mut c = Cluster::start(3, false).await;
+    eprintln!("3 nodes up in {:.1} s", t0.elapsed().as_secs_f64());
+    let load = Load::start(c.clients(), c.signer("user0"), WRITERS, "three");
+    load.wait_for_acks(100, LONG, "initial load").await;
+
+    let (old, elected, first_ack) = kill_leader(&mut c, &load).await;
+    eprintln!(
+        "FAILOVER (3 nodes): new leader agreed {} ms after kill -9 of the leader; first write acknowledged after {} ms",
+        elected.as_millis(),
+        first_ack.as_millis()
+    );
+    load.wait_for_acks(50, LONG, "with the old leader down")
+        .await;
+    c.spawn(old);
+    c.wait_healthy(old, LONG).await;
+    load.wait_for_acks(50, LONG, "after the old leader returned")
+        .await;
+
+    let leader = c.wait_leader(&[], LONG).await;
+    let follower = (leader + 1) % 3;
+    c.kill9(follower);
+    load.wait_for_acks(100, LONG, "with a follower down").await;
+    c.spawn(follower);
+    c.wait_healthy(follower, LONG).await;
+    load.wait_for_acks(50, LONG, "after the follower returned")
+        .await;
+
+    let mut acked = HashMap::new();
+    merge_acked(&mut acked, &load.stop().await);
+    check_all_nodes(&c, &acked).await;
+    eprintln!("test took {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_nodes_keep_committing_with_two_killed() {
+    let _serial = common::serial().await;
+    let t0 = Instant::now();
+    let mut c = Cluster::start(5, false).await;
+    eprintln!("5 nodes up in {:.1} s", t0.elapsed().as_secs_f64());
+    let load = Load::start(c.clients(), c.signer("user0"), WRITERS, "five");
+    load.wait_for_acks(100, LONG, "initial load").await;
+
+    let (first, elected, first_ack) = kill_leader(&mut c, &load).await;
+    eprintln!(
+        "FAILOVER (5 nodes): new leader agreed {} ms after kill -9; first write after {} ms",
+        elected.as_millis(),
+        first_ack.as_millis()
+    );
+    let leader = c.wait_leader(&[first], LONG).await;
+    let second = (0..5)
+        .find(|i| *i != first && *i != leader)
+        .expect("a follower");
+    c.kill9(second);
+    load.wait_for_acks(100, LONG, "with two of five nodes down")
+        .await;
+
+    c.spawn(first);
+    c.spawn(second);
+    c.wait_healthy(first, LONG).await;
+    c.wait_healthy(second, LONG).await;
+    load.wait_for_acks(50, LONG, "after both returned").await;
+
+    let mut acked = HashMap::new();
+    merge_acked(&mut acked, &load.stop().await);
+    check_all_nodes(&c, &acked).await;
+    eprintln!("test took {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cut_off_leader_never_acknowledges_and_catches_up_when_healed() {
+    let _serial = common::serial().await;
+    let t0 = Instant::now();
+    let mut c = Cluster::start(3, true).await;
+    let load = Load::start(c.clients(), c.signer("user0"), WRITERS, "cut");
+    load.wait_for_acks(100, LONG, "initial load").await;
+
+    let old = c.wait_leader(&[], LONG).await;
+    c.isolate(old);
+    let t = Instant::now();
+    // The majority elects a leader of its own and keeps committing.
+    let new = c.wait_leader(&[old], LONG).await;
+    eprintln!(
+        "PARTITION: the majority agreed on node{new} {} ms after node{old} was cut off",
+        t.elapsed().as_millis()
+    );
+    load.wait_for_acks(100, LONG, "in the majority partition")
+        .await;
+
+    // Writes sent to the cut-off node are never acknowledged.
+    let signer = c.signer("user0");
+    let cut_client = c.client(old);
+    let mut refused = Vec::new();
+    for k in 0..5 {
+        let tx = signer.kv_put(&format!("minority/{k}"), b"must not be acknowledged");
+        let r = tokio::time::timeout(Duration::from_secs(3), cut_client.submit(&tx, true)).await;
+        if let Ok(Ok(s)) = &r {
+            assert_ne!(
+                s.status,
+                TxState::Committed,
+                "a cut-off node acknowledged a write: {s:?}"
+            );
+        }
+        refused.push(comity_client::tx_id(&tx));
+    }
+
+    c.heal();
+    c.wait_healthy(old, LONG).await;
+    load.wait_for_acks(100, LONG, "after healing").await;
+    let mut acked = HashMap::new();
+    merge_acked(&mut acked, &load.stop().await);
+    for id in &refused {
+        assert!(!acked.contains_key(id));
+    }
+    check_all_nodes(&c, &acked).await;
+    eprintln!("test took {:.1} s", t0.elapsed().as_secs_f64());
+}

@@ -1,0 +1,191 @@
+//! The peer side of the HTTPS listener: Raft RPCs, transactions forwarded by
+//! followers, and the read index. Only trusted nodes (by the key of their TLS
+//! client certificate) may call these routes.
+
+use crate::error::{ApiError, ApiResult};
+use crate::ingress::{self, Admission};
+use crate::server::ClientIdentity;
+use crate::Shared;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Extension, Router};
+use comity_consensus::network::{path, CONTENT_TYPE};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest peer message: a few maximal Raft entries.
+const MAX_PEER_BODY: usize = 96 << 20;
+
+type S = State<Arc<Shared>>;
+
+/// What the leader says about each forwarded transaction.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Forwarded {
+    /// Committed (or already in the ledger); the forwarder answers from its own apply.
+    Committed,
+    /// Refused at the leader's ingress or not committed: `(code, message)`.
+    Failed(String, String),
+}
+
+pub fn routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route(path::APPEND, post(append))
+        .route(path::VOTE, post(vote))
+        .route(path::SNAPSHOT, post(snapshot))
+        .route(path::SUBMIT, post(submit))
+        .route(path::READ_INDEX, post(read_index))
+        .layer(DefaultBodyLimit::max(MAX_PEER_BODY))
+}
+
+fn check_peer(shared: &Shared, peer: ClientIdentity) -> ApiResult<()> {
+    match peer.0 {
+        Some(fp) if (shared.trust)(&fp) => Ok(()),
+        _ => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_a_peer",
+            "peer routes need the TLS client certificate of a trusted node",
+        )),
+    }
+}
+
+fn decode<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    ciborium::from_reader(body).map_err(|e| ApiError::bad_request("malformed", e.to_string()))
+}
+
+fn reply<T: Serialize>(v: &T) -> Response {
+    let mut out = Vec::new();
+    ciborium::into_writer(v, &mut out).expect("encoding to memory");
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], out).into_response()
+}
+
+async fn append(
+    State(shared): S,
+    Extension(peer): Extension<ClientIdentity>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    check_peer(&shared, peer)?;
+    Ok(reply(&shared.raft.append_entries(decode(&body)?).await))
+}
+
+async fn vote(
+    State(shared): S,
+    Extension(peer): Extension<ClientIdentity>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    check_peer(&shared, peer)?;
+    Ok(reply(&shared.raft.vote(decode(&body)?).await))
+}
+
+/// Installing a snapshot from a peer needs state transfer, which is not
+/// built yet: refuse it loudly rather than let Raft fail on it.
+async fn snapshot(
+    State(shared): S,
+    Extension(peer): Extension<ClientIdentity>,
+) -> ApiResult<Response> {
+    check_peer(&shared, peer)?;
+    tracing::error!("the leader wants to send a snapshot: this node is behind the leader's purged log; copy a peer's data directory to recover it");
+    Err(ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "snapshot_unsupported",
+        "this node cannot install snapshots; restore its data from a peer",
+    ))
+}
+
+/// Admits forwarded transactions as if submitted here, and answers once each
+/// is committed or has failed.
+async fn submit(
+    State(shared): S,
+    Extension(peer): Extension<ClientIdentity>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    check_peer(&shared, peer)?;
+    if !shared.is_leader() {
+        return Err(ApiError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "not_leader",
+            "this node is not the leader",
+        ));
+    }
+    let txs: Vec<ByteBuf> = decode(&body)?;
+    let mut waits = Vec::with_capacity(txs.len());
+    for tx in txs {
+        let bytes = tx.into_vec();
+        match ingress::admit(&shared, bytes.clone()) {
+            Ok((_, Admission::Known(_))) => waits.push(Err(Forwarded::Committed)),
+            Ok((_, Admission::Queued(rx, fresh))) => {
+                if fresh && shared.submit.send(bytes).await.is_err() {
+                    return Err(ApiError::unavailable("node is shutting down"));
+                }
+                waits.push(Ok(rx));
+            }
+            Err(e) => waits.push(Err(Forwarded::Failed(e.code.into(), e.message))),
+        }
+    }
+    let wait = Duration::from_millis(shared.limits.commit_wait_ms);
+    let mut out = Vec::with_capacity(waits.len());
+    for w in waits {
+        out.push(match w {
+            Err(f) => f,
+            Ok(rx) => match tokio::time::timeout(wait, rx).await {
+                Ok(Ok(Ok(_))) => Forwarded::Committed,
+                Ok(Ok(Err(msg))) => Forwarded::Failed("not_committed".into(), msg),
+                Ok(Err(_)) | Err(_) => Forwarded::Failed(
+                    "pending".into(),
+                    "not committed within the wait; check the transaction's status".into(),
+                ),
+            },
+        });
+    }
+    Ok(reply(&out))
+}
+
+/// The log index a linearizable read must wait for, confirmed by a quorum.
+async fn read_index(
+    State(shared): S,
+    Extension(peer): Extension<ClientIdentity>,
+) -> ApiResult<Response> {
+    check_peer(&shared, peer)?;
+    let id =
+        shared.raft.ensure_linearizable().await.map_err(|e| {
+            ApiError::new(StatusCode::MISDIRECTED_REQUEST, "not_leader", e.to_string())
+        })?;
+    Ok(reply(&id.map_or(0, |l| l.index)))
+}
+
+/// Waits until this node has applied everything committed before the call,
+/// as confirmed by the leader and a quorum: a read after this is linearizable.
+pub async fn linearize(shared: &Shared) -> ApiResult<()> {
+    let timeout = Duration::from_secs(5);
+    let index =
+        match shared.leader() {
+            Some((id, _)) if id == shared.node_id => {
+                shared.raft.ensure_linearizable().await.map_err(|e| {
+                    ApiError::unavailable(format!("could not confirm leadership: {e}"))
+                })?;
+                return Ok(());
+            }
+            Some((_, addr)) => shared
+                .peers
+                .call::<_, u64>(&addr, path::READ_INDEX, &(), timeout)
+                .await
+                .map_err(|e| ApiError::unavailable(format!("linearizable read: {e}")))?,
+            None => {
+                return Err(ApiError::unavailable(
+                    "no leader: a linearizable read is not possible now",
+                ))
+            }
+        };
+    shared
+        .raft
+        .wait(Some(timeout))
+        .applied_index_at_least(Some(index), "linearizable read")
+        .await
+        .map_err(|e| ApiError::unavailable(format!("this node is behind the leader: {e}")))?;
+    Ok(())
+}
