@@ -24,10 +24,10 @@ DATA="${COMITY_DATA:-$PWD/comity-data}"
 
 WORK="$(mktemp -d -t comity-vs-pg.XXXXXX)"
 PG_STARTED=""
-COMITY_PID=""
 RUN_AS=()
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
-log() { printf '[compare] %s\n' "$*" >&2; }
 
 cleanup() {
     local rc=$?
@@ -35,12 +35,7 @@ cleanup() {
     if [[ -n "$PG_STARTED" ]]; then
         "${RUN_AS[@]}" "$PGBIN/pg_ctl" -D "$WORK/pg/data" -m fast -w stop >/dev/null 2>&1
     fi
-    if [[ -n "$COMITY_PID" ]]; then
-        kill "$COMITY_PID" 2>/dev/null
-        for _ in $(seq 1 50); do kill -0 "$COMITY_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$COMITY_PID" 2>/dev/null
-        wait "$COMITY_PID" 2>/dev/null
-    fi
+    stop_comity
     if [[ "${KEEP:-0}" == 1 ]]; then
         log "kept $WORK"
     else
@@ -50,23 +45,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-free_port() {
-    local p
-    for _ in $(seq 1 200); do
-        p=$((20000 + RANDOM % 30000))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            echo "$p"
-            return 0
-        fi
-    done
-    echo "no free port found" >&2
-    return 1
-}
-
-json_num() { # json_num FILE KEY: first numeric value of "KEY" in FILE
-    sed -n "s/^ *\"$2\": *\([-0-9.eE+]*\),\{0,1\}\$/\1/p" "$1" | head -n1
-}
 
 # ---------------------------------------------------------------- PostgreSQL
 find_pgbin() {
@@ -141,35 +119,12 @@ PG_ROWS="$("${PSQL[@]}" -d bench -At -c 'SELECT count(*) FROM ledger')"
 PG_STARTED=""
 
 # ---------------------------------------------------------------- Comity
-if [[ ! -x "$COMITY" ]]; then
-    log "building $COMITY (cargo build --release -p comity-cli)"
-    (cd "$ROOT" && cargo build --release -p comity-cli)
-fi
-
-healthy() { # healthy DATA_DIR
-    local url ca
-    [[ -f "$1/client.json" ]] || return 1
-    url="$(sed -n 's/.*"url": *"\([^"]*\)".*/\1/p' "$1/client.json" | head -n1)"
-    ca="$(sed -n 's/.*"ca": *"\([^"]*\)".*/\1/p' "$1/client.json" | head -n1)"
-    [[ -n "$url" ]] || return 1
-    [[ -f "$ca" ]] || ca="$1/ca.pem"
-    curl -sf --max-time 2 --cacert "$ca" "$url/v1/health" >/dev/null 2>&1
-}
-
 if healthy "$DATA"; then
     log "using the running network of $DATA"
 else
     DATA="$WORK/comity-data"
-    CPORT="$(free_port)"
-    log "starting a local network: $COMITY --data $DATA up --port $CPORT"
-    "$COMITY" --data "$DATA" up --port "$CPORT" >"$WORK/comity-up.log" 2>&1 &
-    COMITY_PID=$!
-    for _ in $(seq 1 120); do
-        healthy "$DATA" && break
-        kill -0 "$COMITY_PID" 2>/dev/null || { cat "$WORK/comity-up.log" >&2; echo "comity up exited" >&2; exit 1; }
-        sleep 0.5
-    done
-    healthy "$DATA" || { cat "$WORK/comity-up.log" >&2; echo "the network did not become healthy in 60 s" >&2; exit 1; }
+    # The core ledger's comparison: one node, as PostgreSQL is one server.
+    start_comity "$DATA" 1
 fi
 
 log "comity bench: $CLIENTS clients, $SECS s"

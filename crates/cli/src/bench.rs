@@ -62,6 +62,10 @@ pub struct BenchArgs {
     /// Print the report as JSON on stdout (progress goes to stderr).
     #[arg(long)]
     pub json: bool,
+    /// Node URLs the clients are spread over (repeatable) [default: every
+    /// node in client.json, else the configured node]
+    #[arg(long, value_name = "URL")]
+    pub target: Vec<String>,
 }
 
 /// Expected peak rate used to size the presigned pool.
@@ -251,7 +255,16 @@ pub async fn execute(g: &Global, args: &BenchArgs) -> anyhow::Result<Report> {
     // Governance reads need a registered identity's certificate.
     let gov_client = cfg.client()?;
     let signers = register_identities(&gov_client, &member, &voters, args.identities).await?;
-    run_workload(&client, &identity, signers, args, &cfg.url).await
+    let targets = if args.target.is_empty() {
+        cfg.nodes.clone()
+    } else {
+        args.target.clone()
+    };
+    let clients = targets
+        .iter()
+        .map(|u| cfg.public_client_of(u))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    run_workload(&clients, &identity, signers, args, &targets.join(",")).await
 }
 
 fn progress(msg: &str) {
@@ -358,7 +371,7 @@ fn voter_keys(
 }
 
 async fn run_workload(
-    client: &Client,
+    clients: &[Client],
     identity: &NetworkIdentity,
     signers: Vec<Signer>,
     args: &BenchArgs,
@@ -406,8 +419,8 @@ async fn run_workload(
     let start = Instant::now() + Duration::from_millis(100);
     let deadline = start + Duration::from_secs(args.duration_secs);
     let mut set = JoinSet::new();
-    for (signer, pool) in per_client.into_iter().zip(pools) {
-        let client = client.clone();
+    for (i, (signer, pool)) in per_client.into_iter().zip(pools).enumerate() {
+        let client = clients[i % clients.len()].clone();
         let probes = probes.clone();
         let a = args.clone();
         set.spawn(async move {
@@ -460,7 +473,7 @@ async fn run_workload(
         }
     }
 
-    let receipts = check_receipts(client, identity, &acked, args.receipt_sample).await;
+    let receipts = check_receipts(&clients[0], identity, &acked, args.receipt_sample).await;
 
     Ok(Report {
         node: url.to_string(),
@@ -1159,6 +1172,7 @@ mod e2e {
             member_key: None,
             voter_key: vec![],
             json: true,
+            target: Vec::new(),
         }
     }
 

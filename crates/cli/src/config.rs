@@ -63,6 +63,9 @@ pub fn global() -> &'static Global {
 pub struct ClientJson {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// Every node of the network (clients may use any of them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<String>,
     /// The network identity JSON (what offline verifiers trust).
@@ -113,6 +116,8 @@ impl ClientJson {
 pub struct Config {
     pub data: PathBuf,
     pub url: String,
+    /// Every node's URL: client.json's list, or just `url` when `--node` names another.
+    pub nodes: Vec<String>,
     pub ca: PathBuf,
     /// Local copy of the network identity, if known.
     pub network: Option<PathBuf>,
@@ -131,12 +136,19 @@ impl Config {
             let p = data.join("network.json");
             p.exists().then_some(p)
         });
+        let url = g
+            .node
+            .clone()
+            .or(file.url.clone())
+            .unwrap_or_else(|| DEFAULT_URL.to_string());
+        let nodes = if file.nodes.contains(&url) {
+            file.nodes.clone()
+        } else {
+            vec![url.clone()]
+        };
         Ok(Config {
-            url: g
-                .node
-                .clone()
-                .or(file.url.clone())
-                .unwrap_or_else(|| DEFAULT_URL.to_string()),
+            url,
+            nodes,
             ca: g
                 .ca
                 .clone()
@@ -169,8 +181,12 @@ impl Config {
 
     /// A client that trusts only the configured CA, without a client certificate.
     pub fn public_client(&self) -> anyhow::Result<Client> {
-        Client::from_files(&self.url, &self.ca, None)
-            .with_context(|| format!("connecting to {}", self.url))
+        self.public_client_of(&self.url)
+    }
+
+    /// A public client of the node at `url`.
+    pub fn public_client_of(&self, url: &str) -> anyhow::Result<Client> {
+        Client::from_files(url, &self.ca, None).with_context(|| format!("connecting to {url}"))
     }
 
     /// A client presenting the configured identity's certificate, when there is one.
@@ -339,6 +355,10 @@ mod tests {
         std::fs::write(d.join("user.key.pem"), "x").unwrap();
         let cj = ClientJson {
             url: Some("https://127.0.0.1:9999".into()),
+            nodes: vec![
+                "https://127.0.0.1:9999".into(),
+                "https://127.0.0.1:10000".into(),
+            ],
             ca: Some(d.join("my-ca.pem").display().to_string()),
             network: Some("network.json".into()),
             key: Some("user.key.pem".into()),
@@ -350,6 +370,7 @@ mod tests {
         assert_eq!(ClientJson::load(d).unwrap().unwrap(), cj);
         let c = Config::load(&global(d)).unwrap();
         assert_eq!(c.url, "https://127.0.0.1:9999");
+        assert_eq!(c.nodes.len(), 2, "client.json's node list is used");
         assert_eq!(c.ca, d.join("my-ca.pem"));
         // Relative to the data dir because it exists there.
         assert_eq!(c.key.as_deref(), Some(d.join("user.key.pem").as_path()));

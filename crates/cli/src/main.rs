@@ -10,6 +10,7 @@ mod ledger;
 mod network;
 mod node;
 mod receipt;
+mod status;
 mod txcmd;
 mod up;
 
@@ -76,6 +77,8 @@ pub enum Command {
     },
     /// Measure write throughput and latency against a running network.
     Bench(bench::BenchArgs),
+    /// The network at a glance: each node's role, term, progress and lag.
+    Status(status::StatusArgs),
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -92,6 +95,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tx { cmd } => txcmd::run(g, cmd).await,
         Command::Receipt { cmd } => receipt::run(g, cmd).await,
         Command::Bench(args) => bench::run(g, args).await,
+        Command::Status(args) => status::run(g, args).await,
     }
 }
 

@@ -379,6 +379,9 @@ fn create(l: &Layout, args: &UpArgs) -> anyhow::Result<()> {
     let s = |p: PathBuf| Some(abs(&p).display().to_string());
     ClientJson {
         url: Some(format!("https://127.0.0.1:{}", args.port)),
+        nodes: (0..u16::from(args.nodes))
+            .map(|i| format!("https://127.0.0.1:{}", args.port + i))
+            .collect(),
         ca: s(l.data.join("ca.pem")),
         network: s(l.data.join("network.json")),
         key: s(user.key_path.clone()),

@@ -178,6 +178,24 @@ pub struct Health {
     pub ledger_size: Option<u64>,
     #[serde(default)]
     pub ledger_time: Option<u64>,
+    #[serde(default)]
+    pub node_id: Option<u64>,
+    #[serde(default)]
+    pub node_identity: Option<String>,
+    #[serde(default)]
+    pub last_log_index: Option<u64>,
+    #[serde(default)]
+    pub uptime_ms: Option<u64>,
+    /// On the leader: each follower's replication, by Raft id.
+    #[serde(default)]
+    pub followers: std::collections::BTreeMap<String, FollowerLag>,
+}
+
+/// How far a follower's log is behind the leader's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FollowerLag {
+    pub matched_index: Option<u64>,
+    pub lag: u64,
 }
 
 #[cfg(test)]

@@ -484,6 +484,35 @@ async fn health(State(shared): S) -> ApiResult<Response> {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let last = m.last_log_index.unwrap_or(0);
+    // On the leader: how far each follower's log is behind (entries).
+    let followers: serde_json::Map<String, Value> = m
+        .replication
+        .iter()
+        .flatten()
+        .filter(|(id, _)| **id != m.id)
+        .map(|(id, matched)| {
+            let lag = last.saturating_sub(matched.map_or(0, |l| l.index));
+            (
+                id.to_string(),
+                json!({ "matched_index": matched.map(|l| l.index), "lag": lag }),
+            )
+        })
+        .collect();
+    let nodes: Vec<Value> = m
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(id, n)| {
+            let voter = m
+                .membership_config
+                .membership()
+                .get_joint_config()
+                .iter()
+                .any(|c| c.contains(id));
+            json!({ "id": id, "address": n.addr, "voter": voter })
+        })
+        .collect();
     let body = json!({
         "status": status,
         "node_id": m.id,
@@ -498,6 +527,8 @@ async fn health(State(shared): S) -> ApiResult<Response> {
         "ledger_time": time,
         "pending": shared.pending.len(),
         "uptime_ms": shared.started.elapsed().as_millis() as u64,
+        "followers": followers,
+        "members": nodes,
     });
     Ok((code, Json(body)).into_response())
 }
@@ -509,6 +540,16 @@ async fn metrics(State(shared): S) -> ApiResult<Response> {
     let m = shared.raft.metrics().borrow().clone();
     metrics::gauge!("comity_raft_term").set(m.current_term as f64);
     metrics::gauge!("comity_raft_applied_index").set(m.last_applied.map_or(0, |l| l.index) as f64);
+    metrics::gauge!("comity_raft_last_log_index").set(m.last_log_index.unwrap_or(0) as f64);
+    metrics::gauge!("comity_raft_is_leader")
+        .set(f64::from(u8::from(m.current_leader == Some(m.id))));
+    for (id, matched) in m.replication.iter().flatten() {
+        let lag = m
+            .last_log_index
+            .unwrap_or(0)
+            .saturating_sub(matched.map_or(0, |l| l.index));
+        metrics::gauge!("comity_raft_follower_lag", "follower" => id.to_string()).set(lag as f64);
+    }
     let text = shared
         .metrics
         .as_ref()

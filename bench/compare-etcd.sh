@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Compares a three-node Comity network with a three-node etcd cluster on this
+# machine, one after the other, under the same client rules: 64 concurrent
+# clients, each sending one 256-byte write and waiting for its durable,
+# majority-replicated acknowledgement before the next.
+#
+# etcd: Debian's etcd-server (installed if missing), three members on
+# loopback with their own data directories (default durability: fsync of the
+# WAL on every member), driven through its gRPC API by bench/etcd-load (the
+# etcd-client crate; protobuf-compiler is installed to build it).
+# Comity: `comity up --nodes 3` in a temp data dir, then `comity bench --json`
+# (signed kv.put, many identities, keys spread, receipts sampled and verified).
+#
+# Usage: bench/compare-etcd.sh [SECONDS] [CLIENTS]
+# Env:   COMITY_BIN   comity binary (default target/release/comity, built if missing)
+#        KEEP=1       keep the temp dir (logs, JSON) after the run
+set -euo pipefail
+
+SECS="${1:-15}"
+CLIENTS="${2:-64}"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+COMITY="${COMITY_BIN:-$ROOT/target/release/comity}"
+LOADER="$ROOT/target/etcd-load/release/etcd-load"
+WORK="$(mktemp -d -t comity-vs-etcd.XXXXXX)"
+ETCD_PIDS=()
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+
+cleanup() {
+    local rc=$?
+    set +e
+    for p in "${ETCD_PIDS[@]}"; do kill "$p" 2>/dev/null; done
+    for p in "${ETCD_PIDS[@]}"; do wait "$p" 2>/dev/null; done
+    stop_comity
+    if [[ "${KEEP:-0}" == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+need=()
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v protoc >/dev/null || need+=(protobuf-compiler)
+if [[ ${#need[@]} -gt 0 ]]; then
+    log "installing ${need[*]} (apt-get)"
+    SUDO=()
+    [[ "$(id -u)" != 0 ]] && SUDO=(sudo)
+    "${SUDO[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if [[ ! -x "$LOADER" ]]; then
+    log "building the etcd load generator (bench/etcd-load)"
+    (cd "$ROOT/bench/etcd-load" && CARGO_TARGET_DIR="$ROOT/target/etcd-load" cargo build --release -q)
+fi
+
+# ---------------------------------------------------------------- etcd
+CLUSTER=""
+ENDPOINTS=""
+declare -a CPORTS PPORTS
+for i in 0 1 2; do
+    CPORTS[i]="$(free_port)"
+    PPORTS[i]="$(free_port)"
+    CLUSTER+="${CLUSTER:+,}e$i=http://127.0.0.1:${PPORTS[i]}"
+    ENDPOINTS+="${ENDPOINTS:+,}http://127.0.0.1:${CPORTS[i]}"
+done
+log "etcd $(etcd --version | awk '/etcd Version/{print $3}'): three members ($ENDPOINTS)"
+for i in 0 1 2; do
+    etcd --name "e$i" --data-dir "$WORK/etcd$i" \
+        --listen-client-urls "http://127.0.0.1:${CPORTS[i]}" \
+        --advertise-client-urls "http://127.0.0.1:${CPORTS[i]}" \
+        --listen-peer-urls "http://127.0.0.1:${PPORTS[i]}" \
+        --initial-advertise-peer-urls "http://127.0.0.1:${PPORTS[i]}" \
+        --initial-cluster "$CLUSTER" --initial-cluster-state new \
+        --initial-cluster-token comity-bench --logger zap --log-level warn \
+        >"$WORK/etcd$i.log" 2>&1 &
+    ETCD_PIDS+=($!)
+done
+for _ in $(seq 1 120); do
+    ok=0
+    for i in 0 1 2; do
+        curl -sf --max-time 1 "http://127.0.0.1:${CPORTS[i]}/health" | grep -q '"health":"true"' && ok=$((ok + 1))
+    done
+    [[ $ok == 3 ]] && break
+    sleep 0.5
+done
+[[ $ok == 3 ]] || { tail -n 20 "$WORK"/etcd*.log >&2; echo "etcd did not become healthy" >&2; exit 1; }
+
+log "etcd-load: $CLIENTS clients, $SECS s, one 256-byte put per request"
+"$LOADER" "$ENDPOINTS" "$CLIENTS" "$SECS" 256 >"$WORK/etcd.json"
+E_TPS="$(sed -n 's/.*"throughput": *\([0-9.]*\).*/\1/p' "$WORK/etcd.json")"
+E_P50="$(sed -n 's/.*"p50_ms": *\([0-9.]*\).*/\1/p' "$WORK/etcd.json")"
+E_P99="$(sed -n 's/.*"p99_ms": *\([0-9.]*\).*/\1/p' "$WORK/etcd.json")"
+E_ERR="$(sed -n 's/.*"errors": *\([0-9]*\).*/\1/p' "$WORK/etcd.json")"
+for p in "${ETCD_PIDS[@]}"; do kill "$p"; done
+for p in "${ETCD_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+ETCD_PIDS=()
+
+# ---------------------------------------------------------------- Comity
+DATA="$WORK/comity-data"
+start_comity "$DATA" 3
+log "comity bench: $CLIENTS clients, $SECS s, spread over the three nodes"
+"$COMITY" --data "$DATA" bench --json --clients "$CLIENTS" --duration-secs "$SECS" \
+    >"$WORK/comity.json" 2>"$WORK/comity-bench.log" ||
+    { cat "$WORK/comity-bench.log" "$WORK/comity.json" >&2; exit 1; }
+C_TPS="$(json_num "$WORK/comity.json" tps)"
+C_P50="$(json_num "$WORK/comity.json" p50)"
+C_P99="$(json_num "$WORK/comity.json" p99)"
+C_ERR="$(json_num "$WORK/comity.json" errors)"
+C_RP99="$(sed -n '/"receipt_latency_ms"/,/}/s/^ *"p99": *\([0-9.]*\).*/\1/p' "$WORK/comity.json" | head -n1)"
+stop_comity
+
+# ---------------------------------------------------------------- Report
+echo
+echo "Three-node clusters, $CLIENTS concurrent clients, $SECS s, 256-byte values, durable on a majority, on $(nproc) cores"
+printf '  %-40s %10.0f writes/s  (p50 %.2f ms, p99 %.2f ms, %s errors)\n' \
+    "etcd (gRPC put)" "$E_TPS" "$E_P50" "$E_P99" "${E_ERR:-?}"
+printf '  %-40s %10.0f tx/s      (p50 %.2f ms, p99 %.2f ms, %s errors; receipt p99 %s ms)\n' \
+    "Comity (signed kv.put, receipts)" "$C_TPS" "$C_P50" "$C_P99" "${C_ERR:-?}" "${C_RP99:-?}"
+awk -v c="$C_TPS" -v e="$E_TPS" 'BEGIN { if (e > 0) printf "  Comity / etcd = %.2f\n", c / e }'

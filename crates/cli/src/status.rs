@@ -1,0 +1,86 @@
+//! `comity status`: the network at a glance, from every node's health.
+
+use crate::config::{Config, Global};
+use comity_client::Health;
+use std::time::Duration;
+
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    /// Print each node's health as JSON lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(g: &Global, args: StatusArgs) -> anyhow::Result<()> {
+    let cfg = Config::load(g)?;
+    let mut rows: Vec<(String, Result<Health, String>)> = Vec::new();
+    for url in &cfg.nodes {
+        let health = match cfg.public_client_of(url) {
+            Ok(c) => match tokio::time::timeout(Duration::from_secs(3), c.health()).await {
+                Ok(Ok(h)) => Ok(h),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("no answer within 3 s".into()),
+            },
+            Err(e) => Err(format!("{e:#}")),
+        };
+        rows.push((url.clone(), health));
+    }
+    if args.json {
+        for (url, h) in &rows {
+            let v = match h {
+                Ok(h) => serde_json::json!({"url": url, "health": h}),
+                Err(e) => serde_json::json!({"url": url, "error": e}),
+            };
+            println!("{v}");
+        }
+        return Ok(());
+    }
+    let leader = rows.iter().find_map(|(_, h)| {
+        h.as_ref()
+            .ok()
+            .filter(|h| h.role.as_deref() == Some("leader"))
+    });
+    println!(
+        "{:<28} {:<9} {:<10} {:>6} {:>10} {:>10} {:>8}",
+        "node", "status", "role", "term", "applied", "ledger", "lag"
+    );
+    for (url, h) in &rows {
+        match h {
+            Ok(h) => {
+                let lag = leader
+                    .zip(h.node_id)
+                    .and_then(|(l, id)| l.followers.get(&id.to_string()))
+                    .map_or("-".to_string(), |f| f.lag.to_string());
+                let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+                println!(
+                    "{:<28} {:<9} {:<10} {:>6} {:>10} {:>10} {:>8}",
+                    url.trim_start_matches("https://"),
+                    h.status,
+                    h.role.as_deref().unwrap_or("?"),
+                    opt(h.term),
+                    opt(h.applied_index),
+                    opt(h.ledger_size),
+                    lag
+                );
+            }
+            Err(e) => println!(
+                "{:<28} {:<9} {e}",
+                url.trim_start_matches("https://"),
+                "down"
+            ),
+        }
+    }
+    let up = rows.iter().filter(|(_, h)| h.is_ok()).count();
+    match leader {
+        Some(l) => println!(
+            "{up} of {} nodes answer; leader {} (term {})",
+            rows.len(),
+            l.node_identity
+                .as_deref()
+                .map_or("?", |s| &s[..12.min(s.len())]),
+            l.term.unwrap_or(0)
+        ),
+        None => println!("{up} of {} nodes answer; no leader among them", rows.len()),
+    }
+    Ok(())
+}
