@@ -13,6 +13,7 @@ use comity_core::entry::{
     checkpoint_marker_body, EntryKind, Leaf, Outcome, Record, PROTOCOL_VERSION,
 };
 use comity_core::network::NodeSet;
+use comity_core::receipt::NodeSetChange;
 use comity_core::tx::Tx;
 use comity_core::Hash;
 use comity_store::state::StateTreeUpdate;
@@ -58,6 +59,9 @@ pub struct Output {
     pub checkpoints: Vec<Checkpoint>,
     /// Set when a node's signed checkpoint differs from ours.
     pub divergence: Option<(Hash, u64)>,
+    /// Node-set changes applied in this step, with the set before each: its
+    /// nodes should endorse the change.
+    pub node_set_changes: Vec<(NodeSetChange, NodeSet)>,
 }
 
 /// Executor state that is not application state; persisted in aux with each batch.
@@ -296,6 +300,14 @@ impl Executor {
         self.open = g.open;
         self.config = g.config.clone();
         self.nodes = Arc::new(g.nodes.clone());
+        crate::node_set::record(
+            batch,
+            &NodeSetChange {
+                network_id: net,
+                size: 0,
+                nodes: g.nodes.clone(),
+            },
+        )?;
         self.st.net = Some(net);
         self.st.time = self.st.time.max(g.time);
         let leaf = Leaf {
@@ -400,7 +412,17 @@ impl Executor {
         })?;
         batch.aux_put(&keys::tx(&id), &index.to_be_bytes())?;
         if settings_changed {
+            let before = self.nodes.clone();
             self.reload(batch)?;
+            if self.nodes != before {
+                let change = NodeSetChange {
+                    network_id: self.st.net.expect("transactions follow genesis"),
+                    size: index + 1,
+                    nodes: (*self.nodes).clone(),
+                };
+                crate::node_set::record(batch, &change)?;
+                out.node_set_changes.push((change, (*before).clone()));
+            }
         }
         if !is_node_sig {
             self.st.uncovered += 1;

@@ -88,6 +88,22 @@ pub fn pending_checkpoint(seq: u64) -> Vec<u8> {
     [PENDING_CHECKPOINT_PREFIX, &seq.to_be_bytes()].concat()
 }
 
+pub const NODE_SET_CHANGE_PREFIX: &[u8] = b"nsc/";
+
+/// The node set that signs from tree size `size` on (a NodeSetChange body); genesis at 0.
+pub fn node_set_change(size: u64) -> Vec<u8> {
+    [NODE_SET_CHANGE_PREFIX, &size.to_be_bytes()].concat()
+}
+
+/// A node's endorsement (COSE_Signature) of the node-set change at `size`.
+pub fn endorsement(size: u64, node: &Hash) -> Vec<u8> {
+    [b"nse/".as_slice(), &size.to_be_bytes(), node].concat()
+}
+
+pub fn endorsement_range(size: u64) -> (Vec<u8>, Vec<u8>) {
+    (endorsement(size, &[0; 32]), endorsement(size, &[0xff; 32]))
+}
+
 pub fn evidence(node: &Hash, seq: u64) -> Vec<u8> {
     [b"evidence/".as_slice(), node, &seq.to_be_bytes()].concat()
 }

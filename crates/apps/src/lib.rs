@@ -12,6 +12,7 @@ pub mod gov;
 pub mod keys;
 pub mod kv;
 pub mod node;
+pub mod node_set;
 pub mod query;
 pub mod registry;
 pub mod state_worker;

@@ -1,5 +1,5 @@
-//! The `node` application: nodes' checkpoint signatures, finality, and
-//! evidence of conflicting signatures.
+//! The `node` application: nodes' checkpoint signatures, finality,
+//! evidence of conflicting signatures, and endorsements of node-set changes.
 
 use crate::executor::Ctx;
 use crate::registry::Role;
@@ -32,15 +32,21 @@ pub fn execute(
     if ctx.role != Role::Node {
         return Ok(Err(Reject(codes::FORBIDDEN)));
     }
-    if op != "checkpoint" {
-        return Ok(Err(Reject(codes::UNKNOWN_OP)));
-    }
     let Ok(m) = MapView::new(args) else {
         return Ok(Err(Reject(codes::BAD_ARGS)));
     };
     let (Ok(body), Ok(sig_bytes)) = (m.bytes("body"), m.bytes("sig")) else {
         return Ok(Err(Reject(codes::BAD_ARGS)));
     };
+    match op {
+        "checkpoint" => {}
+        "endorse" => {
+            return Ok(
+                crate::node_set::endorse(ctx.batch, &ctx.signer, body, sig_bytes)?.map_err(Reject),
+            )
+        }
+        _ => return Ok(Err(Reject(codes::UNKNOWN_OP))),
+    }
     let Ok(cp) = Checkpoint::from_cbor(body) else {
         return Ok(Err(Reject(codes::BAD_ARGS)));
     };
@@ -50,7 +56,8 @@ pub fn execute(
     if cp.network_id != ctx.net {
         return Ok(Err(Reject(codes::WRONG_NETWORK)));
     }
-    let set = crate::gov::state::node_set(&*ctx.batch)?;
+    // The signers of a checkpoint are the trusted set at its tree size.
+    let set = crate::node_set::set_at(&*ctx.batch, cp.size)?;
     let Some(node) = set.get(&ctx.signer) else {
         return Ok(Err(Reject(codes::FORBIDDEN)));
     };

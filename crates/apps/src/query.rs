@@ -36,6 +36,8 @@ pub struct SignedCheckpoint {
     pub checkpoint: Checkpoint,
     pub signatures: Vec<Vec<u8>>,
     pub signers: Vec<Hash>,
+    /// Node-set changes up to its size, endorsed; `None` until every change is.
+    pub chain: Option<Vec<Vec<u8>>>,
 }
 
 pub fn signed_checkpoint(r: &Reader<'_>, seq: u64) -> Result<Option<SignedCheckpoint>, StoreError> {
@@ -55,11 +57,13 @@ pub fn signed_checkpoint(r: &Reader<'_>, seq: u64) -> Result<Option<SignedCheckp
             }
         }
     }
+    let chain = crate::node_set::chain(r, checkpoint.size)?;
     Ok(Some(SignedCheckpoint {
         body,
         checkpoint,
         signatures,
         signers,
+        chain,
     }))
 }
 
@@ -99,6 +103,9 @@ pub fn receipt(store: &Store, index: u64, with_body: bool) -> Result<Option<Rece
     let Some(cp) = covering_checkpoint(&r, index)? else {
         return Ok(None);
     };
+    let Some(chain) = cp.chain.clone() else {
+        return Ok(None);
+    };
     let (rec, _) = record(store, index)?;
     let path = store.inclusion_proof(index, cp.checkpoint.size)?;
     let signatures = cp
@@ -113,7 +120,7 @@ pub fn receipt(store: &Store, index: u64, with_body: bool) -> Result<Option<Rece
         path,
         leaf: rec.leaf,
         body: with_body.then_some(rec.body),
-        chain: Vec::new(),
+        chain,
     }))
 }
 

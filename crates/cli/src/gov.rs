@@ -146,8 +146,11 @@ fn action_json(a: &ProposeArgs, action: &str) -> anyhow::Result<Value> {
         }),
         "node.trust" => {
             let cert = need(&a.certificate, "--certificate", action)?;
-            let mut v =
-                json!({"key": key_hex(cert)?, "member": need(&a.member, "--member", action)?});
+            let mut v = json!({
+                "key": key_hex(cert)?,
+                "member": need(&a.member, "--member", action)?,
+                "data": data,
+            });
             if let Some(n) = &a.name {
                 v["name"] = json!(n);
             }

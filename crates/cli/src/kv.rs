@@ -247,7 +247,7 @@ async fn verify_read(cfg: &Config, client: &Client, r: &KvRead) -> anyhow::Resul
     let cp = &r.checkpoint;
     // The state key is derived here from the requested key, never taken from the node.
     let state_key = comity_apps::keys::kv(&r.key);
-    let v = verify_kv_read(r, &identity, &identity.nodes, &state_key)?;
+    let v = verify_kv_read(r, &identity, &state_key)?;
     Ok(vec![
         format!(
             "verified: checkpoint {} (size {}) signed by {} node(s) of {} member(s), quorum {} (against the {source})",

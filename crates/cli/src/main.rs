@@ -86,7 +86,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let g = &cli.global;
     match cli.cmd {
         Command::Up(args) => up::run(args).await,
-        Command::Node(args) => node::run(args).await,
+        Command::Node(args) => node::run(g, args).await,
         Command::Ledger(args) => ledger::run(args).await,
         Command::Keys { cmd } => keys::run(g, cmd),
         Command::Network { cmd } => network::run(cmd),

@@ -300,6 +300,13 @@ impl Client {
             .await
     }
 
+    /// `GET /v1/network/nodes`: the trusted node set now (unverified: a
+    /// joining node checks its chain when it replays the ledger).
+    pub async fn trusted_nodes(&self) -> Result<TrustedNodes, ClientError> {
+        self.json(self.http.get(self.endpoint(&["v1", "network", "nodes"])))
+            .await
+    }
+
     /// `GET /v1/health`.
     pub async fn health(&self) -> Result<Health, ClientError> {
         self.json(self.http.get(self.endpoint(&["v1", "health"])))

@@ -36,3 +36,17 @@ pub mod hexlist {
             .collect()
     }
 }
+
+/// `Vec<Vec<u8>>` as an array of hex strings.
+pub mod hexveclist {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(hex::encode))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .into_iter()
+            .map(|h| hex::decode(h).map_err(serde::de::Error::custom))
+            .collect()
+    }
+}

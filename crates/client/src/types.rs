@@ -1,6 +1,6 @@
 //! Response shapes of the node HTTP API (docs/api.md).
 
-use crate::hexser::{hex32, hexlist, hexopt, hexvec};
+use crate::hexser::{hex32, hexlist, hexopt, hexvec, hexveclist};
 use comity_core::checkpoint::Checkpoint;
 use comity_core::Hash;
 use serde::{Deserialize, Serialize};
@@ -78,6 +78,10 @@ pub struct CheckpointInfo {
     /// COSE_Sign with the checkpoint as payload and the node signatures.
     #[serde(with = "hexvec")]
     pub signed: Vec<u8>,
+    /// Node-set changes since genesis up to this size (COSE_Sign each,
+    /// endorsed by the set before): what makes `signers` checkable.
+    #[serde(default, with = "hexveclist")]
+    pub chain: Vec<Vec<u8>>,
 }
 
 impl CheckpointInfo {
@@ -189,6 +193,17 @@ pub struct Health {
     /// On the leader: each follower's replication, by Raft id.
     #[serde(default)]
     pub followers: std::collections::BTreeMap<String, FollowerLag>,
+    /// The Raft group as this node knows it.
+    #[serde(default)]
+    pub members: Vec<RaftMember>,
+}
+
+/// A node of the Raft group: a voter, or a learner still catching up.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftMember {
+    pub id: u64,
+    pub address: String,
+    pub voter: bool,
 }
 
 /// How far a follower's log is behind the leader's.
@@ -240,4 +255,12 @@ mod tests {
         .unwrap();
         assert_eq!(health.ledger_size, Some(456));
     }
+}
+
+/// `GET /v1/network/nodes`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrustedNodes {
+    #[serde(with = "hex32")]
+    pub network_id: Hash,
+    pub nodes: comity_core::network::NodeSet,
 }

@@ -4,7 +4,7 @@ use crate::types::{CheckpointInfo, ConsistencyProof, KvRead};
 use crate::ClientError;
 use comity_core::checkpoint::CHECKPOINT_CONTENT_TYPE;
 use comity_core::merkle;
-use comity_core::network::{NetworkIdentity, NodeSet};
+use comity_core::network::NetworkIdentity;
 use comity_core::receipt::{self, Receipt, Verified};
 use comity_core::Hash;
 use coset::{CborSerializable, CoseSign, TaggedCborSerializable};
@@ -22,13 +22,14 @@ pub struct VerifiedCheckpoint {
 
 /// Checks that `info.signed` is a COSE_Sign over exactly the checkpoint the
 /// JSON fields describe, on this network, signed by a quorum of members of
-/// `nodes` (the node set at that size: `identity.nodes` unless the node set
-/// changed since genesis).
+/// the node set at its size: the genesis set of `identity`, changed by
+/// `info.chain`, each change endorsed by a quorum of the set before it.
 pub fn verify_checkpoint(
     info: &CheckpointInfo,
     identity: &NetworkIdentity,
-    nodes: &NodeSet,
 ) -> Result<VerifiedCheckpoint, ClientError> {
+    let nodes = &receipt::node_set_at(identity, &info.chain, info.size)
+        .map_err(|e| ClientError::Verify(e.to_string()))?;
     if info.network_id != identity.network_id {
         return Err(ClientError::Verify(format!(
             "checkpoint is for network {}, expected {}",
@@ -71,7 +72,6 @@ pub fn verify_checkpoint(
 pub fn verify_kv_read(
     r: &KvRead,
     identity: &NetworkIdentity,
-    nodes: &NodeSet,
     state_key: &[u8],
 ) -> Result<VerifiedCheckpoint, ClientError> {
     if let Some(k) = &r.state_key {
@@ -83,7 +83,7 @@ pub fn verify_kv_read(
             )));
         }
     }
-    let v = verify_checkpoint(&r.checkpoint, identity, nodes)?;
+    let v = verify_checkpoint(&r.checkpoint, identity)?;
     comity_core::state::verify(
         &r.checkpoint.state_root,
         state_key,
@@ -123,7 +123,7 @@ mod tests {
                 (k.public().fingerprint(), k)
             })
             .collect();
-        let nodes = NodeSet(
+        let nodes = comity_core::network::NodeSet(
             keys.iter()
                 .enumerate()
                 .map(|(i, (id, k))| NodeInfo {
@@ -171,6 +171,7 @@ mod tests {
             version: cp.version,
             signers: keys.iter().map(|(id, _)| *id).collect(),
             signed: b.build().to_tagged_vec().unwrap(),
+            chain: Vec::new(),
         }
     }
 
@@ -210,33 +211,32 @@ mod tests {
             state_proof: proof_of(key),
             latest_value: None,
         };
-        verify_kv_read(&read(Some(b"1"), b"kv/a"), &ident, &ident.nodes, b"kv/a").unwrap();
+        verify_kv_read(&read(Some(b"1"), b"kv/a"), &ident, b"kv/a").unwrap();
         // Absent key: non-inclusion proof.
-        verify_kv_read(&read(None, b"kv/b"), &ident, &ident.nodes, b"kv/b").unwrap();
+        verify_kv_read(&read(None, b"kv/b"), &ident, b"kv/b").unwrap();
         // A lie about the value, or about absence, fails.
-        assert!(verify_kv_read(&read(Some(b"2"), b"kv/a"), &ident, &ident.nodes, b"kv/a").is_err());
-        assert!(verify_kv_read(&read(None, b"kv/a"), &ident, &ident.nodes, b"kv/a").is_err());
+        assert!(verify_kv_read(&read(Some(b"2"), b"kv/a"), &ident, b"kv/a").is_err());
+        assert!(verify_kv_read(&read(None, b"kv/a"), &ident, b"kv/a").is_err());
         // A proof about another key than the one asked for fails.
-        let e =
-            verify_kv_read(&read(Some(b"1"), b"kv/a"), &ident, &ident.nodes, b"kv/c").unwrap_err();
+        let e = verify_kv_read(&read(Some(b"1"), b"kv/a"), &ident, b"kv/c").unwrap_err();
         assert!(e.to_string().contains("state key"), "{e}");
         let mut r = read(Some(b"1"), b"kv/a");
         r.state_key = None;
         r.state_proof = vec![1, 2, 3];
-        assert!(verify_kv_read(&r, &ident, &ident.nodes, b"kv/a").is_err());
+        assert!(verify_kv_read(&r, &ident, b"kv/a").is_err());
     }
 
     #[test]
     fn checkpoint_quorum() {
         let (ident, keys) = setup(3);
         let ok = info(&ident, &keys[..2]);
-        let v = verify_checkpoint(&ok, &ident, &ident.nodes).unwrap();
+        let v = verify_checkpoint(&ok, &ident).unwrap();
         assert_eq!((v.members, v.quorum), (2, 2));
         let few = info(&ident, &keys[..1]);
-        assert!(verify_checkpoint(&few, &ident, &ident.nodes).is_err());
+        assert!(verify_checkpoint(&few, &ident).is_err());
         let mut lied = ok.clone();
         lied.size = 11;
-        let e = verify_checkpoint(&lied, &ident, &ident.nodes).unwrap_err();
+        let e = verify_checkpoint(&lied, &ident).unwrap_err();
         assert!(e.to_string().contains("differs"), "{e}");
     }
 }

@@ -43,6 +43,11 @@ pub enum Event {
     Applied(Vec<TxOutcome>),
     /// A node signed a checkpoint that differs from ours.
     Divergence { node: Hash, seq: u64 },
+    /// The node set changed: nodes of the set before it endorse the change.
+    NodeSetChange {
+        change: comity_core::receipt::NodeSetChange,
+        before: NodeSet,
+    },
 }
 
 /// What the node reads about the executor outside apply, published after
@@ -176,6 +181,11 @@ impl StateMachine {
                     events.push(Event::Applied(outcomes.clone()));
                 }
                 events.extend(out.checkpoints.into_iter().map(Event::Checkpoint));
+                events.extend(
+                    out.node_set_changes
+                        .into_iter()
+                        .map(|(change, before)| Event::NodeSetChange { change, before }),
+                );
                 if let Some((node, seq)) = out.divergence {
                     events.push(Event::Divergence { node, seq });
                 }

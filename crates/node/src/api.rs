@@ -44,6 +44,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/kv/{key}", get(kv_get))
         .route("/v1/kv/{key}/history", get(kv_history))
         .route("/v1/network/identity", get(identity))
+        .route("/v1/network/nodes", get(trusted_nodes))
         .route("/v1/health", get(health))
         .route(
             "/v1/openapi.json",
@@ -298,6 +299,7 @@ pub(crate) fn checkpoint_json(cp: &SignedCheckpoint) -> Value {
         "version": c.version,
         "signers": cp.signers.iter().map(hex::encode).collect::<Vec<_>>(),
         "signed": hex::encode(query::checkpoint_cose(cp)),
+        "chain": cp.chain.iter().flatten().map(hex::encode).collect::<Vec<_>>(),
     })
 }
 
@@ -464,6 +466,19 @@ async fn identity(State(shared): S) -> ApiResult<Json<Value>> {
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::unavailable("the network has no genesis yet"))?;
     Ok(Json(serde_json::to_value(id).map_err(ApiError::internal)?))
+}
+
+/// The trusted node set now (the checkpoint signers and accepted peers):
+/// what a joining node needs to recognise the others.
+async fn trusted_nodes(State(shared): S) -> ApiResult<Json<Value>> {
+    let view = shared.view();
+    if view.network_id.is_none() {
+        return Err(ApiError::unavailable("the network has no genesis yet"));
+    }
+    Ok(Json(json!({
+        "network_id": view.network_id.map(hex::encode),
+        "nodes": serde_json::to_value(&*view.nodes).map_err(ApiError::internal)?,
+    })))
 }
 
 async fn health(State(shared): S) -> ApiResult<Response> {

@@ -6,7 +6,9 @@ pub mod config;
 pub mod error;
 pub mod gov_api;
 pub mod ingress;
+pub mod join;
 pub mod peer_api;
+pub mod reconcile;
 pub mod server;
 pub mod tls;
 
@@ -15,7 +17,7 @@ use comity_consensus::log_store::LogStore;
 use comity_consensus::network::{raft_id, Peers, Trust};
 use comity_consensus::state_machine::{Event, SharedView, StateMachine};
 use comity_consensus::Raft;
-use comity_core::checkpoint::{self, CHECKPOINT_CONTENT_TYPE};
+use comity_core::checkpoint::{self, CHECKPOINT_CONTENT_TYPE, NODE_SET_CONTENT_TYPE};
 use comity_core::crypto::SigningKey;
 use comity_core::tx::{Tx, TxPayload};
 use comity_core::Hash;
@@ -148,7 +150,11 @@ impl Node {
             Arc::new(move |id: &Hash| pv.take_verified(id)),
         )?;
         let view = sm.view();
-        let trust = trust(&view, genesis.as_ref().map(|(_, g)| g.nodes.clone()));
+        let bootstrap = match &genesis {
+            Some((_, g)) => Some(g.nodes.clone()),
+            None => join::load(&cfg.data_dir)?.map(|j| j.nodes),
+        };
+        let trust = trust(&view, bootstrap);
         let peers = Peers::new(&tls_cert, &tls_key, trust.clone(), cfg.peer_bind)?;
         let raft_cfg = Arc::new(comity_consensus::raft_config("comity").validate()?);
         let raft = Raft::new(node_id, raft_cfg, peers.clone(), log, sm).await?;
@@ -182,6 +188,7 @@ impl Node {
         tokio::spawn(batcher::run(shared.clone(), submit_rx));
         tokio::spawn(batcher::checkpoints(shared.clone()));
         tokio::spawn(events(shared.clone(), ev_rx));
+        tokio::spawn(reconcile::run(shared.clone()));
         if let Some((doc, _)) = genesis.filter(|_| shared.view().network_id.is_none()) {
             tokio::spawn(propose_genesis(shared.clone(), doc));
         }
@@ -297,23 +304,36 @@ async fn events(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Event>) {
                     );
                     continue;
                 }
-                let body = cp.to_cbor();
-                let sig = checkpoint::sign(
+                if !sign_and_submit(
+                    &shared,
                     CHECKPOINT_CONTENT_TYPE,
-                    &body,
-                    &shared.node_key,
-                    &shared.node_identity,
+                    "checkpoint",
+                    &cp.to_cbor(),
+                    cp.network_id,
+                    cp.time,
+                )
+                .await
+                {
+                    return;
+                }
+            }
+            Event::NodeSetChange { change, before } => {
+                tracing::info!(
+                    size = change.size,
+                    nodes = change.nodes.0.len(),
+                    "the trusted node set changed"
                 );
-                let payload = TxPayload {
-                    net: cp.network_id,
-                    app: "node".into(),
-                    op: "checkpoint".into(),
-                    args: comity_apps::node::signature_args(&body, &sig),
-                    nonce: comity_core::crypto::random_nonce().to_vec(),
-                    created: ingress::now_ms().max(cp.time),
-                };
-                let tx = Tx::sign(&shared.node_key, &shared.node_identity, &payload);
-                if shared.submit.send(tx).await.is_err() {
+                if before.get(&shared.node_identity).is_some()
+                    && !sign_and_submit(
+                        &shared,
+                        NODE_SET_CONTENT_TYPE,
+                        "endorse",
+                        &change.to_cbor(),
+                        change.network_id,
+                        0,
+                    )
+                    .await
+                {
                     return;
                 }
             }
@@ -327,6 +347,29 @@ async fn events(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Event>) {
             }
         }
     }
+}
+
+/// Signs `body` as this node (a COSE_Signature with content type `ct`) and
+/// submits it as a `node.<op>` transaction. False once the node is stopping.
+async fn sign_and_submit(
+    shared: &Shared,
+    ct: &str,
+    op: &str,
+    body: &[u8],
+    net: Hash,
+    not_before: u64,
+) -> bool {
+    let sig = checkpoint::sign(ct, body, &shared.node_key, &shared.node_identity);
+    let payload = TxPayload {
+        net,
+        app: "node".into(),
+        op: op.into(),
+        args: comity_apps::node::signature_args(body, &sig),
+        nonce: comity_core::crypto::random_nonce().to_vec(),
+        created: ingress::now_ms().max(not_before),
+    };
+    let tx = Tx::sign(&shared.node_key, &shared.node_identity, &payload);
+    shared.submit.send(tx).await.is_ok()
 }
 
 /// The network identity: the genesis hash and the genesis node set.

@@ -74,6 +74,9 @@ pub struct TrustNode {
     pub member: Id,
     #[serde(default)]
     pub name: Option<String>,
+    /// The node's data; `address` (host:port) is where its peers reach it.
+    #[serde(default)]
+    pub data: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,10 +178,7 @@ impl Action {
             Action::MemberSetData(s) | Action::UserSetData(s) => check_data(&s.name, &s.data),
             Action::NodeTrust(n) => {
                 check_key(&n.key)?;
-                match &n.name {
-                    Some(name) => check_data(name, &BTreeMap::new()),
-                    None => Ok(()),
-                }
+                check_data(n.name.as_deref().unwrap_or("node"), &n.data)
             }
             Action::RotateKey(r) => check_key(&r.key),
             Action::ConstitutionSet(c) => c.check_shape(),
@@ -363,6 +363,7 @@ fn trust_node(
     if let Some(name) = &n.name {
         ident.name = name.clone();
     }
+    ident.data.extend(n.data.clone());
     state::put_identity(o, &ident, true)?;
     let mut nodes = state::node_set(o)?;
     nodes.0.push(NodeInfo {

@@ -210,14 +210,59 @@ impl Cluster {
             .join(format!("node{i}-{}.err", self.starts[i]))
     }
 
+    /// Creates node `n` (key, TLS certificate from the network's CA, a
+    /// configuration without genesis, listening on `base + n`) and starts it
+    /// with `comity node join` against node 0. Returns its number.
+    pub fn join_new_node(&mut self) -> usize {
+        let i = self.n;
+        let dir = self.node_dir(i);
+        std::fs::create_dir_all(&dir).expect("node dir");
+        let key = comity_core::crypto::SigningKey::generate(comity_core::crypto::Alg::EdDsa);
+        let pem = key.to_pkcs8_pem();
+        std::fs::write(dir.join("node.key.pem"), &pem).expect("node key");
+        // Re-create the CA certificate from its key and name to issue the node's certificate.
+        let ca_key = rcgen::KeyPair::from_pem(
+            &std::fs::read_to_string(self.data.join("ca.key.pem")).expect("ca key"),
+        )
+        .expect("ca key");
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "Comity local network CA");
+        let ca = ca.self_signed(&ca_key).expect("ca");
+        let node_key = rcgen::KeyPair::from_pem(&pem).expect("node key for rcgen");
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        p.subject_alt_names = vec![rcgen::SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST))];
+        let cert = p.signed_by(&node_key, &ca, &ca_key).expect("node cert");
+        std::fs::write(dir.join("tls.pem"), cert.pem()).expect("tls cert");
+        let listen = format!("127.0.0.1:{}", self.base + i as u16);
+        let toml = format!(
+            "listen = \"{listen}\"\ndata_dir = \"{}\"\nnode_key = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            dir.join("data").display(),
+            dir.join("node.key.pem").display(),
+            dir.join("tls.pem").display(),
+            dir.join("node.key.pem").display()
+        );
+        std::fs::write(dir.join("node.toml"), toml).expect("node.toml");
+        self.n += 1;
+        self.children.push(None);
+        self.starts.push(0);
+        let (url, data) = (self.url(0), self.data.display().to_string());
+        self.spawn_with(i, &["--data", &data, "node", "join", "--network", &url]);
+        i
+    }
+
     /// Starts node `i` without waiting for it.
     pub fn spawn(&mut self, i: usize) {
+        self.spawn_with(i, &["node", "run"]);
+    }
+
+    fn spawn_with(&mut self, i: usize, args: &[&str]) {
         assert!(self.children[i].is_none(), "node{i} is already running");
         self.starts[i] += 1;
         let err = self.stderr_path(i);
         let child = Command::new(BIN)
-            .arg("node")
-            .arg("run")
+            .args(args)
             .arg("--config")
             .arg(self.node_dir(i).join("node.toml"))
             .env("COMITY_LOG", "info,openraft=warn")
@@ -281,6 +326,14 @@ impl Cluster {
     /// A public client of node `i`.
     pub fn client(&self, i: usize) -> Client {
         Client::new(&self.url(i), &self.ca_pem(), None).expect("client")
+    }
+
+    /// A client of node `i` presenting identity `name`'s certificate.
+    pub fn client_as(&self, i: usize, name: &str) -> Client {
+        let keys = self.data.join("keys");
+        let cert = std::fs::read(keys.join(format!("{name}.cert.pem"))).expect("cert");
+        let key = std::fs::read(keys.join(format!("{name}.key.pem"))).expect("key");
+        Client::new(&self.url(i), &self.ca_pem(), Some((&cert, &key))).expect("client")
     }
 
     /// Public clients of every node.

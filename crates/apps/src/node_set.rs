@@ -1,0 +1,131 @@
+//! The history of the trusted node set: which nodes sign checkpoints at each
+//! tree size, and each change endorsed by a quorum of the set before it, so
+//! a receipt can carry the chain from the genesis set to its signers.
+
+use crate::keys;
+use comity_core::checkpoint::{self, NODE_SET_CONTENT_TYPE};
+use comity_core::network::NodeSet;
+use comity_core::receipt::NodeSetChange;
+use comity_core::Hash;
+use comity_store::state::KeyValue;
+use comity_store::{Reader, StoreError, WriteBatch};
+use std::collections::BTreeSet;
+
+/// Ordered reads of node-local (aux) data, from a batch or a reader.
+pub trait AuxRead {
+    fn aux_scan(&self, from: &[u8], to: &[u8]) -> Result<Vec<KeyValue>, StoreError>;
+}
+
+impl AuxRead for WriteBatch<'_> {
+    fn aux_scan(&self, from: &[u8], to: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
+        self.aux_range(from, to, usize::MAX)
+    }
+}
+
+impl AuxRead for Reader<'_> {
+    fn aux_scan(&self, from: &[u8], to: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
+        self.aux_range(from, to, usize::MAX)
+    }
+}
+
+fn decode(v: &[u8]) -> Result<NodeSetChange, StoreError> {
+    NodeSetChange::from_cbor(v).map_err(|e| StoreError::StateTree(format!("node-set history: {e}")))
+}
+
+/// Every recorded change with `from <= size <= to`, in order (genesis is size 0).
+pub fn changes(
+    r: &impl AuxRead,
+    from: u64,
+    to: u64,
+) -> Result<Vec<(NodeSetChange, Vec<u8>)>, StoreError> {
+    let end = keys::node_set_change(to.saturating_add(1));
+    let end = if to == u64::MAX {
+        [keys::NODE_SET_CHANGE_PREFIX, &[0xff; 9]].concat()
+    } else {
+        end
+    };
+    r.aux_scan(&keys::node_set_change(from), &end)?
+        .into_iter()
+        .map(|(_, v)| Ok((decode(&v)?, v)))
+        .collect()
+}
+
+/// The set that signs checkpoints of tree size `size`.
+pub fn set_at(r: &impl AuxRead, size: u64) -> Result<NodeSet, StoreError> {
+    changes(r, 0, size)?
+        .pop()
+        .map(|(c, _)| c.nodes)
+        .ok_or_else(|| StoreError::StateTree("no node set recorded at genesis".into()))
+}
+
+/// Records that `change.nodes` sign from `change.size` on.
+pub fn record(batch: &mut WriteBatch<'_>, change: &NodeSetChange) -> Result<(), StoreError> {
+    batch.aux_put(&keys::node_set_change(change.size), &change.to_cbor())
+}
+
+/// The endorsements (COSE_Signature bytes) recorded for the change at `size`, by node.
+fn endorsements(r: &impl AuxRead, size: u64) -> Result<Vec<(Hash, Vec<u8>)>, StoreError> {
+    let (from, to) = keys::endorsement_range(size);
+    let to = [to, vec![0xff]].concat();
+    Ok(r.aux_scan(&from, &to)?
+        .into_iter()
+        .map(|(k, v)| (k[k.len() - 32..].try_into().expect("32-byte suffix"), v))
+        .collect())
+}
+
+/// The chain a receipt for a checkpoint of tree size `size` carries: each
+/// change after genesis up to `size` as a COSE_Sign with its endorsements.
+/// `None` while some change lacks endorsements from a quorum of the set before it.
+pub fn chain(r: &impl AuxRead, size: u64) -> Result<Option<Vec<Vec<u8>>>, StoreError> {
+    let all = changes(r, 0, size)?;
+    let mut out = Vec::new();
+    for pair in all.windows(2) {
+        let ((prev, _), (_, body)) = (&pair[0], &pair[1]);
+        let sigs = endorsements(r, pair[1].0.size)?;
+        let members: BTreeSet<Hash> = sigs
+            .iter()
+            .filter_map(|(n, _)| prev.nodes.get(n).map(|n| n.member))
+            .collect();
+        if members.len() < prev.nodes.quorum() {
+            return Ok(None);
+        }
+        let sigs: Vec<Vec<u8>> = sigs.into_iter().map(|(_, s)| s).collect();
+        out.push(checkpoint::signed_statement(
+            NODE_SET_CONTENT_TYPE,
+            body,
+            &sigs,
+        ));
+    }
+    Ok(Some(out))
+}
+
+/// Checks and records a node's endorsement of the change whose body is `body`.
+/// The signer must belong to the set before the change.
+pub fn endorse(
+    batch: &mut WriteBatch<'_>,
+    signer: &Hash,
+    body: &[u8],
+    sig: &[u8],
+) -> Result<Result<(), &'static str>, StoreError> {
+    let Ok(change) = NodeSetChange::from_cbor(body) else {
+        return Ok(Err(crate::codes::BAD_ARGS));
+    };
+    let local = batch.aux_get(&keys::node_set_change(change.size))?;
+    if change.size == 0 || local.as_deref() != Some(body) {
+        return Ok(Err(crate::codes::NOT_FOUND));
+    }
+    let prev = set_at(batch, change.size - 1)?;
+    let Some(node) = prev.get(signer) else {
+        return Ok(Err(crate::codes::FORBIDDEN));
+    };
+    let (Ok(s), Ok(key)) = (checkpoint::parse_signature(sig), node.public_key()) else {
+        return Ok(Err(crate::codes::BAD_ARGS));
+    };
+    if checkpoint::signer(&s).ok() != Some(*signer)
+        || checkpoint::verify(NODE_SET_CONTENT_TYPE, body, &s, &key).is_err()
+    {
+        return Ok(Err(crate::codes::BAD_SIGNATURE));
+    }
+    batch.aux_put(&keys::endorsement(change.size, signer), sig)?;
+    Ok(Ok(()))
+}

@@ -1,0 +1,150 @@
+//! Joining and leaving by vote: a new node runs `comity node join`, stays
+//! out until members trust it, then receives the ledger and becomes a Raft
+//! voter; a retired node leaves the group. Receipts after each change carry
+//! the node-set chain, endorsed by the previous set, and verify offline
+//! against the genesis network identity alone.
+
+mod common;
+
+use comity_client::{Client, Hash, Health, Signer, TxState};
+use comity_core::cbor;
+use comity_core::receipt::Receipt;
+use common::cluster::Cluster;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+const LONG: Duration = Duration::from_secs(60);
+
+async fn commit(client: &Client, tx: Vec<u8>, what: &str) -> Hash {
+    let s = client
+        .submit(&tx, true)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(s.status, TxState::Committed, "{what}: {s:?}");
+    assert_eq!(s.outcome.as_deref(), Some("ok"), "{what}: {s:?}");
+    s.id
+}
+
+/// Proposes `actions` as member0 and approves as member1 (2 of 3 members).
+async fn pass(c: &Cluster, client: &Client, actions: serde_json::Value, what: &str) {
+    let (m0, m1): (Signer, Signer) = (c.signer("member0"), c.signer("member1"));
+    let id = commit(
+        client,
+        m0.gov_propose(cbor::from_serde(&actions).unwrap(), what),
+        what,
+    )
+    .await;
+    commit(client, m1.gov_vote(&id, true), what).await;
+    let p = client
+        .gov_get(&["proposals", &hex::encode(id)], &[])
+        .await
+        .expect("proposal");
+    assert_eq!(p["proposal"]["state"], "accepted", "{what}: {p}");
+}
+
+async fn voters(client: &Client) -> Vec<u64> {
+    let h: Health = client.health().await.expect("health");
+    h.members.iter().filter(|m| m.voter).map(|m| m.id).collect()
+}
+
+async fn wait_voters(client: &Client, n: usize, what: &str) {
+    let deadline = Instant::now() + LONG;
+    while voters(client).await.len() != n {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the group never had {n} voters"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A write whose receipt verifies offline against the genesis identity with
+/// a chain of `chain` node-set changes.
+async fn receipt_with_chain(c: &Cluster, client: &Client, key: &str, chain: usize) {
+    let id = commit(client, c.signer("user0").kv_put(key, b"v"), key).await;
+    let deadline = Instant::now() + LONG;
+    let receipt = loop {
+        if let Ok(Some(b)) = client.receipt(&id).await {
+            break Receipt::from_cose(&b).expect("receipt parses");
+        }
+        assert!(Instant::now() < deadline, "no receipt for {key}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        receipt.chain.len(),
+        chain,
+        "{key}: node-set changes in the receipt"
+    );
+    let v = receipt
+        .verify(&c.identity())
+        .expect("receipt verifies against the genesis identity");
+    assert_eq!(v.leaf.digest, id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_joins_by_vote_and_a_node_retires_by_vote() {
+    let _serial = common::serial().await;
+    let t0 = Instant::now();
+    let mut c = Cluster::start(3, false).await;
+    let client = c.client_as(0, "member0");
+    for k in 0..20 {
+        commit(
+            &client,
+            c.signer("user0").kv_put(&format!("before/{k}"), b"x"),
+            "history",
+        )
+        .await;
+    }
+
+    let new = c.join_new_node();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        voters(&client).await.len(),
+        3,
+        "an untrusted node is not added"
+    );
+    let key = std::fs::read_to_string(c.node_dir(new).join("node.key.pem")).unwrap();
+    let key = comity_core::crypto::SigningKey::from_pkcs8_pem(&key)
+        .unwrap()
+        .public();
+    let node_id = key.fingerprint();
+    let member0 = c.signer("member0").id;
+    pass(
+        &c,
+        &client,
+        json!([{"action": "node.trust", "args": {
+            "key": hex::encode(key.to_spki_der()),
+            "member": hex::encode(member0),
+            "name": "node3",
+            "data": {"address": format!("127.0.0.1:{}", c.base + new as u16)},
+        }}]),
+        "trust node3",
+    )
+    .await;
+    wait_voters(&client, 4, "after node.trust").await;
+    c.wait_healthy(new, LONG).await;
+    eprintln!(
+        "node3 joined and votes after {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    receipt_with_chain(&c, &client, "after/join", 1).await;
+    // The new node has the whole ledger, from genesis.
+    let early = c.client(new).ledger_receipt(0).await;
+    assert!(
+        matches!(early, Ok(Some(_))),
+        "node3 serves the genesis receipt: {early:?}"
+    );
+
+    pass(
+        &c,
+        &client,
+        json!([{"action": "node.retire", "args": {"id": hex::encode(node_id)}}]),
+        "retire node3",
+    )
+    .await;
+    wait_voters(&client, 3, "after node.retire").await;
+    receipt_with_chain(&c, &client, "after/retire", 2).await;
+    let out = c.ledger_verify(0).await;
+    assert!(out.contains("OK"), "{out}");
+    eprintln!("test took {:.1} s", t0.elapsed().as_secs_f64());
+}
