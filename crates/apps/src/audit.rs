@@ -28,6 +28,8 @@ pub struct Summary {
     pub rejected: u64,
     pub checkpoints: u64,
     pub checkpoint_signatures: u64,
+    /// Members' disaster-recovery decisions (node set replaced).
+    pub recoveries: u64,
     pub tx_root: Hash,
     pub last_state_root: Option<Hash>,
     pub network_id: Option<Hash>,
@@ -82,6 +84,10 @@ impl Audit {
                 txs: vec![ByteBuf::from(rec.body.clone())],
             },
             EntryKind::Checkpoint => Command::Checkpoint { time: leaf.time },
+            EntryKind::Recovery => Command::Recover {
+                time: leaf.time,
+                decision: ByteBuf::from(rec.body.clone()),
+            },
         };
         let txn = self.store.begin().map_err(|e| fail(index, e.to_string()))?;
         let out = {
@@ -146,6 +152,7 @@ impl Audit {
                 s.checkpoints += 1;
                 s.last_state_root = out.checkpoints.last().map(|c| c.state_root);
             }
+            EntryKind::Recovery => s.recoveries += 1,
         }
         Ok(())
     }

@@ -15,4 +15,7 @@ pub enum Command {
     Checkpoint { time: u64 },
     /// Completes checkpoints still waiting for their state root (no ledger entry).
     Flush,
+    /// The members' signed recovery decision: the first entry of a network
+    /// restarted from a surviving ledger copy with a new node set.
+    Recover { time: u64, decision: ByteBuf },
 }

@@ -245,6 +245,10 @@ impl Executor {
                 }
             }
             Command::Flush => self.complete_checkpoints(batch, &mut out)?,
+            Command::Recover { time, decision } => {
+                self.advance_time(batch, *time)?;
+                out.txs.push(self.recover(batch, decision)?);
+            }
         }
         batch.aux_put(keys::EXEC, &encode_state(&self.st))?;
         Ok(out)
@@ -297,6 +301,7 @@ impl Executor {
         );
         let writes = o.into_writes();
         gov::overlay::commit(batch, writes)?;
+        crate::recovery::refresh_member_keys(batch)?;
         self.open = g.open;
         self.config = g.config.clone();
         self.nodes = Arc::new(g.nodes.clone());
@@ -412,6 +417,7 @@ impl Executor {
         })?;
         batch.aux_put(&keys::tx(&id), &index.to_be_bytes())?;
         if settings_changed {
+            crate::recovery::refresh_member_keys(batch)?;
             let before = self.nodes.clone();
             self.reload(batch)?;
             if self.nodes != before {
@@ -433,6 +439,62 @@ impl Executor {
             outcome,
             time,
         }))
+    }
+
+    /// Records a members' recovery decision and, if it holds, installs its node set.
+    fn recover(
+        &mut self,
+        batch: &mut WriteBatch<'_>,
+        decision: &[u8],
+    ) -> Result<TxResult, StoreError> {
+        let net = self
+            .st
+            .net
+            .ok_or_else(|| StoreError::StateTree("a recovery needs an existing ledger".into()))?;
+        let index = batch.ledger_len();
+        let id = sha256(decision);
+        let outcome = match crate::recovery::enact(batch, &net, decision, index)? {
+            Ok(r) => {
+                self.reload(batch)?;
+                crate::node_set::record(
+                    batch,
+                    &NodeSetChange {
+                        network_id: net,
+                        size: r.change_size(),
+                        nodes: (*self.nodes).clone(),
+                    },
+                )?;
+                batch.aux_put(&keys::recovery(r.change_size()), decision)?;
+                tracing::warn!(
+                    size = index,
+                    nodes = r.nodes.0.len(),
+                    "RECOVERY: members restarted the network with a new node set"
+                );
+                Outcome::Applied
+            }
+            Err(code) => Outcome::Rejected(code.to_string()),
+        };
+        let leaf = Leaf {
+            version: self.version_at(index)?,
+            index,
+            time: self.st.time,
+            kind: EntryKind::Recovery,
+            digest: id,
+            outcome: outcome.clone(),
+            signer: None,
+        };
+        batch.append(&Record {
+            leaf: leaf.to_cbor(),
+            body: decision.to_vec(),
+        })?;
+        batch.aux_put(&keys::tx(&id), &index.to_be_bytes())?;
+        self.st.uncovered += 1;
+        Ok(TxResult {
+            id,
+            index,
+            outcome,
+            time: self.st.time,
+        })
     }
 
     /// Envelope checks, in the order the HTTP API reports them.

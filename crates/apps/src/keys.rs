@@ -95,6 +95,11 @@ pub fn node_set_change(size: u64) -> Vec<u8> {
     [NODE_SET_CHANGE_PREFIX, &size.to_be_bytes()].concat()
 }
 
+/// The signed recovery decision that made the node-set change at `size`.
+pub fn recovery(size: u64) -> Vec<u8> {
+    [b"nsr/".as_slice(), &size.to_be_bytes()].concat()
+}
+
 /// A node's endorsement (COSE_Signature) of the node-set change at `size`.
 pub fn endorsement(size: u64, node: &Hash) -> Vec<u8> {
     [b"nse/".as_slice(), &size.to_be_bytes(), node].concat()

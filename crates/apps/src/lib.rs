@@ -14,6 +14,7 @@ pub mod kv;
 pub mod node;
 pub mod node_set;
 pub mod query;
+pub mod recovery;
 pub mod registry;
 pub mod state_worker;
 
@@ -47,6 +48,8 @@ pub mod codes {
     pub const NOT_PROPOSER: &str = "not_proposer";
     pub const ALREADY_ACTIVE: &str = "already_active";
     pub const STALE_CONSTITUTION: &str = "stale_constitution";
+    /// A recovery decision for another ledger length or root than this one.
+    pub const RECOVERY_MISMATCH: &str = "recovery_mismatch";
 }
 
 /// An application-level refusal, recorded as the leaf's outcome.

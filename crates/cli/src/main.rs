@@ -10,6 +10,7 @@ mod ledger;
 mod network;
 mod node;
 mod receipt;
+mod recovery;
 mod status;
 mod txcmd;
 mod up;
@@ -79,6 +80,12 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// The network at a glance: each node's role, term, progress and lag.
     Status(status::StatusArgs),
+    /// Disaster recovery: restart from a surviving ledger copy with a new
+    /// node set, by a decision a majority of members sign.
+    Recovery {
+        #[command(subcommand)]
+        cmd: recovery::RecoveryCmd,
+    },
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -96,6 +103,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Receipt { cmd } => receipt::run(g, cmd).await,
         Command::Bench(args) => bench::run(g, args).await,
         Command::Status(args) => status::run(g, args).await,
+        Command::Recovery { cmd } => recovery::run(cmd),
     }
 }
 

@@ -331,6 +331,7 @@ fn create(l: &Layout, args: &UpArgs) -> anyhow::Result<()> {
             tls_key: abs(&nd.join("node.key.pem")),
             genesis: Some(abs(&l.data.join("genesis.cbor"))),
             peer_bind: None,
+            recovery: None,
             limits: Limits::default(),
         };
         write_new(

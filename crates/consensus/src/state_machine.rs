@@ -278,6 +278,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 }
 
+/// Detaches a store from the Raft log it was applied from, so that a new
+/// Raft group (disaster recovery) starts from the store's ledger and state
+/// as they are, with an empty log.
+pub fn forget_raft_log(store: &Store) -> Result<(), StorageError<u64>> {
+    let txn = store.begin().map_err(write_err)?;
+    {
+        let mut batch = txn.batch().map_err(write_err)?;
+        batch
+            .meta_put(META_APPLIED, &encode(&Applied::default()))
+            .map_err(write_err)?;
+        batch.meta_remove(META_SNAPSHOT).map_err(write_err)?;
+    }
+    txn.commit(true).map_err(write_err)
+}
+
 /// A snapshot is a durable point of the store: everything applied so far is
 /// fsynced, after which Raft may purge the log below it.
 pub struct SnapshotBuilder {

@@ -19,6 +19,9 @@ pub enum EntryKind {
     Tx,
     /// A checkpoint marker: the tree size at which every node signs the roots.
     Checkpoint,
+    /// Members' disaster-recovery decision (a COSE_Sign): a new node set
+    /// continues the ledger after most nodes were lost.
+    Recovery,
 }
 
 impl EntryKind {
@@ -27,6 +30,7 @@ impl EntryKind {
             EntryKind::Genesis => "genesis",
             EntryKind::Tx => "tx",
             EntryKind::Checkpoint => "checkpoint",
+            EntryKind::Recovery => "recovery",
         }
     }
     fn parse(s: &str) -> Option<Self> {
@@ -34,6 +38,7 @@ impl EntryKind {
             "genesis" => EntryKind::Genesis,
             "tx" => EntryKind::Tx,
             "checkpoint" => EntryKind::Checkpoint,
+            "recovery" => EntryKind::Recovery,
             _ => return None,
         })
     }

@@ -10,6 +10,7 @@ pub mod entry;
 pub mod merkle;
 pub mod network;
 pub mod receipt;
+pub mod recovery;
 pub mod state;
 pub mod tx;
 

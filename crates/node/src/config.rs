@@ -20,6 +20,10 @@ pub struct NodeConfig {
     pub tls_key: PathBuf,
     /// Genesis document (CBOR); required the first time a network starts.
     pub genesis: Option<PathBuf>,
+    /// A members' signed recovery decision (`comity recovery`): this node is
+    /// one of the new node set restarting the network from a surviving copy.
+    #[serde(default)]
+    pub recovery: Option<PathBuf>,
     /// Local address for connections to peers (on multi-homed hosts).
     #[serde(default)]
     pub peer_bind: Option<std::net::IpAddr>,

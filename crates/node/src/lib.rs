@@ -42,6 +42,8 @@ pub struct Shared {
     pub peers: Peers,
     /// Whether a key fingerprint is a currently trusted node's.
     pub trust: Trust,
+    /// Ledger length of the recovery decision this node restarts from, if any.
+    pub recovery_size: Option<u64>,
     node_key: SigningKey,
     /// Identity id of this node (SHA-256 of its key).
     pub node_identity: Hash,
@@ -150,21 +152,41 @@ impl Node {
             Arc::new(move |id: &Hash| pv.take_verified(id)),
         )?;
         let view = sm.view();
+        let recovery = match &cfg.recovery {
+            Some(p) => {
+                let signed =
+                    std::fs::read(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+                let (_, r) = comity_core::recovery::parse(&signed)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+                Some((signed, r))
+            }
+            None => None,
+        };
         let bootstrap = match &genesis {
             Some((_, g)) => Some(g.nodes.clone()),
             None => join::load(&cfg.data_dir)?.map(|j| j.nodes),
         };
-        let trust = trust(&view, bootstrap);
+        let trust = trust(
+            &view,
+            bootstrap,
+            recovery.as_ref().map(|(_, r)| r.nodes.clone()),
+        );
         let peers = Peers::new(&tls_cert, &tls_key, trust.clone(), cfg.peer_bind)?;
         let raft_cfg = Arc::new(comity_consensus::raft_config("comity").validate()?);
         let raft = Raft::new(node_id, raft_cfg, peers.clone(), log, sm).await?;
         if !raft.is_initialized().await? {
-            match &genesis {
-                Some((_, g)) => {
+            match (&recovery, &genesis) {
+                (Some((_, r)), _) => {
+                    raft.initialize(recovery_members(r, &node_identity)?)
+                        .await?
+                }
+                (None, Some((_, g))) => {
                     raft.initialize(genesis_members(g, &node_identity, &cfg)?)
                         .await?
                 }
-                None => tracing::info!("no genesis: waiting for the network to add this node"),
+                (None, None) => {
+                    tracing::info!("no genesis: waiting for the network to add this node")
+                }
             }
         }
         let (submit, submit_rx) = mpsc::channel(65536);
@@ -175,6 +197,7 @@ impl Node {
             node_id,
             peers,
             trust,
+            recovery_size: recovery.as_ref().map(|(_, r)| r.size),
             node_key,
             node_identity,
             pending,
@@ -191,6 +214,9 @@ impl Node {
         tokio::spawn(reconcile::run(shared.clone()));
         if let Some((doc, _)) = genesis.filter(|_| shared.view().network_id.is_none()) {
             tokio::spawn(propose_genesis(shared.clone(), doc));
+        }
+        if let Some((signed, r)) = recovery {
+            tokio::spawn(propose_recovery(shared.clone(), signed, r.size));
         }
         let tls = tls::server_config(&cfg.tls_cert, &cfg.tls_key)?;
         let (addr, server) = server::serve(shared.clone(), cfg.listen, tls).await?;
@@ -216,19 +242,79 @@ impl Node {
     }
 }
 
-/// Accepts the nodes trusted by the applied state or, before genesis is
-/// applied, the genesis node set.
-fn trust(view: &SharedView, genesis: Option<comity_core::network::NodeSet>) -> Trust {
+/// Accepts the nodes trusted by the applied state; before genesis is
+/// applied, the genesis (or joined network's) node set; during a recovery,
+/// until the decision is applied, only the decision's new node set.
+fn trust(
+    view: &SharedView,
+    bootstrap: Option<comity_core::network::NodeSet>,
+    recovery: Option<comity_core::network::NodeSet>,
+) -> Trust {
     let view = view.clone();
-    let genesis = genesis.unwrap_or_default();
+    let bootstrap = bootstrap.unwrap_or_default();
+    let recovered = Arc::new(AtomicBool::new(recovery.is_none()));
     Arc::new(move |fp: &Hash| {
         let nodes = view.read().expect("view lock").nodes.clone();
+        if let Some(new) = recovery
+            .as_ref()
+            .filter(|_| !recovered.load(Ordering::SeqCst))
+        {
+            if *nodes == *new {
+                recovered.store(true, Ordering::SeqCst);
+            } else {
+                return new.get(fp).is_some();
+            }
+        }
         if nodes.0.is_empty() {
-            genesis.get(fp).is_some()
+            bootstrap.get(fp).is_some()
         } else {
             nodes.get(fp).is_some()
         }
     })
+}
+
+/// The Raft membership of a network restarted by recovery: the new node set.
+fn recovery_members(
+    r: &comity_core::recovery::Recovery,
+    me: &Hash,
+) -> anyhow::Result<BTreeMap<u64, BasicNode>> {
+    if r.nodes.get(me).is_none() {
+        anyhow::bail!(
+            "this node's key {} is not in the recovery decision's node set",
+            hex::encode(me)
+        );
+    }
+    Ok(r.nodes
+        .0
+        .iter()
+        .zip(&r.addresses)
+        .map(|(n, a)| (raft_id(&n.id), BasicNode::new(a.clone())))
+        .collect())
+}
+
+/// Records the recovery decision as the first entry of the restarted network.
+async fn propose_recovery(shared: Arc<Shared>, decision: Vec<u8>, size: u64) {
+    loop {
+        match shared.store.read().and_then(|r| r.ledger_len()) {
+            Ok(len) if len > size => return,
+            Ok(len) if len < size => {
+                tracing::error!(len, size, "this node's ledger is shorter than the recovery decision's; seed it from the surviving copy");
+                return;
+            }
+            _ => {}
+        }
+        if shared.is_leader() {
+            let cmd = Command::Recover {
+                time: ingress::now_ms(),
+                decision: ByteBuf::from(decision.clone()),
+            };
+            match shared.raft.client_write(cmd).await {
+                Ok(_) => return,
+                Err(e) => tracing::warn!(error = %e, "recovery not committed yet"),
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// The first Raft membership: every genesis node, at its genesis address.

@@ -30,6 +30,11 @@ async fn step(shared: &Shared) -> anyhow::Result<()> {
     if view.network_id.is_none() || view.nodes.0.is_empty() {
         return Ok(());
     }
+    if let Some(size) = shared.recovery_size {
+        if shared.store.read()?.ledger_len()? <= size {
+            return Ok(()); // the state still names the lost node set
+        }
+    }
     let m = shared.raft.metrics().borrow().clone();
     let membership = m.membership_config.membership().clone();
     if membership.get_joint_config().len() > 1 {

@@ -416,6 +416,11 @@ impl WriteBatch<'_> {
         Ok(())
     }
 
+    pub fn meta_remove(&mut self, key: &str) -> Result<(), StoreError> {
+        dbe!(self.store, self.meta.remove(key))?;
+        Ok(())
+    }
+
     /// Appends a ledger record and its leaf to the tree; returns its index.
     pub fn append(&mut self, record: &Record) -> Result<u64, StoreError> {
         let index = self

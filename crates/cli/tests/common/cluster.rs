@@ -214,6 +214,16 @@ impl Cluster {
     /// configuration without genesis, listening on `base + n`) and starts it
     /// with `comity node join` against node 0. Returns its number.
     pub fn join_new_node(&mut self) -> usize {
+        let i = self.new_node("");
+        let (url, data) = (self.url(0), self.data.display().to_string());
+        self.spawn_with(i, &["--data", &data, "node", "join", "--network", &url]);
+        i
+    }
+
+    /// Creates node `n`'s files (key, certificate from the network's CA, a
+    /// configuration without genesis plus `extra_toml`, listening on
+    /// `base + n`) without starting it. Returns its number.
+    pub fn new_node(&mut self, extra_toml: &str) -> usize {
         let i = self.n;
         let dir = self.node_dir(i);
         std::fs::create_dir_all(&dir).expect("node dir");
@@ -237,7 +247,7 @@ impl Cluster {
         std::fs::write(dir.join("tls.pem"), cert.pem()).expect("tls cert");
         let listen = format!("127.0.0.1:{}", self.base + i as u16);
         let toml = format!(
-            "listen = \"{listen}\"\ndata_dir = \"{}\"\nnode_key = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            "{extra_toml}listen = \"{listen}\"\ndata_dir = \"{}\"\nnode_key = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
             dir.join("data").display(),
             dir.join("node.key.pem").display(),
             dir.join("tls.pem").display(),
@@ -247,8 +257,6 @@ impl Cluster {
         self.n += 1;
         self.children.push(None);
         self.starts.push(0);
-        let (url, data) = (self.url(0), self.data.display().to_string());
-        self.spawn_with(i, &["--data", &data, "node", "join", "--network", &url]);
         i
     }
 
@@ -276,6 +284,21 @@ impl Cluster {
 
     pub fn is_running(&self, i: usize) -> bool {
         self.children[i].is_some()
+    }
+
+    /// SIGTERM to node `i`, waiting for a clean exit.
+    pub async fn stop(&mut self, i: usize) {
+        let mut c = self.children[i].take().expect("node running");
+        let ok = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(ok.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while c.try_wait().expect("try_wait").is_none() {
+            assert!(Instant::now() < deadline, "node{i} did not stop on SIGTERM");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// `kill -9` node `i`.

@@ -1,0 +1,110 @@
+//! Applying a disaster-recovery decision (see `comity_core::recovery`), and
+//! keeping in state what such a decision is checked against: the active
+//! members' keys.
+
+use crate::gov::overlay::{self, Overlay};
+use crate::registry::{self, Identity, Role, StateRead, Status};
+use crate::{codes, gov, keys};
+use comity_core::cbor;
+use comity_core::checkpoint::Checkpoint;
+use comity_core::recovery::{self, MemberKeys, Recovery, MEMBER_KEYS_STATE_KEY};
+use comity_core::Hash;
+use comity_store::{StoreError, WriteBatch};
+
+/// The active members and their current keys, by id.
+pub fn member_keys(s: &impl StateRead) -> Result<MemberKeys, StoreError> {
+    let mut out = Vec::new();
+    for id in gov::state::active_members(s)? {
+        if let Some(m) = registry::get(s, &id)? {
+            out.push((id, m.current_key().to_vec()));
+        }
+    }
+    Ok(MemberKeys(out))
+}
+
+/// Writes the active members' keys to state when they changed.
+pub fn refresh_member_keys(batch: &mut WriteBatch<'_>) -> Result<(), StoreError> {
+    let now = member_keys(&*batch)?.to_cbor();
+    if batch.get(MEMBER_KEYS_STATE_KEY)?.as_deref() != Some(now.as_slice()) {
+        batch.put(MEMBER_KEYS_STATE_KEY, &now)?;
+    }
+    Ok(())
+}
+
+/// Checks a signed decision against this ledger (its network, its length and
+/// root, a majority of its members) and installs the new node set: new nodes
+/// trusted, the others retired. Returns the decision, or why it is refused.
+pub fn enact(
+    batch: &mut WriteBatch<'_>,
+    net: &Hash,
+    signed: &[u8],
+    index: u64,
+) -> Result<Result<Recovery, &'static str>, StoreError> {
+    let Ok((_, r)) = recovery::parse(signed) else {
+        return Ok(Err(codes::BAD_ARGS));
+    };
+    if r.size != index || r.tx_root != batch.tx_root() {
+        return Ok(Err(codes::RECOVERY_MISMATCH));
+    }
+    let cp_size = coset_payload(&r.checkpoint)
+        .and_then(|b| Checkpoint::from_cbor(&b).ok())
+        .map(|c| c.size);
+    let Some(cp_size) = cp_size else {
+        return Ok(Err(codes::BAD_ARGS));
+    };
+    let set = crate::node_set::set_at(&*batch, cp_size)?;
+    let since = crate::node_set::changes(&*batch, 0, cp_size)?
+        .last()
+        .map_or(0, |(c, _)| c.size);
+    let r = match recovery::verify(signed, net, &set, since) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "refusing a recovery decision");
+            return Ok(Err(codes::BAD_SIGNATURE));
+        }
+    };
+    let mut o = Overlay::new(batch);
+    let before = gov::state::node_set(&o)?;
+    for n in &before.0 {
+        if r.nodes.get(&n.id).is_none() {
+            if let Some(mut i) = registry::get(&o, &n.id)? {
+                i.status = Status::Retired;
+                gov::state::put_identity(&mut o, &i, false)?;
+            }
+        }
+    }
+    for (n, addr) in r.nodes.0.iter().zip(&r.addresses) {
+        let (mut ident, new) = match registry::get(&o, &n.id)? {
+            Some(i) if i.role == Role::Node => (i, false),
+            Some(_) => return Ok(Err(codes::ALREADY_EXISTS)),
+            None => {
+                let name = format!("node {}", &hex::encode(n.id)[..12]);
+                (
+                    Identity::new(Role::Node, Status::Trusted, &name, n.key.clone(), index),
+                    true,
+                )
+            }
+        };
+        ident.status = Status::Trusted;
+        ident.operator = Some(n.member);
+        ident
+            .data
+            .insert(crate::genesis::ADDRESS.into(), addr.clone());
+        gov::state::put_identity(&mut o, &ident, new)?;
+    }
+    o.put(
+        keys::NODES,
+        &cbor::to_vec(r.nodes.to_value()).expect("valid"),
+    );
+    let writes = o.into_writes();
+    overlay::commit(batch, writes)?;
+    Ok(Ok(r))
+}
+
+fn coset_payload(sign: &[u8]) -> Option<Vec<u8>> {
+    use coset::{CborSerializable, CoseSign, TaggedCborSerializable};
+    CoseSign::from_tagged_slice(sign)
+        .or_else(|_| CoseSign::from_slice(sign))
+        .ok()?
+        .payload
+}

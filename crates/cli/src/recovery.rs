@@ -1,0 +1,249 @@
+//! `comity recovery`: restart a network whose majority of nodes is lost for
+//! good, from a surviving ledger copy, with a new node set, by a decision a
+//! majority of the members sign. See docs/operations.md, "Disaster recovery".
+
+use crate::keys::inspect;
+use anyhow::{bail, Context};
+use comity_apps::query;
+use comity_core::checkpoint;
+use comity_core::crypto::{PublicKey, SigningKey};
+use comity_core::network::{NodeInfo, NodeSet};
+use comity_core::recovery::{self, Recovery, MEMBER_KEYS_STATE_KEY, RECOVERY_CONTENT_TYPE};
+use comity_store::Store;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum RecoveryCmd {
+    /// Write an unsigned decision from a stopped surviving node's data directory.
+    Prepare {
+        /// The surviving node's data directory (its `data_dir`); the node must be stopped.
+        #[arg(long)]
+        from: PathBuf,
+        /// The new node set (TOML: [[nodes]] key, member, address).
+        #[arg(long)]
+        nodes: PathBuf,
+        /// Why the network is recovered (recorded on the ledger).
+        #[arg(long)]
+        reason: String,
+        #[arg(short, long)]
+        out: PathBuf,
+    },
+    /// Add a member's signature to a decision file.
+    Sign {
+        decision: PathBuf,
+        /// The member's private key (PEM).
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Show a decision: what it restarts from, the new nodes, who signed.
+    Show { decision: PathBuf },
+    /// Seed a new node's data directory from the surviving copy (ledger and
+    /// state; a fresh Raft log). Run once per node of the new set.
+    Seed {
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(long)]
+        to: PathBuf,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodesToml {
+    nodes: Vec<NewNode>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewNode {
+    /// The node's key or certificate (PEM); relative to the TOML file.
+    key: PathBuf,
+    /// Hex id of the member operating it.
+    member: String,
+    /// host:port where its peers reach it.
+    address: String,
+}
+
+pub fn run(cmd: RecoveryCmd) -> anyhow::Result<()> {
+    match cmd {
+        RecoveryCmd::Prepare {
+            from,
+            nodes,
+            reason,
+            out,
+        } => prepare(&from, &nodes, &reason, &out),
+        RecoveryCmd::Sign { decision, key } => sign(&decision, &key),
+        RecoveryCmd::Show { decision } => show(&decision),
+        RecoveryCmd::Seed { from, to } => seed(&from, &to),
+    }
+}
+
+fn open(data_dir: &Path) -> anyhow::Result<Store> {
+    let (store, _) = Store::open(
+        &data_dir.join("ledger"),
+        comity_store::segments::DEFAULT_ROLL_BYTES,
+    )
+    .with_context(|| {
+        format!(
+            "opening the ledger in {} (is its node stopped?)",
+            data_dir.display()
+        )
+    })?;
+    Ok(store)
+}
+
+fn hash_hex(s: &str) -> anyhow::Result<[u8; 32]> {
+    hex::decode(s)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .with_context(|| format!("{s:?} is not a 64-hex-digit id"))
+}
+
+fn prepare(from: &Path, nodes: &Path, reason: &str, out: &Path) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(nodes).with_context(|| format!("reading {}", nodes.display()))?;
+    let spec: NodesToml = toml::from_str(&text).with_context(|| format!("{}", nodes.display()))?;
+    let base = nodes.parent().unwrap_or(Path::new("."));
+    let mut set = Vec::new();
+    let mut addresses = Vec::new();
+    for n in &spec.nodes {
+        let path = base.join(&n.key);
+        let pem = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let key: PublicKey = inspect(&pem)
+            .with_context(|| format!("{}", path.display()))?
+            .public;
+        set.push(NodeInfo {
+            id: key.fingerprint(),
+            member: hash_hex(&n.member)?,
+            key: key.to_spki_der(),
+        });
+        addresses.push(n.address.clone());
+    }
+    if set.is_empty() {
+        bail!("{}: the new node set is empty", nodes.display());
+    }
+    let store = open(from)?;
+    let r = store.read()?;
+    let size = r.ledger_len()?;
+    let network_id = comity_node::network_identity(&store)?
+        .context("the surviving copy has no genesis")?
+        .network_id;
+    let cp = query::latest_final(&r)?.context("the surviving copy has no final checkpoint")?;
+    if cp.chain.is_none() {
+        bail!("the surviving copy's latest checkpoint lacks endorsements of a node-set change");
+    }
+    let proved = query::proved_state(&store, MEMBER_KEYS_STATE_KEY)?
+        .context("no final checkpoint to prove the member keys against")?;
+    let members = proved.value.context(
+        "the surviving copy's state has no member keys (a ledger older than this build?)",
+    )?;
+    let decision = Recovery {
+        network_id,
+        size,
+        tx_root: store.tree_root_at(size)?,
+        checkpoint: query::checkpoint_cose(&cp),
+        members,
+        members_proof: proved.proof,
+        nodes: NodeSet(set),
+        addresses,
+        reason: reason.to_string(),
+    };
+    let signed = checkpoint::signed_statement(RECOVERY_CONTENT_TYPE, &decision.to_cbor(), &[]);
+    crate::keys::write_new(out, &signed, 0o644)?;
+    println!(
+        "wrote {}: continue network {} from its {size} entries (checkpoint {} of size {}) with {} nodes.\n\
+         Each member signs it with `comity recovery sign {} --key <member key>`; a majority is needed.",
+        out.display(),
+        hex::encode(network_id),
+        cp.checkpoint.seq,
+        cp.checkpoint.size,
+        decision.nodes.0.len(),
+        out.display()
+    );
+    Ok(())
+}
+
+fn sign(path: &Path, key: &Path) -> anyhow::Result<()> {
+    let signed = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let (sign, r) = recovery::parse(&signed)?;
+    let pem = std::fs::read_to_string(key).with_context(|| format!("reading {}", key.display()))?;
+    let key = SigningKey::from_pkcs8_pem(&pem)?;
+    let id = key.public().fingerprint();
+    let body = r.to_cbor();
+    let mut sigs: Vec<Vec<u8>> = recovery::signatures(&sign)
+        .into_iter()
+        .filter(|s| {
+            checkpoint::parse_signature(s)
+                .ok()
+                .and_then(|p| checkpoint::signer(&p).ok())
+                != Some(id)
+        })
+        .collect();
+    sigs.push(checkpoint::sign(RECOVERY_CONTENT_TYPE, &body, &key, &id));
+    std::fs::write(
+        path,
+        checkpoint::signed_statement(RECOVERY_CONTENT_TYPE, &body, &sigs),
+    )?;
+    println!(
+        "signed as {}; {} signature(s) now",
+        hex::encode(id),
+        sigs.len()
+    );
+    Ok(())
+}
+
+fn show(path: &Path) -> anyhow::Result<()> {
+    let signed = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let (sign, r) = recovery::parse(&signed)?;
+    println!("network   {}", hex::encode(r.network_id));
+    println!(
+        "continues from {} entries (root {})",
+        r.size,
+        hex::encode(r.tx_root)
+    );
+    println!("reason    {}", r.reason);
+    for (n, a) in r.nodes.0.iter().zip(&r.addresses) {
+        println!(
+            "node      {} at {a} (member {})",
+            hex::encode(n.id),
+            hex::encode(n.member)
+        );
+    }
+    for s in &sign.signatures {
+        println!("signed by {}", hex::encode(checkpoint::signer(s)?));
+    }
+    Ok(())
+}
+
+fn seed(from: &Path, to: &Path) -> anyhow::Result<()> {
+    if to.join("ledger").exists() {
+        bail!("{} already has a ledger", to.display());
+    }
+    copy_dir(&from.join("ledger"), &to.join("ledger"))?;
+    let store = open(to)?;
+    comity_consensus::state_machine::forget_raft_log(&store)?;
+    println!(
+        "seeded {} from {} ({} entries); start the node with `recovery = \"<decision>\"` in its configuration",
+        to.display(),
+        from.display(),
+        store.read()?.ledger_len()?
+    );
+    Ok(())
+}
+
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let e = e?;
+        let dest = to.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &dest)?;
+        } else {
+            std::fs::copy(e.path(), &dest)
+                .with_context(|| format!("copying {}", e.path().display()))?;
+        }
+    }
+    Ok(())
+}

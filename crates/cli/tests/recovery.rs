@@ -1,0 +1,174 @@
+//! Disaster recovery: two of three nodes are lost for good, so Raft cannot
+//! commit and governance cannot vote. A majority of members sign a decision
+//! to continue from the surviving copy with three new nodes; the new network
+//! keeps every acknowledged transaction, records the decision on the ledger,
+//! takes writes again, and its receipts verify offline against the original
+//! network identity (genesis hash and genesis node set) alone.
+
+mod common;
+
+use comity_client::{Hash, TxState};
+use comity_core::entry::{EntryKind, Leaf};
+use comity_core::receipt::Receipt;
+use common::cluster::Cluster;
+use common::load::check_acknowledged;
+use common::run_cli;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+const LONG: Duration = Duration::from_secs(60);
+
+async fn cli(c: &Cluster, args: &[&str]) -> String {
+    let out = run_cli(&c.data, c.tmp.path(), args, LONG).await;
+    assert!(
+        out.status.success(),
+        "comity {args:?}:\n{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    out.stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn members_restart_a_network_that_lost_its_majority() {
+    let _serial = common::serial().await;
+    let t0 = Instant::now();
+    let mut c = Cluster::start(3, false).await;
+    let user = c.signer("user0");
+    let client = c.client(0);
+    let mut acked: HashMap<Hash, u64> = HashMap::new();
+    for k in 0..30 {
+        let s = client
+            .submit(&user.kv_put(&format!("before/{k}"), b"v"), true)
+            .await
+            .expect("write");
+        assert_eq!(s.status, TxState::Committed);
+        acked.insert(s.id, s.index.expect("index"));
+    }
+    // Let the followers learn the last commit, then lose two nodes for good.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.kill9(1);
+    c.kill9(2);
+    let s = tokio::time::timeout(
+        Duration::from_secs(3),
+        client.submit(&user.kv_put("lost", b"x"), true),
+    )
+    .await;
+    assert!(
+        !matches!(s, Ok(Ok(ref st)) if st.status == TxState::Committed),
+        "one node of three committed alone: {s:?}"
+    );
+    c.stop(0).await;
+
+    let decision = c.tmp.path().join("decision.cbor");
+    let extra = format!("recovery = \"{}\"\n", decision.display());
+    let news: Vec<usize> = (0..3).map(|_| c.new_node(&extra)).collect();
+    let mut toml = String::new();
+    for (k, &i) in news.iter().enumerate() {
+        let member = c.signer(&format!("member{k}")).id;
+        toml += &format!(
+            "[[nodes]]\nkey = \"{}\"\nmember = \"{}\"\naddress = \"127.0.0.1:{}\"\n",
+            c.node_dir(i).join("node.key.pem").display(),
+            hex::encode(member),
+            c.base + i as u16
+        );
+    }
+    let nodes_toml = c.tmp.path().join("recovery-nodes.toml");
+    std::fs::write(&nodes_toml, toml).unwrap();
+    let survivor = c.node_dir(0).join("data");
+    let (survivor, decision_s) = (survivor.to_str().unwrap(), decision.to_str().unwrap());
+    cli(
+        &c,
+        &[
+            "recovery",
+            "prepare",
+            "--from",
+            survivor,
+            "--nodes",
+            nodes_toml.to_str().unwrap(),
+            "--reason",
+            "nodes 1 and 2 destroyed",
+            "-o",
+            decision_s,
+        ],
+    )
+    .await;
+    for m in ["member0", "member1"] {
+        let key = c.data.join("keys").join(format!("{m}.key.pem"));
+        cli(
+            &c,
+            &[
+                "recovery",
+                "sign",
+                decision_s,
+                "--key",
+                key.to_str().unwrap(),
+            ],
+        )
+        .await;
+    }
+    let shown = cli(&c, &["recovery", "show", decision_s]).await;
+    assert_eq!(shown.matches("signed by").count(), 2, "{shown}");
+    for &i in &news {
+        let to = c.node_dir(i).join("data");
+        cli(
+            &c,
+            &[
+                "recovery",
+                "seed",
+                "--from",
+                survivor,
+                "--to",
+                to.to_str().unwrap(),
+            ],
+        )
+        .await;
+    }
+    for &i in &news {
+        c.spawn(i);
+    }
+    for &i in &news {
+        c.wait_healthy(i, LONG).await;
+    }
+    eprintln!(
+        "recovered network up after {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+
+    let identity = c.identity();
+    let new_client = c.client(news[1]);
+    check_acknowledged(&new_client, &identity, &acked, 3).await;
+    let s = new_client
+        .submit(&user.kv_put("after/recovery", b"v"), true)
+        .await
+        .expect("write after recovery");
+    assert_eq!(s.status, TxState::Committed, "{s:?}");
+    let deadline = Instant::now() + LONG;
+    let receipt = loop {
+        if let Ok(Some(b)) = new_client.receipt(&s.id).await {
+            break Receipt::from_cose(&b).expect("receipt parses");
+        }
+        assert!(Instant::now() < deadline, "no receipt after recovery");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        receipt.chain.len(),
+        1,
+        "the chain carries the recovery decision"
+    );
+    receipt
+        .verify(&identity)
+        .expect("a receipt after recovery verifies against the genesis identity");
+    // The decision is itself an entry of the ledger.
+    let entries = new_client.entries(0, 1000).await.expect("entries");
+    let recoveries: Vec<_> = entries
+        .iter()
+        .filter_map(|r| Leaf::from_cbor(&r.leaf).ok())
+        .filter(|l| l.kind == EntryKind::Recovery)
+        .collect();
+    assert_eq!(recoveries.len(), 1, "one recovery entry");
+    assert!(recoveries[0].outcome == comity_core::entry::Outcome::Applied);
+    let out = c.ledger_verify(news[0]).await;
+    assert!(out.contains("OK"), "{out}");
+    eprintln!("test took {:.1} s", t0.elapsed().as_secs_f64());
+}
