@@ -98,15 +98,25 @@ ETCD_PIDS=()
 # ---------------------------------------------------------------- Comity
 DATA="$WORK/comity-data"
 start_comity "$DATA" 3
-log "comity bench: $CLIENTS clients, $SECS s, spread over the three nodes"
-"$COMITY" --data "$DATA" bench --json --clients "$CLIENTS" --duration-secs "$SECS" \
-    >"$WORK/comity.json" 2>"$WORK/comity-bench.log" ||
-    { cat "$WORK/comity-bench.log" "$WORK/comity.json" >&2; exit 1; }
-C_TPS="$(json_num "$WORK/comity.json" tps)"
-C_P50="$(json_num "$WORK/comity.json" p50)"
-C_P99="$(json_num "$WORK/comity.json" p99)"
-C_ERR="$(json_num "$WORK/comity.json" errors)"
-C_RP99="$(sed -n '/"receipt_latency_ms"/,/}/s/^ *"p99": *\([0-9.]*\).*/\1/p' "$WORK/comity.json" | head -n1)"
+# comity_bench NAME [FLAGS]: one timed run; sets C_* variables from NAME.json.
+comity_bench() {
+    local name="$1"
+    shift
+    log "comity bench ($name): $CLIENTS clients, $SECS s, spread over the three nodes"
+    "$COMITY" --data "$DATA" bench --json --clients "$CLIENTS" --duration-secs "$SECS" "$@" \
+        >"$WORK/$name.json" 2>"$WORK/$name.log" ||
+        { cat "$WORK/$name.log" "$WORK/$name.json" >&2; exit 1; }
+    C_TPS="$(json_num "$WORK/$name.json" tps)"
+    C_P50="$(json_num "$WORK/$name.json" p50)"
+    C_P99="$(json_num "$WORK/$name.json" p99)"
+    C_ERR="$(json_num "$WORK/$name.json" errors)"
+    C_RP99="$(sed -n '/"receipt_latency_ms"/,/}/s/^ *"p99": *\([0-9.]*\).*/\1/p' "$WORK/$name.json" | head -n1)"
+}
+# Clients sign each transaction just before sending it, on this same machine...
+comity_bench comity-inline
+I_TPS="$C_TPS" I_P50="$C_P50" I_P99="$C_P99" I_ERR="$C_ERR" I_RP99="$C_RP99"
+# ...and, as clients on their own machines would, with signing done before the run.
+comity_bench comity-presigned --presign
 stop_comity
 
 # ---------------------------------------------------------------- Report
@@ -115,5 +125,7 @@ echo "Three-node clusters, $CLIENTS concurrent clients, $SECS s, 256-byte values
 printf '  %-40s %10.0f writes/s  (p50 %.2f ms, p99 %.2f ms, %s errors)\n' \
     "etcd (gRPC put)" "$E_TPS" "$E_P50" "$E_P99" "${E_ERR:-?}"
 printf '  %-40s %10.0f tx/s      (p50 %.2f ms, p99 %.2f ms, %s errors; receipt p99 %s ms)\n' \
-    "Comity (signed kv.put, receipts)" "$C_TPS" "$C_P50" "$C_P99" "${C_ERR:-?}" "${C_RP99:-?}"
-awk -v c="$C_TPS" -v e="$E_TPS" 'BEGIN { if (e > 0) printf "  Comity / etcd = %.2f\n", c / e }'
+    "Comity (signed kv.put, signing inline)" "$I_TPS" "$I_P50" "$I_P99" "${I_ERR:-?}" "${I_RP99:-?}"
+printf '  %-40s %10.0f tx/s      (p50 %.2f ms, p99 %.2f ms, %s errors; receipt p99 %s ms)\n' \
+    "Comity (signed kv.put, presigned)" "$C_TPS" "$C_P50" "$C_P99" "${C_ERR:-?}" "${C_RP99:-?}"
+awk -v i="$I_TPS" -v c="$C_TPS" -v e="$E_TPS" 'BEGIN { if (e > 0) printf "  Comity / etcd = %.2f (signing inline), %.2f (presigned)\n", i / e, c / e }'

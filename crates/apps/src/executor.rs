@@ -18,7 +18,7 @@ use comity_core::tx::Tx;
 use comity_core::Hash;
 use comity_store::state::StateTreeUpdate;
 use comity_store::{Store, StoreError, WriteBatch};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 /// A transaction this node parsed and verified at ingress, with the key it
@@ -230,8 +230,11 @@ impl Executor {
             Command::Genesis { doc } => self.genesis(batch, doc)?,
             Command::Batch { time, txs } => {
                 self.advance_time(batch, *time)?;
+                let mut verified = self.verify_batch(batch, txs, preverified)?;
+                let verified = std::cell::RefCell::new(&mut verified);
+                let take = |id: &Hash| verified.borrow_mut().remove(id);
                 for bytes in txs {
-                    if let Some(r) = self.transaction(batch, bytes, preverified, &mut out)? {
+                    if let Some(r) = self.transaction(batch, bytes, &take, &mut out)? {
                         out.txs.push(r);
                     }
                 }
@@ -495,6 +498,57 @@ impl Executor {
             outcome,
             time: self.st.time,
         })
+    }
+
+    /// Signatures of a batch checked together against the signers' keys as
+    /// the batch starts (apply still compares each with the key current when
+    /// the transaction is reached, so a key rotated mid-batch is caught).
+    /// Transactions verified at ingress are taken as they are; if the batch
+    /// check fails, the rest are left to be checked one by one.
+    fn verify_batch(
+        &self,
+        batch: &WriteBatch<'_>,
+        txs: &[serde_bytes::ByteBuf],
+        preverified: &dyn Fn(&Hash) -> Option<Verified>,
+    ) -> Result<HashMap<Hash, Verified>, StoreError> {
+        let mut out = HashMap::with_capacity(txs.len());
+        let mut pending = Vec::new();
+        for bytes in txs {
+            let id = sha256(bytes);
+            if let Some(v) = preverified(&id) {
+                out.insert(id, v);
+                continue;
+            }
+            let Ok(tx) = Tx::parse(bytes) else { continue };
+            let Some(ident) = registry::get(batch, &tx.kid)? else {
+                continue;
+            };
+            let key = ident.current_key().to_vec();
+            if let Ok(pk) = PublicKey::from_spki_der(&key) {
+                // As in `Tx::verify`: the header's algorithm must be the key's.
+                if pk.alg() == comity_core::crypto::Alg::EdDsa && tx.alg == pk.alg() {
+                    pending.push((id, tx, key, pk));
+                }
+            }
+        }
+        if pending.is_empty() {
+            return Ok(out);
+        }
+        let data: Vec<Vec<u8>> = pending
+            .iter()
+            .map(|(_, tx, _, _)| tx.signed_data())
+            .collect();
+        let items: Vec<(&PublicKey, &[u8], &[u8])> = pending
+            .iter()
+            .zip(&data)
+            .map(|((_, tx, _, pk), d)| (pk, d.as_slice(), tx.signature()))
+            .collect();
+        if PublicKey::verify_ed25519_batch(&items) {
+            for (id, tx, key, _) in pending {
+                out.insert(id, Verified { tx, key });
+            }
+        }
+        Ok(out)
     }
 
     /// Envelope checks, in the order the HTTP API reports them.

@@ -411,3 +411,33 @@ fn background_state_tree_gives_the_same_roots() {
     };
     assert_eq!(roots(&got), roots(&expected));
 }
+
+/// A batch's Ed25519 signatures are checked together; one bad signature
+/// fails the batch check, and one-by-one checks then reject only it.
+#[test]
+fn one_bad_signature_in_a_batch_rejects_only_that_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network();
+    let (store, mut ex) = started(dir.path(), &net);
+    let good = |k: &str, n: u8| tx(&net, &net.member, "kv", "put", put(k, b"v"), n, T0 + 1);
+    let mut forged = good("b", 2);
+    let last = forged.len() - 1;
+    forged[last] ^= 1; // the signature is the last field of the COSE_Sign1
+    let out = apply(
+        &store,
+        &mut ex,
+        batch(vec![good("a", 1), forged, good("c", 3)], T0 + 2),
+    );
+    let codes: Vec<_> = out
+        .txs
+        .iter()
+        .map(|t| t.outcome.code().to_string())
+        .collect();
+    assert_eq!(codes, ["ok", "bad_signature", "ok"]);
+    let out = apply(
+        &store,
+        &mut ex,
+        batch(vec![good("d", 4), good("e", 5)], T0 + 3),
+    );
+    assert!(out.txs.iter().all(|t| t.outcome.code() == "ok"));
+}
