@@ -578,7 +578,7 @@ impl Executor {
             return Ok(Err(Reject(codes::UNKNOWN_SIGNER)));
         };
         *signer_leaf = Some((tx.kid, ident.current_key().to_vec()));
-        if !ident.may_sign() {
+        if !registry::may_submit(&ident, &tx.payload.app, &tx.payload.op) {
             return Ok(Err(Reject(codes::INACTIVE)));
         }
         // Skipping verification is only sound if ingress checked the very key valid now.

@@ -212,8 +212,18 @@ impl Identity {
 
 /// Whether `ident` may submit `app.op`. Checked at ingress (for a precise
 /// HTTP error) and again at apply (where it decides).
+/// Whether `ident` may sign anything at all for `app.op`: an active
+/// identity, or a retired node endorsing the change that retired it (the
+/// previous set must endorse every node-set change).
+pub fn may_submit(ident: &Identity, app: &str, op: &str) -> bool {
+    ident.may_sign()
+        || (ident.role == Role::Node
+            && ident.status == Status::Retired
+            && (app, op) == ("node", "endorse"))
+}
+
 pub fn authorize(ident: &Identity, app: &str, op: &str, open: bool) -> Result<(), Reject> {
-    if !ident.may_sign() {
+    if !may_submit(ident, app, op) {
         return Err(Reject(codes::INACTIVE));
     }
     match (ident.role, app) {

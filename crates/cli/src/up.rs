@@ -23,8 +23,9 @@ pub struct UpArgs {
     /// Number of members created with the network (so that voting is real).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=16))]
     pub members: u8,
-    /// Number of nodes (each its own process, data directory and TLS
-    /// certificate; node i listens on port + i). One node runs in this process.
+    /// Number of nodes, each its own process with its own data directory and
+    /// TLS certificate; node i listens on port + i (`--nodes 1` runs the
+    /// single node inside this process).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=9))]
     pub nodes: u8,
     /// Create the network's files (keys, genesis, node configurations) and

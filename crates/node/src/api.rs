@@ -307,6 +307,11 @@ async fn checkpoint(State(shared): S) -> ApiResult<Json<Value>> {
     let r = shared.store.read()?;
     let cp =
         query::latest_final(&r)?.ok_or_else(|| ApiError::unavailable("no final checkpoint yet"))?;
+    if cp.chain.is_none() {
+        return Err(ApiError::unavailable(
+            "the node set changed and the change is not yet endorsed; retry shortly",
+        ));
+    }
     Ok(Json(checkpoint_json(&cp)))
 }
 
@@ -558,7 +563,12 @@ async fn metrics(State(shared): S) -> ApiResult<Response> {
     metrics::gauge!("comity_raft_last_log_index").set(m.last_log_index.unwrap_or(0) as f64);
     metrics::gauge!("comity_raft_is_leader")
         .set(f64::from(u8::from(m.current_leader == Some(m.id))));
-    for (id, matched) in m.replication.iter().flatten() {
+    for (id, matched) in m
+        .replication
+        .iter()
+        .flatten()
+        .filter(|(id, _)| **id != m.id)
+    {
         let lag = m
             .last_log_index
             .unwrap_or(0)

@@ -158,7 +158,9 @@ impl Node {
                     std::fs::read(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
                 let (_, r) = comity_core::recovery::parse(&signed)
                     .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
-                Some((signed, r))
+                // Once the decision is on the ledger, state governs the node set again.
+                let applied = store.read()?.ledger_len()? > r.size;
+                (!applied).then_some((signed, r))
             }
             None => None,
         };
