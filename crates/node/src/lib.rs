@@ -6,6 +6,7 @@ pub mod config;
 pub mod error;
 pub mod gov_api;
 pub mod ingress;
+pub mod notary_api;
 pub mod server;
 pub mod tls;
 
