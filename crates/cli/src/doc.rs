@@ -407,11 +407,16 @@ impl Ctx {
         Ok(())
     }
 
+    /// Submits a change to document `id` and shows the document after it.
+    async fn change(&self, tx: Vec<u8>, what: &str, id: &Hash) -> anyhow::Result<()> {
+        self.submit(&tx, what).await?;
+        self.show(id, false).await
+    }
+
     async fn act(&self, op: &str, r: &Reasoned, what: &str) -> anyhow::Result<()> {
         let id = parse_hash(&r.document)?;
         let tx = self.signer().await?.notary_act(op, &id, &r.reason);
-        self.submit(&tx, what).await?;
-        self.show(&id, false).await
+        self.change(tx, what, &id).await
     }
 
     async fn show(&self, id: &Hash, json_out: bool) -> anyhow::Result<()> {
@@ -588,8 +593,7 @@ pub async fn run(g: &Global, cmd: DocCmd) -> anyhow::Result<()> {
             let id = parse_hash(&document)?;
             let d = c.record(&id).await?;
             let tx = c.signer().await?.notary_sign(&id, &d.digest.0);
-            c.submit(&tx, "signature").await?;
-            c.show(&id, false).await
+            c.change(tx, "signature", &id).await
         }
         DocCmd::Expire(r) => c.act("expire", &r, "expiry").await,
         DocCmd::Revoke(r) => c.act("revoke", &r, "revocation").await,
@@ -621,8 +625,7 @@ pub async fn run(g: &Global, cmd: DocCmd) -> anyhow::Result<()> {
                 .signer()
                 .await?
                 .notary_hold_lift(&id, &parse_hash(&hold)?, &reason);
-            c.submit(&tx, "lifting the hold").await?;
-            c.show(&id, false).await
+            c.change(tx, "lifting the hold", &id).await
         }
         DocCmd::Custody {
             cmd:
@@ -637,8 +640,7 @@ pub async fn run(g: &Global, cmd: DocCmd) -> anyhow::Result<()> {
                 .signer()
                 .await?
                 .notary_custody_offer(&id, &resolve(g, &to)?, &reason);
-            c.submit(&tx, "custody offer").await?;
-            c.show(&id, false).await
+            c.change(tx, "custody offer", &id).await
         }
         DocCmd::Custody {
             cmd: CustodyCmd::Accept(r),

@@ -291,6 +291,9 @@ async fn a_contracts_life_over_https() {
     // Retention, approvals and a legal hold.
     n.ok("user0", &["doc", "approve", &a, "--reason", "superseded"])
         .await;
+    n.refused("carol", &["doc", "destroy", &a], "retention_not_ended")
+        .await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
     n.refused("carol", &["doc", "destroy", &a], "approvals_missing")
         .await;
     n.ok("carol", &["doc", "approve", &a, "--reason", "file closed"])
@@ -314,7 +317,6 @@ async fn a_contracts_life_over_https() {
         .unwrap()
         .trim()
         .to_string();
-    tokio::time::sleep(Duration::from_millis(2200)).await;
     n.refused("carol", &["doc", "destroy", &a], "legal_hold")
         .await;
     n.ok("member1", &["doc", "hold", "lift", &a, &hold]).await;
@@ -484,18 +486,21 @@ async fn a_contracts_life_over_https() {
     let mut p1 = q("party", bob_id.clone());
     p1.push(("limit".into(), "1".into()));
     let first = get(p1.clone()).await;
-    assert_eq!(ids(&first), [a.clone()]);
+    assert_eq!(ids(&first), [a.as_str()]);
     p1.push(("after".into(), first["next"].as_str().unwrap().to_string()));
-    assert_eq!(ids(&get(p1).await), [b.clone()]);
+    assert_eq!(ids(&get(p1).await), [b.as_str()]);
     assert_eq!(
         ids(&get(q("matter", "M-2026-001".into())).await),
         [a.clone(), b.clone()]
     );
-    assert_eq!(ids(&get(q("status", "executed".into())).await), [b.clone()]);
+    assert_eq!(
+        ids(&get(q("status", "executed".into())).await),
+        [b.as_str()]
+    );
     let reg_b = n.doc(&b).await["registered"].as_u64().unwrap();
     assert_eq!(
         ids(&get(q("from_time", reg_b.to_string())).await),
-        [b.clone()]
+        [b.as_str()]
     );
     let out = n
         .ok(
