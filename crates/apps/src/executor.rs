@@ -5,7 +5,7 @@ use crate::genesis::{Config, Genesis};
 use crate::node::Divergence;
 use crate::registry::{self, Identity, Role, Status};
 use crate::state_worker::StateWorker;
-use crate::{codes, gov, keys, kv, node, Reject};
+use crate::{codes, gov, keys, kv, node, notary, Reject};
 use comity_core::cbor::{self, MapView};
 use comity_core::checkpoint::Checkpoint;
 use comity_core::crypto::{sha256, PublicKey};
@@ -380,6 +380,7 @@ impl Executor {
                     Ok(()) => match app {
                         "kv" => kv::execute(&mut ctx, op, args)?,
                         "node" => node::execute(&mut ctx, op, args)?,
+                        "notary" => notary::execute(&mut ctx, op, args)?,
                         "gov" => {
                             settings_changed = true;
                             gov::execute(&mut ctx, op, args)?

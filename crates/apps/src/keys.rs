@@ -155,3 +155,59 @@ pub fn history(subject: &Hash, index: u64) -> Vec<u8> {
 pub fn history_range(subject: &Hash) -> (Vec<u8>, Vec<u8>) {
     (history(subject, 0), history(subject, u64::MAX))
 }
+
+// Notary state (committed to by the state root, so records and events are provable).
+
+/// The current record of a document, by id (the id of its registering transaction).
+pub fn notary_doc(id: &Hash) -> Vec<u8> {
+    [b"nt/d/".as_slice(), id].concat()
+}
+
+/// Which document a digest is registered as: lookups by digest are provable too.
+pub fn notary_digest(digest: &Hash) -> Vec<u8> {
+    [b"nt/g/".as_slice(), digest].concat()
+}
+
+/// Event `seq` (from 0) of a document's or collection's hash chain.
+pub fn notary_event(subject: &Hash, seq: u64) -> Vec<u8> {
+    [b"nt/e/".as_slice(), subject, &seq.to_be_bytes()].concat()
+}
+
+/// Range bounds of one subject's events, in order.
+pub fn notary_event_range(subject: &Hash) -> (Vec<u8>, Vec<u8>) {
+    (
+        notary_event(subject, 0),
+        [notary_event(subject, u64::MAX), vec![0]].concat(),
+    )
+}
+
+pub fn notary_collection(id: &Hash) -> Vec<u8> {
+    [b"nt/c/".as_slice(), id].concat()
+}
+
+// Notary indexes (aux, rebuilt by replay). Each index key ends in
+// `ledger index of registration (8 bytes BE) ‖ document id`, so a scan
+// returns documents in registration order.
+
+/// The document a notary transaction concerned (a duplicate registration
+/// points at the existing record).
+pub fn notary_tx(tx: &Hash) -> Vec<u8> {
+    [b"nx/tx/".as_slice(), tx].concat()
+}
+
+pub const NOTARY_PARTY_PREFIX: &[u8] = b"nx/p/";
+pub const NOTARY_MATTER_PREFIX: &[u8] = b"nx/m/";
+pub const NOTARY_STATUS_PREFIX: &[u8] = b"nx/s/";
+/// By registration ledger time: `time (8 bytes BE) ‖ index ‖ id`.
+pub const NOTARY_TIME_PREFIX: &[u8] = b"nx/t/";
+
+/// `prefix ‖ sort ‖ index ‖ id`: one entry of a notary index.
+pub fn notary_index(prefix: &[u8], sort: &[u8], index: u64, id: &Hash) -> Vec<u8> {
+    [prefix, sort, &index.to_be_bytes(), id].concat()
+}
+
+/// Node-local personal data of a document: not in the ledger or the state
+/// root (only its digest is), so erasing it breaks no proof.
+pub fn notary_personal(id: &Hash) -> Vec<u8> {
+    [b"nb/".as_slice(), id].concat()
+}

@@ -13,6 +13,7 @@ pub mod keys;
 pub mod kv;
 pub mod node;
 pub mod node_set;
+pub mod notary;
 pub mod query;
 pub mod recovery;
 pub mod registry;
@@ -50,6 +51,44 @@ pub mod codes {
     pub const STALE_CONSTITUTION: &str = "stale_constitution";
     /// A recovery decision for another ledger length or root than this one.
     pub const RECOVERY_MISMATCH: &str = "recovery_mismatch";
+
+    // Notary (document provenance): one code per refused transition or actor.
+    /// A signature by an identity that is not a signing party of the document.
+    pub const NOT_A_PARTY: &str = "not_a_party";
+    /// A signature whose digest is not the document's.
+    pub const DIGEST_MISMATCH: &str = "digest_mismatch";
+    /// Signing a document that is no longer a draft.
+    pub const DOC_NOT_DRAFT: &str = "doc_not_draft";
+    /// Amending or expiring a document that is not executed.
+    pub const DOC_NOT_EXECUTED: &str = "doc_not_executed";
+    /// Revoking a document that is no longer draft or executed.
+    pub const DOC_NOT_IN_FORCE: &str = "doc_not_in_force";
+    /// Approving or carrying out destruction of a document still draft or executed.
+    pub const DOC_IN_FORCE: &str = "doc_in_force";
+    /// Any change to a destroyed document.
+    pub const DOC_DESTROYED: &str = "doc_destroyed";
+    /// A legal hold blocks revocation and destruction.
+    pub const LEGAL_HOLD: &str = "legal_hold";
+    /// Destruction before the retention period has ended in ledger time.
+    pub const RETENTION_NOT_ENDED: &str = "retention_not_ended";
+    /// Destruction with fewer approvals than the retention policy requires.
+    pub const APPROVALS_MISSING: &str = "approvals_missing";
+    /// Only the custodian may offer custody or destroy.
+    pub const NOT_CUSTODIAN: &str = "not_custodian";
+    /// A destruction approval by an identity the retention policy does not name.
+    pub const NOT_APPROVER: &str = "not_approver";
+    /// The actor may not do this to the document or collection (see docs/notary.md).
+    pub const NOT_AUTHORIZED: &str = "not_authorized";
+    /// Accepting custody that was offered to someone else.
+    pub const NOT_OFFERED: &str = "not_offered";
+    /// Accepting custody when none is offered.
+    pub const NO_OFFER: &str = "no_offer";
+    /// Lifting a hold that is not in place.
+    pub const NO_SUCH_HOLD: &str = "no_such_hold";
+    /// Erasing personal data of a document that never had any.
+    pub const NO_PERSONAL_DATA: &str = "no_personal_data";
+    /// A party, approver or custody recipient that is not an active member or user.
+    pub const UNKNOWN_IDENTITY: &str = "unknown_identity";
 }
 
 /// An application-level refusal, recorded as the leaf's outcome.

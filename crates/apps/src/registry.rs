@@ -230,10 +230,11 @@ pub fn authorize(ident: &Identity, app: &str, op: &str, open: bool) -> Result<()
         (Role::Member, "gov") if ident.is_active() || op == "ack" => Ok(()),
         (Role::Member, _) if !ident.is_active() => Err(Reject(codes::NOT_ACKNOWLEDGED)),
         (Role::Member, "kv") => Ok(()),
-        (Role::User, "kv") if open => Ok(()),
-        (Role::User, "kv") => Err(Reject(codes::NETWORK_CLOSED)),
+        (Role::Member, "notary") => Ok(()),
+        (Role::User, "kv" | "notary") if open => Ok(()),
+        (Role::User, "kv" | "notary") => Err(Reject(codes::NETWORK_CLOSED)),
         (Role::Node, "node") => Ok(()),
-        (_, "gov" | "node" | "kv") => Err(Reject(codes::FORBIDDEN)),
+        (_, "gov" | "node" | "kv" | "notary") => Err(Reject(codes::FORBIDDEN)),
         _ => Err(Reject(codes::UNKNOWN_APP)),
     }
 }

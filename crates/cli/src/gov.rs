@@ -219,7 +219,7 @@ fn signer(g: &Global, cfg: &Config, net: Hash) -> anyhow::Result<Signer> {
 
 /// A client for governance reads, authenticated as the signing member if its
 /// certificate sits beside its key, else as client.json's identity.
-fn read_client(g: &Global, cfg: &Config) -> anyhow::Result<Client> {
+pub(crate) fn read_client(g: &Global, cfg: &Config) -> anyhow::Result<Client> {
     if let (Some(k), None) = (&g.key, &g.cert) {
         let cert = PathBuf::from(k.to_string_lossy().replace(".key.pem", ".cert.pem"));
         let mut cfg = cfg.clone();

@@ -3,6 +3,8 @@
 
 mod bench;
 mod config;
+mod doc;
+mod evidence;
 mod gov;
 mod keys;
 mod kv;
@@ -61,6 +63,11 @@ pub enum Command {
         #[command(subcommand)]
         cmd: gov::GovCmd,
     },
+    /// Document provenance: register, sign, amend, hold, custody, destroy, verify, evidence.
+    Doc {
+        #[command(subcommand)]
+        cmd: doc::DocCmd,
+    },
     /// Write and read the key-value application.
     Kv {
         #[command(subcommand)]
@@ -98,6 +105,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys { cmd } => keys::run(g, cmd),
         Command::Network { cmd } => network::run(cmd),
         Command::Gov { cmd } => gov::run(g, cmd).await,
+        Command::Doc { cmd } => doc::run(g, cmd).await,
         Command::Kv { cmd } => kv::run(g, cmd).await,
         Command::Tx { cmd } => txcmd::run(g, cmd).await,
         Command::Receipt { cmd } => receipt::run(g, cmd).await,
@@ -228,6 +236,24 @@ mod tests {
         assert!(Cli::try_parse_from(["comity", "kv", "put", "k", "v", "--file", "f"]).is_err());
         assert!(Cli::try_parse_from(["comity", "kv", "put", "k"]).is_err());
         parse(&["kv", "history", "k"]);
+        parse(&[
+            "doc",
+            "register",
+            "f.pdf",
+            "--party",
+            "alice=seller",
+            "--party",
+            "bob=buyer",
+            "--retention",
+            "7y",
+            "--approvals",
+            "2",
+            "--salted",
+        ]);
+        parse(&["doc", "hold", "place", "00", "--reason", "litigation"]);
+        parse(&["doc", "custody", "offer", "00", "--to", "carol"]);
+        parse(&["doc", "verify-evidence", "b.cbor", "--file", "f.pdf"]);
+        parse(&["doc", "evidence", "00", "-o", "b.cbor"]);
         parse(&["kv", "delete", "k"]);
         parse(&["tx", "status", &"ab".repeat(32)]);
         parse(&["receipt", "get", "00", "-o", "r.cose", "--wait"]);

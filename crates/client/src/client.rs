@@ -291,6 +291,46 @@ impl Client {
             .await
     }
 
+    // ---- notary ----
+
+    /// `GET /v1/notary/...` (needs a client identity), e.g. `["documents", id]`,
+    /// `["digests", digest]`, `["documents", id, "events"]`, `["documents"]`
+    /// with `party`/`matter`/`status`/time query parameters. The documents are
+    /// described in docs/api.md.
+    pub async fn notary_get(
+        &self,
+        path: &[&str],
+        query: &[(&str, String)],
+    ) -> Result<serde_json::Value, ClientError> {
+        let mut segs = vec!["v1", "notary"];
+        segs.extend_from_slice(path);
+        self.json(self.http.get(self.endpoint(&segs)).query(query))
+            .await
+    }
+
+    /// `PUT /v1/notary/documents/{id}/personal`: stores the personal data
+    /// whose SHA-256 the record names on this node (erasable later).
+    pub async fn notary_put_personal(
+        &self,
+        document: &Hash,
+        blob: &[u8],
+    ) -> Result<serde_json::Value, ClientError> {
+        let url = self.endpoint(&[
+            "v1",
+            "notary",
+            "documents",
+            &hex::encode(document),
+            "personal",
+        ]);
+        self.json(
+            self.http
+                .put(url)
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .body(blob.to_vec()),
+        )
+        .await
+    }
+
     // ---- network ----
 
     /// `GET /v1/network/identity`. For offline verification prefer a copy of

@@ -129,6 +129,95 @@ impl Signer {
             cbor::map([("constitution", cbor::text(hex::encode(constitution_digest)))]),
         )
     }
+
+    /// `notary.<op>` with `args` given as JSON (ids and digests as hex text,
+    /// as docs/api.md lists them); the JSON is converted to CBOR.
+    pub fn notary(&self, op: &str, args: &serde_json::Value) -> Result<Vec<u8>, ClientError> {
+        let args = cbor::from_serde(args)
+            .map_err(|e| ClientError::Config(format!("notary.{op} arguments: {e}")))?;
+        Ok(self.tx("notary", op, args))
+    }
+
+    /// `notary.register`: `args` as in docs/api.md (digest, title, parties, retention, ...).
+    pub fn notary_register(&self, args: &serde_json::Value) -> Result<Vec<u8>, ClientError> {
+        self.notary("register", args)
+    }
+
+    /// `notary.amend`: like register, with `predecessor` naming an executed document.
+    pub fn notary_amend(&self, args: &serde_json::Value) -> Result<Vec<u8>, ClientError> {
+        self.notary("amend", args)
+    }
+
+    /// `notary.sign`: this identity, a party, signs `digest` of `document`.
+    pub fn notary_sign(&self, document: &Hash, digest: &Hash) -> Vec<u8> {
+        self.notary_doc_op("sign", document, [("digest", hex::encode(digest))])
+    }
+
+    /// A notary op on one document with a reason: `expire`, `revoke`,
+    /// `hold.place`, `custody.accept`, `destroy.approve`, `destroy`,
+    /// `metadata.erase`.
+    pub fn notary_act(&self, op: &str, document: &Hash, reason: &str) -> Vec<u8> {
+        self.notary_doc_op(op, document, [("reason", reason.to_string())])
+    }
+
+    /// `notary.hold.lift`: `hold` is the id of the transaction that placed it.
+    pub fn notary_hold_lift(&self, document: &Hash, hold: &Hash, reason: &str) -> Vec<u8> {
+        self.notary_doc_op(
+            "hold.lift",
+            document,
+            [("hold", hex::encode(hold)), ("reason", reason.to_string())],
+        )
+    }
+
+    /// `notary.custody.offer` to identity `to`.
+    pub fn notary_custody_offer(&self, document: &Hash, to: &Hash, reason: &str) -> Vec<u8> {
+        self.notary_doc_op(
+            "custody.offer",
+            document,
+            [("to", hex::encode(to)), ("reason", reason.to_string())],
+        )
+    }
+
+    /// `notary.collection.create`.
+    pub fn notary_collection_create(&self, name: &str, matter: &str) -> Vec<u8> {
+        self.tx(
+            "notary",
+            "collection.create",
+            cbor::map([("name", cbor::text(name)), ("matter", cbor::text(matter))]),
+        )
+    }
+
+    /// `notary.collection.set_order`: the documents, in order.
+    pub fn notary_collection_order(&self, collection: &Hash, documents: &[Hash]) -> Vec<u8> {
+        let docs = documents
+            .iter()
+            .map(|d| cbor::text(hex::encode(d)))
+            .collect();
+        self.tx(
+            "notary",
+            "collection.set_order",
+            cbor::map([
+                ("collection", cbor::text(hex::encode(collection))),
+                ("documents", Value::Array(docs)),
+            ]),
+        )
+    }
+
+    fn notary_doc_op<const N: usize>(
+        &self,
+        op: &str,
+        document: &Hash,
+        extra: [(&str, String); N],
+    ) -> Vec<u8> {
+        let mut m = vec![(cbor::text("document"), cbor::text(hex::encode(document)))];
+        m.extend(
+            extra
+                .into_iter()
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(k, v)| (cbor::text(k), cbor::text(v))),
+        );
+        self.tx("notary", op, Value::Map(m))
+    }
 }
 
 /// The transaction id of signed bytes: their SHA-256.
@@ -190,6 +279,29 @@ mod tests {
         let m = MapView::new(&tx.payload.args).unwrap();
         assert_eq!(m.text("proposal").unwrap(), hex::encode([7; 32]));
         assert_eq!(m.text("vote").unwrap(), "reject");
+    }
+
+    #[test]
+    fn notary_shapes() {
+        let s = Signer::new(SigningKey::generate(Alg::EdDsa), [2; 32]);
+        let tx = Tx::parse(&s.notary_sign(&[1; 32], &[2; 32])).unwrap();
+        assert_eq!(
+            (tx.payload.app.as_str(), tx.payload.op.as_str()),
+            ("notary", "sign")
+        );
+        let m = MapView::new(&tx.payload.args).unwrap();
+        assert_eq!(m.text("document").unwrap(), hex::encode([1; 32]));
+        assert_eq!(m.text("digest").unwrap(), hex::encode([2; 32]));
+        // An empty reason is left out rather than sent empty.
+        let tx = Tx::parse(&s.notary_act("revoke", &[1; 32], "")).unwrap();
+        assert_eq!(MapView::new(&tx.payload.args).unwrap().0.len(), 1);
+        let args = serde_json::json!({"digest": hex::encode([3; 32]), "title": "t",
+            "retention": {"period_ms": 5, "approvals": 1}});
+        let tx = Tx::parse(&s.notary_register(&args).unwrap()).unwrap();
+        let m = MapView::new(&tx.payload.args).unwrap();
+        assert_eq!(m.text("title").unwrap(), "t");
+        let r = MapView::new(m.req("retention").unwrap()).unwrap();
+        assert_eq!(r.u64("period_ms").unwrap(), 5);
     }
 
     #[test]

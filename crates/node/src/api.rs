@@ -52,6 +52,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/metrics", get(metrics))
         .merge(crate::gov_api::routes())
+        .merge(crate::notary_api::routes())
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
             linearizable,

@@ -72,7 +72,7 @@ async fn list(
 }
 
 /// A state value proved against the latest final checkpoint.
-fn proof_json(shared: &crate::Shared, key: &[u8]) -> ApiResult<Value> {
+pub(crate) fn proof_json(shared: &crate::Shared, key: &[u8]) -> ApiResult<Value> {
     Ok(match query::proved_state(&shared.store, key)? {
         Some(p) => json!({
             "checkpoint": checkpoint_json(&p.checkpoint),

@@ -7,6 +7,7 @@ pub mod error;
 pub mod gov_api;
 pub mod ingress;
 pub mod join;
+pub mod notary_api;
 pub mod peer_api;
 pub mod reconcile;
 pub mod server;

@@ -1,0 +1,122 @@
+//! Ordered collections of documents (a matter's file: pleadings, exhibits in
+//! order). A collection has its own hash-chained events; every change of its
+//! order is one.
+
+use super::event::{self, details, kind, Chain};
+use super::{document, AppResult};
+use crate::executor::Ctx;
+use crate::gov::state::{decode, encode};
+use crate::gov::Id;
+use crate::registry::StateRead;
+use crate::{codes, keys, Reject};
+use comity_core::Hash;
+use comity_store::StoreError;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+pub const MAX_DOCUMENTS: usize = 256;
+
+/// Stored under `keys::notary_collection(id)`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Collection {
+    /// The id of the creating transaction.
+    pub id: Id,
+    pub name: String,
+    pub matter: String,
+    /// The creator, who alone may reorder it.
+    pub owner: Id,
+    pub index: u64,
+    pub created: u64,
+    /// Document ids, in order.
+    pub documents: Vec<Id>,
+    pub chain: Chain,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateArgs {
+    pub name: String,
+    #[serde(default)]
+    pub matter: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderArgs {
+    pub collection: Id,
+    pub documents: Vec<Id>,
+}
+
+pub fn load(s: &impl StateRead, id: &Hash) -> Result<Option<Collection>, StoreError> {
+    s.state(&keys::notary_collection(id))?
+        .map(|b| decode("notary collection", &b))
+        .transpose()
+}
+
+pub fn create(ctx: &mut Ctx<'_, '_>, a: CreateArgs) -> AppResult {
+    let max = document::MAX_TEXT;
+    if a.name.is_empty() || a.name.len() > max || a.matter.len() > max {
+        return Ok(Err(Reject(codes::BAD_ARGS)));
+    }
+    let mut c = Collection {
+        id: Id(ctx.tx),
+        name: a.name,
+        matter: a.matter,
+        owner: Id(ctx.signer),
+        index: ctx.index,
+        created: ctx.time,
+        documents: Vec::new(),
+        chain: Chain::default(),
+    };
+    let id = ctx.tx;
+    event::append(
+        ctx,
+        &id,
+        &mut c.chain,
+        kind::COLLECTION_CREATED,
+        details([("name", c.name.clone()), ("matter", c.matter.clone())]),
+    )?;
+    ctx.batch.put(&keys::notary_collection(&id), &encode(&c))?;
+    Ok(Ok(()))
+}
+
+/// Replaces the order; every document must exist, each at most once.
+pub fn set_order(ctx: &mut Ctx<'_, '_>, a: OrderArgs) -> AppResult {
+    if a.documents.len() > MAX_DOCUMENTS
+        || a.documents.iter().collect::<BTreeSet<_>>().len() != a.documents.len()
+    {
+        return Ok(Err(Reject(codes::BAD_ARGS)));
+    }
+    let Some(mut c) = load(&*ctx.batch, &a.collection.0)? else {
+        return Ok(Err(Reject(codes::NOT_FOUND)));
+    };
+    if c.owner.0 != ctx.signer {
+        return Ok(Err(Reject(codes::NOT_AUTHORIZED)));
+    }
+    for d in &a.documents {
+        if document::load(&*ctx.batch, &d.0)?.is_none() {
+            return Ok(Err(Reject(codes::NOT_FOUND)));
+        }
+    }
+    let order = a
+        .documents
+        .iter()
+        .map(|d| hex::encode(d.0))
+        .collect::<Vec<_>>()
+        .join(",");
+    c.documents = a.documents;
+    let id = c.id.0;
+    event::append(
+        ctx,
+        &id,
+        &mut c.chain,
+        kind::ORDER_SET,
+        details([
+            ("documents", order),
+            ("count", c.documents.len().to_string()),
+        ]),
+    )?;
+    ctx.batch.put(&keys::notary_collection(&id), &encode(&c))?;
+    Ok(Ok(()))
+}

@@ -1,0 +1,362 @@
+//! The document record and its lifecycle:
+//!
+//! ```text
+//! draft ──(last signing party signs)──▶ executed ──┬─(amend)──▶ amended ─┐
+//!   │                                              ├─(expire)─▶ expired ─┼─(destroy)─▶ destroyed
+//!   └──────────────(revoke)────────────────────────┴─(revoke)─▶ revoked ─┘
+//! ```
+//!
+//! A document with no signing party is executed when registered. Leaving
+//! force (amended, expired, revoked) starts the retention period; a legal
+//! hold blocks revocation and destruction while it stands.
+
+use super::event::Chain;
+use crate::gov::Id;
+use crate::registry::StateRead;
+use crate::{codes, keys, Reject};
+use comity_core::Hash;
+use comity_store::StoreError;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+pub const MAX_TEXT: usize = 256;
+pub const MAX_KIND: usize = 64;
+pub const MAX_REASON: usize = 1024;
+pub const MAX_PARTIES: usize = 32;
+pub const MAX_APPROVERS: usize = 32;
+pub const MAX_APPROVALS: u64 = 16;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Draft,
+    Executed,
+    Amended,
+    Expired,
+    Revoked,
+    Destroyed,
+}
+
+impl Status {
+    pub const ALL: [Status; 6] = [
+        Status::Draft,
+        Status::Executed,
+        Status::Amended,
+        Status::Expired,
+        Status::Revoked,
+        Status::Destroyed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Draft => "draft",
+            Status::Executed => "executed",
+            Status::Amended => "amended",
+            Status::Expired => "expired",
+            Status::Revoked => "revoked",
+            Status::Destroyed => "destroyed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+
+    /// The byte that orders the status index.
+    pub fn index_byte(self) -> u8 {
+        self as u8
+    }
+
+    /// Draft or executed: not yet retained for destruction.
+    pub fn in_force(self) -> bool {
+        matches!(self, Status::Draft | Status::Executed)
+    }
+}
+
+/// A party to the document and its role (seller, buyer, witness, ...).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Party {
+    /// Identity id of the party.
+    pub id: Id,
+    pub role: String,
+    /// Whether its signature is required for execution (default: yes).
+    #[serde(default = "yes")]
+    pub signs: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// How long the document is kept after it leaves force, and who must
+/// approve its destruction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    /// Milliseconds of ledger time from leaving force until destruction is allowed.
+    pub period_ms: u64,
+    /// Distinct approvals destruction needs (at least 1).
+    pub approvals: u64,
+    /// Who may approve; empty means the custodian at the time and the parties.
+    #[serde(default)]
+    pub approvers: Vec<Id>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signature {
+    pub party: Id,
+    pub index: u64,
+    pub time: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    /// The id of the placing transaction.
+    pub id: Id,
+    pub by: Id,
+    pub reason: String,
+    pub index: u64,
+    pub time: u64,
+}
+
+/// An act by an identity at a ledger position, with its reason: a custody
+/// offer, a destruction approval, the destruction itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Act {
+    pub by: Id,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<Id>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    pub index: u64,
+    pub time: u64,
+}
+
+/// The current record of a document, stored under `keys::notary_doc(id)`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Document {
+    /// The id of the registering transaction.
+    pub id: Id,
+    /// SHA-256 of the content, or of salt ‖ SHA-256(content) when `salted`.
+    pub digest: Id,
+    pub salted: bool,
+    pub title: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub matter: String,
+    /// The owning organization.
+    pub org: String,
+    pub parties: Vec<Party>,
+    pub retention: Retention,
+    /// SHA-256 of the personal-data blob kept off the ledger, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub personal: Option<Id>,
+    pub personal_erased: bool,
+    /// Origin: who registered it, at which ledger index and time.
+    pub registrant: Id,
+    pub index: u64,
+    pub registered: u64,
+    pub status: Status,
+    pub signatures: Vec<Signature>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executed: Option<u64>,
+    /// Ledger time it left force (amended, expired, revoked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<u64>,
+    /// Ledger time from which it may be destroyed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retain_until: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predecessor: Option<Id>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub successor: Option<Id>,
+    /// The identity holding custody (first the registrant).
+    pub custodian: Id,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offer: Option<Act>,
+    pub holds: Vec<Hold>,
+    pub approvals: Vec<Act>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destroyed: Option<Act>,
+    pub chain: Chain,
+}
+
+/// Arguments of `notary.register` and `notary.amend`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterArgs {
+    pub digest: Id,
+    #[serde(default)]
+    pub salted: bool,
+    pub title: String,
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    #[serde(default)]
+    pub matter: String,
+    #[serde(default)]
+    pub org: String,
+    #[serde(default)]
+    pub parties: Vec<Party>,
+    pub retention: Retention,
+    #[serde(default)]
+    pub personal: Option<Id>,
+    /// Required for `amend`, refused for `register`.
+    #[serde(default)]
+    pub predecessor: Option<Id>,
+}
+
+impl RegisterArgs {
+    /// Checks sizes and consistency; the error says what is wrong.
+    pub fn check(&self) -> Result<(), String> {
+        if self.title.is_empty() || self.title.len() > MAX_TEXT {
+            return Err(format!("title must be 1 to {MAX_TEXT} bytes"));
+        }
+        if self.kind.len() > MAX_KIND {
+            return Err(format!("type longer than {MAX_KIND} bytes"));
+        }
+        if self.matter.len() > MAX_TEXT || self.org.len() > MAX_TEXT {
+            return Err(format!("matter and org are at most {MAX_TEXT} bytes"));
+        }
+        if self.parties.len() > MAX_PARTIES {
+            return Err(format!("at most {MAX_PARTIES} parties"));
+        }
+        if let Some(p) = self
+            .parties
+            .iter()
+            .find(|p| p.role.is_empty() || p.role.len() > MAX_KIND)
+        {
+            return Err(format!(
+                "party {}: role must be 1 to {MAX_KIND} bytes",
+                hex::encode(p.id.0)
+            ));
+        }
+        if distinct(self.parties.iter().map(|p| p.id)) != self.parties.len() {
+            return Err("a party is listed twice".into());
+        }
+        let r = &self.retention;
+        if r.approvals == 0 || r.approvals > MAX_APPROVALS {
+            return Err(format!("retention.approvals must be 1 to {MAX_APPROVALS}"));
+        }
+        if r.approvers.len() > MAX_APPROVERS
+            || distinct(r.approvers.iter().copied()) != r.approvers.len()
+        {
+            return Err(format!(
+                "retention.approvers: at most {MAX_APPROVERS}, each once"
+            ));
+        }
+        if !r.approvers.is_empty() && r.approvals > r.approvers.len() as u64 {
+            return Err("retention.approvals exceeds the number of approvers".into());
+        }
+        Ok(())
+    }
+}
+
+fn distinct(ids: impl Iterator<Item = Id>) -> usize {
+    ids.collect::<BTreeSet<_>>().len()
+}
+
+impl Document {
+    /// A new record from validated arguments, registered by the current transaction.
+    pub fn new(a: RegisterArgs, id: Hash, signer: Hash, index: u64, time: u64) -> Document {
+        Document {
+            id: Id(id),
+            digest: a.digest,
+            salted: a.salted,
+            title: a.title,
+            kind: a.kind,
+            matter: a.matter,
+            org: a.org,
+            parties: a.parties,
+            retention: a.retention,
+            personal: a.personal,
+            personal_erased: false,
+            registrant: Id(signer),
+            index,
+            registered: time,
+            status: Status::Draft,
+            signatures: Vec::new(),
+            executed: None,
+            ended: None,
+            retain_until: None,
+            predecessor: a.predecessor,
+            successor: None,
+            custodian: Id(signer),
+            offer: None,
+            holds: Vec::new(),
+            approvals: Vec::new(),
+            destroyed: None,
+            chain: Chain::default(),
+        }
+    }
+
+    pub fn is_party(&self, who: &Hash) -> bool {
+        self.parties.iter().any(|p| p.id.0 == *who)
+    }
+
+    pub fn party(&self, who: &Hash) -> Option<&Party> {
+        self.parties.iter().find(|p| p.id.0 == *who)
+    }
+
+    pub fn has_signed(&self, who: &Hash) -> bool {
+        self.signatures.iter().any(|s| s.party.0 == *who)
+    }
+
+    /// Every signing party has signed.
+    pub fn fully_signed(&self) -> bool {
+        self.parties
+            .iter()
+            .filter(|p| p.signs)
+            .all(|p| self.has_signed(&p.id.0))
+    }
+
+    /// The custodian or a party: who may amend, expire or revoke.
+    pub fn may_manage(&self, who: &Hash) -> bool {
+        self.custodian.0 == *who || self.is_party(who)
+    }
+
+    /// Who may approve destruction: the named approvers, else the custodian and the parties.
+    pub fn may_approve(&self, who: &Hash) -> bool {
+        if self.retention.approvers.is_empty() {
+            self.may_manage(who)
+        } else {
+            self.retention.approvers.iter().any(|a| a.0 == *who)
+        }
+    }
+
+    /// Refuses any change once destroyed.
+    pub fn check_not_destroyed(&self) -> Result<(), Reject> {
+        if self.status == Status::Destroyed {
+            return Err(Reject(codes::DOC_DESTROYED));
+        }
+        Ok(())
+    }
+
+    /// Leaves force: records when, and from when it may be destroyed.
+    pub fn end(&mut self, to: Status, time: u64) {
+        self.status = to;
+        self.ended = Some(time);
+        self.retain_until = Some(time.saturating_add(self.retention.period_ms));
+    }
+
+    pub fn to_cbor(&self) -> Vec<u8> {
+        crate::gov::state::encode(self)
+    }
+
+    pub fn from_cbor(b: &[u8]) -> Result<Document, StoreError> {
+        crate::gov::state::decode("notary document", b)
+    }
+}
+
+pub fn load(s: &impl StateRead, id: &Hash) -> Result<Option<Document>, StoreError> {
+    s.state(&keys::notary_doc(id))?
+        .map(|b| Document::from_cbor(&b))
+        .transpose()
+}
+
+/// The id of the document registered with `digest`, if any.
+pub fn by_digest(s: &impl StateRead, digest: &Hash) -> Result<Option<Hash>, StoreError> {
+    Ok(s.state(&keys::notary_digest(digest))?
+        .and_then(|b| b.try_into().ok()))
+}

@@ -1,0 +1,290 @@
+//! The document lifecycle transactions: register, amend, sign, expire,
+//! revoke, legal holds, destruction approvals and destruction, and erasure of
+//! personal data. Each refusal has its own code (see `codes`).
+
+use super::document::{self, Act, Document, Hold, RegisterArgs, Signature, Status};
+use super::event::{self, details, kind};
+use super::{active_identity, index, save, AppResult, DocArgs, LiftArgs, SignArgs, Update};
+use crate::executor::Ctx;
+use crate::gov::Id;
+use crate::registry::Role;
+use crate::{codes, keys, Reject};
+
+/// `register` (no predecessor) and `amend` (a new version of an executed
+/// document). A digest that is already registered is an idempotent no-op:
+/// the existing record stands and no event is added.
+pub fn register(ctx: &mut Ctx<'_, '_>, a: RegisterArgs, amend: bool) -> AppResult {
+    if a.check().is_err() || a.predecessor.is_some() != amend {
+        return Ok(Err(Reject(codes::BAD_ARGS)));
+    }
+    if let Some(existing) = document::by_digest(&*ctx.batch, &a.digest.0)? {
+        ctx.batch.aux_put(&keys::notary_tx(&ctx.tx), &existing)?;
+        return Ok(Ok(()));
+    }
+    for id in a
+        .parties
+        .iter()
+        .map(|p| p.id)
+        .chain(a.retention.approvers.iter().copied())
+    {
+        if !active_identity(ctx, &id.0)? {
+            return Ok(Err(Reject(codes::UNKNOWN_IDENTITY)));
+        }
+    }
+    let mut pred = match a.predecessor {
+        None => None,
+        Some(p) => {
+            let u = refuse!(Update::load(ctx, &p.0)?);
+            if u.doc.status != Status::Executed {
+                return Ok(Err(Reject(codes::DOC_NOT_EXECUTED)));
+            }
+            if !u.doc.may_manage(&ctx.signer) {
+                return Ok(Err(Reject(codes::NOT_AUTHORIZED)));
+            }
+            Some(u)
+        }
+    };
+    let mut d = Document::new(a, ctx.tx, ctx.signer, ctx.index, ctx.time);
+    let id = ctx.tx;
+    event::append(
+        ctx,
+        &id,
+        &mut d.chain,
+        kind::REGISTERED,
+        details([
+            ("digest", hex::encode(d.digest.0)),
+            ("title", d.title.clone()),
+            (
+                "predecessor",
+                d.predecessor.map(|p| hex::encode(p.0)).unwrap_or_default(),
+            ),
+        ]),
+    )?;
+    if d.fully_signed() {
+        d.status = Status::Executed;
+        d.executed = Some(ctx.time);
+        event::append(ctx, &id, &mut d.chain, kind::EXECUTED, details([]))?;
+    }
+    if let Some(u) = &mut pred {
+        u.doc.successor = Some(Id(id));
+        u.doc.end(Status::Amended, ctx.time);
+        let pid = u.doc.id.0;
+        event::append(
+            ctx,
+            &pid,
+            &mut u.doc.chain,
+            kind::AMENDED,
+            details([("successor", hex::encode(id))]),
+        )?;
+    }
+    ctx.batch.put(&keys::notary_digest(&d.digest.0), &id)?;
+    index::add(ctx.batch, &d)?;
+    if let Some(u) = pred {
+        u.save(ctx)?;
+    }
+    // Last, so the transaction is noted as concerning the new version.
+    save(ctx, &d, d.status)?;
+    Ok(Ok(()))
+}
+
+/// A party signs the digest. The last required signature executes the
+/// document in the same transaction; signing again is an idempotent no-op.
+pub fn sign(ctx: &mut Ctx<'_, '_>, a: SignArgs) -> AppResult {
+    let mut u = refuse!(Update::load(ctx, &a.document.0)?);
+    if a.digest != u.doc.digest {
+        return Ok(Err(Reject(codes::DIGEST_MISMATCH)));
+    }
+    let Some(party) = u.doc.party(&ctx.signer).filter(|p| p.signs).cloned() else {
+        return Ok(Err(Reject(codes::NOT_A_PARTY)));
+    };
+    if u.doc.has_signed(&ctx.signer) {
+        ctx.batch.aux_put(&keys::notary_tx(&ctx.tx), &u.doc.id.0)?;
+        return Ok(Ok(()));
+    }
+    if u.doc.status != Status::Draft {
+        return Ok(Err(Reject(codes::DOC_NOT_DRAFT)));
+    }
+    u.doc.signatures.push(Signature {
+        party: Id(ctx.signer),
+        index: ctx.index,
+        time: ctx.time,
+    });
+    u.event(
+        ctx,
+        kind::SIGNED,
+        details([("party", hex::encode(ctx.signer)), ("role", party.role)]),
+    )?;
+    if u.doc.fully_signed() {
+        u.doc.status = Status::Executed;
+        u.doc.executed = Some(ctx.time);
+        u.event(ctx, kind::EXECUTED, details([]))?;
+    }
+    u.done(ctx)
+}
+
+/// An executed document's term has ended.
+pub fn expire(ctx: &mut Ctx<'_, '_>, a: DocArgs) -> AppResult {
+    let mut u = refuse!(Update::load_managed(ctx, &a.document.0)?);
+    if u.doc.status != Status::Executed {
+        return Ok(Err(Reject(codes::DOC_NOT_EXECUTED)));
+    }
+    u.doc.end(Status::Expired, ctx.time);
+    u.event(ctx, kind::EXPIRED, details([("reason", a.reason)]))?;
+    u.done(ctx)
+}
+
+/// A draft or executed document is withdrawn from force, unless on hold.
+pub fn revoke(ctx: &mut Ctx<'_, '_>, a: DocArgs) -> AppResult {
+    let mut u = refuse!(Update::load_managed(ctx, &a.document.0)?);
+    if !u.doc.status.in_force() {
+        return Ok(Err(Reject(codes::DOC_NOT_IN_FORCE)));
+    }
+    if !u.doc.holds.is_empty() {
+        return Ok(Err(Reject(codes::LEGAL_HOLD)));
+    }
+    u.doc.end(Status::Revoked, ctx.time);
+    u.event(ctx, kind::REVOKED, details([("reason", a.reason)]))?;
+    u.done(ctx)
+}
+
+/// Members (the consortium's organizations) place and lift legal holds.
+fn hold_authority(ctx: &Ctx<'_, '_>) -> Result<(), Reject> {
+    if ctx.role != Role::Member {
+        return Err(Reject(codes::NOT_AUTHORIZED));
+    }
+    Ok(())
+}
+
+pub fn hold_place(ctx: &mut Ctx<'_, '_>, a: DocArgs) -> AppResult {
+    if a.reason.is_empty() {
+        return Ok(Err(Reject(codes::BAD_ARGS)));
+    }
+    let mut u = refuse!(Update::load(ctx, &a.document.0)?);
+    refuse!(hold_authority(ctx));
+    u.doc.holds.push(Hold {
+        id: Id(ctx.tx),
+        by: Id(ctx.signer),
+        reason: a.reason.clone(),
+        index: ctx.index,
+        time: ctx.time,
+    });
+    u.event(
+        ctx,
+        kind::HOLD_PLACED,
+        details([("hold", hex::encode(ctx.tx)), ("reason", a.reason)]),
+    )?;
+    u.done(ctx)
+}
+
+pub fn hold_lift(ctx: &mut Ctx<'_, '_>, a: LiftArgs) -> AppResult {
+    let mut u = refuse!(Update::load(ctx, &a.document.0)?);
+    refuse!(hold_authority(ctx));
+    let Some(pos) = u.doc.holds.iter().position(|h| h.id == a.hold) else {
+        return Ok(Err(Reject(codes::NO_SUCH_HOLD)));
+    };
+    u.doc.holds.remove(pos);
+    u.event(
+        ctx,
+        kind::HOLD_LIFTED,
+        details([("hold", hex::encode(a.hold.0)), ("reason", a.reason)]),
+    )?;
+    u.done(ctx)
+}
+
+/// One approval towards destruction; approving twice is an idempotent no-op.
+pub fn destroy_approve(ctx: &mut Ctx<'_, '_>, a: DocArgs) -> AppResult {
+    let mut u = refuse!(Update::load(ctx, &a.document.0)?);
+    if u.doc.status.in_force() {
+        return Ok(Err(Reject(codes::DOC_IN_FORCE)));
+    }
+    if !u.doc.may_approve(&ctx.signer) {
+        return Ok(Err(Reject(codes::NOT_APPROVER)));
+    }
+    if u.doc.approvals.iter().any(|x| x.by.0 == ctx.signer) {
+        ctx.batch.aux_put(&keys::notary_tx(&ctx.tx), &u.doc.id.0)?;
+        return Ok(Ok(()));
+    }
+    u.doc.approvals.push(Act {
+        by: Id(ctx.signer),
+        to: None,
+        reason: a.reason.clone(),
+        index: ctx.index,
+        time: ctx.time,
+    });
+    u.event(
+        ctx,
+        kind::DESTRUCTION_APPROVED,
+        details([("reason", a.reason)]),
+    )?;
+    u.done(ctx)
+}
+
+/// The custodian destroys the content once retention has ended in ledger
+/// time, no hold stands and enough approvals are recorded. The record, its
+/// digest and its events stay: they prove what was destroyed, when and why.
+pub fn destroy(ctx: &mut Ctx<'_, '_>, a: DocArgs) -> AppResult {
+    let mut u = refuse!(Update::load(ctx, &a.document.0)?);
+    if u.doc.custodian.0 != ctx.signer {
+        return Ok(Err(Reject(codes::NOT_CUSTODIAN)));
+    }
+    if u.doc.status.in_force() {
+        return Ok(Err(Reject(codes::DOC_IN_FORCE)));
+    }
+    if !u.doc.holds.is_empty() {
+        return Ok(Err(Reject(codes::LEGAL_HOLD)));
+    }
+    if u.doc.retain_until.is_some_and(|t| ctx.time < t) {
+        return Ok(Err(Reject(codes::RETENTION_NOT_ENDED)));
+    }
+    if (u.doc.approvals.len() as u64) < u.doc.retention.approvals {
+        return Ok(Err(Reject(codes::APPROVALS_MISSING)));
+    }
+    if u.doc.personal.is_some() && !u.doc.personal_erased {
+        erase_personal(ctx, &mut u)?;
+    }
+    u.doc.status = Status::Destroyed;
+    u.doc.destroyed = Some(Act {
+        by: Id(ctx.signer),
+        to: None,
+        reason: a.reason.clone(),
+        index: ctx.index,
+        time: ctx.time,
+    });
+    let approvers = u
+        .doc
+        .approvals
+        .iter()
+        .map(|x| hex::encode(x.by.0))
+        .collect::<Vec<_>>()
+        .join(",");
+    u.event(
+        ctx,
+        kind::DESTROYED,
+        details([("reason", a.reason), ("approvers", approvers)]),
+    )?;
+    u.done(ctx)
+}
+
+/// Erases the personal-data blob this node holds; the digest in the record
+/// (and so every proof) is unchanged. Erasing twice is an idempotent no-op.
+pub fn erase(ctx: &mut Ctx<'_, '_>, a: DocArgs) -> AppResult {
+    let mut u = refuse!(Update::load_any(ctx, &a.document.0)?);
+    if u.doc.custodian.0 != ctx.signer && u.doc.registrant.0 != ctx.signer {
+        return Ok(Err(Reject(codes::NOT_AUTHORIZED)));
+    }
+    if u.doc.personal.is_none() {
+        return Ok(Err(Reject(codes::NO_PERSONAL_DATA)));
+    }
+    if u.doc.personal_erased {
+        ctx.batch.aux_put(&keys::notary_tx(&ctx.tx), &u.doc.id.0)?;
+        return Ok(Ok(()));
+    }
+    erase_personal(ctx, &mut u)?;
+    u.done(ctx)
+}
+
+fn erase_personal(ctx: &mut Ctx<'_, '_>, u: &mut Update) -> Result<(), comity_store::StoreError> {
+    ctx.batch.aux_delete(&keys::notary_personal(&u.doc.id.0))?;
+    u.doc.personal_erased = true;
+    u.event(ctx, kind::PERSONAL_DATA_ERASED, details([]))
+}

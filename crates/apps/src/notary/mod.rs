@@ -1,0 +1,224 @@
+//! The notary: document provenance. A document is registered by its digest
+//! (the content never reaches the ledger), signed by its parties, amended,
+//! expired or revoked, held, passed between custodians, arranged in
+//! collections, and finally destroyed; every step is a signed transaction and
+//! an event in the document's hash chain, and its current record is in the
+//! state tree, so the whole story is provable offline. See docs/notary.md.
+//!
+//! Transactions (app `notary`): `register`, `amend`, `sign`, `expire`,
+//! `revoke`, `hold.place`, `hold.lift`, `custody.offer`, `custody.accept`,
+//! `destroy.approve`, `destroy`, `metadata.erase`, `collection.create`,
+//! `collection.set_order`.
+
+#[macro_use]
+mod macros {
+    /// Unwraps an application-level result, or records the refusal as the outcome.
+    macro_rules! refuse {
+        ($e:expr) => {
+            match $e {
+                Ok(v) => v,
+                Err(r) => return Ok(Err(r)),
+            }
+        };
+    }
+}
+
+pub mod collection;
+pub mod custody;
+pub mod document;
+pub mod event;
+pub mod index;
+pub mod lifecycle;
+pub mod query;
+
+use crate::executor::Ctx;
+use crate::gov::Id;
+use crate::registry::{self, Role};
+use crate::{codes, keys, Reject};
+use comity_core::cbor::{self, Value};
+use comity_core::Hash;
+use comity_store::StoreError;
+use document::{Document, Status};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub type AppResult = Result<Result<(), Reject>, StoreError>;
+
+/// Every notary operation, for authorization and documentation.
+pub const OPS: &[&str] = &[
+    "register",
+    "amend",
+    "sign",
+    "expire",
+    "revoke",
+    "hold.place",
+    "hold.lift",
+    "custody.offer",
+    "custody.accept",
+    "destroy.approve",
+    "destroy",
+    "metadata.erase",
+    "collection.create",
+    "collection.set_order",
+];
+
+/// Arguments naming one document, with an optional reason.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DocArgs {
+    pub document: Id,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// `sign`: the party signs this digest of this document.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignArgs {
+    pub document: Id,
+    pub digest: Id,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LiftArgs {
+    pub document: Id,
+    pub hold: Id,
+    #[serde(default)]
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OfferArgs {
+    pub document: Id,
+    pub to: Id,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// Decodes arguments and checks reasons' sizes; `None` is `bad_args`.
+fn parse<T: DeserializeOwned>(args: &Value) -> Option<T> {
+    let too_long = |v: &Value| {
+        cbor::MapView::new(v)
+            .ok()
+            .and_then(|m| m.text("reason").ok())
+            .is_some_and(|r| r.len() > document::MAX_REASON)
+    };
+    if too_long(args) {
+        return None;
+    }
+    cbor::to_serde(args).ok()
+}
+
+pub fn execute(ctx: &mut Ctx<'_, '_>, op: &str, args: &Value) -> AppResult {
+    if !matches!(ctx.role, Role::User | Role::Member) {
+        return Ok(Err(Reject(codes::FORBIDDEN)));
+    }
+    macro_rules! run {
+        ($f:path) => {
+            match parse(args) {
+                Some(a) => $f(ctx, a),
+                None => Ok(Err(Reject(codes::BAD_ARGS))),
+            }
+        };
+    }
+    match op {
+        "register" => run!(register),
+        "amend" => run!(amend),
+        "sign" => run!(lifecycle::sign),
+        "expire" => run!(lifecycle::expire),
+        "revoke" => run!(lifecycle::revoke),
+        "hold.place" => run!(lifecycle::hold_place),
+        "hold.lift" => run!(lifecycle::hold_lift),
+        "custody.offer" => run!(custody::offer),
+        "custody.accept" => run!(custody::accept),
+        "destroy.approve" => run!(lifecycle::destroy_approve),
+        "destroy" => run!(lifecycle::destroy),
+        "metadata.erase" => run!(lifecycle::erase),
+        "collection.create" => run!(collection::create),
+        "collection.set_order" => run!(collection::set_order),
+        _ => Ok(Err(Reject(codes::UNKNOWN_OP))),
+    }
+}
+
+fn register(ctx: &mut Ctx<'_, '_>, a: document::RegisterArgs) -> AppResult {
+    lifecycle::register(ctx, a, false)
+}
+
+fn amend(ctx: &mut Ctx<'_, '_>, a: document::RegisterArgs) -> AppResult {
+    lifecycle::register(ctx, a, true)
+}
+
+/// Whether `id` is an active member or user (a party, approver or custodian).
+pub fn active_identity(ctx: &Ctx<'_, '_>, id: &Hash) -> Result<bool, StoreError> {
+    Ok(registry::get(&*ctx.batch, id)?
+        .is_some_and(|i| i.is_active() && matches!(i.role, Role::Member | Role::User)))
+}
+
+/// Writes a record, moves its status index entry, and notes which document
+/// the current transaction concerned.
+fn save(ctx: &mut Ctx<'_, '_>, d: &Document, old: Status) -> Result<(), StoreError> {
+    ctx.batch.put(&keys::notary_doc(&d.id.0), &d.to_cbor())?;
+    index::restatus(ctx.batch, d, old)?;
+    ctx.batch.aux_put(&keys::notary_tx(&ctx.tx), &d.id.0)
+}
+
+/// A document being changed by the current transaction.
+pub struct Update {
+    pub doc: Document,
+    old: Status,
+}
+
+impl Update {
+    /// Loads a document that is not destroyed.
+    pub fn load(ctx: &Ctx<'_, '_>, id: &Hash) -> Result<Result<Update, Reject>, StoreError> {
+        Ok(match Update::load_any(ctx, id)? {
+            Ok(u) => u.doc.check_not_destroyed().map(|()| u),
+            Err(r) => Err(r),
+        })
+    }
+
+    /// Loads a document whatever its status.
+    pub fn load_any(ctx: &Ctx<'_, '_>, id: &Hash) -> Result<Result<Update, Reject>, StoreError> {
+        Ok(match document::load(&*ctx.batch, id)? {
+            Some(doc) => Ok(Update {
+                old: doc.status,
+                doc,
+            }),
+            None => Err(Reject(codes::NOT_FOUND)),
+        })
+    }
+
+    /// Loads a document the signer manages (its custodian or a party).
+    pub fn load_managed(
+        ctx: &Ctx<'_, '_>,
+        id: &Hash,
+    ) -> Result<Result<Update, Reject>, StoreError> {
+        Ok(match Update::load(ctx, id)? {
+            Ok(u) if !u.doc.may_manage(&ctx.signer) => Err(Reject(codes::NOT_AUTHORIZED)),
+            other => other,
+        })
+    }
+
+    pub fn event(
+        &mut self,
+        ctx: &mut Ctx<'_, '_>,
+        kind: &str,
+        details: BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        let id = self.doc.id.0;
+        event::append(ctx, &id, &mut self.doc.chain, kind, details)
+    }
+
+    pub fn save(&self, ctx: &mut Ctx<'_, '_>) -> Result<(), StoreError> {
+        save(ctx, &self.doc, self.old)
+    }
+
+    /// Saves and reports success.
+    pub fn done(self, ctx: &mut Ctx<'_, '_>) -> AppResult {
+        self.save(ctx)?;
+        Ok(Ok(()))
+    }
+}

@@ -1,0 +1,100 @@
+//! Read-side notary queries over a consistent view: documents by party,
+//! matter, status or registration time, in registration order, in pages.
+//!
+//! A page ends with a cursor: the hex of the last index key's suffix after
+//! the filter's prefix. The next page starts just after it, so pages neither
+//! skip nor repeat documents registered meanwhile.
+
+use super::document::{self, Document, Status};
+use super::index::matter_sort;
+use crate::keys;
+use comity_core::Hash;
+use comity_store::{Reader, StoreError};
+
+/// Which index a listing scans.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Filter {
+    Party(Hash),
+    Matter(String),
+    Status(Status),
+    /// Registered at ledger time `from` (inclusive) to `to` (exclusive).
+    Time {
+        from: u64,
+        to: u64,
+    },
+}
+
+impl Filter {
+    /// (key prefix a cursor is relative to, first key, end key (exclusive)).
+    fn bounds(&self) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        let within = |p: &[u8], sort: &[u8]| {
+            let prefix = [p, sort].concat();
+            let end = [prefix.as_slice(), &[0xff; 41]].concat();
+            (prefix.clone(), prefix, end)
+        };
+        match self {
+            Filter::Party(id) => within(keys::NOTARY_PARTY_PREFIX, id),
+            Filter::Matter(m) => within(keys::NOTARY_MATTER_PREFIX, &matter_sort(m)),
+            Filter::Status(s) => within(keys::NOTARY_STATUS_PREFIX, &[s.index_byte()]),
+            Filter::Time { from, to } => {
+                let p = keys::NOTARY_TIME_PREFIX;
+                (
+                    p.to_vec(),
+                    [p, &from.to_be_bytes()].concat(),
+                    [p, &to.to_be_bytes()].concat(),
+                )
+            }
+        }
+    }
+}
+
+pub struct Page {
+    pub items: Vec<Document>,
+    /// Pass as `after` for the next page; `None` when this page is the last.
+    pub next: Option<String>,
+}
+
+/// Documents matching `filter` (and `status`, if given), after `cursor`.
+pub fn documents(
+    r: &Reader<'_>,
+    filter: &Filter,
+    status: Option<Status>,
+    after: Option<&[u8]>,
+    limit: usize,
+) -> Result<Page, StoreError> {
+    let (prefix, lo, hi) = filter.bounds();
+    let mut start = match after {
+        Some(c) => [&prefix[..], c, &[0]].concat().max(lo),
+        None => lo,
+    };
+    let mut items = Vec::new();
+    loop {
+        let page = r.aux_range(&start, &hi, 256)?;
+        let Some((last, _)) = page.last() else {
+            return Ok(Page { items, next: None });
+        };
+        start = [last.as_slice(), &[0]].concat();
+        for (k, _) in &page {
+            let id: Hash = k[k.len() - 32..].try_into().expect("32-byte suffix");
+            let Some(d) = document::load(r, &id)? else {
+                continue;
+            };
+            if status.is_none_or(|s| s == d.status) {
+                items.push(d);
+                if items.len() >= limit {
+                    let next = hex::encode(&k[prefix.len()..]);
+                    return Ok(Page {
+                        items,
+                        next: Some(next),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// The document a notary transaction concerned, if it was applied.
+pub fn document_of_tx(r: &Reader<'_>, tx: &Hash) -> Result<Option<Hash>, StoreError> {
+    Ok(r.aux_get(&keys::notary_tx(tx))?
+        .and_then(|b| b.try_into().ok()))
+}

@@ -1,0 +1,648 @@
+//! The notary end to end over HTTPS against a real `comity up` network: a
+//! contract's life with several identities through the CLI and the SDK,
+//! forbidden transitions and unauthorized actors refused, queries, personal
+//! data, `doc verify`, and evidence bundles that verify offline, fail with a
+//! reason when any byte or an event is changed, and still verify after the
+//! document is destroyed.
+
+mod common;
+
+use comity_client::{Client, Signer, TxState};
+use comity_core::crypto::{sha256, Alg, SigningKey};
+use comity_core::Hash;
+use common::{CliOutput, Network};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(60);
+
+struct N {
+    net: Network,
+    /// user0 reads.
+    client: Client,
+}
+
+impl N {
+    /// `comity --data … <args>` signed as `who` (a key name in comity-data/keys).
+    async fn cli(&self, who: &str, args: &[&str]) -> CliOutput {
+        let key = self.net.key_path(who);
+        let cert = self.net.cert_path(who);
+        let mut all = vec![
+            "--key",
+            key.to_str().unwrap(),
+            "--cert",
+            cert.to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        self.net.cli(&all, T).await
+    }
+
+    async fn ok(&self, who: &str, args: &[&str]) -> String {
+        let o = self.cli(who, args).await;
+        assert!(
+            o.status.success(),
+            "comity {args:?} as {who}:\n{}\n{}",
+            o.stdout,
+            o.stderr
+        );
+        o.stdout
+    }
+
+    /// Fails with the given rejection code.
+    async fn refused(&self, who: &str, args: &[&str], code: &str) {
+        let o = self.cli(who, args).await;
+        assert!(
+            !o.status.success(),
+            "comity {args:?} as {who} succeeded:\n{}",
+            o.stdout
+        );
+        assert!(o.stderr.contains(code), "expected {code}: {}", o.stderr);
+    }
+
+    async fn doc(&self, id: &str) -> Value {
+        self.client
+            .notary_get(&["documents", id], &[])
+            .await
+            .unwrap()["document"]
+            .clone()
+    }
+
+    async fn submit(&self, tx: Vec<u8>, code: &str) -> Hash {
+        let st = self.client.submit(&tx, true).await.unwrap();
+        assert!(
+            matches!(st.status, TxState::Committed | TxState::Rejected),
+            "{st:?}"
+        );
+        assert_eq!(st.outcome.as_deref(), Some(code), "{st:?}");
+        st.id
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.net.tmp.path().join(name)
+    }
+}
+
+fn doc_id(stdout: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("document "))
+        .expect("document id printed")
+        .trim()
+        .to_string()
+}
+
+/// Registers a new user with the members' votes (user.add by majority).
+async fn add_user(n: &N, name: &str) -> Signer {
+    let keys = n.net.key_path(name).parent().unwrap().to_path_buf();
+    n.net
+        .cli(
+            &[
+                "keys",
+                "new",
+                "--name",
+                name,
+                "--out",
+                keys.to_str().unwrap(),
+            ],
+            T,
+        )
+        .await;
+    let cert = n.net.cert_path(name);
+    let out = n
+        .net
+        .cli(
+            &[
+                "gov",
+                "propose",
+                "user.add",
+                "--certificate",
+                cert.to_str().unwrap(),
+                "--name",
+                name,
+            ],
+            T,
+        )
+        .await;
+    assert!(out.status.success(), "{}", out.stderr);
+    let pid = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("proposal "))
+        .unwrap()
+        .to_string();
+    let k1 = n.net.key_path("member1");
+    let out = n
+        .net
+        .cli(
+            &[
+                "gov",
+                "vote",
+                &pid,
+                "approve",
+                "--key",
+                k1.to_str().unwrap(),
+            ],
+            T,
+        )
+        .await;
+    assert!(
+        out.stdout.contains("accepted"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    n.net.signer(name)
+}
+
+fn flip(path: &Path, at: usize, out: &Path) {
+    let mut b = std::fs::read(path).unwrap();
+    b[at] ^= 0x01;
+    std::fs::write(out, b).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contracts_life_over_https() {
+    let _serial = common::serial().await;
+    let mut net = Network::new();
+    net.start().await;
+    let n = N {
+        client: net.client_as("user0"),
+        net,
+    };
+    let t0 = Instant::now();
+    // Three organizations' people: alice (user0, seller), bob (buyer), carol (records).
+    let bob = add_user(&n, "bob").await;
+    let _carol = add_user(&n, "carol").await;
+    let contract = n.path("contract.pdf");
+    std::fs::write(&contract, b"%PDF-1.7 sale of the barge Matilda, v1").unwrap();
+
+    // Register with two signing parties, 2 s retention, 2 destruction approvals.
+    let out = n
+        .ok(
+            "user0",
+            &[
+                "doc",
+                "register",
+                contract.to_str().unwrap(),
+                "--title",
+                "Sale agreement",
+                "--type",
+                "contract",
+                "--matter",
+                "M-2026-001",
+                "--org",
+                "Firm LLP",
+                "--party",
+                "user0=seller",
+                "--party",
+                "bob=buyer",
+                "--retention",
+                "2s",
+                "--approvals",
+                "2",
+            ],
+        )
+        .await;
+    let a = doc_id(&out);
+    assert_eq!(n.doc(&a).await["status"], "draft");
+    // Registering the same bytes again returns the same document.
+    let again = n
+        .ok("bob", &["doc", "register", contract.to_str().unwrap()])
+        .await;
+    assert!(again.contains("already registered"), "{again}");
+    assert_eq!(doc_id(&again), a);
+
+    // Forbidden before execution.
+    n.refused("carol", &["doc", "sign", &a], "not_a_party")
+        .await;
+    n.refused("user0", &["doc", "expire", &a], "doc_not_executed")
+        .await;
+    n.refused("user0", &["doc", "destroy", &a], "doc_in_force")
+        .await;
+    n.refused("carol", &["doc", "revoke", &a], "not_authorized")
+        .await;
+    n.refused(
+        "user0",
+        &["doc", "hold", "place", &a, "--reason", "x"],
+        "not_authorized",
+    )
+    .await;
+
+    n.ok("user0", &["doc", "sign", &a]).await;
+    assert_eq!(n.doc(&a).await["status"], "draft");
+    let out = n.ok("bob", &["doc", "sign", &a]).await;
+    assert!(out.contains("status:    executed"), "{out}");
+    n.ok("bob", &["doc", "sign", &a]).await; // idempotent
+
+    // Amended by a new version that both sign.
+    let v2 = n.path("contract-v2.pdf");
+    std::fs::write(
+        &v2,
+        b"%PDF-1.7 sale of the barge Matilda, v2 (price revised)",
+    )
+    .unwrap();
+    let out = n
+        .ok(
+            "bob",
+            &[
+                "doc",
+                "amend",
+                &a,
+                v2.to_str().unwrap(),
+                "--title",
+                "Sale agreement (amended)",
+                "--matter",
+                "M-2026-001",
+                "--party",
+                "user0=seller",
+                "--party",
+                "bob=buyer",
+                "--salted",
+            ],
+        )
+        .await;
+    let b = doc_id(&out);
+    assert!(n.path("contract-v2.pdf.salt").exists());
+    assert_eq!(n.doc(&a).await["status"], "amended");
+    assert_eq!(n.doc(&a).await["successor"], b.as_str());
+    n.ok("user0", &["doc", "sign", &b]).await;
+    n.ok("bob", &["doc", "sign", &b]).await;
+    n.refused("user0", &["doc", "expire", &a], "doc_not_executed")
+        .await;
+
+    // Custody passes to carol's records department.
+    n.refused(
+        "bob",
+        &["doc", "custody", "offer", &a, "--to", "carol"],
+        "not_custodian",
+    )
+    .await;
+    n.ok("user0", &["doc", "custody", "offer", &a, "--to", "carol"])
+        .await;
+    n.refused("bob", &["doc", "custody", "accept", &a], "not_offered")
+        .await;
+    n.ok("carol", &["doc", "custody", "accept", &a]).await;
+    assert_eq!(
+        n.doc(&a).await["custodian"],
+        hex::encode(n.net.signer("carol").id)
+    );
+
+    // Retention, approvals and a legal hold.
+    n.ok("user0", &["doc", "approve", &a, "--reason", "superseded"])
+        .await;
+    n.refused("carol", &["doc", "destroy", &a], "retention_not_ended")
+        .await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    n.refused("carol", &["doc", "destroy", &a], "approvals_missing")
+        .await;
+    n.ok("carol", &["doc", "approve", &a, "--reason", "file closed"])
+        .await;
+    let out = n
+        .ok(
+            "member0",
+            &[
+                "doc",
+                "hold",
+                "place",
+                &a,
+                "--reason",
+                "litigation Matilda v. Firm",
+            ],
+        )
+        .await;
+    let hold = out
+        .lines()
+        .find_map(|l| l.strip_prefix("hold "))
+        .unwrap()
+        .trim()
+        .to_string();
+    n.refused("carol", &["doc", "destroy", &a], "legal_hold")
+        .await;
+    n.ok("member1", &["doc", "hold", "lift", &a, &hold]).await;
+
+    // Evidence before destruction: verifies offline; tampering fails with a reason.
+    let bundle = n.path("a.evidence");
+    let out = n
+        .ok(
+            "user0",
+            &["doc", "evidence", &a, "-o", bundle.to_str().unwrap()],
+        )
+        .await;
+    assert!(out.contains("wrote evidence"), "{out}");
+    let out = n
+        .ok(
+            "user0",
+            &[
+                "doc",
+                "verify-evidence",
+                bundle.to_str().unwrap(),
+                "--file",
+                contract.to_str().unwrap(),
+            ],
+        )
+        .await;
+    for s in [
+        "VERIFIED",
+        "signed by",
+        "as buyer",
+        "executed",
+        "custody accepted",
+        "legal hold",
+        "matches the registered digest",
+    ] {
+        assert!(out.contains(s), "{s}: {out}");
+    }
+    let o = n
+        .cli(
+            "user0",
+            &[
+                "doc",
+                "verify-evidence",
+                bundle.to_str().unwrap(),
+                "--file",
+                v2.to_str().unwrap(),
+            ],
+        )
+        .await;
+    assert!(
+        !o.status.success() && o.stderr.contains("does not match"),
+        "{}",
+        o.stderr
+    );
+    let len = std::fs::metadata(&bundle).unwrap().len() as usize;
+    let bad = n.path("bad.evidence");
+    let step = (len / 97).max(1);
+    for at in (0..len).step_by(step) {
+        flip(&bundle, at, &bad);
+        let o = n
+            .cli("user0", &["doc", "verify-evidence", bad.to_str().unwrap()])
+            .await;
+        assert!(
+            !o.status.success(),
+            "byte {at} of {len} changed, still verified:\n{}",
+            o.stdout
+        );
+        assert!(
+            o.stderr.contains("evidence NOT verified: "),
+            "byte {at}: {}",
+            o.stderr
+        );
+    }
+
+    // Destroyed: the digest and full history stay provable.
+    n.refused("user0", &["doc", "destroy", &a], "not_custodian")
+        .await;
+    n.ok(
+        "carol",
+        &["doc", "destroy", &a, "--reason", "retention ended"],
+    )
+    .await;
+    assert_eq!(n.doc(&a).await["status"], "destroyed");
+    n.refused("carol", &["doc", "revoke", &a], "doc_destroyed")
+        .await;
+    n.refused(
+        "member0",
+        &["doc", "hold", "place", &a, "--reason", "late"],
+        "doc_destroyed",
+    )
+    .await;
+    let out = n
+        .ok("user0", &["doc", "verify", contract.to_str().unwrap()])
+        .await;
+    assert!(
+        out.contains("status:    destroyed") && out.contains("content destroyed by"),
+        "{out}"
+    );
+    let out = n
+        .ok("user0", &["doc", "verify", v2.to_str().unwrap()])
+        .await;
+    assert!(
+        out.contains("new version of") && out.contains("matches"),
+        "{out}"
+    );
+    let destroyed = n.path("destroyed.evidence");
+    n.ok(
+        "carol",
+        &["doc", "evidence", &a, "-o", destroyed.to_str().unwrap()],
+    )
+    .await;
+    let identity = n.net.data.join("network.json");
+    let out = n
+        .ok(
+            "user0",
+            &[
+                "doc",
+                "verify-evidence",
+                destroyed.to_str().unwrap(),
+                "--network-identity",
+                identity.to_str().unwrap(),
+                "--file",
+                contract.to_str().unwrap(),
+            ],
+        )
+        .await;
+    assert!(
+        out.contains("content destroyed by") && out.contains("approved by"),
+        "{out}"
+    );
+
+    // A bundle that leaves out an event (the older one ends before the
+    // destruction) cannot pass for the newer record, nor vice versa.
+    let splice = n.path("splice.evidence");
+    splice_events(&destroyed, &bundle, &splice);
+    let o = n
+        .cli(
+            "user0",
+            &["doc", "verify-evidence", splice.to_str().unwrap()],
+        )
+        .await;
+    assert!(!o.status.success(), "{}", o.stdout);
+    assert!(o.stderr.contains("events are missing"), "{}", o.stderr);
+
+    // Queries through the API: by party, matter, status, time, in pages.
+    let bob_id = hex::encode(bob.id);
+    let q = |k: &str, v: String| vec![(k.to_string(), v)];
+    let get = |query: Vec<(String, String)>| {
+        let c = n.client.clone();
+        async move {
+            let q: Vec<(&str, String)> =
+                query.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+            c.notary_get(&["documents"], &q).await.unwrap()
+        }
+    };
+    let ids = |v: &Value| {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(&get(q("party", bob_id.clone())).await),
+        [a.clone(), b.clone()]
+    );
+    let mut p1 = q("party", bob_id.clone());
+    p1.push(("limit".into(), "1".into()));
+    let first = get(p1.clone()).await;
+    assert_eq!(ids(&first), [a.as_str()]);
+    p1.push(("after".into(), first["next"].as_str().unwrap().to_string()));
+    assert_eq!(ids(&get(p1).await), [b.as_str()]);
+    assert_eq!(
+        ids(&get(q("matter", "M-2026-001".into())).await),
+        [a.clone(), b.clone()]
+    );
+    assert_eq!(
+        ids(&get(q("status", "executed".into())).await),
+        [b.as_str()]
+    );
+    let reg_b = n.doc(&b).await["registered"].as_u64().unwrap();
+    assert_eq!(
+        ids(&get(q("from_time", reg_b.to_string())).await),
+        [b.as_str()]
+    );
+    let out = n
+        .ok(
+            "user0",
+            &["doc", "list", "--party", "bob", "--status", "destroyed"],
+        )
+        .await;
+    assert!(out.contains(&a) && !out.contains(&b), "{out}");
+    let e = n
+        .client
+        .notary_get(&["digests", &hex::encode([7u8; 32])], &[])
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(404));
+    let anon = n.net.public_client();
+    let e = anon.notary_get(&["documents", &a], &[]).await.unwrap_err();
+    assert_eq!(e.status(), Some(401));
+
+    // Personal data: stored off the ledger against its digest, erasable.
+    let personal = n.path("personal.json");
+    std::fs::write(&personal, br#"{"client": "Jane Doe"}"#).unwrap();
+    let will = n.path("will.pdf");
+    std::fs::write(&will, b"last will").unwrap();
+    let out = n
+        .ok(
+            "user0",
+            &[
+                "doc",
+                "register",
+                will.to_str().unwrap(),
+                "--party",
+                "bob=testator",
+                "--personal",
+                personal.to_str().unwrap(),
+            ],
+        )
+        .await;
+    let w = doc_id(&out);
+    let wid: Hash = hex::decode(&w).unwrap().try_into().unwrap();
+    let owner = n.net.client_as("user0");
+    let e = owner
+        .notary_put_personal(&wid, b"other bytes")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("digest_mismatch"));
+    let carol_reads = n.net.client_as("carol");
+    let e = carol_reads
+        .notary_get(&["documents", &w, "personal"], &[])
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(403));
+    n.submit(bob.notary_act("metadata.erase", &wid, ""), "not_authorized")
+        .await;
+    n.ok("user0", &["doc", "erase", &w]).await;
+    assert_eq!(n.doc(&w).await["personal_erased"], true);
+    let e = owner
+        .notary_put_personal(&wid, &std::fs::read(&personal).unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("erased"));
+
+    // Unauthorized signers and bad arguments are refused at submission or recorded.
+    let stranger = Signer::new(SigningKey::generate(Alg::EdDsa), bob.network_id);
+    let e = n
+        .client
+        .submit(&stranger.notary_act("revoke", &wid, ""), true)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("unknown_signer"));
+    n.submit(
+        bob.notary("register", &json!({"digest": "zz"})).unwrap(),
+        "bad_args",
+    )
+    .await;
+    n.submit(
+        bob.notary_sign(&wid, &sha256(b"another")),
+        "digest_mismatch",
+    )
+    .await;
+
+    // Collections: every order change is an event.
+    let out = n
+        .ok(
+            "user0",
+            &[
+                "doc",
+                "collection",
+                "create",
+                "Matilda file",
+                "--matter",
+                "M-2026-001",
+            ],
+        )
+        .await;
+    let col = out
+        .lines()
+        .find_map(|l| l.strip_prefix("collection "))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let out = n
+        .ok("user0", &["doc", "collection", "order", &col, &b, &a])
+        .await;
+    assert!(
+        out.contains(&format!("1. {b}")) && out.contains(&format!("2. {a}")),
+        "{out}"
+    );
+    let ev = n
+        .client
+        .notary_get(&["collections", &col, "events"], &[])
+        .await
+        .unwrap();
+    assert_eq!(ev["items"].as_array().unwrap().len(), 2);
+
+    // The auditor's replay agrees with every outcome and root.
+    let out = n.net.cli(&["ledger", "verify"], T).await;
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    eprintln!("notary over HTTPS: {:.1} s", t0.elapsed().as_secs_f64());
+    let mut net = n.net;
+    net.stop(Duration::from_secs(20)).await;
+}
+
+/// Writes `base` with the events of `from`: a bundle whose event list does
+/// not belong to its proved record.
+fn splice_events(base: &Path, from: &Path, out: &Path) {
+    use comity_core::cbor::{self, Value};
+    let read = |p: &Path| cbor::from_slice(&std::fs::read(p).unwrap()).unwrap();
+    let (Value::Map(mut b), Value::Map(f)) = (read(base), read(from)) else {
+        panic!("bundles are maps")
+    };
+    let events = f
+        .iter()
+        .find(|(k, _)| k == &Value::Text("events".into()))
+        .unwrap()
+        .1
+        .clone();
+    for (k, v) in b.iter_mut() {
+        if k == &Value::Text("events".into()) {
+            *v = events.clone();
+        }
+    }
+    std::fs::write(out, cbor::to_vec(Value::Map(b)).unwrap()).unwrap();
+}

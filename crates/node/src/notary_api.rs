@@ -1,0 +1,345 @@
+//! Notary reads: documents by id or digest with state proofs, listings by
+//! party, matter, status and time in pages, each document's hash-chained
+//! events with their receipts, collections, and the node-local personal data
+//! that a record commits to by digest. See docs/api.md ("Notary").
+
+use crate::api::{authorize, parse_hash, ApiPath, ApiQuery, S};
+use crate::error::{ApiError, ApiResult};
+use crate::gov_api::proof_json;
+use crate::server::ClientIdentity;
+use axum::body::Bytes;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use comity_apps::keys;
+use comity_apps::notary::document::{self, Document, Status};
+use comity_apps::notary::query::{self as nquery, Filter};
+use comity_apps::notary::{collection, event};
+use comity_apps::query;
+use comity_core::crypto::sha256;
+use comity_core::Hash;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+const MAX_LIST: usize = 500;
+/// Largest personal-data blob a node keeps for a document.
+pub const MAX_PERSONAL: usize = 64 * 1024;
+
+pub fn routes() -> Router<Arc<crate::Shared>> {
+    Router::new()
+        .route("/v1/notary/documents", get(list))
+        .route("/v1/notary/documents/{id}", get(document))
+        .route("/v1/notary/documents/{id}/events", get(doc_events))
+        .route(
+            "/v1/notary/documents/{id}/personal",
+            get(personal_get).put(personal_put),
+        )
+        .route("/v1/notary/digests/{digest}", get(by_digest))
+        .route("/v1/notary/tx/{id}", get(of_tx))
+        .route("/v1/notary/collections/{id}", get(collection))
+        .route("/v1/notary/collections/{id}/events", get(collection_events))
+}
+
+fn doc_json(d: &Document) -> ApiResult<Value> {
+    serde_json::to_value(d).map_err(ApiError::internal)
+}
+
+fn load(shared: &crate::Shared, id: &Hash) -> ApiResult<Document> {
+    document::load(&shared.store.read()?, id)?
+        .ok_or_else(|| ApiError::not_found("no document with that id"))
+}
+
+/// The record, proved against the latest final checkpoint.
+fn proved(shared: &crate::Shared, d: &Document) -> ApiResult<Value> {
+    Ok(json!({
+        "document": doc_json(d)?,
+        "proof": proof_json(shared, &keys::notary_doc(&d.id.0))?,
+    }))
+}
+
+async fn document(
+    axum::extract::State(shared): S,
+    Extension(who): Extension<ClientIdentity>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
+    authorize(&shared, who)?;
+    let d = load(&shared, &parse_hash(&id)?)?;
+    Ok(Json(proved(&shared, &d)?))
+}
+
+/// Lookup by digest; the digest index entry is proved too.
+async fn by_digest(
+    axum::extract::State(shared): S,
+    Extension(who): Extension<ClientIdentity>,
+    ApiPath(digest): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
+    authorize(&shared, who)?;
+    let digest = parse_hash(&digest)?;
+    let id = document::by_digest(&shared.store.read()?, &digest)?
+        .ok_or_else(|| ApiError::not_found("no document is registered with that digest"))?;
+    let mut v = proved(&shared, &load(&shared, &id)?)?;
+    v["digest_proof"] = proof_json(&shared, &keys::notary_digest(&digest))?;
+    Ok(Json(v))
+}
+
+/// Which document a notary transaction concerned (a duplicate registration
+/// names the existing record).
+async fn of_tx(
+    axum::extract::State(shared): S,
+    Extension(who): Extension<ClientIdentity>,
+    ApiPath(tx): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
+    authorize(&shared, who)?;
+    let tx = parse_hash(&tx)?;
+    let id = nquery::document_of_tx(&shared.store.read()?, &tx)?.ok_or_else(|| {
+        ApiError::not_found("no applied notary transaction with that id concerns a document")
+    })?;
+    Ok(Json(
+        json!({"tx": hex::encode(tx), "document": hex::encode(id)}),
+    ))
+}
+
+#[derive(Deserialize)]
+struct ListParams {
+    party: Option<String>,
+    matter: Option<String>,
+    status: Option<String>,
+    from_time: Option<u64>,
+    to_time: Option<u64>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+fn parse_status(s: &str) -> ApiResult<Status> {
+    Status::parse(s).ok_or_else(|| {
+        ApiError::bad_request(
+            "malformed",
+            "status is one of draft, executed, amended, expired, revoked, destroyed",
+        )
+    })
+}
+
+async fn list(
+    axum::extract::State(shared): S,
+    Extension(who): Extension<ClientIdentity>,
+    ApiQuery(q): ApiQuery<ListParams>,
+) -> ApiResult<Json<Value>> {
+    authorize(&shared, who)?;
+    let status = q.status.as_deref().map(parse_status).transpose()?;
+    let time = q.from_time.is_some() || q.to_time.is_some();
+    let filter = match (&q.party, &q.matter, time) {
+        (Some(p), None, false) => Filter::Party(parse_hash(p)?),
+        (None, Some(m), false) => Filter::Matter(m.clone()),
+        (None, None, _) => match status {
+            Some(s) if !time => Filter::Status(s),
+            _ => Filter::Time {
+                from: q.from_time.unwrap_or(0),
+                to: q.to_time.unwrap_or(u64::MAX),
+            },
+        },
+        _ => {
+            return Err(ApiError::bad_request(
+                "malformed",
+                "filter by one of party, matter or a time range (status may be added to any)",
+            ))
+        }
+    };
+    let after = q
+        .after
+        .as_deref()
+        .map(|c| {
+            hex::decode(c).map_err(|_| ApiError::bad_request("malformed", "after is a hex cursor"))
+        })
+        .transpose()?;
+    let limit = q.limit.unwrap_or(100).clamp(1, MAX_LIST);
+    let page = nquery::documents(
+        &shared.store.read()?,
+        &filter,
+        status,
+        after.as_deref(),
+        limit,
+    )?;
+    let items = page
+        .items
+        .iter()
+        .map(doc_json)
+        .collect::<ApiResult<Vec<_>>>()?;
+    Ok(Json(json!({"items": items, "next": page.next})))
+}
+
+#[derive(Deserialize)]
+struct EventParams {
+    from: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// A subject's events from `from`, each with its hash, exact bytes and receipt.
+fn events_json(shared: &crate::Shared, subject: &Hash, q: &EventParams) -> ApiResult<Value> {
+    let limit = q.limit.unwrap_or(MAX_LIST).clamp(1, MAX_LIST);
+    let stored = event::stored(&shared.store.read()?, subject, q.from.unwrap_or(0), limit)?;
+    let mut items = Vec::with_capacity(stored.len());
+    for bytes in stored {
+        let e: event::Event = comity_core::cbor::from_slice(&bytes)
+            .and_then(|v| comity_core::cbor::to_serde(&v))
+            .map_err(ApiError::internal)?;
+        let receipt =
+            query::receipt(&shared.store, e.index, true)?.map(|r| hex::encode(r.to_cose()));
+        items.push(json!({
+            "hash": hex::encode(sha256(&bytes)),
+            "event": e,
+            "event_hex": hex::encode(&bytes),
+            "receipt": receipt,
+        }));
+    }
+    Ok(json!({"subject": hex::encode(subject), "items": items}))
+}
+
+async fn doc_events(
+    axum::extract::State(shared): S,
+    Extension(who): Extension<ClientIdentity>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<EventParams>,
+) -> ApiResult<Json<Value>> {
+    authorize(&shared, who)?;
+    let d = load(&shared, &parse_hash(&id)?)?;
+    Ok(Json(events_json(&shared, &d.id.0, &q)?))
+}
+
+fn load_collection(shared: &crate::Shared, id: &str) -> ApiResult<collection::Collection> {
+    collection::load(&shared.store.read()?, &parse_hash(id)?)?
+        .ok_or_else(|| ApiError::not_found("no collection with that id"))
+}
+
+async fn collection(
+    axum::extract::State(shared): S,
+    Extension(who): Extension<ClientIdentity>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
+    authorize(&shared, who)?;
+    let c = load_collection(&shared, &id)?;
+    Ok(Json(json!({
+        "collection": c,
+        "proof": proof_json(&shared, &keys::notary_collection(&c.id.0))?,
+    })))
+}
+
+async fn collection_events(
+    axum::extract::State(shared): S,
+    Extension(who): Extension<ClientIdentity>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<EventParams>,
+) -> ApiResult<Json<Value>> {
+    authorize(&shared, who)?;
+    let c = load_collection(&shared, &id)?;
+    Ok(Json(events_json(&shared, &c.id.0, &q)?))
+}
+
+/// Personal data is for the people the record names: its registrant,
+/// custodian and parties.
+fn personal_reader(shared: &crate::Shared, who: ClientIdentity, id: &str) -> ApiResult<Document> {
+    let me = authorize(shared, who)?;
+    let d = load(shared, &parse_hash(id)?)?;
+    if d.registrant.0 != me && !d.may_manage(&me) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "personal data is readable only by the document's registrant, custodian and parties",
+        ));
+    }
+    Ok(d)
+}
+
+async fn personal_get(
+    axum::extract::State(shared): S,
+    Extension(who): Extension<ClientIdentity>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Response> {
+    let d = personal_reader(&shared, who, &id)?;
+    if d.personal_erased {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            "erased",
+            "the personal data of this document was erased",
+        ));
+    }
+    let blob = shared
+        .store
+        .read()?
+        .aux_get(&keys::notary_personal(&d.id.0))?
+        .ok_or_else(|| ApiError::not_found("this node holds no personal data for the document"))?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], blob).into_response())
+}
+
+/// Stores the blob whose SHA-256 the record names. It lives beside the state
+/// on this node only (not in the ledger, not in the state root), so
+/// `notary.metadata.erase` can delete it without breaking any proof.
+async fn personal_put(
+    axum::extract::State(shared): S,
+    Extension(who): Extension<ClientIdentity>,
+    ApiPath(id): ApiPath<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let d = personal_reader(&shared, who, &id)?;
+    if body.len() > MAX_PERSONAL {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("personal data is at most {MAX_PERSONAL} bytes"),
+        ));
+    }
+    let Some(expected) = d.personal else {
+        return Err(ApiError::bad_request(
+            "no_personal_data",
+            "the record commits to no personal data",
+        ));
+    };
+    if d.personal_erased {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            "erased",
+            "the personal data of this document was erased",
+        ));
+    }
+    let digest = sha256(&body);
+    if digest != expected.0 {
+        return Err(ApiError::bad_request(
+            "digest_mismatch",
+            format!(
+                "the blob has SHA-256 {}, the record commits to {}",
+                hex::encode(digest),
+                hex::encode(expected.0)
+            ),
+        ));
+    }
+    let store = shared.store.clone();
+    let id = d.id.0;
+    let stored = tokio::task::spawn_blocking(move || -> Result<bool, comity_store::StoreError> {
+        let t = store.begin()?;
+        {
+            let mut b = t.batch()?;
+            // Checked again inside the write transaction, which excludes apply:
+            // an erasure applied meanwhile must not be undone.
+            if document::load(&b, &id)?.is_none_or(|d| d.personal_erased) {
+                return Ok(false);
+            }
+            b.aux_put(&keys::notary_personal(&id), &body)?;
+        }
+        // Durable at once: the client is told it is stored.
+        t.commit(true)?;
+        Ok(true)
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    if !stored {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            "erased",
+            "the personal data of this document was erased",
+        ));
+    }
+    Ok(Json(
+        json!({"document": hex::encode(d.id.0), "sha256": hex::encode(digest)}),
+    ))
+}
