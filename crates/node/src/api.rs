@@ -70,13 +70,27 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// Reads are served from this node's state; `?linearizable=true` first
-/// waits until it reflects every write committed before the request.
+/// A node whose state diverged from the quorum's stops serving (but for its
+/// health and metrics, which say why). Reads are served from this node's
+/// state; `?linearizable=true` first waits until it reflects every write
+/// committed before the request.
 async fn linearizable(
     State(shared): S,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let path = req.uri().path();
+    if shared.diverged.load(std::sync::atomic::Ordering::SeqCst)
+        && path != "/v1/health"
+        && path != "/metrics"
+    {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "diverged",
+            "this node's state differs from what the other nodes signed; it stopped serving (see its log)",
+        )
+        .into_response();
+    }
     let wanted = req
         .uri()
         .query()
@@ -493,10 +507,17 @@ async fn health(State(shared): S) -> ApiResult<Response> {
     let diverged = shared.diverged.load(std::sync::atomic::Ordering::SeqCst);
     let view = shared.view();
     let (time, genesis) = (view.ledger_time, view.network_id.is_some());
+    // A leader that has not heard from a quorum for a while may be cut off.
+    let voters = m.membership_config.membership().voter_ids().count();
+    let cut_off = m.current_leader == Some(m.id)
+        && voters > 1
+        && m.millis_since_quorum_ack.is_none_or(|ms| ms > 2_000);
     let status = if diverged {
         "diverged"
     } else if !genesis || m.current_leader.is_none() {
         "starting"
+    } else if cut_off {
+        "no_quorum"
     } else {
         "ok"
     };

@@ -41,7 +41,7 @@ async fn step(shared: &Shared) -> anyhow::Result<()> {
         return Ok(()); // a change is in progress
     }
     let voters: BTreeSet<u64> = membership.voter_ids().collect();
-    let mut want: BTreeMap<u64, Option<String>> = BTreeMap::new();
+    let mut want: BTreeMap<u64, String> = BTreeMap::new();
     {
         let r = shared.store.read()?;
         for n in &view.nodes.0 {
@@ -50,24 +50,26 @@ async fn step(shared: &Shared) -> anyhow::Result<()> {
                 Some(b) => Some(b.addr.clone()),
                 None => registry::get(&r, &n.id)?.and_then(|i| i.data.get(ADDRESS).cloned()),
             };
-            want.insert(id, addr);
+            match addr {
+                Some(a) => {
+                    want.insert(id, a);
+                }
+                // Left out of the Raft group (but not blocking other changes).
+                None => tracing::warn!(
+                    node = %hex::encode(n.id),
+                    "a trusted node has no `address` in its data; it cannot join the Raft group"
+                ),
+            }
         }
     }
     let target: BTreeSet<u64> = want.keys().copied().collect();
-    if target == voters {
+    if target == voters || target.is_empty() {
         return Ok(());
     }
     for (id, addr) in &want {
         if membership.get_node(id).is_some() {
             continue;
         }
-        let Some(addr) = addr else {
-            tracing::warn!(
-                node = id,
-                "a trusted node has no `address` in its data; it cannot be added to the Raft group"
-            );
-            return Ok(());
-        };
         tracing::info!(node = id, %addr, "adding a newly trusted node as a learner");
         tokio::time::timeout(
             CATCH_UP,
