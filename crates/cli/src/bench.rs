@@ -66,6 +66,19 @@ pub struct BenchArgs {
     /// node in client.json, else the configured node]
     #[arg(long, value_name = "URL")]
     pub target: Vec<String>,
+    /// `kv` (signed kv.put), `notary` (60% registrations, 30% party
+    /// signatures, 10% custody transfers), or `both`, one after the other,
+    /// with their ratio.
+    #[arg(long, value_enum, default_value_t = Workload::Kv)]
+    pub workload: Workload,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    Kv,
+    Notary,
+    Both,
 }
 
 /// Expected peak rate used to size the presigned pool.
@@ -169,6 +182,7 @@ pub struct ReceiptCheck {
 
 #[derive(Serialize, Debug)]
 pub struct Report {
+    pub workload: Workload,
     pub node: String,
     pub clients: usize,
     pub identities: usize,
@@ -196,12 +210,38 @@ pub struct Report {
 }
 
 pub async fn run(g: &Global, args: BenchArgs) -> anyhow::Result<()> {
-    let report = execute(g, &args).await?;
+    let reports = execute_all(g, &args).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        match reports.as_slice() {
+            [one] => println!("{}", serde_json::to_string_pretty(one)?),
+            [kv, notary] => println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "kv": kv,
+                    "notary": notary,
+                    "notary_over_kv": notary.tps / kv.tps.max(f64::MIN_POSITIVE),
+                }))?
+            ),
+            _ => unreachable!("one or two workloads"),
+        }
     } else {
-        print_table(&report);
+        for r in &reports {
+            print_table(r);
+        }
+        if let [kv, notary] = reports.as_slice() {
+            println!(
+                "notary / kv.put throughput = {:.2}",
+                notary.tps / kv.tps.max(f64::MIN_POSITIVE)
+            );
+        }
     }
+    for report in &reports {
+        check_report(report)?;
+    }
+    Ok(())
+}
+
+fn check_report(report: &Report) -> anyhow::Result<()> {
     if report.committed == 0 {
         bail!("no transaction was committed");
     }
@@ -214,8 +254,18 @@ pub async fn run(g: &Global, args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Registers the identities, runs the workload, checks receipts.
-pub async fn execute(g: &Global, args: &BenchArgs) -> anyhow::Result<Report> {
+/// Runs the workload with `--workload` (kv first when both).
+#[cfg(test)]
+async fn execute(g: &Global, args: &BenchArgs) -> anyhow::Result<Report> {
+    let mut all = execute_all(g, args).await?;
+    Ok(all.remove(0))
+}
+
+/// Registers the identities, runs the workload(s), checks receipts.
+async fn execute_all(g: &Global, args: &BenchArgs) -> anyhow::Result<Vec<Report>> {
+    if args.presign && args.workload != Workload::Kv {
+        bail!("--presign is for the kv workload (notary transactions depend on earlier ones)");
+    }
     if args.clients == 0 || args.identities == 0 || args.keyspace == 0 {
         bail!("--clients, --identities and --keyspace must be at least 1");
     }
@@ -264,7 +314,21 @@ pub async fn execute(g: &Global, args: &BenchArgs) -> anyhow::Result<Report> {
         .iter()
         .map(|u| cfg.public_client_of(u))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    run_workload(&clients, &identity, signers, args, &targets.join(",")).await
+    let workloads = match args.workload {
+        Workload::Both => vec![Workload::Kv, Workload::Notary],
+        w => vec![w],
+    };
+    let mut reports = Vec::new();
+    for w in workloads {
+        let a = BenchArgs {
+            workload: w,
+            ..args.clone()
+        };
+        reports.push(
+            run_workload(&clients, &identity, signers.clone(), &a, &targets.join(",")).await?,
+        );
+    }
+    Ok(reports)
 }
 
 fn progress(msg: &str) {
@@ -380,6 +444,9 @@ async fn run_workload(
     let per_client: Vec<Signer> = (0..args.clients)
         .map(|i| signers[i % signers.len()].clone())
         .collect();
+    let partners: Vec<Signer> = (0..args.clients)
+        .map(|i| signers[(i + 1) % signers.len()].clone())
+        .collect();
 
     // Presign outside the timed run, on blocking threads.
     let mut pools: Vec<Option<Vec<Vec<u8>>>> = vec![None; args.clients];
@@ -419,13 +486,17 @@ async fn run_workload(
     let start = Instant::now() + Duration::from_millis(100);
     let deadline = start + Duration::from_secs(args.duration_secs);
     let mut set = JoinSet::new();
-    for (i, (signer, pool)) in per_client.into_iter().zip(pools).enumerate() {
+    for (i, ((signer, pool), partner)) in
+        per_client.into_iter().zip(pools).zip(partners).enumerate()
+    {
         let client = clients[i % clients.len()].clone();
+        let notary = (args.workload == Workload::Notary)
+            .then(|| crate::notary_load::NotaryLoad::new(signer.clone(), partner));
         let probes = probes.clone();
         let a = args.clone();
         set.spawn(async move {
             tokio::time::sleep_until(start.into()).await;
-            client_loop(client, signer, pool, a, deadline, probes).await
+            client_loop(client, signer, pool, notary, a, deadline, probes).await
         });
     }
     let mut results = Vec::with_capacity(args.clients);
@@ -476,6 +547,7 @@ async fn run_workload(
     let receipts = check_receipts(&clients[0], identity, &acked, args.receipt_sample).await;
 
     Ok(Report {
+        workload: args.workload,
         node: url.to_string(),
         clients: args.clients,
         identities: args.identities,
@@ -505,6 +577,7 @@ async fn client_loop(
     client: Client,
     signer: Signer,
     pool: Option<Vec<Vec<u8>>>,
+    mut notary: Option<crate::notary_load::NotaryLoad>,
     args: BenchArgs,
     deadline: Instant,
     probes: Arc<Semaphore>,
@@ -515,15 +588,23 @@ async fn client_loop(
     let poll = Duration::from_millis(args.receipt_poll_ms.max(1));
     let every = args.receipt_probe_every.max(1);
     while Instant::now() < deadline {
-        let tx = match pool.as_mut() {
-            Some(p) => match p.next() {
+        let mut effect = None;
+        let tx = match (pool.as_mut(), notary.as_mut()) {
+            (Some(p), _) => match p.next() {
                 Some(tx) => tx,
                 None => {
                     res.ran_out = true;
                     break;
                 }
             },
-            None => kv_tx(&signer, &mut rng, args.keyspace, args.value_size),
+            (None, Some(n)) => {
+                let mut digest = [0u8; 32];
+                rng.fill(&mut digest);
+                let (tx, e) = n.next(rng.below(100), digest);
+                effect = Some(e);
+                tx
+            }
+            (None, None) => kv_tx(&signer, &mut rng, args.keyspace, args.value_size),
         };
         let id = tx_id(&tx);
         let probe = rng.below(every) == 0;
@@ -532,6 +613,9 @@ async fn client_loop(
         let lat = t0.elapsed();
         match r {
             Ok(st) if st.status == TxState::Committed && st.index.is_some() => {
+                if let (Some(n), Some(e)) = (notary.as_mut(), effect) {
+                    n.committed(e);
+                }
                 res.latencies_us
                     .push(lat.as_micros().min(u128::from(u32::MAX)) as u32);
                 res.acked.push((id, st.index.unwrap_or_default()));
@@ -673,7 +757,11 @@ async fn check_receipts(
 fn print_table(r: &Report) {
     let l = &r.latency_ms;
     let p = &r.receipt_latency_ms;
-    println!("comity bench: kv.put against {}", r.node);
+    let what = match r.workload {
+        Workload::Notary => "notary (60% register, 30% sign, 10% custody)",
+        _ => "kv.put",
+    };
+    println!("comity bench: {what} against {}", r.node);
     println!(
         "  clients {}   identities {}   value {} B   keyspace {}   {}",
         r.clients,
@@ -780,6 +868,7 @@ mod tests {
     #[test]
     fn report_json_has_the_headline_fields() {
         let r = Report {
+            workload: Workload::Kv,
             node: "https://127.0.0.1:8701".into(),
             clients: 1,
             identities: 1,
@@ -1173,6 +1262,7 @@ mod e2e {
             voter_key: vec![],
             json: true,
             target: Vec::new(),
+            workload: Workload::Kv,
         }
     }
 

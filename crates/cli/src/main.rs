@@ -11,6 +11,7 @@ mod kv;
 mod ledger;
 mod network;
 mod node;
+mod notary_load;
 mod receipt;
 mod recovery;
 mod status;
