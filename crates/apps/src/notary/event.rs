@@ -7,7 +7,6 @@ use crate::executor::Ctx;
 use crate::gov::state::{decode, encode};
 use crate::gov::Id;
 use crate::keys;
-use crate::registry::StateRead;
 use comity_core::crypto::sha256;
 use comity_core::Hash;
 use comity_store::StoreError;
@@ -130,7 +129,11 @@ pub fn append(
         details,
     };
     let bytes = e.to_cbor();
-    ctx.batch.put(&keys::notary_event(subject, e.seq), &bytes)?;
+    // Events are kept beside the state, not in it: the record (in the state
+    // tree) commits to all of them through `chain.head`, and each event's
+    // transaction has its own receipt, so one state write per step suffices.
+    ctx.batch
+        .aux_put(&keys::notary_event(subject, e.seq), &bytes)?;
     chain.events += 1;
     chain.head = Id(sha256(&bytes));
     Ok(())
@@ -153,15 +156,19 @@ pub fn stored(
     limit: usize,
 ) -> Result<Vec<Vec<u8>>, StoreError> {
     let (_, to) = keys::notary_event_range(subject);
-    Ok(r.range(&keys::notary_event(subject, from), &to, limit)?
+    Ok(r.aux_range(&keys::notary_event(subject, from), &to, limit)?
         .into_iter()
         .map(|(_, v)| v)
         .collect())
 }
 
 /// One stored event, decoded.
-pub fn load(s: &impl StateRead, subject: &Hash, seq: u64) -> Result<Option<Event>, StoreError> {
-    s.state(&keys::notary_event(subject, seq))?
+pub fn load(
+    s: &impl crate::node_set::AuxRead,
+    subject: &Hash,
+    seq: u64,
+) -> Result<Option<Event>, StoreError> {
+    s.aux_get_one(&keys::notary_event(subject, seq))?
         .map(|b| decode("notary event", &b))
         .transpose()
 }
