@@ -67,8 +67,9 @@ pub struct BenchArgs {
     #[arg(long, value_name = "URL")]
     pub target: Vec<String>,
     /// `kv` (signed kv.put), `notary` (60% registrations, 30% party
-    /// signatures, 10% custody transfers), or `both`, one after the other,
-    /// with their ratio.
+    /// signatures, 10% custody transfers), `both`, one after the other,
+    /// with their ratio, or `notary-register` (registrations only, to grow
+    /// the number of documents).
     #[arg(long, value_enum, default_value_t = Workload::Kv)]
     pub workload: Workload,
 }
@@ -79,6 +80,7 @@ pub enum Workload {
     Kv,
     Notary,
     Both,
+    NotaryRegister,
 }
 
 /// Expected peak rate used to size the presigned pool.
@@ -490,8 +492,11 @@ async fn run_workload(
         per_client.into_iter().zip(pools).zip(partners).enumerate()
     {
         let client = clients[i % clients.len()].clone();
-        let notary = (args.workload == Workload::Notary)
-            .then(|| crate::notary_load::NotaryLoad::new(signer.clone(), partner));
+        let notary = matches!(args.workload, Workload::Notary | Workload::NotaryRegister)
+            .then(|| {
+                let track = args.workload == Workload::Notary;
+                crate::notary_load::NotaryLoad::new(signer.clone(), partner, track)
+            });
         let probes = probes.clone();
         let a = args.clone();
         set.spawn(async move {
@@ -600,7 +605,8 @@ async fn client_loop(
             (None, Some(n)) => {
                 let mut digest = [0u8; 32];
                 rng.fill(&mut digest);
-                let (tx, e) = n.next(rng.below(100), digest);
+                let roll = rng.below(100);
+                let (tx, e) = n.next(roll, digest);
                 effect = Some(e);
                 tx
             }
@@ -759,6 +765,7 @@ fn print_table(r: &Report) {
     let p = &r.receipt_latency_ms;
     let what = match r.workload {
         Workload::Notary => "notary (60% register, 30% sign, 10% custody)",
+        Workload::NotaryRegister => "notary.register",
         _ => "kv.put",
     };
     println!("comity bench: {what} against {}", r.node);
