@@ -492,8 +492,8 @@ async fn run_workload(
         per_client.into_iter().zip(pools).zip(partners).enumerate()
     {
         let client = clients[i % clients.len()].clone();
-        let notary = matches!(args.workload, Workload::Notary | Workload::NotaryRegister)
-            .then(|| {
+        let notary =
+            matches!(args.workload, Workload::Notary | Workload::NotaryRegister).then(|| {
                 let track = args.workload == Workload::Notary;
                 crate::notary_load::NotaryLoad::new(signer.clone(), partner, track)
             });

@@ -32,9 +32,12 @@ pub enum RecoveryCmd {
     /// Add a member's signature to a decision file.
     Sign {
         decision: PathBuf,
-        /// The member's private key (PEM).
+        /// The member's current private key (PEM).
         #[arg(long)]
         key: PathBuf,
+        /// The member's id, when its key was rotated [default: the key's fingerprint]
+        #[arg(long)]
+        id: Option<String>,
     },
     /// Show a decision: what it restarts from, the new nodes, who signed.
     Show { decision: PathBuf },
@@ -73,7 +76,7 @@ pub fn run(cmd: RecoveryCmd) -> anyhow::Result<()> {
             reason,
             out,
         } => prepare(&from, &nodes, &reason, &out),
-        RecoveryCmd::Sign { decision, key } => sign(&decision, &key),
+        RecoveryCmd::Sign { decision, key, id } => sign(&decision, &key, id.as_deref()),
         RecoveryCmd::Show { decision } => show(&decision),
         RecoveryCmd::Seed { from, to } => seed(&from, &to),
     }
@@ -165,12 +168,29 @@ fn prepare(from: &Path, nodes: &Path, reason: &str, out: &Path) -> anyhow::Resul
     Ok(())
 }
 
-fn sign(path: &Path, key: &Path) -> anyhow::Result<()> {
+fn sign(path: &Path, key: &Path, id: Option<&str>) -> anyhow::Result<()> {
     let signed = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let (sign, r) = recovery::parse(&signed)?;
+    let key_path = key;
     let pem = std::fs::read_to_string(key).with_context(|| format!("reading {}", key.display()))?;
     let key = SigningKey::from_pkcs8_pem(&pem)?;
-    let id = key.public().fingerprint();
+    let id = match id {
+        Some(h) => hash_hex(h)?,
+        None => key.public().fingerprint(),
+    };
+    let members = recovery::MemberKeys::from_cbor(&r.members)?;
+    match members.0.iter().find(|(m, _)| *m == id) {
+        Some((_, k)) if *k == key.public().to_spki_der() => {}
+        Some(_) => bail!(
+            "{} is not the current key of member {}",
+            key_path.display(),
+            hex::encode(id)
+        ),
+        None => bail!(
+            "{} is not an active member in the surviving copy (pass --id if the key was rotated)",
+            hex::encode(id)
+        ),
+    }
     let body = r.to_cbor();
     let mut sigs: Vec<Vec<u8>> = recovery::signatures(&sign)
         .into_iter()
@@ -211,9 +231,33 @@ fn show(path: &Path) -> anyhow::Result<()> {
             hex::encode(n.member)
         );
     }
+    let members = recovery::MemberKeys::from_cbor(&r.members)?;
+    let body = r.to_cbor();
+    let mut valid = 0;
     for s in &sign.signatures {
-        println!("signed by {}", hex::encode(checkpoint::signer(s)?));
+        let id = checkpoint::signer(s)?;
+        let ok = members.0.iter().any(|(m, k)| {
+            *m == id
+                && PublicKey::from_spki_der(k)
+                    .is_ok_and(|k| checkpoint::verify(RECOVERY_CONTENT_TYPE, &body, s, &k).is_ok())
+        });
+        valid += usize::from(ok);
+        println!(
+            "signed by {}{}",
+            hex::encode(id),
+            if ok {
+                ""
+            } else {
+                "  (NOT a valid member signature)"
+            }
+        );
     }
+    let needed = members.0.len() / 2 + 1;
+    println!(
+        "{valid} valid member signature(s) of {needed} needed ({} active members in the surviving copy){}",
+        members.0.len(),
+        if valid >= needed { ": ready" } else { "" }
+    );
     Ok(())
 }
 

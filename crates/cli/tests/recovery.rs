@@ -109,6 +109,11 @@ async fn members_restart_a_network_that_lost_its_majority() {
     }
     let shown = cli(&c, &["recovery", "show", decision_s]).await;
     assert_eq!(shown.matches("signed by").count(), 2, "{shown}");
+    assert!(
+        shown.contains("2 valid member signature(s) of 2 needed"),
+        "{shown}"
+    );
+    assert!(shown.contains(": ready"), "{shown}");
     for &i in &news {
         let to = c.node_dir(i).join("data");
         cli(
