@@ -39,7 +39,12 @@ pub struct Audit {
     store: Store,
     executor: Executor,
     summary: Summary,
+    /// Checked records waiting to be replayed together.
+    pending: Vec<(u64, Record, Leaf, Command)>,
 }
+
+/// Records replayed per storage commit.
+const BATCH: usize = 256;
 
 fn fail(index: u64, message: impl Into<String>) -> Discrepancy {
     Discrepancy {
@@ -57,10 +62,15 @@ impl Audit {
             store,
             executor,
             summary: Summary::default(),
+            pending: Vec::new(),
         })
     }
 
-    /// Replays the next record, which must be entry `index`.
+    /// Takes the next record, which must be entry `index`. Records are
+    /// checked on arrival and replayed in batches (one storage commit each,
+    /// as a node applies a Raft entry batch); a discrepancy is reported with
+    /// the index of the entry at fault, by this call or a later one, or by
+    /// [`Audit::finish`].
     pub fn feed(&mut self, index: u64, raw: &[u8]) -> Result<(), Discrepancy> {
         let rec =
             Record::from_cbor(raw).map_err(|e| fail(index, format!("not a ledger record: {e}")))?;
@@ -89,17 +99,52 @@ impl Audit {
                 decision: ByteBuf::from(rec.body.clone()),
             },
         };
-        let txn = self.store.begin().map_err(|e| fail(index, e.to_string()))?;
-        let out = {
-            let mut batch = txn.batch().map_err(|e| fail(index, e.to_string()))?;
-            self.executor
-                .apply(&mut batch, &cmd, &|_| None)
-                .map_err(|e| fail(index, format!("replay failed: {e}")))?
+        self.pending.push((index, rec, leaf, cmd));
+        if self.pending.len() >= BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Replays the records taken so far in one commit and compares each result.
+    fn flush(&mut self) -> Result<(), Discrepancy> {
+        let pending = std::mem::take(&mut self.pending);
+        let Some((first, ..)) = pending.first() else {
+            return Ok(());
         };
+        let first = *first;
+        let txn = self.store.begin().map_err(|e| fail(first, e.to_string()))?;
+        let mut outs = Vec::with_capacity(pending.len());
+        {
+            let mut batch = txn.batch().map_err(|e| fail(first, e.to_string()))?;
+            for (index, _, _, cmd) in &pending {
+                outs.push(
+                    self.executor
+                        .apply(&mut batch, cmd, &|_| None)
+                        .map_err(|e| fail(*index, format!("replay failed: {e}")))?,
+                );
+            }
+        }
         // redb reclaims pages only at durable commits; without them scratch storage grows without bound.
-        let durable = index.is_multiple_of(DURABLE_EVERY_ENTRIES);
+        let last = pending.last().map_or(first, |p| p.0);
+        let durable = last / DURABLE_EVERY_ENTRIES != first / DURABLE_EVERY_ENTRIES
+            || first.is_multiple_of(DURABLE_EVERY_ENTRIES);
         txn.commit(durable)
-            .map_err(|e| fail(index, e.to_string()))?;
+            .map_err(|e| fail(first, e.to_string()))?;
+        for ((index, rec, leaf, _), out) in pending.into_iter().zip(outs) {
+            self.check(index, &rec, &leaf, &out)?;
+        }
+        Ok(())
+    }
+
+    /// Compares what replaying entry `index` produced with the record.
+    fn check(
+        &mut self,
+        index: u64,
+        rec: &Record,
+        leaf: &Leaf,
+        out: &crate::executor::Output,
+    ) -> Result<(), Discrepancy> {
         let produced = self.store.record(index).map_err(|_| {
             fail(
                 index,
@@ -157,12 +202,20 @@ impl Audit {
         Ok(())
     }
 
-    pub fn finish(mut self) -> Result<Summary, StoreError> {
-        let len = self.store.read()?.ledger_len()?;
+    pub fn finish(mut self) -> Result<Summary, Discrepancy> {
+        self.flush()?;
+        let at_end = |e: StoreError| fail(self.summary.entries, e.to_string());
+        let len = self
+            .store
+            .read()
+            .and_then(|r| r.ledger_len())
+            .map_err(at_end)?;
         self.summary.tx_root = if len == 0 {
             comity_core::merkle::empty_root()
         } else {
-            self.store.tree_root_at(len)?
+            self.store
+                .tree_root_at(len)
+                .map_err(|e| fail(len, e.to_string()))?
         };
         Ok(self.summary)
     }

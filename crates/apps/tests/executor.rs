@@ -441,3 +441,53 @@ fn one_bad_signature_in_a_batch_rejects_only_that_transaction() {
     );
     assert!(out.txs.iter().all(|t| t.outcome.code() == "ok"));
 }
+
+/// The auditor's replay finds a record whose leaf differs from what
+/// replaying it gives, and names its index, also when it is replayed in a
+/// batch with the entries around it.
+#[test]
+fn replay_names_the_tampered_entry() {
+    use comity_core::entry::{Leaf, Record};
+    let dir = tempfile::tempdir().unwrap();
+    let net = network();
+    let (store, mut ex) = started(dir.path(), &net);
+    let txs = (0..20)
+        .map(|n| {
+            tx(
+                &net,
+                &net.member,
+                "kv",
+                "put",
+                put(&format!("k{n}"), b"v"),
+                n,
+                T0 + 1,
+            )
+        })
+        .collect();
+    apply(&store, &mut ex, batch(txs, T0 + 2));
+    apply(&store, &mut ex, Command::Checkpoint { time: T0 + 3 });
+    let len = store.read().unwrap().ledger_len().unwrap();
+    let replay = |tamper: Option<u64>| {
+        let scratch = tempfile::tempdir().unwrap();
+        let mut audit = comity_apps::audit::Audit::new(scratch.path()).unwrap();
+        for i in 0..len {
+            let mut raw = store.record(i).unwrap();
+            if Some(i) == tamper {
+                let rec = Record::from_cbor(&raw).unwrap();
+                let mut leaf = Leaf::from_cbor(&rec.leaf).unwrap();
+                leaf.outcome = Outcome::Rejected("forbidden".into());
+                raw = Record {
+                    leaf: leaf.to_cbor(),
+                    body: rec.body,
+                }
+                .to_cbor();
+            }
+            audit.feed(i, &raw)?;
+        }
+        audit.finish().map(|s| s.entries)
+    };
+    assert_eq!(replay(None).unwrap(), len);
+    let e = replay(Some(7)).unwrap_err();
+    assert_eq!(e.index, 7, "{e}");
+    assert!(e.message.contains("recorded outcome `forbidden`"), "{e}");
+}

@@ -96,7 +96,7 @@ pub async fn run(args: LedgerArgs) -> anyhow::Result<()> {
             println!("fetched {size} entries from {}", client.url());
         }
     }
-    let s = audit.finish()?;
+    let s = audit.finish().map_err(|e| anyhow::anyhow!("FAILED: {e}"))?;
     let identity = match network_identity {
         Some(p) => Some(read_network_identity(&p)?),
         None => Config::load(global())
