@@ -41,8 +41,8 @@ pub async fn run(g: &Global, args: StatusArgs) -> anyhow::Result<()> {
             .filter(|h| h.role.as_deref() == Some("leader"))
     });
     println!(
-        "{:<28} {:<9} {:<10} {:>6} {:>10} {:>10} {:>8}",
-        "node", "status", "role", "term", "applied", "ledger", "lag"
+        "{:<28} {:<9} {:<10} {:>6} {:>10} {:>10} {:>10} {:>8}",
+        "node", "status", "role", "term", "committed", "applied", "ledger", "lag"
     );
     for (url, h) in &rows {
         match h {
@@ -53,11 +53,12 @@ pub async fn run(g: &Global, args: StatusArgs) -> anyhow::Result<()> {
                     .map_or("-".to_string(), |f| f.lag.to_string());
                 let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
                 println!(
-                    "{:<28} {:<9} {:<10} {:>6} {:>10} {:>10} {:>8}",
+                    "{:<28} {:<9} {:<10} {:>6} {:>10} {:>10} {:>10} {:>8}",
                     url.trim_start_matches("https://"),
                     h.status,
                     h.role.as_deref().unwrap_or("?"),
                     opt(h.term),
+                    opt(h.commit_index),
                     opt(h.applied_index),
                     opt(h.ledger_size),
                     lag

@@ -110,6 +110,16 @@ fn sync_dir(dir: &Path) -> Result<(), WalError> {
 }
 
 impl LogStore {
+    /// The highest log index known committed (saved by Raft), for status reports.
+    pub fn committed_index(&self) -> Option<u64> {
+        self.inner
+            .state
+            .lock()
+            .expect("log lock")
+            .committed
+            .map(|c| c.index)
+    }
+
     /// Opens (or creates) the log in `dir`, replaying every segment.
     pub fn open(dir: &Path) -> Result<LogStore, WalError> {
         Self::open_with(dir, DEFAULT_ROLL_BYTES)

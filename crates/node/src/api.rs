@@ -563,7 +563,7 @@ async fn health(State(shared): S) -> ApiResult<Response> {
         "term": m.current_term,
         "leader": m.current_leader,
         "last_log_index": m.last_log_index,
-        "commit_index": m.last_applied.map(|l| l.index),
+        "commit_index": shared.log.committed_index(),
         "applied_index": m.last_applied.map(|l| l.index),
         "ledger_size": r.ledger_len()?,
         "ledger_time": time,
@@ -583,6 +583,8 @@ async fn metrics(State(shared): S) -> ApiResult<Response> {
     metrics::gauge!("comity_raft_term").set(m.current_term as f64);
     metrics::gauge!("comity_raft_applied_index").set(m.last_applied.map_or(0, |l| l.index) as f64);
     metrics::gauge!("comity_raft_last_log_index").set(m.last_log_index.unwrap_or(0) as f64);
+    metrics::gauge!("comity_raft_commit_index")
+        .set(shared.log.committed_index().unwrap_or(0) as f64);
     metrics::gauge!("comity_raft_is_leader")
         .set(f64::from(u8::from(m.current_leader == Some(m.id))));
     for (id, matched) in m

@@ -38,6 +38,8 @@ pub struct Shared {
     /// Executor state as of the last apply (network id, config, ledger time).
     pub view: SharedView,
     pub raft: Raft,
+    /// The Raft log, for its committed index.
+    pub log: LogStore,
     pub node_id: u64,
     /// Calls to other nodes (forwarding, read index).
     pub peers: Peers,
@@ -176,7 +178,7 @@ impl Node {
         );
         let peers = Peers::new(&tls_cert, &tls_key, trust.clone(), cfg.peer_bind)?;
         let raft_cfg = Arc::new(comity_consensus::raft_config("comity").validate()?);
-        let raft = Raft::new(node_id, raft_cfg, peers.clone(), log, sm).await?;
+        let raft = Raft::new(node_id, raft_cfg, peers.clone(), log.clone(), sm).await?;
         if !raft.is_initialized().await? {
             match (&recovery, &genesis) {
                 (Some((_, r)), _) => {
@@ -197,6 +199,7 @@ impl Node {
             store,
             view,
             raft,
+            log,
             node_id,
             peers,
             trust,
