@@ -3,39 +3,45 @@
 //! apply all together or not at all; every unauthorized path is refused with
 //! its code; and a replay of the ledger reproduces the same state root.
 
+mod common;
+
 use comity_apps::audit::Audit;
 use comity_apps::genesis::node_info;
 use comity_apps::gov::constitution::{Constitution, Rule, Threshold};
 use comity_apps::gov::proposal::{Proposal, ProposalState};
 use comity_apps::gov::{self, state, Id};
 use comity_apps::registry::{self, Status};
-use comity_apps::{Command, Executor, Genesis, IdentitySpec};
+use comity_apps::{Command, Genesis, IdentitySpec};
 use comity_core::cbor::{self, Value};
-use comity_core::crypto::{sha256, Alg, SigningKey};
+use comity_core::crypto::{Alg, SigningKey};
 use comity_core::network::NodeSet;
-use comity_core::tx::{Tx, TxPayload};
 use comity_core::Hash;
-use comity_store::Store;
-use serde_bytes::ByteBuf;
 use serde_json::json;
 
 const T0: u64 = 1_763_000_000_000;
 const EXPIRY: u64 = 60_000;
 
 struct Gov {
-    store: Store,
-    ex: Executor,
-    net: Hash,
+    l: common::Ledger,
     m: Vec<SigningKey>,
     user: SigningKey,
-    time: u64,
-    nonce: u64,
-    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Gov {
+    type Target = common::Ledger;
+    fn deref(&self) -> &common::Ledger {
+        &self.l
+    }
+}
+
+impl std::ops::DerefMut for Gov {
+    fn deref_mut(&mut self) -> &mut common::Ledger {
+        &mut self.l
+    }
 }
 
 impl Gov {
     fn new() -> Gov {
-        let dir = tempfile::tempdir().unwrap();
         let m: Vec<SigningKey> = (0..3).map(|_| SigningKey::generate(Alg::EdDsa)).collect();
         let user = SigningKey::generate(Alg::Es256);
         let node = SigningKey::generate(Alg::EdDsa);
@@ -50,68 +56,16 @@ impl Gov {
             NodeSet(vec![node_info(&node.public(), m[0].public().fingerprint())]),
         );
         g.constitution.expiry_ms = EXPIRY;
-        let (store, _) = Store::open(dir.path(), 1 << 20).unwrap();
-        let mut gov = Gov {
-            ex: Executor::load(&store).unwrap(),
-            store,
-            net: g.network_id(),
+        Gov {
+            l: common::Ledger::start(&g),
             m,
             user,
-            time: T0,
-            nonce: 0,
-            _dir: dir,
-        };
-        gov.apply(Command::Genesis {
-            doc: ByteBuf::from(g.to_cbor()),
-        });
-        gov
-    }
-
-    fn apply(&mut self, cmd: Command) -> comity_apps::executor::Output {
-        let t = self.store.begin().unwrap();
-        let out = self
-            .ex
-            .apply(&mut t.batch().unwrap(), &cmd, &|_| None)
-            .unwrap();
-        t.commit(false).unwrap();
-        out
-    }
-
-    /// Signs as `key` (identity `kid`).
-    fn sign_as(
-        &mut self,
-        key: &SigningKey,
-        kid: &Hash,
-        app: &str,
-        op: &str,
-        args: Value,
-    ) -> Vec<u8> {
-        self.nonce += 1;
-        let p = TxPayload {
-            net: self.net,
-            app: app.into(),
-            op: op.into(),
-            args,
-            nonce: self.nonce.to_be_bytes().to_vec(),
-            created: self.time,
-        };
-        Tx::sign(key, kid, &p)
+        }
     }
 
     fn sign(&mut self, key: &SigningKey, app: &str, op: &str, args: Value) -> Vec<u8> {
         let kid = key.public().fingerprint();
         self.sign_as(key, &kid, app, op, args)
-    }
-
-    /// Applies one transaction; returns its id and outcome code.
-    fn run(&mut self, tx: Vec<u8>) -> (Hash, String) {
-        self.time += 10;
-        let out = self.apply(Command::Batch {
-            time: self.time,
-            txs: vec![ByteBuf::from(tx.clone())],
-        });
-        assert_eq!(out.txs.len(), 1);
-        (sha256(&tx), out.txs[0].outcome.code().to_string())
     }
 
     fn propose(&mut self, who: usize, actions: serde_json::Value) -> (Hash, String) {
@@ -213,10 +167,8 @@ fn propose_vote_accept_reject_withdraw_expire() {
     let (p4, _) = g.propose(0, add_user(&bob));
     let expires = g.proposal(&p4).expires;
     g.time = expires;
-    g.apply(Command::Batch {
-        time: g.time,
-        txs: vec![],
-    });
+    let time = g.time;
+    g.apply(Command::Batch { time, txs: vec![] });
     let expired = g.proposal(&p4);
     assert_eq!(expired.state, ProposalState::Expired);
     assert_eq!(expired.resolved.unwrap().time, expires);
@@ -470,12 +422,11 @@ fn replay_reproduces_governance_state() {
     let (p2, _) = g.propose(1, add_user(&SigningKey::generate(Alg::EdDsa)));
     // Expired by an idle tick the ledger does not record.
     g.time = g.proposal(&p2).expires + 5;
-    g.apply(Command::Batch {
-        time: g.time,
-        txs: vec![],
-    });
+    let time = g.time;
+    g.apply(Command::Batch { time, txs: vec![] });
     g.time += 10;
-    let out = g.apply(Command::Checkpoint { time: g.time });
+    let time = g.time;
+    let out = g.apply(Command::Checkpoint { time });
     let root = out.checkpoints.last().expect("checkpoint").state_root;
 
     let scratch = tempfile::tempdir().unwrap();

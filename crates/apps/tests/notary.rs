@@ -5,38 +5,45 @@
 //! proved against the state root, queries, collections, erasure of personal
 //! data, and a replay that reproduces the same state root.
 
+mod common;
+
 use comity_apps::audit::Audit;
 use comity_apps::genesis::node_info;
 use comity_apps::notary::collection;
 use comity_apps::notary::document::{self, Document, Status};
 use comity_apps::notary::event::{self, Event, GENESIS_PREV};
 use comity_apps::notary::query::{self, Filter};
-use comity_apps::{keys, Command, Executor, Genesis, IdentitySpec};
+use comity_apps::{keys, Command, Genesis, IdentitySpec};
 use comity_core::cbor;
 use comity_core::crypto::{sha256, Alg, SigningKey};
 use comity_core::network::NodeSet;
-use comity_core::tx::{Tx, TxPayload};
 use comity_core::Hash;
-use comity_store::Store;
-use serde_bytes::ByteBuf;
 use serde_json::json;
 
 const T0: u64 = 1_763_000_000_000;
 const DAY: u64 = 24 * 3600 * 1000;
 
 struct Net {
-    store: Store,
-    ex: Executor,
-    net: Hash,
+    l: common::Ledger,
     m: Vec<SigningKey>,
     /// alice, bob, carol: users.
     alice: SigningKey,
     bob: SigningKey,
     carol: SigningKey,
     node: SigningKey,
-    time: u64,
-    nonce: u64,
-    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Net {
+    type Target = common::Ledger;
+    fn deref(&self) -> &common::Ledger {
+        &self.l
+    }
+}
+
+impl std::ops::DerefMut for Net {
+    fn deref_mut(&mut self) -> &mut common::Ledger {
+        &mut self.l
+    }
 }
 
 fn id(k: &SigningKey) -> Hash {
@@ -49,7 +56,6 @@ fn hx(k: &SigningKey) -> String {
 
 impl Net {
     fn new() -> Net {
-        let dir = tempfile::tempdir().unwrap();
         let m: Vec<SigningKey> = (0..3).map(|_| SigningKey::generate(Alg::EdDsa)).collect();
         let users: Vec<SigningKey> = (0..3).map(|_| SigningKey::generate(Alg::EdDsa)).collect();
         let node = SigningKey::generate(Alg::EdDsa);
@@ -67,55 +73,26 @@ impl Net {
                 .collect(),
             NodeSet(vec![node_info(&node.public(), m[0].public().fingerprint())]),
         );
-        let (store, _) = Store::open(dir.path(), 1 << 20).unwrap();
-        let mut n = Net {
-            ex: Executor::load(&store).unwrap(),
-            store,
-            net: g.network_id(),
+        Net {
+            l: common::Ledger::start(&g),
             m,
             alice: users[0].clone(),
             bob: users[1].clone(),
             carol: users[2].clone(),
             node,
-            time: T0,
-            nonce: 0,
-            _dir: dir,
-        };
-        n.apply(Command::Genesis {
-            doc: ByteBuf::from(g.to_cbor()),
-        });
-        n
-    }
-
-    fn apply(&mut self, cmd: Command) -> comity_apps::executor::Output {
-        let t = self.store.begin().unwrap();
-        let out = self
-            .ex
-            .apply(&mut t.batch().unwrap(), &cmd, &|_| None)
-            .unwrap();
-        t.commit(false).unwrap();
-        out
+        }
     }
 
     /// Applies `notary.op(args)` signed by `who`; returns the tx id and outcome code.
     fn op(&mut self, who: &SigningKey, op: &str, args: serde_json::Value) -> (Hash, String) {
-        self.nonce += 1;
-        self.time += 10;
-        let p = TxPayload {
-            net: self.net,
-            app: "notary".into(),
-            op: op.into(),
-            args: cbor::from_serde(&args).unwrap(),
-            nonce: self.nonce.to_be_bytes().to_vec(),
-            created: self.time,
-        };
-        let tx = Tx::sign(who, &id(who), &p);
-        let out = self.apply(Command::Batch {
-            time: self.time,
-            txs: vec![ByteBuf::from(tx.clone())],
-        });
-        assert_eq!(out.txs.len(), 1);
-        (sha256(&tx), out.txs[0].outcome.code().to_string())
+        let tx = self.sign_as(
+            who,
+            &id(who),
+            "notary",
+            op,
+            cbor::from_serde(&args).unwrap(),
+        );
+        self.run(tx)
     }
 
     /// Like [`Net::op`], expecting outcome `code`.
@@ -156,7 +133,8 @@ impl Net {
 
     fn checkpoint(&mut self) -> Hash {
         self.time += 10;
-        let out = self.apply(Command::Checkpoint { time: self.time });
+        let time = self.time;
+        let out = self.apply(Command::Checkpoint { time });
         out.checkpoints.last().expect("checkpoint").state_root
     }
 }
