@@ -3,37 +3,13 @@
 //! a receipt can carry the chain from the genesis set to its signers.
 
 use crate::keys;
+use crate::registry::AuxRead;
 use comity_core::checkpoint::{self, NODE_SET_CONTENT_TYPE};
 use comity_core::network::NodeSet;
 use comity_core::receipt::NodeSetChange;
 use comity_core::Hash;
-use comity_store::state::KeyValue;
-use comity_store::{Reader, StoreError, WriteBatch};
+use comity_store::{StoreError, WriteBatch};
 use std::collections::BTreeSet;
-
-/// Ordered reads of node-local (aux) data, from a batch or a reader.
-pub trait AuxRead {
-    fn aux_scan(&self, from: &[u8], to: &[u8]) -> Result<Vec<KeyValue>, StoreError>;
-    fn aux_get_one(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
-}
-
-impl AuxRead for WriteBatch<'_> {
-    fn aux_scan(&self, from: &[u8], to: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
-        self.aux_range(from, to, usize::MAX)
-    }
-    fn aux_get_one(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.aux_get(key)
-    }
-}
-
-impl AuxRead for Reader<'_> {
-    fn aux_scan(&self, from: &[u8], to: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
-        self.aux_range(from, to, usize::MAX)
-    }
-    fn aux_get_one(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.aux_get(key)
-    }
-}
 
 fn decode(v: &[u8]) -> Result<NodeSetChange, StoreError> {
     NodeSetChange::from_cbor(v).map_err(|e| StoreError::StateTree(format!("node-set history: {e}")))

@@ -239,6 +239,42 @@ pub fn authorize(ident: &Identity, app: &str, op: &str, open: bool) -> Result<()
     }
 }
 
+/// Ordered reads of node-local (aux) data, from a batch or a reader.
+pub trait AuxRead {
+    fn aux_scan(
+        &self,
+        from: &[u8],
+        to: &[u8],
+    ) -> Result<Vec<comity_store::state::KeyValue>, StoreError>;
+    fn aux_get_one(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+}
+
+impl AuxRead for comity_store::WriteBatch<'_> {
+    fn aux_scan(
+        &self,
+        from: &[u8],
+        to: &[u8],
+    ) -> Result<Vec<comity_store::state::KeyValue>, StoreError> {
+        self.aux_range(from, to, usize::MAX)
+    }
+    fn aux_get_one(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.aux_get(key)
+    }
+}
+
+impl AuxRead for comity_store::Reader<'_> {
+    fn aux_scan(
+        &self,
+        from: &[u8],
+        to: &[u8],
+    ) -> Result<Vec<comity_store::state::KeyValue>, StoreError> {
+        self.aux_range(from, to, usize::MAX)
+    }
+    fn aux_get_one(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.aux_get(key)
+    }
+}
+
 /// Read access shared by apply-time batches and read views.
 pub trait StateRead {
     fn state(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;

@@ -100,7 +100,12 @@ async fn join(g: &Global, config: &std::path::Path, url: &str) -> anyhow::Result
         hex::encode(nodes.network_id),
         nodes.nodes.0.len(),
         cfg.tls_cert.display(),
-        cfg.listen
+        // A wildcard listen address is not where peers can reach this node.
+        if cfg.listen.ip().is_unspecified() {
+            format!("<this host>:{}", cfg.listen.port())
+        } else {
+            cfg.listen.to_string()
+        }
     );
     Ok(())
 }

@@ -164,7 +164,7 @@ pub fn stored(
 
 /// One stored event, decoded.
 pub fn load(
-    s: &impl crate::node_set::AuxRead,
+    s: &impl crate::registry::AuxRead,
     subject: &Hash,
     seq: u64,
 ) -> Result<Option<Event>, StoreError> {
