@@ -65,6 +65,9 @@ async fn order(shared: &Shared, txs: Vec<ByteBuf>) -> Vec<Option<String>> {
     let all = |e: String| vec![Some(e); n];
     loop {
         let last_error = match shared.leader() {
+            Some((id, _)) if id == shared.node_id && shared.recovery_pending() => {
+                "the recovery decision is not applied yet".to_string()
+            }
             Some((id, _)) if id == shared.node_id => {
                 let res = shared
                     .raft
@@ -125,7 +128,7 @@ pub async fn checkpoints(shared: Arc<Shared>) {
         let (due_txs, due_ms, uncovered) =
             (v.config.checkpoint_txs, v.config.checkpoint_ms, v.uncovered);
         tokio::time::sleep(Duration::from_millis((due_ms / 4).clamp(1, 50))).await;
-        if !shared.is_leader() {
+        if !shared.is_leader() || shared.recovery_pending() {
             continue;
         }
         let after = shared.view();

@@ -45,8 +45,8 @@ pub struct Shared {
     pub peers: Peers,
     /// Whether a key fingerprint is a currently trusted node's.
     pub trust: Trust,
-    /// Ledger length of the recovery decision this node restarts from, if any.
-    pub recovery_size: Option<u64>,
+    /// The recovery decision this node restarts from, until it is applied.
+    pub recovering: Option<Arc<Recovering>>,
     node_key: SigningKey,
     /// Identity id of this node (SHA-256 of its key).
     pub node_identity: Hash,
@@ -69,6 +69,14 @@ impl Shared {
 
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().current_leader == Some(self.node_id)
+    }
+
+    /// Whether this node restarts from a recovery decision not yet applied:
+    /// the decision must be the first entry, so nothing else is proposed.
+    pub fn recovery_pending(&self) -> bool {
+        self.recovering
+            .as_ref()
+            .is_some_and(|r| r.pending(&self.view.read().expect("view lock").nodes))
     }
 
     /// The current leader's id and peer address, if one is known.
@@ -171,11 +179,13 @@ impl Node {
             Some((_, g)) => Some(g.nodes.clone()),
             None => join::load(&cfg.data_dir)?.map(|j| j.nodes),
         };
-        let trust = trust(
-            &view,
-            bootstrap,
-            recovery.as_ref().map(|(_, r)| r.nodes.clone()),
-        );
+        let recovering = recovery.as_ref().map(|(_, r)| {
+            Arc::new(Recovering {
+                nodes: r.nodes.clone(),
+                applied: AtomicBool::new(false),
+            })
+        });
+        let trust = trust(&view, bootstrap, recovering.clone());
         let peers = Peers::new(&tls_cert, &tls_key, trust.clone(), cfg.peer_bind)?;
         let raft_cfg = Arc::new(comity_consensus::raft_config("comity").validate()?);
         let raft = Raft::new(node_id, raft_cfg, peers.clone(), log.clone(), sm).await?;
@@ -203,7 +213,7 @@ impl Node {
             node_id,
             peers,
             trust,
-            recovery_size: recovery.as_ref().map(|(_, r)| r.size),
+            recovering,
             node_key,
             node_identity,
             pending,
@@ -248,28 +258,43 @@ impl Node {
     }
 }
 
+/// A restart from a members' recovery decision: until the decision's node
+/// set is the applied one, the state still names the lost nodes.
+pub struct Recovering {
+    nodes: comity_core::network::NodeSet,
+    applied: AtomicBool,
+}
+
+impl Recovering {
+    /// Whether the decision is still to be applied, judged from `applied`
+    /// (a node set read from the executor view). Once it has been seen
+    /// applied, later governance changes do not bring it back.
+    pub fn pending(&self, applied: &comity_core::network::NodeSet) -> bool {
+        if self.applied.load(Ordering::SeqCst) {
+            return false;
+        }
+        if *applied == self.nodes {
+            self.applied.store(true, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+}
+
 /// Accepts the nodes trusted by the applied state; before genesis is
 /// applied, the genesis (or joined network's) node set; during a recovery,
 /// until the decision is applied, only the decision's new node set.
 fn trust(
     view: &SharedView,
     bootstrap: Option<comity_core::network::NodeSet>,
-    recovery: Option<comity_core::network::NodeSet>,
+    recovering: Option<Arc<Recovering>>,
 ) -> Trust {
     let view = view.clone();
     let bootstrap = bootstrap.unwrap_or_default();
-    let recovered = Arc::new(AtomicBool::new(recovery.is_none()));
     Arc::new(move |fp: &Hash| {
         let nodes = view.read().expect("view lock").nodes.clone();
-        if let Some(new) = recovery
-            .as_ref()
-            .filter(|_| !recovered.load(Ordering::SeqCst))
-        {
-            if *nodes == *new {
-                recovered.store(true, Ordering::SeqCst);
-            } else {
-                return new.get(fp).is_some();
-            }
+        if let Some(r) = recovering.as_ref().filter(|r| r.pending(&nodes)) {
+            return r.nodes.get(fp).is_some();
         }
         if nodes.0.is_empty() {
             bootstrap.get(fp).is_some()
@@ -300,11 +325,10 @@ fn recovery_members(
 
 /// Records the recovery decision as the first entry of the restarted network.
 async fn propose_recovery(shared: Arc<Shared>, decision: Vec<u8>, size: u64) {
-    loop {
+    while shared.recovery_pending() {
         match shared.store.read().and_then(|r| r.ledger_len()) {
-            Ok(len) if len > size => return,
-            Ok(len) if len < size => {
-                tracing::error!(len, size, "this node's ledger is shorter than the recovery decision's; seed it from the surviving copy");
+            Ok(len) if len != size => {
+                tracing::error!(len, size, "RECOVERY IMPOSSIBLE: this node's ledger has {len} entries but the decision continues from {size}; seed it again from the surviving copy");
                 return;
             }
             _ => {}
@@ -315,6 +339,10 @@ async fn propose_recovery(shared: Arc<Shared>, decision: Vec<u8>, size: u64) {
                 decision: ByteBuf::from(decision.clone()),
             };
             match shared.raft.client_write(cmd).await {
+                Ok(r) if r.data.first().is_some_and(|o| o.outcome != "ok") => {
+                    tracing::error!(outcome = %r.data[0].outcome, "RECOVERY REFUSED: the decision was recorded as rejected; this network takes no writes");
+                    return;
+                }
                 Ok(_) => return,
                 Err(e) => tracing::warn!(error = %e, "recovery not committed yet"),
             }

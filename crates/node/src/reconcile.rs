@@ -30,10 +30,14 @@ async fn step(shared: &Shared) -> anyhow::Result<()> {
     if view.network_id.is_none() || view.nodes.0.is_empty() {
         return Ok(());
     }
-    if let Some(size) = shared.recovery_size {
-        if shared.store.read()?.ledger_len()? <= size {
-            return Ok(()); // the state still names the lost node set
-        }
+    // Until a recovery decision is applied, the state still names the lost
+    // nodes; judged from the same view as the target, so the two agree.
+    if shared
+        .recovering
+        .as_ref()
+        .is_some_and(|r| r.pending(&view.nodes))
+    {
+        return Ok(());
     }
     let m = shared.raft.metrics().borrow().clone();
     let membership = m.membership_config.membership().clone();

@@ -268,15 +268,16 @@ impl Cluster {
     fn spawn_with(&mut self, i: usize, args: &[&str]) {
         assert!(self.children[i].is_none(), "node{i} is already running");
         self.starts[i] += 1;
-        let err = self.stderr_path(i);
+        let log = File::create(self.stderr_path(i)).expect("node log file");
         let child = Command::new(BIN)
             .args(args)
             .arg("--config")
             .arg(self.node_dir(i).join("node.toml"))
             .env("COMITY_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&err).expect("stderr file"))
+            // The node logs to stdout: keep it with stderr for failure messages.
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
             .spawn()
             .expect("spawn comity node run");
         self.children[i] = Some(child);
