@@ -1,6 +1,6 @@
 //! Signature algorithms, keys and identity ids.
 //!
-//! Ed25519 verification uses `ed25519-consensus` so that every node agrees on
+//! Ed25519 verification uses `ed25519-zebra` so that every node agrees on
 //! validity (ZIP 215 rules, batch and single verification agree); ES256 is
 //! supported for enterprise keys and HSMs.
 
@@ -57,7 +57,7 @@ pub fn sha256(data: &[u8]) -> Hash {
 /// A verification key of a supported algorithm.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PublicKey {
-    Ed25519(ed25519_consensus::VerificationKeyBytes),
+    Ed25519(ed25519_zebra::VerificationKeyBytes),
     P256(p256::ecdsa::VerifyingKey),
 }
 
@@ -106,16 +106,16 @@ impl PublicKey {
 
     /// Verifies many Ed25519 signatures `(key, msg, sig)` at once, about
     /// twice as fast as one by one. True only if every one is valid (and
-    /// every key is Ed25519); ed25519-consensus makes the batch answer agree
+    /// every key is Ed25519); ed25519-zebra makes the batch answer agree
     /// with single verification, so the random batching weights cannot
     /// change an outcome. On false, check singly to find the bad ones.
     pub fn verify_ed25519_batch(items: &[(&PublicKey, &[u8], &[u8])]) -> bool {
-        let mut v = ed25519_consensus::batch::Verifier::new();
+        let mut v = ed25519_zebra::batch::Verifier::new();
         for (key, msg, sig) in items {
             let (PublicKey::Ed25519(k), Ok(sig)) = (key, <[u8; 64]>::try_from(*sig)) else {
                 return false;
             };
-            v.queue((*k, ed25519_consensus::Signature::from(sig), msg));
+            v.queue((*k, ed25519_zebra::Signature::from(sig), msg));
         }
         v.verify(rand_core::OsRng).is_ok()
     }
@@ -124,10 +124,10 @@ impl PublicKey {
     pub fn verify(&self, msg: &[u8], sig: &[u8]) -> Result<(), CryptoError> {
         match self {
             PublicKey::Ed25519(k) => {
-                let vk = ed25519_consensus::VerificationKey::try_from(*k)
+                let vk = ed25519_zebra::VerificationKey::try_from(*k)
                     .map_err(|_| CryptoError::BadSignature)?;
                 let sig: [u8; 64] = sig.try_into().map_err(|_| CryptoError::BadSignature)?;
-                vk.verify(&ed25519_consensus::Signature::from(sig), msg)
+                vk.verify(&ed25519_zebra::Signature::from(sig), msg)
                     .map_err(|_| CryptoError::BadSignature)
             }
             PublicKey::P256(k) => {
@@ -147,7 +147,7 @@ impl PublicKey {
 /// A private signing key.
 #[derive(Clone)]
 pub enum SigningKey {
-    Ed25519(ed25519_consensus::SigningKey),
+    Ed25519(ed25519_zebra::SigningKey),
     P256(p256::ecdsa::SigningKey),
 }
 
@@ -164,7 +164,7 @@ impl SigningKey {
     pub fn generate(alg: Alg) -> Self {
         let mut rng = rand_core::OsRng;
         match alg {
-            Alg::EdDsa => SigningKey::Ed25519(ed25519_consensus::SigningKey::new(rng)),
+            Alg::EdDsa => SigningKey::Ed25519(ed25519_zebra::SigningKey::new(rng)),
             Alg::Es256 => SigningKey::P256(p256::ecdsa::SigningKey::random(&mut rng)),
         }
     }
