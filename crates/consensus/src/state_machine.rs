@@ -10,7 +10,7 @@ use comity_apps::{Config, Executor};
 use comity_core::checkpoint::Checkpoint;
 use comity_core::network::NodeSet;
 use comity_core::Hash;
-use comity_store::Store;
+use comity_store::{Commit, Store};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{
     BasicNode, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, SnapshotMeta, StorageError,
@@ -196,7 +196,12 @@ impl StateMachine {
                 .map_err(write_err)?;
         }
         let durable = self.last_durable.elapsed() >= DURABLE_EVERY;
-        txn.commit(durable).map_err(write_err)?;
+        txn.commit_as(if durable {
+            Commit::DurableSoon
+        } else {
+            Commit::Visible
+        })
+        .map_err(write_err)?;
         self.executor.after_commit().map_err(write_err)?;
         *self.view.write().expect("view lock") = ExecView::of(&self.executor);
         metrics::histogram!("comity_apply_seconds").record(t0.elapsed().as_secs_f64());

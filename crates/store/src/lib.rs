@@ -1,8 +1,9 @@
 //! Comity storage: the permanent ledger, its Merkle tree on disk, and state.
 
+mod layers;
 pub mod segments;
 pub mod state;
 pub mod tree;
 
 pub use segments::{LedgerFiles, OpenReport, SegmentError};
-pub use state::{Reader, Store, StoreError, Txn, WriteBatch};
+pub use state::{Commit, Reader, Store, StoreError, Txn, WriteBatch};

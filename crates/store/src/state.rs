@@ -2,35 +2,27 @@
 //! committed together.
 //!
 //! Durability contract (see docs/architecture.md): the Raft log is the
-//! write-ahead log. Apply-time commits use `Durability::None`; every so often a
-//! *durable* commit first fsyncs the ledger segments, then commits redb with
-//! `Durability::Immediate`. After a crash redb is back at its last durable
-//! commit, whose meta says how many ledger records were durable; the ledger is
-//! cut back to that length and the Raft log replays the rest.
+//! write-ahead log. An apply step's state writes become a layer, visible at
+//! once and written to redb in the background (`layers`). Those redb commits
+//! are not fsynced, except every so often a *durable* one, which first
+//! fsyncs the ledger segments. After a crash redb is back at its last durable
+//! commit, whose meta says how many ledger records were durable; the ledger
+//! is cut back to that length and the Raft log replays the rest.
 
+use crate::layers::{self, Layer, Layered, Table, View, META, TABLES};
 use crate::segments::{LedgerFiles, OpenReport, SegmentError};
 use crate::tree::{TreeError, TreeFiles};
 use comity_core::entry::Record;
 use comity_core::merkle::{self, Hash};
 use jmt::storage::{LeafNode, Node, NodeKey, TreeReader};
 use jmt::{KeyHash, OwnedValue, Sha256Jmt, Version};
-use redb::{
-    Database, Durability, ReadTransaction, ReadableTable, TableDefinition, WriteTransaction,
-};
+use redb::{Database, Durability, ReadableTable};
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 
-/// Application state committed to by the state root.
-const STATE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("state");
-/// Derived indexes (tx ids, nonces, histories, checkpoints): rebuilt by replay, not in the root.
-const AUX: TableDefinition<&[u8], &[u8]> = TableDefinition::new("aux");
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-const JMT_NODES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("jmt_nodes");
-/// (key hash ‖ version big-endian) → 0x00 (deleted) or 0x01 ‖ value.
-const JMT_VALUES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("jmt_values");
-/// (stale-since version big-endian ‖ borsh node key) → (): replaced state-tree nodes, for pruning.
-const JMT_STALE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("jmt_stale");
+pub use crate::layers::KeyValue;
 
 /// State-tree versions (checkpoints) whose nodes are kept for proofs; nodes
 /// replaced longer ago are deleted, so the state tree does not grow with history.
@@ -38,6 +30,10 @@ pub const STATE_VERSIONS_KEPT: u64 = 256;
 
 /// Page cache of the state database.
 pub const STATE_CACHE_BYTES: usize = 256 << 20;
+
+/// Bytes of layers waiting for redb beyond which a committing apply step
+/// waits for the writer to catch up (bounds memory, not correctness).
+const MAX_UNWRITTEN_BYTES: usize = 64 << 20;
 
 const META_LEDGER_LEN: &str = "ledger_len";
 const META_LEDGER_ROOT: &str = "ledger_root";
@@ -54,9 +50,6 @@ struct Unfolded {
     dirty: Dirty,
     jobs: BTreeMap<u64, Dirty>,
 }
-
-/// A key and its value, as read from a range.
-pub type KeyValue = (Vec<u8>, Vec<u8>);
 
 /// A value (or its absence) at a state-tree version, with its proof and that version's root.
 pub struct StateProof {
@@ -95,17 +88,13 @@ fn db_err(path: &Path) -> impl Fn(redb::Error) -> StoreError + '_ {
     }
 }
 
-macro_rules! dbe {
-    ($self:expr, $e:expr) => {
-        $e.map_err(|e| StoreError::Db {
-            path: $self.db_path.clone(),
-            message: e.to_string(),
-        })
-    };
-}
-
 /// Storage of one node. Shared between the applier and readers.
 pub struct Store {
+    inner: Arc<Inner>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Inner {
     db: Database,
     db_path: PathBuf,
     ledger: RwLock<LedgerFiles>,
@@ -114,6 +103,29 @@ pub struct Store {
     dirty: Mutex<Dirty>,
     /// Changes taken for state-tree versions whose nodes are not written yet.
     jobs: Mutex<BTreeMap<u64, Dirty>>,
+    /// Committed apply steps not yet in redb, oldest first.
+    layers: RwLock<Vec<Arc<Layer>>>,
+    /// One write transaction at a time.
+    txn_lock: Mutex<()>,
+    /// One redb writer at a time (the background writer or a caller flushing).
+    redb_lock: Mutex<()>,
+    progress: Mutex<Progress>,
+    /// Signalled when layers are added or the writer should stop.
+    work: Condvar,
+    /// Signalled when layers reach redb.
+    written: Condvar,
+}
+
+/// Layer sequence numbers: committed by apply, written to redb, durable.
+#[derive(Default)]
+struct Progress {
+    committed: u64,
+    written: u64,
+    durable: u64,
+    unwritten_bytes: usize,
+    stop: bool,
+    /// Why writing to redb failed; every later commit reports it.
+    failed: Option<String>,
 }
 
 impl Store {
@@ -147,7 +159,7 @@ impl Store {
             .map_err(|e| db_err(&db_path)(e.into()))?;
         let (durable_len, durable_root, unfolded) = {
             let txn = db.begin_write().map_err(|e| db_err(&db_path)(e.into()))?;
-            for t in [STATE, AUX, JMT_NODES, JMT_VALUES, JMT_STALE] {
+            for t in TABLES {
                 txn.open_table(t).map_err(|e| db_err(&db_path)(e.into()))?;
             }
             let meta = txn
@@ -210,14 +222,34 @@ impl Store {
                 ),
             });
         }
+        let inner = Arc::new(Inner {
+            db,
+            db_path,
+            ledger: RwLock::new(ledger),
+            tree: RwLock::new(tree),
+            dirty: Mutex::new(unfolded.dirty),
+            jobs: Mutex::new(unfolded.jobs),
+            layers: RwLock::new(Vec::new()),
+            txn_lock: Mutex::new(()),
+            redb_lock: Mutex::new(()),
+            progress: Mutex::new(Progress::default()),
+            work: Condvar::new(),
+            written: Condvar::new(),
+        });
+        let writer = {
+            let inner = inner.clone();
+            std::thread::Builder::new()
+                .name("state-writer".into())
+                .spawn(move || inner.write_behind())
+                .map_err(|e| StoreError::Db {
+                    path: dir.into(),
+                    message: format!("starting the state writer: {e}"),
+                })?
+        };
         Ok((
             Store {
-                db,
-                db_path,
-                ledger: RwLock::new(ledger),
-                tree: RwLock::new(tree),
-                dirty: Mutex::new(unfolded.dirty),
-                jobs: Mutex::new(unfolded.jobs),
+                inner,
+                writer: Some(writer),
             },
             report,
         ))
@@ -228,14 +260,15 @@ impl Store {
     /// it keeps the periodic durable commit from having seconds of dirty pages
     /// to flush at once (a latency spike). Call it from a background thread.
     pub fn writeback(&self) {
-        let newest_segment = std::fs::read_dir(self.db_path.with_file_name("ledger"))
+        let db_path = &self.inner.db_path;
+        let newest_segment = std::fs::read_dir(db_path.with_file_name("ledger"))
             .ok()
             .and_then(|d| {
                 d.filter_map(|e| e.ok().map(|e| e.path()))
                     .filter(|p| p.extension().is_some_and(|x| x == "seg"))
                     .max()
             });
-        for path in [Some(self.db_path.clone()), newest_segment]
+        for path in [Some(db_path.clone()), newest_segment]
             .into_iter()
             .flatten()
         {
@@ -247,7 +280,8 @@ impl Store {
 
     /// State-tree versions taken but not yet written (to resume after a restart).
     pub fn pending_state_versions(&self) -> Vec<Version> {
-        self.jobs
+        self.inner
+            .jobs
             .lock()
             .expect("jobs lock")
             .keys()
@@ -257,109 +291,267 @@ impl Store {
 
     /// Starts the single write transaction of one apply step.
     pub fn begin(&self) -> Result<Txn<'_>, StoreError> {
-        let mut txn = dbe!(self, self.db.begin_write())?;
-        txn.set_durability(Durability::None);
-        Ok(Txn { store: self, txn })
+        let guard = self.inner.txn_lock.lock().expect("txn lock");
+        Ok(Txn {
+            store: self,
+            view: self.inner.view()?,
+            top: RefCell::new(Layer::default()),
+            _guard: guard,
+        })
     }
 
     pub fn read(&self) -> Result<Reader<'_>, StoreError> {
         Ok(Reader {
             store: self,
-            txn: dbe!(self, self.db.begin_read())?,
+            view: self.inner.view()?,
         })
     }
 
     /// Reads a ledger record; the checksum is checked before it is returned.
     pub fn record(&self, index: u64) -> Result<Vec<u8>, StoreError> {
-        Ok(self.ledger.read().expect("ledger lock").read(index)?)
+        Ok(self.inner.ledger.read().expect("ledger lock").read(index)?)
     }
 
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, StoreError> {
-        merkle::inclusion_proof(&*self.tree.read().expect("tree lock"), index, size)
+        merkle::inclusion_proof(&*self.inner.tree.read().expect("tree lock"), index, size)
             .map_err(|e| StoreError::StateTree(e.to_string()))
     }
 
     pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, StoreError> {
-        merkle::consistency_proof(&*self.tree.read().expect("tree lock"), old, new)
+        merkle::consistency_proof(&*self.inner.tree.read().expect("tree lock"), old, new)
             .map_err(|e| StoreError::StateTree(e.to_string()))
     }
 
     pub fn tree_root_at(&self, size: u64) -> Result<Hash, StoreError> {
-        Ok(self.tree.read().expect("tree lock").root_at(size)?)
+        Ok(self.inner.tree.read().expect("tree lock").root_at(size)?)
     }
+}
+
+impl Drop for Store {
+    /// Stops the background writer and writes what it left, so a clean
+    /// shutdown leaves redb with every committed step.
+    fn drop(&mut self) {
+        self.inner.progress.lock().expect("progress lock").stop = true;
+        self.inner.work.notify_all();
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+        while !self.inner.layers.read().expect("layers lock").is_empty() {
+            if let Err(e) = self.inner.write_some() {
+                tracing::error!(error = %e, "state not written at shutdown; the Raft log replays it");
+                break;
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn db_error(&self, e: impl Into<redb::Error>) -> StoreError {
+        StoreError::Db {
+            path: self.db_path.clone(),
+            message: e.into().to_string(),
+        }
+    }
+
+    /// The layers and a redb snapshot, taken together (see `layers`).
+    fn view(&self) -> Result<View, StoreError> {
+        let layers = self.layers.read().expect("layers lock");
+        let txn = self.db.begin_read().map_err(|e| self.db_error(e))?;
+        View::new(layers.clone(), &txn).map_err(|e| self.db_error(e))
+    }
+
+    /// The background writer: moves committed layers into redb.
+    fn write_behind(&self) {
+        loop {
+            {
+                let mut p = self.progress.lock().expect("progress lock");
+                while p.committed == p.written && !p.stop {
+                    p = self.work.wait(p).expect("progress lock");
+                }
+                if p.stop || p.failed.is_some() {
+                    return;
+                }
+            }
+            if let Err(e) = self.write_some() {
+                tracing::error!(error = %e, "writing state to the database failed; apply stops");
+                self.progress.lock().expect("progress lock").failed = Some(e.to_string());
+                self.written.notify_all();
+                return;
+            }
+        }
+    }
+
+    /// Writes the oldest layers, up to and including the first durable one,
+    /// in one redb commit (fsynced, after the ledger, if it ends durable).
+    fn write_some(&self) -> Result<(), StoreError> {
+        let _redb = self.redb_lock.lock().expect("redb lock");
+        let layers = self.layers.read().expect("layers lock").clone();
+        let n = layers
+            .iter()
+            .position(|l| l.durable)
+            .map_or(layers.len(), |i| i + 1);
+        if n == 0 {
+            return Ok(());
+        }
+        let mut merged = Layer::default();
+        for l in &layers[..n] {
+            merged.absorb(l);
+        }
+        let mut txn = self.db.begin_write().map_err(|e| self.db_error(e))?;
+        layers::write(&txn, &merged).map_err(|e| self.db_error(e))?;
+        if merged.durable {
+            // The recorded ledger length must never exceed what is on disk.
+            self.ledger.write().expect("ledger lock").sync()?;
+            txn.set_durability(Durability::Immediate);
+        } else {
+            txn.set_durability(Durability::None);
+        }
+        txn.commit().map_err(|e| self.db_error(e))?;
+        self.layers.write().expect("layers lock").drain(..n);
+        let bytes: usize = layers[..n].iter().map(|l| l.bytes()).sum();
+        let mut p = self.progress.lock().expect("progress lock");
+        p.written += n as u64;
+        if merged.durable {
+            p.durable = p.written;
+        }
+        p.unwritten_bytes = p.unwritten_bytes.saturating_sub(bytes);
+        drop(p);
+        self.written.notify_all();
+        Ok(())
+    }
+
+    /// Waits until `until` holds, or writing has failed.
+    fn wait_written(&self, until: impl Fn(&Progress) -> bool) -> Result<(), StoreError> {
+        let mut p = self.progress.lock().expect("progress lock");
+        loop {
+            if let Some(e) = &p.failed {
+                return Err(StoreError::Db {
+                    path: self.db_path.clone(),
+                    message: e.clone(),
+                });
+            }
+            if until(&p) {
+                return Ok(());
+            }
+            p = self.written.wait(p).expect("progress lock");
+        }
+    }
+}
+
+/// How a write transaction commits.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Commit {
+    /// Visible to readers at once, written to redb in the background.
+    Visible,
+    /// Also made durable (ledger, then redb, fsynced) in the background.
+    DurableSoon,
+    /// Durable before `commit` returns.
+    Durable,
 }
 
 /// One apply step's write transaction. Its tables are used through
 /// [`Txn::batch`]; [`Txn::commit`] then records the ledger length and root.
 pub struct Txn<'s> {
     store: &'s Store,
-    txn: WriteTransaction,
+    view: View,
+    top: RefCell<Layer>,
+    _guard: MutexGuard<'s, ()>,
 }
 
 impl<'s> Txn<'s> {
-    /// Opens the tables once for a run of operations (opening per operation is costly).
+    /// The reads and writes of this transaction (one at a time).
     pub fn batch(&self) -> Result<WriteBatch<'_>, StoreError> {
-        let s = self.store;
         Ok(WriteBatch {
-            store: s,
-            txn: &self.txn,
-            state: dbe!(s, self.txn.open_table(STATE))?,
-            aux: dbe!(s, self.txn.open_table(AUX))?,
-            meta: dbe!(s, self.txn.open_table(META))?,
+            store: self.store,
+            view: &self.view,
+            top: self.top.borrow_mut(),
         })
     }
 
-    /// Commits. A durable commit fsyncs the ledger first, then redb, so the
-    /// recorded ledger length never exceeds what is on disk.
-    pub fn commit(mut self, durable: bool) -> Result<(), StoreError> {
-        let (len, root) = {
-            let t = self.store.tree.read().expect("tree lock");
-            (t.len(), t.root())
-        };
+    /// Commits, durably before returning if `durable`.
+    pub fn commit(self, durable: bool) -> Result<(), StoreError> {
+        self.commit_as(if durable {
+            Commit::Durable
+        } else {
+            Commit::Visible
+        })
+    }
+
+    pub fn commit_as(self, how: Commit) -> Result<(), StoreError> {
+        let inner = &self.store.inner;
+        let mut top = self.top.into_inner();
         {
-            let mut meta = dbe!(self.store, self.txn.open_table(META))?;
-            dbe!(
-                self.store,
-                meta.insert(META_LEDGER_LEN, len.to_be_bytes().as_slice())
-            )?;
-            dbe!(self.store, meta.insert(META_LEDGER_ROOT, root.as_slice()))?;
+            let mut t = inner.tree.write().expect("tree lock");
+            top.meta
+                .insert(META_LEDGER_LEN.into(), Some(t.len().to_be_bytes().to_vec()));
+            top.meta
+                .insert(META_LEDGER_ROOT.into(), Some(t.root().to_vec()));
+            t.flush()?;
         }
-        self.store.tree.write().expect("tree lock").flush()?;
-        if durable {
+        if how != Commit::Visible {
             let dirty = encode_unfolded(&Unfolded {
-                dirty: self.store.dirty.lock().expect("dirty lock").clone(),
-                jobs: self.store.jobs.lock().expect("jobs lock").clone(),
+                dirty: inner.dirty.lock().expect("dirty lock").clone(),
+                jobs: inner.jobs.lock().expect("jobs lock").clone(),
             });
-            let mut meta = dbe!(self.store, self.txn.open_table(META))?;
-            dbe!(self.store, meta.insert(META_DIRTY, dirty.as_slice()))?;
-            drop(meta);
-            self.store.ledger.write().expect("ledger lock").sync()?;
-            self.txn.set_durability(Durability::Immediate);
+            top.meta.insert(META_DIRTY.into(), Some(dirty));
+            top.durable = true;
         }
-        dbe!(self.store, self.txn.commit())?;
-        Ok(())
+        let bytes = top.bytes();
+        let seq = {
+            let mut layers = inner.layers.write().expect("layers lock");
+            let mut p = inner.progress.lock().expect("progress lock");
+            if let Some(e) = &p.failed {
+                return Err(StoreError::Db {
+                    path: inner.db_path.clone(),
+                    message: e.clone(),
+                });
+            }
+            layers.push(Arc::new(top));
+            p.committed += 1;
+            p.unwritten_bytes += bytes;
+            p.committed
+        };
+        drop(self._guard);
+        inner.work.notify_one();
+        if how == Commit::Durable {
+            inner.wait_written(|p| p.durable >= seq)
+        } else {
+            inner.wait_written(|p| p.unwritten_bytes <= MAX_UNWRITTEN_BYTES)
+        }
     }
 }
-
-type Tbl<'t, K> = redb::Table<'t, K, &'static [u8]>;
 
 /// State, indexes, ledger records and meta written by one apply step.
 pub struct WriteBatch<'t> {
     store: &'t Store,
-    txn: &'t WriteTransaction,
-    state: Tbl<'t, &'static [u8]>,
-    aux: Tbl<'t, &'static [u8]>,
-    meta: Tbl<'t, &'static str>,
+    view: &'t View,
+    top: std::cell::RefMut<'t, Layer>,
 }
 
 impl WriteBatch<'_> {
+    fn layered(&self) -> Layered<'_> {
+        Layered {
+            top: Some(&self.top),
+            view: self.view,
+        }
+    }
+
+    fn set(&mut self, t: Table, key: &[u8], value: Option<&[u8]>) {
+        self.top.tables[t as usize].insert(key.to_vec(), value.map(<[u8]>::to_vec));
+    }
+
+    fn db<T>(&self, r: Result<T, redb::Error>) -> Result<T, StoreError> {
+        r.map_err(|e| self.store.inner.db_error(e))
+    }
+
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        table_get(self.store, &self.state, key)
+        self.db(self.layered().get(Table::State, key))
     }
 
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        dbe!(self.store, self.state.insert(key, value))?;
+        self.set(Table::State, key, Some(value));
         self.store
+            .inner
             .dirty
             .lock()
             .expect("dirty lock")
@@ -368,8 +560,9 @@ impl WriteBatch<'_> {
     }
 
     pub fn delete(&mut self, key: &[u8]) -> Result<(), StoreError> {
-        dbe!(self.store, self.state.remove(key))?;
+        self.set(Table::State, key, None);
         self.store
+            .inner
             .dirty
             .lock()
             .expect("dirty lock")
@@ -379,20 +572,20 @@ impl WriteBatch<'_> {
 
     /// Keys (and values) in `[from, to)` of the state table, in order, at most `limit`.
     pub fn range(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<KeyValue>, StoreError> {
-        range(self.store, &self.state, from, to, limit)
+        self.db(self.layered().range(Table::State, from, to, limit))
     }
 
     pub fn aux_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        table_get(self.store, &self.aux, key)
+        self.db(self.layered().get(Table::Aux, key))
     }
 
     pub fn aux_put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        dbe!(self.store, self.aux.insert(key, value))?;
+        self.set(Table::Aux, key, Some(value));
         Ok(())
     }
 
     pub fn aux_delete(&mut self, key: &[u8]) -> Result<(), StoreError> {
-        dbe!(self.store, self.aux.remove(key))?;
+        self.set(Table::Aux, key, None);
         Ok(())
     }
 
@@ -403,33 +596,32 @@ impl WriteBatch<'_> {
         to: &[u8],
         limit: usize,
     ) -> Result<Vec<KeyValue>, StoreError> {
-        range(self.store, &self.aux, from, to, limit)
+        self.db(self.layered().range(Table::Aux, from, to, limit))
     }
 
     pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let v = dbe!(self.store, self.meta.get(key))?.map(|v| v.value().to_vec());
-        Ok(v)
+        self.db(self.layered().meta_get(key))
     }
 
     pub fn meta_put(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        dbe!(self.store, self.meta.insert(key, value))?;
+        self.top.meta.insert(key.into(), Some(value.to_vec()));
         Ok(())
     }
 
     pub fn meta_remove(&mut self, key: &str) -> Result<(), StoreError> {
-        dbe!(self.store, self.meta.remove(key))?;
+        self.top.meta.insert(key.into(), None);
         Ok(())
     }
 
     /// Appends a ledger record and its leaf to the tree; returns its index.
     pub fn append(&mut self, record: &Record) -> Result<u64, StoreError> {
-        let index = self
-            .store
+        let inner = &self.store.inner;
+        let index = inner
             .ledger
             .write()
             .expect("ledger lock")
             .append(&record.to_cbor())?;
-        self.store
+        inner
             .tree
             .write()
             .expect("tree lock")
@@ -438,19 +630,20 @@ impl WriteBatch<'_> {
     }
 
     pub fn ledger_len(&self) -> u64 {
-        self.store.tree.read().expect("tree lock").len()
+        self.store.inner.tree.read().expect("tree lock").len()
     }
 
     pub fn tx_root(&self) -> Hash {
-        self.store.tree.read().expect("tree lock").root()
+        self.store.inner.tree.read().expect("tree lock").root()
     }
 
     /// Takes the state changed since the last call as the job of state-tree
     /// `version`; the job is kept (and saved at durable commits) until
     /// [`WriteBatch::write_state_tree`] writes its result.
     pub fn take_state_changes(&mut self, version: Version) {
-        let changes = std::mem::take(&mut *self.store.dirty.lock().expect("dirty lock"));
-        self.store
+        let inner = &self.store.inner;
+        let changes = std::mem::take(&mut *inner.dirty.lock().expect("dirty lock"));
+        inner
             .jobs
             .lock()
             .expect("jobs lock")
@@ -459,24 +652,20 @@ impl WriteBatch<'_> {
 
     /// Computes a taken job inside this transaction (when it cannot wait for a worker).
     pub fn compute_state_tree(&self, version: Version) -> Result<StateTreeUpdate, StoreError> {
-        let nodes = dbe!(self.store, self.txn.open_table(JMT_NODES))?;
-        let values = dbe!(self.store, self.txn.open_table(JMT_VALUES))?;
-        compute(self.store, &nodes, &values, version)
+        compute(self.store, self.layered(), version)
     }
 
     /// Writes a computed state-tree version and prunes nodes no longer served.
     pub fn write_state_tree(&mut self, update: StateTreeUpdate) -> Result<Hash, StoreError> {
         let version = update.version;
         let batch = update.batch;
-        let mut nodes = dbe!(self.store, self.txn.open_table(JMT_NODES))?;
-        let mut values = dbe!(self.store, self.txn.open_table(JMT_VALUES))?;
+        let borsh_err = |e: std::io::Error| StoreError::StateTree(e.to_string());
         for (k, n) in batch.node_batch.nodes() {
-            let kb = borsh::to_vec(k).map_err(|e| StoreError::StateTree(e.to_string()))?;
-            let nb = borsh::to_vec(n).map_err(|e| StoreError::StateTree(e.to_string()))?;
-            dbe!(self.store, nodes.insert(kb.as_slice(), nb.as_slice()))?;
+            let kb = borsh::to_vec(k).map_err(borsh_err)?;
+            let nb = borsh::to_vec(n).map_err(borsh_err)?;
+            self.set(Table::JmtNodes, &kb, Some(&nb));
         }
         for ((v, kh), val) in batch.node_batch.values() {
-            let key = value_key(kh, *v);
             let mut stored = Vec::with_capacity(1 + val.as_ref().map_or(0, |x| x.len()));
             match val {
                 Some(x) => {
@@ -485,31 +674,33 @@ impl WriteBatch<'_> {
                 }
                 None => stored.push(0),
             }
-            dbe!(self.store, values.insert(key.as_slice(), stored.as_slice()))?;
+            self.set(Table::JmtValues, &value_key(kh, *v), Some(&stored));
         }
-        let mut stale = dbe!(self.store, self.txn.open_table(JMT_STALE))?;
         for st in &batch.stale_node_index_batch {
             let mut k = st.stale_since_version.to_be_bytes().to_vec();
-            k.extend(
-                borsh::to_vec(&st.node_key).map_err(|e| StoreError::StateTree(e.to_string()))?,
-            );
-            dbe!(self.store, stale.insert(k.as_slice(), [].as_slice()))?;
+            k.extend(borsh::to_vec(&st.node_key).map_err(borsh_err)?);
+            self.set(Table::JmtStale, &k, Some(&[]));
         }
         // Nodes replaced at or before the horizon belong to no version still served.
         if let Some(horizon) = version.checked_sub(STATE_VERSIONS_KEPT) {
             let end = (horizon + 1).to_be_bytes();
             loop {
-                let old = range(self.store, &stale, &[], &end, 4096)?;
+                let old = self.db(self.layered().range(Table::JmtStale, &[], &end, 4096))?;
                 if old.is_empty() {
                     break;
                 }
                 for (k, _) in old {
-                    dbe!(self.store, nodes.remove(&k[8..]))?;
-                    dbe!(self.store, stale.remove(k.as_slice()))?;
+                    self.set(Table::JmtNodes, &k[8..], None);
+                    self.set(Table::JmtStale, &k, None);
                 }
             }
         }
-        self.store.jobs.lock().expect("jobs lock").remove(&version);
+        self.store
+            .inner
+            .jobs
+            .lock()
+            .expect("jobs lock")
+            .remove(&version);
         Ok(update.root)
     }
 
@@ -525,34 +716,31 @@ impl WriteBatch<'_> {
 /// A consistent read view of state and indexes.
 pub struct Reader<'s> {
     store: &'s Store,
-    txn: ReadTransaction,
+    view: View,
 }
 
 impl Reader<'_> {
+    fn layered(&self) -> Layered<'_> {
+        Layered {
+            top: None,
+            view: &self.view,
+        }
+    }
+
+    fn db<T>(&self, r: Result<T, redb::Error>) -> Result<T, StoreError> {
+        r.map_err(|e| self.store.inner.db_error(e))
+    }
+
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        table_get(
-            self.store,
-            &dbe!(self.store, self.txn.open_table(STATE))?,
-            key,
-        )
+        self.db(self.layered().get(Table::State, key))
     }
 
     pub fn range(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<KeyValue>, StoreError> {
-        range(
-            self.store,
-            &dbe!(self.store, self.txn.open_table(STATE))?,
-            from,
-            to,
-            limit,
-        )
+        self.db(self.layered().range(Table::State, from, to, limit))
     }
 
     pub fn aux_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        table_get(
-            self.store,
-            &dbe!(self.store, self.txn.open_table(AUX))?,
-            key,
-        )
+        self.db(self.layered().get(Table::Aux, key))
     }
 
     pub fn aux_range(
@@ -561,19 +749,11 @@ impl Reader<'_> {
         to: &[u8],
         limit: usize,
     ) -> Result<Vec<KeyValue>, StoreError> {
-        range(
-            self.store,
-            &dbe!(self.store, self.txn.open_table(AUX))?,
-            from,
-            to,
-            limit,
-        )
+        self.db(self.layered().range(Table::Aux, from, to, limit))
     }
 
     pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let t = dbe!(self.store, self.txn.open_table(META))?;
-        let v = dbe!(self.store, t.get(key))?.map(|v| v.value().to_vec());
-        Ok(v)
+        self.db(self.layered().meta_get(key))
     }
 
     /// Ledger length as of this view.
@@ -588,20 +768,13 @@ impl Reader<'_> {
     /// Computes a taken state-tree job from this snapshot, which must already
     /// contain the previous version (off the apply thread).
     pub fn compute_state_tree(&self, version: Version) -> Result<StateTreeUpdate, StoreError> {
-        let nodes = dbe!(self.store, self.txn.open_table(JMT_NODES))?;
-        let values = dbe!(self.store, self.txn.open_table(JMT_VALUES))?;
-        compute(self.store, &nodes, &values, version)
+        compute(self.store, self.layered(), version)
     }
 
     /// The value of `key` in the state tree at `version`, with a proof
     /// (borsh-encoded jmt `SparseMerkleProof<Sha256>`) against that version's root.
     pub fn state_proof(&self, key: &[u8], version: Version) -> Result<StateProof, StoreError> {
-        let nodes = dbe!(self.store, self.txn.open_table(JMT_NODES))?;
-        let values = dbe!(self.store, self.txn.open_table(JMT_VALUES))?;
-        let reader = JmtReader {
-            nodes: &nodes,
-            values: &values,
-        };
+        let reader = JmtReader(self.layered());
         let tree = Sha256Jmt::new(&reader);
         let (value, proof) = tree
             .get_with_proof(KeyHash::with::<sha2::Sha256>(key), version)
@@ -618,32 +791,6 @@ impl Reader<'_> {
     }
 }
 
-fn table_get(
-    store: &Store,
-    t: &impl ReadableTable<&'static [u8], &'static [u8]>,
-    key: &[u8],
-) -> Result<Option<Vec<u8>>, StoreError> {
-    Ok(dbe!(store, t.get(key))?.map(|v| v.value().to_vec()))
-}
-
-fn range(
-    store: &Store,
-    t: &impl ReadableTable<&'static [u8], &'static [u8]>,
-    from: &[u8],
-    to: &[u8],
-    limit: usize,
-) -> Result<Vec<KeyValue>, StoreError> {
-    let mut out = Vec::new();
-    for r in dbe!(store, t.range::<&[u8]>(from..to))? {
-        if out.len() >= limit {
-            break;
-        }
-        let (k, v) = dbe!(store, r)?;
-        out.push((k.value().to_vec(), v.value().to_vec()));
-    }
-    Ok(out)
-}
-
 /// A computed state-tree version, ready to be written.
 pub struct StateTreeUpdate {
     pub version: Version,
@@ -653,11 +800,11 @@ pub struct StateTreeUpdate {
 
 fn compute(
     store: &Store,
-    nodes: &impl ReadableTable<&'static [u8], &'static [u8]>,
-    values: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    tables: Layered<'_>,
     version: Version,
 ) -> Result<StateTreeUpdate, StoreError> {
     let changes = store
+        .inner
         .jobs
         .lock()
         .expect("jobs lock")
@@ -666,7 +813,7 @@ fn compute(
         .ok_or_else(|| {
             StoreError::StateTree(format!("no state changes taken for version {version}"))
         })?;
-    let reader = JmtReader { nodes, values };
+    let reader = JmtReader(tables);
     let (root, batch) = Sha256Jmt::new(&reader)
         .put_value_set(
             changes
@@ -689,21 +836,14 @@ fn value_key(kh: &KeyHash, version: Version) -> Vec<u8> {
     k
 }
 
-/// Adapter from redb tables to jmt's reader.
-struct JmtReader<'a, N, V> {
-    nodes: &'a N,
-    values: &'a V,
-}
+/// Adapter from the layered tables to jmt's reader.
+struct JmtReader<'a>(Layered<'a>);
 
-impl<N, V> TreeReader for JmtReader<'_, N, V>
-where
-    N: ReadableTable<&'static [u8], &'static [u8]>,
-    V: ReadableTable<&'static [u8], &'static [u8]>,
-{
+impl TreeReader for JmtReader<'_> {
     fn get_node_option(&self, node_key: &NodeKey) -> anyhow::Result<Option<Node>> {
         let k = borsh::to_vec(node_key)?;
-        match self.nodes.get(k.as_slice())? {
-            Some(v) => Ok(Some(borsh::from_slice(v.value())?)),
+        match self.0.get(Table::JmtNodes, &k)? {
+            Some(v) => Ok(Some(borsh::from_slice(&v)?)),
             None => Ok(None),
         }
     }
@@ -715,21 +855,10 @@ where
     ) -> anyhow::Result<Option<OwnedValue>> {
         let from = value_key(&key_hash, 0);
         let to = value_key(&key_hash, max_version);
-        let mut it = self
-            .values
-            .range::<&[u8]>(from.as_slice()..=to.as_slice())?;
-        match it.next_back() {
-            Some(r) => {
-                let (_, v) = r?;
-                let v = v.value();
-                Ok(if v.first() == Some(&1) {
-                    Some(v[1..].to_vec())
-                } else {
-                    None
-                })
-            }
-            None => Ok(None),
-        }
+        Ok(match self.0.last_in(Table::JmtValues, &from, &to)? {
+            Some((_, v)) if v.first() == Some(&1) => Some(v[1..].to_vec()),
+            _ => None,
+        })
     }
 
     fn get_rightmost_leaf(&self) -> anyhow::Result<Option<(NodeKey, LeafNode)>> {
@@ -767,8 +896,10 @@ mod tests {
         assert_eq!(p.value.as_deref(), Some(expected.as_slice()));
         comity_core::state::verify(&root, b"key3", Some(&expected), &p.proof).unwrap();
         // Each version replaces about ten nodes; without pruning all 857 versions would stay.
+        store.begin().unwrap().commit(true).unwrap();
+        let db = store.inner.db.begin_read().unwrap();
         let nodes =
-            redb::ReadableTableMetadata::len(&r.txn.open_table(JMT_NODES).unwrap()).unwrap();
+            redb::ReadableTableMetadata::len(&db.open_table(layers::JMT_NODES).unwrap()).unwrap();
         assert!(
             nodes < (STATE_VERSIONS_KEPT + 10) * 12,
             "{nodes} state-tree nodes kept for {versions} versions"

@@ -1,0 +1,345 @@
+//! Write-behind for the state database.
+//!
+//! An apply step's writes become a [`Layer`]: visible to every reader the
+//! moment the step commits, and written to redb later, by a background
+//! thread, together with the layers that followed it. Apply thus never waits
+//! for B-tree copy-on-write or page writes, and many steps share one redb
+//! commit (see docs/architecture.md, "Write-behind").
+//!
+//! A reader sees the layers not yet in redb on top of a redb snapshot. Both
+//! are taken under one lock, so the snapshot never lacks a layer that the
+//! list lacks too: the flusher removes layers from the list only after redb
+//! has them, and a layer in both places holds the same values.
+
+// redb's error is large, but errors here are rare and end the apply step.
+#![allow(clippy::result_large_err)]
+
+use redb::{ReadOnlyTable, ReadTransaction, TableDefinition};
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::Arc;
+
+pub(crate) const STATE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("state");
+pub(crate) const AUX: TableDefinition<&[u8], &[u8]> = TableDefinition::new("aux");
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+pub(crate) const JMT_NODES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("jmt_nodes");
+pub(crate) const JMT_VALUES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("jmt_values");
+pub(crate) const JMT_STALE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("jmt_stale");
+
+/// The byte-keyed tables, in [`Table`] order.
+pub(crate) const TABLES: [TableDefinition<&[u8], &[u8]>; 5] =
+    [STATE, AUX, JMT_NODES, JMT_VALUES, JMT_STALE];
+
+/// A byte-keyed table of the state database.
+#[derive(Clone, Copy)]
+pub(crate) enum Table {
+    /// Application state committed to by the state root.
+    State = 0,
+    /// Derived indexes (tx ids, nonces, histories, checkpoints): rebuilt by replay, not in the root.
+    Aux = 1,
+    /// State-tree nodes.
+    JmtNodes = 2,
+    /// (key hash ‖ version big-endian) → 0x00 (deleted) or 0x01 ‖ value.
+    JmtValues = 3,
+    /// (stale-since version big-endian ‖ borsh node key) → (): replaced nodes, for pruning.
+    JmtStale = 4,
+}
+
+/// Changes to one table: a value, or `None` for a deletion.
+pub(crate) type Changes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// The writes of one apply step (or of several, once merged for redb).
+#[derive(Default)]
+pub(crate) struct Layer {
+    pub tables: [Changes; 5],
+    pub meta: BTreeMap<String, Option<Vec<u8>>>,
+    /// This step asked for a durable point: redb commits it with an fsync.
+    pub durable: bool,
+}
+
+impl Layer {
+    /// Folds `newer` into `self` (later writes win).
+    pub fn absorb(&mut self, newer: &Layer) {
+        for (mine, theirs) in self.tables.iter_mut().zip(&newer.tables) {
+            mine.extend(theirs.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        self.meta
+            .extend(newer.meta.iter().map(|(k, v)| (k.clone(), v.clone())));
+        self.durable |= newer.durable;
+    }
+
+    pub fn bytes(&self) -> usize {
+        let t: usize = self
+            .tables
+            .iter()
+            .flat_map(|t| t.iter())
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + 48)
+            .sum();
+        t + self
+            .meta
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+            .sum::<usize>()
+    }
+}
+
+/// A key and its value, as read from a range.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
+type Entry = (Vec<u8>, Option<Vec<u8>>);
+type Source<'a> = Box<dyn Iterator<Item = Result<Entry, redb::StorageError>> + 'a>;
+
+/// Layers not yet in redb (oldest first) over a redb snapshot, tables opened once.
+pub(crate) struct View {
+    layers: Vec<Arc<Layer>>,
+    tables: Vec<ReadOnlyTable<&'static [u8], &'static [u8]>>,
+    meta: ReadOnlyTable<&'static str, &'static [u8]>,
+}
+
+impl View {
+    pub fn new(layers: Vec<Arc<Layer>>, txn: &ReadTransaction) -> Result<View, redb::Error> {
+        let tables = TABLES
+            .iter()
+            .map(|t| txn.open_table(*t))
+            .collect::<Result<_, _>>()?;
+        Ok(View {
+            layers,
+            tables,
+            meta: txn.open_table(META)?,
+        })
+    }
+}
+
+/// A view plus, for a writer, its own uncommitted layer on top.
+#[derive(Clone, Copy)]
+pub(crate) struct Layered<'a> {
+    pub top: Option<&'a Layer>,
+    pub view: &'a View,
+}
+
+impl<'a> Layered<'a> {
+    /// Layers newest first.
+    fn layers(self) -> impl Iterator<Item = &'a Layer> {
+        self.top
+            .into_iter()
+            .chain(self.view.layers.iter().rev().map(|l| &**l))
+    }
+
+    pub fn get(self, t: Table, key: &[u8]) -> Result<Option<Vec<u8>>, redb::Error> {
+        for l in self.layers() {
+            if let Some(v) = l.tables[t as usize].get(key) {
+                return Ok(v.clone());
+            }
+        }
+        Ok(self.view.tables[t as usize]
+            .get(key)?
+            .map(|v| v.value().to_vec()))
+    }
+
+    pub fn meta_get(self, key: &str) -> Result<Option<Vec<u8>>, redb::Error> {
+        for l in self.layers() {
+            if let Some(v) = l.meta.get(key) {
+                return Ok(v.clone());
+            }
+        }
+        Ok(self.view.meta.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Keys (and values) in `[from, to)`, in order, at most `limit`.
+    pub fn range(
+        self,
+        t: Table,
+        from: &[u8],
+        to: &[u8],
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, redb::Error> {
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        let bounds = (Bound::Included(from), Bound::Excluded(to));
+        // Highest priority first: the newest layer, down to redb.
+        let mut sources: Vec<Source<'_>> = self
+            .layers()
+            .map(|l| -> Source<'_> {
+                Box::new(
+                    l.tables[t as usize]
+                        .range::<[u8], _>(bounds)
+                        .map(|(k, v)| Ok((k.clone(), v.clone()))),
+                )
+            })
+            .collect();
+        sources.push(Box::new(
+            self.view.tables[t as usize]
+                .range::<&[u8]>(from..to)?
+                .map(|r| r.map(|(k, v)| (k.value().to_vec(), Some(v.value().to_vec())))),
+        ));
+        merge(sources, limit)
+    }
+
+    /// The last entry with a key in `[from, to]`.
+    pub fn last_in(
+        self,
+        t: Table,
+        from: &[u8],
+        to: &[u8],
+    ) -> Result<Option<KeyValue>, redb::Error> {
+        let mut upper = Bound::Included(to.to_vec());
+        loop {
+            let bounds = (Bound::Included(from), upper.as_ref().map(Vec::as_slice));
+            // The greatest key wins; on a tie, the newest source.
+            let mut best: Option<Entry> = None;
+            for l in self.layers() {
+                if let Some((k, v)) = l.tables[t as usize].range::<[u8], _>(bounds).next_back() {
+                    if best.as_ref().is_none_or(|(b, _)| k > b) {
+                        best = Some((k.clone(), v.clone()));
+                    }
+                }
+            }
+            let table = &self.view.tables[t as usize];
+            let stored = match &upper {
+                Bound::Included(u) => table.range::<&[u8]>(from..=u.as_slice())?.next_back(),
+                Bound::Excluded(u) => table.range::<&[u8]>(from..u.as_slice())?.next_back(),
+                Bound::Unbounded => unreachable!("the upper bound is always set"),
+            };
+            if let Some(r) = stored {
+                let (k, v) = r?;
+                if best.as_ref().is_none_or(|(b, _)| k.value() > b.as_slice()) {
+                    best = Some((k.value().to_vec(), Some(v.value().to_vec())));
+                }
+            }
+            match best {
+                None => return Ok(None),
+                Some((k, Some(v))) => return Ok(Some((k, v))),
+                // Deleted: look below it.
+                Some((k, None)) => upper = Bound::Excluded(k),
+            }
+        }
+    }
+}
+
+/// Merges sorted sources (highest priority first) into at most `limit`
+/// live entries: for a key in several sources the first one's value counts,
+/// and a deletion hides the key.
+fn merge(mut sources: Vec<Source<'_>>, limit: usize) -> Result<Vec<KeyValue>, redb::Error> {
+    let mut heads = sources
+        .iter_mut()
+        .map(|s| s.next().transpose())
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut out = Vec::new();
+    while out.len() < limit {
+        let Some(min) = heads.iter().flatten().map(|(k, _)| k).min().cloned() else {
+            break;
+        };
+        let mut value = None;
+        let mut taken = false;
+        for (head, source) in heads.iter_mut().zip(sources.iter_mut()) {
+            if head.as_ref().is_some_and(|(k, _)| *k == min) {
+                let (_, v) = head.take().expect("checked above");
+                if !taken {
+                    value = v;
+                    taken = true;
+                }
+                *head = source.next().transpose()?;
+            }
+        }
+        if let Some(v) = value {
+            out.push((min, v));
+        }
+    }
+    Ok(out)
+}
+
+/// Writes merged layers into a redb write transaction, in key order.
+pub(crate) fn write(txn: &redb::WriteTransaction, layer: &Layer) -> Result<(), redb::Error> {
+    for (def, changes) in TABLES.iter().zip(&layer.tables) {
+        if changes.is_empty() {
+            continue;
+        }
+        let mut t = txn.open_table(*def)?;
+        for (k, v) in changes {
+            match v {
+                Some(v) => {
+                    t.insert(k.as_slice(), v.as_slice())?;
+                }
+                None => {
+                    t.remove(k.as_slice())?;
+                }
+            }
+        }
+    }
+    let mut meta = txn.open_table(META)?;
+    for (k, v) in &layer.meta {
+        match v {
+            Some(v) => {
+                meta.insert(k.as_str(), v.as_slice())?;
+            }
+            None => {
+                meta.remove(k.as_str())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(t: Table, items: &[(&str, Option<&str>)]) -> Arc<Layer> {
+        let mut l = Layer::default();
+        for (k, v) in items {
+            l.tables[t as usize].insert(k.as_bytes().to_vec(), v.map(|v| v.as_bytes().to_vec()));
+        }
+        Arc::new(l)
+    }
+
+    #[test]
+    fn newer_layers_override_older_ones_and_redb_and_deletions_hide_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = redb::Database::create(dir.path().join("db")).unwrap();
+        let w = db.begin_write().unwrap();
+        for def in TABLES {
+            w.open_table(def).unwrap();
+        }
+        w.open_table(META).unwrap();
+        {
+            let mut t = w.open_table(AUX).unwrap();
+            for (k, v) in [("a", "r"), ("b", "r"), ("c", "r"), ("e", "r")] {
+                t.insert(k.as_bytes(), v.as_bytes()).unwrap();
+            }
+        }
+        w.commit().unwrap();
+        let old = layer(
+            Table::Aux,
+            &[("b", Some("1")), ("c", None), ("d", Some("1"))],
+        );
+        let new = layer(
+            Table::Aux,
+            &[("b", Some("2")), ("d", None), ("f", Some("2"))],
+        );
+        let view = View::new(vec![old, new], &db.begin_read().unwrap()).unwrap();
+        let top = layer(Table::Aux, &[("a", None), ("g", Some("3"))]);
+        let l = Layered {
+            top: Some(&top),
+            view: &view,
+        };
+        let s = |v: Option<Vec<u8>>| v.map(|v| String::from_utf8(v).unwrap());
+        assert_eq!(s(l.get(Table::Aux, b"a").unwrap()), None);
+        assert_eq!(s(l.get(Table::Aux, b"b").unwrap()).as_deref(), Some("2"));
+        assert_eq!(s(l.get(Table::Aux, b"c").unwrap()), None);
+        assert_eq!(s(l.get(Table::Aux, b"e").unwrap()).as_deref(), Some("r"));
+        let all: Vec<String> = l
+            .range(Table::Aux, b"", b"z", 100)
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| format!("{}={}", s(Some(k)).unwrap(), s(Some(v)).unwrap()))
+            .collect();
+        assert_eq!(all, ["b=2", "e=r", "f=2", "g=3"]);
+        assert_eq!(l.range(Table::Aux, b"c", b"f", 1).unwrap().len(), 1);
+        assert!(l.range(Table::Aux, b"f", b"c", 10).unwrap().is_empty());
+        let last = |to: &[u8]| l.last_in(Table::Aux, b"a", to).unwrap().map(|(k, _)| k);
+        assert_eq!(last(b"d").as_deref(), Some(&b"b"[..]));
+        assert_eq!(last(b"f").as_deref(), Some(&b"f"[..]));
+        assert_eq!(last(b"a"), None);
+    }
+}
