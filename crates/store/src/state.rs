@@ -21,6 +21,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
 
 pub use crate::layers::KeyValue;
 
@@ -30,6 +31,9 @@ pub const STATE_VERSIONS_KEPT: u64 = 256;
 
 /// Page cache of the state database.
 pub const STATE_CACHE_BYTES: usize = 256 << 20;
+
+/// How long the writer gathers layers before writing them to redb.
+const WRITE_EVERY: Duration = Duration::from_millis(100);
 
 /// Bytes of layers waiting for redb beyond which a committing apply step
 /// waits for the writer to catch up (bounds memory, not correctness).
@@ -123,6 +127,8 @@ struct Progress {
     written: u64,
     durable: u64,
     unwritten_bytes: usize,
+    /// Someone waits for the writer (a durable commit, or memory): write now.
+    urgent: bool,
     stop: bool,
     /// Why writing to redb failed; every later commit reports it.
     failed: Option<String>,
@@ -362,16 +368,32 @@ impl Inner {
 
     /// The background writer: moves committed layers into redb.
     fn write_behind(&self) {
+        let mut last = Instant::now();
         loop {
             {
                 let mut p = self.progress.lock().expect("progress lock");
-                while p.committed == p.written && !p.stop {
-                    p = self.work.wait(p).expect("progress lock");
+                // Gather layers for a while: one redb commit then covers many
+                // steps, and keys they share are written once.
+                loop {
+                    if p.stop || p.failed.is_some() {
+                        return;
+                    }
+                    let waited = last.elapsed();
+                    if p.committed > p.written && (p.urgent || waited >= WRITE_EVERY) {
+                        break;
+                    }
+                    p = if p.committed > p.written {
+                        self.work
+                            .wait_timeout(p, WRITE_EVERY - waited)
+                            .expect("progress lock")
+                            .0
+                    } else {
+                        self.work.wait(p).expect("progress lock")
+                    };
                 }
-                if p.stop || p.failed.is_some() {
-                    return;
-                }
+                p.urgent = false;
             }
+            last = Instant::now();
             if let Err(e) = self.write_some() {
                 tracing::error!(error = %e, "writing state to the database failed; apply stops");
                 self.progress.lock().expect("progress lock").failed = Some(e.to_string());
@@ -509,6 +531,7 @@ impl<'s> Txn<'s> {
             layers.push(Arc::new(top));
             p.committed += 1;
             p.unwritten_bytes += bytes;
+            p.urgent |= how == Commit::Durable || p.unwritten_bytes > MAX_UNWRITTEN_BYTES;
             p.committed
         };
         drop(self._guard);
