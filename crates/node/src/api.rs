@@ -184,7 +184,7 @@ async fn submit(
     }
     metrics::counter!("comity_tx_received_total").increment(1);
     let bytes = body.to_vec();
-    let (id, admission) = ingress::admit(&shared, bytes.clone(), ingress::Source::Client)?;
+    let (id, admission) = ingress::admit(&shared, bytes.clone(), ingress::Source::Client).await?;
     let rx = match admission {
         Admission::Known(index) => {
             return Ok(Json(committed_status(&shared, &id, index)?).into_response())

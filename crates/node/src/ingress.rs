@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use comity_apps::executor::{within_window, Verified};
 use comity_apps::{keys, registry};
 use comity_consensus::TxOutcome;
-use comity_core::crypto::PublicKey;
+use comity_core::crypto::{CryptoError, PublicKey};
 use comity_core::tx::{Tx, TxError};
 use comity_core::Hash;
 use std::collections::{HashMap, HashSet};
@@ -101,7 +101,11 @@ pub enum Source {
 }
 
 /// Runs the ingress checks and queues the transaction for ordering.
-pub fn admit(shared: &Shared, bytes: Vec<u8>, from: Source) -> Result<(Hash, Admission), ApiError> {
+pub async fn admit(
+    shared: &Shared,
+    bytes: Vec<u8>,
+    from: Source,
+) -> Result<(Hash, Admission), ApiError> {
     let v = shared.view();
     let (max_bytes, window, net) = (v.config.max_tx_bytes, v.config.tx_window_ms, v.network_id);
     if bytes.len() as u64 > max_bytes {
@@ -158,9 +162,19 @@ pub fn admit(shared: &Shared, bytes: Vec<u8>, from: Source) -> Result<(Hash, Adm
         comity_apps::gov::parse_proposal(&tx.payload.args)
             .map_err(|e| ApiError::bad_request("bad_args", format!("invalid proposal: {e}")))?;
     }
+    let nonce_key = keys::nonce(&tx.kid, &tx.payload.nonce);
+    let nonce_spent = reader.aux_get(&nonce_key)?.is_some();
+    drop(reader);
     if from == Source::Client {
         let key = PublicKey::from_spki_der(ident.current_key()).map_err(ApiError::internal)?;
-        tx.verify(&key).map_err(tx_error)?;
+        let good = key.alg() == tx.alg
+            && shared
+                .verifier
+                .verify(key, tx.signed_data(), tx.signature().to_vec())
+                .await;
+        if !good {
+            return Err(tx_error(TxError::BadSignature(CryptoError::BadSignature)));
+        }
     }
     let now = now_ms().max(v.ledger_time);
     if !within_window(tx.payload.created, now, window) {
@@ -173,15 +187,13 @@ pub fn admit(shared: &Shared, bytes: Vec<u8>, from: Source) -> Result<(Hash, Adm
             ),
         ));
     }
-    let nonce_key = keys::nonce(&tx.kid, &tx.payload.nonce);
-    if reader.aux_get(&nonce_key)?.is_some() {
+    if nonce_spent {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "nonce_reused",
             "this signer already used this nonce",
         ));
     }
-    drop(reader);
     let p = &shared.pending;
     let (wtx, wrx) = oneshot::channel();
     {

@@ -12,6 +12,7 @@ pub mod peer_api;
 pub mod reconcile;
 pub mod server;
 pub mod tls;
+pub mod verifier;
 
 use comity_apps::Command;
 use comity_consensus::log_store::LogStore;
@@ -51,6 +52,8 @@ pub struct Shared {
     /// Identity id of this node (SHA-256 of its key).
     pub node_identity: Hash,
     pub pending: Arc<PendingSet>,
+    /// Batches the signature checks of submitted transactions.
+    pub verifier: verifier::Verifier,
     pub submit: mpsc::Sender<Vec<u8>>,
     pub limits: Limits,
     /// Set when another node signed a different checkpoint than ours.
@@ -217,6 +220,7 @@ impl Node {
             node_key,
             node_identity,
             pending,
+            verifier: verifier::Verifier::spawn()?,
             submit,
             limits: cfg.limits.clone(),
             diverged: AtomicBool::new(false),
