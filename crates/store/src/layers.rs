@@ -55,6 +55,8 @@ pub(crate) struct Layer {
     pub meta: BTreeMap<String, Option<Vec<u8>>>,
     /// This step asked for a durable point: redb commits it with an fsync.
     pub durable: bool,
+    /// Approximate memory held, set once when the layer is committed.
+    pub size: usize,
 }
 
 impl Layer {
@@ -68,7 +70,8 @@ impl Layer {
         self.durable |= newer.durable;
     }
 
-    pub fn bytes(&self) -> usize {
+    /// Approximate memory held by the changes.
+    pub fn measure(&self) -> usize {
         let t: usize = self
             .tables
             .iter()
@@ -195,13 +198,10 @@ impl<'a> Layered<'a> {
                     }
                 }
             }
-            let table = &self.view.tables[t as usize];
-            let stored = match &upper {
-                Bound::Included(u) => table.range::<&[u8]>(from..=u.as_slice())?.next_back(),
-                Bound::Excluded(u) => table.range::<&[u8]>(from..u.as_slice())?.next_back(),
-                Bound::Unbounded => unreachable!("the upper bound is always set"),
-            };
-            if let Some(r) = stored {
+            if let Some(r) = self.view.tables[t as usize]
+                .range::<&[u8]>(bounds)?
+                .next_back()
+            {
                 let (k, v) = r?;
                 if best.as_ref().is_none_or(|(b, _)| k.value() > b.as_slice()) {
                     best = Some((k.value().to_vec(), Some(v.value().to_vec())));

@@ -302,7 +302,7 @@ impl Store {
             store: self,
             view: self.inner.view()?,
             top: RefCell::new(Layer::default()),
-            _guard: guard,
+            writing: guard,
         })
     }
 
@@ -430,7 +430,7 @@ impl Inner {
         }
         txn.commit().map_err(|e| self.db_error(e))?;
         self.layers.write().expect("layers lock").drain(..n);
-        let bytes: usize = layers[..n].iter().map(|l| l.bytes()).sum();
+        let bytes: usize = layers[..n].iter().map(|l| l.size).sum();
         let mut p = self.progress.lock().expect("progress lock");
         p.written += n as u64;
         if merged.durable {
@@ -477,7 +477,8 @@ pub struct Txn<'s> {
     store: &'s Store,
     view: View,
     top: RefCell<Layer>,
-    _guard: MutexGuard<'s, ()>,
+    /// Held until the layer is in the list: the next transaction must see it.
+    writing: MutexGuard<'s, ()>,
 }
 
 impl<'s> Txn<'s> {
@@ -518,7 +519,8 @@ impl<'s> Txn<'s> {
             top.meta.insert(META_DIRTY.into(), Some(dirty));
             top.durable = true;
         }
-        let bytes = top.bytes();
+        top.size = top.measure();
+        let bytes = top.size;
         let seq = {
             let mut layers = inner.layers.write().expect("layers lock");
             let mut p = inner.progress.lock().expect("progress lock");
@@ -534,7 +536,7 @@ impl<'s> Txn<'s> {
             p.urgent |= how == Commit::Durable || p.unwritten_bytes > MAX_UNWRITTEN_BYTES;
             p.committed
         };
-        drop(self._guard);
+        drop(self.writing);
         inner.work.notify_one();
         if how == Commit::Durable {
             inner.wait_written(|p| p.durable >= seq)
