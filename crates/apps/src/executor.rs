@@ -88,6 +88,9 @@ pub struct Executor {
     worker: Option<StateWorker>,
     /// The version the worker is computing.
     in_flight: Option<u64>,
+    /// Every nonce created before this time is already forgotten: pruning
+    /// starts here instead of scanning the deletions before it again.
+    nonces_pruned_to: u64,
 }
 
 /// A checkpoint marker applied, waiting for its state root.
@@ -165,6 +168,7 @@ impl Executor {
             pending,
             worker: None,
             in_flight: None,
+            nonces_pruned_to: 0,
         })
     }
 
@@ -748,12 +752,18 @@ impl Executor {
     }
 
     /// Forgets nonces created before the window: such transactions are refused anyway.
-    fn prune_nonces(&self, batch: &mut WriteBatch<'_>) -> Result<(), StoreError> {
+    fn prune_nonces(&mut self, batch: &mut WriteBatch<'_>) -> Result<(), StoreError> {
         let horizon = self.st.time.saturating_sub(self.config.tx_window_ms);
+        let from = [
+            keys::NONCE_TIME_PREFIX,
+            &self.nonces_pruned_to.to_be_bytes(),
+        ]
+        .concat();
         let to = [keys::NONCE_TIME_PREFIX, &horizon.to_be_bytes()].concat();
         loop {
-            let old = batch.aux_range(keys::NONCE_TIME_PREFIX, &to, 1024)?;
+            let old = batch.aux_range(&from, &to, 1024)?;
             if old.is_empty() {
+                self.nonces_pruned_to = self.nonces_pruned_to.max(horizon);
                 return Ok(());
             }
             for (k, _) in old {

@@ -274,7 +274,7 @@ fn non_durable_tail_is_cut_back_on_reopen() {
     .unwrap();
     t.commit(false).unwrap();
     drop(store);
-    // The non-durable commit is not guaranteed to survive; if redb kept it, the
+    // The non-durable commit is not guaranteed to survive; if the database kept it, the
     // ledger agrees; if not, the ledger was cut back to the durable length.
     let (store, _) = Store::open(dir.path(), 1 << 20).unwrap();
     let r = store.read().unwrap();

@@ -146,16 +146,6 @@ impl Node {
             "ledger verified"
         );
         let store = Arc::new(store);
-        let weak = Arc::downgrade(&store);
-        std::thread::Builder::new()
-            .name("writeback".into())
-            .spawn(move || {
-                while let Some(store) = weak.upgrade() {
-                    store.writeback();
-                    drop(store);
-                    std::thread::sleep(std::time::Duration::from_millis(250));
-                }
-            })?;
         let log = LogStore::open(&cfg.data_dir.join("raft"))?;
         let pending = Arc::new(PendingSet::default());
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();

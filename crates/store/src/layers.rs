@@ -1,34 +1,36 @@
 //! Write-behind for the state database.
 //!
 //! An apply step's writes become a [`Layer`]: visible to every reader the
-//! moment the step commits, and written to redb later, by a background
-//! thread, together with the layers that followed it. Apply thus never waits
-//! for B-tree copy-on-write or page writes, and many steps share one redb
-//! commit (see docs/architecture.md, "Write-behind").
+//! moment the step commits, and written to the database later, by a
+//! background thread, together with the layers that followed it. Apply thus
+//! never waits for the database, and many steps share one write batch (see
+//! docs/architecture.md, "Write-behind").
 //!
-//! A reader sees the layers not yet in redb on top of a redb snapshot. Both
-//! are taken under one lock, so the snapshot never lacks a layer that the
-//! list lacks too: the flusher removes layers from the list only after redb
-//! has them, and a layer in both places holds the same values.
+//! A reader sees the layers not yet written on top of a database snapshot.
+//! Both are taken under one lock, so the snapshot never lacks a layer that
+//! the list lacks too: the writer removes layers from the list only after
+//! the database has them, and a layer in both places holds the same values.
 
-// redb's error is large, but errors here are rare and end the apply step.
-#![allow(clippy::result_large_err)]
-
-use redb::{ReadOnlyTable, ReadTransaction, TableDefinition};
+use fjall::{Keyspace, Readable, Snapshot};
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
 
-pub(crate) const STATE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("state");
-pub(crate) const AUX: TableDefinition<&[u8], &[u8]> = TableDefinition::new("aux");
-pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-pub(crate) const JMT_NODES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("jmt_nodes");
-pub(crate) const JMT_VALUES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("jmt_values");
-pub(crate) const JMT_STALE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("jmt_stale");
+/// Keyspace names, in [`Table`] order, then the meta keyspace.
+pub(crate) const KEYSPACES: [&str; 6] = [
+    "state",
+    "aux",
+    "jmt_nodes",
+    "jmt_values",
+    "jmt_stale",
+    "meta",
+];
 
-/// The byte-keyed tables, in [`Table`] order.
-pub(crate) const TABLES: [TableDefinition<&[u8], &[u8]>; 5] =
-    [STATE, AUX, JMT_NODES, JMT_VALUES, JMT_STALE];
+/// Index of the meta keyspace (string keys: ledger length, root, executor meta).
+pub(crate) const META: usize = 5;
+
+/// The keyspaces of the state database, in [`KEYSPACES`] order.
+pub(crate) type Keyspaces = Arc<[Keyspace; 6]>;
 
 /// A byte-keyed table of the state database.
 #[derive(Clone, Copy)]
@@ -48,13 +50,16 @@ pub(crate) enum Table {
 /// Changes to one table: a value, or `None` for a deletion.
 pub(crate) type Changes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
-/// The writes of one apply step (or of several, once merged for redb).
+/// The writes of one apply step (or of several, once merged for writing).
 #[derive(Default)]
 pub(crate) struct Layer {
     pub tables: [Changes; 5],
     pub meta: BTreeMap<String, Option<Vec<u8>>>,
-    /// This step asked for a durable point: redb commits it with an fsync.
+    /// This step asked for a durable point: it is written with an fsync.
     pub durable: bool,
+    /// The meta holds the unfolded state changes as of this step, so the
+    /// database may be left (by a crash) just after it; see `state`.
+    pub resumable: bool,
     /// Approximate memory held, set once when the layer is committed.
     pub size: usize,
 }
@@ -68,6 +73,7 @@ impl Layer {
         self.meta
             .extend(newer.meta.iter().map(|(k, v)| (k.clone(), v.clone())));
         self.durable |= newer.durable;
+        self.resumable |= newer.resumable;
     }
 
     /// Approximate memory held by the changes.
@@ -90,27 +96,13 @@ impl Layer {
 pub type KeyValue = (Vec<u8>, Vec<u8>);
 
 type Entry = (Vec<u8>, Option<Vec<u8>>);
-type Source<'a> = Box<dyn Iterator<Item = Result<Entry, redb::StorageError>> + 'a>;
+type Source<'a> = Box<dyn Iterator<Item = Result<Entry, fjall::Error>> + 'a>;
 
-/// Layers not yet in redb (oldest first) over a redb snapshot, tables opened once.
+/// Layers not yet in the database (oldest first) over a database snapshot.
 pub(crate) struct View {
-    layers: Vec<Arc<Layer>>,
-    tables: Vec<ReadOnlyTable<&'static [u8], &'static [u8]>>,
-    meta: ReadOnlyTable<&'static str, &'static [u8]>,
-}
-
-impl View {
-    pub fn new(layers: Vec<Arc<Layer>>, txn: &ReadTransaction) -> Result<View, redb::Error> {
-        let tables = TABLES
-            .iter()
-            .map(|t| txn.open_table(*t))
-            .collect::<Result<_, _>>()?;
-        Ok(View {
-            layers,
-            tables,
-            meta: txn.open_table(META)?,
-        })
-    }
+    pub layers: Vec<Arc<Layer>>,
+    pub snapshot: Snapshot,
+    pub keyspaces: Keyspaces,
 }
 
 /// A view plus, for a writer, its own uncommitted layer on top.
@@ -128,24 +120,30 @@ impl<'a> Layered<'a> {
             .chain(self.view.layers.iter().rev().map(|l| &**l))
     }
 
-    pub fn get(self, t: Table, key: &[u8]) -> Result<Option<Vec<u8>>, redb::Error> {
+    fn stored(self, keyspace: usize, key: &[u8]) -> Result<Option<Vec<u8>>, fjall::Error> {
+        let v = self
+            .view
+            .snapshot
+            .get(&self.view.keyspaces[keyspace], key)?;
+        Ok(v.map(|v| v.to_vec()))
+    }
+
+    pub fn get(self, t: Table, key: &[u8]) -> Result<Option<Vec<u8>>, fjall::Error> {
         for l in self.layers() {
             if let Some(v) = l.tables[t as usize].get(key) {
                 return Ok(v.clone());
             }
         }
-        Ok(self.view.tables[t as usize]
-            .get(key)?
-            .map(|v| v.value().to_vec()))
+        self.stored(t as usize, key)
     }
 
-    pub fn meta_get(self, key: &str) -> Result<Option<Vec<u8>>, redb::Error> {
+    pub fn meta_get(self, key: &str) -> Result<Option<Vec<u8>>, fjall::Error> {
         for l in self.layers() {
             if let Some(v) = l.meta.get(key) {
                 return Ok(v.clone());
             }
         }
-        Ok(self.view.meta.get(key)?.map(|v| v.value().to_vec()))
+        self.stored(META, key.as_bytes())
     }
 
     /// Keys (and values) in `[from, to)`, in order, at most `limit`.
@@ -155,12 +153,12 @@ impl<'a> Layered<'a> {
         from: &[u8],
         to: &[u8],
         limit: usize,
-    ) -> Result<Vec<KeyValue>, redb::Error> {
+    ) -> Result<Vec<KeyValue>, fjall::Error> {
         if from >= to {
             return Ok(Vec::new());
         }
         let bounds = (Bound::Included(from), Bound::Excluded(to));
-        // Highest priority first: the newest layer, down to redb.
+        // Highest priority first: the newest layer, down to the database.
         let mut sources: Vec<Source<'_>> = self
             .layers()
             .map(|l| -> Source<'_> {
@@ -172,9 +170,10 @@ impl<'a> Layered<'a> {
             })
             .collect();
         sources.push(Box::new(
-            self.view.tables[t as usize]
-                .range::<&[u8]>(from..to)?
-                .map(|r| r.map(|(k, v)| (k.value().to_vec(), Some(v.value().to_vec())))),
+            self.view
+                .snapshot
+                .range(&self.view.keyspaces[t as usize], from..to)
+                .map(|g| g.into_inner().map(|(k, v)| (k.to_vec(), Some(v.to_vec())))),
         ));
         merge(sources, limit)
     }
@@ -185,7 +184,7 @@ impl<'a> Layered<'a> {
         t: Table,
         from: &[u8],
         to: &[u8],
-    ) -> Result<Option<KeyValue>, redb::Error> {
+    ) -> Result<Option<KeyValue>, fjall::Error> {
         let mut upper = Bound::Included(to.to_vec());
         loop {
             let bounds = (Bound::Included(from), upper.as_ref().map(Vec::as_slice));
@@ -198,13 +197,15 @@ impl<'a> Layered<'a> {
                     }
                 }
             }
-            if let Some(r) = self.view.tables[t as usize]
-                .range::<&[u8]>(bounds)?
+            if let Some(g) = self
+                .view
+                .snapshot
+                .range::<&[u8], _>(&self.view.keyspaces[t as usize], bounds)
                 .next_back()
             {
-                let (k, v) = r?;
-                if best.as_ref().is_none_or(|(b, _)| k.value() > b.as_slice()) {
-                    best = Some((k.value().to_vec(), Some(v.value().to_vec())));
+                let (k, v) = g.into_inner()?;
+                if best.as_ref().is_none_or(|(b, _)| &*k > b.as_slice()) {
+                    best = Some((k.to_vec(), Some(v.to_vec())));
                 }
             }
             match best {
@@ -220,7 +221,7 @@ impl<'a> Layered<'a> {
 /// Merges sorted sources (highest priority first) into at most `limit`
 /// live entries: for a key in several sources the first one's value counts,
 /// and a deletion hides the key.
-fn merge(mut sources: Vec<Source<'_>>, limit: usize) -> Result<Vec<KeyValue>, redb::Error> {
+fn merge(mut sources: Vec<Source<'_>>, limit: usize) -> Result<Vec<KeyValue>, fjall::Error> {
     let mut heads = sources
         .iter_mut()
         .map(|s| s.next().transpose())
@@ -249,36 +250,22 @@ fn merge(mut sources: Vec<Source<'_>>, limit: usize) -> Result<Vec<KeyValue>, re
     Ok(out)
 }
 
-/// Writes merged layers into a redb write transaction, in key order.
-pub(crate) fn write(txn: &redb::WriteTransaction, layer: &Layer) -> Result<(), redb::Error> {
-    for (def, changes) in TABLES.iter().zip(&layer.tables) {
-        if changes.is_empty() {
-            continue;
-        }
-        let mut t = txn.open_table(*def)?;
+/// Adds merged layers to one database batch (applied atomically).
+pub(crate) fn write(batch: &mut fjall::OwnedWriteBatch, keyspaces: &Keyspaces, layer: Layer) {
+    let meta = layer.meta.into_iter().map(|(k, v)| (k.into_bytes(), v));
+    let changes = layer
+        .tables
+        .into_iter()
+        .enumerate()
+        .chain([(META, meta.collect())]);
+    for (i, changes) in changes {
         for (k, v) in changes {
             match v {
-                Some(v) => {
-                    t.insert(k.as_slice(), v.as_slice())?;
-                }
-                None => {
-                    t.remove(k.as_slice())?;
-                }
+                Some(v) => batch.insert(&keyspaces[i], k, v),
+                None => batch.remove(&keyspaces[i], k),
             }
         }
     }
-    let mut meta = txn.open_table(META)?;
-    for (k, v) in &layer.meta {
-        match v {
-            Some(v) => {
-                meta.insert(k.as_str(), v.as_slice())?;
-            }
-            None => {
-                meta.remove(k.as_str())?;
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -294,21 +281,25 @@ mod tests {
     }
 
     #[test]
-    fn newer_layers_override_older_ones_and_redb_and_deletions_hide_keys() {
+    fn newer_layers_override_older_ones_and_the_database_and_deletions_hide_keys() {
         let dir = tempfile::tempdir().unwrap();
-        let db = redb::Database::create(dir.path().join("db")).unwrap();
-        let w = db.begin_write().unwrap();
-        for def in TABLES {
-            w.open_table(def).unwrap();
-        }
-        w.open_table(META).unwrap();
-        {
-            let mut t = w.open_table(AUX).unwrap();
-            for (k, v) in [("a", "r"), ("b", "r"), ("c", "r"), ("e", "r")] {
-                t.insert(k.as_bytes(), v.as_bytes()).unwrap();
-            }
-        }
-        w.commit().unwrap();
+        let db = fjall::Database::builder(dir.path()).open().unwrap();
+        let keyspaces: Keyspaces = Arc::new(KEYSPACES.map(|name| {
+            db.keyspace(name, fjall::KeyspaceCreateOptions::default)
+                .unwrap()
+        }));
+        let stored = layer(
+            Table::Aux,
+            &[
+                ("a", Some("r")),
+                ("b", Some("r")),
+                ("c", Some("r")),
+                ("e", Some("r")),
+            ],
+        );
+        let mut batch = db.batch();
+        write(&mut batch, &keyspaces, Arc::into_inner(stored).unwrap());
+        batch.commit().unwrap();
         let old = layer(
             Table::Aux,
             &[("b", Some("1")), ("c", None), ("d", Some("1"))],
@@ -317,7 +308,11 @@ mod tests {
             Table::Aux,
             &[("b", Some("2")), ("d", None), ("f", Some("2"))],
         );
-        let view = View::new(vec![old, new], &db.begin_read().unwrap()).unwrap();
+        let view = View {
+            layers: vec![old, new],
+            snapshot: db.snapshot(),
+            keyspaces,
+        };
         let top = layer(Table::Aux, &[("a", None), ("g", Some("3"))]);
         let l = Layered {
             top: Some(&top),

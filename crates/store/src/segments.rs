@@ -794,6 +794,25 @@ impl LedgerFiles {
         })
     }
 
+    /// Flushes buffered appends to the operating system (making a new
+    /// segment's directory entry durable too) and returns the active
+    /// segment's file and path. Once the caller has `fdatasync`ed that file,
+    /// outside the ledger's lock, every record appended so far is durable.
+    pub fn flush_for_sync(&mut self) -> Result<Option<(File, PathBuf)>, SegmentError> {
+        self.guarded(|this| {
+            if this.dir_dirty {
+                sync_dir(&this.dir)?;
+                this.dir_dirty = false;
+            }
+            let (Some(w), Some(seg)) = (this.writer.as_mut(), this.segments.last()) else {
+                return Ok(None);
+            };
+            w.flush().map_err(io_err(&seg.path))?;
+            let file = seg.file.try_clone().map_err(io_err(&seg.path))?;
+            Ok(Some((file, seg.path.clone())))
+        })
+    }
+
     /// Reads record `index`, verifying its checksum. Sees appended records
     /// whether or not they were flushed.
     pub fn read(&self, index: u64) -> Result<Vec<u8>, SegmentError> {
