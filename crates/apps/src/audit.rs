@@ -50,6 +50,84 @@ fn fail(index: u64, message: impl Into<String>) -> Discrepancy {
     }
 }
 
+/// Checks ledger record `index` (its encoding, position and body digest)
+/// and gives the command that re-executes it: a one-transaction batch at the
+/// recorded ledger time for a transaction, and so on.
+pub fn replay_command(index: u64, raw: &[u8]) -> Result<(Record, Leaf, Command), Discrepancy> {
+    let rec =
+        Record::from_cbor(raw).map_err(|e| fail(index, format!("not a ledger record: {e}")))?;
+    let leaf = Leaf::from_cbor(&rec.leaf)
+        .map_err(|e| fail(index, format!("leaf does not decode: {e}")))?;
+    if leaf.index != index {
+        return Err(fail(index, format!("leaf says it is entry {}", leaf.index)));
+    }
+    if sha256(&rec.body) != leaf.digest {
+        return Err(fail(
+            index,
+            "the body does not hash to the digest in the leaf",
+        ));
+    }
+    let cmd = match leaf.kind {
+        EntryKind::Genesis => Command::Genesis {
+            doc: ByteBuf::from(rec.body.clone()),
+        },
+        EntryKind::Tx => Command::Batch {
+            time: leaf.time,
+            txs: vec![ByteBuf::from(rec.body.clone())],
+        },
+        EntryKind::Checkpoint => Command::Checkpoint { time: leaf.time },
+        EntryKind::Recovery => Command::Recover {
+            time: leaf.time,
+            decision: ByteBuf::from(rec.body.clone()),
+        },
+    };
+    Ok((rec, leaf, cmd))
+}
+
+/// Checks that re-executing record `index` (`rec`, whose leaf is `leaf`)
+/// into `store` produced the same leaf there, and no checkpoint signature
+/// that the replayed roots contradict.
+pub fn check_replayed(
+    store: &Store,
+    index: u64,
+    rec: &Record,
+    leaf: &Leaf,
+    out: &crate::executor::Output,
+) -> Result<(), Discrepancy> {
+    let produced = store.record(index).map_err(|_| {
+        fail(
+            index,
+            "replay produced no entry here (a duplicate or misplaced entry)",
+        )
+    })?;
+    let produced = Record::from_cbor(&produced).map_err(|e| fail(index, e.to_string()))?;
+    if produced.leaf != rec.leaf {
+        let mine = Leaf::from_cbor(&produced.leaf).map_err(|e| fail(index, e.to_string()))?;
+        let what = if mine.outcome != leaf.outcome {
+            format!(
+                "recorded outcome `{}`, replay gives `{}`",
+                leaf.outcome.code(),
+                mine.outcome.code()
+            )
+        } else if mine.time != leaf.time {
+            format!("recorded time {}, replay gives {}", leaf.time, mine.time)
+        } else {
+            "the recorded leaf differs from the replayed one".to_string()
+        };
+        return Err(fail(index, what));
+    }
+    if let Some((node, seq)) = out.divergence {
+        return Err(fail(
+            index,
+            format!(
+                "node {} signed checkpoint {seq} over roots that replay does not reproduce",
+                hex::encode(node)
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl Audit {
     /// Starts a replay on empty scratch storage in `scratch`.
     pub fn new(scratch: &Path) -> Result<Self, StoreError> {
@@ -69,33 +147,7 @@ impl Audit {
     /// the index of the entry at fault, by this call or a later one, or by
     /// [`Audit::finish`].
     pub fn feed(&mut self, index: u64, raw: &[u8]) -> Result<(), Discrepancy> {
-        let rec =
-            Record::from_cbor(raw).map_err(|e| fail(index, format!("not a ledger record: {e}")))?;
-        let leaf = Leaf::from_cbor(&rec.leaf)
-            .map_err(|e| fail(index, format!("leaf does not decode: {e}")))?;
-        if leaf.index != index {
-            return Err(fail(index, format!("leaf says it is entry {}", leaf.index)));
-        }
-        if sha256(&rec.body) != leaf.digest {
-            return Err(fail(
-                index,
-                "the body does not hash to the digest in the leaf",
-            ));
-        }
-        let cmd = match leaf.kind {
-            EntryKind::Genesis => Command::Genesis {
-                doc: ByteBuf::from(rec.body.clone()),
-            },
-            EntryKind::Tx => Command::Batch {
-                time: leaf.time,
-                txs: vec![ByteBuf::from(rec.body.clone())],
-            },
-            EntryKind::Checkpoint => Command::Checkpoint { time: leaf.time },
-            EntryKind::Recovery => Command::Recover {
-                time: leaf.time,
-                decision: ByteBuf::from(rec.body.clone()),
-            },
-        };
+        let (rec, leaf, cmd) = replay_command(index, raw)?;
         self.pending.push((index, rec, leaf, cmd));
         if self.pending.len() >= BATCH {
             self.flush()?;
@@ -138,37 +190,7 @@ impl Audit {
         leaf: &Leaf,
         out: &crate::executor::Output,
     ) -> Result<(), Discrepancy> {
-        let produced = self.store.record(index).map_err(|_| {
-            fail(
-                index,
-                "replay produced no entry here (a duplicate or misplaced entry)",
-            )
-        })?;
-        let produced = Record::from_cbor(&produced).map_err(|e| fail(index, e.to_string()))?;
-        if produced.leaf != rec.leaf {
-            let mine = Leaf::from_cbor(&produced.leaf).map_err(|e| fail(index, e.to_string()))?;
-            let what = if mine.outcome != leaf.outcome {
-                format!(
-                    "recorded outcome `{}`, replay gives `{}`",
-                    leaf.outcome.code(),
-                    mine.outcome.code()
-                )
-            } else if mine.time != leaf.time {
-                format!("recorded time {}, replay gives {}", leaf.time, mine.time)
-            } else {
-                "the recorded leaf differs from the replayed one".to_string()
-            };
-            return Err(fail(index, what));
-        }
-        if let Some((node, seq)) = out.divergence {
-            return Err(fail(
-                index,
-                format!(
-                    "node {} signed checkpoint {seq} over roots that replay does not reproduce",
-                    hex::encode(node)
-                ),
-            ));
-        }
+        check_replayed(&self.store, index, rec, leaf, out)?;
         let s = &mut self.summary;
         s.entries += 1;
         match leaf.kind {

@@ -2,7 +2,8 @@
 //! out until members trust it, then receives the ledger and becomes a Raft
 //! voter; a retired node leaves the group. Receipts after each change carry
 //! the node-set chain, endorsed by the previous set, and verify offline
-//! against the genesis network identity alone.
+//! against the genesis network identity alone. A node that fell behind the
+//! leader's purged log catches up by snapshot.
 
 mod common;
 
@@ -147,4 +148,56 @@ async fn a_node_joins_by_vote_and_a_node_retires_by_vote() {
     let out = c.ledger_verify(0).await;
     assert!(out.contains("OK"), "{out}");
     eprintln!("test took {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+/// A follower that was down while the leader snapshotted and purged its log
+/// installs a snapshot: it fetches the ledger records it lacks from its
+/// peers, replays them, and then follows the log again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_behind_the_purged_log_catches_up_by_snapshot() {
+    let _serial = common::serial().await;
+    let mut c = Cluster::start_with_limits(3, false, "raft_snapshot_every = 32\n").await;
+    let leader = c.wait_leader(&[], LONG).await;
+    let behind = (leader + 1) % 3;
+    let client = c.client_as(leader, "member0");
+    let user = c.signer("user0");
+    commit(&client, user.kv_put("early", b"1"), "before the stop").await;
+    c.kill9(behind);
+    // Each commit is at least one Raft entry: the leader snapshots and purges several times.
+    for k in 0..150 {
+        commit(
+            &client,
+            user.kv_put(&format!("while-down/{k}"), b"x"),
+            "while a node is down",
+        )
+        .await;
+    }
+    c.spawn(behind);
+    c.wait_healthy(behind, LONG).await;
+    commit(&client, user.kv_put("after", b"2"), "after the restart").await;
+    let reader = c.client_as(behind, "member0");
+    let deadline = Instant::now() + LONG;
+    loop {
+        let read = reader.kv_get("after").await;
+        if read.as_ref().ok().and_then(|r| r.value.as_deref()) == Some(b"2".as_slice()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node{behind} did not catch up (read: {read:?}; its ledger: {:?}, the leader's: {:?}); its log:\n{}",
+            reader.ledger_size().await,
+            client.ledger_size().await,
+            c.log(behind),
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let missed = reader.kv_get("while-down/149").await.unwrap();
+    assert_eq!(missed.value.as_deref(), Some(b"x".as_slice()));
+    let log = c.log(behind);
+    assert!(
+        log.contains("installed a snapshot"),
+        "node{behind} caught up without a snapshot; its log:\n{log}"
+    );
+    // Its ledger, rebuilt from the peers' records, replays from genesis.
+    c.ledger_verify(behind).await;
 }

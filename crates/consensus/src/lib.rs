@@ -47,8 +47,8 @@ pub(crate) fn storage_io(
 }
 
 /// Raft settings for Comity: fast elections on a LAN, snapshots (durable
-/// state-machine points) often enough that the log stays short.
-pub fn raft_config(cluster: &str) -> openraft::Config {
+/// state-machine points) every `snapshot_every` entries so the log stays short.
+pub fn raft_config(cluster: &str, snapshot_every: u64) -> openraft::Config {
     openraft::Config {
         cluster_name: cluster.to_string(),
         heartbeat_interval: 100,
@@ -56,10 +56,12 @@ pub fn raft_config(cluster: &str) -> openraft::Config {
         election_timeout_max: 800,
         // Entries are batches of up to a few MiB: bound what one RPC carries.
         max_payload_entries: 16,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(8192),
-        // Followers catch up from the log (state transfer by snapshot is not built yet).
-        max_in_snapshot_log_to_keep: 8192,
-        purge_batch_size: 256,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every),
+        // Followers a little behind catch up from the log; further behind, by snapshot.
+        max_in_snapshot_log_to_keep: snapshot_every,
+        // Installing a snapshot replays the ledger records the follower lacks.
+        install_snapshot_timeout: 600_000,
+        purge_batch_size: (snapshot_every / 4).clamp(1, 256),
         ..Default::default()
     }
 }

@@ -39,6 +39,16 @@ pub mod path {
     pub const SUBMIT: &str = "/raft/submit";
     /// The leader's read index, for linearizable reads on followers.
     pub const READ_INDEX: &str = "/raft/read-index";
+    /// Ledger records, for a node catching up by snapshot.
+    pub const LEDGER: &str = "/raft/ledger";
+}
+
+/// Asks a peer for ledger records `from..to` (it sends a prefix of them,
+/// bounded in count and size, and none it does not have).
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+pub struct LedgerRequest {
+    pub from: u64,
+    pub to: u64,
 }
 
 /// Content type of peer RPC bodies (serde CBOR of openraft's messages).

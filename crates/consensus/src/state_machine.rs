@@ -2,8 +2,15 @@
 //! the store. Commits are not fsynced per batch (the Raft log is the WAL);
 //! a durable commit happens at snapshots and at least every
 //! [`DURABLE_EVERY`], which bounds replay after a crash.
+//!
+//! A snapshot carries no state: it names a durable point (Raft log id,
+//! ledger length and root). A node that installs one fetches the ledger
+//! records it lacks from its peers and re-executes them, checking every
+//! leaf and the final root, so it trusts no peer's state.
 
+use crate::network::{path, LedgerRequest, Peers};
 use crate::{storage_io, Entry, LogId, TxOutcome, TypeConfig};
+use comity_apps::audit::{check_replayed, replay_command};
 use comity_apps::executor::{Output, Verified};
 use comity_apps::state_worker::StateWorker;
 use comity_apps::{Config, Executor};
@@ -18,7 +25,7 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -27,6 +34,24 @@ pub const DURABLE_EVERY: Duration = Duration::from_secs(5);
 
 const META_APPLIED: &str = "raft_applied";
 const META_SNAPSHOT: &str = "raft_snapshot";
+/// A snapshot being installed: its records are being fetched and replayed.
+const META_INSTALLING: &str = "raft_installing";
+
+/// Ledger records fetched from a peer per request, at most.
+pub const LEDGER_PAGE_RECORDS: u64 = 1024;
+/// Bytes of ledger records a peer sends per request, at most (beyond the first record).
+pub const LEDGER_PAGE_BYTES: usize = 4 << 20;
+
+/// The peer client, set once the node has built it (after the state machine).
+pub type PeerSlot = Arc<OnceLock<Peers>>;
+
+/// What a snapshot carries: a durable point of the ledger it covers.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct SnapshotInfo {
+    meta: SnapshotMeta<u64, BasicNode>,
+    ledger_len: u64,
+    ledger_root: Hash,
+}
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Applied {
@@ -97,6 +122,8 @@ pub struct StateMachine {
     /// Transaction ids whose signatures this node checked at ingress.
     preverified: Preverified,
     last_durable: Instant,
+    /// For fetching ledger records when installing a snapshot.
+    peers: PeerSlot,
 }
 
 fn read_err(e: impl std::fmt::Display) -> StorageError<u64> {
@@ -118,6 +145,7 @@ impl StateMachine {
         store: Arc<Store>,
         events: UnboundedSender<Event>,
         preverified: Preverified,
+        peers: PeerSlot,
     ) -> Result<Self, StorageError<u64>> {
         let mut executor = Executor::load(&store).map_err(read_err)?;
         executor.set_worker(StateWorker::spawn(store.clone()).map_err(read_err)?);
@@ -140,7 +168,162 @@ impl StateMachine {
             events,
             preverified,
             last_durable: Instant::now(),
+            peers,
         })
+    }
+
+    /// Brings the ledger and state up to the snapshot `info` by fetching the
+    /// missing ledger records from peers and re-executing them, then adopts
+    /// the snapshot's Raft position.
+    async fn catch_up(&mut self, info: &SnapshotInfo) -> Result<(), StorageError<u64>> {
+        let t0 = Instant::now();
+        let start = self
+            .store
+            .read()
+            .and_then(|r| r.ledger_len())
+            .map_err(read_err)?;
+        if start > info.ledger_len {
+            return Err(write_err(format!(
+                "this node's ledger ({start} records) is longer than the snapshot's ({}); its history differs from the network's",
+                info.ledger_len
+            )));
+        }
+        let addrs: Vec<String> = info
+            .meta
+            .last_membership
+            .membership()
+            .nodes()
+            .map(|(_, n)| n.addr.clone())
+            .collect();
+        let mut have = start;
+        let mut last = None;
+        let mut logged = Instant::now();
+        while have < info.ledger_len {
+            let mut records = self.fetch(&addrs, have, info.ledger_len).await;
+            records.truncate((info.ledger_len - have) as usize);
+            let n = records.len() as u64;
+            last = blocking(|| self.replay(have, &records))?.or(last);
+            have += n;
+            if logged.elapsed() >= Duration::from_secs(10) {
+                tracing::info!(
+                    have,
+                    of = info.ledger_len,
+                    "catching up: ledger records replayed"
+                );
+                logged = Instant::now();
+            }
+        }
+        if info.ledger_len > 0 {
+            let root = self.store.tree_root_at(info.ledger_len).map_err(read_err)?;
+            if root != info.ledger_root {
+                return Err(write_err(format!(
+                    "after replaying the peers' records the ledger root at {} is {}, the snapshot says {}; this node's history differs from the network's",
+                    info.ledger_len,
+                    hex::encode(root),
+                    hex::encode(info.ledger_root)
+                )));
+            }
+        }
+        self.applied = Applied {
+            last: info.meta.last_log_id,
+            membership: info.meta.last_membership.clone(),
+        };
+        let txn = self.store.begin().map_err(write_err)?;
+        {
+            let mut batch = txn.batch().map_err(write_err)?;
+            batch
+                .meta_put(META_APPLIED, &encode(&self.applied))
+                .map_err(write_err)?;
+            batch
+                .meta_put(META_SNAPSHOT, &encode(info))
+                .map_err(write_err)?;
+            batch.meta_remove(META_INSTALLING).map_err(write_err)?;
+        }
+        txn.commit(true).map_err(write_err)?;
+        self.last_durable = Instant::now();
+        *self.view.write().expect("view lock") = ExecView::of(&self.executor);
+        if let Some(o) = last {
+            let _ = self.events.send(Event::Applied(vec![o]));
+        }
+        tracing::info!(
+            records = info.ledger_len - start,
+            ledger_len = info.ledger_len,
+            elapsed_ms = t0.elapsed().as_millis() as u64,
+            "installed a snapshot: caught up by replaying the peers' ledger records"
+        );
+        Ok(())
+    }
+
+    /// Ledger records `from..` (up to `to`) from the first peer that has
+    /// some; retries every second until one answers.
+    async fn fetch(&self, addrs: &[String], from: u64, to: u64) -> Vec<serde_bytes::ByteBuf> {
+        let req = LedgerRequest { from, to };
+        loop {
+            if let Some(peers) = self.peers.get() {
+                for addr in addrs {
+                    match peers
+                        .call::<_, Vec<serde_bytes::ByteBuf>>(
+                            addr,
+                            path::LEDGER,
+                            &req,
+                            Duration::from_secs(30),
+                        )
+                        .await
+                    {
+                        Ok(r) if !r.is_empty() => return r,
+                        Ok(_) => {}
+                        Err(e) => tracing::debug!(%addr, error = %e, "ledger records not fetched"),
+                    }
+                }
+            }
+            tracing::warn!(
+                from,
+                to,
+                "no peer sent the ledger records this node lacks; retrying"
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Re-executes fetched ledger records starting at `first` in one store
+    /// commit, checking each produced leaf against the record first: a bad
+    /// record fails the install before anything is committed (the node then
+    /// stops, and its next start resumes from the last good record). Emits
+    /// no events: the network acted on these entries long ago.
+    fn replay(
+        &mut self,
+        first: u64,
+        records: &[serde_bytes::ByteBuf],
+    ) -> Result<Option<TxOutcome>, StorageError<u64>> {
+        let bad = |e: comity_apps::audit::Discrepancy| {
+            write_err(format!("a peer's ledger record does not replay: {e}"))
+        };
+        let txn = self.store.begin().map_err(write_err)?;
+        let mut done = Vec::with_capacity(records.len());
+        {
+            let mut batch = txn.batch().map_err(write_err)?;
+            for (index, raw) in (first..).zip(records) {
+                let (rec, leaf, cmd) = replay_command(index, raw).map_err(bad)?;
+                let out = self
+                    .executor
+                    .apply(&mut batch, &cmd, &|_| None)
+                    .map_err(write_err)?;
+                done.push((index, rec, leaf, out));
+            }
+        }
+        for (index, rec, leaf, out) in &done {
+            check_replayed(&self.store, *index, rec, leaf, out).map_err(bad)?;
+        }
+        txn.commit(false).map_err(write_err)?;
+        self.executor.after_commit().map_err(write_err)?;
+        Ok(done.last().and_then(|(_, _, _, out)| {
+            out.txs.last().map(|r| TxOutcome {
+                id: r.id.to_vec(),
+                index: r.index,
+                outcome: r.outcome.code().to_string(),
+                time: r.time,
+            })
+        }))
     }
 
     fn apply_entries(
@@ -227,6 +410,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn applied_state(
         &mut self,
     ) -> Result<(Option<LogId>, StoredMembership<u64, BasicNode>), StorageError<u64>> {
+        let installing = self
+            .store
+            .read()
+            .and_then(|r| r.meta_get(META_INSTALLING))
+            .map_err(read_err)?;
+        if let Some(b) = installing {
+            // A crash interrupted an install: finish it before anything else is applied.
+            let info: SnapshotInfo = ciborium::from_reader(b.as_slice()).map_err(read_err)?;
+            tracing::warn!(
+                ledger_len = info.ledger_len,
+                "resuming a snapshot install that a restart interrupted"
+            );
+            self.catch_up(&info).await?;
+        }
         Ok((self.applied.last, self.applied.membership.clone()))
     }
 
@@ -236,13 +433,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        // Apply is synchronous storage work: let the runtime move its other tasks elsewhere.
-        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
-                tokio::task::block_in_place(|| self.apply_entries(entries))
-            }
-            _ => self.apply_entries(entries),
-        }
+        blocking(|| self.apply_entries(entries))
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -259,10 +450,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn install_snapshot(
         &mut self,
-        _meta: &SnapshotMeta<u64, BasicNode>,
-        _snapshot: Box<Cursor<Vec<u8>>>,
+        meta: &SnapshotMeta<u64, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<u64>> {
-        Err(write_err("installing a snapshot from a peer needs state transfer, which this node does not support yet"))
+        let mut info: SnapshotInfo =
+            ciborium::from_reader(snapshot.get_ref().as_slice()).map_err(read_err)?;
+        info.meta = meta.clone();
+        // Recorded durably first, so that a crash during the replay resumes it.
+        blocking(|| {
+            let txn = self.store.begin().map_err(write_err)?;
+            txn.batch()
+                .map_err(write_err)?
+                .meta_put(META_INSTALLING, &encode(&info))
+                .map_err(write_err)?;
+            txn.commit(true).map_err(write_err)
+        })?;
+        self.catch_up(&info).await
     }
 
     async fn get_current_snapshot(
@@ -271,10 +474,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let r = self.store.read().map_err(read_err)?;
         match r.meta_get(META_SNAPSHOT).map_err(read_err)? {
             Some(b) => {
-                let meta: SnapshotMeta<u64, BasicNode> =
-                    ciborium::from_reader(b.as_slice()).map_err(read_err)?;
+                let info: SnapshotInfo = ciborium::from_reader(b.as_slice()).map_err(read_err)?;
                 Ok(Some(Snapshot {
-                    meta,
+                    meta: info.meta,
                     snapshot: Box::new(Cursor::new(b)),
                 }))
             }
@@ -307,33 +509,44 @@ pub struct SnapshotBuilder {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
         let store = self.store.clone();
-        let meta = tokio::task::spawn_blocking(
-            move || -> Result<SnapshotMeta<u64, BasicNode>, StorageError<u64>> {
+        let meta =
+            tokio::task::spawn_blocking(move || -> Result<SnapshotInfo, StorageError<u64>> {
                 let txn = store.begin().map_err(write_err)?;
                 let mut batch = txn.batch().map_err(write_err)?;
                 let applied: Applied = match batch.meta_get(META_APPLIED).map_err(read_err)? {
                     Some(b) => ciborium::from_reader(b.as_slice()).map_err(read_err)?,
                     None => Applied::default(),
                 };
-                let meta = SnapshotMeta {
-                    last_log_id: applied.last,
-                    last_membership: applied.membership,
-                    snapshot_id: format!("durable-{}", applied.last.map_or(0, |l| l.index)),
+                let info = SnapshotInfo {
+                    meta: SnapshotMeta {
+                        last_log_id: applied.last,
+                        last_membership: applied.membership,
+                        snapshot_id: format!("durable-{}", applied.last.map_or(0, |l| l.index)),
+                    },
+                    ledger_len: batch.ledger_len(),
+                    ledger_root: batch.tx_root(),
                 };
                 batch
-                    .meta_put(META_SNAPSHOT, &encode(&meta))
+                    .meta_put(META_SNAPSHOT, &encode(&info))
                     .map_err(write_err)?;
                 drop(batch);
                 txn.commit(true).map_err(write_err)?;
-                Ok(meta)
-            },
-        )
-        .await
-        .map_err(write_err)??;
+                Ok(info)
+            })
+            .await
+            .map_err(write_err)??;
         let data = encode(&meta);
         Ok(Snapshot {
-            meta,
+            meta: meta.meta,
             snapshot: Box::new(Cursor::new(data)),
         })
+    }
+}
+
+/// Runs synchronous storage work, letting the runtime move its other tasks elsewhere.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }

@@ -48,6 +48,10 @@ pub struct Limits {
     /// This node refuses to co-sign a checkpoint whose ledger time is further
     /// than this from its own clock.
     pub max_clock_skew_ms: u64,
+    /// Raft log entries between snapshots (durable points); the log keeps as
+    /// many entries before the latest one. A follower further behind
+    /// catches up by snapshot: it fetches and replays the ledger records it lacks.
+    pub raft_snapshot_every: u64,
 }
 
 impl Default for Limits {
@@ -59,6 +63,7 @@ impl Default for Limits {
             commit_wait_ms: 30_000,
             batch_max_bytes: 4 << 20,
             max_clock_skew_ms: 30_000,
+            raft_snapshot_every: 8192,
         }
     }
 }

@@ -17,7 +17,7 @@ pub mod verifier;
 use comity_apps::Command;
 use comity_consensus::log_store::LogStore;
 use comity_consensus::network::{raft_id, Peers, Trust};
-use comity_consensus::state_machine::{Event, SharedView, StateMachine};
+use comity_consensus::state_machine::{Event, PeerSlot, SharedView, StateMachine};
 use comity_consensus::Raft;
 use comity_core::checkpoint::{self, CHECKPOINT_CONTENT_TYPE, NODE_SET_CONTENT_TYPE};
 use comity_core::crypto::SigningKey;
@@ -150,10 +150,12 @@ impl Node {
         let pending = Arc::new(PendingSet::default());
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let pv = pending.clone();
+        let peer_slot = PeerSlot::default();
         let sm = StateMachine::new(
             store.clone(),
             ev_tx,
             Arc::new(move |id: &Hash| pv.take_verified(id)),
+            peer_slot.clone(),
         )?;
         let view = sm.view();
         let recovery = match &cfg.recovery {
@@ -180,7 +182,10 @@ impl Node {
         });
         let trust = trust(&view, bootstrap, recovering.clone());
         let peers = Peers::new(&tls_cert, &tls_key, trust.clone(), cfg.peer_bind)?;
-        let raft_cfg = Arc::new(comity_consensus::raft_config("comity").validate()?);
+        let _ = peer_slot.set(peers.clone());
+        let raft_cfg = Arc::new(
+            comity_consensus::raft_config("comity", cfg.limits.raft_snapshot_every).validate()?,
+        );
         let raft = Raft::new(node_id, raft_cfg, peers.clone(), log.clone(), sm).await?;
         if !raft.is_initialized().await? {
             match (&recovery, &genesis) {

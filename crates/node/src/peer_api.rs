@@ -12,7 +12,8 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Router};
-use comity_consensus::network::{path, CONTENT_TYPE};
+use comity_consensus::network::{path, LedgerRequest, CONTENT_TYPE};
+use comity_consensus::state_machine::{LEDGER_PAGE_BYTES, LEDGER_PAGE_RECORDS};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
@@ -38,6 +39,7 @@ pub fn routes() -> Router<Arc<Shared>> {
         .route(path::APPEND, post(append))
         .route(path::VOTE, post(vote))
         .route(path::SNAPSHOT, post(snapshot))
+        .route(path::LEDGER, post(ledger))
         .route(path::SUBMIT, post(submit))
         .route(path::READ_INDEX, post(read_index))
         .layer(DefaultBodyLimit::max(MAX_PEER_BODY))
@@ -82,19 +84,47 @@ async fn vote(
     Ok(reply(&shared.raft.vote(decode(&body)?).await))
 }
 
-/// Installing a snapshot from a peer needs state transfer, which is not
-/// built yet: refuse it loudly rather than let Raft fail on it.
+/// A snapshot from the leader: installing it replays the ledger records this
+/// node lacks (fetched from peers), so the reply comes once that is done.
 async fn snapshot(
     State(shared): S,
     Extension(peer): Extension<ClientIdentity>,
+    body: Bytes,
 ) -> ApiResult<Response> {
     check_peer(&shared, peer)?;
-    tracing::error!("the leader wants to send a snapshot: this node is behind the leader's purged log; copy a peer's data directory to recover it");
-    Err(ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "snapshot_unsupported",
-        "this node cannot install snapshots; restore its data from a peer",
-    ))
+    Ok(reply(&shared.raft.install_snapshot(decode(&body)?).await))
+}
+
+/// Ledger records for a node catching up by snapshot: a bounded prefix of
+/// the range asked for, as far as this node has them.
+async fn ledger(
+    State(shared): S,
+    Extension(peer): Extension<ClientIdentity>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    check_peer(&shared, peer)?;
+    let req: LedgerRequest = decode(&body)?;
+    let records = tokio::task::spawn_blocking(move || -> ApiResult<Vec<ByteBuf>> {
+        let len = shared.store.read()?.ledger_len()?;
+        let to = req
+            .to
+            .min(len)
+            .min(req.from.saturating_add(LEDGER_PAGE_RECORDS));
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for index in req.from..to {
+            let raw = shared.store.record(index)?;
+            bytes += raw.len();
+            out.push(ByteBuf::from(raw));
+            if bytes >= LEDGER_PAGE_BYTES {
+                break;
+            }
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    Ok(reply(&records))
 }
 
 /// Admits forwarded transactions as if submitted here, and answers once each

@@ -65,6 +65,12 @@ fn peer_ip(i: usize) -> Ipv4Addr {
 impl Cluster {
     /// Creates an `n`-node network (`comity up --init-only`) and starts every node.
     pub async fn start(n: usize, proxied: bool) -> Cluster {
+        Cluster::start_with_limits(n, proxied, "").await
+    }
+
+    /// Like [`Cluster::start`], with `limits` (TOML lines) added to every
+    /// node's `[limits]` table.
+    pub async fn start_with_limits(n: usize, proxied: bool, limits: &str) -> Cluster {
         let tmp = tempfile::Builder::new()
             .prefix("comity-cluster-")
             .tempdir()
@@ -102,6 +108,19 @@ impl Cluster {
             c.insert_proxies().await;
         }
         for i in 0..n {
+            let toml = c.node_dir(i).join("node.toml");
+            let mut cfg = std::fs::read_to_string(&toml).expect("node.toml");
+            assert!(cfg.contains("[limits]\n"), "node.toml has a [limits] table");
+            for line in limits.lines() {
+                let key = line.split('=').next().unwrap_or_default().trim();
+                cfg = cfg
+                    .lines()
+                    .filter(|l| l.split('=').next().unwrap_or_default().trim() != key)
+                    .map(|l| format!("{l}\n"))
+                    .collect();
+                cfg = cfg.replace("[limits]\n", &format!("[limits]\n{line}\n"));
+            }
+            std::fs::write(&toml, cfg).expect("write node.toml");
             c.spawn(i);
         }
         for i in 0..n {
@@ -204,6 +223,11 @@ impl Cluster {
         format!("https://127.0.0.1:{}", self.base + i as u16)
     }
 
+    /// What node `i` has logged since it was last started.
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.stderr_path(i)).unwrap_or_default()
+    }
+
     fn stderr_path(&self, i: usize) -> PathBuf {
         self.tmp
             .path()
@@ -273,7 +297,7 @@ impl Cluster {
             .args(args)
             .arg("--config")
             .arg(self.node_dir(i).join("node.toml"))
-            .env("COMITY_LOG", "info,openraft=warn")
+            .env("COMITY_LOG", "info,openraft=warn,fjall=warn,lsm_tree=warn")
             .stdin(Stdio::null())
             // The node logs to stdout: keep it with stderr for failure messages.
             .stdout(log.try_clone().expect("log file"))
