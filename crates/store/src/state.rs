@@ -19,6 +19,7 @@ use comity_core::merkle::{self, Hash};
 use fjall::{Database, KeyspaceCreateOptions, PersistMode};
 use jmt::storage::{LeafNode, Node, NodeKey, TreeReader};
 use jmt::{KeyHash, OwnedValue, Sha256Jmt, Version};
+use serde_bytes::{ByteBuf, Bytes};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -63,10 +64,55 @@ const META_DIRTY: &str = "dirty_state";
 pub type Dirty = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
 /// Unfolded changes, plus changes taken for state-tree versions not yet written.
-#[derive(Default, serde::Serialize, serde::Deserialize)]
+#[derive(Default)]
 struct Unfolded {
     dirty: Dirty,
     jobs: BTreeMap<u64, Dirty>,
+}
+
+/// Changes as saved: keys and values are CBOR byte strings (serde would
+/// otherwise write a `Vec<u8>` as an array of integers, slowly).
+type SavedChanges<B> = Vec<(B, Option<B>)>;
+
+#[derive(serde::Serialize)]
+struct SavingUnfolded<'a> {
+    dirty: SavedChanges<&'a Bytes>,
+    jobs: Vec<(u64, SavedChanges<&'a Bytes>)>,
+}
+
+#[derive(serde::Deserialize)]
+struct SavedUnfolded {
+    dirty: SavedChanges<ByteBuf>,
+    jobs: Vec<(u64, SavedChanges<ByteBuf>)>,
+}
+
+fn saving(d: &Dirty) -> SavedChanges<&Bytes> {
+    d.iter()
+        .map(|(k, v)| (Bytes::new(k), v.as_deref().map(Bytes::new)))
+        .collect()
+}
+
+fn encode_unfolded(dirty: &Dirty, jobs: &BTreeMap<u64, Dirty>) -> Vec<u8> {
+    let u = SavingUnfolded {
+        dirty: saving(dirty),
+        jobs: jobs.iter().map(|(v, d)| (*v, saving(d))).collect(),
+    };
+    let mut out = Vec::new();
+    ciborium::into_writer(&u, &mut out).expect("encoding to a Vec cannot fail");
+    out
+}
+
+fn decode_unfolded(b: &[u8]) -> Result<Unfolded, String> {
+    let saved: SavedUnfolded = ciborium::from_reader(b).map_err(|e| e.to_string())?;
+    let owned = |c: SavedChanges<ByteBuf>| -> Dirty {
+        c.into_iter()
+            .map(|(k, v)| (k.into_vec(), v.map(ByteBuf::into_vec)))
+            .collect()
+    };
+    Ok(Unfolded {
+        dirty: owned(saved.dirty),
+        jobs: saved.jobs.into_iter().map(|(v, c)| (v, owned(c))).collect(),
+    })
 }
 
 /// A value (or its absence) at a state-tree version, with its proof and that version's root.
@@ -75,12 +121,6 @@ pub struct StateProof {
     /// Borsh-encoded jmt `SparseMerkleProof<Sha256>`.
     pub proof: Vec<u8>,
     pub root: Hash,
-}
-
-fn encode_unfolded(u: &Unfolded) -> Vec<u8> {
-    let mut out = Vec::new();
-    ciborium::into_writer(u, &mut out).expect("encoding to a Vec cannot fail");
-    out
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -217,8 +257,8 @@ impl Store {
             .map(|v| u64::from_be_bytes((*v).try_into().unwrap_or_default()))
             .unwrap_or(0);
         let durable_root: Option<Hash> = meta(META_LEDGER_ROOT)?.and_then(|v| (*v).try_into().ok());
-        let unfolded: Unfolded = match meta(META_DIRTY)? {
-            Some(v) => ciborium::from_reader(&*v).map_err(|e| StoreError::Db {
+        let unfolded = match meta(META_DIRTY)? {
+            Some(v) => decode_unfolded(&v).map_err(|e| StoreError::Db {
                 path: db_path.clone(),
                 message: format!("saved state changes do not decode: {e}"),
             })?,
@@ -388,10 +428,10 @@ impl Inner {
 
     /// Saves the unfolded state changes in `layer`'s meta, making it resumable.
     fn save_unfolded(&self, layer: &mut Layer) {
-        let dirty = encode_unfolded(&Unfolded {
-            dirty: self.dirty.lock().expect("dirty lock").clone(),
-            jobs: self.jobs.lock().expect("jobs lock").clone(),
-        });
+        let dirty = encode_unfolded(
+            &self.dirty.lock().expect("dirty lock"),
+            &self.jobs.lock().expect("jobs lock"),
+        );
         layer.meta.insert(META_DIRTY.into(), Some(dirty));
         layer.resumable = true;
     }
