@@ -43,6 +43,28 @@ async fn pass(c: &Cluster, client: &Client, actions: serde_json::Value, what: &s
     assert_eq!(p["proposal"]["state"], "accepted", "{what}: {p}");
 }
 
+/// Members vote to trust node `new` (operated by member0); returns its id.
+async fn trust(c: &Cluster, client: &Client, new: usize) -> Hash {
+    let key = std::fs::read_to_string(c.node_dir(new).join("node.key.pem")).unwrap();
+    let key = comity_core::crypto::SigningKey::from_pkcs8_pem(&key)
+        .unwrap()
+        .public();
+    let member0 = c.signer("member0").id;
+    pass(
+        c,
+        client,
+        json!([{"action": "node.trust", "args": {
+            "key": hex::encode(key.to_spki_der()),
+            "member": hex::encode(member0),
+            "name": format!("node{new}"),
+            "data": {"address": format!("127.0.0.1:{}", c.base + new as u16)},
+        }}]),
+        &format!("trust node{new}"),
+    )
+    .await;
+    key.fingerprint()
+}
+
 async fn voters(client: &Client) -> Vec<u64> {
     let h: Health = client.health().await.expect("health");
     h.members.iter().filter(|m| m.voter).map(|m| m.id).collect()
@@ -104,24 +126,7 @@ async fn a_node_joins_by_vote_and_a_node_retires_by_vote() {
         3,
         "an untrusted node is not added"
     );
-    let key = std::fs::read_to_string(c.node_dir(new).join("node.key.pem")).unwrap();
-    let key = comity_core::crypto::SigningKey::from_pkcs8_pem(&key)
-        .unwrap()
-        .public();
-    let node_id = key.fingerprint();
-    let member0 = c.signer("member0").id;
-    pass(
-        &c,
-        &client,
-        json!([{"action": "node.trust", "args": {
-            "key": hex::encode(key.to_spki_der()),
-            "member": hex::encode(member0),
-            "name": "node3",
-            "data": {"address": format!("127.0.0.1:{}", c.base + new as u16)},
-        }}]),
-        "trust node3",
-    )
-    .await;
+    let node_id = trust(&c, &client, new).await;
     wait_voters(&client, 4, "after node.trust").await;
     c.wait_healthy(new, LONG).await;
     eprintln!(
@@ -200,4 +205,25 @@ async fn a_node_behind_the_purged_log_catches_up_by_snapshot() {
     );
     // Its ledger, rebuilt from the peers' records, replays from genesis.
     c.ledger_verify(behind).await;
+
+    // A new node joining now gets the whole ledger the same way, from genesis.
+    let new = c.join_new_node();
+    trust(&c, &client, new).await;
+    wait_voters(&client, 4, "after node.trust").await;
+    c.wait_healthy(new, LONG).await;
+    let joined = c.client_as(new, "member0");
+    let deadline = Instant::now() + LONG;
+    while joined.kv_get("early").await.ok().and_then(|r| r.value) != Some(b"1".to_vec()) {
+        assert!(
+            Instant::now() < deadline,
+            "node{new} did not receive the ledger; its log:\n{}",
+            c.log(new)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = c.log(new);
+    assert!(
+        log.contains("installed a snapshot"),
+        "node{new} joined without a snapshot; its log:\n{log}"
+    );
 }

@@ -202,13 +202,12 @@ impl Store {
         let db_path = dir.join("state");
         let legacy = dir.join("state.redb");
         if legacy.exists() {
-            return Err(StoreError::Mismatch {
-                dir: dir.into(),
+            return Err(StoreError::Db {
                 message: format!(
-                    "{} was written by an older Comity, which kept state in redb; this version keeps it in {} and does not convert it. Run the version that wrote it, or start from a new data directory",
-                    legacy.display(),
+                    "written by an older Comity, which kept state in redb; this version keeps it in {} and does not convert it. Run the version that wrote it, or start from a new data directory",
                     db_path.display()
                 ),
+                path: legacy,
             });
         }
         let ledger_dir = dir.join("ledger");
