@@ -39,7 +39,7 @@ const META_INSTALLING: &str = "raft_installing";
 
 /// Ledger records fetched from a peer per request, at most.
 pub const LEDGER_PAGE_RECORDS: u64 = 1024;
-/// Bytes of ledger records a peer sends per request, at most (beyond the first record).
+/// A peer stops adding ledger records to a reply once it holds this many bytes.
 pub const LEDGER_PAGE_BYTES: usize = 4 << 20;
 
 /// The peer client, set once the node has built it (after the state machine).
@@ -228,18 +228,20 @@ impl StateMachine {
             last: info.meta.last_log_id,
             membership: info.meta.last_membership.clone(),
         };
-        let txn = self.store.begin().map_err(write_err)?;
-        {
-            let mut batch = txn.batch().map_err(write_err)?;
-            batch
-                .meta_put(META_APPLIED, &encode(&self.applied))
-                .map_err(write_err)?;
-            batch
-                .meta_put(META_SNAPSHOT, &encode(info))
-                .map_err(write_err)?;
-            batch.meta_remove(META_INSTALLING).map_err(write_err)?;
-        }
-        txn.commit(true).map_err(write_err)?;
+        blocking(|| {
+            let txn = self.store.begin().map_err(write_err)?;
+            {
+                let mut batch = txn.batch().map_err(write_err)?;
+                batch
+                    .meta_put(META_APPLIED, &encode(&self.applied))
+                    .map_err(write_err)?;
+                batch
+                    .meta_put(META_SNAPSHOT, &encode(info))
+                    .map_err(write_err)?;
+                batch.meta_remove(META_INSTALLING).map_err(write_err)?;
+            }
+            txn.commit(true).map_err(write_err)
+        })?;
         self.last_durable = Instant::now();
         *self.view.write().expect("view lock") = ExecView::of(&self.executor);
         if let Some(o) = last {

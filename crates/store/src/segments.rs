@@ -780,18 +780,10 @@ impl LedgerFiles {
     /// `fsync`s the directory if a segment file was created since the last
     /// sync. Afterwards every record appended so far is durable.
     pub fn sync(&mut self) -> Result<(), SegmentError> {
-        self.guarded(|this| {
-            if let (Some(w), Some(seg)) = (this.writer.as_mut(), this.segments.last()) {
-                w.flush()
-                    .and_then(|()| w.get_ref().sync_data())
-                    .map_err(io_err(&seg.path))?;
-            }
-            if this.dir_dirty {
-                sync_dir(&this.dir)?;
-                this.dir_dirty = false;
-            }
-            Ok(())
-        })
+        if let Some((file, path)) = self.flush_for_sync()? {
+            self.guarded(|_| file.sync_data().map_err(io_err(&path)))?;
+        }
+        Ok(())
     }
 
     /// Flushes buffered appends to the operating system (making a new

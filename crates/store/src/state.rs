@@ -349,7 +349,7 @@ impl Store {
         let guard = self.inner.txn_lock.lock().expect("txn lock");
         Ok(Txn {
             store: self,
-            view: self.inner.view()?,
+            view: self.inner.view(),
             top: RefCell::new(Layer::default()),
             writing: guard,
         })
@@ -358,7 +358,7 @@ impl Store {
     pub fn read(&self) -> Result<Reader<'_>, StoreError> {
         Ok(Reader {
             store: self,
-            view: self.inner.view()?,
+            view: self.inner.view(),
         })
     }
 
@@ -416,13 +416,13 @@ impl Inner {
     }
 
     /// The layers and a database snapshot, taken together (see `layers`).
-    fn view(&self) -> Result<View, StoreError> {
+    fn view(&self) -> View {
         let layers = self.layers.read().expect("layers lock");
-        Ok(View {
+        View {
             layers: layers.clone(),
             snapshot: self.db.snapshot(),
             keyspaces: self.keyspaces.clone(),
-        })
+        }
     }
 
     /// Saves the unfolded state changes in `layer`'s meta, making it resumable.
@@ -748,7 +748,7 @@ impl WriteBatch<'_> {
     }
 
     /// Takes the state changed since the last call as the job of state-tree
-    /// `version`; the job is kept (and saved at durable commits) until
+    /// `version`; the job is kept (and saved with resumable layers) until
     /// [`WriteBatch::write_state_tree`] writes its result.
     pub fn take_state_changes(&mut self, version: Version) {
         let inner = &self.store.inner;
@@ -1031,10 +1031,7 @@ mod tests {
             body: i.to_be_bytes().to_vec(),
         })
         .unwrap();
-        for v in store.pending_state_versions() {
-            let update = b.compute_state_tree(v).unwrap();
-            b.write_state_tree(update).unwrap();
-        }
+        write_taken_versions(store, &mut b);
         if i % 3 == 2 {
             b.take_state_changes(i / 3);
         }
@@ -1042,21 +1039,22 @@ mod tests {
         txn.commit(false).unwrap();
     }
 
-    /// Versions taken in steps `0..len`.
-    fn versions_taken(len: u64) -> u64 {
-        len / 3
-    }
-
-    /// Finishes taken versions, then folds the remaining changes into the
-    /// next one: the root any node with the same history would compute.
-    fn final_root(store: &Store, len: u64) -> Hash {
-        let txn = store.begin().unwrap();
-        let mut b = txn.batch().unwrap();
+    /// Computes and writes every state-tree version taken so far.
+    fn write_taken_versions(store: &Store, b: &mut WriteBatch<'_>) {
         for v in store.pending_state_versions() {
             let update = b.compute_state_tree(v).unwrap();
             b.write_state_tree(update).unwrap();
         }
-        let root = b.update_state_root(versions_taken(len)).unwrap();
+    }
+
+    /// Finishes taken versions, then folds the remaining changes into the
+    /// next one (steps `0..len` took `len / 3` versions): the root any node
+    /// with the same history would compute.
+    fn final_root(store: &Store, len: u64) -> Hash {
+        let txn = store.begin().unwrap();
+        let mut b = txn.batch().unwrap();
+        write_taken_versions(store, &mut b);
+        let root = b.update_state_root(len / 3).unwrap();
         drop(b);
         txn.commit(true).unwrap();
         root
