@@ -2,7 +2,7 @@
 //!
 //! Everything that is hashed or signed is encoded through [`to_vec`], which
 //! sorts map keys by their encoded bytes; inputs that must be deterministic are
-//! checked with [`ensure_canonical`] by re-encoding and comparing.
+//! checked with [`check_canonical`] in one pass over their bytes.
 
 pub use ciborium::Value;
 
@@ -23,50 +23,204 @@ pub enum CborError {
     Shape(String),
 }
 
-/// Sorts every map by encoded key bytes, recursively, rejecting floats and deep nesting.
-pub fn canonicalize(v: Value) -> Result<Value, CborError> {
-    canon(v, 0)
+/// Encodes `v` deterministically: shortest heads, definite lengths, map keys
+/// sorted by their encoded bytes; floats, duplicate keys and nesting deeper
+/// than the limit are refused.
+pub fn to_vec(v: Value) -> Result<Vec<u8>, CborError> {
+    let mut out = Vec::with_capacity(128);
+    encode(&v, &mut out, 0)?;
+    Ok(out)
 }
 
-fn canon(v: Value, depth: usize) -> Result<Value, CborError> {
+fn head(out: &mut Vec<u8>, major: u8, arg: u64) {
+    let m = major << 5;
+    if arg < 24 {
+        out.push(m | arg as u8);
+    } else if arg <= u8::MAX as u64 {
+        out.extend_from_slice(&[m | 24, arg as u8]);
+    } else if arg <= u16::MAX as u64 {
+        out.push(m | 25);
+        out.extend_from_slice(&(arg as u16).to_be_bytes());
+    } else if arg <= u32::MAX as u64 {
+        out.push(m | 26);
+        out.extend_from_slice(&(arg as u32).to_be_bytes());
+    } else {
+        out.push(m | 27);
+        out.extend_from_slice(&arg.to_be_bytes());
+    }
+}
+
+fn encode(v: &Value, out: &mut Vec<u8>, depth: usize) -> Result<(), CborError> {
     if depth > MAX_DEPTH {
         return Err(CborError::TooDeep);
     }
-    Ok(match v {
-        Value::Float(_) => return Err(CborError::Float),
-        Value::Array(items) => Value::Array(
-            items
-                .into_iter()
-                .map(|i| canon(i, depth + 1))
-                .collect::<Result<_, _>>()?,
-        ),
-        Value::Map(entries) => {
-            let mut keyed = Vec::with_capacity(entries.len());
-            for (k, val) in entries {
-                let k = canon(k, depth + 1)?;
-                let kb = raw(&k);
-                keyed.push((kb, k, canon(val, depth + 1)?));
+    match v {
+        Value::Integer(i) => {
+            let n = i128::from(*i);
+            // `Integer` spans -2^64 ..= 2^64 - 1, so both casts are exact.
+            if n >= 0 {
+                head(out, 0, n as u64)
+            } else {
+                head(out, 1, (-1 - n) as u64)
             }
-            keyed.sort_by(|a, b| a.0.cmp(&b.0));
-            if keyed.windows(2).any(|w| w[0].0 == w[1].0) {
+        }
+        Value::Bytes(b) => {
+            head(out, 2, b.len() as u64);
+            out.extend_from_slice(b);
+        }
+        Value::Text(t) => {
+            head(out, 3, t.len() as u64);
+            out.extend_from_slice(t.as_bytes());
+        }
+        Value::Array(items) => {
+            head(out, 4, items.len() as u64);
+            for i in items {
+                encode(i, out, depth + 1)?;
+            }
+        }
+        Value::Map(entries) => {
+            // Keys are encoded side by side in one buffer, then ordered.
+            let mut keys = Vec::new();
+            let mut spans = Vec::with_capacity(entries.len());
+            for (i, (k, _)) in entries.iter().enumerate() {
+                let from = keys.len();
+                encode(k, &mut keys, depth + 1)?;
+                spans.push((from, keys.len(), i));
+            }
+            spans.sort_unstable_by(|a, b| keys[a.0..a.1].cmp(&keys[b.0..b.1]));
+            if spans
+                .windows(2)
+                .any(|w| keys[w[0].0..w[0].1] == keys[w[1].0..w[1].1])
+            {
                 return Err(CborError::Shape("duplicate map key".into()));
             }
-            Value::Map(keyed.into_iter().map(|(_, k, v)| (k, v)).collect())
+            head(out, 5, entries.len() as u64);
+            for (from, to, i) in spans {
+                out.extend_from_slice(&keys[from..to]);
+                encode(&entries[i].1, out, depth + 1)?;
+            }
         }
-        Value::Tag(t, inner) => Value::Tag(t, Box::new(canon(*inner, depth + 1)?)),
-        other => other,
-    })
+        Value::Tag(t, inner) => {
+            head(out, 6, *t);
+            encode(inner, out, depth + 1)?;
+        }
+        Value::Bool(b) => out.push(if *b { 0xf5 } else { 0xf4 }),
+        Value::Null => out.push(0xf6),
+        Value::Float(_) => return Err(CborError::Float),
+        _ => return Err(CborError::Shape("unsupported CBOR value".into())),
+    }
+    Ok(())
 }
 
-fn raw(v: &Value) -> Vec<u8> {
-    let mut out = Vec::new();
-    ciborium::into_writer(v, &mut out).expect("writing CBOR to a Vec cannot fail");
-    out
+/// Checks that `bytes` is exactly one item in the deterministic encoding
+/// [`to_vec`] produces, without decoding it. Bignum tags (2, 3) are refused:
+/// no Comity format uses them, and small ones have a shorter integer form.
+pub fn check_canonical(bytes: &[u8]) -> Result<(), CborError> {
+    let mut c = Checker { b: bytes, pos: 0 };
+    c.item(0)?;
+    if c.pos != bytes.len() {
+        return Err(CborError::Malformed(
+            "trailing bytes after CBOR item".into(),
+        ));
+    }
+    Ok(())
 }
 
-/// Encodes `v` deterministically.
-pub fn to_vec(v: Value) -> Result<Vec<u8>, CborError> {
-    Ok(raw(&canonicalize(v)?))
+struct Checker<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl Checker<'_> {
+    fn take(&mut self, n: u64) -> Result<&[u8], CborError> {
+        let end = usize::try_from(n)
+            .ok()
+            .and_then(|n| self.pos.checked_add(n))
+            .filter(|&e| e <= self.b.len())
+            .ok_or_else(|| CborError::Malformed("truncated CBOR item".into()))?;
+        let s = &self.b[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn uint(&mut self, n: u64) -> Result<u64, CborError> {
+        Ok(self.take(n)?.iter().fold(0, |a, &x| (a << 8) | x as u64))
+    }
+
+    /// Major type, additional information and argument of the next head,
+    /// which must be in its shortest form.
+    fn head(&mut self) -> Result<(u8, u8, u64), CborError> {
+        let ib = self.take(1)?[0];
+        let (major, ai) = (ib >> 5, ib & 0x1f);
+        if major == 7 {
+            return match ai {
+                20..=22 => Ok((7, ai, 0)),
+                25..=27 => Err(CborError::Float),
+                _ => Err(CborError::Malformed("unsupported simple value".into())),
+            };
+        }
+        let (arg, min) = match ai {
+            0..=23 => return Ok((major, ai, ai as u64)),
+            24 => (self.uint(1)?, 24),
+            25 => (self.uint(2)?, 1 << 8),
+            26 => (self.uint(4)?, 1 << 16),
+            27 => (self.uint(8)?, 1 << 32),
+            31 => return Err(CborError::NotCanonical),
+            _ => {
+                return Err(CborError::Malformed(
+                    "reserved additional information".into(),
+                ))
+            }
+        };
+        if arg < min {
+            return Err(CborError::NotCanonical);
+        }
+        Ok((major, ai, arg))
+    }
+
+    fn item(&mut self, depth: usize) -> Result<(), CborError> {
+        if depth > MAX_DEPTH {
+            return Err(CborError::TooDeep);
+        }
+        let (major, _, arg) = self.head()?;
+        match major {
+            2 => {
+                self.take(arg)?;
+            }
+            3 => {
+                std::str::from_utf8(self.take(arg)?)
+                    .map_err(|_| CborError::Malformed("text is not UTF-8".into()))?;
+            }
+            4 => {
+                for _ in 0..arg {
+                    self.item(depth + 1)?;
+                }
+            }
+            5 => {
+                let mut prev: Option<(usize, usize)> = None;
+                for _ in 0..arg {
+                    let from = self.pos;
+                    self.item(depth + 1)?;
+                    let key = (from, self.pos);
+                    if let Some(p) = prev {
+                        match self.b[p.0..p.1].cmp(&self.b[key.0..key.1]) {
+                            std::cmp::Ordering::Less => {}
+                            std::cmp::Ordering::Equal => {
+                                return Err(CborError::Shape("duplicate map key".into()))
+                            }
+                            std::cmp::Ordering::Greater => return Err(CborError::NotCanonical),
+                        }
+                    }
+                    prev = Some(key);
+                    self.item(depth + 1)?;
+                }
+            }
+            6 if arg == 2 || arg == 3 => return Err(CborError::NotCanonical),
+            6 => self.item(depth + 1)?,
+            _ => {} // integers, booleans and null carry no content
+        }
+        Ok(())
+    }
 }
 
 /// Decodes one CBOR item that must span all of `bytes`.
@@ -85,10 +239,7 @@ pub fn from_slice(bytes: &[u8]) -> Result<Value, CborError> {
 /// Decodes `bytes` and checks they are exactly the deterministic encoding.
 pub fn from_canonical_slice(bytes: &[u8]) -> Result<Value, CborError> {
     let v = from_slice(bytes)?;
-    let again = to_vec(v.clone())?;
-    if again != bytes {
-        return Err(CborError::NotCanonical);
-    }
+    check_canonical(bytes)?;
     Ok(v)
 }
 
@@ -218,6 +369,158 @@ mod tests {
         assert!(from_slice(&[0x01, 0x02]).is_err());
         assert!(from_slice(&[0x62, b'a']).is_err());
         assert!(from_slice(&[]).is_err());
+    }
+
+    /// The straightforward encoder: canonicalize a copy, let ciborium write it.
+    fn oracle(v: &Value) -> Result<Vec<u8>, CborError> {
+        fn canon(v: &Value, depth: usize) -> Result<Value, CborError> {
+            if depth > MAX_DEPTH {
+                return Err(CborError::TooDeep);
+            }
+            Ok(match v {
+                Value::Float(_) => return Err(CborError::Float),
+                Value::Array(a) => Value::Array(
+                    a.iter()
+                        .map(|i| canon(i, depth + 1))
+                        .collect::<Result<_, _>>()?,
+                ),
+                Value::Map(m) => {
+                    let mut keyed = m
+                        .iter()
+                        .map(|(k, v)| {
+                            let k = canon(k, depth + 1)?;
+                            let mut kb = Vec::new();
+                            ciborium::into_writer(&k, &mut kb).unwrap();
+                            Ok((kb, k, canon(v, depth + 1)?))
+                        })
+                        .collect::<Result<Vec<_>, CborError>>()?;
+                    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+                    if keyed.windows(2).any(|w| w[0].0 == w[1].0) {
+                        return Err(CborError::Shape("duplicate map key".into()));
+                    }
+                    Value::Map(keyed.into_iter().map(|(_, k, v)| (k, v)).collect())
+                }
+                Value::Tag(t, i) => Value::Tag(*t, Box::new(canon(i, depth + 1)?)),
+                other => other.clone(),
+            })
+        }
+        let mut out = Vec::new();
+        ciborium::into_writer(&canon(v, 0)?, &mut out).unwrap();
+        Ok(out)
+    }
+
+    /// A deterministic pseudo-random value of every kind the encoder handles.
+    fn arbitrary(seed: &mut u64, depth: usize) -> Value {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let r = *seed >> 33;
+        let pick = if depth > 3 { r % 6 } else { r % 9 };
+        let big = [
+            0,
+            1,
+            23,
+            24,
+            255,
+            256,
+            65535,
+            65536,
+            u32::MAX as u64,
+            1 << 32,
+            u64::MAX,
+        ];
+        match pick {
+            0 => uint(big[(r >> 4) as usize % big.len()]),
+            1 => Value::Integer(
+                (-1 - (big[(r >> 4) as usize % big.len()] as i128))
+                    .try_into()
+                    .unwrap(),
+            ),
+            2 => bytes(vec![r as u8; (r >> 8) as usize % 300]),
+            3 => text("k".repeat((r >> 8) as usize % 30)),
+            4 => Value::Bool(r & 16 == 0),
+            5 => Value::Null,
+            6 => Value::Array((0..r % 5).map(|_| arbitrary(seed, depth + 1)).collect()),
+            7 => Value::Tag(r % 40 + 4, Box::new(arbitrary(seed, depth + 1))),
+            _ => Value::Map(
+                (0..r % 6)
+                    .map(|_| (arbitrary(seed, depth + 1), arbitrary(seed, depth + 1)))
+                    .collect(),
+            ),
+        }
+    }
+
+    fn has_bignum(v: &Value) -> bool {
+        match v {
+            Value::Tag(2 | 3, _) => true,
+            Value::Tag(_, i) => has_bignum(i),
+            Value::Array(a) => a.iter().any(has_bignum),
+            Value::Map(m) => m.iter().any(|(k, v)| has_bignum(k) || has_bignum(v)),
+            _ => false,
+        }
+    }
+
+    #[test]
+    fn encoder_and_checker_agree_with_the_straightforward_encoder() {
+        let mut seed = 7;
+        let mut mutated_rejected = 0;
+        for _ in 0..1000 {
+            let v = arbitrary(&mut seed, 0);
+            let want = oracle(&v);
+            let got = to_vec(v.clone());
+            match (&want, &got) {
+                (Ok(w), Ok(g)) => assert_eq!(w, g, "{v:?}"),
+                (Err(_), Err(_)) => continue,
+                _ => panic!("{v:?}: oracle {want:?}, encoder {got:?}"),
+            }
+            let b = got.unwrap();
+            check_canonical(&b).unwrap();
+            // Any change that still decodes is accepted exactly when
+            // re-encoding the decoded value gives the same bytes.
+            for i in 0..b.len().min(40) {
+                for flip in [1u8, 0x20, 0x80] {
+                    let mut m = b.clone();
+                    m[i] ^= flip;
+                    let Ok(d) = from_slice(&m) else { continue };
+                    if has_bignum(&d) {
+                        continue; // refused by design, see `check_canonical`
+                    }
+                    let same = oracle(&d).is_ok_and(|o| o == m);
+                    assert_eq!(check_canonical(&m).is_ok(), same, "{m:02x?}");
+                    mutated_rejected += usize::from(!same);
+                }
+            }
+        }
+        assert!(mutated_rejected > 100, "{mutated_rejected}");
+    }
+
+    #[test]
+    fn checker_refuses_indefinite_lengths_floats_and_trailing_bytes() {
+        // An indefinite-length array [1] and an indefinite text "a".
+        assert!(matches!(
+            check_canonical(&[0x9f, 0x01, 0xff]),
+            Err(CborError::NotCanonical)
+        ));
+        assert!(matches!(
+            check_canonical(&[0x7f, 0x61, b'a', 0xff]),
+            Err(CborError::NotCanonical)
+        ));
+        // 1.5 as a half-precision float.
+        assert!(matches!(
+            check_canonical(&[0xf9, 0x3e, 0x00]),
+            Err(CborError::Float)
+        ));
+        assert!(check_canonical(&[0x01, 0x02]).is_err());
+        assert!(check_canonical(&[0x62, b'a']).is_err());
+        assert!(check_canonical(&[]).is_err());
+        // Duplicate keys, and nesting beyond the limit.
+        assert!(matches!(
+            check_canonical(&[0xa2, 0x61, b'a', 0x01, 0x61, b'a', 0x02]),
+            Err(CborError::Shape(_))
+        ));
+        let deep = [vec![0x81; MAX_DEPTH + 1], vec![0x01]].concat();
+        assert!(matches!(check_canonical(&deep), Err(CborError::TooDeep)));
+        assert!(check_canonical(&deep[1..]).is_ok());
     }
 
     #[test]

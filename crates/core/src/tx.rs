@@ -104,7 +104,7 @@ impl Tx {
                 "the unprotected header must be empty".into(),
             ));
         }
-        if sign1.clone().to_tagged_vec().ok().as_deref() != Some(bytes) {
+        if cbor::check_canonical(bytes).is_err() {
             return Err(TxError::Malformed(
                 "not in the canonical COSE_Sign1 encoding".into(),
             ));
