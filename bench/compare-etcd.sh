@@ -98,20 +98,6 @@ ETCD_PIDS=()
 # ---------------------------------------------------------------- Comity
 DATA="$WORK/comity-data"
 start_comity "$DATA" 3
-# comity_bench NAME [FLAGS]: one timed run; sets C_* variables from NAME.json.
-comity_bench() {
-    local name="$1"
-    shift
-    log "comity bench ($name): $CLIENTS clients, $SECS s, spread over the three nodes"
-    "$COMITY" --data "$DATA" bench --json --clients "$CLIENTS" --duration-secs "$SECS" "$@" \
-        >"$WORK/$name.json" 2>"$WORK/$name.log" ||
-        { cat "$WORK/$name.log" "$WORK/$name.json" >&2; exit 1; }
-    C_TPS="$(json_num "$WORK/$name.json" tps)"
-    C_P50="$(json_num "$WORK/$name.json" p50)"
-    C_P99="$(json_num "$WORK/$name.json" p99)"
-    C_ERR="$(json_num "$WORK/$name.json" errors)"
-    C_RP99="$(sed -n '/"receipt_latency_ms"/,/}/s/^ *"p99": *\([0-9.]*\).*/\1/p' "$WORK/$name.json" | head -n1)"
-}
 # Clients sign each transaction just before sending it, on this same machine...
 comity_bench comity-inline
 I_TPS="$C_TPS" I_P50="$C_P50" I_P99="$C_P99" I_ERR="$C_ERR" I_RP99="$C_RP99"

@@ -62,3 +62,21 @@ stop_comity() {
     wait "$COMITY_PID" 2>/dev/null || true
     COMITY_PID=""
 }
+
+# comity_bench NAME [FLAGS]: one timed `comity bench` run against $DATA with
+# $CLIENTS clients for $SECS s, its JSON kept as $WORK/NAME.json; sets C_TPS,
+# C_P50, C_P99, C_ERR and C_RP99 (receipt p99).
+comity_bench() {
+    local name="$1"
+    shift
+    log "comity bench ($name): $CLIENTS clients, $SECS s"
+    "$COMITY" --data "$DATA" bench --json --clients "$CLIENTS" --duration-secs "$SECS" "$@" \
+        >"$WORK/$name.json" 2>"$WORK/$name.log" ||
+        { cat "$WORK/$name.log" "$WORK/$name.json" >&2; exit 1; }
+    C_TPS="$(json_num "$WORK/$name.json" tps)"
+    C_P50="$(json_num "$WORK/$name.json" p50)"
+    C_P99="$(json_num "$WORK/$name.json" p99)"
+    C_ERR="$(json_num "$WORK/$name.json" errors)"
+    C_RP99="$(sed -n '/"receipt_latency_ms"/,/}/s/^ *"p99": *\([0-9.]*\).*/\1/p' "$WORK/$name.json" | head -n1)"
+    [[ -n "$C_TPS" ]] || { cat "$WORK/$name.json" >&2; echo "could not read comity's tps" >&2; exit 1; }
+}
