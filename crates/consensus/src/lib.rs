@@ -46,14 +46,19 @@ pub(crate) fn storage_io(
     StorageError::from_io_error(subject, verb, std::io::Error::other(e.to_string()))
 }
 
-/// Raft settings for Comity: fast elections on a LAN, snapshots (durable
-/// state-machine points) every `snapshot_every` entries so the log stays short.
+/// Raft settings for Comity: elections within a few seconds, snapshots
+/// (durable state-machine points) every `snapshot_every` entries so the log
+/// stays short.
 pub fn raft_config(cluster: &str, snapshot_every: u64) -> openraft::Config {
     openraft::Config {
         cluster_name: cluster.to_string(),
-        heartbeat_interval: 100,
-        election_timeout_min: 400,
-        election_timeout_max: 800,
+        // openraft also uses the heartbeat interval as the timeout of every
+        // AppendEntries call, so it must exceed a loaded follower's answer
+        // time (a busy machine, a slow fsync), not only a LAN's round trip;
+        // a call that times out is retried at once (see `network::PeerError`).
+        heartbeat_interval: 200,
+        election_timeout_min: 600,
+        election_timeout_max: 1200,
         // Entries are batches of up to a few MiB: bound what one RPC carries.
         max_payload_entries: 16,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every),

@@ -136,6 +136,11 @@ pub enum PeerError {
     /// Could not connect or the connection broke: back off.
     #[error("peer unreachable: {0}")]
     Unreachable(String),
+    /// Connected, but no answer within the call's time: a busy peer, not a
+    /// dead one. Raft retries at once rather than backing off, since a
+    /// follower left without appends for the backoff calls an election.
+    #[error("peer did not answer in time: {0}")]
+    TimedOut(String),
     /// The peer answered, but not with a readable reply.
     #[error("peer error: {0}")]
     Protocol(String),
@@ -145,7 +150,9 @@ impl PeerError {
     fn into_rpc<E: std::error::Error>(self) -> RPCError<u64, BasicNode, E> {
         match self {
             PeerError::Unreachable(_) => RPCError::Unreachable(Unreachable::new(&self)),
-            PeerError::Protocol(_) => RPCError::Network(NetworkError::new(&self)),
+            PeerError::TimedOut(_) | PeerError::Protocol(_) => {
+                RPCError::Network(NetworkError::new(&self))
+            }
         }
     }
 }
@@ -202,12 +209,9 @@ impl Peers {
             .timeout(timeout)
             .send()
             .await
-            .map_err(|e| PeerError::Unreachable(format!("{addr}: {e:#}")))?;
+            .map_err(|e| failed(addr, e))?;
         let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| PeerError::Unreachable(format!("{addr}: {e:#}")))?;
+        let bytes = resp.bytes().await.map_err(|e| failed(addr, e))?;
         if !status.is_success() {
             return Err(PeerError::Protocol(format!(
                 "{addr}{path}: HTTP {status}: {}",
@@ -216,6 +220,15 @@ impl Peers {
         }
         ciborium::from_reader(&bytes[..])
             .map_err(|e| PeerError::Protocol(format!("{addr}{path}: bad reply: {e}")))
+    }
+}
+
+fn failed(addr: &str, e: reqwest::Error) -> PeerError {
+    let what = format!("{addr}: {e:#}");
+    if e.is_timeout() {
+        PeerError::TimedOut(what)
+    } else {
+        PeerError::Unreachable(what)
     }
 }
 
