@@ -147,20 +147,20 @@ impl Checker<'_> {
         Ok(self.take(n)?.iter().fold(0, |a, &x| (a << 8) | x as u64))
     }
 
-    /// Major type, additional information and argument of the next head,
-    /// which must be in its shortest form.
-    fn head(&mut self) -> Result<(u8, u8, u64), CborError> {
+    /// Major type and argument of the next head, which must be in its
+    /// shortest form.
+    fn head(&mut self) -> Result<(u8, u64), CborError> {
         let ib = self.take(1)?[0];
         let (major, ai) = (ib >> 5, ib & 0x1f);
         if major == 7 {
             return match ai {
-                20..=22 => Ok((7, ai, 0)),
+                20..=22 => Ok((7, 0)),
                 25..=27 => Err(CborError::Float),
                 _ => Err(CborError::Malformed("unsupported simple value".into())),
             };
         }
         let (arg, min) = match ai {
-            0..=23 => return Ok((major, ai, ai as u64)),
+            0..=23 => return Ok((major, ai as u64)),
             24 => (self.uint(1)?, 24),
             25 => (self.uint(2)?, 1 << 8),
             26 => (self.uint(4)?, 1 << 16),
@@ -175,14 +175,14 @@ impl Checker<'_> {
         if arg < min {
             return Err(CborError::NotCanonical);
         }
-        Ok((major, ai, arg))
+        Ok((major, arg))
     }
 
     fn item(&mut self, depth: usize) -> Result<(), CborError> {
         if depth > MAX_DEPTH {
             return Err(CborError::TooDeep);
         }
-        let (major, _, arg) = self.head()?;
+        let (major, arg) = self.head()?;
         match major {
             2 => {
                 self.take(arg)?;
