@@ -140,6 +140,10 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     out
 }
 
+fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, StorageError<u64>> {
+    ciborium::from_reader(b).map_err(read_err)
+}
+
 impl StateMachine {
     pub fn new(
         store: Arc<Store>,
@@ -157,7 +161,7 @@ impl StateMachine {
             .meta_get(META_APPLIED)
             .map_err(read_err)?
         {
-            Some(b) => ciborium::from_reader(b.as_slice()).map_err(read_err)?,
+            Some(b) => decode(&b)?,
             None => Applied::default(),
         };
         Ok(StateMachine {
@@ -419,7 +423,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(read_err)?;
         if let Some(b) = installing {
             // A crash interrupted an install: finish it before anything else is applied.
-            let info: SnapshotInfo = ciborium::from_reader(b.as_slice()).map_err(read_err)?;
+            let info: SnapshotInfo = decode(&b)?;
             tracing::warn!(
                 ledger_len = info.ledger_len,
                 "resuming a snapshot install that a restart interrupted"
@@ -455,8 +459,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta<u64, BasicNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<u64>> {
-        let mut info: SnapshotInfo =
-            ciborium::from_reader(snapshot.get_ref().as_slice()).map_err(read_err)?;
+        let mut info: SnapshotInfo = decode(snapshot.get_ref())?;
         info.meta = meta.clone();
         // Recorded durably first, so that a crash during the replay resumes it.
         blocking(|| {
@@ -476,7 +479,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let r = self.store.read().map_err(read_err)?;
         match r.meta_get(META_SNAPSHOT).map_err(read_err)? {
             Some(b) => {
-                let info: SnapshotInfo = ciborium::from_reader(b.as_slice()).map_err(read_err)?;
+                let info: SnapshotInfo = decode(&b)?;
                 Ok(Some(Snapshot {
                     meta: info.meta,
                     snapshot: Box::new(Cursor::new(b)),
@@ -511,12 +514,12 @@ pub struct SnapshotBuilder {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
         let store = self.store.clone();
-        let meta =
+        let info =
             tokio::task::spawn_blocking(move || -> Result<SnapshotInfo, StorageError<u64>> {
                 let txn = store.begin().map_err(write_err)?;
                 let mut batch = txn.batch().map_err(write_err)?;
                 let applied: Applied = match batch.meta_get(META_APPLIED).map_err(read_err)? {
-                    Some(b) => ciborium::from_reader(b.as_slice()).map_err(read_err)?,
+                    Some(b) => decode(&b)?,
                     None => Applied::default(),
                 };
                 let info = SnapshotInfo {
@@ -537,9 +540,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             })
             .await
             .map_err(write_err)??;
-        let data = encode(&meta);
+        let data = encode(&info);
         Ok(Snapshot {
-            meta: meta.meta,
+            meta: info.meta,
             snapshot: Box::new(Cursor::new(data)),
         })
     }

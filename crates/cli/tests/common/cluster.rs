@@ -297,7 +297,7 @@ impl Cluster {
             .args(args)
             .arg("--config")
             .arg(self.node_dir(i).join("node.toml"))
-            .env("COMITY_LOG", "info,openraft=warn,fjall=warn,lsm_tree=warn")
+            .env_remove("COMITY_LOG") // the node's default filter
             .stdin(Stdio::null())
             // The node logs to stdout: keep it with stderr for failure messages.
             .stdout(log.try_clone().expect("log file"))

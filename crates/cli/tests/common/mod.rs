@@ -136,7 +136,7 @@ impl Network {
             .arg("1")
             .arg("--port")
             .arg(self.port.to_string())
-            .env("COMITY_LOG", "info,openraft=warn,fjall=warn,lsm_tree=warn")
+            .env_remove("COMITY_LOG") // the node's default filter
             .stdin(Stdio::null())
             .stdout(File::create(&out).expect("stdout file"))
             .stderr(File::create(&self.stderr_path).expect("stderr file"))
