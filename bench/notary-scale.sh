@@ -4,6 +4,7 @@
 # notary-register`) on a one-node network, then measures lookups by digest
 # and by party (median and p99 over SAMPLES requests each, with curl over
 # HTTPS), the node's resident memory (sampled during the run and after),
+# restarts the node (time until healthy with a final checkpoint again),
 # and checks the whole ledger with `comity ledger verify` (full replay).
 #
 # Usage: bench/notary-scale.sh [DOCS] [SAMPLES]      (defaults 1000000, 200)
@@ -79,7 +80,16 @@ RSS_MAX="$(sort -n "$WORK/rss.txt" | tail -n1)"
 RSS_END="$(ps -o rss= -p "$NODE_PID" | tr -d ' ')"
 LEN="$("${CURL[@]}" "$URL/v1/ledger/size" | sed -n 's/.*"size": *\([0-9]*\).*/\1/p')"
 
+# Restart: the time from starting the stopped network until it is healthy
+# and a checkpoint is final again, and a lookup still answers afterwards.
 stop_comity
+tr0=$(date +%s.%N)
+start_comity "$DATA" 1
+tr=$(awk -v a="$tr0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
+"${CURL[@]}" -o /dev/null "$URL/v1/notary/digests/$(head -n1 "$WORK/digests.txt")" ||
+    { echo "lookup after restart failed" >&2; exit 1; }
+stop_comity
+
 log "comity ledger verify (full replay of $LEN entries)"
 tv0=$(date +%s)
 "$COMITY" --data "$DATA" ledger verify --dir "$DATA/node0/data/ledger/ledger" >"$WORK/verify.txt" 2>&1 ||
@@ -91,4 +101,5 @@ echo "Notary at scale: $registered documents registered through the API in $elap
 echo "  lookup by digest:  $(stats "$WORK/by-digest.txt")"
 echo "  listing by party:  $(stats "$WORK/by-party.txt")"
 echo "  node RSS:          max $((RSS_MAX / 1024)) MiB during the run, $((RSS_END / 1024)) MiB at the end"
+echo "  restart:           healthy with a final checkpoint $tr s after start"
 echo "  ledger verify:     OK in $tv s ($(grep -m1 -i 'entries' "$WORK/verify.txt" || true))"

@@ -48,6 +48,9 @@ impl Client {
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(120))
             .tcp_nodelay(true)
+            // The API never redirects; following one would send signed
+            // transactions or credentials wherever a response pointed.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("comity-client/", env!("CARGO_PKG_VERSION")));
         for ca in cas {
             b = b.add_root_certificate(ca);

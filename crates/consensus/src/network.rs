@@ -186,6 +186,8 @@ impl Peers {
             .connect_timeout(Duration::from_secs(2))
             .pool_idle_timeout(Duration::from_secs(30))
             .tcp_nodelay(true)
+            // A peer answers; it never sends a node elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
             .local_address(bind)
             .build()?;
         Ok(Peers { http })

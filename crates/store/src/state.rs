@@ -927,14 +927,24 @@ fn compute(
             StoreError::StateTree(format!("no state changes taken for version {version}"))
         })?;
     let reader = JmtReader(tables);
-    let (root, batch) = Sha256Jmt::new(&reader)
-        .put_value_set(
-            changes
-                .into_iter()
-                .map(|(k, v)| (KeyHash::with::<sha2::Sha256>(&k), v)),
-            version,
-        )
-        .map_err(|e| StoreError::StateTree(e.to_string()))?;
+    let tree = Sha256Jmt::new(&reader);
+    let key = |k: &[u8]| KeyHash::with::<sha2::Sha256>(k);
+    // Without deletions, jmt's batch insertion walks the tree once for the
+    // whole version and hashes each changed internal node once, where
+    // `put_value_set` walks and rehashes the path from the root for every
+    // key. It cannot delete and wants at least one change; both give the
+    // same root, which depends only on the keys and values.
+    let (root, batch) = if !changes.is_empty() && changes.values().all(Option::is_some) {
+        let values = changes
+            .into_iter()
+            .filter_map(|(k, v)| Some((key(&k), v?)))
+            .collect();
+        tree.batch_put_value_sets(vec![values], None, version)
+            .map(|(roots, batch)| (roots[0], batch))
+    } else {
+        tree.put_value_set(changes.into_iter().map(|(k, v)| (key(&k), v)), version)
+    }
+    .map_err(|e| StoreError::StateTree(e.to_string()))?;
     Ok(StateTreeUpdate {
         version,
         root: root.0,
@@ -1017,6 +1027,75 @@ mod tests {
             nodes < (STATE_VERSIONS_KEPT + 10) * 12,
             "{nodes} state-tree nodes kept for {versions} versions"
         );
+    }
+
+    /// Versions without deletions take jmt's batch insertion, the others
+    /// per-key insertion: every root must be the one per-key insertion alone
+    /// gives (jmt's own mock store as the reference), whatever mix of new
+    /// keys, updates, unchanged values and deletions a version holds, and
+    /// proofs from the stored tree must verify.
+    #[test]
+    fn state_root_matches_per_key_insertion_for_any_mix_of_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path(), 1 << 20).unwrap();
+        let reference = jmt::mock::MockTreeStore::default();
+        let mut current: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rand = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for v in 0..300u64 {
+            let mut changes: Dirty = BTreeMap::new();
+            // The first versions insert many keys at once; later ones mix.
+            for _ in 0..1 + rand(if v < 3 { 400 } else { 40 }) {
+                let k = format!("key{}", rand(600)).into_bytes();
+                let value = match (rand(10), current.get(&k)) {
+                    (0, Some(_)) if v % 4 == 3 => None,
+                    (1, Some(old)) => Some(old.clone()),
+                    _ => Some(rand(1 << 20).to_be_bytes().to_vec()),
+                };
+                changes.insert(k, value);
+            }
+            let txn = store.begin().unwrap();
+            let mut b = txn.batch().unwrap();
+            for (k, val) in &changes {
+                match val {
+                    Some(val) => b.put(k, val).unwrap(),
+                    None => b.delete(k).unwrap(),
+                }
+            }
+            let root = b.update_state_root(v).unwrap();
+            drop(b);
+            txn.commit(false).unwrap();
+
+            let (want, update) = Sha256Jmt::new(&reference)
+                .put_value_set(
+                    changes
+                        .iter()
+                        .map(|(k, val)| (KeyHash::with::<sha2::Sha256>(k), val.clone())),
+                    v,
+                )
+                .unwrap();
+            reference.write_tree_update_batch(update).unwrap();
+            assert_eq!(root, want.0, "root of version {v}");
+            for (k, val) in changes {
+                match val {
+                    Some(val) => current.insert(k, val),
+                    None => current.remove(&k),
+                };
+            }
+        }
+        let r = store.read().unwrap();
+        for k in ["key1", "key77", "key599"] {
+            let p = r.state_proof(k.as_bytes(), 299).unwrap();
+            let want = current.get(k.as_bytes());
+            assert_eq!(p.value.as_ref(), want, "{k}");
+            comity_core::state::verify(&p.root, k.as_bytes(), want.map(Vec::as_slice), &p.proof)
+                .unwrap();
+        }
     }
 
     /// One apply step of the crash test: a state write and a ledger record;
