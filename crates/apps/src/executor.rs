@@ -525,7 +525,7 @@ impl Executor {
                 continue;
             }
             let Ok(tx) = Tx::parse(bytes) else { continue };
-            let Some(ident) = registry::get(batch, &tx.kid)? else {
+            let Some(ident) = registry::get_shared(batch, &tx.kid)? else {
                 continue;
             };
             let key = ident.current_key().to_vec();
@@ -564,7 +564,7 @@ impl Executor {
         id: &Hash,
         preverified: &dyn Fn(&Hash) -> Option<Verified>,
         signer_leaf: &mut Option<(Hash, Vec<u8>)>,
-    ) -> Result<Result<(Tx, Identity), Reject>, StoreError> {
+    ) -> Result<Result<(Tx, Arc<Identity>), Reject>, StoreError> {
         if bytes.len() as u64 > self.config.max_tx_bytes {
             return Ok(Err(Reject(codes::MALFORMED)));
         }
@@ -579,7 +579,7 @@ impl Executor {
         if Some(tx.payload.net) != self.st.net {
             return Ok(Err(Reject(codes::WRONG_NETWORK)));
         }
-        let Some(ident) = registry::get(batch, &tx.kid)? else {
+        let Some(ident) = registry::get_shared(batch, &tx.kid)? else {
             return Ok(Err(Reject(codes::UNKNOWN_SIGNER)));
         };
         *signer_leaf = Some((tx.kid, ident.current_key().to_vec()));

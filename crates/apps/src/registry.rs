@@ -8,7 +8,8 @@ use crate::{codes, keys, Reject};
 use comity_core::cbor::{self, CborError, MapView, Value};
 use comity_core::Hash;
 use comity_store::StoreError;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, LazyLock, Mutex};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -294,9 +295,79 @@ impl StateRead for comity_store::Reader<'_> {
 
 pub fn get(s: &impl StateRead, id: &Hash) -> Result<Option<Identity>, StoreError> {
     match s.state(&keys::identity(id))? {
-        Some(b) => Identity::from_cbor(&b).map(Some).map_err(|e| {
-            StoreError::StateTree(format!("identity record {}: {e}", hex::encode(id)))
-        }),
+        Some(b) => decode(id, &b).map(Some),
         None => Ok(None),
+    }
+}
+
+fn decode(id: &Hash, b: &[u8]) -> Result<Identity, StoreError> {
+    Identity::from_cbor(b)
+        .map_err(|e| StoreError::StateTree(format!("identity record {}: {e}", hex::encode(id))))
+}
+
+/// Identity records decoded lately, by id, with the bytes they came from.
+/// Admission and apply read the signer of every transaction (and a notary
+/// registration its parties) while records rarely change; a hit needs the
+/// very bytes just read, so it is never stale, and decoding is a pure
+/// function of them, so sharing it across stores cannot change an outcome.
+type Decoded = HashMap<Hash, (Vec<u8>, Arc<Identity>)>;
+static DECODED: LazyLock<Mutex<Decoded>> = LazyLock::new(Default::default);
+/// Entries kept before the cache starts afresh.
+const DECODED_MAX: usize = 16_384;
+
+/// [`get`] for the hot paths that only read: the record is still read from
+/// `s` each time, but decoded once per version of its bytes.
+pub fn get_shared(s: &impl StateRead, id: &Hash) -> Result<Option<Arc<Identity>>, StoreError> {
+    let Some(b) = s.state(&keys::identity(id))? else {
+        return Ok(None);
+    };
+    let lock = || DECODED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((bytes, ident)) = lock().get(id) {
+        if *bytes == b {
+            return Ok(Some(ident.clone()));
+        }
+    }
+    let ident = Arc::new(decode(id, &b)?);
+    let mut cache = lock();
+    if cache.len() >= DECODED_MAX {
+        cache.clear();
+    }
+    cache.insert(*id, (b, ident.clone()));
+    Ok(Some(ident))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    /// One identity record, whose bytes the test changes.
+    struct OneRecord(RefCell<Option<Vec<u8>>>);
+
+    impl StateRead for OneRecord {
+        fn state(&self, _key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            Ok(self.0.borrow().clone())
+        }
+    }
+
+    #[test]
+    fn a_shared_identity_follows_every_change_of_its_record() {
+        let id = [0x5a; 32];
+        let mut ident = Identity::new(Role::User, Status::Active, "carol", vec![1; 44], 3);
+        let s = OneRecord(RefCell::new(Some(ident.to_cbor())));
+        assert_eq!(*get_shared(&s, &id).unwrap().unwrap(), ident);
+        assert_eq!(*get_shared(&s, &id).unwrap().unwrap(), ident);
+        ident.status = Status::Removed;
+        ident.keys.push((9, vec![2; 44]));
+        *s.0.borrow_mut() = Some(ident.to_cbor());
+        let now = get_shared(&s, &id).unwrap().unwrap();
+        assert_eq!(
+            (now.status, now.current_key()),
+            (Status::Removed, &[2; 44][..])
+        );
+        *s.0.borrow_mut() = None;
+        assert!(get_shared(&s, &id).unwrap().is_none());
+        *s.0.borrow_mut() = Some(b"not cbor".to_vec());
+        assert!(get_shared(&s, &id).is_err());
     }
 }

@@ -134,7 +134,7 @@ pub async fn admit(
     if let Some(index) = comity_apps::query::tx_index(&reader, &tx.id)? {
         return Ok((tx.id, Admission::Known(index)));
     }
-    let ident = registry::get(&reader, &tx.kid)?.ok_or_else(|| {
+    let ident = registry::get_shared(&reader, &tx.kid)?.ok_or_else(|| {
         ApiError::new(
             StatusCode::FORBIDDEN,
             "unknown_signer",

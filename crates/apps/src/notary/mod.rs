@@ -153,7 +153,7 @@ fn amend(ctx: &mut Ctx<'_, '_>, a: document::RegisterArgs) -> AppResult {
 
 /// Whether `id` is an active member or user (a party, approver or custodian).
 pub fn active_identity(ctx: &Ctx<'_, '_>, id: &Hash) -> Result<bool, StoreError> {
-    Ok(registry::get(&*ctx.batch, id)?
+    Ok(registry::get_shared(&*ctx.batch, id)?
         .is_some_and(|i| i.is_active() && matches!(i.role, Role::Member | Role::User)))
 }
 
