@@ -786,10 +786,18 @@ impl WriteBatch<'_> {
             }
             self.set(Table::JmtValues, &value_key(kh, *v), Some(&stored));
         }
+        // One stale-index entry per version, listing the nodes it replaced
+        // (each borsh-encoded behind its u16 length): a version replaces
+        // hundreds of nodes, and an entry each doubled the writes.
+        let mut stale: BTreeMap<Version, Vec<u8>> = BTreeMap::new();
         for st in &batch.stale_node_index_batch {
-            let mut k = st.stale_since_version.to_be_bytes().to_vec();
-            k.extend(borsh::to_vec(&st.node_key).map_err(borsh_err)?);
-            self.set(Table::JmtStale, &k, Some(&[]));
+            let list = stale.entry(st.stale_since_version).or_default();
+            let nk = borsh::to_vec(&st.node_key).map_err(borsh_err)?;
+            list.extend_from_slice(&(nk.len() as u16).to_be_bytes());
+            list.extend_from_slice(&nk);
+        }
+        for (since, list) in stale {
+            self.set(Table::JmtStale, &since.to_be_bytes(), Some(&list));
         }
         // Nodes replaced at or before the horizon belong to no version still served.
         if let Some(horizon) = version.checked_sub(STATE_VERSIONS_KEPT) {
@@ -802,8 +810,10 @@ impl WriteBatch<'_> {
                     pruned_to.fetch_max(horizon + 1, Ordering::Relaxed);
                     break;
                 }
-                for (k, _) in old {
-                    self.set(Table::JmtNodes, &k[8..], None);
+                for (k, list) in old {
+                    for node in stale_nodes(&k, &list)? {
+                        self.set(Table::JmtNodes, node, None);
+                    }
                     self.set(Table::JmtStale, &k, None);
                 }
             }
@@ -952,6 +962,32 @@ fn compute(
     })
 }
 
+/// The node keys a stale-index entry names: a version's list, or one node
+/// in the key itself (8-byte version, node key) as state databases written
+/// before the lists kept them.
+fn stale_nodes<'a>(key: &'a [u8], list: &'a [u8]) -> Result<Vec<&'a [u8]>, StoreError> {
+    if key.len() > 8 {
+        return Ok(vec![&key[8..]]);
+    }
+    let mut nodes = Vec::new();
+    let mut rest = list;
+    while let [a, b, tail @ ..] = rest {
+        let n = usize::from(u16::from_be_bytes([*a, *b]));
+        if tail.len() < n {
+            break;
+        }
+        nodes.push(&tail[..n]);
+        rest = &tail[n..];
+    }
+    if !rest.is_empty() {
+        return Err(StoreError::StateTree(format!(
+            "stale-node list of version {} is cut short",
+            hex::encode(key)
+        )));
+    }
+    Ok(nodes)
+}
+
 fn value_key(kh: &KeyHash, version: Version) -> Vec<u8> {
     let mut k = Vec::with_capacity(40);
     k.extend_from_slice(&kh.0);
@@ -1095,6 +1131,27 @@ mod tests {
             assert_eq!(p.value.as_ref(), want, "{k}");
             comity_core::state::verify(&p.root, k.as_bytes(), want.map(Vec::as_slice), &p.proof)
                 .unwrap();
+        }
+    }
+
+    #[test]
+    fn stale_entries_name_their_nodes_in_either_layout() {
+        let mut list = Vec::new();
+        for node in [&b"abc"[..], b"", b"defg"] {
+            list.extend_from_slice(&(node.len() as u16).to_be_bytes());
+            list.extend_from_slice(node);
+        }
+        let version = 7u64.to_be_bytes();
+        assert_eq!(
+            stale_nodes(&version, &list).unwrap(),
+            [&b"abc"[..], b"", b"defg"]
+        );
+        let mut one = version.to_vec();
+        one.extend_from_slice(b"node");
+        assert_eq!(stale_nodes(&one, &[]).unwrap(), [&b"node"[..]]);
+        for cut in [1, 3, list.len() - 1] {
+            let e = stale_nodes(&version, &list[..cut]).unwrap_err();
+            assert!(e.to_string().contains("cut short"), "{e}");
         }
     }
 
