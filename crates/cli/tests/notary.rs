@@ -647,9 +647,9 @@ fn splice_events(base: &Path, from: &Path, out: &Path) {
     std::fs::write(out, cbor::to_vec(Value::Map(b)).unwrap()).unwrap();
 }
 
-/// `comity bench --workload both` runs kv.put and then the notary mix
-/// (registrations, party signatures, custody transfers) with no rejection:
-/// the workload stays a valid sequence of lifecycle steps.
+/// `comity bench --workload both` runs kv.put, the notary mix
+/// (registrations, party signatures, custody transfers) and kv.put again
+/// with no rejection: the workload stays a valid sequence of lifecycle steps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notary_bench_workload_is_valid() {
     let _serial = common::serial().await;
@@ -676,11 +676,15 @@ async fn notary_bench_workload_is_valid() {
         .await;
     assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
     let v: Value = serde_json::from_str(&out.stdout).expect("bench JSON");
-    for w in ["kv", "notary"] {
+    for w in ["kv_before", "notary", "kv_after"] {
         assert!(v[w]["committed"].as_u64().unwrap() > 0, "{w}: {v}");
         assert_eq!(v[w]["rejected"], 0, "{w}: {v}");
         assert_eq!(v[w]["errors"], 0, "{w}: {v}");
         assert_eq!(v[w]["receipts"]["failed"], 0, "{w}: {v}");
     }
-    assert!(v["notary_over_kv"].as_f64().unwrap() > 0.0);
+    let kv = v["kv_tps"].as_f64().unwrap();
+    assert!(
+        kv > 0.0 && v["notary_over_kv"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
 }
