@@ -83,9 +83,9 @@ LEN="$("${CURL[@]}" "$URL/v1/ledger/size" | sed -n 's/.*"size": *\([0-9]*\).*/\1
 # Restart: the time from starting the stopped network until it is healthy
 # and a checkpoint is final again, and a lookup still answers afterwards.
 stop_comity
-tr0=$(date +%s.%N)
+restart_t0=$(date +%s.%N)
 start_comity "$DATA" 1
-tr=$(awk -v a="$tr0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
+restart_s=$(awk -v a="$restart_t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
 "${CURL[@]}" -o /dev/null "$URL/v1/notary/digests/$(head -n1 "$WORK/digests.txt")" ||
     { echo "lookup after restart failed" >&2; exit 1; }
 stop_comity
@@ -101,5 +101,5 @@ echo "Notary at scale: $registered documents registered through the API in $elap
 echo "  lookup by digest:  $(stats "$WORK/by-digest.txt")"
 echo "  listing by party:  $(stats "$WORK/by-party.txt")"
 echo "  node RSS:          max $((RSS_MAX / 1024)) MiB during the run, $((RSS_END / 1024)) MiB at the end"
-echo "  restart:           healthy with a final checkpoint $tr s after start"
+echo "  restart:           healthy with a final checkpoint $restart_s s after start"
 echo "  ledger verify:     OK in $tv s ($(grep -m1 -i 'entries' "$WORK/verify.txt" || true))"

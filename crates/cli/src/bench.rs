@@ -68,8 +68,9 @@ pub struct BenchArgs {
     pub target: Vec<String>,
     /// `kv` (signed kv.put), `notary` (60% registrations, 30% party
     /// signatures, 10% custody transfers), `both` (kv for half the
-    /// duration, notary, kv for the other half, and the ratio), or `notary-register` (registrations only, to grow
-    /// the number of documents).
+    /// duration, notary, kv for the other half, and the ratio), or
+    /// `notary-register` (registrations only, to grow the number of
+    /// documents).
     #[arg(long, value_enum, default_value_t = Workload::Kv)]
     pub workload: Workload,
 }
