@@ -234,11 +234,13 @@ impl Executor {
             Command::Genesis { doc } => self.genesis(batch, doc)?,
             Command::Batch { time, txs } => {
                 self.advance_time(batch, *time)?;
-                let mut verified = self.verify_batch(batch, txs, preverified)?;
+                // Each transaction is hashed once here, not at every step.
+                let txs: Vec<(Hash, &[u8])> = txs.iter().map(|b| (sha256(b), &b[..])).collect();
+                let mut verified = self.verify_batch(batch, &txs, preverified)?;
                 let verified = std::cell::RefCell::new(&mut verified);
                 let take = |id: &Hash| verified.borrow_mut().remove(id);
-                for bytes in txs {
-                    if let Some(r) = self.transaction(batch, bytes, &take, &mut out)? {
+                for &(id, bytes) in &txs {
+                    if let Some(r) = self.transaction(batch, id, bytes, &take, &mut out)? {
                         out.txs.push(r);
                     }
                 }
@@ -343,11 +345,11 @@ impl Executor {
     fn transaction(
         &mut self,
         batch: &mut WriteBatch<'_>,
+        id: Hash,
         bytes: &[u8],
         preverified: &dyn Fn(&Hash) -> Option<Verified>,
         out: &mut Output,
     ) -> Result<Option<TxResult>, StoreError> {
-        let id = sha256(bytes);
         if batch.aux_get(&keys::tx(&id))?.is_some() {
             return Ok(None); // identical bytes already in the ledger: idempotent
         }
@@ -513,18 +515,19 @@ impl Executor {
     fn verify_batch(
         &self,
         batch: &WriteBatch<'_>,
-        txs: &[serde_bytes::ByteBuf],
+        txs: &[(Hash, &[u8])],
         preverified: &dyn Fn(&Hash) -> Option<Verified>,
     ) -> Result<HashMap<Hash, Verified>, StoreError> {
         let mut out = HashMap::with_capacity(txs.len());
         let mut pending = Vec::new();
-        for bytes in txs {
-            let id = sha256(bytes);
+        for &(id, bytes) in txs {
             if let Some(v) = preverified(&id) {
                 out.insert(id, v);
                 continue;
             }
-            let Ok(tx) = Tx::parse(bytes) else { continue };
+            let Ok(tx) = Tx::parse_with_id(bytes, id) else {
+                continue;
+            };
             let Some(ident) = registry::get_shared(batch, &tx.kid)? else {
                 continue;
             };
@@ -571,7 +574,7 @@ impl Executor {
         let pre = preverified(id);
         let (tx, verified_key) = match pre {
             Some(v) => (v.tx, Some(v.key)),
-            None => match Tx::parse(bytes) {
+            None => match Tx::parse_with_id(bytes, *id) {
                 Ok(tx) => (tx, None),
                 Err(_) => return Ok(Err(Reject(codes::MALFORMED))),
             },

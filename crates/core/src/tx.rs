@@ -94,6 +94,13 @@ pub struct Tx {
 impl Tx {
     /// Decodes a COSE_Sign1 (tagged or not) with an embedded payload.
     pub fn parse(bytes: &[u8]) -> Result<Tx, TxError> {
+        Tx::parse_with_id(bytes, sha256(bytes))
+    }
+
+    /// [`Tx::parse`] for a caller that already hashed `bytes` (`id` must be
+    /// their SHA-256): without SHA-NI, hashing is a visible share of apply.
+    pub fn parse_with_id(bytes: &[u8], id: Hash) -> Result<Tx, TxError> {
+        debug_assert_eq!(id, sha256(bytes));
         let sign1 = CoseSign1::from_tagged_slice(bytes)
             .map_err(|e| TxError::Malformed(format!("not a tagged COSE_Sign1: {e}")))?;
         // One transaction, one encoding: the id hashes these bytes, so nothing
@@ -133,7 +140,7 @@ impl Tx {
             }
         };
         Ok(Tx {
-            id: sha256(bytes),
+            id,
             alg,
             kid,
             payload,

@@ -184,13 +184,13 @@ async fn submit(
     }
     metrics::counter!("comity_tx_received_total").increment(1);
     let bytes = body.to_vec();
-    let (id, admission) = ingress::admit(&shared, bytes.clone(), ingress::Source::Client).await?;
+    let (id, admission) = ingress::admit(&shared, &bytes, ingress::Source::Client).await?;
     let rx = match admission {
         Admission::Known(index) => {
             return Ok(Json(committed_status(&shared, &id, index)?).into_response())
         }
         Admission::Queued(rx, fresh) => {
-            if fresh && shared.submit.send(bytes).await.is_err() {
+            if fresh && shared.submit.send((id, bytes)).await.is_err() {
                 return Err(ApiError::unavailable("node is shutting down"));
             }
             rx

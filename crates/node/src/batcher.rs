@@ -6,7 +6,7 @@ use crate::peer_api::Forwarded;
 use crate::Shared;
 use comity_apps::Command;
 use comity_consensus::network::path;
-use comity_core::crypto::sha256;
+use comity_core::Hash;
 use serde_bytes::ByteBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +20,7 @@ const FORWARD_PATIENCE: Duration = Duration::from_secs(10);
 /// Collects admitted transactions into batches. The leader proposes them,
 /// keeping a few proposals in flight so batching overlaps with the log
 /// fsync; a follower forwards them to the leader.
-pub async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Vec<u8>>) {
+pub async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<(Hash, Vec<u8>)>) {
     let proposals = Arc::new(Semaphore::new(shared.limits.max_inflight_batches));
     let forwards = Arc::new(Semaphore::new(FORWARDS_IN_FLIGHT));
     while let Some(first) = rx.recv().await {
@@ -30,12 +30,14 @@ pub async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Vec<u8>>) {
             &forwards
         };
         let permit = sem.clone().acquire_owned().await.expect("semaphore open");
-        let mut bytes = first.len();
-        let mut txs = vec![ByteBuf::from(first)];
+        let mut bytes = first.1.len();
+        let mut ids = vec![first.0];
+        let mut txs = vec![ByteBuf::from(first.1)];
         while txs.len() < shared.limits.batch_max_txs && bytes < shared.limits.batch_max_bytes {
             match rx.try_recv() {
-                Ok(t) => {
+                Ok((id, t)) => {
                     bytes += t.len();
+                    ids.push(id);
                     txs.push(ByteBuf::from(t));
                 }
                 Err(_) => break,
@@ -44,7 +46,6 @@ pub async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Vec<u8>>) {
         metrics::histogram!("comity_batch_txs").record(txs.len() as f64);
         let shared = shared.clone();
         tokio::spawn(async move {
-            let ids: Vec<_> = txs.iter().map(|t| sha256(t)).collect();
             let failed = order(&shared, txs).await;
             drop(permit);
             for (id, err) in ids.iter().zip(failed) {

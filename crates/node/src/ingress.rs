@@ -103,7 +103,7 @@ pub enum Source {
 /// Runs the ingress checks and queues the transaction for ordering.
 pub async fn admit(
     shared: &Shared,
-    bytes: Vec<u8>,
+    bytes: &[u8],
     from: Source,
 ) -> Result<(Hash, Admission), ApiError> {
     let v = shared.view();
@@ -119,7 +119,7 @@ pub async fn admit(
         ));
     }
     let net = net.ok_or_else(|| ApiError::unavailable("the network has no genesis yet"))?;
-    let tx = Tx::parse(&bytes).map_err(tx_error)?;
+    let tx = Tx::parse(bytes).map_err(tx_error)?;
     if tx.payload.net != net {
         return Err(ApiError::bad_request(
             "wrong_network",

@@ -20,7 +20,7 @@ use comity_consensus::network::{raft_id, Peers, Trust};
 use comity_consensus::state_machine::{Event, PeerSlot, SharedView, StateMachine};
 use comity_consensus::Raft;
 use comity_core::checkpoint::{self, CHECKPOINT_CONTENT_TYPE, NODE_SET_CONTENT_TYPE};
-use comity_core::crypto::SigningKey;
+use comity_core::crypto::{sha256, SigningKey};
 use comity_core::tx::{Tx, TxPayload};
 use comity_core::Hash;
 use comity_store::Store;
@@ -54,7 +54,8 @@ pub struct Shared {
     pub pending: Arc<PendingSet>,
     /// Batches the signature checks of submitted transactions.
     pub verifier: verifier::Verifier,
-    pub submit: mpsc::Sender<Vec<u8>>,
+    /// Admitted transactions, with their ids, for the batcher.
+    pub submit: mpsc::Sender<(Hash, Vec<u8>)>,
     pub limits: Limits,
     /// Set when another node signed a different checkpoint than ours.
     pub diverged: AtomicBool,
@@ -488,7 +489,7 @@ async fn sign_and_submit(
         created: ingress::now_ms().max(not_before),
     };
     let tx = Tx::sign(&shared.node_key, &shared.node_identity, &payload);
-    shared.submit.send(tx).await.is_ok()
+    shared.submit.send((sha256(&tx), tx)).await.is_ok()
 }
 
 /// The network identity: the genesis hash and the genesis node set.

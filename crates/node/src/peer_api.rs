@@ -146,10 +146,10 @@ async fn submit(
     let mut waits = Vec::with_capacity(txs.len());
     for tx in txs {
         let bytes = tx.into_vec();
-        match ingress::admit(&shared, bytes.clone(), ingress::Source::Peer).await {
+        match ingress::admit(&shared, &bytes, ingress::Source::Peer).await {
             Ok((_, Admission::Known(_))) => waits.push(Err(Forwarded::Committed)),
-            Ok((_, Admission::Queued(rx, fresh))) => {
-                if fresh && shared.submit.send(bytes).await.is_err() {
+            Ok((id, Admission::Queued(rx, fresh))) => {
+                if fresh && shared.submit.send((id, bytes)).await.is_err() {
                     return Err(ApiError::unavailable("node is shutting down"));
                 }
                 waits.push(Ok(rx));
