@@ -2,13 +2,22 @@
 //! arrive together are verified together, which costs about half as much
 //! per Ed25519 signature as checking them one by one. A batch that fails is
 //! checked one by one, so only the bad signatures are refused.
+//!
+//! Under load the thread waits a little for a batch to fill: a batch of two
+//! costs about 50 µs per signature here, one of 32 about 31 µs. A lone
+//! submission on a quiet node is checked at once.
 
 use comity_core::crypto::{Alg, PublicKey};
-use std::sync::mpsc;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// Most signatures checked in one batch.
 const MAX_BATCH: usize = 256;
+/// A busy verifier stops waiting once a batch has this many signatures...
+const FULL_ENOUGH: usize = 32;
+/// ...or this long after its first arrived: small next to a group commit.
+const LINGER: Duration = Duration::from_millis(2);
 
 struct Job {
     key: PublicKey,
@@ -28,14 +37,26 @@ impl Verifier {
         std::thread::Builder::new()
             .name("verifier".into())
             .spawn(move || {
+                // Whether the last batch had company: then waiting pays.
+                let mut busy = false;
                 while let Ok(first) = rx.recv() {
                     let mut batch = vec![first];
+                    let deadline = Instant::now() + LINGER;
                     while batch.len() < MAX_BATCH {
-                        match rx.try_recv() {
+                        let next = match rx.try_recv() {
+                            Ok(j) => Ok(j),
+                            Err(_) if busy && batch.len() < FULL_ENOUGH => {
+                                rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                            }
+                            Err(_) => Err(RecvTimeoutError::Timeout),
+                        };
+                        match next {
                             Ok(j) => batch.push(j),
                             Err(_) => break,
                         }
                     }
+                    busy = batch.len() > 1;
+                    metrics::histogram!("comity_verify_batch").record(batch.len() as f64);
                     check(batch);
                 }
             })?;
