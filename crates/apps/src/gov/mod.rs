@@ -35,17 +35,43 @@ pub struct Id(pub Hash);
 
 impl Serialize for Id {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&hex::encode(self.0))
+        // On the stack: ids are in every record, and `hex::encode` builds
+        // its string one char at a time.
+        let mut buf = [0u8; 64];
+        hex::encode_to_slice(self.0, &mut buf).expect("64 digits for 32 bytes");
+        s.serialize_str(std::str::from_utf8(&buf).expect("hex digits are ASCII"))
     }
 }
 
 impl<'de> Deserialize<'de> for Id {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
+        d.deserialize_str(IdVisitor)
+    }
+}
+
+/// Reads an id from whatever a `String` could be read from, without
+/// allocating one.
+struct IdVisitor;
+
+impl serde::de::Visitor<'_> for IdVisitor {
+    type Value = Id;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Id, E> {
         let mut h = [0u8; 32];
-        hex::decode_to_slice(&s, &mut h)
-            .map_err(|_| serde::de::Error::custom(format!("{s:?} is not a 64-digit hex id")))?;
+        hex::decode_to_slice(s, &mut h)
+            .map_err(|_| E::custom(format!("{s:?} is not a 64-digit hex id")))?;
         Ok(Id(h))
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, b: &[u8]) -> Result<Id, E> {
+        match std::str::from_utf8(b) {
+            Ok(s) => self.visit_str(s),
+            Err(_) => Err(E::invalid_value(serde::de::Unexpected::Bytes(b), &self)),
+        }
     }
 }
 
