@@ -20,13 +20,11 @@ pub fn subject(name: &str) -> Hash {
 }
 
 pub fn encode<T: Serialize>(t: &T) -> Vec<u8> {
-    cbor::to_vec(cbor::from_serde(t).expect("governance records serialize")).expect("valid")
+    cbor::to_canonical(t).expect("governance records serialize")
 }
 
 pub fn decode<T: DeserializeOwned>(what: &str, b: &[u8]) -> Result<T, StoreError> {
-    cbor::from_slice(b)
-        .and_then(|v| cbor::to_serde(&v))
-        .map_err(|e| StoreError::StateTree(format!("{what}: {e}")))
+    cbor::from_slice_to(b).map_err(|e| StoreError::StateTree(format!("{what}: {e}")))
 }
 
 fn get<T: DeserializeOwned>(

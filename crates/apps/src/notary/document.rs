@@ -360,3 +360,103 @@ pub fn by_digest(s: &impl StateRead, digest: &Hash) -> Result<Option<Hash>, Stor
     Ok(s.state(&keys::notary_digest(digest))?
         .and_then(|b| b.try_into().ok()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use comity_core::cbor;
+
+    /// Every optional part present, so each field's encoding is exercised.
+    fn full() -> Document {
+        let id = |b: u8| Id([b; 32]);
+        let act = |b: u8, to: Option<Id>| Act {
+            by: id(b),
+            to,
+            reason: format!("reason {b}"),
+            index: u64::from(b) * 1000,
+            time: u64::MAX - u64::from(b),
+        };
+        let args = RegisterArgs {
+            digest: id(1),
+            salted: true,
+            title: "Supply agreement".into(),
+            kind: "contract".into(),
+            matter: "M-2026-7".into(),
+            org: "Acme".into(),
+            parties: vec![
+                Party {
+                    id: id(2),
+                    role: "seller".into(),
+                    signs: true,
+                },
+                Party {
+                    id: id(3),
+                    role: "witness".into(),
+                    signs: false,
+                },
+            ],
+            retention: Retention {
+                period_ms: 86_400_000,
+                approvals: 2,
+                approvers: vec![id(4), id(5)],
+            },
+            personal: Some(id(6)),
+            predecessor: Some(id(7)),
+        };
+        let mut d = Document::new(args, [8; 32], [9; 32], 42, 1_700_000_000_000);
+        d.status = Status::Destroyed;
+        d.signatures = vec![Signature {
+            party: id(2),
+            index: 43,
+            time: 5,
+        }];
+        (d.executed, d.ended, d.retain_until) = (Some(1), Some(2), Some(3));
+        d.successor = Some(id(10));
+        d.offer = Some(act(11, Some(id(12))));
+        d.holds = vec![Hold {
+            id: id(13),
+            by: id(14),
+            reason: "audit".into(),
+            index: 7,
+            time: 8,
+        }];
+        d.approvals = vec![act(15, None), act(16, None)];
+        d.destroyed = Some(act(17, None));
+        d.personal_erased = true;
+        d.chain.events = 9;
+        d.chain.head = id(18);
+        d
+    }
+
+    #[test]
+    fn a_record_encodes_as_through_a_cbor_value_and_reads_back() {
+        for d in [
+            full(),
+            Document::new(minimal_args(), [1; 32], [2; 32], 0, 0),
+        ] {
+            let direct = d.to_cbor();
+            let via_value = cbor::to_vec(cbor::from_serde(&d).unwrap()).unwrap();
+            assert_eq!(direct, via_value);
+            assert_eq!(Document::from_cbor(&direct).unwrap(), d);
+        }
+    }
+
+    fn minimal_args() -> RegisterArgs {
+        RegisterArgs {
+            digest: Id([1; 32]),
+            salted: false,
+            title: "t".into(),
+            kind: String::new(),
+            matter: String::new(),
+            org: String::new(),
+            parties: Vec::new(),
+            retention: Retention {
+                period_ms: 0,
+                approvals: 1,
+                approvers: Vec::new(),
+            },
+            personal: None,
+            predecessor: None,
+        }
+    }
+}

@@ -5,6 +5,9 @@
 //! checked with [`check_canonical`] in one pass over their bytes.
 
 pub use ciborium::Value;
+pub use direct::to_canonical;
+
+mod direct;
 
 /// Largest nesting accepted when decoding untrusted input.
 const MAX_DEPTH: usize = 32;
@@ -234,6 +237,21 @@ pub fn from_slice(bytes: &[u8]) -> Result<Value, CborError> {
         ));
     }
     Ok(v)
+}
+
+/// Reads a typed value straight from one CBOR item spanning `bytes`,
+/// without a [`Value`] tree in between: for records this node wrote itself
+/// (through [`to_canonical`]), read on every transaction that touches them.
+pub fn from_slice_to<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, CborError> {
+    let mut cursor = std::io::Cursor::new(bytes);
+    let t = ciborium::de::from_reader_with_recursion_limit(&mut cursor, MAX_DEPTH * 2)
+        .map_err(|e| CborError::Shape(e.to_string()))?;
+    if cursor.position() as usize != bytes.len() {
+        return Err(CborError::Malformed(
+            "trailing bytes after CBOR item".into(),
+        ));
+    }
+    Ok(t)
 }
 
 /// Decodes `bytes` and checks they are exactly the deterministic encoding.

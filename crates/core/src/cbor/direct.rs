@@ -1,0 +1,535 @@
+//! Deterministic CBOR straight from serde, without a [`Value`] tree: the
+//! same bytes as `to_vec(from_serde(t)?)` (ciborium's value serializer,
+//! then canonical ordering), at a fraction of the allocations. Records that
+//! are written on every transaction (documents, their events) go this way.
+
+use super::{head, CborError, MAX_DEPTH};
+use serde::ser::{self, Serialize};
+
+#[cfg(doc)]
+use super::{from_serde, to_vec, Value};
+
+/// Encodes `t` deterministically, as [`to_vec`] would encode [`from_serde`]'s
+/// value: shortest heads, definite lengths, map keys sorted by their encoded
+/// bytes; floats, duplicate keys, 128-bit integers beyond 64 bits and
+/// nesting deeper than the limit are refused.
+pub fn to_canonical<T: Serialize + ?Sized>(t: &T) -> Result<Vec<u8>, CborError> {
+    let mut out = Vec::with_capacity(256);
+    t.serialize(Enc {
+        out: &mut out,
+        depth: 0,
+    })?;
+    Ok(out)
+}
+
+impl ser::Error for CborError {
+    fn custom<M: std::fmt::Display>(msg: M) -> Self {
+        CborError::Shape(msg.to_string())
+    }
+}
+
+/// Writes one item at `depth` into `out`.
+struct Enc<'a> {
+    out: &'a mut Vec<u8>,
+    depth: usize,
+}
+
+impl<'a> Enc<'a> {
+    fn check(&self) -> Result<(), CborError> {
+        if self.depth > MAX_DEPTH {
+            return Err(CborError::TooDeep);
+        }
+        Ok(())
+    }
+
+    fn int(self, n: i128) -> Result<(), CborError> {
+        self.check()?;
+        match n {
+            0.. => head(self.out, 0, u64::try_from(n).map_err(|_| out_of_range())?),
+            _ => head(
+                self.out,
+                1,
+                u64::try_from(-1 - n).map_err(|_| out_of_range())?,
+            ),
+        }
+        Ok(())
+    }
+
+    fn text(self, s: &str) -> Result<(), CborError> {
+        self.check()?;
+        head(self.out, 3, s.len() as u64);
+        self.out.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+
+    /// A one-entry map `{variant: ...}`: how serde's enum variants with data
+    /// become CBOR. The caller writes the value.
+    fn variant(self, variant: &str) -> Result<Enc<'a>, CborError> {
+        self.check()?;
+        if self.depth + 1 > MAX_DEPTH {
+            return Err(CborError::TooDeep);
+        }
+        head(self.out, 5, 1);
+        head(self.out, 3, variant.len() as u64);
+        self.out.extend_from_slice(variant.as_bytes());
+        Ok(Enc {
+            out: self.out,
+            depth: self.depth + 1,
+        })
+    }
+}
+
+fn out_of_range() -> CborError {
+    CborError::Shape("integer out of the 64-bit CBOR range".into())
+}
+
+impl<'a> ser::Serializer for Enc<'a> {
+    type Ok = ();
+    type Error = CborError;
+    type SerializeSeq = Seq<'a>;
+    type SerializeTuple = Seq<'a>;
+    type SerializeTupleStruct = Seq<'a>;
+    type SerializeTupleVariant = Seq<'a>;
+    type SerializeMap = Map<'a>;
+    type SerializeStruct = Map<'a>;
+    type SerializeStructVariant = Map<'a>;
+
+    fn serialize_bool(self, v: bool) -> Result<(), CborError> {
+        self.check()?;
+        self.out.push(if v { 0xf5 } else { 0xf4 });
+        Ok(())
+    }
+    fn serialize_i8(self, v: i8) -> Result<(), CborError> {
+        self.int(v.into())
+    }
+    fn serialize_i16(self, v: i16) -> Result<(), CborError> {
+        self.int(v.into())
+    }
+    fn serialize_i32(self, v: i32) -> Result<(), CborError> {
+        self.int(v.into())
+    }
+    fn serialize_i64(self, v: i64) -> Result<(), CborError> {
+        self.int(v.into())
+    }
+    fn serialize_i128(self, v: i128) -> Result<(), CborError> {
+        self.int(v)
+    }
+    fn serialize_u8(self, v: u8) -> Result<(), CborError> {
+        self.int(v.into())
+    }
+    fn serialize_u16(self, v: u16) -> Result<(), CborError> {
+        self.int(v.into())
+    }
+    fn serialize_u32(self, v: u32) -> Result<(), CborError> {
+        self.int(v.into())
+    }
+    fn serialize_u64(self, v: u64) -> Result<(), CborError> {
+        self.int(v.into())
+    }
+    fn serialize_u128(self, v: u128) -> Result<(), CborError> {
+        self.int(i128::try_from(v).map_err(|_| out_of_range())?)
+    }
+    fn serialize_f32(self, _: f32) -> Result<(), CborError> {
+        Err(CborError::Float)
+    }
+    fn serialize_f64(self, _: f64) -> Result<(), CborError> {
+        Err(CborError::Float)
+    }
+    fn serialize_char(self, v: char) -> Result<(), CborError> {
+        self.text(v.encode_utf8(&mut [0; 4]))
+    }
+    fn serialize_str(self, v: &str) -> Result<(), CborError> {
+        self.text(v)
+    }
+    fn serialize_bytes(self, v: &[u8]) -> Result<(), CborError> {
+        self.check()?;
+        head(self.out, 2, v.len() as u64);
+        self.out.extend_from_slice(v);
+        Ok(())
+    }
+    fn serialize_none(self) -> Result<(), CborError> {
+        self.serialize_unit()
+    }
+    fn serialize_some<T: Serialize + ?Sized>(self, v: &T) -> Result<(), CborError> {
+        v.serialize(self)
+    }
+    fn serialize_unit(self) -> Result<(), CborError> {
+        self.check()?;
+        self.out.push(0xf6);
+        Ok(())
+    }
+    fn serialize_unit_struct(self, _: &'static str) -> Result<(), CborError> {
+        self.serialize_unit()
+    }
+    fn serialize_unit_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+    ) -> Result<(), CborError> {
+        self.text(variant)
+    }
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        v: &T,
+    ) -> Result<(), CborError> {
+        v.serialize(self)
+    }
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        v: &T,
+    ) -> Result<(), CborError> {
+        v.serialize(self.variant(variant)?)
+    }
+    fn serialize_seq(self, _: Option<usize>) -> Result<Seq<'a>, CborError> {
+        self.check()?;
+        Ok(Seq::new(self.out, self.depth))
+    }
+    fn serialize_tuple(self, len: usize) -> Result<Seq<'a>, CborError> {
+        self.serialize_seq(Some(len))
+    }
+    fn serialize_tuple_struct(self, _: &'static str, len: usize) -> Result<Seq<'a>, CborError> {
+        self.serialize_seq(Some(len))
+    }
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        _: usize,
+    ) -> Result<Seq<'a>, CborError> {
+        let depth = self.depth + 1;
+        let out = self.variant(variant)?.out;
+        Ok(Seq::new(out, depth))
+    }
+    fn serialize_map(self, _: Option<usize>) -> Result<Map<'a>, CborError> {
+        self.check()?;
+        Ok(Map::new(self.out, self.depth))
+    }
+    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Map<'a>, CborError> {
+        self.serialize_map(None)
+    }
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        _: usize,
+    ) -> Result<Map<'a>, CborError> {
+        let depth = self.depth + 1;
+        let out = self.variant(variant)?.out;
+        Ok(Map::new(out, depth))
+    }
+}
+
+/// An array: its items are gathered, then written behind their count.
+struct Seq<'a> {
+    out: &'a mut Vec<u8>,
+    depth: usize,
+    items: Vec<u8>,
+    n: u64,
+}
+
+impl<'a> Seq<'a> {
+    fn new(out: &'a mut Vec<u8>, depth: usize) -> Seq<'a> {
+        Seq {
+            out,
+            depth,
+            items: Vec::new(),
+            n: 0,
+        }
+    }
+
+    fn item<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), CborError> {
+        self.n += 1;
+        v.serialize(Enc {
+            out: &mut self.items,
+            depth: self.depth + 1,
+        })
+    }
+
+    fn finish(self) -> Result<(), CborError> {
+        head(self.out, 4, self.n);
+        self.out.extend_from_slice(&self.items);
+        Ok(())
+    }
+}
+
+/// serde has one trait per kind of sequence; all are arrays here.
+macro_rules! array_impl {
+    ($tr:ident, $method:ident) => {
+        impl ser::$tr for Seq<'_> {
+            type Ok = ();
+            type Error = CborError;
+            fn $method<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), CborError> {
+                self.item(v)
+            }
+            fn end(self) -> Result<(), CborError> {
+                self.finish()
+            }
+        }
+    };
+}
+
+array_impl!(SerializeSeq, serialize_element);
+array_impl!(SerializeTuple, serialize_element);
+array_impl!(SerializeTupleStruct, serialize_field);
+array_impl!(SerializeTupleVariant, serialize_field);
+
+/// A map: keys and values are encoded side by side, then written in the
+/// order of the keys' encoded bytes.
+struct Map<'a> {
+    out: &'a mut Vec<u8>,
+    depth: usize,
+    buf: Vec<u8>,
+    /// Per entry: where its key starts, where its value starts, where it ends.
+    spans: Vec<(usize, usize, usize)>,
+    key_start: usize,
+}
+
+impl<'a> Map<'a> {
+    fn new(out: &'a mut Vec<u8>, depth: usize) -> Map<'a> {
+        Map {
+            out,
+            depth,
+            buf: Vec::new(),
+            spans: Vec::new(),
+            key_start: 0,
+        }
+    }
+
+    fn enc(&mut self) -> Enc<'_> {
+        Enc {
+            out: &mut self.buf,
+            depth: self.depth + 1,
+        }
+    }
+
+    fn key<T: Serialize + ?Sized>(&mut self, k: &T) -> Result<(), CborError> {
+        self.key_start = self.buf.len();
+        k.serialize(self.enc())
+    }
+
+    fn value<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), CborError> {
+        let value_start = self.buf.len();
+        v.serialize(self.enc())?;
+        self.spans
+            .push((self.key_start, value_start, self.buf.len()));
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<(), CborError> {
+        let buf = &self.buf;
+        self.spans
+            .sort_unstable_by(|a, b| buf[a.0..a.1].cmp(&buf[b.0..b.1]));
+        if self
+            .spans
+            .windows(2)
+            .any(|w| buf[w[0].0..w[0].1] == buf[w[1].0..w[1].1])
+        {
+            return Err(CborError::Shape("duplicate map key".into()));
+        }
+        head(self.out, 5, self.spans.len() as u64);
+        for &(k, _, end) in &self.spans {
+            self.out.extend_from_slice(&buf[k..end]);
+        }
+        Ok(())
+    }
+}
+
+impl ser::SerializeMap for Map<'_> {
+    type Ok = ();
+    type Error = CborError;
+    fn serialize_key<T: Serialize + ?Sized>(&mut self, k: &T) -> Result<(), CborError> {
+        self.key(k)
+    }
+    fn serialize_value<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), CborError> {
+        self.value(v)
+    }
+    fn end(self) -> Result<(), CborError> {
+        self.finish()
+    }
+}
+
+/// Structs (and struct variants' contents) are maps with text keys.
+macro_rules! struct_impl {
+    ($tr:ident) => {
+        impl ser::$tr for Map<'_> {
+            type Ok = ();
+            type Error = CborError;
+            fn serialize_field<T: Serialize + ?Sized>(
+                &mut self,
+                k: &'static str,
+                v: &T,
+            ) -> Result<(), CborError> {
+                self.key(k)?;
+                self.value(v)
+            }
+            fn end(self) -> Result<(), CborError> {
+                self.finish()
+            }
+        }
+    };
+}
+
+struct_impl!(SerializeStruct);
+struct_impl!(SerializeStructVariant);
+
+#[cfg(test)]
+mod tests {
+    use super::super::{from_serde, to_vec};
+    use super::*;
+    use proptest::prelude::*;
+    use serde::Serialize;
+    use std::collections::BTreeMap;
+    use std::mem::discriminant;
+
+    /// Both encoders agree: the same bytes, or the same kind of refusal.
+    fn same<T: Serialize + std::fmt::Debug>(t: &T) {
+        let direct = to_canonical(t);
+        let via_value = from_serde(t).and_then(to_vec);
+        match (&direct, &via_value) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b, "{t:?}"),
+            (Err(a), Err(b)) => assert_eq!(discriminant(a), discriminant(b), "{t:?}: {a} / {b}"),
+            _ => panic!("{t:?}: direct {direct:?}, via a value {via_value:?}"),
+        }
+    }
+
+    #[derive(Serialize, Debug, Clone)]
+    enum Kind {
+        Unit,
+        New(u64),
+        Pair(i64, String),
+        Named { zz: bool, a: Option<u8> },
+    }
+
+    #[derive(Serialize, Debug, Clone)]
+    struct Wrapper(u32);
+
+    #[derive(Serialize, Debug, Clone)]
+    struct Inner {
+        #[serde(with = "serde_bytes")]
+        b: Vec<u8>,
+        n: i64,
+        c: char,
+    }
+
+    #[derive(Serialize, Debug, Clone)]
+    struct Outer {
+        title: String,
+        #[serde(rename = "type")]
+        kind: Kind,
+        id: u64,
+        neg: i32,
+        flag: bool,
+        opt: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        skipped: Option<u8>,
+        list: Vec<Inner>,
+        kinds: Vec<Kind>,
+        map: BTreeMap<String, u16>,
+        intmap: BTreeMap<i64, ()>,
+        tuple: (u8, String, Wrapper),
+    }
+
+    fn kind() -> impl Strategy<Value = Kind> {
+        prop_oneof![
+            Just(Kind::Unit),
+            any::<u64>().prop_map(Kind::New),
+            (any::<i64>(), ".{0,30}").prop_map(|(a, b)| Kind::Pair(a, b)),
+            (any::<bool>(), any::<Option<u8>>()).prop_map(|(zz, a)| Kind::Named { zz, a }),
+        ]
+    }
+
+    fn inner() -> impl Strategy<Value = Inner> {
+        (
+            prop::collection::vec(any::<u8>(), 0..300),
+            any::<i64>(),
+            any::<char>(),
+        )
+            .prop_map(|(b, n, c)| Inner { b, n, c })
+    }
+
+    fn outer() -> impl Strategy<Value = Outer> {
+        (
+            (".{0,40}", kind(), any::<u64>(), any::<i32>(), any::<bool>()),
+            (any::<Option<String>>(), any::<Option<u8>>()),
+            prop::collection::vec(inner(), 0..4),
+            prop::collection::vec(kind(), 0..4),
+            prop::collection::btree_map(".{0,12}", any::<u16>(), 0..8),
+            prop::collection::btree_map(any::<i64>(), Just(()), 0..8),
+            (any::<u8>(), ".{0,5}", any::<u32>()),
+        )
+            .prop_map(
+                |((title, kind, id, neg, flag), (opt, skipped), list, kinds, map, intmap, t)| {
+                    Outer {
+                        title,
+                        kind,
+                        id,
+                        neg,
+                        flag,
+                        opt,
+                        skipped,
+                        list,
+                        kinds,
+                        map,
+                        intmap,
+                        tuple: (t.0, t.1, Wrapper(t.2)),
+                    }
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn the_same_bytes_as_through_a_value(o in outer()) {
+            same(&o);
+            same(&o.list);
+            same(&o.kind);
+        }
+    }
+
+    #[derive(Serialize, Debug)]
+    struct Deep(Vec<Deep>);
+
+    fn deep(n: usize) -> Deep {
+        (0..n).fold(Deep(Vec::new()), |d, _| Deep(vec![d]))
+    }
+
+    /// Writes the same key twice.
+    #[derive(Debug)]
+    struct Twice;
+
+    impl Serialize for Twice {
+        fn serialize<S: ser::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use ser::SerializeMap;
+            let mut m = s.serialize_map(Some(2))?;
+            m.serialize_entry("k", &1)?;
+            m.serialize_entry("k", &2)?;
+            m.end()
+        }
+    }
+
+    #[test]
+    fn the_same_refusals_as_through_a_value() {
+        for n in [0, 1, MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 1, MAX_DEPTH + 5] {
+            same(&deep(n));
+            same(&vec![Kind::Named { zz: true, a: None }; 1]);
+        }
+        assert!(matches!(
+            to_canonical(&deep(MAX_DEPTH + 1)),
+            Err(CborError::TooDeep)
+        ));
+        same(&1.5f64);
+        assert!(matches!(to_canonical(&1.5f64), Err(CborError::Float)));
+        same(&Twice);
+        assert!(to_canonical(&Twice).is_err());
+        same(&u64::MAX);
+        same(&i64::MIN);
+        same(&((), Some(()), None::<u8>));
+    }
+}
