@@ -59,13 +59,23 @@ impl TxPayload {
         if nonce.is_empty() || nonce.len() > MAX_NONCE_LEN {
             return Err(TxError::Malformed("nonce must be 1 to 32 bytes".into()));
         }
+        let (net, created) = (m.hash("net").map_err(bad)?, m.u64("created").map_err(bad)?);
+        m.req("args").map_err(bad)?;
+        // The arguments are moved out, not copied: they can be most of the payload.
+        let Value::Map(entries) = v else {
+            unreachable!("MapView checked that the payload is a map")
+        };
+        let args = entries
+            .into_iter()
+            .find_map(|(k, a)| matches!(&k, Value::Text(t) if t == "args").then_some(a))
+            .expect("checked above");
         Ok(TxPayload {
-            net: m.hash("net").map_err(bad)?,
+            net,
             app,
             op,
-            args: m.req("args").map_err(bad)?.clone(),
+            args,
             nonce,
-            created: m.u64("created").map_err(bad)?,
+            created,
         })
     }
 }
