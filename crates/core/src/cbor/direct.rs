@@ -3,7 +3,7 @@
 //! then canonical ordering), at a fraction of the allocations. Records that
 //! are written on every transaction (documents, their events) go this way.
 
-use super::{head, CborError, MAX_DEPTH};
+use super::{head, write_map, CborError, MAX_DEPTH};
 use serde::ser::{self, Serialize};
 
 #[cfg(doc)]
@@ -323,21 +323,7 @@ impl<'a> Map<'a> {
     }
 
     fn finish(mut self) -> Result<(), CborError> {
-        let buf = &self.buf;
-        self.spans
-            .sort_unstable_by(|a, b| buf[a.0..a.1].cmp(&buf[b.0..b.1]));
-        if self
-            .spans
-            .windows(2)
-            .any(|w| buf[w[0].0..w[0].1] == buf[w[1].0..w[1].1])
-        {
-            return Err(CborError::Shape("duplicate map key".into()));
-        }
-        head(self.out, 5, self.spans.len() as u64);
-        for &(k, _, end) in &self.spans {
-            self.out.extend_from_slice(&buf[k..end]);
-        }
-        Ok(())
+        write_map(self.out, &self.buf, &mut self.spans)
     }
 }
 

@@ -82,26 +82,16 @@ fn encode(v: &Value, out: &mut Vec<u8>, depth: usize) -> Result<(), CborError> {
             }
         }
         Value::Map(entries) => {
-            // Keys are encoded side by side in one buffer, then ordered.
-            let mut keys = Vec::new();
+            let mut buf = Vec::new();
             let mut spans = Vec::with_capacity(entries.len());
-            for (i, (k, _)) in entries.iter().enumerate() {
-                let from = keys.len();
-                encode(k, &mut keys, depth + 1)?;
-                spans.push((from, keys.len(), i));
+            for (k, v) in entries {
+                let key = buf.len();
+                encode(k, &mut buf, depth + 1)?;
+                let value = buf.len();
+                encode(v, &mut buf, depth + 1)?;
+                spans.push((key, value, buf.len()));
             }
-            spans.sort_unstable_by(|a, b| keys[a.0..a.1].cmp(&keys[b.0..b.1]));
-            if spans
-                .windows(2)
-                .any(|w| keys[w[0].0..w[0].1] == keys[w[1].0..w[1].1])
-            {
-                return Err(CborError::Shape("duplicate map key".into()));
-            }
-            head(out, 5, entries.len() as u64);
-            for (from, to, i) in spans {
-                out.extend_from_slice(&keys[from..to]);
-                encode(&entries[i].1, out, depth + 1)?;
-            }
+            write_map(out, &buf, &mut spans)?;
         }
         Value::Tag(t, inner) => {
             head(out, 6, *t);
@@ -111,6 +101,28 @@ fn encode(v: &Value, out: &mut Vec<u8>, depth: usize) -> Result<(), CborError> {
         Value::Null => out.push(0xf6),
         Value::Float(_) => return Err(CborError::Float),
         _ => return Err(CborError::Shape("unsupported CBOR value".into())),
+    }
+    Ok(())
+}
+
+/// Writes a map whose entries are encoded side by side in `buf`, each
+/// `(key start, value start, end)`, in the order of their encoded keys;
+/// a key that appears twice is refused.
+fn write_map(
+    out: &mut Vec<u8>,
+    buf: &[u8],
+    spans: &mut [(usize, usize, usize)],
+) -> Result<(), CborError> {
+    spans.sort_unstable_by(|a, b| buf[a.0..a.1].cmp(&buf[b.0..b.1]));
+    if spans
+        .windows(2)
+        .any(|w| buf[w[0].0..w[0].1] == buf[w[1].0..w[1].1])
+    {
+        return Err(CborError::Shape("duplicate map key".into()));
+    }
+    head(out, 5, spans.len() as u64);
+    for &(key, _, end) in spans.iter() {
+        out.extend_from_slice(&buf[key..end]);
     }
     Ok(())
 }
@@ -228,15 +240,7 @@ impl Checker<'_> {
 
 /// Decodes one CBOR item that must span all of `bytes`.
 pub fn from_slice(bytes: &[u8]) -> Result<Value, CborError> {
-    let mut cursor = std::io::Cursor::new(bytes);
-    let v: Value = ciborium::de::from_reader_with_recursion_limit(&mut cursor, MAX_DEPTH * 2)
-        .map_err(|e| CborError::Malformed(e.to_string()))?;
-    if cursor.position() as usize != bytes.len() {
-        return Err(CborError::Malformed(
-            "trailing bytes after CBOR item".into(),
-        ));
-    }
-    Ok(v)
+    from_slice_to(bytes)
 }
 
 /// Reads a typed value straight from one CBOR item spanning `bytes`,
@@ -245,7 +249,7 @@ pub fn from_slice(bytes: &[u8]) -> Result<Value, CborError> {
 pub fn from_slice_to<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, CborError> {
     let mut cursor = std::io::Cursor::new(bytes);
     let t = ciborium::de::from_reader_with_recursion_limit(&mut cursor, MAX_DEPTH * 2)
-        .map_err(|e| CborError::Shape(e.to_string()))?;
+        .map_err(|e| CborError::Malformed(e.to_string()))?;
     if cursor.position() as usize != bytes.len() {
         return Err(CborError::Malformed(
             "trailing bytes after CBOR item".into(),
