@@ -793,7 +793,10 @@ impl WriteBatch<'_> {
         for st in &batch.stale_node_index_batch {
             let list = stale.entry(st.stale_since_version).or_default();
             let nk = borsh::to_vec(&st.node_key).map_err(borsh_err)?;
-            list.extend_from_slice(&(nk.len() as u16).to_be_bytes());
+            let len = u16::try_from(nk.len()).map_err(|_| {
+                StoreError::StateTree(format!("state-tree node key of {} bytes", nk.len()))
+            })?;
+            list.extend_from_slice(&len.to_be_bytes());
             list.extend_from_slice(&nk);
         }
         for (since, list) in stale {
@@ -980,9 +983,12 @@ fn stale_nodes<'a>(key: &'a [u8], list: &'a [u8]) -> Result<Vec<&'a [u8]>, Store
         rest = &tail[n..];
     }
     if !rest.is_empty() {
+        let version = <[u8; 8]>::try_from(key).map_or_else(
+            |_| format!("key {}", hex::encode(key)),
+            |v| u64::from_be_bytes(v).to_string(),
+        );
         return Err(StoreError::StateTree(format!(
-            "stale-node list of version {} is cut short",
-            hex::encode(key)
+            "stale-node list of version {version} is cut short"
         )));
     }
     Ok(nodes)
@@ -1151,7 +1157,7 @@ mod tests {
         assert_eq!(stale_nodes(&one, &[]).unwrap(), [&b"node"[..]]);
         for cut in [1, 3, list.len() - 1] {
             let e = stale_nodes(&version, &list[..cut]).unwrap_err();
-            assert!(e.to_string().contains("cut short"), "{e}");
+            assert!(e.to_string().contains("version 7 is cut short"), "{e}");
         }
     }
 
