@@ -11,6 +11,7 @@
 //! the list lacks too: the writer removes layers from the list only after
 //! the database has them, and a layer in both places holds the same values.
 
+use crate::key_filter::{KeyFilter, KeyHash};
 use fjall::{Keyspace, Readable, Snapshot};
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -60,8 +61,10 @@ pub(crate) struct Layer {
     /// The meta holds the unfolded state changes as of this step, so the
     /// database may be left (by a crash) just after it; see `state`.
     pub resumable: bool,
-    /// Approximate memory held, set once when the layer is committed.
+    /// Approximate memory held, set when the layer is sealed.
     pub size: usize,
+    /// The keys of `tables`, set when the layer is sealed.
+    filter: KeyFilter,
 }
 
 impl Layer {
@@ -76,8 +79,21 @@ impl Layer {
         self.resumable |= newer.resumable;
     }
 
+    /// Readies a layer that will change no more for readers: its size and
+    /// key filter.
+    pub fn seal(&mut self) {
+        self.size = self.measure();
+        let n = self.tables.iter().map(BTreeMap::len).sum();
+        let keys = self
+            .tables
+            .iter()
+            .enumerate()
+            .flat_map(|(t, changes)| changes.keys().map(move |k| KeyHash::of(t, k)));
+        self.filter = KeyFilter::build(n, keys);
+    }
+
     /// Approximate memory held by the changes.
-    pub fn measure(&self) -> usize {
+    fn measure(&self) -> usize {
         let t: usize = self
             .tables
             .iter()
@@ -129,7 +145,8 @@ impl<'a> Layered<'a> {
     }
 
     pub fn get(self, t: Table, key: &[u8]) -> Result<Option<Vec<u8>>, fjall::Error> {
-        for l in self.layers() {
+        let h = KeyHash::of(t as usize, key);
+        for l in self.layers().filter(|l| l.filter.may_contain(h)) {
             if let Some(v) = l.tables[t as usize].get(key) {
                 return Ok(v.clone());
             }
@@ -277,6 +294,7 @@ mod tests {
         for (k, v) in items {
             l.tables[t as usize].insert(k.as_bytes().to_vec(), v.map(|v| v.as_bytes().to_vec()));
         }
+        l.seal();
         Arc::new(l)
     }
 

@@ -1,5 +1,6 @@
 //! Comity storage: the permanent ledger, its Merkle tree on disk, and state.
 
+mod key_filter;
 mod layers;
 pub mod segments;
 pub mod state;

@@ -398,6 +398,7 @@ impl Drop for Store {
             if layers.last().is_some_and(|l| !l.resumable) {
                 let mut last = Layer::default();
                 inner.save_unfolded(&mut last);
+                last.seal();
                 layers.push(Arc::new(last));
             }
         }
@@ -604,7 +605,7 @@ impl<'s> Txn<'s> {
             *self.writing = Instant::now();
         }
         top.durable = how != Commit::Visible;
-        top.size = top.measure();
+        top.seal();
         let bytes = top.size;
         let seq = {
             let mut layers = inner.layers.write().expect("layers lock");
