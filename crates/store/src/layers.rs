@@ -68,17 +68,6 @@ pub(crate) struct Layer {
 }
 
 impl Layer {
-    /// Folds `newer` into `self` (later writes win).
-    pub fn absorb(&mut self, newer: &Layer) {
-        for (mine, theirs) in self.tables.iter_mut().zip(&newer.tables) {
-            mine.extend(theirs.iter().map(|(k, v)| (k.clone(), v.clone())));
-        }
-        self.meta
-            .extend(newer.meta.iter().map(|(k, v)| (k.clone(), v.clone())));
-        self.durable |= newer.durable;
-        self.resumable |= newer.resumable;
-    }
-
     /// Readies a layer that will change no more for readers: its size and
     /// key filter.
     pub fn seal(&mut self) {
@@ -267,22 +256,37 @@ fn merge(mut sources: Vec<Source<'_>>, limit: usize) -> Result<Vec<KeyValue>, fj
     Ok(out)
 }
 
-/// Adds merged layers to one database batch (applied atomically).
-pub(crate) fn write(batch: &mut fjall::OwnedWriteBatch, keyspaces: &Keyspaces, layer: Layer) {
-    let meta = layer.meta.into_iter().map(|(k, v)| (k.into_bytes(), v));
-    let changes = layer
-        .tables
-        .into_iter()
-        .enumerate()
-        .chain([(META, meta.collect())]);
-    for (i, changes) in changes {
-        for (k, v) in changes {
+/// Adds the latest change of each key in `layers` (oldest first) to one
+/// database batch (applied atomically). Values are copied once, straight
+/// from the layers into the batch.
+pub(crate) fn write(
+    batch: &mut fjall::OwnedWriteBatch,
+    keyspaces: &Keyspaces,
+    layers: &[Arc<Layer>],
+) {
+    fn put<'a>(
+        batch: &mut fjall::OwnedWriteBatch,
+        keyspace: &Keyspace,
+        changes: impl Iterator<Item = (&'a [u8], &'a Option<Vec<u8>>)>,
+    ) {
+        let latest: BTreeMap<&[u8], &Option<Vec<u8>>> = changes.collect();
+        for (k, v) in latest {
             match v {
-                Some(v) => batch.insert(&keyspaces[i], k, v),
-                None => batch.remove(&keyspaces[i], k),
+                Some(v) => batch.insert(keyspace, k, v.as_slice()),
+                None => batch.remove(keyspace, k),
             }
         }
     }
+    for (t, keyspace) in keyspaces.iter().enumerate().take(META) {
+        let changes = layers
+            .iter()
+            .flat_map(|l| l.tables[t].iter().map(|(k, v)| (k.as_slice(), v)));
+        put(batch, keyspace, changes);
+    }
+    let meta = layers
+        .iter()
+        .flat_map(|l| l.meta.iter().map(|(k, v)| (k.as_bytes(), v)));
+    put(batch, &keyspaces[META], meta);
 }
 
 #[cfg(test)]
@@ -298,14 +302,42 @@ mod tests {
         Arc::new(l)
     }
 
-    #[test]
-    fn newer_layers_override_older_ones_and_the_database_and_deletions_hide_keys() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = fjall::Database::builder(dir.path()).open().unwrap();
+    fn open_db(dir: &std::path::Path) -> (fjall::Database, Keyspaces) {
+        let db = fjall::Database::builder(dir).open().unwrap();
         let keyspaces: Keyspaces = Arc::new(KEYSPACES.map(|name| {
             db.keyspace(name, fjall::KeyspaceCreateOptions::default)
                 .unwrap()
         }));
+        (db, keyspaces)
+    }
+
+    #[test]
+    fn writing_several_layers_keeps_the_latest_change_of_each_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, keyspaces) = open_db(dir.path());
+        let layers = [
+            layer(
+                Table::Aux,
+                &[("a", Some("1")), ("b", Some("1")), ("c", Some("1"))],
+            ),
+            layer(Table::Aux, &[("a", Some("2")), ("b", None)]),
+            layer(Table::Aux, &[("a", Some("3")), ("d", Some("3"))]),
+        ];
+        let mut batch = db.batch();
+        write(&mut batch, &keyspaces, &layers);
+        batch.commit().unwrap();
+        let aux = &keyspaces[Table::Aux as usize];
+        let get = |k: &str| aux.get(k).unwrap().map(|v| v.to_vec());
+        assert_eq!(get("a"), Some(b"3".to_vec()));
+        assert_eq!(get("b"), None);
+        assert_eq!(get("c"), Some(b"1".to_vec()));
+        assert_eq!(get("d"), Some(b"3".to_vec()));
+    }
+
+    #[test]
+    fn newer_layers_override_older_ones_and_the_database_and_deletions_hide_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, keyspaces) = open_db(dir.path());
         let stored = layer(
             Table::Aux,
             &[
@@ -316,7 +348,7 @@ mod tests {
             ],
         );
         let mut batch = db.batch();
-        write(&mut batch, &keyspaces, Arc::into_inner(stored).unwrap());
+        write(&mut batch, &keyspaces, &[stored]);
         batch.commit().unwrap();
         let old = layer(
             Table::Aux,

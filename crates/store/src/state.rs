@@ -490,11 +490,7 @@ impl Inner {
         else {
             return Ok(());
         };
-        let mut merged = Layer::default();
-        for l in &layers[..n] {
-            merged.absorb(l);
-        }
-        let durable = merged.durable;
+        let durable = layers[..n].iter().any(|l| l.durable);
         // The recorded ledger length must never exceed what is on disk, even
         // after a power loss that keeps this write's journal entry.
         let active = self.ledger.write().expect("ledger lock").flush_for_sync()?;
@@ -503,7 +499,7 @@ impl Inner {
                 .map_err(|source| SegmentError::Io { path, source })?;
         }
         let mut batch = self.db.batch();
-        layers::write(&mut batch, &self.keyspaces, merged);
+        layers::write(&mut batch, &self.keyspaces, &layers[..n]);
         batch.commit().map_err(|e| self.db_error(e))?;
         if durable {
             self.db
