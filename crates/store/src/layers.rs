@@ -105,6 +105,8 @@ type Source<'a> = Box<dyn Iterator<Item = Result<Entry, fjall::Error>> + 'a>;
 
 /// Layers not yet in the database (oldest first) over a database snapshot.
 pub(crate) struct View {
+    /// Apply steps committed when the view was taken.
+    pub seq: u64,
     pub layers: Vec<Arc<Layer>>,
     pub snapshot: Snapshot,
     pub keyspaces: Keyspaces,
@@ -359,6 +361,7 @@ mod tests {
             &[("b", Some("2")), ("d", None), ("f", Some("2"))],
         );
         let view = View {
+            seq: 0,
             layers: vec![old, new],
             snapshot: db.snapshot(),
             keyspaces,

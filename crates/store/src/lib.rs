@@ -2,6 +2,7 @@
 
 mod key_filter;
 mod layers;
+mod read_cache;
 pub mod segments;
 pub mod state;
 pub mod tree;

@@ -12,6 +12,7 @@
 //! that length and the Raft log replays the rest.
 
 use crate::layers::{self, Keyspaces, Layer, Layered, Table, View, KEYSPACES, META};
+use crate::read_cache::ReadCache;
 use crate::segments::{LedgerFiles, OpenReport, SegmentError};
 use crate::tree::{TreeError, TreeFiles};
 use comity_core::entry::Record;
@@ -167,6 +168,10 @@ struct Inner {
     pruned_to: AtomicU64,
     /// Committed apply steps not yet in the database, oldest first.
     layers: RwLock<Vec<Arc<Layer>>>,
+    /// Apply steps committed and visible: changed only with `layers` write-locked.
+    published: AtomicU64,
+    /// Latest state values read (see `read_cache`).
+    cache: ReadCache,
     /// One write transaction at a time; holds when a layer last saved the unfolded changes.
     txn_lock: Mutex<Instant>,
     /// One database writer at a time (the background writer or a caller flushing).
@@ -308,6 +313,8 @@ impl Store {
             jobs: Mutex::new(unfolded.jobs),
             pruned_to: AtomicU64::new(0),
             layers: RwLock::new(Vec::new()),
+            published: AtomicU64::new(0),
+            cache: ReadCache::new(0),
             txn_lock: Mutex::new(Instant::now()),
             db_lock: Mutex::new(()),
             progress: Mutex::new(Progress::default()),
@@ -399,7 +406,7 @@ impl Drop for Store {
                 let mut last = Layer::default();
                 inner.save_unfolded(&mut last);
                 last.seal();
-                layers.push(Arc::new(last));
+                inner.publish(&mut layers, last);
             }
         }
         while !inner.layers.read().expect("layers lock").is_empty() {
@@ -420,10 +427,39 @@ impl Inner {
     fn view(&self) -> View {
         let layers = self.layers.read().expect("layers lock");
         View {
+            seq: self.published.load(Ordering::Relaxed),
             layers: layers.clone(),
             snapshot: self.db.snapshot(),
             keyspaces: self.keyspaces.clone(),
         }
+    }
+
+    /// Makes a committed layer visible to new views (`layers` is write-locked):
+    /// the read cache takes the state values it writes first.
+    fn publish(&self, layers: &mut Vec<Arc<Layer>>, layer: Layer) {
+        let seq = self.published.load(Ordering::Relaxed) + 1;
+        self.cache
+            .commit(seq, layer.tables[Table::State as usize].iter());
+        layers.push(Arc::new(layer));
+        self.published.store(seq, Ordering::Relaxed);
+    }
+
+    /// A state value as `view` (under `top`, if writing) sees it, through the read cache.
+    fn state_get(
+        &self,
+        top: Option<&Layer>,
+        view: &View,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, fjall::Error> {
+        if let Some(v) = top.and_then(|t| t.tables[Table::State as usize].get(key)) {
+            return Ok(v.clone());
+        }
+        if let Some(v) = self.cache.get(key, view.seq) {
+            return Ok(v);
+        }
+        let v = Layered { top: None, view }.get(Table::State, key)?;
+        self.cache.fill(key, &v, view.seq);
+        Ok(v)
     }
 
     /// Saves the unfolded state changes in `layer`'s meta, making it resumable.
@@ -612,7 +648,7 @@ impl<'s> Txn<'s> {
                     message: e.clone(),
                 });
             }
-            layers.push(Arc::new(top));
+            inner.publish(&mut layers, top);
             p.committed += 1;
             p.unwritten_bytes += bytes;
             p.urgent |= how == Commit::Durable || p.unwritten_bytes > MAX_UNWRITTEN_BYTES;
@@ -652,7 +688,7 @@ impl WriteBatch<'_> {
     }
 
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.db(self.layered().get(Table::State, key))
+        self.db(self.store.inner.state_get(Some(&self.top), self.view, key))
     }
 
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
@@ -855,7 +891,7 @@ impl Reader<'_> {
     }
 
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.db(self.layered().get(Table::State, key))
+        self.db(self.store.inner.state_get(None, &self.view, key))
     }
 
     pub fn range(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<KeyValue>, StoreError> {
@@ -1033,6 +1069,53 @@ impl TreeReader for JmtReader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cached_state_reads_follow_commits_and_each_view_sees_its_own_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path(), 1 << 20).unwrap();
+        let put = |v: Option<&[u8]>| {
+            let txn = store.begin().unwrap();
+            let mut b = txn.batch().unwrap();
+            match v {
+                Some(v) => b.put(b"k", v).unwrap(),
+                None => b.delete(b"k").unwrap(),
+            }
+            // The writer's own change wins over whatever is cached.
+            assert_eq!(b.get(b"k").unwrap().as_deref(), v);
+            drop(b);
+            txn.commit(false).unwrap();
+        };
+        let get = |r: &Reader<'_>| r.get(b"k").unwrap();
+        put(Some(b"1"));
+        let old = store.read().unwrap();
+        assert_eq!(get(&old).as_deref(), Some(&b"1"[..]));
+        assert_eq!(
+            get(&old).as_deref(),
+            Some(&b"1"[..]),
+            "served from the cache"
+        );
+        put(Some(b"2"));
+        let new = store.read().unwrap();
+        assert_eq!(get(&new).as_deref(), Some(&b"2"[..]));
+        // The cache now holds the newer value; the older view still sees its own.
+        assert_eq!(get(&old).as_deref(), Some(&b"1"[..]));
+        // Steps that do not write the key leave the cached value in force.
+        let txn = store.begin().unwrap();
+        txn.batch().unwrap().put(b"other", b"x").unwrap();
+        txn.commit(false).unwrap();
+        assert_eq!(get(&store.read().unwrap()).as_deref(), Some(&b"2"[..]));
+        put(None);
+        assert_eq!(get(&store.read().unwrap()), None);
+        assert_eq!(get(&new).as_deref(), Some(&b"2"[..]));
+        // Once written to the database (a durable commit waits for it), the same answers.
+        let txn = store.begin().unwrap();
+        txn.batch().unwrap().put(b"other", b"y").unwrap();
+        txn.commit(true).unwrap();
+        assert_eq!(get(&store.read().unwrap()), None);
+        put(Some(b"3"));
+        assert_eq!(get(&store.read().unwrap()).as_deref(), Some(&b"3"[..]));
+    }
 
     #[test]
     fn state_tree_prunes_replaced_nodes_and_still_proves_the_latest_version() {
