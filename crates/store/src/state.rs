@@ -170,7 +170,7 @@ struct Inner {
     layers: RwLock<Vec<Arc<Layer>>>,
     /// Apply steps committed and visible: changed only with `layers` write-locked.
     published: AtomicU64,
-    /// Latest state values read (see `read_cache`).
+    /// The latest committed state values, read or written (see `read_cache`).
     cache: ReadCache,
     /// One write transaction at a time; holds when a layer last saved the unfolded changes.
     txn_lock: Mutex<Instant>,
