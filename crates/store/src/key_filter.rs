@@ -13,9 +13,9 @@ const BITS_PER_KEY: usize = 16;
 
 /// The hash a lookup computes once and tests against each layer.
 #[derive(Clone, Copy)]
-pub(crate) struct KeyHash(u64);
+pub(crate) struct FilterHash(u64);
 
-impl KeyHash {
+impl FilterHash {
     pub fn of(table: usize, key: &[u8]) -> Self {
         Self(BuildHasherDefault::<DefaultHasher>::default().hash_one((table, key)))
     }
@@ -34,7 +34,7 @@ pub(crate) struct KeyFilter {
 
 impl KeyFilter {
     /// A filter holding the `n` keys of `keys` (and, by chance, a few others).
-    pub fn build(n: usize, keys: impl Iterator<Item = KeyHash>) -> Self {
+    pub fn build(n: usize, keys: impl Iterator<Item = FilterHash>) -> Self {
         let words = (n * BITS_PER_KEY).div_ceil(64).next_power_of_two().max(1);
         let mut bits = vec![0u64; words];
         let mask = (words * 64 - 1) as u64;
@@ -47,7 +47,7 @@ impl KeyFilter {
     }
 
     /// False only if the key is certainly absent.
-    pub fn may_contain(&self, h: KeyHash) -> bool {
+    pub fn may_contain(&self, h: FilterHash) -> bool {
         if self.bits.is_empty() {
             return true;
         }
@@ -67,25 +67,25 @@ mod tests {
         let keys: Vec<Vec<u8>> = (0..500u32)
             .map(|i| format!("tx/{i:064}").into_bytes())
             .collect();
-        let f = KeyFilter::build(keys.len(), keys.iter().map(|k| KeyHash::of(1, k)));
-        assert!(keys.iter().all(|k| f.may_contain(KeyHash::of(1, k))));
+        let f = KeyFilter::build(keys.len(), keys.iter().map(|k| FilterHash::of(1, k)));
+        assert!(keys.iter().all(|k| f.may_contain(FilterHash::of(1, k))));
         let strangers = (500..10_500u32)
-            .filter(|i| f.may_contain(KeyHash::of(1, format!("tx/{i:064}").as_bytes())))
+            .filter(|i| f.may_contain(FilterHash::of(1, format!("tx/{i:064}").as_bytes())))
             .count();
         assert!(strangers < 400, "{strangers} of 10,000 absent keys passed");
         // The table is part of the key.
         let other_table = keys
             .iter()
-            .filter(|k| f.may_contain(KeyHash::of(0, k)))
+            .filter(|k| f.may_contain(FilterHash::of(0, k)))
             .count();
         assert!(
             other_table < 40,
             "{other_table} of 500 passed for another table"
         );
         // Unbuilt: anything may be there.
-        assert!(KeyFilter::default().may_contain(KeyHash::of(0, b"x")));
+        assert!(KeyFilter::default().may_contain(FilterHash::of(0, b"x")));
         // Built from nothing: nothing is there.
         let empty = KeyFilter::build(0, std::iter::empty());
-        assert!(!empty.may_contain(KeyHash::of(0, b"x")));
+        assert!(!empty.may_contain(FilterHash::of(0, b"x")));
     }
 }

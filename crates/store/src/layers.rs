@@ -11,7 +11,7 @@
 //! the list lacks too: the writer removes layers from the list only after
 //! the database has them, and a layer in both places holds the same values.
 
-use crate::key_filter::{KeyFilter, KeyHash};
+use crate::key_filter::{FilterHash, KeyFilter};
 use fjall::{Keyspace, Readable, Snapshot};
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -77,7 +77,7 @@ impl Layer {
             .tables
             .iter()
             .enumerate()
-            .flat_map(|(t, changes)| changes.keys().map(move |k| KeyHash::of(t, k)));
+            .flat_map(|(t, changes)| changes.keys().map(move |k| FilterHash::of(t, k)));
         self.filter = KeyFilter::build(n, keys);
     }
 
@@ -136,7 +136,7 @@ impl<'a> Layered<'a> {
     }
 
     pub fn get(self, t: Table, key: &[u8]) -> Result<Option<Vec<u8>>, fjall::Error> {
-        let h = KeyHash::of(t as usize, key);
+        let h = FilterHash::of(t as usize, key);
         for l in self.layers().filter(|l| l.filter.may_contain(h)) {
             if let Some(v) = l.tables[t as usize].get(key) {
                 return Ok(v.clone());
