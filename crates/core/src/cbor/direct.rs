@@ -83,6 +83,17 @@ fn out_of_range() -> CborError {
     CborError::Shape("integer out of the 64-bit CBOR range".into())
 }
 
+/// Serializer methods for integer types: every integer goes through `int`.
+macro_rules! ints {
+    ($($method:ident: $t:ty),* $(,)?) => {
+        $(
+            fn $method(self, v: $t) -> Result<(), CborError> {
+                self.int(v.into())
+            }
+        )*
+    };
+}
+
 impl<'a> ser::Serializer for Enc<'a> {
     type Ok = ();
     type Error = CborError;
@@ -99,32 +110,10 @@ impl<'a> ser::Serializer for Enc<'a> {
         self.out.push(if v { 0xf5 } else { 0xf4 });
         Ok(())
     }
-    fn serialize_i8(self, v: i8) -> Result<(), CborError> {
-        self.int(v.into())
-    }
-    fn serialize_i16(self, v: i16) -> Result<(), CborError> {
-        self.int(v.into())
-    }
-    fn serialize_i32(self, v: i32) -> Result<(), CborError> {
-        self.int(v.into())
-    }
-    fn serialize_i64(self, v: i64) -> Result<(), CborError> {
-        self.int(v.into())
-    }
-    fn serialize_i128(self, v: i128) -> Result<(), CborError> {
-        self.int(v)
-    }
-    fn serialize_u8(self, v: u8) -> Result<(), CborError> {
-        self.int(v.into())
-    }
-    fn serialize_u16(self, v: u16) -> Result<(), CborError> {
-        self.int(v.into())
-    }
-    fn serialize_u32(self, v: u32) -> Result<(), CborError> {
-        self.int(v.into())
-    }
-    fn serialize_u64(self, v: u64) -> Result<(), CborError> {
-        self.int(v.into())
+    ints! {
+        serialize_i8: i8, serialize_i16: i16, serialize_i32: i32, serialize_i64: i64,
+        serialize_i128: i128, serialize_u8: u8, serialize_u16: u16, serialize_u32: u32,
+        serialize_u64: u64,
     }
     fn serialize_u128(self, v: u128) -> Result<(), CborError> {
         self.int(i128::try_from(v).map_err(|_| out_of_range())?)
