@@ -12,7 +12,6 @@ use comity_client::{Client, Signer, TxState};
 use comity_core::receipt::Receipt;
 use comity_core::Hash;
 use serde_json::{json, Value};
-use sha2::Digest;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -221,7 +220,7 @@ pub fn hash_file(path: &Path) -> anyhow::Result<Hash> {
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let mut h = sha2::Sha256::new();
+    let mut h = comity_core::hash::Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = f
@@ -234,7 +233,7 @@ pub fn hash_file(path: &Path) -> anyhow::Result<Hash> {
         bar.inc(n as u64);
     }
     bar.finish_and_clear();
-    Ok(h.finalize().into())
+    Ok(h.finish())
 }
 
 /// "7y", "30d", "12h", "15m", "2s", "500ms" in milliseconds.

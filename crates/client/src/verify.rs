@@ -177,12 +177,13 @@ mod tests {
 
     #[test]
     fn kv_read_state_proofs() {
+        use comity_core::hash::Sha256;
         use jmt::mock::MockTreeStore;
-        use jmt::{KeyHash, Sha256Jmt};
+        use jmt::{JellyfishMerkleTree, KeyHash};
         let (ident, keys) = setup(3);
         let store = MockTreeStore::default();
-        let tree = Sha256Jmt::new(&store);
-        let kh = |k: &[u8]| KeyHash::with::<sha2::Sha256>(k);
+        let tree = JellyfishMerkleTree::<_, Sha256>::new(&store);
+        let kh = |k: &[u8]| KeyHash::with::<Sha256>(k);
         let (root, batch) = tree
             .put_value_set([(kh(b"kv/a"), Some(b"1".to_vec()))], 0)
             .unwrap();

@@ -6,7 +6,6 @@
 
 use crate::merkle::Hash;
 use p256::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePublicKey};
-use sha2::{Digest, Sha256};
 
 /// COSE algorithm identifiers (RFC 9053).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -49,10 +48,7 @@ pub enum CryptoError {
     BadPrivateKey(String),
 }
 
-/// SHA-256 of `data`.
-pub fn sha256(data: &[u8]) -> Hash {
-    Sha256::digest(data).into()
-}
+pub use crate::hash::sha256;
 
 /// A verification key of a supported algorithm.
 #[derive(Clone, Debug, PartialEq, Eq)]

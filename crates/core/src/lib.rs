@@ -7,6 +7,7 @@ pub mod cbor;
 pub mod checkpoint;
 pub mod crypto;
 pub mod entry;
+pub mod hash;
 pub mod merkle;
 pub mod network;
 pub mod receipt;

@@ -3,7 +3,7 @@
 //! Roots and proofs are built from a [`SubtreeSource`] of full, aligned subtree hashes, so a
 //! disk store answers any of them in O(log n) lookups instead of rehashing leaves.
 
-use sha2::{Digest, Sha256};
+use crate::hash::Sha256;
 use thiserror::Error;
 
 /// A SHA-256 digest.
@@ -11,26 +11,17 @@ pub type Hash = [u8; 32];
 
 /// `SHA-256(0x00 || data)`: the domain prefix keeps a leaf from ever posing as an interior node.
 pub fn leaf_hash(data: &[u8]) -> Hash {
-    Sha256::new()
-        .chain_update([0u8])
-        .chain_update(data)
-        .finalize()
-        .into()
+    Sha256::new().chain(&[0]).chain(data).finish()
 }
 
 /// `SHA-256(0x01 || left || right)`.
 pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
-    Sha256::new()
-        .chain_update([1u8])
-        .chain_update(left)
-        .chain_update(right)
-        .finalize()
-        .into()
+    Sha256::new().chain(&[1]).chain(left).chain(right).finish()
 }
 
 /// Root of the empty tree: `SHA-256("")`.
 pub fn empty_root() -> Hash {
-    Sha256::digest(b"").into()
+    crate::hash::sha256(b"")
 }
 
 /// Storage of full, aligned subtree hashes: level 0 holds leaf hashes and level `k`, index `i`

@@ -3,6 +3,7 @@
 //! The state tree is a Jellyfish Merkle tree (jmt, SHA-256) keyed by
 //! SHA-256 of the state key; proofs are jmt `SparseMerkleProof`s, borsh-encoded.
 
+use crate::hash::Sha256;
 use crate::merkle::Hash;
 use jmt::proof::SparseMerkleProof;
 use jmt::{KeyHash, RootHash};
@@ -22,9 +23,9 @@ pub fn verify(
     value: Option<&[u8]>,
     proof: &[u8],
 ) -> Result<(), StateProofError> {
-    let proof: SparseMerkleProof<sha2::Sha256> =
+    let proof: SparseMerkleProof<Sha256> =
         borsh::from_slice(proof).map_err(|e| StateProofError::Malformed(e.to_string()))?;
     proof
-        .verify(RootHash(*root), KeyHash::with::<sha2::Sha256>(key), value)
+        .verify(RootHash(*root), KeyHash::with::<Sha256>(key), value)
         .map_err(|e| StateProofError::Invalid(e.to_string()))
 }

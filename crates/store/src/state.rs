@@ -16,10 +16,11 @@ use crate::read_cache::ReadCache;
 use crate::segments::{LedgerFiles, OpenReport, SegmentError};
 use crate::tree::{TreeError, TreeFiles};
 use comity_core::entry::Record;
+use comity_core::hash::Sha256;
 use comity_core::merkle::{self, Hash};
 use fjall::{Database, KeyspaceCreateOptions, PersistMode};
 use jmt::storage::{LeafNode, Node, NodeKey, TreeReader};
-use jmt::{KeyHash, OwnedValue, Sha256Jmt, Version};
+use jmt::{KeyHash, OwnedValue, Version};
 use serde_bytes::{ByteBuf, Bytes};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -934,9 +935,9 @@ impl Reader<'_> {
     /// (borsh-encoded jmt `SparseMerkleProof<Sha256>`) against that version's root.
     pub fn state_proof(&self, key: &[u8], version: Version) -> Result<StateProof, StoreError> {
         let reader = JmtReader(self.layered());
-        let tree = Sha256Jmt::new(&reader);
+        let tree = Jmt::new(&reader);
         let (value, proof) = tree
-            .get_with_proof(KeyHash::with::<sha2::Sha256>(key), version)
+            .get_with_proof(KeyHash::with::<Sha256>(key), version)
             .map_err(|e| StoreError::StateTree(e.to_string()))?;
         let root = tree
             .get_root_hash(version)
@@ -973,8 +974,8 @@ fn compute(
             StoreError::StateTree(format!("no state changes taken for version {version}"))
         })?;
     let reader = JmtReader(tables);
-    let tree = Sha256Jmt::new(&reader);
-    let key = |k: &[u8]| KeyHash::with::<sha2::Sha256>(k);
+    let tree = Jmt::new(&reader);
+    let key = |k: &[u8]| KeyHash::with::<Sha256>(k);
     // Without deletions, jmt's batch insertion walks the tree once for the
     // whole version and hashes each changed internal node once, where
     // `put_value_set` walks and rehashes the path from the root for every
@@ -1033,6 +1034,9 @@ fn value_key(kh: &KeyHash, version: Version) -> Vec<u8> {
     k.extend_from_slice(&version.to_be_bytes());
     k
 }
+
+/// The state tree, hashed with ring's SHA-256.
+type Jmt<'a, R> = jmt::JellyfishMerkleTree<'a, R, Sha256>;
 
 /// Adapter from the layered tables to jmt's reader.
 struct JmtReader<'a>(Layered<'a>);
@@ -1193,11 +1197,11 @@ mod tests {
             drop(b);
             txn.commit(false).unwrap();
 
-            let (want, update) = Sha256Jmt::new(&reference)
+            let (want, update) = Jmt::new(&reference)
                 .put_value_set(
                     changes
                         .iter()
-                        .map(|(k, val)| (KeyHash::with::<sha2::Sha256>(k), val.clone())),
+                        .map(|(k, val)| (KeyHash::with::<Sha256>(k), val.clone())),
                     v,
                 )
                 .unwrap();
