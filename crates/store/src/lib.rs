@@ -2,6 +2,7 @@
 
 mod key_filter;
 mod layers;
+mod node_cache;
 mod read_cache;
 pub mod segments;
 pub mod state;

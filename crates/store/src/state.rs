@@ -12,6 +12,7 @@
 //! that length and the Raft log replays the rest.
 
 use crate::layers::{self, Keyspaces, Layer, Layered, Table, View, KEYSPACES, META};
+use crate::node_cache::NodeCache;
 use crate::read_cache::ReadCache;
 use crate::segments::{LedgerFiles, OpenReport, SegmentError};
 use crate::tree::{TreeError, TreeFiles};
@@ -173,6 +174,8 @@ struct Inner {
     published: AtomicU64,
     /// The latest committed state values, read or written (see `read_cache`).
     cache: ReadCache,
+    /// State-tree nodes, read or written (see `node_cache`).
+    nodes: NodeCache,
     /// One write transaction at a time; holds when a layer last saved the unfolded changes.
     txn_lock: Mutex<Instant>,
     /// One database writer at a time (the background writer or a caller flushing).
@@ -316,6 +319,7 @@ impl Store {
             layers: RwLock::new(Vec::new()),
             published: AtomicU64::new(0),
             cache: ReadCache::new(0),
+            nodes: NodeCache::new(),
             txn_lock: Mutex::new(Instant::now()),
             db_lock: Mutex::new(()),
             progress: Mutex::new(Progress::default()),
@@ -441,6 +445,8 @@ impl Inner {
         let seq = self.published.load(Ordering::Relaxed) + 1;
         self.cache
             .commit(seq, layer.tables[Table::State as usize].iter());
+        self.nodes
+            .commit(layer.tables[Table::JmtNodes as usize].iter());
         layers.push(Arc::new(layer));
         self.published.store(seq, Ordering::Relaxed);
     }
@@ -934,7 +940,10 @@ impl Reader<'_> {
     /// The value of `key` in the state tree at `version`, with a proof
     /// (borsh-encoded jmt `SparseMerkleProof<Sha256>`) against that version's root.
     pub fn state_proof(&self, key: &[u8], version: Version) -> Result<StateProof, StoreError> {
-        let reader = JmtReader(self.layered());
+        let reader = JmtReader {
+            tables: self.layered(),
+            nodes: &self.store.inner.nodes,
+        };
         let tree = Jmt::new(&reader);
         let (value, proof) = tree
             .get_with_proof(KeyHash::with::<Sha256>(key), version)
@@ -973,7 +982,10 @@ fn compute(
         .ok_or_else(|| {
             StoreError::StateTree(format!("no state changes taken for version {version}"))
         })?;
-    let reader = JmtReader(tables);
+    let reader = JmtReader {
+        tables,
+        nodes: &store.inner.nodes,
+    };
     let tree = Jmt::new(&reader);
     let key = |k: &[u8]| KeyHash::with::<Sha256>(k);
     // Without deletions, jmt's batch insertion walks the tree once for the
@@ -1038,14 +1050,23 @@ fn value_key(kh: &KeyHash, version: Version) -> Vec<u8> {
 /// The state tree, hashed with ring's SHA-256.
 type Jmt<'a, R> = jmt::JellyfishMerkleTree<'a, R, Sha256>;
 
-/// Adapter from the layered tables to jmt's reader.
-struct JmtReader<'a>(Layered<'a>);
+/// Adapter from the layered tables (nodes through the node cache) to jmt's reader.
+struct JmtReader<'a> {
+    tables: Layered<'a>,
+    nodes: &'a NodeCache,
+}
 
 impl TreeReader for JmtReader<'_> {
     fn get_node_option(&self, node_key: &NodeKey) -> anyhow::Result<Option<Node>> {
         let k = borsh::to_vec(node_key)?;
-        match self.0.get(Table::JmtNodes, &k)? {
-            Some(v) => Ok(Some(borsh::from_slice(&v)?)),
+        if let Some(v) = self.nodes.get(&k) {
+            return Ok(Some(borsh::from_slice(&v)?));
+        }
+        match self.tables.get(Table::JmtNodes, &k)? {
+            Some(v) => {
+                self.nodes.insert(&k, &v);
+                Ok(Some(borsh::from_slice(&v)?))
+            }
             None => Ok(None),
         }
     }
@@ -1057,7 +1078,7 @@ impl TreeReader for JmtReader<'_> {
     ) -> anyhow::Result<Option<OwnedValue>> {
         let from = value_key(&key_hash, 0);
         let to = value_key(&key_hash, max_version);
-        Ok(match self.0.last_in(Table::JmtValues, &from, &to)? {
+        Ok(match self.tables.last_in(Table::JmtValues, &from, &to)? {
             Some((_, v)) if v.first() == Some(&1) => Some(v[1..].to_vec()),
             _ => None,
         })
