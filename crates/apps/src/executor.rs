@@ -3,6 +3,7 @@
 use crate::command::Command;
 use crate::genesis::{Config, Genesis};
 use crate::node::Divergence;
+use crate::recent_ids::RecentIds;
 use crate::registry::{self, Identity, Role, Status};
 use crate::state_worker::StateWorker;
 use crate::{codes, gov, keys, kv, node, notary, Reject};
@@ -65,13 +66,29 @@ pub struct Output {
 }
 
 /// Executor state that is not application state; persisted in aux with each batch.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct ExecState {
     net: Option<Hash>,
     time: u64,
     seq: u64,
     /// Leaves since the last checkpoint that need one (node signatures do not).
     uncovered: u64,
+    /// The largest creation time of any recorded transaction (`None` in
+    /// stores written before it was kept), which bounds what `RecentIds`
+    /// may leave to the database.
+    max_created: Option<u64>,
+}
+
+impl Default for ExecState {
+    fn default() -> Self {
+        ExecState {
+            net: None,
+            time: 0,
+            seq: 0,
+            uncovered: 0,
+            max_created: Some(0),
+        }
+    }
 }
 
 pub struct Executor {
@@ -91,6 +108,8 @@ pub struct Executor {
     /// Every nonce created before this time is already forgotten: pruning
     /// starts here instead of scanning the deletions before it again.
     nonces_pruned_to: u64,
+    /// The ids recorded since the node started, shared with admission.
+    recent: Arc<RecentIds>,
 }
 
 /// A checkpoint marker applied, waiting for its state root.
@@ -160,7 +179,6 @@ impl Executor {
             ));
         }
         Ok(Executor {
-            st,
             config,
             open,
             protocol,
@@ -169,6 +187,8 @@ impl Executor {
             worker: None,
             in_flight: None,
             nonces_pruned_to: 0,
+            recent: Arc::new(RecentIds::new(st.max_created)),
+            st,
         })
     }
 
@@ -207,6 +227,11 @@ impl Executor {
     /// The trusted node set as of the last apply.
     pub fn nodes(&self) -> Arc<NodeSet> {
         self.nodes.clone()
+    }
+
+    /// Which transaction ids may already be recorded (see `recent_ids`).
+    pub fn recent_ids(&self) -> Arc<RecentIds> {
+        self.recent.clone()
     }
 
     pub fn is_open(&self) -> bool {
@@ -350,7 +375,12 @@ impl Executor {
         preverified: &dyn Fn(&Hash) -> Option<Verified>,
         out: &mut Output,
     ) -> Result<Option<TxResult>, StoreError> {
-        if batch.aux_get(&keys::tx(&id))?.is_some() {
+        let parsed = match preverified(&id) {
+            Some(v) => Ok((v.tx, Some(v.key))),
+            None => Tx::parse_with_id(bytes, id).map(|tx| (tx, None)),
+        };
+        let created = parsed.as_ref().ok().map(|(tx, _)| tx.payload.created);
+        if self.recent.may_contain(&id, created) && batch.aux_get(&keys::tx(&id))?.is_some() {
             return Ok(None); // identical bytes already in the ledger: idempotent
         }
         let index = batch.ledger_len();
@@ -359,7 +389,7 @@ impl Executor {
         let mut is_node_sig = false;
         let version = self.version_at(index)?;
         let mut settings_changed = false;
-        let outcome = match self.check(batch, bytes, &id, preverified, &mut signer_leaf)? {
+        let outcome = match self.check(batch, bytes, parsed, &mut signer_leaf)? {
             Err(r) => Outcome::Rejected(r.0.to_string()),
             Ok((tx, ident)) => {
                 let role = ident.role;
@@ -425,7 +455,7 @@ impl Executor {
             leaf: leaf.to_cbor(),
             body: bytes.to_vec(),
         })?;
-        batch.aux_put(&keys::tx(&id), &index.to_be_bytes())?;
+        self.record_id(batch, &id, created, index)?;
         if settings_changed {
             crate::recovery::refresh_member_keys(batch)?;
             let before = self.nodes.clone();
@@ -497,7 +527,10 @@ impl Executor {
             leaf: leaf.to_cbor(),
             body: decision.to_vec(),
         })?;
-        batch.aux_put(&keys::tx(&id), &index.to_be_bytes())?;
+        let created = Tx::parse_with_id(decision, id)
+            .ok()
+            .map(|tx| tx.payload.created);
+        self.record_id(batch, &id, created, index)?;
         self.st.uncovered += 1;
         Ok(TxResult {
             id,
@@ -559,25 +592,37 @@ impl Executor {
         Ok(out)
     }
 
-    /// Envelope checks, in the order the HTTP API reports them.
+    /// Maps a recorded transaction's id to its index. Every id of bytes that
+    /// parse is noted in `recent` with their creation time, before the layer
+    /// is published: that is what keeps `RecentIds`'s "no" certain.
+    fn record_id(
+        &mut self,
+        batch: &mut WriteBatch<'_>,
+        id: &Hash,
+        created: Option<u64>,
+        index: u64,
+    ) -> Result<(), StoreError> {
+        if let Some(c) = created {
+            self.recent.note(id, c);
+            self.st.max_created = self.st.max_created.map(|m| m.max(c));
+        }
+        batch.aux_put(&keys::tx(id), &index.to_be_bytes())
+    }
+
+    /// Envelope checks, in the order the HTTP API reports them; `parsed` is
+    /// the transaction with the key ingress verified it against, if it did.
     fn check(
         &self,
         batch: &WriteBatch<'_>,
         bytes: &[u8],
-        id: &Hash,
-        preverified: &dyn Fn(&Hash) -> Option<Verified>,
+        parsed: Result<(Tx, Option<Vec<u8>>), comity_core::tx::TxError>,
         signer_leaf: &mut Option<(Hash, Vec<u8>)>,
     ) -> Result<Result<(Tx, Arc<Identity>), Reject>, StoreError> {
         if bytes.len() as u64 > self.config.max_tx_bytes {
             return Ok(Err(Reject(codes::MALFORMED)));
         }
-        let pre = preverified(id);
-        let (tx, verified_key) = match pre {
-            Some(v) => (v.tx, Some(v.key)),
-            None => match Tx::parse_with_id(bytes, *id) {
-                Ok(tx) => (tx, None),
-                Err(_) => return Ok(Err(Reject(codes::MALFORMED))),
-            },
+        let Ok((tx, verified_key)) = parsed else {
+            return Ok(Err(Reject(codes::MALFORMED)));
         };
         if Some(tx.payload.net) != self.st.net {
             return Ok(Err(Reject(codes::WRONG_NETWORK)));
@@ -757,6 +802,7 @@ impl Executor {
     /// Forgets nonces created before the window: such transactions are refused anyway.
     fn prune_nonces(&mut self, batch: &mut WriteBatch<'_>) -> Result<(), StoreError> {
         let horizon = self.st.time.saturating_sub(self.config.tx_window_ms);
+        self.recent.forget_before(horizon);
         let from = [
             keys::NONCE_TIME_PREFIX,
             &self.nonces_pruned_to.to_be_bytes(),
@@ -790,6 +836,10 @@ fn encode_state(s: &ExecState) -> Vec<u8> {
         ("time", cbor::uint(s.time)),
         ("seq", cbor::uint(s.seq)),
         ("uncovered", cbor::uint(s.uncovered)),
+        (
+            "max_created",
+            s.max_created.map(cbor::uint).unwrap_or(cbor::Value::Null),
+        ),
     ]))
     .expect("valid")
 }
@@ -803,5 +853,6 @@ fn decode_state(b: &[u8]) -> Result<ExecState, StoreError> {
         time: m.u64("time").map_err(bad)?,
         seq: m.u64("seq").map_err(bad)?,
         uncovered: m.u64("uncovered").map_err(bad)?,
+        max_created: m.u64("max_created").ok(),
     })
 }

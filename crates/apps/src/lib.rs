@@ -15,6 +15,7 @@ pub mod node;
 pub mod node_set;
 pub mod notary;
 pub mod query;
+pub mod recent_ids;
 pub mod recovery;
 pub mod registry;
 pub mod state_worker;

@@ -104,6 +104,13 @@ fn started(dir: &std::path::Path, net: &Net) -> (Store, Executor) {
     (store, ex)
 }
 
+/// The store in `dir` and its executor, as a node restarting finds them.
+fn reopen(dir: &std::path::Path) -> (Store, Executor) {
+    let (store, _) = Store::open(dir, 1 << 20).unwrap();
+    let ex = Executor::load(&store).unwrap();
+    (store, ex)
+}
+
 #[test]
 fn ledger_life_cycle() {
     let dir = tempfile::tempdir().unwrap();
@@ -294,9 +301,7 @@ fn state_root_survives_a_restart_between_checkpoints() {
         apply(&store, &mut ex, batch(vec![put1], T0 + 1));
         let (store, mut ex) = if restart {
             drop(store);
-            let (store, _) = Store::open(dir.path(), 1 << 20).unwrap();
-            let ex = Executor::load(&store).unwrap();
-            (store, ex)
+            reopen(dir.path())
         } else {
             (store, ex)
         };
@@ -490,4 +495,43 @@ fn replay_names_the_tampered_entry() {
     let e = replay(Some(7)).unwrap_err();
     assert_eq!(e.index, 7, "{e}");
     assert!(e.message.contains("recorded outcome `forbidden`"), "{e}");
+}
+
+/// Resubmitted bytes add no leaf whether or not the node restarted between
+/// (the filter of recorded ids starts empty then, and must send the lookup to
+/// the database), even for a transaction recorded as refused long before its
+/// creation time came within the window.
+#[test]
+fn resubmitted_transactions_stay_idempotent_across_a_restart() {
+    const WINDOW: u64 = 10 * 60 * 1000;
+    let net = network();
+    for restart in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, mut ex) = started(dir.path(), &net);
+        let ok = tx(&net, &net.user, "kv", "put", put("a", b"1"), 1, T0 + 5);
+        let later = T0 + 2 * WINDOW;
+        let early = tx(&net, &net.user, "kv", "put", put("b", b"2"), 2, later);
+        let out = apply(
+            &store,
+            &mut ex,
+            batch(vec![ok.clone(), early.clone()], T0 + 10),
+        );
+        assert_eq!(out.txs.len(), 2);
+        assert!(matches!(out.txs[1].outcome, Outcome::Rejected(_)));
+        let len = store.read().unwrap().ledger_len().unwrap();
+        let (store, mut ex) = if restart {
+            drop((ex, store));
+            reopen(dir.path())
+        } else {
+            (store, ex)
+        };
+        let fresh = comity_core::crypto::sha256(b"never submitted");
+        assert!(
+            !ex.recent_ids().may_contain(&fresh, Some(T0 + 3 * WINDOW)),
+            "ids created after everything recorded need no lookup"
+        );
+        let out = apply(&store, &mut ex, batch(vec![ok, early], later));
+        assert!(out.txs.is_empty(), "restart {restart}: {:?}", out.txs);
+        assert_eq!(store.read().unwrap().ledger_len().unwrap(), len);
+    }
 }

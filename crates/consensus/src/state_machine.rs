@@ -91,6 +91,8 @@ pub struct ExecView {
     pub pending_checkpoints: usize,
     /// The trusted node set: checkpoint signers and the only accepted peers.
     pub nodes: Arc<NodeSet>,
+    /// Which transaction ids may already be recorded.
+    pub recent_ids: Arc<comity_apps::recent_ids::RecentIds>,
 }
 
 impl ExecView {
@@ -104,6 +106,7 @@ impl ExecView {
             checkpoint_seq: ex.checkpoint_seq(),
             pending_checkpoints: ex.pending_checkpoints(),
             nodes: ex.nodes(),
+            recent_ids: ex.recent_ids(),
         }
     }
 }

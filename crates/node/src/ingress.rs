@@ -131,7 +131,12 @@ pub async fn admit(
         ));
     }
     let reader = shared.store.read()?;
-    if let Some(index) = comity_apps::query::tx_index(&reader, &tx.id)? {
+    let maybe_known = v.recent_ids.may_contain(&tx.id, Some(tx.payload.created));
+    if let Some(index) = maybe_known
+        .then(|| comity_apps::query::tx_index(&reader, &tx.id))
+        .transpose()?
+        .flatten()
+    {
         return Ok((tx.id, Admission::Known(index)));
     }
     let ident = registry::get_shared(&reader, &tx.kid)?.ok_or_else(|| {
