@@ -3,8 +3,8 @@
 use crate::command::Command;
 use crate::genesis::{Config, Genesis};
 use crate::node::Divergence;
-use crate::recent_ids::RecentIds;
 use crate::registry::{self, Identity, Role, Status};
+use crate::replay_filter::{RecentIds, SpentNonces};
 use crate::state_worker::StateWorker;
 use crate::{codes, gov, keys, kv, node, notary, Reject};
 use comity_core::cbor::{self, MapView};
@@ -108,8 +108,10 @@ pub struct Executor {
     /// Every nonce created before this time is already forgotten: pruning
     /// starts here instead of scanning the deletions before it again.
     nonces_pruned_to: u64,
-    /// The ids recorded since the node started, shared with admission.
+    /// The ids recorded and nonces spent since the node started, shared
+    /// with admission (see `replay_filter`).
     recent: Arc<RecentIds>,
+    spent: Arc<SpentNonces>,
 }
 
 /// A checkpoint marker applied, waiting for its state root.
@@ -188,6 +190,7 @@ impl Executor {
             in_flight: None,
             nonces_pruned_to: 0,
             recent: Arc::new(RecentIds::new(st.max_created)),
+            spent: Arc::new(SpentNonces::new(st.max_created)),
             st,
         })
     }
@@ -229,9 +232,14 @@ impl Executor {
         self.nodes.clone()
     }
 
-    /// Which transaction ids may already be recorded (see `recent_ids`).
+    /// Which transaction ids may already be recorded (see `replay_filter`).
     pub fn recent_ids(&self) -> Arc<RecentIds> {
         self.recent.clone()
+    }
+
+    /// Which nonces may be spent (see `replay_filter`).
+    pub fn spent_nonces(&self) -> Arc<SpentNonces> {
+        self.spent.clone()
     }
 
     pub fn is_open(&self) -> bool {
@@ -428,10 +436,9 @@ impl Executor {
                     out.divergence = Some((d.node, d.seq));
                 }
                 // The nonce is spent whatever the outcome, so the same intent cannot be replayed.
-                batch.aux_put(
-                    &keys::nonce(&tx.kid, &tx.payload.nonce),
-                    &tx.payload.created.to_be_bytes(),
-                )?;
+                let nonce_key = keys::nonce(&tx.kid, &tx.payload.nonce);
+                self.spent.note(&nonce_key, tx.payload.created);
+                batch.aux_put(&nonce_key, &tx.payload.created.to_be_bytes())?;
                 batch.aux_put(
                     &keys::nonce_time(tx.payload.created, &tx.kid, &tx.payload.nonce),
                     &[],
@@ -645,10 +652,8 @@ impl Executor {
         if !within_window(tx.payload.created, self.st.time, self.config.tx_window_ms) {
             return Ok(Err(Reject(codes::OUTSIDE_WINDOW)));
         }
-        if batch
-            .aux_get(&keys::nonce(&tx.kid, &tx.payload.nonce))?
-            .is_some()
-        {
+        let nonce_key = keys::nonce(&tx.kid, &tx.payload.nonce);
+        if self.spent.may_contain(&nonce_key) && batch.aux_get(&nonce_key)?.is_some() {
             return Ok(Err(Reject(codes::NONCE_REUSED)));
         }
         Ok(Ok((tx, ident)))
@@ -813,6 +818,7 @@ impl Executor {
             let old = batch.aux_range(&from, &to, 1024)?;
             if old.is_empty() {
                 self.nonces_pruned_to = self.nonces_pruned_to.max(horizon);
+                self.spent.pruned_before(horizon);
                 return Ok(());
             }
             for (k, _) in old {

@@ -15,9 +15,9 @@ pub mod node;
 pub mod node_set;
 pub mod notary;
 pub mod query;
-pub mod recent_ids;
 pub mod recovery;
 pub mod registry;
+pub mod replay_filter;
 pub mod state_worker;
 
 pub use command::Command;

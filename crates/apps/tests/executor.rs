@@ -535,3 +535,32 @@ fn resubmitted_transactions_stay_idempotent_across_a_restart() {
         assert_eq!(store.read().unwrap().ledger_len().unwrap(), len);
     }
 }
+
+/// A nonce spent before a restart stays spent after it, once checkpoints
+/// have pruned old nonces too (the spent-nonce filter starts empty then and
+/// must leave the answer to the database).
+#[test]
+fn a_nonce_spent_before_a_restart_stays_spent() {
+    let net = network();
+    for restart in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, mut ex) = started(dir.path(), &net);
+        let first = tx(&net, &net.user, "kv", "put", put("a", b"1"), 7, T0 + 5);
+        let out = apply(&store, &mut ex, batch(vec![first], T0 + 10));
+        assert_eq!(out.txs[0].outcome, Outcome::Applied);
+        let (store, mut ex) = if restart {
+            drop((ex, store));
+            reopen(dir.path())
+        } else {
+            (store, ex)
+        };
+        apply(&store, &mut ex, Command::Checkpoint { time: T0 + 20 });
+        let again = tx(&net, &net.user, "kv", "put", put("a", b"2"), 7, T0 + 30);
+        let out = apply(&store, &mut ex, batch(vec![again], T0 + 40));
+        assert_eq!(
+            out.txs[0].outcome,
+            Outcome::Rejected("nonce_reused".into()),
+            "restart {restart}"
+        );
+    }
+}

@@ -91,8 +91,9 @@ pub struct ExecView {
     pub pending_checkpoints: usize,
     /// The trusted node set: checkpoint signers and the only accepted peers.
     pub nodes: Arc<NodeSet>,
-    /// Which transaction ids may already be recorded.
-    pub recent_ids: Arc<comity_apps::recent_ids::RecentIds>,
+    /// Which transaction ids may already be recorded, and which nonces spent.
+    pub recent_ids: Arc<comity_apps::replay_filter::RecentIds>,
+    pub spent_nonces: Arc<comity_apps::replay_filter::SpentNonces>,
 }
 
 impl ExecView {
@@ -107,6 +108,7 @@ impl ExecView {
             pending_checkpoints: ex.pending_checkpoints(),
             nodes: ex.nodes(),
             recent_ids: ex.recent_ids(),
+            spent_nonces: ex.spent_nonces(),
         }
     }
 }

@@ -168,7 +168,8 @@ pub async fn admit(
             .map_err(|e| ApiError::bad_request("bad_args", format!("invalid proposal: {e}")))?;
     }
     let nonce_key = keys::nonce(&tx.kid, &tx.payload.nonce);
-    let nonce_spent = reader.aux_get(&nonce_key)?.is_some();
+    let nonce_spent =
+        v.spent_nonces.may_contain(&nonce_key) && reader.aux_get(&nonce_key)?.is_some();
     drop(reader);
     if from == Source::Client {
         let key = PublicKey::from_spki_der(ident.current_key()).map_err(ApiError::internal)?;
