@@ -1,9 +1,9 @@
 //! SHA-256, the one hash of the ledger, the state tree and transaction ids.
 //!
 //! ring's implementation is used rather than the sha2 crate's: its assembly
-//! picks AVX2 or SHA extensions at run time, and on the 2-core test machine
-//! (AVX2, no SHA extensions) it hashes the 80-byte state-tree nodes about
-//! 1.4 times as fast. Outputs are plain SHA-256 either way.
+//! picks the best code the CPU allows at run time (SHA extensions, AVX), and
+//! on the 2-core test machine (AVX, no SHA extensions) it hashes the 80-byte
+//! state-tree nodes about 1.4 times as fast. Outputs are plain SHA-256 either way.
 
 use crate::merkle::Hash;
 

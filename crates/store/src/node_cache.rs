@@ -7,13 +7,15 @@
 //! an entry stays true for as long as the node exists: nothing needs the
 //! care the state read cache takes over views of different ages. Commits
 //! write their new nodes through (the next version reads them first) and
-//! remove the nodes they prune.
+//! remove the nodes they prune. Reads fill it, even from a step's own
+//! uncommitted nodes: the bytes under a node key are computed once, from
+//! committed history, so no other bytes can ever be stored under it.
 
 use quick_cache::sync::Cache;
 use quick_cache::Weighter;
 
 /// Memory the cache may hold: the top four levels of a tree of a million
-/// keys (4,369 internal nodes of up to 16 children) take about 5 MiB.
+/// keys (4,369 internal nodes of up to 16 children) take a few MiB.
 const CAPACITY_BYTES: u64 = 32 << 20;
 
 #[derive(Clone)]
