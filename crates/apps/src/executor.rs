@@ -180,6 +180,7 @@ impl Executor {
                 "pending checkpoints and saved state-tree jobs disagree".into(),
             ));
         }
+        let window = config.tx_window_ms;
         Ok(Executor {
             config,
             open,
@@ -190,7 +191,7 @@ impl Executor {
             in_flight: None,
             nonces_pruned_to: 0,
             recent: Arc::new(RecentIds::new(st.max_created)),
-            spent: Arc::new(SpentNonces::new(st.max_created)),
+            spent: Arc::new(SpentNonces::new(st.max_created, window)),
             st,
         })
     }
@@ -346,6 +347,7 @@ impl Executor {
         crate::recovery::refresh_member_keys(batch)?;
         self.open = g.open;
         self.config = g.config.clone();
+        self.fit_nonce_filter();
         self.nodes = Arc::new(g.nodes.clone());
         crate::node_set::record(
             batch,
@@ -781,10 +783,19 @@ impl Executor {
     /// Re-reads the settings governance may have changed.
     fn reload(&mut self, batch: &WriteBatch<'_>) -> Result<(), StoreError> {
         self.config = gov::state::config(batch)?;
+        self.fit_nonce_filter();
         self.open = gov::state::is_open(batch)?;
         self.protocol = gov::state::protocol_schedule(batch)?;
         self.nodes = Arc::new(gov::state::node_set(batch)?);
         Ok(())
+    }
+
+    /// Replaces the spent-nonce filter if the window changed its group width.
+    fn fit_nonce_filter(&mut self) {
+        let window = self.config.tx_window_ms;
+        if !self.spent.fits(window) {
+            self.spent = Arc::new(SpentNonces::new(self.st.max_created, window));
+        }
     }
 
     /// The protocol version of ledger index `index`. A version this build does

@@ -17,7 +17,9 @@
 //! - A spent nonce stays in the database until pruning forgets spends
 //!   created before the window. Once pruning has passed `recorded_upto`, every
 //!   spend left is one this node noted, in a group not yet forgotten: the
-//!   filter answers from all its groups.
+//!   filter answers from all its groups. Spends left span about two windows
+//!   of creation time, and a group is an eighth of the window wide (a minute
+//!   at least), so a lookup searches some 17 groups whatever the window.
 //!
 //! Groups entirely before the pruning horizon are forgotten with the
 //! database's nonces, and a memory bound forgets the oldest groups early;
@@ -30,8 +32,9 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Creation times per group of ids: one second.
 const ID_GROUP_MS: u64 = 1000;
-/// Creation times per group of nonces: a nonce lookup searches every group.
-const NONCE_GROUP_MS: u64 = 60_000;
+/// Creation times per group of nonces: an eighth of the window, at least
+/// this (a nonce lookup searches every group).
+const MIN_NONCE_GROUP_MS: u64 = 60_000;
 /// Most fingerprints each filter holds (about 6 bytes each): 4M covers ten
 /// minutes at 6,000 transactions per second.
 const MAX_ENTRIES: usize = 4 << 20;
@@ -154,12 +157,23 @@ fn nonce_fingerprint(nonce_key: &[u8]) -> u32 {
     h.finish() as u32
 }
 
+fn nonce_group_ms(window_ms: u64) -> u64 {
+    (window_ms / 8).max(MIN_NONCE_GROUP_MS)
+}
+
 impl SpentNonces {
-    pub fn new(recorded_upto: Option<u64>) -> Self {
+    /// For a transaction window of `window_ms`; see [`RecentIds::new`].
+    pub fn new(recorded_upto: Option<u64>, window_ms: u64) -> Self {
         SpentNonces(RwLock::new(Nonces {
-            groups: Groups::new(NONCE_GROUP_MS, recorded_upto),
+            groups: Groups::new(nonce_group_ms(window_ms), recorded_upto),
             pruned_before: 0,
         }))
+    }
+
+    /// Whether its groups fit a window of `window_ms` (else make a new one:
+    /// it starts knowing nothing, so it stays exact).
+    pub fn fits(&self, window_ms: u64) -> bool {
+        read(&self.0).groups.width == nonce_group_ms(window_ms)
     }
 
     /// Whether the nonce under `nonce_key` may be spent; false is certain.
@@ -201,7 +215,7 @@ impl Default for RecentIds {
 
 impl Default for SpentNonces {
     fn default() -> Self {
-        SpentNonces::new(None)
+        SpentNonces::new(None, 0)
     }
 }
 
@@ -272,7 +286,7 @@ mod tests {
     #[test]
     fn nonces_answer_no_only_once_pruning_passed_what_the_store_held() {
         const MIN: u64 = 60_000;
-        let n = SpentNonces::new(Some(10 * MIN));
+        let n = SpentNonces::new(Some(10 * MIN), 0);
         n.note(b"nonce a", 11 * MIN);
         assert!(
             n.may_contain(b"nonce b"),
@@ -293,5 +307,20 @@ mod tests {
         n.pruned_before(12 * MIN);
         assert!(!n.may_contain(b"nonce a"));
         assert!(SpentNonces::default().may_contain(b"nonce b"));
+    }
+
+    #[test]
+    fn nonce_groups_widen_with_the_window_so_lookups_stay_few() {
+        const DAY: u64 = 24 * 3600 * 1000;
+        let n = SpentNonces::new(Some(0), 7 * DAY);
+        // Spends over two weeks of creation time, one a minute.
+        for m in 0..(14 * DAY / 60_000) {
+            n.note(&m.to_be_bytes(), 1 + m * 60_000);
+        }
+        assert!(read(&n.0).groups.groups.len() <= 17);
+        assert!(n.fits(7 * DAY));
+        assert!(!n.fits(DAY));
+        assert!(SpentNonces::default().fits(60_000));
+        assert!(!SpentNonces::new(Some(0), 0).fits(7 * DAY));
     }
 }

@@ -131,12 +131,12 @@ pub async fn admit(
         ));
     }
     let reader = shared.store.read()?;
-    let maybe_known = v.recent_ids.may_contain(&tx.id, Some(tx.payload.created));
-    if let Some(index) = maybe_known
-        .then(|| comity_apps::query::tx_index(&reader, &tx.id))
-        .transpose()?
-        .flatten()
-    {
+    let known = if v.recent_ids.may_contain(&tx.id, Some(tx.payload.created)) {
+        comity_apps::query::tx_index(&reader, &tx.id)?
+    } else {
+        None
+    };
+    if let Some(index) = known {
         return Ok((tx.id, Admission::Known(index)));
     }
     let ident = registry::get_shared(&reader, &tx.kid)?.ok_or_else(|| {
