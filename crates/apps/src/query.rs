@@ -71,8 +71,15 @@ pub fn is_final(r: &Reader<'_>, seq: u64) -> Result<bool, StoreError> {
     Ok(r.aux_get(&keys::final_checkpoint(seq))?.is_some())
 }
 
+/// The sequence number of the latest final checkpoint. It only grows, and a
+/// newly covered position always comes with a new one, so a receipt waiter
+/// need only look again when it changes.
+pub fn latest_final_seq(r: &Reader<'_>) -> Result<Option<u64>, StoreError> {
+    Ok(r.aux_get(keys::LATEST_FINAL)?.as_deref().and_then(be_u64))
+}
+
 pub fn latest_final(r: &Reader<'_>) -> Result<Option<SignedCheckpoint>, StoreError> {
-    match r.aux_get(keys::LATEST_FINAL)?.as_deref().and_then(be_u64) {
+    match latest_final_seq(r)? {
         Some(seq) => signed_checkpoint(r, seq),
         None => Ok(None),
     }

@@ -243,6 +243,8 @@ struct ReceiptParams {
 
 /// Longest a receipt request may be held open.
 const MAX_RECEIPT_WAIT: Duration = Duration::from_secs(10);
+/// How often a held receipt request looks again without a new final checkpoint.
+const RECEIPT_RECHECK: Duration = Duration::from_millis(250);
 
 fn receipt_pending() -> Response {
     (
@@ -268,17 +270,33 @@ async fn tx_receipt(
     let deadline = tokio::time::Instant::now()
         + Duration::from_millis(params.wait_ms.unwrap_or(0)).min(MAX_RECEIPT_WAIT);
     let mut applied = shared.applied.subscribe();
+    let mut index = None;
+    // The latest final checkpoint when the receipt was last looked for, and when.
+    let mut tried: Option<(Option<u64>, tokio::time::Instant)> = None;
     loop {
-        let index = query::tx_index(&shared.store.read()?, &id)?;
-        let known = index.is_some() || shared.pending.contains(&id);
-        if !known {
-            return Err(ApiError::not_found("unknown transaction"));
-        }
+        let fin = {
+            let r = shared.store.read()?;
+            if index.is_none() {
+                index = query::tx_index(&r, &id)?;
+                if index.is_none() && !shared.pending.contains(&id) {
+                    return Err(ApiError::not_found("unknown transaction"));
+                }
+            }
+            query::latest_final_seq(&r)?
+        };
+        // Most applies finalize nothing: look again only when a checkpoint
+        // became final, or now and then (a node-set change's endorsement can
+        // complete a receipt without one).
+        let now = tokio::time::Instant::now();
         if let Some(index) = index {
-            if let Some(r) = query::receipt(&shared.store, index, params.body.unwrap_or(true))? {
-                return Ok(
-                    ([(header::CONTENT_TYPE, "application/cose")], r.to_cose()).into_response()
-                );
+            if tried.is_none_or(|(f, at)| f != fin || now - at >= RECEIPT_RECHECK) {
+                tried = Some((fin, now));
+                let body = params.body.unwrap_or(true);
+                if let Some(r) = query::receipt(&shared.store, index, body)? {
+                    return Ok(
+                        ([(header::CONTENT_TYPE, "application/cose")], r.to_cose()).into_response()
+                    );
+                }
             }
         }
         // Wait for the next apply (a checkpoint signature may make it final), or give up.
