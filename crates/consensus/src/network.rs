@@ -197,10 +197,11 @@ impl Peers {
     pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         addr: &str,
-        path: &str,
+        path: &'static str,
         req: &Req,
         timeout: Duration,
     ) -> Result<Resp, PeerError> {
+        let t0 = std::time::Instant::now();
         let mut body = Vec::new();
         ciborium::into_writer(req, &mut body).map_err(|e| PeerError::Protocol(e.to_string()))?;
         let resp = self
@@ -220,8 +221,11 @@ impl Peers {
                 String::from_utf8_lossy(&bytes[..bytes.len().min(300)])
             )));
         }
-        ciborium::from_reader(&bytes[..])
-            .map_err(|e| PeerError::Protocol(format!("{addr}{path}: bad reply: {e}")))
+        let reply = ciborium::from_reader(&bytes[..])
+            .map_err(|e| PeerError::Protocol(format!("{addr}{path}: bad reply: {e}")));
+        metrics::histogram!("comity_peer_call_seconds", "path" => path)
+            .record(t0.elapsed().as_secs_f64());
+        reply
     }
 }
 
@@ -255,7 +259,7 @@ pub struct PeerClient {
 impl PeerClient {
     async fn rpc<Req: Serialize, Resp: DeserializeOwned, E>(
         &self,
-        path: &str,
+        path: &'static str,
         req: &Req,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<u64, BasicNode, RaftError<u64, E>>>

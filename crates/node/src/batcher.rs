@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Semaphore};
 
 /// Batches forwarded to the leader at once by a follower.
-const FORWARDS_IN_FLIGHT: usize = 8;
+const FORWARDS_IN_FLIGHT: usize = 2;
 /// How long a follower keeps trying to reach a leader for a batch.
 const FORWARD_PATIENCE: Duration = Duration::from_secs(10);
 
@@ -29,7 +29,9 @@ pub async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<(Hash, Vec<u8>)>) {
         } else {
             &forwards
         };
+        let t0 = Instant::now();
         let permit = sem.clone().acquire_owned().await.expect("semaphore open");
+        metrics::histogram!("comity_batch_wait_seconds").record(t0.elapsed().as_secs_f64());
         let mut bytes = first.1.len();
         let mut ids = vec![first.0];
         let mut txs = vec![ByteBuf::from(first.1)];
@@ -46,7 +48,9 @@ pub async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<(Hash, Vec<u8>)>) {
         metrics::histogram!("comity_batch_txs").record(txs.len() as f64);
         let shared = shared.clone();
         tokio::spawn(async move {
+            let t0 = Instant::now();
             let failed = order(&shared, txs).await;
+            metrics::histogram!("comity_order_seconds").record(t0.elapsed().as_secs_f64());
             drop(permit);
             for (id, err) in ids.iter().zip(failed) {
                 if let Some(e) = err {

@@ -72,7 +72,10 @@ async fn append(
     body: Bytes,
 ) -> ApiResult<Response> {
     check_peer(&shared, peer)?;
-    Ok(reply(&shared.raft.append_entries(decode(&body)?).await))
+    let t0 = std::time::Instant::now();
+    let r = reply(&shared.raft.append_entries(decode(&body)?).await);
+    metrics::histogram!("comity_append_serve_seconds").record(t0.elapsed().as_secs_f64());
+    Ok(r)
 }
 
 async fn vote(
