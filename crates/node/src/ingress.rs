@@ -6,13 +6,14 @@ use crate::error::ApiError;
 use crate::Shared;
 use axum::http::StatusCode;
 use comity_apps::executor::{within_window, Verified};
+use comity_apps::replay_filter::RecentIds;
 use comity_apps::{keys, registry};
 use comity_consensus::TxOutcome;
 use comity_core::crypto::{CryptoError, PublicKey};
 use comity_core::tx::{Tx, TxError};
 use comity_core::Hash;
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 pub type Waiter = oneshot::Sender<Result<TxOutcome, String>>;
@@ -106,6 +107,32 @@ pub async fn admit(
     bytes: &[u8],
     from: Source,
 ) -> Result<(Hash, Admission), ApiError> {
+    match check(shared, bytes, from).await? {
+        Check::Known(id, index) => Ok((id, Admission::Known(index))),
+        Check::Passed(p) => queue(shared, p),
+    }
+}
+
+/// What [`check`] found.
+#[allow(clippy::large_enum_variant)] // made and consumed once per submission: a box would only add an allocation
+pub enum Check {
+    /// These bytes are already in the ledger, at this index.
+    Known(Hash, u64),
+    /// Every check passed: hand it to [`queue`].
+    Passed(Passed),
+}
+
+/// A transaction that passed every ingress check.
+pub struct Passed {
+    tx: Tx,
+    /// The signer's key, when the signature was checked here.
+    key: Option<Vec<u8>>,
+    nonce_key: Vec<u8>,
+    recent_ids: Arc<RecentIds>,
+}
+
+/// Every check that can be made before ordering; queues nothing.
+pub async fn check(shared: &Shared, bytes: &[u8], from: Source) -> Result<Check, ApiError> {
     let v = shared.view();
     let (max_bytes, window, net) = (v.config.max_tx_bytes, v.config.tx_window_ms, v.network_id);
     if bytes.len() as u64 > max_bytes {
@@ -130,15 +157,10 @@ pub async fn admit(
             ),
         ));
     }
-    let reader = shared.store.read()?;
-    let known = if v.recent_ids.may_contain(&tx.id, Some(tx.payload.created)) {
-        comity_apps::query::tx_index(&reader, &tx.id)?
-    } else {
-        None
-    };
-    if let Some(index) = known {
-        return Ok((tx.id, Admission::Known(index)));
+    if let Some(index) = recorded(&v.recent_ids, &shared.store, &tx)? {
+        return Ok(Check::Known(tx.id, index));
     }
+    let reader = shared.store.read()?;
     let ident = registry::get_shared(&reader, &tx.kid)?.ok_or_else(|| {
         ApiError::new(
             StatusCode::FORBIDDEN,
@@ -200,6 +222,46 @@ pub async fn admit(
             "this signer already used this nonce",
         ));
     }
+    let key = (from == Source::Client).then(|| ident.current_key().to_vec());
+    Ok(Check::Passed(Passed {
+        tx,
+        key,
+        nonce_key,
+        recent_ids: v.recent_ids,
+    }))
+}
+
+/// Where these exact bytes are in the ledger, if they are.
+fn recorded(
+    recent: &RecentIds,
+    store: &comity_store::Store,
+    tx: &Tx,
+) -> Result<Option<u64>, ApiError> {
+    if !recent.may_contain(&tx.id, Some(tx.payload.created)) {
+        return Ok(None);
+    }
+    Ok(comity_apps::query::tx_index(&store.read()?, &tx.id)?)
+}
+
+fn committed_outcome(shared: &Shared, id: &Hash, index: u64) -> Result<TxOutcome, ApiError> {
+    let (_, leaf) = comity_apps::query::record(&shared.store, index)?;
+    Ok(TxOutcome {
+        id: id.to_vec(),
+        index,
+        outcome: leaf.outcome.code().to_string(),
+        time: leaf.time,
+    })
+}
+
+/// Queues a checked transaction for ordering, or joins the identical one
+/// already queued.
+pub fn queue(shared: &Shared, passed: Passed) -> Result<(Hash, Admission), ApiError> {
+    let Passed {
+        tx,
+        key,
+        nonce_key,
+        recent_ids,
+    } = passed;
     let p = &shared.pending;
     let (wtx, wrx) = oneshot::channel();
     {
@@ -233,15 +295,32 @@ pub async fn admit(
             },
         );
     }
+    // The apply that records these bytes may have run since `check` looked,
+    // and answered its waiters before this entry existed. Apply makes its
+    // writes visible before it answers anyone, so looking once more after
+    // the insert cannot miss it.
+    let looked = recorded(&recent_ids, &shared.store, &tx).and_then(|found| {
+        found
+            .map(|index| committed_outcome(shared, &tx.id, index))
+            .transpose()
+    });
+    match looked {
+        Ok(None) => {}
+        Ok(Some(outcome)) => {
+            p.resolve(&tx.id, Ok(outcome));
+            return Ok((tx.id, Admission::Queued(wrx, false)));
+        }
+        Err(e) => {
+            p.resolve(&tx.id, Err(e.message.clone()));
+            return Err(e);
+        }
+    }
     let id = tx.id;
-    if from == Source::Client {
-        p.verified.lock().expect("verified lock").insert(
-            id,
-            Verified {
-                tx,
-                key: ident.current_key().to_vec(),
-            },
-        );
+    if let Some(key) = key {
+        p.verified
+            .lock()
+            .expect("verified lock")
+            .insert(id, Verified { tx, key });
     }
     Ok((id, Admission::Queued(wrx, true)))
 }
