@@ -112,6 +112,10 @@ pub struct Executor {
     /// with admission (see `replay_filter`).
     recent: Arc<RecentIds>,
     spent: Arc<SpentNonces>,
+    /// The earliest proposal deadline as of the last expiry scan (`Some(None)`:
+    /// none), or `None` once governance may have changed it: spares each
+    /// batch a range scan.
+    next_expiry: Option<Option<u64>>,
 }
 
 /// A checkpoint marker applied, waiting for its state root.
@@ -192,6 +196,7 @@ impl Executor {
             nonces_pruned_to: 0,
             recent: Arc::new(RecentIds::new(st.max_created)),
             spent: Arc::new(SpentNonces::new(st.max_created, window)),
+            next_expiry: None,
             st,
         })
     }
@@ -774,14 +779,19 @@ impl Executor {
     /// Moves ledger time forward (never back) and expires proposals whose time has come.
     fn advance_time(&mut self, batch: &mut WriteBatch<'_>, time: u64) -> Result<(), StoreError> {
         self.st.time = self.st.time.max(time);
-        if self.st.net.is_some() {
-            gov::expire(batch, self.st.time, batch.ledger_len())?;
+        let due = match self.next_expiry {
+            None => true,
+            Some(next) => next.is_some_and(|t| t <= self.st.time),
+        };
+        if self.st.net.is_some() && due {
+            self.next_expiry = Some(gov::expire(batch, self.st.time, batch.ledger_len())?);
         }
         Ok(())
     }
 
     /// Re-reads the settings governance may have changed.
     fn reload(&mut self, batch: &WriteBatch<'_>) -> Result<(), StoreError> {
+        self.next_expiry = None;
         self.config = gov::state::config(batch)?;
         self.fit_nonce_filter();
         self.open = gov::state::is_open(batch)?;

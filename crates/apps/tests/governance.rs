@@ -163,15 +163,29 @@ fn propose_vote_accept_reject_withdraw_expire() {
     assert_eq!(g.proposal(&p3).state, ProposalState::Withdrawn);
     assert_eq!(g.vote(&m1, &p3, "approve"), "proposal_closed");
 
-    // Expired by ledger time, even with no transaction touching it.
+    // Expired by ledger time, even with no transaction touching it, and in
+    // deadline order: batches before a deadline leave its proposal open.
     let (p4, _) = g.propose(0, add_user(&bob));
     let expires = g.proposal(&p4).expires;
-    g.time = expires;
-    let time = g.time;
-    g.apply(Command::Batch { time, txs: vec![] });
+    g.time = expires - 100; // each transaction moves the clock by 10 ms
+    let (p5, _) = g.propose(0, add_user(&SigningKey::generate(Alg::EdDsa)));
+    let later = g.proposal(&p5).expires;
+    assert!(later > expires);
+    let mut tick = |g: &mut Gov, time: u64| {
+        g.time = time;
+        g.apply(Command::Batch { time, txs: vec![] });
+    };
+    tick(&mut g, expires - 1);
+    tick(&mut g, expires - 1); // nothing due: the scan is skipped
+    assert_eq!(g.proposal(&p4).state, ProposalState::Open);
+    tick(&mut g, expires);
     let expired = g.proposal(&p4);
     assert_eq!(expired.state, ProposalState::Expired);
     assert_eq!(expired.resolved.unwrap().time, expires);
+    tick(&mut g, later - 1);
+    assert_eq!(g.proposal(&p5).state, ProposalState::Open);
+    tick(&mut g, later);
+    assert_eq!(g.proposal(&p5).state, ProposalState::Expired);
     assert_eq!(g.vote(&m1, &p4, "approve"), "proposal_expired");
     assert_eq!(
         gov::next_expiry(&g.store.read().unwrap()).unwrap(),

@@ -332,10 +332,12 @@ fn enact(
     Ok(Ok(subjects))
 }
 
-/// Expires open proposals whose time has come; `index` is the next ledger index.
+/// Expires open proposals whose time has come; `index` is the next ledger
+/// index. Returns the earliest deadline left, so callers can skip the scan
+/// until then.
 /// Deterministic from ledger content alone: every entry with time >= the deadline
 /// sees the proposal expired, whether or not an idle tick got there first.
-pub fn expire(batch: &mut WriteBatch<'_>, now: u64, index: u64) -> Result<(), StoreError> {
+pub fn expire(batch: &mut WriteBatch<'_>, now: u64, index: u64) -> Result<Option<u64>, StoreError> {
     let to = [
         keys::PROPOSAL_EXPIRY_PREFIX,
         &now.saturating_add(1).to_be_bytes(),
@@ -344,7 +346,8 @@ pub fn expire(batch: &mut WriteBatch<'_>, now: u64, index: u64) -> Result<(), St
     loop {
         let due = batch.range(keys::PROPOSAL_EXPIRY_PREFIX, &to, 64)?;
         if due.is_empty() {
-            return Ok(());
+            let rest = batch.range(keys::PROPOSAL_EXPIRY_PREFIX, &expiry_end(), 1)?;
+            return Ok(rest.first().and_then(|(k, _)| expiry_of(k)));
         }
         for (k, _) in due {
             let id: Hash = k[k.len() - 32..].try_into().expect("32-byte suffix");
@@ -362,13 +365,22 @@ pub fn expire(batch: &mut WriteBatch<'_>, now: u64, index: u64) -> Result<(), St
     }
 }
 
+/// Past every expiry key (prefix, 8-byte deadline, 32-byte proposal id).
+fn expiry_end() -> Vec<u8> {
+    [keys::PROPOSAL_EXPIRY_PREFIX, &[0xff; 41]].concat()
+}
+
+/// The deadline an expiry key names.
+fn expiry_of(key: &[u8]) -> Option<u64> {
+    let start = keys::PROPOSAL_EXPIRY_PREFIX.len();
+    key.get(start..start + 8)?
+        .try_into()
+        .ok()
+        .map(u64::from_be_bytes)
+}
+
 /// The earliest expiry of an open proposal, so an idle leader can tick the ledger clock.
 pub fn next_expiry(r: &comity_store::Reader<'_>) -> Result<Option<u64>, StoreError> {
-    let to = [keys::PROPOSAL_EXPIRY_PREFIX, &[0xff; 41]].concat();
-    Ok(r.range(keys::PROPOSAL_EXPIRY_PREFIX, &to, 1)?
-        .first()
-        .and_then(|(k, _)| {
-            let t = &k[keys::PROPOSAL_EXPIRY_PREFIX.len()..keys::PROPOSAL_EXPIRY_PREFIX.len() + 8];
-            t.try_into().ok().map(u64::from_be_bytes)
-        }))
+    let first = r.range(keys::PROPOSAL_EXPIRY_PREFIX, &expiry_end(), 1)?;
+    Ok(first.first().and_then(|(k, _)| expiry_of(k)))
 }
