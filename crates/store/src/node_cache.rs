@@ -43,14 +43,17 @@ impl NodeCache {
         self.0.insert(key.to_vec(), node.to_vec());
     }
 
+    /// Forgets a node the current tree no longer uses.
+    pub fn remove(&self, key: &[u8]) {
+        self.0.remove(key);
+    }
+
     /// Applies a commit's node writes and deletions.
     pub fn commit<'a>(&self, changes: impl Iterator<Item = (&'a Vec<u8>, &'a Option<Vec<u8>>)>) {
         for (k, v) in changes {
             match v {
                 Some(node) => self.insert(k, node),
-                None => {
-                    self.0.remove(k);
-                }
+                None => self.remove(k),
             }
         }
     }

@@ -833,6 +833,10 @@ impl WriteBatch<'_> {
         for st in &batch.stale_node_index_batch {
             let list = stale.entry(st.stale_since_version).or_default();
             let nk = borsh::to_vec(&st.node_key).map_err(borsh_err)?;
+            // Only proofs at older versions read a replaced node: left in the
+            // node cache until pruned, replaced nodes crowded out the live
+            // tree's, and reads fell through to the database as it grew.
+            self.store.inner.nodes.remove(&nk);
             let len = u16::try_from(nk.len()).map_err(|_| {
                 StoreError::StateTree(format!("state-tree node key of {} bytes", nk.len()))
             })?;
