@@ -7,7 +7,8 @@
 //! an entry stays true for as long as the node exists: nothing needs the
 //! care the state read cache takes over views of different ages. Commits
 //! write their new nodes through (the next version reads them first) and
-//! remove the nodes they prune. Reads fill it, even from a step's own
+//! remove the nodes they prune; a version removes the nodes it replaces,
+//! which only proofs at older versions still read. Reads fill it, even from a step's own
 //! uncommitted nodes: the bytes under a node key are computed once, from
 //! committed history, so no other bytes can ever be stored under it.
 
