@@ -171,7 +171,7 @@ fn propose_vote_accept_reject_withdraw_expire() {
     let (p5, _) = g.propose(0, add_user(&SigningKey::generate(Alg::EdDsa)));
     let later = g.proposal(&p5).expires;
     assert!(later > expires);
-    let mut tick = |g: &mut Gov, time: u64| {
+    let tick = |g: &mut Gov, time: u64| {
         g.time = time;
         g.apply(Command::Batch { time, txs: vec![] });
     };

@@ -8,9 +8,10 @@
 //! care the state read cache takes over views of different ages. Commits
 //! write their new nodes through (the next version reads them first) and
 //! remove the nodes they prune; a version removes the nodes it replaces,
-//! which only proofs at older versions still read. Reads fill it, even from a step's own
-//! uncommitted nodes: the bytes under a node key are computed once, from
-//! committed history, so no other bytes can ever be stored under it.
+//! which only proofs at older versions still read. Reads fill it, even from
+//! a step's own uncommitted nodes: the bytes under a node key are computed
+//! once, from committed history, so no other bytes can ever be stored under
+//! it.
 
 use quick_cache::sync::Cache;
 use quick_cache::Weighter;
