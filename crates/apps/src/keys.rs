@@ -109,8 +109,10 @@ pub fn endorsement_range(size: u64) -> (Vec<u8>, Vec<u8>) {
     (endorsement(size, &[0; 32]), endorsement(size, &[0xff; 32]))
 }
 
+pub const EVIDENCE_PREFIX: &[u8] = b"evidence/";
+
 pub fn evidence(node: &Hash, seq: u64) -> Vec<u8> {
-    [b"evidence/".as_slice(), node, &seq.to_be_bytes()].concat()
+    [EVIDENCE_PREFIX, node, &seq.to_be_bytes()].concat()
 }
 
 // Governance state (committed to by the state root).

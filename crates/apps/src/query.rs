@@ -67,6 +67,67 @@ pub fn signed_checkpoint(r: &Reader<'_>, seq: u64) -> Result<Option<SignedCheckp
     }))
 }
 
+/// Two checkpoint signatures by one node for one sequence number over
+/// different bodies: proof that the node misbehaved, which anyone can check
+/// offline with the node's public key.
+pub struct Evidence {
+    pub node: Hash,
+    pub seq: u64,
+    /// The signature recorded first and the conflicting one, each as
+    /// (checkpoint body, COSE_Signature).
+    pub signatures: [(Vec<u8>, Vec<u8>); 2],
+}
+
+/// Evidence of misbehaviour kept by this node, by node id then sequence
+/// number, starting after `after` (a node id and sequence number), at most `limit`.
+pub fn evidence(
+    r: &Reader<'_>,
+    after: Option<(Hash, u64)>,
+    limit: usize,
+) -> Result<Vec<Evidence>, StoreError> {
+    let from = match after {
+        Some((node, seq)) => match seq.checked_add(1) {
+            Some(next) => keys::evidence(&node, next),
+            None => [keys::evidence(&node, seq), vec![0]].concat(),
+        },
+        None => keys::EVIDENCE_PREFIX.to_vec(),
+    };
+    // Just past every key with the prefix.
+    let mut to = keys::EVIDENCE_PREFIX.to_vec();
+    *to.last_mut().expect("non-empty prefix") += 1;
+    let bad =
+        |k: &[u8]| StoreError::StateTree(format!("malformed evidence record {}", hex::encode(k)));
+    let mut out = Vec::new();
+    for (k, v) in r.aux_range(&from, &to, limit)? {
+        let rest = &k[keys::EVIDENCE_PREFIX.len()..];
+        let (Some(node), Some(seq)) = (
+            rest.get(..32).and_then(|n| <Hash>::try_from(n).ok()),
+            rest.get(32..).and_then(be_u64),
+        ) else {
+            return Err(bad(&k));
+        };
+        let pair = match comity_core::cbor::from_slice(&v) {
+            Ok(comity_core::cbor::Value::Array(items)) if items.len() == 2 => items,
+            _ => return Err(bad(&k)),
+        };
+        let signatures = pair
+            .into_iter()
+            .map(|item| {
+                let stored = item.into_bytes().ok()?;
+                Some((node::stored_body(&stored)?, node::stored_sig(&stored)?))
+            })
+            .collect::<Option<Vec<_>>>()
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| bad(&k))?;
+        out.push(Evidence {
+            node,
+            seq,
+            signatures,
+        });
+    }
+    Ok(out)
+}
+
 pub fn is_final(r: &Reader<'_>, seq: u64) -> Result<bool, StoreError> {
     Ok(r.aux_get(&keys::final_checkpoint(seq))?.is_some())
 }

@@ -203,6 +203,48 @@ fn ledger_life_cycle() {
     let out = apply(&store, &mut ex, batch(vec![sig_tx], T0 + 21));
     assert_eq!(out.txs[0].outcome, Outcome::Applied);
     assert!(out.divergence.is_none());
+    assert!(query::evidence(&store.read().unwrap(), None, 10)
+        .unwrap()
+        .is_empty());
+
+    // The node signs a different body for the same checkpoint: refused, and
+    // both signatures are kept as evidence that verifies with its key alone.
+    let mut forged = cp.clone();
+    forged.state_root[0] ^= 1;
+    let forged_body = forged.to_cbor();
+    let forged_sig = checkpoint::sign(CHECKPOINT_CONTENT_TYPE, &forged_body, &net.node, &node_id);
+    let forged_tx = tx(
+        &net,
+        &net.node,
+        "node",
+        "checkpoint",
+        node::signature_args(&forged_body, &forged_sig),
+        10,
+        T0 + 22,
+    );
+    let out = apply(&store, &mut ex, batch(vec![forged_tx], T0 + 22));
+    assert_eq!(
+        out.txs[0].outcome,
+        Outcome::Rejected("conflicting_signature".into())
+    );
+    let ev = query::evidence(&store.read().unwrap(), None, 10).unwrap();
+    assert_eq!(ev.len(), 1);
+    assert_eq!((ev[0].node, ev[0].seq), (node_id, 1));
+    assert_eq!(ev[0].signatures[0], (body.clone(), sig.clone()));
+    assert_eq!(
+        ev[0].signatures[1],
+        (forged_body.clone(), forged_sig.clone())
+    );
+    for (b, s) in &ev[0].signatures {
+        let s = checkpoint::parse_signature(s).unwrap();
+        checkpoint::verify(CHECKPOINT_CONTENT_TYPE, b, &s, &net.node.public()).unwrap();
+    }
+    // Paging past it finds nothing more.
+    assert!(
+        query::evidence(&store.read().unwrap(), Some((node_id, 1)), 10)
+            .unwrap()
+            .is_empty()
+    );
 
     // A receipt for the kv.put verifies offline; a flipped bit anywhere fails.
     let receipt = query::receipt(&store, 1, true).unwrap().expect("receipt");

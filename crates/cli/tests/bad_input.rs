@@ -586,6 +586,33 @@ async fn bad_input_gets_precise_errors_and_the_node_keeps_serving() {
         400,
         Some("malformed"),
     );
+    let honest = c.check(
+        "evidence on an honest network",
+        send(http.get(format!("{url}/v1/evidence"))).await,
+        200,
+        None,
+    );
+    match honest {
+        Some(j) if j["evidence"] == serde_json::json!([]) && j["next"].is_null() => {
+            c.ok("evidence on an honest network is empty", j.to_string())
+        }
+        other => c.fail(
+            "evidence on an honest network is empty",
+            format!("{other:?}"),
+        ),
+    }
+    c.check(
+        "evidence cursor without its sequence number",
+        send(http.get(format!("{url}/v1/evidence?after_node={}", "00".repeat(32)))).await,
+        400,
+        Some("bad_args"),
+    );
+    c.check(
+        "evidence cursor not hex",
+        send(http.get(format!("{url}/v1/evidence?after_node=zz&after_seq=1"))).await,
+        400,
+        Some("malformed"),
+    );
     c.check(
         "tx id not hex",
         send(http.get(format!("{url}/v1/tx/nothex"))).await,

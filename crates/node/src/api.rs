@@ -15,6 +15,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use comity_apps::query::{self, SignedCheckpoint};
 use comity_apps::{keys, registry};
+use comity_core::checkpoint::Checkpoint;
 use comity_core::entry::Outcome;
 use comity_core::Hash;
 use serde::Deserialize;
@@ -41,6 +42,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/ledger/size", get(size))
         .route("/v1/checkpoint", get(checkpoint))
         .route("/v1/proof/consistency", get(consistency))
+        .route("/v1/evidence", get(evidence))
         .route("/v1/kv/{key}", get(kv_get))
         .route("/v1/kv/{key}/history", get(kv_history))
         .route("/v1/network/identity", get(identity))
@@ -346,6 +348,64 @@ async fn checkpoint(State(shared): S) -> ApiResult<Json<Value>> {
         ));
     }
     Ok(Json(checkpoint_json(&cp)))
+}
+
+#[derive(Deserialize)]
+struct EvidenceParams {
+    /// Resume after this node id (hex) and sequence number, as `next` gave them.
+    after_node: Option<String>,
+    after_seq: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// Most evidence records in one answer.
+const EVIDENCE_PAGE_MAX: usize = 1000;
+
+/// Conflicting checkpoint signatures this node has kept: each pair proves,
+/// with the signer's public key alone, that one node signed two different
+/// checkpoints for one sequence number.
+async fn evidence(
+    State(shared): S,
+    ApiQuery(q): ApiQuery<EvidenceParams>,
+) -> ApiResult<Json<Value>> {
+    let after = match (q.after_node, q.after_seq) {
+        (Some(node), Some(seq)) => Some((parse_hash(&node)?, seq)),
+        (None, None) => None,
+        _ => {
+            return Err(ApiError::bad_request(
+                "bad_args",
+                "give after_node and after_seq together",
+            ))
+        }
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, EVIDENCE_PAGE_MAX);
+    let found = query::evidence(&shared.store.read()?, after, limit)?;
+    let next = found
+        .last()
+        .filter(|_| found.len() == limit)
+        .map(|e| json!({"after_node": hex::encode(e.node), "after_seq": e.seq}));
+    let items: Vec<Value> = found
+        .iter()
+        .map(|e| {
+            let signatures: Vec<Value> = e
+                .signatures
+                .iter()
+                .map(|(body, sig)| {
+                    let cp = Checkpoint::from_cbor(body).ok();
+                    json!({
+                        "body": hex::encode(body),
+                        "signature": hex::encode(sig),
+                        "size": cp.as_ref().map(|c| c.size),
+                        "tx_root": cp.as_ref().map(|c| hex::encode(c.tx_root)),
+                        "state_root": cp.as_ref().map(|c| hex::encode(c.state_root)),
+                        "time": cp.as_ref().map(|c| c.time),
+                    })
+                })
+                .collect();
+            json!({"node": hex::encode(e.node), "seq": e.seq, "signatures": signatures})
+        })
+        .collect();
+    Ok(Json(json!({"evidence": items, "next": next})))
 }
 
 #[derive(Deserialize)]
