@@ -115,6 +115,13 @@ pub fn evidence(node: &Hash, seq: u64) -> Vec<u8> {
     [EVIDENCE_PREFIX, node, &seq.to_be_bytes()].concat()
 }
 
+/// Just past every evidence key: the prefix with its last byte raised.
+pub fn evidence_end() -> Vec<u8> {
+    let mut end = EVIDENCE_PREFIX.to_vec();
+    *end.last_mut().expect("non-empty prefix") += 1;
+    end
+}
+
 // Governance state (committed to by the state root).
 pub const GOV_MEMBERS: &[u8] = b"gov/members";
 pub const GOV_CONSTITUTION_VERSION: &[u8] = b"gov/cv";

@@ -92,13 +92,10 @@ pub fn evidence(
         },
         None => keys::EVIDENCE_PREFIX.to_vec(),
     };
-    // Just past every key with the prefix.
-    let mut to = keys::EVIDENCE_PREFIX.to_vec();
-    *to.last_mut().expect("non-empty prefix") += 1;
     let bad =
         |k: &[u8]| StoreError::StateTree(format!("malformed evidence record {}", hex::encode(k)));
     let mut out = Vec::new();
-    for (k, v) in r.aux_range(&from, &to, limit)? {
+    for (k, v) in r.aux_range(&from, &keys::evidence_end(), limit)? {
         let rest = &k[keys::EVIDENCE_PREFIX.len()..];
         let (Some(node), Some(seq)) = (
             rest.get(..32).and_then(|n| <Hash>::try_from(n).ok()),
@@ -126,6 +123,14 @@ pub fn evidence(
         });
     }
     Ok(out)
+}
+
+/// How many evidence records this node keeps, counting at most `cap`.
+pub fn evidence_count(r: &Reader<'_>, cap: usize) -> Result<usize, StoreError> {
+    Ok(
+        r.aux_range(keys::EVIDENCE_PREFIX, &keys::evidence_end(), cap)?
+            .len(),
+    )
 }
 
 pub fn is_final(r: &Reader<'_>, seq: u64) -> Result<bool, StoreError> {

@@ -203,9 +203,10 @@ fn ledger_life_cycle() {
     let out = apply(&store, &mut ex, batch(vec![sig_tx], T0 + 21));
     assert_eq!(out.txs[0].outcome, Outcome::Applied);
     assert!(out.divergence.is_none());
-    assert!(query::evidence(&store.read().unwrap(), None, 10)
-        .unwrap()
-        .is_empty());
+    assert_eq!(
+        query::evidence_count(&store.read().unwrap(), 10).unwrap(),
+        0
+    );
 
     // The node signs a different body for the same checkpoint: refused, and
     // both signatures are kept as evidence that verifies with its key alone.
@@ -229,6 +230,10 @@ fn ledger_life_cycle() {
     );
     let ev = query::evidence(&store.read().unwrap(), None, 10).unwrap();
     assert_eq!(ev.len(), 1);
+    assert_eq!(
+        query::evidence_count(&store.read().unwrap(), 10).unwrap(),
+        1
+    );
     assert_eq!((ev[0].node, ev[0].seq), (node_id, 1));
     assert_eq!(ev[0].signatures[0], (body.clone(), sig.clone()));
     assert_eq!(

@@ -83,5 +83,15 @@ pub async fn run(g: &Global, args: StatusArgs) -> anyhow::Result<()> {
         ),
         None => println!("{up} of {} nodes answer; no leader among them", rows.len()),
     }
+    let evidence = rows
+        .iter()
+        .filter_map(|(_, h)| h.as_ref().ok()?.evidence)
+        .max()
+        .unwrap_or(0);
+    if evidence > 0 {
+        println!(
+            "evidence of misbehaviour: {evidence} pair(s) of conflicting checkpoint signatures (GET /v1/evidence)"
+        );
+    }
     Ok(())
 }

@@ -601,6 +601,17 @@ async fn bad_input_gets_precise_errors_and_the_node_keeps_serving() {
             format!("{other:?}"),
         ),
     }
+    match c.check(
+        "health",
+        send(http.get(format!("{url}/v1/health"))).await,
+        200,
+        None,
+    ) {
+        Some(j) if j["evidence"] == 0 => {
+            c.ok("health counts no evidence", j["evidence"].to_string())
+        }
+        other => c.fail("health counts no evidence", format!("{other:?}")),
+    }
     c.check(
         "evidence cursor without its sequence number",
         send(http.get(format!("{url}/v1/evidence?after_node={}", "00".repeat(32)))).await,

@@ -190,6 +190,9 @@ pub struct Health {
     pub last_log_index: Option<u64>,
     #[serde(default)]
     pub uptime_ms: Option<u64>,
+    /// Conflicting checkpoint signatures this node keeps (up to 1000; see `GET /v1/evidence`).
+    #[serde(default)]
+    pub evidence: Option<u64>,
     /// On the leader: each follower's replication, by Raft id.
     #[serde(default)]
     pub followers: std::collections::BTreeMap<String, FollowerLag>,

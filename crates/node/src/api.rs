@@ -646,6 +646,7 @@ async fn health(State(shared): S) -> ApiResult<Response> {
         "ledger_size": r.ledger_len()?,
         "ledger_time": time,
         "pending": shared.pending.len(),
+        "evidence": query::evidence_count(&r, EVIDENCE_PAGE_MAX)?,
         "uptime_ms": shared.started.elapsed().as_millis() as u64,
         "followers": followers,
         "members": nodes,
