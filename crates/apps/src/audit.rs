@@ -30,6 +30,9 @@ pub struct Summary {
     pub tx_root: Hash,
     pub last_state_root: Option<Hash>,
     pub network_id: Option<Hash>,
+    /// Nodes caught signing two different checkpoints for one sequence
+    /// number, as (node, sequence number): both signatures were verified on replay.
+    pub evidence: Vec<(Hash, u64)>,
 }
 
 pub struct Audit {
@@ -225,6 +228,13 @@ impl Audit {
             .read()
             .and_then(|r| r.ledger_len())
             .map_err(at_end)?;
+        let r = self.store.read().map_err(at_end)?;
+        self.summary.evidence = crate::query::evidence(&r, None, usize::MAX)
+            .map_err(at_end)?
+            .into_iter()
+            .map(|e| (e.node, e.seq))
+            .collect();
+        drop(r);
         self.summary.tx_root = if len == 0 {
             comity_core::merkle::empty_root()
         } else {

@@ -244,6 +244,13 @@ fn ledger_life_cycle() {
         let s = checkpoint::parse_signature(s).unwrap();
         checkpoint::verify(CHECKPOINT_CONTENT_TYPE, b, &s, &net.node.public()).unwrap();
     }
+    // An auditor replaying the ledger finds the same evidence on its own.
+    let scratch = tempfile::tempdir().unwrap();
+    let mut audit = comity_apps::audit::Audit::new(scratch.path()).unwrap();
+    for i in 0..store.read().unwrap().ledger_len().unwrap() {
+        audit.feed(i, &store.record(i).unwrap()).unwrap();
+    }
+    assert_eq!(audit.finish().unwrap().evidence, vec![(node_id, 1)]);
     // Paging past it finds nothing more.
     assert!(
         query::evidence(&store.read().unwrap(), Some((node_id, 1)), 10)

@@ -16,7 +16,8 @@ pub struct LedgerArgs {
 #[derive(clap::Subcommand, Debug)]
 pub enum LedgerCmd {
     /// Replay a ledger from genesis: recompute every hash, outcome, state
-    /// root and checkpoint signature; report the first discrepancy.
+    /// root and checkpoint signature; report the first discrepancy, and any
+    /// node caught signing two different checkpoints.
     Verify {
         /// A node's ledger directory (its `data/ledger/ledger`); read from a copy, never modified.
         #[arg(long, conflicts_with = "node")]
@@ -141,6 +142,20 @@ pub async fn run(args: LedgerArgs) -> anyhow::Result<()> {
     }
     if identity.is_some() {
         println!("  genesis matches the network identity");
+    }
+    if s.evidence.is_empty() {
+        println!("  evidence          none: no node signed two different checkpoints");
+    } else {
+        println!(
+            "  evidence          {} node signature(s) conflict with an earlier one (both verified):",
+            s.evidence.len()
+        );
+        for (node, seq) in &s.evidence {
+            println!(
+                "    node {} signed two different checkpoints #{seq}",
+                hex::encode(node)
+            );
+        }
     }
     Ok(())
 }
