@@ -223,18 +223,17 @@ impl Audit {
     pub fn finish(mut self) -> Result<Summary, Discrepancy> {
         self.flush()?;
         let at_end = |e: StoreError| fail(self.summary.entries, e.to_string());
-        let len = self
+        let (len, evidence) = self
             .store
             .read()
-            .and_then(|r| r.ledger_len())
+            .and_then(|r| {
+                Ok((
+                    r.ledger_len()?,
+                    crate::query::evidence(&r, None, usize::MAX)?,
+                ))
+            })
             .map_err(at_end)?;
-        let r = self.store.read().map_err(at_end)?;
-        self.summary.evidence = crate::query::evidence(&r, None, usize::MAX)
-            .map_err(at_end)?
-            .into_iter()
-            .map(|e| (e.node, e.seq))
-            .collect();
-        drop(r);
+        self.summary.evidence = evidence.into_iter().map(|e| (e.node, e.seq)).collect();
         self.summary.tx_root = if len == 0 {
             comity_core::merkle::empty_root()
         } else {
