@@ -72,6 +72,16 @@ fn tx(
     Tx::sign(key, &key.public().fingerprint(), &p)
 }
 
+/// The node's signature over a checkpoint `body`, and the `node.checkpoint`
+/// transaction that submits it.
+fn checkpoint_signature(net: &Net, body: &[u8], nonce: u8, created: u64) -> (Vec<u8>, Vec<u8>) {
+    let node_id = net.node.public().fingerprint();
+    let sig = checkpoint::sign(CHECKPOINT_CONTENT_TYPE, body, &net.node, &node_id);
+    let args = node::signature_args(body, &sig);
+    let tx = tx(net, &net.node, "node", "checkpoint", args, nonce, created);
+    (sig, tx)
+}
+
 fn put(k: &str, v: &[u8]) -> cbor::Value {
     cbor::map([("key", cbor::text(k)), ("value", cbor::bytes(v.to_vec()))])
 }
@@ -190,16 +200,7 @@ fn ledger_life_cycle() {
     assert_eq!(cp.size, 8);
     let body = cp.to_cbor();
     let node_id = net.node.public().fingerprint();
-    let sig = checkpoint::sign(CHECKPOINT_CONTENT_TYPE, &body, &net.node, &node_id);
-    let sig_tx = tx(
-        &net,
-        &net.node,
-        "node",
-        "checkpoint",
-        node::signature_args(&body, &sig),
-        9,
-        T0 + 21,
-    );
+    let (sig, sig_tx) = checkpoint_signature(&net, &body, 9, T0 + 21);
     let out = apply(&store, &mut ex, batch(vec![sig_tx], T0 + 21));
     assert_eq!(out.txs[0].outcome, Outcome::Applied);
     assert!(out.divergence.is_none());
@@ -213,16 +214,7 @@ fn ledger_life_cycle() {
     let mut forged = cp.clone();
     forged.state_root[0] ^= 1;
     let forged_body = forged.to_cbor();
-    let forged_sig = checkpoint::sign(CHECKPOINT_CONTENT_TYPE, &forged_body, &net.node, &node_id);
-    let forged_tx = tx(
-        &net,
-        &net.node,
-        "node",
-        "checkpoint",
-        node::signature_args(&forged_body, &forged_sig),
-        10,
-        T0 + 22,
-    );
+    let (forged_sig, forged_tx) = checkpoint_signature(&net, &forged_body, 10, T0 + 22);
     let out = apply(&store, &mut ex, batch(vec![forged_tx], T0 + 22));
     assert_eq!(
         out.txs[0].outcome,

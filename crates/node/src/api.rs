@@ -384,28 +384,28 @@ async fn evidence(
         .last()
         .filter(|_| found.len() == limit)
         .map(|e| json!({"after_node": hex::encode(e.node), "after_seq": e.seq}));
-    let items: Vec<Value> = found
-        .iter()
-        .map(|e| {
-            let signatures: Vec<Value> = e
-                .signatures
-                .iter()
-                .map(|(body, sig)| {
-                    let cp = Checkpoint::from_cbor(body).ok();
-                    json!({
-                        "body": hex::encode(body),
-                        "signature": hex::encode(sig),
-                        "size": cp.as_ref().map(|c| c.size),
-                        "tx_root": cp.as_ref().map(|c| hex::encode(c.tx_root)),
-                        "state_root": cp.as_ref().map(|c| hex::encode(c.state_root)),
-                        "time": cp.as_ref().map(|c| c.time),
-                    })
-                })
-                .collect();
-            json!({"node": hex::encode(e.node), "seq": e.seq, "signatures": signatures})
-        })
-        .collect();
+    let items: Vec<Value> = found.iter().map(evidence_json).collect();
     Ok(Json(json!({"evidence": items, "next": next})))
+}
+
+/// One evidence record: both signatures in hex, with the signed bodies' fields for reading.
+fn evidence_json(e: &query::Evidence) -> Value {
+    let signature = |(body, sig): &(Vec<u8>, Vec<u8>)| {
+        let cp = Checkpoint::from_cbor(body).ok();
+        json!({
+            "body": hex::encode(body),
+            "signature": hex::encode(sig),
+            "size": cp.as_ref().map(|c| c.size),
+            "tx_root": cp.as_ref().map(|c| hex::encode(c.tx_root)),
+            "state_root": cp.as_ref().map(|c| hex::encode(c.state_root)),
+            "time": cp.as_ref().map(|c| c.time),
+        })
+    };
+    json!({
+        "node": hex::encode(e.node),
+        "seq": e.seq,
+        "signatures": e.signatures.iter().map(signature).collect::<Vec<_>>(),
+    })
 }
 
 #[derive(Deserialize)]
