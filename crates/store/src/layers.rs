@@ -22,7 +22,7 @@ pub(crate) const KEYSPACES: [&str; 6] = [
     "state",
     "aux",
     "jmt_nodes",
-    "jmt_values",
+    crate::value_history::KEYSPACE,
     "jmt_stale",
     "meta",
 ];
@@ -42,7 +42,8 @@ pub(crate) enum Table {
     Aux = 1,
     /// State-tree nodes.
     JmtNodes = 2,
-    /// (key hash ‖ version big-endian) → 0x00 (deleted) or 0x01 ‖ value.
+    /// (key hash ‖ !version big-endian) → 0x00 (deleted) or 0x01 ‖ value
+    /// (see `value_history`).
     JmtValues = 3,
     /// (stale-since version big-endian ‖ borsh node key) → (): replaced nodes, for pruning.
     JmtStale = 4,
@@ -63,6 +64,8 @@ pub(crate) struct Layer {
     pub resumable: bool,
     /// Approximate memory held, set when the layer is sealed.
     pub size: usize,
+    /// The state-tree version whose nodes this step wrote, if any.
+    pub state_version: Option<u64>,
     /// The keys of `tables`, set when the layer is sealed.
     filter: KeyFilter,
 }
@@ -184,45 +187,6 @@ impl<'a> Layered<'a> {
                 .map(|g| g.into_inner().map(|(k, v)| (k.to_vec(), Some(v.to_vec())))),
         ));
         merge(sources, limit)
-    }
-
-    /// The last entry with a key in `[from, to]`.
-    pub fn last_in(
-        self,
-        t: Table,
-        from: &[u8],
-        to: &[u8],
-    ) -> Result<Option<KeyValue>, fjall::Error> {
-        let mut upper = Bound::Included(to.to_vec());
-        loop {
-            let bounds = (Bound::Included(from), upper.as_ref().map(Vec::as_slice));
-            // The greatest key wins; on a tie, the newest source.
-            let mut best: Option<Entry> = None;
-            for l in self.layers() {
-                if let Some((k, v)) = l.tables[t as usize].range::<[u8], _>(bounds).next_back() {
-                    if best.as_ref().is_none_or(|(b, _)| k > b) {
-                        best = Some((k.clone(), v.clone()));
-                    }
-                }
-            }
-            if let Some(g) = self
-                .view
-                .snapshot
-                .range::<&[u8], _>(&self.view.keyspaces[t as usize], bounds)
-                .next_back()
-            {
-                let (k, v) = g.into_inner()?;
-                if best.as_ref().is_none_or(|(b, _)| &*k > b.as_slice()) {
-                    best = Some((k.to_vec(), Some(v.to_vec())));
-                }
-            }
-            match best {
-                None => return Ok(None),
-                Some((k, Some(v))) => return Ok(Some((k, v))),
-                // Deleted: look below it.
-                Some((k, None)) => upper = Bound::Excluded(k),
-            }
-        }
     }
 }
 
@@ -385,9 +349,5 @@ mod tests {
         assert_eq!(all, ["b=2", "e=r", "f=2", "g=3"]);
         assert_eq!(l.range(Table::Aux, b"c", b"f", 1).unwrap().len(), 1);
         assert!(l.range(Table::Aux, b"f", b"c", 10).unwrap().is_empty());
-        let last = |to: &[u8]| l.last_in(Table::Aux, b"a", to).unwrap().map(|(k, _)| k);
-        assert_eq!(last(b"d").as_deref(), Some(&b"b"[..]));
-        assert_eq!(last(b"f").as_deref(), Some(&b"f"[..]));
-        assert_eq!(last(b"a"), None);
     }
 }

@@ -7,6 +7,7 @@ mod read_cache;
 pub mod segments;
 pub mod state;
 pub mod tree;
+mod value_history;
 
 pub use segments::{LedgerFiles, OpenReport, SegmentError};
 pub use state::{Commit, Reader, Store, StoreError, Txn, WriteBatch};

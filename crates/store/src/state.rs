@@ -16,6 +16,7 @@ use crate::node_cache::NodeCache;
 use crate::read_cache::ReadCache;
 use crate::segments::{LedgerFiles, OpenReport, SegmentError};
 use crate::tree::{TreeError, TreeFiles};
+use crate::value_history::{self, Horizon};
 use comity_core::entry::Record;
 use comity_core::hash::Sha256;
 use comity_core::merkle::{self, Hash};
@@ -168,6 +169,11 @@ struct Inner {
     /// Nodes replaced before this version are already pruned: pruning starts
     /// here instead of scanning the deletions before it again.
     pruned_to: AtomicU64,
+    /// The newest state-tree version written to the database.
+    written_version: AtomicU64,
+    /// Raised at each durable write: values older than it that a newer one
+    /// replaced are dropped by compaction (see `value_history`).
+    horizon: Horizon,
     /// Committed apply steps not yet in the database, oldest first.
     layers: RwLock<Vec<Arc<Layer>>>,
     /// Apply steps committed and visible: changed only with `layers` write-locked.
@@ -238,11 +244,16 @@ impl Store {
         // A bounded block cache keeps resident memory predictable on large
         // ledgers. Journal writes are persisted by the writer, never implicitly.
         let err = db_err(&db_path);
+        let horizon = Horizon::default();
+        let filters = horizon.factory();
         let db = Database::builder(db_path.clone())
             .cache_size(STATE_CACHE_BYTES)
             .max_journaling_size(JOURNAL_BYTES)
             .manual_journal_persist(true)
             .worker_threads(1)
+            .with_compaction_filter_factories(Arc::new(move |name| {
+                (name == value_history::KEYSPACE).then(|| filters.clone())
+            }))
             .open()
             .map_err(&err)?;
         let keyspaces: Keyspaces = Arc::new(
@@ -258,6 +269,14 @@ impl Store {
                 .try_into()
                 .unwrap_or_else(|_| unreachable!("one handle per keyspace name")),
         );
+        let converted = value_history::convert_legacy(&db, &keyspaces[Table::JmtValues as usize])
+            .map_err(&err)?;
+        if converted > 0 {
+            tracing::info!(
+                values = converted,
+                "state-tree values converted to the newest-first layout"
+            );
+        }
         let meta = |key: &str| -> Result<Option<fjall::Slice>, StoreError> {
             keyspaces[META].get(key).map_err(&err)
         };
@@ -316,6 +335,8 @@ impl Store {
             dirty: Mutex::new(unfolded.dirty),
             jobs: Mutex::new(unfolded.jobs),
             pruned_to: AtomicU64::new(0),
+            written_version: AtomicU64::new(0),
+            horizon,
             layers: RwLock::new(Vec::new()),
             published: AtomicU64::new(0),
             cache: ReadCache::new(0),
@@ -544,10 +565,16 @@ impl Inner {
         let mut batch = self.db.batch();
         layers::write(&mut batch, &self.keyspaces, &layers[..n]);
         batch.commit().map_err(|e| self.db_error(e))?;
+        if let Some(v) = layers[..n].iter().filter_map(|l| l.state_version).max() {
+            self.written_version.fetch_max(v, Ordering::Relaxed);
+        }
         if durable {
             self.db
                 .persist(PersistMode::SyncAll)
                 .map_err(|e| self.db_error(e))?;
+            let written = self.written_version.load(Ordering::Relaxed);
+            self.horizon
+                .raise(written.saturating_sub(STATE_VERSIONS_KEPT));
         }
         self.layers.write().expect("layers lock").drain(..n);
         let bytes: usize = layers[..n].iter().map(|l| l.size).sum();
@@ -824,8 +851,9 @@ impl WriteBatch<'_> {
                 }
                 None => stored.push(0),
             }
-            self.set(Table::JmtValues, &value_key(kh, *v), Some(&stored));
+            self.set(Table::JmtValues, &value_history::key(kh, *v), Some(&stored));
         }
+        self.top.state_version = Some(version);
         // One stale-index entry per version, listing the nodes it replaced
         // (each borsh-encoded behind its u16 length): a version replaces
         // hundreds of nodes, and an entry each doubled the writes.
@@ -1044,13 +1072,6 @@ fn stale_nodes<'a>(key: &'a [u8], list: &'a [u8]) -> Result<Vec<&'a [u8]>, Store
     Ok(nodes)
 }
 
-fn value_key(kh: &KeyHash, version: Version) -> Vec<u8> {
-    let mut k = Vec::with_capacity(40);
-    k.extend_from_slice(&kh.0);
-    k.extend_from_slice(&version.to_be_bytes());
-    k
-}
-
 /// The state tree, hashed with ring's SHA-256.
 type Jmt<'a, R> = jmt::JellyfishMerkleTree<'a, R, Sha256>;
 
@@ -1080,9 +1101,9 @@ impl TreeReader for JmtReader<'_> {
         max_version: Version,
         key_hash: KeyHash,
     ) -> anyhow::Result<Option<OwnedValue>> {
-        let from = value_key(&key_hash, 0);
-        let to = value_key(&key_hash, max_version);
-        Ok(match self.tables.last_in(Table::JmtValues, &from, &to)? {
+        let (from, to) = value_history::at_or_before(&key_hash, max_version);
+        let newest = self.tables.range(Table::JmtValues, &from, &to, 1)?;
+        Ok(match newest.into_iter().next() {
             Some((_, v)) if v.first() == Some(&1) => Some(v[1..].to_vec()),
             _ => None,
         })
@@ -1178,6 +1199,108 @@ mod tests {
             nodes < (STATE_VERSIONS_KEPT + 10) * 12,
             "{nodes} state-tree nodes kept for {versions} versions"
         );
+    }
+
+    /// Writes versions `0..=last` of a state holding `key` (changed at each
+    /// of `changes`, to the version's number) and a key changed at every
+    /// version, ending with a durable write.
+    fn write_versions(store: &Store, last: Version, changes: &[Version]) {
+        for v in 0..=last {
+            let txn = store.begin().unwrap();
+            let mut b = txn.batch().unwrap();
+            b.put(b"every", &v.to_be_bytes()).unwrap();
+            if changes.contains(&v) {
+                b.put(b"key", &v.to_be_bytes()).unwrap();
+            }
+            b.update_state_root(v).unwrap();
+            drop(b);
+            txn.commit(v == last).unwrap();
+        }
+    }
+
+    /// The versions of `key`'s values the value table holds, newest first.
+    fn value_versions(store: &Store, key: &[u8]) -> Vec<Version> {
+        let kh = KeyHash::with::<Sha256>(key);
+        let (from, to) = value_history::at_or_before(&kh, u64::MAX);
+        store.inner.keyspaces[Table::JmtValues as usize]
+            .range(from..to)
+            .map(|g| {
+                let k = g.key().unwrap();
+                !u64::from_be_bytes(k[32..].try_into().unwrap())
+            })
+            .collect()
+    }
+
+    fn compact_values(store: &Store) {
+        let values = &store.inner.keyspaces[Table::JmtValues as usize];
+        values.rotate_memtable_and_wait().unwrap();
+        values.major_compact().unwrap();
+    }
+
+    fn assert_proves(store: &Store, key: &[u8], version: Version, value: Version) {
+        let p = store.read().unwrap().state_proof(key, version).unwrap();
+        let want = value.to_be_bytes();
+        assert_eq!(p.value.as_deref(), Some(&want[..]), "at version {version}");
+        comity_core::state::verify(&p.root, key, Some(&want), &p.proof).unwrap();
+    }
+
+    #[test]
+    fn compaction_drops_values_replaced_before_the_horizon_and_recent_proofs_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path(), 1 << 20).unwrap();
+        let last = STATE_VERSIONS_KEPT + 344;
+        let changes = [0, 100, 200, 550];
+        write_versions(&store, last, &changes);
+        // The durable write set the horizon: 600 - 256 = 344.
+        assert_eq!(store.inner.horizon.get(), last - STATE_VERSIONS_KEPT);
+        assert_eq!(value_versions(&store, b"key"), [550, 200, 100, 0]);
+        compact_values(&store);
+        // 0 and 100 were replaced by 200, at or before the horizon: no proof reads them.
+        assert_eq!(value_versions(&store, b"key"), [550, 200]);
+        assert_eq!(
+            value_versions(&store, b"every"),
+            (344..=last).rev().collect::<Vec<_>>()
+        );
+        for (version, value) in [(344, 200), (549, 200), (550, 550), (last, 550)] {
+            assert_proves(&store, b"key", version, value);
+        }
+        assert_proves(&store, b"every", 344, 344);
+    }
+
+    #[test]
+    fn values_of_the_oldest_first_layout_are_converted_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let last = 40;
+        {
+            let (store, _) = Store::open(dir.path(), 1 << 20).unwrap();
+            write_versions(&store, last, &[3, 20]);
+        }
+        // Rewrite the value table as an older Comity kept it.
+        {
+            let db = Database::builder(dir.path().join("state")).open().unwrap();
+            let new = db
+                .keyspace(value_history::KEYSPACE, KeyspaceCreateOptions::default)
+                .unwrap();
+            let old = db
+                .keyspace("jmt_values", KeyspaceCreateOptions::default)
+                .unwrap();
+            for g in new.iter() {
+                let (k, v) = g.into_inner().unwrap();
+                let mut legacy = k[..32].to_vec();
+                legacy.extend_from_slice(
+                    &(!u64::from_be_bytes(k[32..].try_into().unwrap())).to_be_bytes(),
+                );
+                old.insert(legacy, v).unwrap();
+            }
+            db.delete_keyspace(new).unwrap();
+            db.persist(PersistMode::SyncAll).unwrap();
+        }
+        let (store, _) = Store::open(dir.path(), 1 << 20).unwrap();
+        assert!(!store.inner.db.keyspace_exists("jmt_values"));
+        assert_eq!(value_versions(&store, b"key"), [20, 3]);
+        assert_proves(&store, b"key", 19, 3);
+        assert_proves(&store, b"key", last, 20);
+        assert_proves(&store, b"every", last, last);
     }
 
     /// Versions without deletions take jmt's batch insertion, the others
