@@ -99,7 +99,8 @@ impl CompactionFilter for HistoryFilter {
             return Ok(Verdict::Keep);
         };
         if hash != self.key_hash.as_slice() {
-            self.key_hash = hash.to_vec();
+            self.key_hash.clear();
+            self.key_hash.extend_from_slice(hash);
             self.covered = false;
         }
         if self.covered {
