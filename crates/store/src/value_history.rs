@@ -128,15 +128,15 @@ pub(crate) fn convert_legacy(
     let mut in_batch = 0;
     for item in old.iter() {
         let (k, v) = item.into_inner()?;
-        let Some((hash, version)) = k
-            .split_at_checked(32)
-            .and_then(|(h, v)| Some((h, u64::from_be_bytes(v.try_into().ok()?))))
-        else {
+        let Some((hash, version)) = k.split_at_checked(32).and_then(|(h, v)| {
+            Some((
+                KeyHash(h.try_into().ok()?),
+                u64::from_be_bytes(v.try_into().ok()?),
+            ))
+        }) else {
             continue; // not a value key: nothing reads it
         };
-        let mut nk = hash.to_vec();
-        nk.extend_from_slice(&(!version).to_be_bytes());
-        batch.insert(into, nk, v);
+        batch.insert(into, key(&hash, version), v);
         in_batch += 1;
         copied += 1;
         if in_batch == CONVERT_BATCH {
