@@ -755,7 +755,8 @@ impl Executor {
         let p = self.pending.remove(&seq).ok_or_else(|| {
             StoreError::StateTree(format!("state-tree result for unknown checkpoint {seq}"))
         })?;
-        let state_root = batch.write_state_tree(update)?;
+        let proved = crate::query::latest_final_seq(&*batch)?;
+        let state_root = batch.write_state_tree(update, proved)?;
         let net = self
             .st
             .net

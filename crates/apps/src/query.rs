@@ -1,5 +1,6 @@
 //! Read-side queries: transaction status, receipts, checkpoints, proved reads.
 
+use crate::registry::AuxRead;
 use crate::{keys, node};
 use comity_core::checkpoint::{self, Checkpoint};
 use comity_core::entry::{Leaf, Record};
@@ -137,9 +138,12 @@ pub fn is_final(r: &Reader<'_>, seq: u64) -> Result<bool, StoreError> {
 
 /// The sequence number of the latest final checkpoint. It only grows, and a
 /// newly covered position always comes with a new one, so a receipt waiter
-/// need only look again when it changes.
-pub fn latest_final_seq(r: &Reader<'_>) -> Result<Option<u64>, StoreError> {
-    Ok(r.aux_get(keys::LATEST_FINAL)?.as_deref().and_then(be_u64))
+/// need only look again when it changes. State proofs are only made at it,
+/// so the state tree prunes what it replaced.
+pub fn latest_final_seq(r: &impl AuxRead) -> Result<Option<u64>, StoreError> {
+    Ok(r.aux_get_one(keys::LATEST_FINAL)?
+        .as_deref()
+        .and_then(be_u64))
 }
 
 pub fn latest_final(r: &Reader<'_>) -> Result<Option<SignedCheckpoint>, StoreError> {

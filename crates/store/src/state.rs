@@ -833,7 +833,16 @@ impl WriteBatch<'_> {
     }
 
     /// Writes a computed state-tree version and prunes nodes no longer served.
-    pub fn write_state_tree(&mut self, update: StateTreeUpdate) -> Result<Hash, StoreError> {
+    ///
+    /// `proved` is the newest version proofs are still asked for (the latest
+    /// final checkpoint): nodes replaced at or before it are pruned in the
+    /// same write, so most never leave the memtable. Without it, or when it
+    /// lags, the last [`STATE_VERSIONS_KEPT`] versions are kept.
+    pub fn write_state_tree(
+        &mut self,
+        update: StateTreeUpdate,
+        proved: Option<Version>,
+    ) -> Result<Hash, StoreError> {
         let version = update.version;
         let batch = update.batch;
         let borsh_err = |e: std::io::Error| StoreError::StateTree(e.to_string());
@@ -875,7 +884,10 @@ impl WriteBatch<'_> {
             self.set(Table::JmtStale, &since.to_be_bytes(), Some(&list));
         }
         // Nodes replaced at or before the horizon belong to no version still served.
-        if let Some(horizon) = version.checked_sub(STATE_VERSIONS_KEPT) {
+        let horizon = proved
+            .unwrap_or(0)
+            .max(version.saturating_sub(STATE_VERSIONS_KEPT));
+        if horizon > 0 {
             let pruned_to = &self.store.inner.pruned_to;
             let start = pruned_to.load(Ordering::Relaxed).to_be_bytes();
             let end = (horizon + 1).to_be_bytes();
@@ -907,7 +919,7 @@ impl WriteBatch<'_> {
     pub fn update_state_root(&mut self, version: Version) -> Result<Hash, StoreError> {
         self.take_state_changes(version);
         let update = self.compute_state_tree(version)?;
-        self.write_state_tree(update)
+        self.write_state_tree(update, None)
     }
 }
 
@@ -1201,6 +1213,43 @@ mod tests {
         );
     }
 
+    #[test]
+    fn state_tree_prunes_up_to_the_proved_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path(), 1 << 20).unwrap();
+        let last = 60;
+        let mut roots = Vec::new();
+        for v in 0..=last {
+            let txn = store.begin().unwrap();
+            let mut b = txn.batch().unwrap();
+            for k in 0..8u64 {
+                b.put(format!("key{k}").as_bytes(), &(v * 8 + k).to_be_bytes())
+                    .unwrap();
+            }
+            b.take_state_changes(v);
+            let update = b.compute_state_tree(v).unwrap();
+            roots.push(b.write_state_tree(update, v.checked_sub(2)).unwrap());
+            drop(b);
+            txn.commit(false).unwrap();
+        }
+        let r = store.read().unwrap();
+        // The proved version and those after it still prove their values.
+        for v in last - 2..=last {
+            let p = r.state_proof(b"key3", v).unwrap();
+            assert_eq!(p.root, roots[v as usize]);
+            let expected = (v * 8 + 3).to_be_bytes();
+            comity_core::state::verify(&p.root, b"key3", Some(&expected), &p.proof).unwrap();
+        }
+        // Older ones are gone although far fewer than STATE_VERSIONS_KEPT were written.
+        assert!(r.state_proof(b"key3", last - 7).is_err());
+        drop(r);
+        store.begin().unwrap().commit(true).unwrap();
+        let nodes = store.inner.keyspaces[Table::JmtNodes as usize]
+            .len()
+            .unwrap();
+        assert!(nodes < 60, "{nodes} state-tree nodes kept");
+    }
+
     /// Writes versions `0..=last` of a state holding `key` (changed at each
     /// of `changes`, to the version's number) and a key changed at every
     /// version, ending with a durable write.
@@ -1417,7 +1466,7 @@ mod tests {
     fn write_taken_versions(store: &Store, b: &mut WriteBatch<'_>) {
         for v in store.pending_state_versions() {
             let update = b.compute_state_tree(v).unwrap();
-            b.write_state_tree(update).unwrap();
+            b.write_state_tree(update, None).unwrap();
         }
     }
 
