@@ -37,7 +37,7 @@ as() { # as NAME: flags to act as identity NAME
 head -c 4096 /dev/urandom >"$WORK/contract.pdf"
 out="$("${C[@]}" doc register "$WORK/contract.pdf" --title "Supply contract" \
     --party user0=buyer --party member0=seller --retention 0s 2>&1)"
-DOC="$(grep -o '[0-9a-f]\{64\}' <<<"$out" | head -n1)"
+DOC="$(sed -n 's/^document \([0-9a-f]\{64\}\)$/\1/p' <<<"$out" | head -n1)"
 [[ -n "$DOC" ]] || { echo "$out" >&2; exit 1; }
 # shellcheck disable=SC2046
 "${C[@]}" doc sign "$DOC" $(as user0) >/dev/null

@@ -167,14 +167,10 @@ pub fn history_range(subject: &Hash) -> (Vec<u8>, Vec<u8>) {
 
 // Notary state (committed to by the state root, so records and events are provable).
 
-/// The current record of a document, by id (the id of its registering transaction).
+/// The current record of a document, by id (derived from its digest, see
+/// `notary::document::id_of`, so a lookup by digest is proved by the record's proof).
 pub fn notary_doc(id: &Hash) -> Vec<u8> {
     [b"nt/d/".as_slice(), id].concat()
-}
-
-/// Which document a digest is registered as: lookups by digest are provable too.
-pub fn notary_digest(digest: &Hash) -> Vec<u8> {
-    [b"nt/g/".as_slice(), digest].concat()
 }
 
 /// Event `seq` (from 0) of a document's or collection's hash chain.

@@ -7,8 +7,8 @@ use crate::config::{fmt_time, parse_hash, read_network_identity, Config, Global}
 use crate::evidence::{self, Bundle, Content, EventEvidence};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use comity_apps::notary::document::Document;
-use comity_client::{Client, Signer, TxState};
+use comity_apps::notary::document::{self, Document};
+use comity_client::{Client, Signer, TxState, TxStatus};
 use comity_core::receipt::Receipt;
 use comity_core::Hash;
 use serde_json::{json, Value};
@@ -320,13 +320,13 @@ impl Ctx {
     }
 
     /// Submits, reports, and fails unless committed.
-    async fn submit(&self, tx: &[u8], what: &str) -> anyhow::Result<Hash> {
+    async fn submit(&self, tx: &[u8], what: &str) -> anyhow::Result<TxStatus> {
         let st = self.client.submit(tx, true).await?;
         crate::kv::report(what, &st)?;
         if st.status != TxState::Committed {
             bail!("{what} is not committed yet");
         }
-        Ok(st.id)
+        Ok(st)
     }
 
     async fn record(&self, id: &Hash) -> anyhow::Result<Document> {
@@ -386,13 +386,9 @@ impl Ctx {
             }
             None => s.notary_register(&args)?,
         };
-        let txid = self.submit(&tx, "registration").await?;
-        let of = self
-            .client
-            .notary_get(&["tx", &hex::encode(txid)], &[])
-            .await?;
-        let id = parse_hash(of["document"].as_str().unwrap_or_default())?;
-        if id != txid {
+        let st = self.submit(&tx, "registration").await?;
+        let id = document::id_of(&digest);
+        if self.record(&id).await?.index != st.index.unwrap_or_default() {
             println!(
                 "already registered: this digest is document {}",
                 hex::encode(id)
@@ -607,7 +603,7 @@ pub async fn run(g: &Global, cmd: DocCmd) -> anyhow::Result<()> {
         } => {
             let id = parse_hash(&document)?;
             let tx = c.signer().await?.notary_act("hold.place", &id, &reason);
-            let hold = c.submit(&tx, "legal hold").await?;
+            let hold = c.submit(&tx, "legal hold").await?.id;
             println!("hold {}", hex::encode(hold));
             Ok(())
         }
@@ -790,7 +786,7 @@ async fn collection(c: &Ctx, cmd: CollectionCmd) -> anyhow::Result<()> {
     let id = match cmd {
         CollectionCmd::Create { name, matter } => {
             let tx = c.signer().await?.notary_collection_create(&name, &matter);
-            c.submit(&tx, "collection").await?
+            c.submit(&tx, "collection").await?.id
         }
         CollectionCmd::Order {
             collection,

@@ -11,7 +11,7 @@
 
 use crate::config::fmt_time;
 use anyhow::{anyhow, bail, Context};
-use comity_apps::notary::document::Document;
+use comity_apps::notary::document::{self, Document};
 use comity_apps::notary::event::{self, Event, GENESIS_PREV};
 use comity_apps::{keys, Genesis};
 use comity_core::cbor::{self, MapView, Value};
@@ -192,6 +192,9 @@ pub fn verify(
         bail!("the record is not in canonical form");
     }
     let id = doc.id.0;
+    if id != document::id_of(&doc.digest.0) {
+        bail!("the record's id is not the id of its digest");
+    }
     comity_core::state::verify(
         &cp.state_root,
         &keys::notary_doc(&id),
@@ -337,7 +340,13 @@ fn check_event(
     let args = MapView::new(&tx.payload.args)?;
     let names_subject = |k: &str| args.text(k).ok() == Some(hex::encode(subject).as_str());
     let about = match tx.payload.op.as_str() {
-        "register" | "amend" => ev.tx.0 == *subject || names_subject("predecessor"),
+        "register" | "amend" => {
+            let registers = |d: &str| {
+                let d: Option<Hash> = hex::decode(d).ok().and_then(|d| d.try_into().ok());
+                d.is_some_and(|d| document::id_of(&d) == *subject)
+            };
+            args.text("digest").is_ok_and(registers) || names_subject("predecessor")
+        }
         _ => names_subject("document"),
     };
     if !about {

@@ -4,7 +4,8 @@
 //! offered to the other party, then accepted). Every transaction is valid
 //! when sent in order, so a rejection means a bug, not load.
 
-use comity_client::{tx_id, Hash, Signer};
+use comity_apps::notary::document;
+use comity_client::{Hash, Signer};
 use serde_json::json;
 use std::collections::VecDeque;
 
@@ -92,7 +93,7 @@ impl NotaryLoad {
         let tx = self.parties[0]
             .notary_register(&args)
             .expect("register arguments are valid");
-        let id = tx_id(&tx);
+        let id = document::id_of(&digest);
         (tx, Effect::Registered { id, digest })
     }
 

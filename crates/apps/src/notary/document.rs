@@ -14,6 +14,7 @@ use super::event::Chain;
 use crate::gov::Id;
 use crate::registry::StateRead;
 use crate::{codes, keys, Reject};
+use comity_core::hash::Sha256;
 use comity_core::Hash;
 use comity_store::StoreError;
 use serde::{Deserialize, Serialize};
@@ -137,7 +138,7 @@ pub struct Act {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Document {
-    /// The id of the registering transaction.
+    /// `id_of(digest)`.
     pub id: Id,
     /// SHA-256 of the content, or of salt ‖ SHA-256(content) when `salted`.
     pub digest: Id,
@@ -355,10 +356,21 @@ pub fn load(s: &impl StateRead, id: &Hash) -> Result<Option<Document>, StoreErro
         .transpose()
 }
 
+/// A document's id: SHA-256 of a domain tag and the registered digest. A
+/// digest names at most one document, and the record's key follows from the
+/// digest, so the record's state proof also proves what the digest is
+/// registered as (or, by its absence, that it is not), with no second key.
+pub fn id_of(digest: &Hash) -> Hash {
+    Sha256::new().chain(ID_DOMAIN).chain(digest).finish()
+}
+
+/// Domain separation of document ids from every other SHA-256 in Comity.
+pub const ID_DOMAIN: &[u8] = b"comity.notary.document.v1\0";
+
 /// The id of the document registered with `digest`, if any.
 pub fn by_digest(s: &impl StateRead, digest: &Hash) -> Result<Option<Hash>, StoreError> {
-    Ok(s.state(&keys::notary_digest(digest))?
-        .and_then(|b| b.try_into().ok()))
+    let id = id_of(digest);
+    Ok(s.state(&keys::notary_doc(&id))?.map(|_| id))
 }
 
 #[cfg(test)]

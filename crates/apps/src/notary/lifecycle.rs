@@ -17,8 +17,9 @@ pub fn register(ctx: &mut Ctx<'_, '_>, a: RegisterArgs, amend: bool) -> AppResul
     if a.check().is_err() || a.predecessor.is_some() != amend {
         return Ok(Err(Reject(codes::BAD_ARGS)));
     }
-    if let Some(existing) = document::by_digest(&*ctx.batch, &a.digest.0)? {
-        ctx.batch.aux_put(&keys::notary_tx(&ctx.tx), &existing)?;
+    let id = document::id_of(&a.digest.0);
+    if document::by_digest(&*ctx.batch, &a.digest.0)?.is_some() {
+        ctx.batch.aux_put(&keys::notary_tx(&ctx.tx), &id)?;
         return Ok(Ok(()));
     }
     for id in a
@@ -44,8 +45,7 @@ pub fn register(ctx: &mut Ctx<'_, '_>, a: RegisterArgs, amend: bool) -> AppResul
             Some(u)
         }
     };
-    let mut d = Document::new(a, ctx.tx, ctx.signer, ctx.index, ctx.time);
-    let id = ctx.tx;
+    let mut d = Document::new(a, id, ctx.signer, ctx.index, ctx.time);
     event::append(
         ctx,
         &id,
@@ -77,7 +77,6 @@ pub fn register(ctx: &mut Ctx<'_, '_>, a: RegisterArgs, amend: bool) -> AppResul
             details([("successor", hex::encode(id))]),
         )?;
     }
-    ctx.batch.put(&keys::notary_digest(&d.digest.0), &id)?;
     index::add(ctx.batch, &d)?;
     if let Some(u) = pred {
         u.save(ctx)?;
