@@ -29,14 +29,19 @@ use std::collections::BTreeSet;
 pub const MAX_ACTIONS: usize = 256;
 pub const MAX_DESCRIPTION: usize = 4096;
 
-/// An identity or proposal id, as lowercase hex in files and on the wire.
+/// An identity, proposal or document id: lowercase hex text in JSON, TOML,
+/// transaction arguments and governance records, a 32-byte string in the
+/// compact CBOR of notary records (`cbor::to_canonical_compact`), where it
+/// is half the size. CBOR readers take either form.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Id(pub Hash);
 
 impl Serialize for Id {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        // On the stack: ids are in every record, and `hex::encode` builds
-        // its string one char at a time.
+        if !s.is_human_readable() {
+            return s.serialize_bytes(&self.0);
+        }
+        // On the stack: `hex::encode` builds its string one char at a time.
         let mut buf = [0u8; 64];
         hex::encode_to_slice(self.0, &mut buf).expect("64 digits for 32 bytes");
         s.serialize_str(std::str::from_utf8(&buf).expect("hex digits are ASCII"))
@@ -45,19 +50,22 @@ impl Serialize for Id {
 
 impl<'de> Deserialize<'de> for Id {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_str(IdVisitor)
+        if d.is_human_readable() {
+            d.deserialize_str(IdVisitor)
+        } else {
+            d.deserialize_any(IdVisitor)
+        }
     }
 }
 
-/// Reads an id from whatever a `String` could be read from, without
-/// allocating one.
+/// Reads an id from 64 hex digits or 32 bytes, without allocating.
 struct IdVisitor;
 
 impl serde::de::Visitor<'_> for IdVisitor {
     type Value = Id;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a string")
+        f.write_str("a 64-digit hex id or 32 bytes")
     }
 
     fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Id, E> {
@@ -68,9 +76,9 @@ impl serde::de::Visitor<'_> for IdVisitor {
     }
 
     fn visit_bytes<E: serde::de::Error>(self, b: &[u8]) -> Result<Id, E> {
-        match std::str::from_utf8(b) {
-            Ok(s) => self.visit_str(s),
-            Err(_) => Err(E::invalid_value(serde::de::Unexpected::Bytes(b), &self)),
+        match <Hash>::try_from(b) {
+            Ok(h) => Ok(Id(h)),
+            Err(_) => Err(E::invalid_length(b.len(), &self)),
         }
     }
 }

@@ -2,10 +2,11 @@
 //! order). A collection has its own hash-chained events; every change of its
 //! order is one.
 
+use super::encode;
 use super::event::{self, details, kind, Chain};
 use super::{document, AppResult};
 use crate::executor::Ctx;
-use crate::gov::state::{decode, encode};
+use crate::gov::state::decode;
 use crate::gov::Id;
 use crate::registry::StateRead;
 use crate::{codes, keys, Reject};

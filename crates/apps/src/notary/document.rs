@@ -342,7 +342,7 @@ impl Document {
     }
 
     pub fn to_cbor(&self) -> Vec<u8> {
-        crate::gov::state::encode(self)
+        super::encode(self)
     }
 
     pub fn from_cbor(b: &[u8]) -> Result<Document, StoreError> {
@@ -447,9 +447,15 @@ mod tests {
             Document::new(minimal_args(), [1; 32], [2; 32], 0, 0),
         ] {
             let direct = d.to_cbor();
-            let via_value = cbor::to_vec(cbor::from_serde(&d).unwrap()).unwrap();
+            let via_value = cbor::to_vec(cbor::Value::serialized(&d).unwrap()).unwrap();
             assert_eq!(direct, via_value);
             assert_eq!(Document::from_cbor(&direct).unwrap(), d);
+            // Ids are 32-byte strings; the hex form still reads back.
+            let hex_ids = cbor::to_canonical(&d).unwrap();
+            assert!(direct.len() < hex_ids.len());
+            let id = [&[0x58, 32][..], &d.id.0].concat();
+            assert!(direct.windows(34).any(|w| w == id));
+            assert_eq!(Document::from_cbor(&hex_ids).unwrap(), d);
         }
     }
 

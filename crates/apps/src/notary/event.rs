@@ -3,8 +3,9 @@
 //! head hash, and the record is proved against the state root, so a list of
 //! events that omits, reorders or alters one cannot reach the proved head.
 
+use super::encode;
 use crate::executor::Ctx;
-use crate::gov::state::{decode, encode};
+use crate::gov::state::decode;
 use crate::gov::Id;
 use crate::keys;
 use comity_core::crypto::sha256;

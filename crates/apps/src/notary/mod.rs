@@ -151,6 +151,13 @@ fn amend(ctx: &mut Ctx<'_, '_>, a: document::RegisterArgs) -> AppResult {
     lifecycle::register(ctx, a, true)
 }
 
+/// A notary record (document, event, collection) in canonical CBOR, ids as
+/// 32-byte strings: they are rewritten on every step of a document's life,
+/// twice (state and state tree), and hex would make them half again as big.
+pub fn encode<T: Serialize>(t: &T) -> Vec<u8> {
+    cbor::to_canonical_compact(t).expect("notary records serialize")
+}
+
 /// Whether `id` is an active member or user (a party, approver or custodian).
 pub fn active_identity(ctx: &Ctx<'_, '_>, id: &Hash) -> Result<bool, StoreError> {
     Ok(registry::get_shared(&*ctx.batch, id)?

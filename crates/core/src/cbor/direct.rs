@@ -1,7 +1,8 @@
 //! Deterministic CBOR straight from serde, without a [`Value`] tree: the
-//! same bytes as `to_vec(from_serde(t)?)` (ciborium's value serializer,
-//! then canonical ordering), at a fraction of the allocations. Records that
-//! are written on every transaction (documents, their events) go this way.
+//! same bytes as ciborium's value serializer followed by canonical ordering
+//! ([`to_vec`]), at a fraction of the allocations. Records that are written
+//! on every transaction (documents, their events) go this way, and so does
+//! [`from_serde`].
 
 use super::{head, write_map, CborError, MAX_DEPTH};
 use serde::ser::{self, Serialize};
@@ -9,17 +10,47 @@ use serde::ser::{self, Serialize};
 #[cfg(doc)]
 use super::{from_serde, to_vec, Value};
 
-/// Encodes `t` deterministically, as [`to_vec`] would encode [`from_serde`]'s
-/// value: shortest heads, definite lengths, map keys sorted by their encoded
+/// Encodes `t` deterministically, as [`to_vec`] would encode ciborium's
+/// [`Value`] of it (for types whose form does not depend on
+/// `is_human_readable`; for those, [`to_canonical_compact`] matches it):
+/// shortest heads, definite lengths, map keys sorted by their encoded
 /// bytes; floats, duplicate keys, 128-bit integers beyond 64 bits and
 /// nesting deeper than the limit are refused.
 pub fn to_canonical<T: Serialize + ?Sized>(t: &T) -> Result<Vec<u8>, CborError> {
+    encode(t, false)
+}
+
+/// Like [`to_canonical`], but the encoder reports itself as not human
+/// readable, so types with a compact binary form use it (ids as 32-byte
+/// strings instead of 64 hex digits). For records a node stores on every
+/// transaction; formats that people or other tools write keep hex.
+pub fn to_canonical_compact<T: Serialize + ?Sized>(t: &T) -> Result<Vec<u8>, CborError> {
+    encode(t, true)
+}
+
+fn encode<T: Serialize + ?Sized>(t: &T, compact: bool) -> Result<Vec<u8>, CborError> {
     let mut out = Vec::with_capacity(256);
     t.serialize(Enc {
         out: &mut out,
-        depth: 0,
+        depth: Depth { n: 0, compact },
     })?;
     Ok(out)
+}
+
+/// Nesting depth, and the encoding mode every level shares.
+#[derive(Clone, Copy)]
+struct Depth {
+    n: usize,
+    compact: bool,
+}
+
+impl Depth {
+    fn next(self) -> Depth {
+        Depth {
+            n: self.n + 1,
+            ..self
+        }
+    }
 }
 
 impl ser::Error for CborError {
@@ -31,12 +62,12 @@ impl ser::Error for CborError {
 /// Writes one item at `depth` into `out`.
 struct Enc<'a> {
     out: &'a mut Vec<u8>,
-    depth: usize,
+    depth: Depth,
 }
 
 impl<'a> Enc<'a> {
     fn check(&self) -> Result<(), CborError> {
-        if self.depth > MAX_DEPTH {
+        if self.depth.n > MAX_DEPTH {
             return Err(CborError::TooDeep);
         }
         Ok(())
@@ -66,7 +97,7 @@ impl<'a> Enc<'a> {
     /// become CBOR. The caller writes the value.
     fn variant(self, variant: &str) -> Result<Enc<'a>, CborError> {
         self.check()?;
-        if self.depth + 1 > MAX_DEPTH {
+        if self.depth.n + 1 > MAX_DEPTH {
             return Err(CborError::TooDeep);
         }
         head(self.out, 5, 1);
@@ -74,7 +105,7 @@ impl<'a> Enc<'a> {
         self.out.extend_from_slice(variant.as_bytes());
         Ok(Enc {
             out: self.out,
-            depth: self.depth + 1,
+            depth: self.depth.next(),
         })
     }
 }
@@ -104,6 +135,10 @@ impl<'a> ser::Serializer for Enc<'a> {
     type SerializeMap = Map<'a>;
     type SerializeStruct = Map<'a>;
     type SerializeStructVariant = Map<'a>;
+
+    fn is_human_readable(&self) -> bool {
+        !self.depth.compact
+    }
 
     fn serialize_bool(self, v: bool) -> Result<(), CborError> {
         self.check()?;
@@ -191,7 +226,7 @@ impl<'a> ser::Serializer for Enc<'a> {
         variant: &'static str,
         _: usize,
     ) -> Result<Seq<'a>, CborError> {
-        let depth = self.depth + 1;
+        let depth = self.depth.next();
         let out = self.variant(variant)?.out;
         Ok(Seq::new(out, depth))
     }
@@ -209,7 +244,7 @@ impl<'a> ser::Serializer for Enc<'a> {
         variant: &'static str,
         _: usize,
     ) -> Result<Map<'a>, CborError> {
-        let depth = self.depth + 1;
+        let depth = self.depth.next();
         let out = self.variant(variant)?.out;
         Ok(Map::new(out, depth))
     }
@@ -218,13 +253,13 @@ impl<'a> ser::Serializer for Enc<'a> {
 /// An array: its items are gathered, then written behind their count.
 struct Seq<'a> {
     out: &'a mut Vec<u8>,
-    depth: usize,
+    depth: Depth,
     items: Vec<u8>,
     n: u64,
 }
 
 impl<'a> Seq<'a> {
-    fn new(out: &'a mut Vec<u8>, depth: usize) -> Seq<'a> {
+    fn new(out: &'a mut Vec<u8>, depth: Depth) -> Seq<'a> {
         Seq {
             out,
             depth,
@@ -237,7 +272,7 @@ impl<'a> Seq<'a> {
         self.n += 1;
         v.serialize(Enc {
             out: &mut self.items,
-            depth: self.depth + 1,
+            depth: self.depth.next(),
         })
     }
 
@@ -273,7 +308,7 @@ array_impl!(SerializeTupleVariant, serialize_field);
 /// order of the keys' encoded bytes.
 struct Map<'a> {
     out: &'a mut Vec<u8>,
-    depth: usize,
+    depth: Depth,
     buf: Vec<u8>,
     /// Per entry: where its key starts, where its value starts, where it ends.
     spans: Vec<(usize, usize, usize)>,
@@ -281,7 +316,7 @@ struct Map<'a> {
 }
 
 impl<'a> Map<'a> {
-    fn new(out: &'a mut Vec<u8>, depth: usize) -> Map<'a> {
+    fn new(out: &'a mut Vec<u8>, depth: Depth) -> Map<'a> {
         Map {
             out,
             depth,
@@ -294,7 +329,7 @@ impl<'a> Map<'a> {
     fn enc(&mut self) -> Enc<'_> {
         Enc {
             out: &mut self.buf,
-            depth: self.depth + 1,
+            depth: self.depth.next(),
         }
     }
 
@@ -356,7 +391,7 @@ struct_impl!(SerializeStructVariant);
 
 #[cfg(test)]
 mod tests {
-    use super::super::{from_serde, to_vec};
+    use super::super::{to_vec, Value};
     use super::*;
     use proptest::prelude::*;
     use serde::Serialize;
@@ -366,7 +401,10 @@ mod tests {
     /// Both encoders agree: the same bytes, or the same kind of refusal.
     fn same<T: Serialize + std::fmt::Debug>(t: &T) {
         let direct = to_canonical(t);
-        let via_value = from_serde(t).and_then(to_vec);
+        // ciborium's value serializer is the independent reference.
+        let via_value = Value::serialized(t)
+            .map_err(|e| CborError::Shape(e.to_string()))
+            .and_then(to_vec);
         match (&direct, &via_value) {
             (Ok(a), Ok(b)) => assert_eq!(a, b, "{t:?}"),
             (Err(a), Err(b)) => assert_eq!(discriminant(a), discriminant(b), "{t:?}: {a} / {b}"),

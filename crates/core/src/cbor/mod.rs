@@ -5,7 +5,7 @@
 //! checked with [`check_canonical`] in one pass over their bytes.
 
 pub use ciborium::Value;
-pub use direct::to_canonical;
+pub use direct::{to_canonical, to_canonical_compact};
 
 mod direct;
 
@@ -329,9 +329,11 @@ pub fn map<const N: usize>(entries: [(&str, Value); N]) -> Value {
     )
 }
 
-/// Converts a serde value (e.g. a typed governance record) to CBOR.
+/// Converts a serde value (e.g. a typed governance record) to CBOR, in the
+/// human-readable form that transaction arguments and genesis use (ids as
+/// hex text): ciborium's own value serializer would pick the compact one.
 pub fn from_serde<T: serde::Serialize>(t: &T) -> Result<Value, CborError> {
-    Value::serialized(t).map_err(|e| CborError::Shape(e.to_string()))
+    from_slice(&to_canonical(t)?)
 }
 
 /// Reads a typed value out of decoded CBOR, with serde's checks.
