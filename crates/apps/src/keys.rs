@@ -194,12 +194,6 @@ pub fn notary_collection(id: &Hash) -> Vec<u8> {
 // `ledger index of registration (8 bytes BE) ‖ document id`, so a scan
 // returns documents in registration order.
 
-/// The document a notary transaction concerned (a duplicate registration
-/// points at the existing record).
-pub fn notary_tx(tx: &Hash) -> Vec<u8> {
-    [b"nx/tx/".as_slice(), tx].concat()
-}
-
 pub const NOTARY_PARTY_PREFIX: &[u8] = b"nx/p/";
 pub const NOTARY_MATTER_PREFIX: &[u8] = b"nx/m/";
 pub const NOTARY_STATUS_PREFIX: &[u8] = b"nx/s/";

@@ -111,8 +111,7 @@ impl Net {
             .unwrap();
         let tx = self.expect(who, op, args, "ok");
         let doc = document::id_of(&digest);
-        let r = self.store.read().unwrap();
-        assert_eq!(query::document_of_tx(&r, &tx).unwrap(), Some(doc));
+        assert_eq!(query::document_of_tx(&self.store, &tx).unwrap(), Some(doc));
         doc
     }
 
@@ -471,8 +470,11 @@ fn destruction_rules() {
     args["retention"]["approvers"] = json!([hex::encode(id(&m0)), hex::encode(id(&m1))]);
     let d = n.register(&alice, "register", args);
     n.sign(&alice, &d, "ok");
-    n.act(&bob, "revoke", &d, "not_authorized");
-    n.act(&alice, "revoke", &d, "ok");
+    let refused = n.act(&bob, "revoke", &d, "not_authorized");
+    let revoked = n.act(&alice, "revoke", &d, "ok");
+    // Only an applied transaction concerns a document.
+    assert_eq!(query::document_of_tx(&n.store, &refused).unwrap(), None);
+    assert_eq!(query::document_of_tx(&n.store, &revoked).unwrap(), Some(d));
     assert_eq!(n.doc(&d).status, Status::Revoked);
     // Only the named approvers approve; the custodian still destroys.
     n.act(&alice, "destroy.approve", &d, "not_approver");
@@ -571,7 +573,10 @@ fn duplicate_registration_returns_the_existing_record() {
         document::load(&r, &again).unwrap().is_none(),
         "no record under the second transaction's id"
     );
-    assert_eq!(query::document_of_tx(&r, &again).unwrap(), Some(first));
+    assert_eq!(
+        query::document_of_tx(&n.store, &again).unwrap(),
+        Some(first)
+    );
     let all = query::documents(
         &r,
         &Filter::Time {

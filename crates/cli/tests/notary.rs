@@ -552,8 +552,22 @@ async fn a_contracts_life_over_https() {
         .await
         .unwrap_err();
     assert_eq!(e.status(), Some(403));
-    n.submit(bob.notary_act("metadata.erase", &wid, ""), "not_authorized")
+    let refused = n
+        .submit(bob.notary_act("metadata.erase", &wid, ""), "not_authorized")
         .await;
+    // Which document a transaction concerned: only applied ones concern one.
+    let registered = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("tx: "))
+        .expect("registration tx printed");
+    let of = n.client.notary_get(&["tx", registered], &[]).await.unwrap();
+    assert_eq!(of["document"], w.as_str());
+    let e = n
+        .client
+        .notary_get(&["tx", &hex::encode(refused)], &[])
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(404));
     n.ok("user0", &["doc", "erase", &w]).await;
     assert_eq!(n.doc(&w).await["personal_erased"], true);
     let e = owner

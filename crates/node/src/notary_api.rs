@@ -92,7 +92,7 @@ async fn of_tx(
 ) -> ApiResult<Json<Value>> {
     authorize(&shared, who)?;
     let tx = parse_hash(&tx)?;
-    let id = nquery::document_of_tx(&shared.store.read()?, &tx)?.ok_or_else(|| {
+    let id = nquery::document_of_tx(&shared.store, &tx)?.ok_or_else(|| {
         ApiError::not_found("no applied notary transaction with that id concerns a document")
     })?;
     Ok(Json(

@@ -19,7 +19,6 @@ pub fn register(ctx: &mut Ctx<'_, '_>, a: RegisterArgs, amend: bool) -> AppResul
     }
     let id = document::id_of(&a.digest.0);
     if document::by_digest(&*ctx.batch, &a.digest.0)?.is_some() {
-        ctx.batch.aux_put(&keys::notary_tx(&ctx.tx), &id)?;
         return Ok(Ok(()));
     }
     for id in a
@@ -97,7 +96,6 @@ pub fn sign(ctx: &mut Ctx<'_, '_>, a: SignArgs) -> AppResult {
         return Ok(Err(Reject(codes::NOT_A_PARTY)));
     };
     if u.doc.has_signed(&ctx.signer) {
-        ctx.batch.aux_put(&keys::notary_tx(&ctx.tx), &u.doc.id.0)?;
         return Ok(Ok(()));
     }
     if u.doc.status != Status::Draft {
@@ -200,7 +198,6 @@ pub fn destroy_approve(ctx: &mut Ctx<'_, '_>, a: DocArgs) -> AppResult {
         return Ok(Err(Reject(codes::NOT_APPROVER)));
     }
     if u.doc.approvals.iter().any(|x| x.by.0 == ctx.signer) {
-        ctx.batch.aux_put(&keys::notary_tx(&ctx.tx), &u.doc.id.0)?;
         return Ok(Ok(()));
     }
     u.doc.approvals.push(Act {
@@ -275,7 +272,6 @@ pub fn erase(ctx: &mut Ctx<'_, '_>, a: DocArgs) -> AppResult {
         return Ok(Err(Reject(codes::NO_PERSONAL_DATA)));
     }
     if u.doc.personal_erased {
-        ctx.batch.aux_put(&keys::notary_tx(&ctx.tx), &u.doc.id.0)?;
         return Ok(Ok(()));
     }
     erase_personal(ctx, &mut u)?;

@@ -164,12 +164,10 @@ pub fn active_identity(ctx: &Ctx<'_, '_>, id: &Hash) -> Result<bool, StoreError>
         .is_some_and(|i| i.is_active() && matches!(i.role, Role::Member | Role::User)))
 }
 
-/// Writes a record, moves its status index entry, and notes which document
-/// the current transaction concerned.
+/// Writes a record and moves its status index entry.
 fn save(ctx: &mut Ctx<'_, '_>, d: &Document, old: Status) -> Result<(), StoreError> {
     ctx.batch.put(&keys::notary_doc(&d.id.0), &d.to_cbor())?;
-    index::restatus(ctx.batch, d, old)?;
-    ctx.batch.aux_put(&keys::notary_tx(&ctx.tx), &d.id.0)
+    index::restatus(ctx.batch, d, old)
 }
 
 /// A document being changed by the current transaction.

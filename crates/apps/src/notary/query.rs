@@ -7,9 +7,14 @@
 
 use super::document::{self, Document, Status};
 use super::index::matter_sort;
+use crate::gov::Id;
 use crate::keys;
+use comity_core::cbor;
+use comity_core::entry::Outcome;
+use comity_core::tx::Tx;
 use comity_core::Hash;
-use comity_store::{Reader, StoreError};
+use comity_store::{Reader, Store, StoreError};
+use serde::Deserialize;
 
 /// Which index a listing scans.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,8 +98,33 @@ pub fn documents(
     }
 }
 
-/// The document a notary transaction concerned, if it was applied.
-pub fn document_of_tx(r: &Reader<'_>, tx: &Hash) -> Result<Option<Hash>, StoreError> {
-    Ok(r.aux_get(&keys::notary_tx(tx))?
-        .and_then(|b| b.try_into().ok()))
+/// The document a notary transaction concerned, if it was applied: read
+/// from the transaction itself in the ledger, since its arguments name the
+/// document, or (`register`, `amend`) the digest its id follows from; a
+/// duplicate registration names the existing record the same way.
+pub fn document_of_tx(store: &Store, tx: &Hash) -> Result<Option<Hash>, StoreError> {
+    let Some(index) = crate::query::tx_index(&store.read()?, tx)? else {
+        return Ok(None);
+    };
+    let (record, leaf) = crate::query::record(store, index)?;
+    if leaf.outcome != Outcome::Applied {
+        return Ok(None);
+    }
+    let Ok(t) = Tx::parse(&record.body) else {
+        return Ok(None);
+    };
+    /// The arguments that name a document; the others are ignored.
+    #[derive(Deserialize)]
+    struct Names {
+        document: Option<Id>,
+        digest: Option<Id>,
+    }
+    let Ok(names) = cbor::to_serde::<Names>(&t.payload.args) else {
+        return Ok(None);
+    };
+    Ok(match (t.payload.app.as_str(), t.payload.op.as_str()) {
+        ("notary", "register" | "amend") => names.digest.map(|d| document::id_of(&d.0)),
+        ("notary", op) if !op.starts_with("collection.") => names.document.map(|d| d.0),
+        _ => None,
+    })
 }
