@@ -11,6 +11,7 @@
 
 use crate::config::fmt_time;
 use anyhow::{anyhow, bail, Context};
+use comity_apps::notary;
 use comity_apps::notary::document::{self, Document};
 use comity_apps::notary::event::{self, Event, GENESIS_PREV};
 use comity_apps::{keys, Genesis};
@@ -337,19 +338,7 @@ fn check_event(
             ev.kind
         );
     }
-    let args = MapView::new(&tx.payload.args)?;
-    let names_subject = |k: &str| args.text(k).ok() == Some(hex::encode(subject).as_str());
-    let about = match tx.payload.op.as_str() {
-        "register" | "amend" => {
-            let registers = |d: &str| {
-                let d: Option<Hash> = hex::decode(d).ok().and_then(|d| d.try_into().ok());
-                d.is_some_and(|d| document::id_of(&d) == *subject)
-            };
-            args.text("digest").is_ok_and(registers) || names_subject("predecessor")
-        }
-        _ => names_subject("document"),
-    };
-    if !about {
+    if !notary::documents_named(&tx.payload.op, &tx.payload.args).contains(subject) {
         bail!("the transaction is about another document");
     }
     Ok(ev)

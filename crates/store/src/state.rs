@@ -1179,6 +1179,14 @@ mod tests {
         assert_eq!(get(&store.read().unwrap()).as_deref(), Some(&b"3"[..]));
     }
 
+    /// Writes `key0`..`key7`, each with a value unique to version `v`.
+    fn put_eight_keys(b: &mut WriteBatch<'_>, v: u64) {
+        for k in 0..8u64 {
+            b.put(format!("key{k}").as_bytes(), &(v * 8 + k).to_be_bytes())
+                .unwrap();
+        }
+    }
+
     #[test]
     fn state_tree_prunes_replaced_nodes_and_still_proves_the_latest_version() {
         let dir = tempfile::tempdir().unwrap();
@@ -1188,10 +1196,7 @@ mod tests {
         for v in 0..=versions {
             let txn = store.begin().unwrap();
             let mut b = txn.batch().unwrap();
-            for k in 0..8u64 {
-                b.put(format!("key{k}").as_bytes(), &(v * 8 + k).to_be_bytes())
-                    .unwrap();
-            }
+            put_eight_keys(&mut b, v);
             root = b.update_state_root(v).unwrap();
             drop(b);
             txn.commit(false).unwrap();
@@ -1222,10 +1227,7 @@ mod tests {
         for v in 0..=last {
             let txn = store.begin().unwrap();
             let mut b = txn.batch().unwrap();
-            for k in 0..8u64 {
-                b.put(format!("key{k}").as_bytes(), &(v * 8 + k).to_be_bytes())
-                    .unwrap();
-            }
+            put_eight_keys(&mut b, v);
             b.take_state_changes(v);
             let update = b.compute_state_tree(v).unwrap();
             roots.push(b.write_state_tree(update, v.checked_sub(2)).unwrap());

@@ -158,6 +158,29 @@ pub fn encode<T: Serialize>(t: &T) -> Vec<u8> {
     cbor::to_canonical_compact(t).expect("notary records serialize")
 }
 
+/// The documents a notary transaction's arguments name, the one it concerns
+/// first: for `register` and `amend` the id of its digest (then an amended
+/// predecessor), for collection operations none, otherwise its `document`.
+/// Ids may be hex text or 32-byte strings, as the executor reads them.
+pub fn documents_named(op: &str, args: &Value) -> Vec<Hash> {
+    /// The arguments that name a document; the others are ignored.
+    #[derive(Deserialize)]
+    struct Names {
+        document: Option<Id>,
+        digest: Option<Id>,
+        predecessor: Option<Id>,
+    }
+    let Ok(n) = cbor::to_serde::<Names>(args) else {
+        return Vec::new();
+    };
+    let named = match op {
+        "register" | "amend" => vec![n.digest.map(|d| Id(document::id_of(&d.0))), n.predecessor],
+        _ if op.starts_with("collection.") => Vec::new(),
+        _ => vec![n.document],
+    };
+    named.into_iter().flatten().map(|i| i.0).collect()
+}
+
 /// Whether `id` is an active member or user (a party, approver or custodian).
 pub fn active_identity(ctx: &Ctx<'_, '_>, id: &Hash) -> Result<bool, StoreError> {
     Ok(registry::get_shared(&*ctx.batch, id)?
@@ -225,5 +248,30 @@ impl Update {
     pub fn done(self, ctx: &mut Ctx<'_, '_>) -> AppResult {
         self.save(ctx)?;
         Ok(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents_named_reads_ids_as_hex_or_bytes() {
+        let (doc, digest, pred) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+        let hex_args = cbor::map([("document", cbor::text(hex::encode(doc)))]);
+        let byte_args = cbor::map([("document", cbor::bytes(doc))]);
+        assert_eq!(documents_named("sign", &hex_args), vec![doc]);
+        assert_eq!(documents_named("sign", &byte_args), vec![doc]);
+        let amend = cbor::map([
+            ("digest", cbor::text(hex::encode(digest))),
+            ("predecessor", cbor::bytes(pred)),
+        ]);
+        assert_eq!(
+            documents_named("amend", &amend),
+            vec![document::id_of(&digest), pred]
+        );
+        assert!(documents_named("collection.set_order", &hex_args).is_empty());
+        let short = cbor::map([("document", cbor::bytes([1u8; 31]))]);
+        assert!(documents_named("sign", &short).is_empty());
     }
 }

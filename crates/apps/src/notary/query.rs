@@ -7,14 +7,11 @@
 
 use super::document::{self, Document, Status};
 use super::index::matter_sort;
-use crate::gov::Id;
 use crate::keys;
-use comity_core::cbor;
 use comity_core::entry::Outcome;
 use comity_core::tx::Tx;
 use comity_core::Hash;
 use comity_store::{Reader, Store, StoreError};
-use serde::Deserialize;
 
 /// Which index a listing scans.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,8 +96,7 @@ pub fn documents(
 }
 
 /// The document a notary transaction concerned, if it was applied: read
-/// from the transaction itself in the ledger, since its arguments name the
-/// document, or (`register`, `amend`) the digest its id follows from; a
+/// from the transaction itself in the ledger (see `documents_named`); a
 /// duplicate registration names the existing record the same way.
 pub fn document_of_tx(store: &Store, tx: &Hash) -> Result<Option<Hash>, StoreError> {
     let Some(index) = crate::query::tx_index(&store.read()?, tx)? else {
@@ -110,21 +106,12 @@ pub fn document_of_tx(store: &Store, tx: &Hash) -> Result<Option<Hash>, StoreErr
     if leaf.outcome != Outcome::Applied {
         return Ok(None);
     }
-    let Ok(t) = Tx::parse(&record.body) else {
-        return Ok(None);
-    };
-    /// The arguments that name a document; the others are ignored.
-    #[derive(Deserialize)]
-    struct Names {
-        document: Option<Id>,
-        digest: Option<Id>,
-    }
-    let Ok(names) = cbor::to_serde::<Names>(&t.payload.args) else {
-        return Ok(None);
-    };
-    Ok(match (t.payload.app.as_str(), t.payload.op.as_str()) {
-        ("notary", "register" | "amend") => names.digest.map(|d| document::id_of(&d.0)),
-        ("notary", op) if !op.starts_with("collection.") => names.document.map(|d| d.0),
+    Ok(match Tx::parse(&record.body) {
+        Ok(t) if t.payload.app == "notary" => {
+            super::documents_named(&t.payload.op, &t.payload.args)
+                .first()
+                .copied()
+        }
         _ => None,
     })
 }
