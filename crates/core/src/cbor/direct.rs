@@ -230,40 +230,41 @@ impl<'a> ser::Serializer for Enc<'a> {
         let out = self.variant(variant)?.out;
         Ok(Seq::new(out, depth))
     }
-    fn serialize_map(self, _: Option<usize>) -> Result<Map<'a>, CborError> {
+    fn serialize_map(self, len: Option<usize>) -> Result<Map<'a>, CborError> {
         self.check()?;
-        Ok(Map::new(self.out, self.depth))
+        Ok(Map::new(self.out, self.depth, len.unwrap_or(0)))
     }
-    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Map<'a>, CborError> {
-        self.serialize_map(None)
+    fn serialize_struct(self, _: &'static str, len: usize) -> Result<Map<'a>, CborError> {
+        self.serialize_map(Some(len))
     }
     fn serialize_struct_variant(
         self,
         _: &'static str,
         _: u32,
         variant: &'static str,
-        _: usize,
+        len: usize,
     ) -> Result<Map<'a>, CborError> {
         let depth = self.depth.next();
         let out = self.variant(variant)?.out;
-        Ok(Map::new(out, depth))
+        Ok(Map::new(out, depth, len))
     }
 }
 
-/// An array: its items are gathered, then written behind their count.
+/// An array: its items are written in place, then its head in front of them.
 struct Seq<'a> {
     out: &'a mut Vec<u8>,
     depth: Depth,
-    items: Vec<u8>,
+    start: usize,
     n: u64,
 }
 
 impl<'a> Seq<'a> {
     fn new(out: &'a mut Vec<u8>, depth: Depth) -> Seq<'a> {
+        let start = out.len();
         Seq {
             out,
             depth,
-            items: Vec::new(),
+            start,
             n: 0,
         }
     }
@@ -271,16 +272,25 @@ impl<'a> Seq<'a> {
     fn item<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), CborError> {
         self.n += 1;
         v.serialize(Enc {
-            out: &mut self.items,
+            out: self.out,
             depth: self.depth.next(),
         })
     }
 
     fn finish(self) -> Result<(), CborError> {
-        head(self.out, 4, self.n);
-        self.out.extend_from_slice(&self.items);
+        prepend_head(self.out, self.start, 4, self.n);
         Ok(())
     }
+}
+
+/// Puts the head of a container (`major`, `n` items) in front of its items,
+/// which were written to `out[start..]`: nested containers share one buffer
+/// instead of each gathering its items in its own.
+fn prepend_head(out: &mut Vec<u8>, start: usize, major: u8, n: u64) {
+    let end = out.len();
+    head(out, major, n);
+    let head_len = out.len() - end;
+    out[start..].rotate_right(head_len);
 }
 
 /// serde has one trait per kind of sequence; all are arrays here.
@@ -304,50 +314,67 @@ array_impl!(SerializeTuple, serialize_element);
 array_impl!(SerializeTupleStruct, serialize_field);
 array_impl!(SerializeTupleVariant, serialize_field);
 
-/// A map: keys and values are encoded side by side, then written in the
-/// order of the keys' encoded bytes.
+/// A map: entries are written in place as they come. If their keys arrive
+/// in canonical order (as a struct's fields do when declared in that
+/// order) the head is put in front and nothing moves; otherwise they are
+/// put in order.
 struct Map<'a> {
     out: &'a mut Vec<u8>,
     depth: Depth,
-    buf: Vec<u8>,
+    start: usize,
     /// Per entry: where its key starts, where its value starts, where it ends.
     spans: Vec<(usize, usize, usize)>,
     key_start: usize,
+    /// Whether every key so far sorts after the one before.
+    in_order: bool,
 }
 
 impl<'a> Map<'a> {
-    fn new(out: &'a mut Vec<u8>, depth: Depth) -> Map<'a> {
+    fn new(out: &'a mut Vec<u8>, depth: Depth, len: usize) -> Map<'a> {
+        let start = out.len();
         Map {
             out,
             depth,
-            buf: Vec::new(),
-            spans: Vec::new(),
-            key_start: 0,
+            start,
+            spans: Vec::with_capacity(len),
+            key_start: start,
+            in_order: true,
         }
     }
 
     fn enc(&mut self) -> Enc<'_> {
         Enc {
-            out: &mut self.buf,
+            out: self.out,
             depth: self.depth.next(),
         }
     }
 
     fn key<T: Serialize + ?Sized>(&mut self, k: &T) -> Result<(), CborError> {
-        self.key_start = self.buf.len();
+        self.key_start = self.out.len();
         k.serialize(self.enc())
     }
 
     fn value<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), CborError> {
-        let value_start = self.buf.len();
+        let value_start = self.out.len();
+        if let Some(&(k, v, _)) = self.spans.last() {
+            self.in_order &= self.out[self.key_start..value_start] > self.out[k..v];
+        }
         v.serialize(self.enc())?;
         self.spans
-            .push((self.key_start, value_start, self.buf.len()));
+            .push((self.key_start, value_start, self.out.len()));
         Ok(())
     }
 
     fn finish(mut self) -> Result<(), CborError> {
-        write_map(self.out, &self.buf, &mut self.spans)
+        if self.in_order {
+            prepend_head(self.out, self.start, 5, self.spans.len() as u64);
+            return Ok(());
+        }
+        let entries = self.out.split_off(self.start);
+        for s in &mut self.spans {
+            *s = (s.0 - self.start, s.1 - self.start, s.2 - self.start);
+        }
+        write_map(self.out, &entries, &mut self.spans)
     }
 }
 
@@ -431,6 +458,16 @@ mod tests {
         c: char,
     }
 
+    /// Fields declared in canonical order: written in place, not sorted.
+    #[derive(Serialize, Debug, Clone)]
+    struct Ordered {
+        z: u8,
+        aa: Vec<Inner>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ab: Option<Kind>,
+        zzz: String,
+    }
+
     #[derive(Serialize, Debug, Clone)]
     struct Outer {
         title: String,
@@ -447,6 +484,7 @@ mod tests {
         map: BTreeMap<String, u16>,
         intmap: BTreeMap<i64, ()>,
         tuple: (u8, String, Wrapper),
+        ordered: Ordered,
     }
 
     fn kind() -> impl Strategy<Value = Kind> {
@@ -476,9 +514,16 @@ mod tests {
             prop::collection::btree_map(".{0,12}", any::<u16>(), 0..8),
             prop::collection::btree_map(any::<i64>(), Just(()), 0..8),
             (any::<u8>(), ".{0,5}", any::<u32>()),
+            (any::<u8>(), prop::option::of(kind()), ".{0,5}"),
         )
             .prop_map(
-                |((title, kind, id, neg, flag), (opt, skipped), list, kinds, map, intmap, t)| {
+                |((title, kind, id, neg, flag), (opt, skipped), list, kinds, map, intmap, t, o)| {
+                    let ordered = Ordered {
+                        z: o.0,
+                        aa: list.clone(),
+                        ab: o.1,
+                        zzz: o.2,
+                    };
                     Outer {
                         title,
                         kind,
@@ -492,6 +537,7 @@ mod tests {
                         map,
                         intmap,
                         tuple: (t.0, t.1, Wrapper(t.2)),
+                        ordered,
                     }
                 },
             )
@@ -503,6 +549,7 @@ mod tests {
             same(&o);
             same(&o.list);
             same(&o.kind);
+            same(&o.ordered);
         }
     }
 
