@@ -42,7 +42,7 @@ pub struct Bundle {
     pub chain: Vec<Vec<u8>>,
     /// The signed checkpoint (COSE_Sign) whose state root proves the record.
     pub checkpoint: Vec<u8>,
-    /// The record's canonical CBOR, the value under `nt/d/` ‖ id.
+    /// The record's canonical CBOR, the value under `d/` ‖ id.
     pub record: Vec<u8>,
     /// Borsh-encoded jmt `SparseMerkleProof` of the record.
     pub state_proof: Vec<u8>,
