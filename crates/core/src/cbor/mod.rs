@@ -131,14 +131,70 @@ fn write_map(
 /// [`to_vec`] produces, without decoding it. Bignum tags (2, 3) are refused:
 /// no Comity format uses them, and small ones have a shorter integer form.
 pub fn check_canonical(bytes: &[u8]) -> Result<(), CborError> {
-    let mut c = Checker { b: bytes, pos: 0 };
-    c.item(0)?;
-    if c.pos != bytes.len() {
-        return Err(CborError::Malformed(
-            "trailing bytes after CBOR item".into(),
-        ));
+    Checker::whole::<()>(bytes)
+}
+
+/// Decodes `bytes` and checks they are exactly the deterministic encoding,
+/// in the same single pass: every signed payload is read this way.
+pub fn from_canonical_slice(bytes: &[u8]) -> Result<Value, CborError> {
+    Checker::whole::<Value>(bytes)
+}
+
+/// What [`Checker`] builds from the items it checks: `()` to check only
+/// (its vectors hold zero-sized items and never allocate), or a [`Value`].
+trait Build: Sized {
+    fn int(negative: bool, n: u64) -> Self;
+    fn bytes(b: &[u8]) -> Self;
+    fn text(t: &str) -> Self;
+    fn array(items: Vec<Self>) -> Self;
+    fn map(entries: Vec<(Self, Self)>) -> Self;
+    fn tag(tag: u64, inner: Self) -> Self;
+    /// false, true or null, by their initial byte.
+    fn simple(ib: u8) -> Self;
+}
+
+impl Build for () {
+    fn int(_: bool, _: u64) {}
+    fn bytes(_: &[u8]) {}
+    fn text(_: &str) {}
+    fn array(_: Vec<()>) {}
+    fn map(_: Vec<((), ())>) {}
+    fn tag(_: u64, _: ()) {}
+    fn simple(_: u8) {}
+}
+
+impl Build for Value {
+    fn int(negative: bool, n: u64) -> Value {
+        Value::Integer(if negative {
+            (-1 - i128::from(n))
+                .try_into()
+                .expect("CBOR negative integers fit")
+        } else {
+            n.into()
+        })
     }
-    Ok(())
+    fn bytes(b: &[u8]) -> Value {
+        Value::Bytes(b.to_vec())
+    }
+    fn text(t: &str) -> Value {
+        Value::Text(t.to_owned())
+    }
+    fn array(items: Vec<Value>) -> Value {
+        Value::Array(items)
+    }
+    fn map(entries: Vec<(Value, Value)>) -> Value {
+        Value::Map(entries)
+    }
+    fn tag(tag: u64, inner: Value) -> Value {
+        Value::Tag(tag, Box::new(inner))
+    }
+    fn simple(ib: u8) -> Value {
+        match ib {
+            0xf4 => Value::Bool(false),
+            0xf5 => Value::Bool(true),
+            _ => Value::Null,
+        }
+    }
 }
 
 struct Checker<'a> {
@@ -147,6 +203,18 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
+    /// Checks (and builds) the one item that must span all of `bytes`.
+    fn whole<B: Build>(bytes: &[u8]) -> Result<B, CborError> {
+        let mut c = Checker { b: bytes, pos: 0 };
+        let v = c.item(0)?;
+        if c.pos != bytes.len() {
+            return Err(CborError::Malformed(
+                "trailing bytes after CBOR item".into(),
+            ));
+        }
+        Ok(v)
+    }
+
     fn take(&mut self, n: u64) -> Result<&[u8], CborError> {
         let end = usize::try_from(n)
             .ok()
@@ -193,29 +261,38 @@ impl Checker<'_> {
         Ok((major, arg))
     }
 
-    fn item(&mut self, depth: usize) -> Result<(), CborError> {
+    /// Room for `n` items read from what is left (each takes a byte at
+    /// least), so a forged count cannot reserve more than the input's size.
+    fn capacity(&self, n: u64) -> usize {
+        usize::try_from(n).map_or(usize::MAX, |n| n.min(self.b.len() - self.pos))
+    }
+
+    fn item<B: Build>(&mut self, depth: usize) -> Result<B, CborError> {
         if depth > MAX_DEPTH {
             return Err(CborError::TooDeep);
         }
+        let ib = self.b.get(self.pos).copied();
         let (major, arg) = self.head()?;
-        match major {
-            2 => {
-                self.take(arg)?;
-            }
-            3 => {
+        Ok(match major {
+            0 | 1 => B::int(major == 1, arg),
+            2 => B::bytes(self.take(arg)?),
+            3 => B::text(
                 std::str::from_utf8(self.take(arg)?)
-                    .map_err(|_| CborError::Malformed("text is not UTF-8".into()))?;
-            }
+                    .map_err(|_| CborError::Malformed("text is not UTF-8".into()))?,
+            ),
             4 => {
+                let mut items = Vec::with_capacity(self.capacity(arg));
                 for _ in 0..arg {
-                    self.item(depth + 1)?;
+                    items.push(self.item(depth + 1)?);
                 }
+                B::array(items)
             }
             5 => {
+                let mut entries = Vec::with_capacity(self.capacity(arg));
                 let mut prev: Option<(usize, usize)> = None;
                 for _ in 0..arg {
                     let from = self.pos;
-                    self.item(depth + 1)?;
+                    let k = self.item(depth + 1)?;
                     let key = (from, self.pos);
                     if let Some(p) = prev {
                         match self.b[p.0..p.1].cmp(&self.b[key.0..key.1]) {
@@ -227,14 +304,14 @@ impl Checker<'_> {
                         }
                     }
                     prev = Some(key);
-                    self.item(depth + 1)?;
+                    entries.push((k, self.item(depth + 1)?));
                 }
+                B::map(entries)
             }
             6 if arg == 2 || arg == 3 => return Err(CborError::NotCanonical),
-            6 => self.item(depth + 1)?,
-            _ => {} // integers, booleans and null carry no content
-        }
-        Ok(())
+            6 => B::tag(arg, self.item(depth + 1)?),
+            _ => B::simple(ib.expect("head read the initial byte")),
+        })
     }
 }
 
@@ -256,13 +333,6 @@ pub fn from_slice_to<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, 
         ));
     }
     Ok(t)
-}
-
-/// Decodes `bytes` and checks they are exactly the deterministic encoding.
-pub fn from_canonical_slice(bytes: &[u8]) -> Result<Value, CborError> {
-    let v = from_slice(bytes)?;
-    check_canonical(bytes)?;
-    Ok(v)
 }
 
 /// Small accessor over a decoded map with integer or text keys.
@@ -499,18 +569,26 @@ mod tests {
             }
             let b = got.unwrap();
             check_canonical(&b).unwrap();
+            assert_eq!(from_canonical_slice(&b).unwrap(), from_slice(&b).unwrap());
             // Any change that still decodes is accepted exactly when
             // re-encoding the decoded value gives the same bytes.
             for i in 0..b.len().min(40) {
                 for flip in [1u8, 0x20, 0x80] {
                     let mut m = b.clone();
                     m[i] ^= flip;
-                    let Ok(d) = from_slice(&m) else { continue };
+                    let Ok(d) = from_slice(&m) else {
+                        assert!(from_canonical_slice(&m).is_err(), "{m:02x?}");
+                        continue;
+                    };
                     if has_bignum(&d) {
                         continue; // refused by design, see `check_canonical`
                     }
                     let same = oracle(&d).is_ok_and(|o| o == m);
                     assert_eq!(check_canonical(&m).is_ok(), same, "{m:02x?}");
+                    match from_canonical_slice(&m) {
+                        Ok(v) => assert!(same && v == d, "{m:02x?}"),
+                        Err(_) => assert!(!same, "{m:02x?}"),
+                    }
                     mutated_rejected += usize::from(!same);
                 }
             }
