@@ -6,7 +6,9 @@
 use crate::cbor::{self, MapView, Value};
 use crate::crypto::{sha256, Alg, CryptoError, PublicKey, SigningKey};
 use crate::merkle::Hash;
-use coset::{iana, CoseSign1, CoseSign1Builder, HeaderBuilder, TaggedCborSerializable};
+use coset::{
+    iana, AsCborValue, CoseSign1, CoseSign1Builder, HeaderBuilder, TaggedCborSerializable,
+};
 
 /// Upper bound on a nonce, which only needs to be unique per signer inside the time window.
 pub const MAX_NONCE_LEN: usize = 32;
@@ -111,19 +113,26 @@ impl Tx {
     /// their SHA-256): without SHA-NI, hashing is a visible share of apply.
     pub fn parse_with_id(bytes: &[u8], id: Hash) -> Result<Tx, TxError> {
         debug_assert_eq!(id, sha256(bytes));
-        let sign1 = CoseSign1::from_tagged_slice(bytes)
-            .map_err(|e| TxError::Malformed(format!("not a tagged COSE_Sign1: {e}")))?;
         // One transaction, one encoding: the id hashes these bytes, so nothing
         // outside the signature (unprotected headers, alternative encodings)
-        // may vary.
+        // may vary. Checked in the pass that decodes them.
+        let malformed =
+            |e: &dyn std::fmt::Display| TxError::Malformed(format!("not a tagged COSE_Sign1: {e}"));
+        let sign1 = match cbor::from_canonical_slice(bytes) {
+            Ok(Value::Tag(CoseSign1::TAG, inner)) => {
+                CoseSign1::from_cbor_value(*inner).map_err(|e| malformed(&e))?
+            }
+            Ok(_) => return Err(malformed(&"expected tag 18")),
+            Err(cbor::CborError::Malformed(e)) => return Err(malformed(&e)),
+            Err(_) => {
+                return Err(TxError::Malformed(
+                    "not in the canonical COSE_Sign1 encoding".into(),
+                ))
+            }
+        };
         if !sign1.unprotected.is_empty() {
             return Err(TxError::Malformed(
                 "the unprotected header must be empty".into(),
-            ));
-        }
-        if cbor::check_canonical(bytes).is_err() {
-            return Err(TxError::Malformed(
-                "not in the canonical COSE_Sign1 encoding".into(),
             ));
         }
         let alg = match &sign1.protected.header.alg {
