@@ -4,7 +4,7 @@
 //! the genesis document or a checkpoint marker), never to the body itself, so a
 //! private body can later be withheld or encrypted while every hash still checks.
 
-use crate::cbor::{self, CborError, MapView, Value};
+use crate::cbor::{self, CborError, MapView};
 use crate::crypto::PublicKey;
 use crate::merkle::Hash;
 
@@ -77,22 +77,36 @@ pub struct Leaf {
 }
 
 impl Leaf {
+    /// Written straight from the fields (in canonical key order) rather
+    /// than through a [`cbor::Value`]: one leaf per transaction.
     pub fn to_cbor(&self) -> Vec<u8> {
-        let mut m = vec![
-            ("v", cbor::uint(self.version)),
-            ("index", cbor::uint(self.index)),
-            ("time", cbor::uint(self.time)),
-            ("kind", cbor::text(self.kind.as_str())),
-            ("digest", cbor::bytes(self.digest)),
-            ("outcome", cbor::text(self.outcome.code())),
-        ];
-        if let Some((id, key)) = &self.signer {
-            m.push(("signer", cbor::bytes(*id)));
-            m.push(("key", cbor::bytes(key.clone())));
+        #[derive(serde::Serialize)]
+        struct Wire<'a> {
+            v: u64,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            key: Option<&'a serde_bytes::Bytes>,
+            kind: &'a str,
+            time: u64,
+            index: u64,
+            digest: &'a serde_bytes::Bytes,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            signer: Option<&'a serde_bytes::Bytes>,
+            outcome: &'a str,
         }
-        cbor::to_vec(Value::Map(
-            m.into_iter().map(|(k, v)| (cbor::text(k), v)).collect(),
-        ))
+        let (signer, key) = match &self.signer {
+            Some((id, key)) => (Some(id), Some(key)),
+            None => (None, None),
+        };
+        cbor::to_canonical(&Wire {
+            v: self.version,
+            key: key.map(|k| serde_bytes::Bytes::new(k)),
+            kind: self.kind.as_str(),
+            time: self.time,
+            index: self.index,
+            digest: serde_bytes::Bytes::new(&self.digest),
+            signer: signer.map(|s| serde_bytes::Bytes::new(s)),
+            outcome: self.outcome.code(),
+        })
         .expect("leaf built from valid parts")
     }
 
@@ -139,10 +153,15 @@ pub struct Record {
 
 impl Record {
     pub fn to_cbor(&self) -> Vec<u8> {
-        cbor::to_vec(cbor::map([
-            ("leaf", cbor::bytes(self.leaf.clone())),
-            ("body", cbor::bytes(self.body.clone())),
-        ]))
+        #[derive(serde::Serialize)]
+        struct Wire<'a> {
+            body: &'a serde_bytes::Bytes,
+            leaf: &'a serde_bytes::Bytes,
+        }
+        cbor::to_canonical(&Wire {
+            body: serde_bytes::Bytes::new(&self.body),
+            leaf: serde_bytes::Bytes::new(&self.leaf),
+        })
         .expect("record built from valid parts")
     }
 
@@ -247,5 +266,55 @@ mod tests {
             ..leaf
         };
         assert_eq!(Leaf::from_cbor(&plain.to_cbor()).unwrap(), plain);
+    }
+
+    /// The ledger format is fixed: the field-by-field writers give the bytes
+    /// of the generic encoder over the same map.
+    #[test]
+    fn writers_match_the_generic_encoder() {
+        let k = SigningKey::generate(Alg::EdDsa).public();
+        let signed = Leaf {
+            version: PROTOCOL_VERSION,
+            index: 1 << 40,
+            time: 1_700_000_000_000,
+            kind: EntryKind::Tx,
+            digest: [5; 32],
+            outcome: Outcome::Applied,
+            signer: Some((k.fingerprint(), k.to_spki_der())),
+        };
+        let plain = Leaf {
+            signer: None,
+            index: 0,
+            kind: EntryKind::Genesis,
+            outcome: Outcome::Rejected("bad".into()),
+            ..signed.clone()
+        };
+        for leaf in [signed, plain] {
+            let mut m = vec![
+                ("v", cbor::uint(leaf.version)),
+                ("index", cbor::uint(leaf.index)),
+                ("time", cbor::uint(leaf.time)),
+                ("kind", cbor::text(leaf.kind.as_str())),
+                ("digest", cbor::bytes(leaf.digest)),
+                ("outcome", cbor::text(leaf.outcome.code())),
+            ];
+            if let Some((id, key)) = &leaf.signer {
+                m.push(("signer", cbor::bytes(*id)));
+                m.push(("key", cbor::bytes(key.clone())));
+            }
+            let m = m.into_iter().map(|(k, v)| (cbor::text(k), v)).collect();
+            let want = cbor::to_vec(cbor::Value::Map(m)).unwrap();
+            assert_eq!(leaf.to_cbor(), want);
+            let record = Record {
+                leaf: want,
+                body: vec![1; 300],
+            };
+            let want = cbor::to_vec(cbor::map([
+                ("leaf", cbor::bytes(record.leaf.clone())),
+                ("body", cbor::bytes(record.body.clone())),
+            ]))
+            .unwrap();
+            assert_eq!(record.to_cbor(), want);
+        }
     }
 }
