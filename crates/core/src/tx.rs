@@ -104,7 +104,8 @@ pub struct Tx {
 }
 
 impl Tx {
-    /// Decodes a COSE_Sign1 (tagged or not) with an embedded payload.
+    /// Decodes a tagged COSE_Sign1 with an embedded payload, in its one
+    /// canonical encoding.
     pub fn parse(bytes: &[u8]) -> Result<Tx, TxError> {
         Tx::parse_with_id(bytes, sha256(bytes))
     }
