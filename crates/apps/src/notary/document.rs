@@ -95,30 +95,30 @@ fn yes() -> bool {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Retention {
-    /// Milliseconds of ledger time from leaving force until destruction is allowed.
-    pub period_ms: u64,
     /// Distinct approvals destruction needs (at least 1).
     pub approvals: u64,
     /// Who may approve; empty means the custodian at the time and the parties.
     #[serde(default)]
     pub approvers: Vec<Id>,
+    /// Milliseconds of ledger time from leaving force until destruction is allowed.
+    pub period_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Signature {
-    pub party: Id,
-    pub index: u64,
     pub time: u64,
+    pub index: u64,
+    pub party: Id,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hold {
+    pub by: Id,
     /// The id of the placing transaction.
     pub id: Id,
-    pub by: Id,
-    pub reason: String,
-    pub index: u64,
     pub time: u64,
+    pub index: u64,
+    pub reason: String,
 }
 
 /// An act by an identity at a ledger position, with its reason: a custody
@@ -128,60 +128,66 @@ pub struct Act {
     pub by: Id,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<Id>,
+    pub time: u64,
+    pub index: u64,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
-    pub index: u64,
-    pub time: u64,
 }
 
 /// The current record of a document, stored under `keys::notary_doc(id)`.
+///
+/// Fields are declared in canonical CBOR key order (shorter names first,
+/// then bytewise), so the record, rewritten on every step of the
+/// document's life, encodes in place without sorting; a test keeps it so.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Document {
     /// `id_of(digest)`.
     pub id: Id,
-    /// SHA-256 of the content, or of salt ‖ SHA-256(content) when `salted`.
-    pub digest: Id,
-    pub salted: bool,
-    pub title: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub matter: String,
     /// The owning organization.
     pub org: String,
-    pub parties: Vec<Party>,
-    pub retention: Retention,
-    /// SHA-256 of the personal-data blob kept off the ledger, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub personal: Option<Id>,
-    pub personal_erased: bool,
-    /// Origin: who registered it, at which ledger index and time.
-    pub registrant: Id,
-    pub index: u64,
-    pub registered: u64,
-    pub status: Status,
-    pub signatures: Vec<Signature>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub executed: Option<u64>,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub chain: Chain,
     /// Ledger time it left force (amended, expired, revoked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended: Option<u64>,
-    /// Ledger time from which it may be destroyed.
+    pub holds: Vec<Hold>,
+    /// Origin: the ledger index of its registration.
+    pub index: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retain_until: Option<u64>,
+    pub offer: Option<Act>,
+    pub title: String,
+    /// SHA-256 of the content, or of salt ‖ SHA-256(content) when `salted`.
+    pub digest: Id,
+    pub matter: String,
+    pub salted: bool,
+    pub status: Status,
+    pub parties: Vec<Party>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub predecessor: Option<Id>,
+    pub executed: Option<u64>,
+    /// SHA-256 of the personal-data blob kept off the ledger, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub successor: Option<Id>,
+    pub personal: Option<Id>,
+    pub approvals: Vec<Act>,
     /// The identity holding custody (first the registrant).
     pub custodian: Id,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub offer: Option<Act>,
-    pub holds: Vec<Hold>,
-    pub approvals: Vec<Act>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destroyed: Option<Act>,
-    pub chain: Chain,
+    pub retention: Retention,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub successor: Option<Id>,
+    /// Origin: the ledger time of its registration.
+    pub registered: u64,
+    /// Origin: who registered it.
+    pub registrant: Id,
+    pub signatures: Vec<Signature>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predecessor: Option<Id>,
+    /// Ledger time from which it may be destroyed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retain_until: Option<u64>,
+    pub personal_erased: bool,
 }
 
 /// Arguments of `notary.register` and `notary.amend`.
@@ -457,6 +463,16 @@ mod tests {
             assert!(direct.windows(34).any(|w| w == id));
             assert_eq!(Document::from_cbor(&hex_ids).unwrap(), d);
         }
+    }
+
+    /// ciborium writes fields in declaration order, so it agrees with the
+    /// canonical encoding only if every nested struct declares its fields
+    /// in canonical key order, which lets the encoder skip sorting.
+    #[test]
+    fn fields_are_declared_in_canonical_key_order() {
+        let mut in_declared_order = Vec::new();
+        ciborium::into_writer(&full(), &mut in_declared_order).unwrap();
+        assert_eq!(in_declared_order, full().to_cbor());
     }
 
     fn minimal_args() -> RegisterArgs {

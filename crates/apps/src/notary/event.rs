@@ -62,24 +62,28 @@ pub fn ops_for(kind: &str) -> &'static [&'static str] {
 
 /// One event, stored in state as canonical CBOR under
 /// `keys::notary_event(subject, seq)`; its hash is SHA-256 of those bytes.
+/// Fields are in canonical key order, so it encodes without sorting.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Event {
-    /// The document or collection.
-    pub subject: Id,
+    /// The transaction that caused it.
+    pub tx: Id,
     /// Position in the subject's chain, from 0.
     pub seq: u64,
+    pub kind: String,
     /// Hash of event `seq - 1`, or zeros for the first.
     pub prev: Id,
-    /// The transaction that caused it, its ledger index and time, and its signer.
-    pub tx: Id,
-    pub index: u64,
+    /// Ledger time of the transaction.
     pub time: u64,
+    /// The transaction's signer.
     pub actor: Id,
-    pub kind: String,
+    /// Ledger index of the transaction.
+    pub index: u64,
     /// Particulars (party and role, reason, recipient, ...), as text.
     #[serde(default)]
     pub details: BTreeMap<String, String>,
+    /// The document or collection.
+    pub subject: Id,
 }
 
 impl Event {
@@ -95,10 +99,10 @@ impl Event {
 /// The running end of a chain, kept in the subject's record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Chain {
-    /// Number of events.
-    pub events: u64,
     /// Hash of the last event (zeros when there is none).
     pub head: Id,
+    /// Number of events.
+    pub events: u64,
 }
 
 impl Default for Chain {
@@ -172,4 +176,29 @@ pub fn load(
     s.aux_get_one(&keys::notary_event(subject, seq))?
         .map(|b| decode("notary event", &b))
         .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// ciborium writes fields in declaration order: it agrees with the
+    /// canonical encoding only if they are declared in canonical key order.
+    #[test]
+    fn fields_are_declared_in_canonical_key_order() {
+        let e = Event {
+            tx: Id([1; 32]),
+            seq: 7,
+            kind: kind::SIGNED.into(),
+            prev: Id([2; 32]),
+            time: 1_700_000_000_000,
+            actor: Id([3; 32]),
+            index: 42,
+            details: details([("party", "p".into())]),
+            subject: Id([4; 32]),
+        };
+        let mut in_declared_order = Vec::new();
+        ciborium::into_writer(&e, &mut in_declared_order).unwrap();
+        assert_eq!(in_declared_order, e.to_cbor());
+    }
 }
