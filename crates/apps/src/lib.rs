@@ -86,6 +86,12 @@ pub mod codes {
     pub const NO_OFFER: &str = "no_offer";
     /// Lifting a hold that is not in place.
     pub const NO_SUCH_HOLD: &str = "no_such_hold";
+    /// Lifting a hold placed by another member that is still active.
+    pub const NOT_HOLD_PLACER: &str = "not_hold_placer";
+    /// Placing a hold on a document that already has the most holds allowed.
+    pub const TOO_MANY_HOLDS: &str = "too_many_holds";
+    /// Amending with a digest already registered as another document.
+    pub const DIGEST_REGISTERED: &str = "digest_registered";
     /// Erasing personal data of a document that never had any.
     pub const NO_PERSONAL_DATA: &str = "no_personal_data";
     /// A party, approver or custody recipient that is not an active member or user.

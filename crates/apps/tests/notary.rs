@@ -291,12 +291,11 @@ fn a_contracts_whole_life() {
     n.time += DAY;
     let hold = n.act(&m0, "hold.place", &a, "ok");
     n.act(&carol, "destroy", &a, "legal_hold");
-    n.expect(
-        &m1,
-        "hold.lift",
-        json!({"document": hex::encode(a), "hold": hex::encode(hold)}),
-        "ok",
-    );
+    let lift = json!({"document": hex::encode(a), "hold": hex::encode(hold)});
+    // Another member cannot undo the hold; the member that placed it can.
+    n.expect(&m1, "hold.lift", lift.clone(), "not_hold_placer");
+    n.act(&carol, "destroy", &a, "legal_hold");
+    n.expect(&m0, "hold.lift", lift, "ok");
     let destroy = n.act(&carol, "destroy", &a, "ok");
     let d = n.doc(&a);
     assert_eq!(d.status, Status::Destroyed);
@@ -589,6 +588,41 @@ fn duplicate_registration_returns_the_existing_record() {
     )
     .unwrap();
     assert_eq!(all.items.len(), 1);
+
+    // An amendment cannot take a digest registered on its own: it is refused
+    // rather than silently doing nothing to the predecessor.
+    let v2 = sha256(b"version two");
+    let mut am = reg(v2, "Second version", &[], DAY, 1);
+    n.register(&bob, "register", am.clone());
+    am["predecessor"] = json!(hex::encode(first));
+    n.expect(&alice, "amend", am.clone(), "digest_registered");
+    assert_eq!(n.doc(&first), before, "the predecessor is untouched");
+    // A retry of an amendment that went through is a no-op.
+    let v3 = sha256(b"version three");
+    let mut am = reg(v3, "Third version", &[], DAY, 1);
+    am["predecessor"] = json!(hex::encode(first));
+    let third = n.register(&alice, "amend", am.clone());
+    n.expect(&alice, "amend", am, "ok");
+    assert_eq!(n.doc(&first).successor.map(|s| s.0), Some(third));
+}
+
+#[test]
+fn holds_are_bounded_and_lifted_by_their_placer() {
+    let mut n = Net::new();
+    let (alice, m0, m1) = (n.alice.clone(), n.m[0].clone(), n.m[1].clone());
+    let a = n.register(&alice, "register", reg(sha256(b"held"), "Held", &[], 0, 1));
+    let first = n.act(&m0, "hold.place", &a, "ok");
+    for _ in 1..document::MAX_HOLDS {
+        n.act(&m1, "hold.place", &a, "ok");
+    }
+    n.act(&m1, "hold.place", &a, "too_many_holds");
+    assert_eq!(n.doc(&a).holds.len(), document::MAX_HOLDS);
+    let lift = json!({"document": hex::encode(a), "hold": hex::encode(first)});
+    n.expect(&m1, "hold.lift", lift.clone(), "not_hold_placer");
+    n.expect(&alice, "hold.lift", lift.clone(), "not_authorized");
+    n.expect(&m0, "hold.lift", lift.clone(), "ok");
+    n.expect(&m0, "hold.lift", lift, "no_such_hold");
+    n.act(&m1, "hold.place", &a, "ok");
 }
 
 #[test]

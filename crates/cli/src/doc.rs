@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use comity_apps::notary::document::{self, Document};
 use comity_client::{Client, Signer, TxState, TxStatus};
-use comity_core::receipt::Receipt;
+use comity_core::crypto::random_nonce;
 use comity_core::Hash;
 use serde_json::{json, Value};
 use std::io::Read;
@@ -340,7 +340,7 @@ impl Ctx {
     async fn register(&self, m: &Meta, predecessor: Option<Hash>) -> anyhow::Result<()> {
         let h = hash_file(&m.file)?;
         let salt = if m.salted {
-            let s = comity_core::crypto::random_nonce().repeat(2);
+            let s = [random_nonce(), random_nonce()].concat();
             let p = salt_path(&m.file);
             std::fs::write(&p, hex::encode(&s))
                 .with_context(|| format!("writing {}", p.display()))?;
@@ -522,10 +522,14 @@ impl Ctx {
                     }
                 }
                 events.truncate(latest.chain.events as usize);
-                let chain = match events.first() {
-                    Some(e) => Receipt::from_cose(&e.receipt)?.chain,
-                    None => Vec::new(),
-                };
+                // The node-set changes up to the record's checkpoint, which
+                // may be later than every event's.
+                let chain = p["checkpoint"]["chain"]
+                    .as_array()
+                    .context("the proof's checkpoint has no node-set chain")?
+                    .iter()
+                    .map(|c| hex::decode(c.as_str().unwrap_or_default()))
+                    .collect::<Result<Vec<_>, _>>()?;
                 let hexfield = |k: &str| hex::decode(p[k].as_str().unwrap_or_default());
                 return Ok(Bundle {
                     genesis,

@@ -104,6 +104,34 @@ async fn receipt_with_chain(c: &Cluster, client: &Client, key: &str, chain: usiz
     assert_eq!(v.leaf.digest, id);
 }
 
+/// `comity doc …` as user0 against node 0; its standard output.
+async fn doc_cli(c: &Cluster, args: &[&str]) -> String {
+    let keys = c.data.join("keys");
+    let (key, cert, url) = (
+        keys.join("user0.key.pem"),
+        keys.join("user0.cert.pem"),
+        c.url(0),
+    );
+    let mut all = vec![
+        "--key",
+        key.to_str().unwrap(),
+        "--cert",
+        cert.to_str().unwrap(),
+        "--node",
+        &url,
+        "doc",
+    ];
+    all.extend_from_slice(args);
+    let out = common::run_cli(&c.data, c.tmp.path(), &all, LONG).await;
+    assert!(
+        out.status.success(),
+        "comity doc {args:?}:\n{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    out.stdout
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_joins_by_vote_and_a_node_retires_by_vote() {
     let _serial = common::serial().await;
@@ -118,6 +146,16 @@ async fn a_node_joins_by_vote_and_a_node_retires_by_vote() {
         )
         .await;
     }
+    let deed = c.tmp.path().join("deed.txt");
+    std::fs::write(&deed, b"a deed registered under the genesis node set").unwrap();
+    let deed = deed.to_str().unwrap();
+    let out = doc_cli(&c, &["register", deed, "--title", "Deed"]).await;
+    let doc = out
+        .lines()
+        .find_map(|l| l.strip_prefix("document "))
+        .unwrap_or_else(|| panic!("no document id in {out}"))
+        .trim()
+        .to_string();
 
     let new = c.join_new_node();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -150,6 +188,14 @@ async fn a_node_joins_by_vote_and_a_node_retires_by_vote() {
     .await;
     wait_voters(&client, 3, "after node.retire").await;
     receipt_with_chain(&c, &client, "after/retire", 2).await;
+    // Evidence for a document registered before both changes: its record is
+    // proved at a checkpoint the new node set signed, so the bundle carries
+    // the node-set chain up to that checkpoint, not its event's.
+    let bundle = c.tmp.path().join("deed.evidence");
+    let bundle = bundle.to_str().unwrap();
+    doc_cli(&c, &["evidence", &doc, "-o", bundle]).await;
+    let out = doc_cli(&c, &["verify-evidence", bundle, "--file", deed]).await;
+    assert!(out.contains("VERIFIED"), "{out}");
     let out = c.ledger_verify(0).await;
     assert!(out.contains("OK"), "{out}");
     eprintln!("test took {:.1} s", t0.elapsed().as_secs_f64());

@@ -319,7 +319,14 @@ async fn a_contracts_life_over_https() {
         .to_string();
     n.refused("carol", &["doc", "destroy", &a], "legal_hold")
         .await;
-    n.ok("member1", &["doc", "hold", "lift", &a, &hold]).await;
+    // Only the member that placed a hold lifts it.
+    n.refused(
+        "member1",
+        &["doc", "hold", "lift", &a, &hold],
+        "not_hold_placer",
+    )
+    .await;
+    n.ok("member0", &["doc", "hold", "lift", &a, &hold]).await;
 
     // Evidence before destruction: verifies offline; tampering fails with a reason.
     let bundle = n.path("a.evidence");

@@ -26,6 +26,8 @@ pub const MAX_REASON: usize = 1024;
 pub const MAX_PARTIES: usize = 32;
 pub const MAX_APPROVERS: usize = 32;
 pub const MAX_APPROVALS: u64 = 16;
+/// Holds standing on one document at once; each is rewritten with the record.
+pub const MAX_HOLDS: usize = 32;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -11,14 +11,20 @@ use crate::registry::Role;
 use crate::{codes, keys, Reject};
 
 /// `register` (no predecessor) and `amend` (a new version of an executed
-/// document). A digest that is already registered is an idempotent no-op:
-/// the existing record stands and no event is added.
+/// document). Registering a digest that is already registered is an
+/// idempotent no-op: the existing record stands and no event is added. An
+/// amendment must bring a digest not yet registered (or be a retry of the
+/// same amendment), so a version registered on its own cannot silently
+/// swallow it.
 pub fn register(ctx: &mut Ctx<'_, '_>, a: RegisterArgs, amend: bool) -> AppResult {
     if a.check().is_err() || a.predecessor.is_some() != amend {
         return Ok(Err(Reject(codes::BAD_ARGS)));
     }
     let id = document::id_of(&a.digest.0);
     if document::by_digest(&*ctx.batch, &a.digest.0)?.is_some() {
+        if amend && refuse!(Update::load_any(ctx, &id)?).doc.predecessor != a.predecessor {
+            return Ok(Err(Reject(codes::DIGEST_REGISTERED)));
+        }
         return Ok(Ok(()));
     }
     for id in a
@@ -144,7 +150,9 @@ pub fn revoke(ctx: &mut Ctx<'_, '_>, a: DocArgs) -> AppResult {
     u.done(ctx)
 }
 
-/// Members (the consortium's organizations) place and lift legal holds.
+/// Members (the consortium's organizations) place legal holds; a hold is
+/// lifted by the member that placed it, or by any member once that one is
+/// no longer active, so no other organization can undo it.
 fn hold_authority(ctx: &Ctx<'_, '_>) -> Result<(), Reject> {
     if ctx.role != Role::Member {
         return Err(Reject(codes::NOT_AUTHORIZED));
@@ -158,6 +166,9 @@ pub fn hold_place(ctx: &mut Ctx<'_, '_>, a: DocArgs) -> AppResult {
     }
     let mut u = refuse!(Update::load(ctx, &a.document.0)?);
     refuse!(hold_authority(ctx));
+    if u.doc.holds.len() >= document::MAX_HOLDS {
+        return Ok(Err(Reject(codes::TOO_MANY_HOLDS)));
+    }
     u.doc.holds.push(Hold {
         id: Id(ctx.tx),
         by: Id(ctx.signer),
@@ -179,6 +190,10 @@ pub fn hold_lift(ctx: &mut Ctx<'_, '_>, a: LiftArgs) -> AppResult {
     let Some(pos) = u.doc.holds.iter().position(|h| h.id == a.hold) else {
         return Ok(Err(Reject(codes::NO_SUCH_HOLD)));
     };
+    let placer = u.doc.holds[pos].by.0;
+    if placer != ctx.signer && active_identity(ctx, &placer)? {
+        return Ok(Err(Reject(codes::NOT_HOLD_PLACER)));
+    }
     u.doc.holds.remove(pos);
     u.event(
         ctx,
