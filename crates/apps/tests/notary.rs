@@ -383,6 +383,9 @@ fn forbidden_transitions_and_actors() {
         Status::Executed,
         "the witness need not sign"
     );
+    // Nor may a witness, bound by nothing, end the document's force.
+    n.act(&carol, "revoke", &wd, "not_authorized");
+    n.act(&carol, "expire", &wd, "not_authorized");
 
     // Draft: not yet amendable, expirable or destroyable.
     let mut am = reg(sha256(b"a2"), "A2", &[(&alice, "seller")], DAY, 1);
@@ -817,6 +820,55 @@ fn queries_by_party_matter_status_and_time_in_pages() {
         ),
         ids
     );
+}
+
+#[test]
+fn a_status_filter_over_a_long_listing_pages_with_bounded_reads() {
+    let mut n = Net::new();
+    let alice = n.alice.clone();
+    // MAX_SCAN executed documents (no signing party), then one draft.
+    let mut txs: Vec<_> = (0..query::MAX_SCAN as u32)
+        .map(|i| {
+            let args = reg(sha256(&i.to_be_bytes()), "Exec", &[], DAY, 1);
+            n.sign_as(
+                &alice,
+                &id(&alice),
+                "notary",
+                "register",
+                cbor::from_serde(&args).unwrap(),
+            )
+        })
+        .collect();
+    let draft = reg(sha256(b"the draft"), "Draft", &[(&alice, "a")], DAY, 1);
+    txs.push(n.sign_as(
+        &alice,
+        &id(&alice),
+        "notary",
+        "register",
+        cbor::from_serde(&draft).unwrap(),
+    ));
+    for chunk in txs.chunks(512) {
+        n.time += 10;
+        let time = n.time;
+        let out = n.apply(Command::Batch {
+            time,
+            txs: chunk
+                .iter()
+                .cloned()
+                .map(serde_bytes::ByteBuf::from)
+                .collect(),
+        });
+        assert!(out.txs.iter().all(|t| t.outcome.code() == "ok"));
+    }
+    let r = n.store.read().unwrap();
+    let f = Filter::Matter("M-2026-001".into());
+    let first = query::documents(&r, &f, Some(Status::Draft), None, 10).unwrap();
+    assert!(first.items.is_empty(), "the page ends after MAX_SCAN reads");
+    let after = hex::decode(first.next.expect("a cursor to go on")).unwrap();
+    let rest = query::documents(&r, &f, Some(Status::Draft), Some(&after), 10).unwrap();
+    assert_eq!(rest.items.len(), 1);
+    assert_eq!(rest.items[0].id.0, document::id_of(&sha256(b"the draft")));
+    assert_eq!(rest.next, None);
 }
 
 #[test]

@@ -226,13 +226,18 @@ pub fn verify(
             }
         ),
         format!("  matter:    {}", doc.matter),
-        format!("  owner org: {}", doc.org),
+        format!("  org:       {} (as stated at registration)", doc.org),
         format!(
             "  digest:    {}{}",
             hex::encode(doc.digest.0),
             if doc.salted { " (salted)" } else { "" }
         ),
-        format!("  status:    {}", doc.status.as_str()),
+        // A bundle proves the record as of its checkpoint: say when.
+        format!(
+            "  status:    {} as of {}",
+            doc.status.as_str(),
+            fmt_time(cp.time)
+        ),
         format!("  custodian: {}", name(&doc.custodian.0)),
     ];
     for p in &doc.parties {

@@ -240,7 +240,7 @@ async fn collection_events(
 fn personal_reader(shared: &crate::Shared, who: ClientIdentity, id: &str) -> ApiResult<Document> {
     let me = authorize(shared, who)?;
     let d = load(shared, &parse_hash(id)?)?;
-    if d.registrant.0 != me && !d.may_manage(&me) {
+    if d.registrant.0 != me && d.custodian.0 != me && !d.is_party(&me) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",

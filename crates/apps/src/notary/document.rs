@@ -320,12 +320,15 @@ impl Document {
             .all(|p| self.has_signed(&p.id.0))
     }
 
-    /// The custodian or a party: who may amend, expire or revoke.
+    /// The custodian or a signing party (one the document binds): who may
+    /// amend, expire or revoke. A party that does not sign (a witness, an
+    /// observer) may read the record's personal data but not end its force.
     pub fn may_manage(&self, who: &Hash) -> bool {
-        self.custodian.0 == *who || self.is_party(who)
+        self.custodian.0 == *who || self.party(who).is_some_and(|p| p.signs)
     }
 
-    /// Who may approve destruction: the named approvers, else the custodian and the parties.
+    /// Who may approve destruction: the named approvers, else the custodian
+    /// and the signing parties.
     pub fn may_approve(&self, who: &Hash) -> bool {
         if self.retention.approvers.is_empty() {
             self.may_manage(who)

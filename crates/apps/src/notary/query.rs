@@ -56,7 +56,14 @@ pub struct Page {
     pub next: Option<String>,
 }
 
+/// Index entries one listing request reads at most: with `status` added to
+/// another filter, a page ends early (with a cursor) rather than scanning
+/// the whole index for matches.
+pub const MAX_SCAN: usize = 4096;
+
 /// Documents matching `filter` (and `status`, if given), after `cursor`.
+/// A page holds fewer than `limit` items, even none, with a `next` cursor
+/// when `MAX_SCAN` entries were read first; `next` is `None` only at the end.
 pub fn documents(
     r: &Reader<'_>,
     filter: &Filter,
@@ -70,11 +77,20 @@ pub fn documents(
         None => lo,
     };
     let mut items = Vec::new();
+    let mut scanned = 0;
     loop {
         let page = r.aux_range(&start, &hi, 256)?;
         let Some((last, _)) = page.last() else {
             return Ok(Page { items, next: None });
         };
+        if scanned >= MAX_SCAN {
+            let next = hex::encode(&start[prefix.len()..start.len() - 1]);
+            return Ok(Page {
+                items,
+                next: Some(next),
+            });
+        }
+        scanned += page.len();
         start = [last.as_slice(), &[0]].concat();
         for (k, _) in &page {
             let id: Hash = k[k.len() - 32..].try_into().expect("32-byte suffix");
