@@ -626,6 +626,25 @@ fn holds_are_bounded_and_lifted_by_their_placer() {
     n.expect(&m0, "hold.lift", lift.clone(), "ok");
     n.expect(&m0, "hold.lift", lift, "no_such_hold");
     n.act(&m1, "hold.place", &a, "ok");
+
+    // Once its placer is no longer a member, any member may lift a hold.
+    let m2 = n.m[2].clone();
+    let b = n.register(&alice, "register", reg(sha256(b"b"), "B", &[], 0, 1));
+    let held = n.act(&m2, "hold.place", &b, "ok");
+    let lift = json!({"document": hex::encode(b), "hold": hex::encode(held)});
+    n.expect(&m1, "hold.lift", lift.clone(), "not_hold_placer");
+    let remove = json!([{"action": "member.remove", "args": {"id": hx(&m2)}}]);
+    let args = cbor::map([("actions", cbor::from_serde(&remove).unwrap())]);
+    let tx = n.sign_as(&m0, &id(&m0), "gov", "propose", args);
+    let (proposal, code) = n.run(tx);
+    assert_eq!(code, "ok");
+    let args = cbor::map([
+        ("proposal", cbor::text(hex::encode(proposal))),
+        ("vote", cbor::text("approve")),
+    ]);
+    let tx = n.sign_as(&m1, &id(&m1), "gov", "vote", args);
+    assert_eq!(n.run(tx).1, "ok");
+    n.expect(&m1, "hold.lift", lift, "ok");
 }
 
 #[test]
