@@ -321,6 +321,60 @@ async fn bad_input_gets_precise_errors_and_the_node_keeps_serving() {
     );
     healthy(&net, &mut c, "huge bodies").await;
 
+    // A page of ledger entries ends at 4 MiB: 70 values of 64 KiB make more,
+    // and an auditor following on from each short page still gets them all.
+    let value = vec![0x61u8; 64 * 1024];
+    for k in 0..70 {
+        let tx = user.kv_put(&format!("bad-input/big/{k}"), &value);
+        let (status, body) = send(post_tx(&http, &url, tx)).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    }
+    let reader = comity_client::Client::new(&url, &ca, None).unwrap();
+    let size = reader.ledger_size().await.unwrap().size;
+    let page = reader.entries(0, 1000).await.unwrap();
+    let bytes: usize = page.iter().map(|r| r.to_cbor().len()).sum();
+    if (page.len() as u64) < size && bytes <= (4 << 20) + (128 << 10) {
+        c.ok(
+            "ledger entries page bounded by size",
+            format!("{} of {size} entries, {bytes} bytes", page.len()),
+        );
+    } else {
+        c.fail(
+            "ledger entries page bounded by size",
+            format!("{} of {size} entries, {bytes} bytes", page.len()),
+        );
+    }
+    let out = net
+        .cli(
+            &["ledger", "verify", "--node", &url],
+            Duration::from_secs(120),
+        )
+        .await;
+    if !out.status.success() {
+        c.fail("ledger verify over short pages", out.stderr.clone());
+    }
+
+    // A peer route called without a node's certificate is refused before its
+    // body is read: the answer comes although the announced 50 MiB never do.
+    let r = raw_tls(
+        net.port,
+        &ca,
+        format!(
+            "POST /raft/append HTTP/1.1\r\nHost: localhost\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            50 << 20
+        )
+        .into_bytes(),
+        Duration::from_secs(10),
+    )
+    .await;
+    c.check(
+        "peer route without a node certificate, body not yet sent",
+        raw_parts(&r),
+        403,
+        Some("not_a_peer"),
+    );
+
     let other_net = Signer::new(user.key.clone(), [0x5a; 32]);
     c.check(
         "wrong network id",

@@ -29,6 +29,10 @@ pub(crate) type S = State<Arc<Shared>>;
 const MAX_BODY: usize = 4 << 20;
 /// Most ledger entries served per page.
 const MAX_PAGE: u64 = 1000;
+/// A page of ledger entries stops growing past this many bytes (it always
+/// holds at least one entry), so a request cannot make the node build a
+/// reply as large as a thousand maximal transactions.
+const MAX_PAGE_BYTES: usize = 4 << 20;
 
 static OPENAPI: &str = include_str!("../../../docs/openapi.json");
 
@@ -59,7 +63,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
             shared.clone(),
             linearizable,
         ))
-        .merge(crate::peer_api::routes())
+        .merge(crate::peer_api::routes(shared.clone()))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -301,12 +305,12 @@ async fn tx_receipt(
                 }
             }
         }
-        // Wait for the next apply (a checkpoint signature may make it final), or give up.
-        if tokio::time::timeout_at(deadline, applied.changed())
-            .await
-            .is_err()
-        {
-            return Ok(receipt_pending());
+        // Wait for the next apply (a checkpoint signature may make it
+        // final), or give up: at the deadline, or when applying has stopped
+        // (shutdown), which would otherwise wake this loop at once forever.
+        match tokio::time::timeout_at(deadline, applied.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => return Ok(receipt_pending()),
         }
     }
 }
@@ -449,11 +453,16 @@ async fn entries(State(shared): S, ApiQuery(q): ApiQuery<Page>) -> ApiResult<Res
         .min(len.saturating_sub(from));
     let store = shared.store.clone();
     let body = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, comity_store::StoreError> {
-        let mut out = cbor_array_header(count);
+        let mut records = Vec::new();
+        let mut n = 0;
         for i in from..from + count {
-            out.extend_from_slice(&store.record(i)?);
+            if n > 0 && records.len() >= MAX_PAGE_BYTES {
+                break;
+            }
+            records.extend_from_slice(&store.record(i)?);
+            n += 1;
         }
-        Ok(out)
+        Ok([cbor_array_header(n), records].concat())
     })
     .await
     .map_err(ApiError::internal)??;

@@ -7,8 +7,9 @@ use crate::ingress::{self, Admission};
 use crate::server::ClientIdentity;
 use crate::Shared;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Router};
@@ -34,7 +35,10 @@ pub enum Forwarded {
     Failed(String, String),
 }
 
-pub fn routes() -> Router<Arc<Shared>> {
+/// The peer routes, behind a check of the caller's certificate that runs
+/// before any body is read: only a trusted node may make this node buffer a
+/// peer-sized body.
+pub fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
     Router::new()
         .route(path::APPEND, post(append))
         .route(path::VOTE, post(vote))
@@ -43,16 +47,23 @@ pub fn routes() -> Router<Arc<Shared>> {
         .route(path::SUBMIT, post(submit))
         .route(path::READ_INDEX, post(read_index))
         .layer(DefaultBodyLimit::max(MAX_PEER_BODY))
+        .route_layer(axum::middleware::from_fn_with_state(shared, peers_only))
 }
 
-fn check_peer(shared: &Shared, peer: ClientIdentity) -> ApiResult<()> {
+async fn peers_only(
+    State(shared): S,
+    Extension(peer): Extension<ClientIdentity>,
+    req: Request,
+    next: Next,
+) -> Response {
     match peer.0 {
-        Some(fp) if (shared.trust)(&fp) => Ok(()),
-        _ => Err(ApiError::new(
+        Some(fp) if (shared.trust)(&fp) => next.run(req).await,
+        _ => ApiError::new(
             StatusCode::FORBIDDEN,
             "not_a_peer",
             "peer routes need the TLS client certificate of a trusted node",
-        )),
+        )
+        .into_response(),
     }
 }
 
@@ -66,46 +77,26 @@ fn reply<T: Serialize>(v: &T) -> Response {
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], out).into_response()
 }
 
-async fn append(
-    State(shared): S,
-    Extension(peer): Extension<ClientIdentity>,
-    body: Bytes,
-) -> ApiResult<Response> {
-    check_peer(&shared, peer)?;
+async fn append(State(shared): S, body: Bytes) -> ApiResult<Response> {
     let t0 = std::time::Instant::now();
     let r = reply(&shared.raft.append_entries(decode(&body)?).await);
     metrics::histogram!("comity_append_serve_seconds").record(t0.elapsed().as_secs_f64());
     Ok(r)
 }
 
-async fn vote(
-    State(shared): S,
-    Extension(peer): Extension<ClientIdentity>,
-    body: Bytes,
-) -> ApiResult<Response> {
-    check_peer(&shared, peer)?;
+async fn vote(State(shared): S, body: Bytes) -> ApiResult<Response> {
     Ok(reply(&shared.raft.vote(decode(&body)?).await))
 }
 
 /// A snapshot from the leader: installing it replays the ledger records this
 /// node lacks (fetched from peers), so the reply comes once that is done.
-async fn snapshot(
-    State(shared): S,
-    Extension(peer): Extension<ClientIdentity>,
-    body: Bytes,
-) -> ApiResult<Response> {
-    check_peer(&shared, peer)?;
+async fn snapshot(State(shared): S, body: Bytes) -> ApiResult<Response> {
     Ok(reply(&shared.raft.install_snapshot(decode(&body)?).await))
 }
 
 /// Ledger records for a node catching up by snapshot: a bounded prefix of
 /// the range asked for, as far as this node has them.
-async fn ledger(
-    State(shared): S,
-    Extension(peer): Extension<ClientIdentity>,
-    body: Bytes,
-) -> ApiResult<Response> {
-    check_peer(&shared, peer)?;
+async fn ledger(State(shared): S, body: Bytes) -> ApiResult<Response> {
     let req: LedgerRequest = decode(&body)?;
     let records = tokio::task::spawn_blocking(move || -> ApiResult<Vec<ByteBuf>> {
         let len = shared.store.read()?.ledger_len()?;
@@ -132,12 +123,7 @@ async fn ledger(
 
 /// Admits forwarded transactions as if submitted here, and answers once each
 /// is committed or has failed.
-async fn submit(
-    State(shared): S,
-    Extension(peer): Extension<ClientIdentity>,
-    body: Bytes,
-) -> ApiResult<Response> {
-    check_peer(&shared, peer)?;
+async fn submit(State(shared): S, body: Bytes) -> ApiResult<Response> {
     if !shared.is_leader() {
         return Err(ApiError::new(
             StatusCode::MISDIRECTED_REQUEST,
@@ -179,11 +165,7 @@ async fn submit(
 }
 
 /// The log index a linearizable read must wait for, confirmed by a quorum.
-async fn read_index(
-    State(shared): S,
-    Extension(peer): Extension<ClientIdentity>,
-) -> ApiResult<Response> {
-    check_peer(&shared, peer)?;
+async fn read_index(State(shared): S) -> ApiResult<Response> {
     let id =
         shared.raft.ensure_linearizable().await.map_err(|e| {
             ApiError::new(StatusCode::MISDIRECTED_REQUEST, "not_leader", e.to_string())
