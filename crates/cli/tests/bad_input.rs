@@ -454,6 +454,31 @@ async fn bad_input_gets_precise_errors_and_the_node_keeps_serving() {
         Some("bad_signature"),
     );
 
+    // A user may not propose; a forged proposal learns only that its
+    // signature is bad, not the signer's role or status.
+    let propose = user.gov_propose(cbor::Value::Array(vec![]), "users may not");
+    c.check(
+        "signed proposal by a user",
+        send(post_tx(&http, &url, propose)).await,
+        403,
+        Some("forbidden"),
+    );
+    let mut forged = user.gov_propose(cbor::Value::Array(vec![]), "users may not");
+    *forged.last_mut().unwrap() ^= 0x01;
+    if let Some(j) = c.check(
+        "forged proposal by a user",
+        send(post_tx(&http, &url, forged)).await,
+        401,
+        Some("bad_signature"),
+    ) {
+        if j["message"].as_str().unwrap_or_default().contains("user") {
+            c.fail(
+                "forged proposal by a user",
+                format!("the answer names the role: {j}"),
+            );
+        }
+    }
+
     let tx = user.kv_put("bad-input/ct", b"x");
     c.check(
         "no Content-Type",

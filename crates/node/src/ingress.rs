@@ -171,6 +171,22 @@ pub async fn check(shared: &Shared, bytes: &[u8], from: Source) -> Result<Check,
             ),
         )
     })?;
+    let nonce_key = keys::nonce(&tx.kid, &tx.payload.nonce);
+    let nonce_spent =
+        v.spent_nonces.may_contain(&nonce_key) && reader.aux_get(&nonce_key)?.is_some();
+    drop(reader);
+    if from == Source::Client {
+        let key = PublicKey::from_spki_der(ident.current_key()).map_err(ApiError::internal)?;
+        let good = key.alg() == tx.alg
+            && shared
+                .verifier
+                .verify(key, tx.signed_data(), tx.signature().to_vec())
+                .await;
+        if !good {
+            return Err(tx_error(TxError::BadSignature(CryptoError::BadSignature)));
+        }
+    }
+    // Only a signed transaction learns what its signer may not do.
     registry::authorize(&ident, &tx.payload.app, &tx.payload.op, v.open).map_err(|r| {
         ApiError::new(
             StatusCode::FORBIDDEN,
@@ -188,21 +204,6 @@ pub async fn check(shared: &Shared, bytes: &[u8], from: Source) -> Result<Check,
     if (tx.payload.app.as_str(), tx.payload.op.as_str()) == ("gov", "propose") {
         comity_apps::gov::parse_proposal(&tx.payload.args)
             .map_err(|e| ApiError::bad_request("bad_args", format!("invalid proposal: {e}")))?;
-    }
-    let nonce_key = keys::nonce(&tx.kid, &tx.payload.nonce);
-    let nonce_spent =
-        v.spent_nonces.may_contain(&nonce_key) && reader.aux_get(&nonce_key)?.is_some();
-    drop(reader);
-    if from == Source::Client {
-        let key = PublicKey::from_spki_der(ident.current_key()).map_err(ApiError::internal)?;
-        let good = key.alg() == tx.alg
-            && shared
-                .verifier
-                .verify(key, tx.signed_data(), tx.signature().to_vec())
-                .await;
-        if !good {
-            return Err(tx_error(TxError::BadSignature(CryptoError::BadSignature)));
-        }
     }
     let now = now_ms().max(v.ledger_time);
     if !within_window(tx.payload.created, now, window) {
