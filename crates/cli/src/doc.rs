@@ -33,7 +33,7 @@ pub enum DocCmd {
     Expire(Reasoned),
     /// Revoke a draft or executed document.
     Revoke(Reasoned),
-    /// Place or lift a legal hold (members).
+    /// Place a legal hold (members), or lift one this member placed.
     Hold {
         #[command(subcommand)]
         cmd: HoldCmd,

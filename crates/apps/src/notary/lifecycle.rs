@@ -21,8 +21,8 @@ pub fn register(ctx: &mut Ctx<'_, '_>, a: RegisterArgs, amend: bool) -> AppResul
         return Ok(Err(Reject(codes::BAD_ARGS)));
     }
     let id = document::id_of(&a.digest.0);
-    if document::by_digest(&*ctx.batch, &a.digest.0)?.is_some() {
-        if amend && refuse!(Update::load_any(ctx, &id)?).doc.predecessor != a.predecessor {
+    if let Some(existing) = document::load(&*ctx.batch, &id)? {
+        if amend && existing.predecessor != a.predecessor {
             return Ok(Err(Reject(codes::DIGEST_REGISTERED)));
         }
         return Ok(Ok(()));
