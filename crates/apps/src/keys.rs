@@ -42,11 +42,11 @@ pub fn kv_history(key: &str, index: u64) -> Vec<u8> {
     [kv_history_prefix(key), index.to_be_bytes().to_vec()].concat()
 }
 
-/// Range bounds of one key's history.
-pub fn kv_history_range(key: &str) -> (Vec<u8>, Vec<u8>) {
+/// Range bounds of one key's history from ledger index `from` on.
+pub fn kv_history_range(key: &str, from: u64) -> (Vec<u8>, Vec<u8>) {
     let p = kv_history_prefix(key);
     (
-        [p.clone(), vec![0; 8]].concat(),
+        [p.clone(), from.to_be_bytes().to_vec()].concat(),
         [p, vec![0xff; 9]].concat(),
     )
 }

@@ -235,9 +235,14 @@ pub fn proved_state(store: &Store, key: &[u8]) -> Result<Option<ProvedValue>, St
     }))
 }
 
-/// Ledger indexes of writes to a kv key, oldest first.
-pub fn kv_history(r: &Reader<'_>, key: &str, limit: usize) -> Result<Vec<u64>, StoreError> {
-    let (from, to) = keys::kv_history_range(key);
+/// Ledger indexes of writes to a kv key, oldest first, from index `from` on.
+pub fn kv_history(
+    r: &Reader<'_>,
+    key: &str,
+    from: u64,
+    limit: usize,
+) -> Result<Vec<u64>, StoreError> {
+    let (from, to) = keys::kv_history_range(key, from);
     Ok(r.aux_range(&from, &to, limit)?
         .into_iter()
         .filter_map(|(k, _)| be_u64(&k[k.len() - 8..]))

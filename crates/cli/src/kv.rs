@@ -39,7 +39,7 @@ pub enum KvCmd {
         #[arg(long)]
         json: bool,
     },
-    /// List the versions of KEY, oldest first.
+    /// List every version of KEY, oldest first (fetched a page at a time).
     History {
         #[arg(value_name = "KEY", id = "kv_key")]
         key: String,
@@ -146,7 +146,15 @@ pub async fn run(g: &Global, cmd: KvCmd) -> anyhow::Result<()> {
         }
         KvCmd::History { key, json } => {
             let client = authed_client(&cfg)?;
-            let h = client.kv_history(&key).await?;
+            let mut h = client.kv_history(&key, None).await?;
+            while let Some(after) = h.next {
+                let page = client.kv_history(&key, Some(after)).await?;
+                if page.versions.first().is_none_or(|v| v.index <= after) {
+                    bail!("the node's history page after index {after} does not move on");
+                }
+                h.versions.extend(page.versions);
+                h.next = page.next;
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&h)?);
                 return Ok(());

@@ -321,14 +321,85 @@ async fn bad_input_gets_precise_errors_and_the_node_keeps_serving() {
     );
     healthy(&net, &mut c, "huge bodies").await;
 
-    // A page of ledger entries ends at 4 MiB: 70 values of 64 KiB make more,
-    // and an auditor following on from each short page still gets them all.
-    let value = vec![0x61u8; 64 * 1024];
-    for k in 0..70 {
-        let tx = user.kv_put(&format!("bad-input/big/{k}"), &value);
+    // A page of ledger entries, and of a key's history, ends at 4 MiB: 70
+    // versions of 64 KiB make more, and a reader following on from each
+    // short page still gets them all.
+    let mut written = Vec::new();
+    for k in 0..70u8 {
+        let tx = user.kv_put("bad-input/big", &vec![k; 64 * 1024]);
         let (status, body) = send(post_tx(&http, &url, tx)).await;
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let st: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        written.push(st["index"].as_u64().expect("committed at an index"));
     }
+    let member = net.client_as("member0");
+    let first = member.kv_history("bad-input/big", None).await.unwrap();
+    let rest = match first.next {
+        Some(after) => member
+            .kv_history("bad-input/big", Some(after))
+            .await
+            .unwrap(),
+        None => first.clone(),
+    };
+    let indexes: Vec<u64> = first
+        .versions
+        .iter()
+        .chain(&rest.versions)
+        .map(|v| v.index)
+        .collect();
+    let values_ok = first
+        .versions
+        .iter()
+        .chain(&rest.versions)
+        .enumerate()
+        .all(|(k, v)| v.value.as_deref() == Some(&vec![k as u8; 64 * 1024][..]));
+    if first.next.is_some()
+        && first.versions.len() < 70
+        && indexes == written
+        && values_ok
+        && rest.next.is_none()
+    {
+        c.ok(
+            "kv history paged by size",
+            format!(
+                "{} + {} versions",
+                first.versions.len(),
+                rest.versions.len()
+            ),
+        );
+    } else {
+        c.fail(
+            "kv history paged by size",
+            format!("pages of {} (next {:?}) and {} (next {:?}); indexes {indexes:?}, written {written:?}, values ok {values_ok}",
+                first.versions.len(), first.next, rest.versions.len(), rest.next),
+        );
+    }
+    let out = net
+        .cli(&["kv", "history", "bad-input/big"], Duration::from_secs(60))
+        .await;
+    let listed = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("index "))
+        .count();
+    if !out.status.success() || listed != 70 {
+        c.fail(
+            "kv history lists every page",
+            format!("{listed} lines; {}", out.stderr),
+        );
+    }
+    let member_cert = std::fs::read(net.cert_path("member0")).unwrap();
+    let member_key = std::fs::read(net.key_path("member0")).unwrap();
+    c.check(
+        "kv history with a malformed cursor",
+        send(
+            http_client(&ca, Some((&member_cert, &member_key)))
+                .get(format!("{url}/v1/kv/bad-input%2Fbig/history?after=x")),
+        )
+        .await,
+        400,
+        Some("malformed"),
+    );
     let reader = comity_client::Client::new(&url, &ca, None).unwrap();
     let size = reader.ledger_size().await.unwrap().size;
     let page = reader.entries(0, 1000).await.unwrap();

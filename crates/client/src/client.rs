@@ -271,11 +271,20 @@ impl Client {
             .await
     }
 
-    /// `GET /v1/kv/{key}/history` (needs a client identity), oldest first.
-    pub async fn kv_history(&self, key: &str) -> Result<KvHistory, ClientError> {
+    /// `GET /v1/kv/{key}/history` (needs a client identity): one page of
+    /// versions, oldest first, after ledger index `after` (from the start
+    /// when `None`); the page's `next` is the following page's `after`.
+    pub async fn kv_history(
+        &self,
+        key: &str,
+        after: Option<u64>,
+    ) -> Result<KvHistory, ClientError> {
         check_path_key(key)?;
-        self.json(self.http.get(self.endpoint(&["v1", "kv", key, "history"])))
-            .await
+        let mut req = self.http.get(self.endpoint(&["v1", "kv", key, "history"]));
+        if let Some(a) = after {
+            req = req.query(&[("after", a)]);
+        }
+        self.json(req).await
     }
 
     // ---- governance ----

@@ -156,11 +156,14 @@ pub struct KvVersion {
     pub value: Option<Vec<u8>>,
 }
 
-/// `GET /v1/kv/{key}/history`, oldest first.
+/// A page of `GET /v1/kv/{key}/history`, oldest first.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvHistory {
     pub key: String,
     pub versions: Vec<KvVersion>,
+    /// Where the next page starts (its `after`); `None` on the last page.
+    #[serde(default)]
+    pub next: Option<u64>,
 }
 
 /// `GET /v1/health`. Fields beyond `status` are optional so older or starting

@@ -542,16 +542,42 @@ async fn kv_get(
     })))
 }
 
+/// Most versions in one page of a key's history.
+const MAX_HISTORY: usize = 1000;
+
+#[derive(Deserialize)]
+struct HistoryParams {
+    /// Ledger index of the last version of the previous page.
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// A key's versions, oldest first, a page at a time: a page ends after
+/// `limit` versions or once its transactions pass [`MAX_PAGE_BYTES`], and `next`
+/// is the `after` of the following page, `null` on the last one.
 async fn kv_history(
     State(shared): S,
     Extension(who): Extension<ClientIdentity>,
     ApiPath(key): ApiPath<String>,
+    ApiQuery(params): ApiQuery<HistoryParams>,
 ) -> ApiResult<Json<Value>> {
     authorize(&shared, who)?;
-    let indexes = query::kv_history(&shared.store.read()?, &key, 1000)?;
+    let limit = params.limit.unwrap_or(MAX_HISTORY).clamp(1, MAX_HISTORY);
+    let from = match params.after {
+        Some(i) => i.saturating_add(1),
+        None => 0,
+    };
+    // One more than the page holds tells whether another page follows.
+    let indexes = query::kv_history(&shared.store.read()?, &key, from, limit + 1)?;
     let mut versions = Vec::new();
-    for index in indexes {
+    let (mut bytes, mut next) = (0, None);
+    for (n, &index) in indexes.iter().enumerate() {
+        if n == limit || (n > 0 && bytes >= MAX_PAGE_BYTES) {
+            next = Some(indexes[n - 1]);
+            break;
+        }
         let (rec, leaf) = query::record(&shared.store, index)?;
+        bytes += rec.body.len();
         let tx = comity_core::tx::Tx::parse(&rec.body).map_err(ApiError::internal)?;
         let value = comity_core::cbor::MapView::new(&tx.payload.args)
             .ok()
@@ -565,7 +591,9 @@ async fn kv_history(
             "value_hex": hex_opt(value),
         }));
     }
-    Ok(Json(json!({"key": key, "versions": versions})))
+    Ok(Json(
+        json!({"key": key, "versions": versions, "next": next}),
+    ))
 }
 
 async fn identity(State(shared): S) -> ApiResult<Json<Value>> {
