@@ -161,8 +161,9 @@ pub fn history(subject: &Hash, index: u64) -> Vec<u8> {
     [b"hist/".as_slice(), subject, &index.to_be_bytes()].concat()
 }
 
-pub fn history_range(subject: &Hash) -> (Vec<u8>, Vec<u8>) {
-    (history(subject, 0), history(subject, u64::MAX))
+/// Range bounds of `subject`'s history from ledger index `from` on.
+pub fn history_range(subject: &Hash, from: u64) -> (Vec<u8>, Vec<u8>) {
+    (history(subject, from), history(subject, u64::MAX))
 }
 
 // Notary state (committed to by the state root, so records and events are

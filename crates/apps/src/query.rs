@@ -12,6 +12,44 @@ fn be_u64(v: &[u8]) -> Option<u64> {
     v.try_into().ok().map(u64::from_be_bytes)
 }
 
+/// Index entries one listing request reads at most: a filtered listing
+/// ends its page early, with a cursor, rather than reading a whole index
+/// for its matches.
+pub const MAX_SCAN: usize = 4096;
+
+/// Reads an index in key order, `read` giving the next entries from a start
+/// key, and keeps what `keep` makes of each entry, until `limit` items or
+/// [`MAX_SCAN`] entries. Returns the items and, unless the index was read
+/// to its end, the last key read: the next page starts after it.
+pub fn scan<T>(
+    mut read: impl FnMut(&[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>,
+    mut start: Vec<u8>,
+    limit: usize,
+    mut keep: impl FnMut(&[u8], &[u8]) -> Result<Option<T>, StoreError>,
+) -> Result<(Vec<T>, Option<Vec<u8>>), StoreError> {
+    let mut items = Vec::new();
+    let mut scanned = 0;
+    loop {
+        let entries = read(&start)?;
+        let Some((last, _)) = entries.last() else {
+            return Ok((items, None));
+        };
+        for (k, v) in &entries {
+            if let Some(item) = keep(k, v)? {
+                items.push(item);
+                if items.len() >= limit {
+                    return Ok((items, Some(k.clone())));
+                }
+            }
+        }
+        scanned += entries.len();
+        if scanned >= MAX_SCAN {
+            return Ok((items, Some(last.clone())));
+        }
+        start = [last.as_slice(), &[0]].concat();
+    }
+}
+
 /// Ledger index of a committed transaction.
 pub fn tx_index(r: &Reader<'_>, id: &Hash) -> Result<Option<u64>, StoreError> {
     Ok(r.aux_get(&keys::tx(id))?.as_deref().and_then(be_u64))

@@ -452,3 +452,83 @@ fn replay_reproduces_governance_state() {
     let summary = audit.finish().unwrap();
     assert_eq!(summary.last_state_root, Some(root));
 }
+
+#[test]
+fn listings_page_with_cursors_and_bounded_reads() {
+    use comity_apps::query::MAX_SCAN;
+    use comity_apps::registry::Role;
+    let mut g = Gov::new();
+    // More users than one request reads: 16 proposals of 256 additions.
+    let mut users: Vec<Hash> = vec![g.user.public().fingerprint()];
+    let mut proposals = Vec::new();
+    for _ in 0..MAX_SCAN / gov::MAX_ACTIONS {
+        let keys: Vec<SigningKey> = (0..gov::MAX_ACTIONS)
+            .map(|_| SigningKey::generate(Alg::EdDsa))
+            .collect();
+        users.extend(keys.iter().map(|k| k.public().fingerprint()));
+        let actions: Vec<_> = keys
+            .iter()
+            .flat_map(|k| add_user(k).as_array().unwrap().clone())
+            .collect();
+        let p = g.pass(json!(actions));
+        assert_eq!(p.state, ProposalState::Accepted);
+        proposals.push(p.id);
+    }
+    users.sort();
+    let r = g.store.read().unwrap();
+
+    // Every user once, in id order, a page of 100 at a time.
+    let (mut listed, mut after, mut pages) = (Vec::new(), None, 0);
+    loop {
+        let (items, next) = gov::query::identities(&r, Role::User, after, 100).unwrap();
+        assert!(items.len() <= 100);
+        listed.extend(items.iter().map(|i| i.id()));
+        pages += 1;
+        match next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(listed, users);
+    assert!(pages >= users.len() / 100);
+
+    // The one node, hidden among the users: no request reads more than
+    // MAX_SCAN identities, so reaching the end takes more than one page.
+    let (mut nodes, mut after, mut pages) = (Vec::new(), None, 0);
+    loop {
+        let (items, next) = gov::query::identities(&r, Role::Node, after, 10).unwrap();
+        nodes.extend(items.iter().map(|i| i.id()));
+        pages += 1;
+        match next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(nodes.len(), 1);
+    assert!(
+        pages >= 2,
+        "{pages} page(s) for {} identities",
+        users.len() + 4
+    );
+
+    // Proposals in ledger order, two at a time, and none open.
+    let (mut seen, mut from) = (Vec::new(), 0);
+    loop {
+        let (items, next) = gov::query::proposals(&r, None, from, 2).unwrap();
+        seen.extend(items.iter().map(|p| p.id));
+        match next {
+            Some(n) => from = n,
+            None => break,
+        }
+    }
+    assert_eq!(seen, proposals);
+    let (open, next) = gov::query::proposals(&r, Some(ProposalState::Open), 0, 2).unwrap();
+    assert!(open.is_empty() && next.is_none());
+
+    // A subject's history from an index on: a user changed once, when added.
+    let all = gov::query::history(&r, &users[0], 0, 10).unwrap();
+    assert_eq!(all.len(), 1);
+    assert!(gov::query::history(&r, &users[0], all[0].0 + 1, 10)
+        .unwrap()
+        .is_empty());
+}

@@ -379,12 +379,16 @@ async fn list(
         ListWhat::Users => ("users", vec![]),
         ListWhat::Nodes => ("nodes", vec![]),
     };
-    let v = client.gov_get(&[path], &query).await?;
+    let cursor = match what {
+        ListWhat::Proposals => "from",
+        _ => "after",
+    };
+    let items = all_items(client, &[path], query, cursor).await?;
     if json {
+        let v = json!({ "items": items });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    let items = v["items"].as_array().cloned().unwrap_or_default();
     if items.is_empty() {
         println!("(none)");
     }
@@ -436,13 +440,42 @@ fn action_summary(actions: &Value) -> String {
         .join(", ")
 }
 
+/// Every item of a paged governance listing: follows each page's `next`,
+/// passed back as the `cursor` parameter, to the last page.
+async fn all_items(
+    client: &Client,
+    path: &[&str],
+    mut query: Vec<(&str, String)>,
+    cursor: &str,
+) -> anyhow::Result<Vec<Value>> {
+    let mut items = Vec::new();
+    let mut last = None;
+    loop {
+        let v = client.gov_get(path, &query).await?;
+        items.extend(v["items"].as_array().cloned().unwrap_or_default());
+        let next = match &v["next"] {
+            Value::Null => return Ok(items),
+            Value::String(s) => s.clone(),
+            n => n.to_string(),
+        };
+        if last.as_ref() == Some(&next) {
+            bail!(
+                "the node's {} listing does not move on past {next}",
+                path.join("/")
+            );
+        }
+        query.retain(|(k, _)| *k != cursor);
+        query.push((cursor, next.clone()));
+        last = Some(next);
+    }
+}
+
 async fn history(cfg: &Config, client: &Client, subject: &str) -> anyhow::Result<()> {
-    let v = client.gov_get(&["history", subject], &[]).await?;
+    let items = all_items(client, &["history", subject], Vec::new(), "after").await?;
     let identity = match cfg.local_network_identity()? {
         Some(i) => Some(i),
         None => client.network_identity().await.ok(),
     };
-    let items = v["items"].as_array().cloned().unwrap_or_default();
     if items.is_empty() {
         println!("no ledger entries changed {subject}");
     }

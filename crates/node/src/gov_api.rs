@@ -63,12 +63,11 @@ async fn list(
     authorize(&shared, who)?;
     let after = q.after.as_deref().map(parse_hash).transpose()?;
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_LIST);
-    let r = shared.store.read()?;
-    let items: Vec<_> = gov::query::identities(&r, role, after, limit)?
-        .iter()
-        .map(identity_json)
-        .collect();
-    Ok(Json(json!({ "items": items })))
+    let (items, next) = gov::query::identities(&shared.store.read()?, role, after, limit)?;
+    let items: Vec<_> = items.iter().map(identity_json).collect();
+    Ok(Json(
+        json!({ "items": items, "next": next.map(hex::encode) }),
+    ))
 }
 
 /// A state value proved against the latest final checkpoint.
@@ -124,8 +123,9 @@ async fn proposals(
         ),
     };
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_LIST);
-    let items = gov::query::proposals(&shared.store.read()?, st, q.from.unwrap_or(0), limit)?;
-    Ok(Json(json!({ "items": items })))
+    let (items, next) =
+        gov::query::proposals(&shared.store.read()?, st, q.from.unwrap_or(0), limit)?;
+    Ok(Json(json!({ "items": items, "next": next })))
 }
 
 async fn proposal(
@@ -165,14 +165,29 @@ fn subject(s: &str) -> ApiResult<Hash> {
     }
 }
 
+#[derive(Deserialize)]
+struct HistoryParams {
+    /// Ledger index of the last entry of the previous page.
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// The entries that changed a subject, oldest first, a page at a time;
+/// `next` is the `after` of the following page, `null` on the last one.
 async fn history(
     axum::extract::State(shared): S,
     Extension(who): Extension<ClientIdentity>,
     ApiPath(s): ApiPath<String>,
+    ApiQuery(q): ApiQuery<HistoryParams>,
 ) -> ApiResult<Json<Value>> {
     authorize(&shared, who)?;
     let subject = subject(&s)?;
-    let entries = gov::query::history(&shared.store.read()?, &subject, MAX_LIST)?;
+    let limit = q.limit.unwrap_or(100).clamp(1, MAX_LIST);
+    let from = q.after.map_or(0, |i| i.saturating_add(1));
+    // One more than the page holds tells whether another page follows.
+    let mut entries = gov::query::history(&shared.store.read()?, &subject, from, limit + 1)?;
+    let next = (entries.len() > limit).then(|| entries[limit - 1].0);
+    entries.truncate(limit);
     let mut items = Vec::with_capacity(entries.len());
     for (index, tx) in entries {
         let (rec, leaf) = query::record(&shared.store, index)?;
@@ -189,6 +204,6 @@ async fn history(
         }));
     }
     Ok(Json(
-        json!({ "subject": hex::encode(subject), "items": items }),
+        json!({ "subject": hex::encode(subject), "items": items, "next": next }),
     ))
 }

@@ -56,10 +56,7 @@ pub struct Page {
     pub next: Option<String>,
 }
 
-/// Index entries one listing request reads at most: with `status` added to
-/// another filter, a page ends early (with a cursor) rather than scanning
-/// the whole index for matches.
-pub const MAX_SCAN: usize = 4096;
+pub use crate::query::MAX_SCAN;
 
 /// Documents matching `filter` (and `status`, if given), after `cursor`.
 /// A page holds fewer than `limit` items, even none, with a `next` cursor
@@ -72,43 +69,19 @@ pub fn documents(
     limit: usize,
 ) -> Result<Page, StoreError> {
     let (prefix, lo, hi) = filter.bounds();
-    let mut start = match after {
+    let start = match after {
         Some(c) => [&prefix[..], c, &[0]].concat().max(lo),
         None => lo,
     };
-    let mut items = Vec::new();
-    let mut scanned = 0;
-    loop {
-        let page = r.aux_range(&start, &hi, 256)?;
-        let Some((last, _)) = page.last() else {
-            return Ok(Page { items, next: None });
-        };
-        if scanned >= MAX_SCAN {
-            let next = hex::encode(&start[prefix.len()..start.len() - 1]);
-            return Ok(Page {
-                items,
-                next: Some(next),
-            });
-        }
-        scanned += page.len();
-        start = [last.as_slice(), &[0]].concat();
-        for (k, _) in &page {
-            let id: Hash = k[k.len() - 32..].try_into().expect("32-byte suffix");
-            let Some(d) = document::load(r, &id)? else {
-                continue;
-            };
-            if status.is_none_or(|s| s == d.status) {
-                items.push(d);
-                if items.len() >= limit {
-                    let next = hex::encode(&k[prefix.len()..]);
-                    return Ok(Page {
-                        items,
-                        next: Some(next),
-                    });
-                }
-            }
-        }
-    }
+    let read = |s: &[u8]| r.aux_range(s, &hi, 256);
+    let (items, last) = crate::query::scan(read, start, limit, |k, _| {
+        let id: Hash = k[k.len() - 32..].try_into().expect("32-byte suffix");
+        Ok(document::load(r, &id)?.filter(|d| status.is_none_or(|s| s == d.status)))
+    })?;
+    Ok(Page {
+        items,
+        next: last.map(|k| hex::encode(&k[prefix.len()..])),
+    })
 }
 
 /// The document a notary transaction concerned, if it was applied: read
