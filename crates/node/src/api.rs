@@ -5,9 +5,8 @@ use crate::ingress::{self, Admission};
 use crate::server::ClientIdentity;
 use crate::Shared;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::FromRequestParts;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{FromRequest, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -142,6 +141,27 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> 
     }
 }
 
+/// The request body, whose rejection (too large, unreadable) is a JSON error.
+pub struct ApiBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for ApiBody {
+    type Rejection = ApiError;
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        Bytes::from_request(req, state)
+            .await
+            .map(ApiBody)
+            .map_err(|e| {
+                let status = e.status();
+                let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    "too_large"
+                } else {
+                    "malformed"
+                };
+                ApiError::new(status, code, e.body_text())
+            })
+    }
+}
+
 #[derive(Deserialize)]
 struct SubmitParams {
     wait: Option<bool>,
@@ -166,17 +186,8 @@ async fn submit(
     State(shared): S,
     headers: HeaderMap,
     ApiQuery(params): ApiQuery<SubmitParams>,
-    body: Result<Bytes, BytesRejection>,
+    ApiBody(body): ApiBody,
 ) -> ApiResult<Response> {
-    let body = body.map_err(|e| {
-        let status = e.status();
-        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            "too_large"
-        } else {
-            "malformed"
-        };
-        ApiError::new(status, code, e.body_text())
-    })?;
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -721,4 +732,39 @@ async fn metrics(State(shared): S) -> ApiResult<Response> {
         .map(|h| h.render())
         .unwrap_or_default();
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    /// Every handler that reads a body answers a body it cannot take with
+    /// a JSON error, as the other extractors do.
+    #[tokio::test]
+    async fn body_rejections_are_json_errors() {
+        let app = Router::new()
+            .route(
+                "/",
+                post(|ApiBody(b): ApiBody| async move { b.len().to_string() }),
+            )
+            .layer(DefaultBodyLimit::max(16));
+        let call = |body: Vec<u8>| {
+            let req = axum::http::Request::post("/")
+                .body(Body::from(body))
+                .unwrap();
+            app.clone().oneshot(req)
+        };
+        let ok = call(vec![1; 16]).await.unwrap();
+        assert_eq!(ok.status(), StatusCode::OK);
+        let big = call(vec![1; 17]).await.unwrap();
+        assert_eq!(big.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let bytes = axum::body::to_bytes(big.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let err: Value = serde_json::from_slice(&bytes).expect("a JSON error");
+        assert_eq!(err["code"], "too_large");
+        assert!(err["message"].is_string());
+    }
 }

@@ -3,11 +3,10 @@
 //! events with their receipts, collections, and the node-local personal data
 //! that a record commits to by digest. See docs/api.md ("Notary").
 
-use crate::api::{authorize, parse_hash, ApiPath, ApiQuery, S};
+use crate::api::{authorize, parse_hash, ApiBody, ApiPath, ApiQuery, S};
 use crate::error::{ApiError, ApiResult};
 use crate::gov_api::proof_json;
 use crate::server::ClientIdentity;
-use axum::body::Bytes;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -278,7 +277,7 @@ async fn personal_put(
     axum::extract::State(shared): S,
     Extension(who): Extension<ClientIdentity>,
     ApiPath(id): ApiPath<String>,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> ApiResult<Json<Value>> {
     let d = personal_reader(&shared, who, &id)?;
     if body.len() > MAX_PERSONAL {

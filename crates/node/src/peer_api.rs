@@ -2,11 +2,11 @@
 //! followers, and the read index. Only trusted nodes (by the key of their TLS
 //! client certificate) may call these routes.
 
+use crate::api::ApiBody;
 use crate::error::{ApiError, ApiResult};
 use crate::ingress::{self, Admission};
 use crate::server::ClientIdentity;
 use crate::Shared;
-use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
@@ -77,26 +77,26 @@ fn reply<T: Serialize>(v: &T) -> Response {
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], out).into_response()
 }
 
-async fn append(State(shared): S, body: Bytes) -> ApiResult<Response> {
+async fn append(State(shared): S, ApiBody(body): ApiBody) -> ApiResult<Response> {
     let t0 = std::time::Instant::now();
     let r = reply(&shared.raft.append_entries(decode(&body)?).await);
     metrics::histogram!("comity_append_serve_seconds").record(t0.elapsed().as_secs_f64());
     Ok(r)
 }
 
-async fn vote(State(shared): S, body: Bytes) -> ApiResult<Response> {
+async fn vote(State(shared): S, ApiBody(body): ApiBody) -> ApiResult<Response> {
     Ok(reply(&shared.raft.vote(decode(&body)?).await))
 }
 
 /// A snapshot from the leader: installing it replays the ledger records this
 /// node lacks (fetched from peers), so the reply comes once that is done.
-async fn snapshot(State(shared): S, body: Bytes) -> ApiResult<Response> {
+async fn snapshot(State(shared): S, ApiBody(body): ApiBody) -> ApiResult<Response> {
     Ok(reply(&shared.raft.install_snapshot(decode(&body)?).await))
 }
 
 /// Ledger records for a node catching up by snapshot: a bounded prefix of
 /// the range asked for, as far as this node has them.
-async fn ledger(State(shared): S, body: Bytes) -> ApiResult<Response> {
+async fn ledger(State(shared): S, ApiBody(body): ApiBody) -> ApiResult<Response> {
     let req: LedgerRequest = decode(&body)?;
     let records = tokio::task::spawn_blocking(move || -> ApiResult<Vec<ByteBuf>> {
         let len = shared.store.read()?.ledger_len()?;
@@ -123,7 +123,7 @@ async fn ledger(State(shared): S, body: Bytes) -> ApiResult<Response> {
 
 /// Admits forwarded transactions as if submitted here, and answers once each
 /// is committed or has failed.
-async fn submit(State(shared): S, body: Bytes) -> ApiResult<Response> {
+async fn submit(State(shared): S, ApiBody(body): ApiBody) -> ApiResult<Response> {
     if !shared.is_leader() {
         return Err(ApiError::new(
             StatusCode::MISDIRECTED_REQUEST,
