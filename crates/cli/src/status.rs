@@ -16,7 +16,7 @@ pub async fn run(g: &Global, args: StatusArgs) -> anyhow::Result<()> {
     let mut rows: Vec<(String, Result<Health, String>)> = Vec::new();
     for url in &cfg.nodes {
         let health = match cfg.public_client_of(url) {
-            Ok(c) => match tokio::time::timeout(Duration::from_secs(3), c.health()).await {
+            Ok(c) => match tokio::time::timeout(Duration::from_secs(3), c.health_report()).await {
                 Ok(Ok(h)) => Ok(h),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(_) => Err("no answer within 3 s".into()),

@@ -153,6 +153,20 @@ async fn a_cut_off_leader_never_acknowledges_and_catches_up_when_healed() {
         }
         refused.push(comity_client::tx_id(&tx));
     }
+    // Its health says it cannot serve writes: 503 with the health document,
+    // which `comity status` shows rather than calling the node down.
+    let h = cut_client
+        .health_report()
+        .await
+        .expect("the cut-off node answers");
+    assert!(
+        matches!(h.status.as_str(), "no_quorum" | "starting"),
+        "{h:?}"
+    );
+    assert!(
+        cut_client.health().await.is_err(),
+        "health() is for ok only"
+    );
 
     c.heal();
     c.wait_healthy(old, LONG).await;

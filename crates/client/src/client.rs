@@ -365,6 +365,17 @@ impl Client {
             .await
     }
 
+    /// `GET /v1/health` whatever the node's state: a node that is starting,
+    /// has no quorum or has diverged answers 503 with the same document,
+    /// which this returns instead of an error.
+    pub async fn health_report(&self) -> Result<Health, ClientError> {
+        let req = self.http.get(self.endpoint(&["v1", "health"]));
+        match self.send_any(req).await? {
+            (s, body) if s.is_success() || s == StatusCode::SERVICE_UNAVAILABLE => decode(&body),
+            (s, body) => Err(ClientError::from_body(s.as_u16(), &body)),
+        }
+    }
+
     /// `GET /v1/openapi.json`.
     pub async fn openapi(&self) -> Result<serde_json::Value, ClientError> {
         self.json(self.http.get(self.endpoint(&["v1", "openapi.json"])))
@@ -383,6 +394,15 @@ impl Client {
 
     /// Sends `req`; returns the status and body of a 2xx answer, an `Api` error otherwise.
     async fn send(&self, req: RequestBuilder) -> Result<(StatusCode, Vec<u8>), ClientError> {
+        let (status, body) = self.send_any(req).await?;
+        if !status.is_success() {
+            return Err(ClientError::from_body(status.as_u16(), &body));
+        }
+        Ok((status, body))
+    }
+
+    /// The status and (bounded) body, whatever the status.
+    async fn send_any(&self, req: RequestBuilder) -> Result<(StatusCode, Vec<u8>), ClientError> {
         let mut resp = req.send().await?;
         let status = resp.status();
         let mut body = Vec::new();
@@ -394,20 +414,12 @@ impl Client {
             }
             body.extend_from_slice(&chunk);
         }
-        if !status.is_success() {
-            return Err(ClientError::from_body(status.as_u16(), &body));
-        }
         Ok((status, body))
     }
 
     async fn json<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T, ClientError> {
         let (_, body) = self.send(req).await?;
-        serde_json::from_slice(&body).map_err(|e| {
-            ClientError::Decode(format!(
-                "{e} in {}",
-                String::from_utf8_lossy(&body[..body.len().min(200)])
-            ))
-        })
+        decode(&body)
     }
 
     async fn bytes(&self, req: RequestBuilder) -> Result<Vec<u8>, ClientError> {
@@ -470,6 +482,16 @@ pub fn decode_records(bytes: &[u8]) -> Result<Vec<Record>, ClientError> {
             })
         })
         .collect()
+}
+
+/// A JSON answer, or what it was instead.
+fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ClientError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ClientError::Decode(format!(
+            "{e} in {}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        ))
+    })
 }
 
 #[cfg(test)]
