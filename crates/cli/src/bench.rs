@@ -284,6 +284,12 @@ async fn execute_all(g: &Global, args: &BenchArgs) -> anyhow::Result<Vec<Report>
     if args.clients == 0 || args.identities == 0 || args.keyspace == 0 {
         bail!("--clients, --identities and --keyspace must be at least 1");
     }
+    if args.identities > comity_apps::gov::MAX_ACTIONS {
+        bail!(
+            "--identities is at most {}: they are registered by one proposal",
+            comity_apps::gov::MAX_ACTIONS
+        );
+    }
     if args.value_size > 64 * 1024 {
         bail!("--value-size is at most 65536 (the kv application's limit)");
     }

@@ -258,7 +258,18 @@ fn print_summary(l: &Layout, addrs: &[SocketAddr], fresh: bool) {
     }
     println!("  network identity {d}/network.json");
     println!("  TLS CA          {d}/ca.pem");
-    println!("  member keys     {d}/keys/member*.key.pem (three members vote on changes)");
+    let members = std::fs::read_dir(l.data.join("keys"))
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter(|e| {
+                    let name = e.file_name();
+                    let name = name.to_string_lossy();
+                    name.starts_with("member") && name.ends_with(".key.pem")
+                })
+                .count()
+        })
+        .unwrap_or(0);
+    println!("  member keys     {d}/keys/member*.key.pem ({members} members vote on changes)");
     println!("  user key        {d}/keys/user0.key.pem");
     println!("  node data       {d}/node*/data (logs: {d}/node*/node.log)");
     println!("Try:  comity kv put hello world && comity kv get hello --verify");

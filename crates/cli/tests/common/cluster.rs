@@ -314,11 +314,7 @@ impl Cluster {
     /// SIGTERM to node `i`, waiting for a clean exit.
     pub async fn stop(&mut self, i: usize) {
         let mut c = self.children[i].take().expect("node running");
-        let ok = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(ok.success());
+        super::sigterm(c.id());
         let deadline = Instant::now() + Duration::from_secs(30);
         while c.try_wait().expect("try_wait").is_none() {
             assert!(Instant::now() < deadline, "node{i} did not stop on SIGTERM");

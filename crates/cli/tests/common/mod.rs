@@ -29,6 +29,19 @@ pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
 }
 
 /// A TCP port that was free a moment ago.
+/// Sends SIGTERM to process `pid` (a clean stop, as Ctrl-C or systemd would).
+pub fn sigterm(pid: u32) {
+    let pid = libc::pid_t::try_from(pid).expect("pid fits pid_t");
+    // SAFETY: kill(2) only reads its two integer arguments.
+    let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(
+        rc,
+        0,
+        "SIGTERM to {pid}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind 127.0.0.1:0")
@@ -210,12 +223,7 @@ impl Network {
 
     /// Sends SIGTERM and waits for the process to exit.
     pub async fn stop(&mut self, timeout: Duration) -> ExitStatus {
-        let pid = self.pid();
-        let ok = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .expect("run kill");
-        assert!(ok.success(), "kill -TERM {pid} failed");
+        sigterm(self.pid());
         let deadline = Instant::now() + timeout;
         loop {
             let c = self.child.as_mut().expect("node running");
