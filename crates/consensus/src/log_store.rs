@@ -128,17 +128,15 @@ impl LogStore {
     /// [`LogStore::open`] with a chosen segment size.
     pub fn open_with(dir: &Path, roll_bytes: u64) -> Result<LogStore, WalError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let mut seqs: Vec<u64> = std::fs::read_dir(dir)
-            .map_err(io(dir))?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                name.strip_prefix("wal-")?
-                    .strip_suffix(".log")?
-                    .parse()
-                    .ok()
-            })
-            .collect();
+        // An unreadable directory entry could be a segment: fail rather than skip it.
+        let mut seqs: Vec<u64> = Vec::new();
+        for e in std::fs::read_dir(dir).map_err(io(dir))? {
+            let name = e.map_err(io(dir))?.file_name();
+            let seq: Option<u64> = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("wal-")?.strip_suffix(".log")?.parse().ok());
+            seqs.extend(seq);
+        }
         seqs.sort_unstable();
         let mut entries = BTreeMap::new();
         let mut last_purged = None;
@@ -218,6 +216,16 @@ impl LogStore {
         let err = |e: std::io::Error| storage_io(ErrorSubject::Logs, ErrorVerb::Write, e);
         for r in recs {
             let f = frame(r);
+            if f.len() - 8 > MAX_RECORD as usize {
+                // Replay would take it for a torn tail: refuse it instead.
+                return Err(err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "a Raft log record of {} bytes is over the limit",
+                        f.len() - 8
+                    ),
+                )));
+            }
             st.writer.write_all(&f).map_err(err)?;
             st.written += f.len() as u64;
             if let WalRecord::Entry(e) = r {
@@ -270,20 +278,23 @@ impl LogStore {
         Ok(())
     }
 
+    /// Deletes the oldest closed segments whose entries are all purged. Only
+    /// a prefix goes: a later segment may hold the truncation that keeps an
+    /// earlier segment's higher entries from coming back on replay.
     fn delete_old_segments(&self) {
         let mut st = self.inner.state.lock().expect("log lock");
-        let purged = st.last_purged.map_or(0, |p| p.index);
-        let has_purge = st.last_purged.is_some();
-        st.closed.retain(|s| {
-            if has_purge && s.max_index <= purged {
-                if let Err(e) = std::fs::remove_file(&s.path) {
-                    tracing::warn!(path = %s.path.display(), error = %e, "could not delete an old Raft log segment");
-                    return true;
-                }
-                return false;
+        let Some(purged) = st.last_purged.map(|p| p.index) else {
+            return;
+        };
+        let mut deleted = 0;
+        for s in st.closed.iter().take_while(|s| s.max_index <= purged) {
+            if let Err(e) = std::fs::remove_file(&s.path) {
+                tracing::warn!(path = %s.path.display(), error = %e, "could not delete an old Raft log segment");
+                break;
             }
-            true
-        });
+            deleted += 1;
+        }
+        st.closed.drain(..deleted);
     }
 }
 
@@ -376,6 +387,19 @@ fn replay(path: &Path, last: bool, mut f: impl FnMut(WalRecord)) -> Result<(), W
         }
         let len = u32::from_le_bytes(data[off..off + 4].try_into().expect("4 bytes"));
         let crc = u32::from_le_bytes(data[off + 4..off + 8].try_into().expect("4 bytes"));
+        if len == 0 {
+            // No record encodes to nothing. Zeros up to the end are blocks a
+            // power loss left unwritten after the file grew; zeros with data
+            // after them are damage.
+            if data[off..].iter().all(|&b| b == 0) && torn("zero-filled tail")? {
+                break;
+            }
+            return Err(WalError::Corrupt {
+                path: path.to_path_buf(),
+                offset: off as u64,
+                reason: "zero-length record".into(),
+            });
+        }
         let end = off + 8 + len as usize;
         if len > MAX_RECORD || end > data.len() {
             // A torn write leaves nothing valid after it; a damaged length does.
@@ -697,5 +721,30 @@ mod tests {
             .expect("must refuse")
             .to_string();
         assert!(err.contains("damaged record length"), "{err}");
+    }
+
+    #[test]
+    fn a_zero_filled_tail_is_torn_but_zeros_before_records_are_damage() {
+        let (dir, seg) = ten_entries();
+        let bytes = std::fs::read(&seg).unwrap();
+        // The file grew but its last blocks were never written: zeros.
+        let mut grown = bytes.clone();
+        grown.extend(std::iter::repeat_n(0u8, 4096));
+        std::fs::write(&seg, &grown).unwrap();
+        rt().block_on(async {
+            let mut s = LogStore::open(dir.path()).unwrap();
+            assert_eq!(indexes(&mut s).await, (1..=10).collect::<Vec<_>>());
+        });
+        assert_eq!(std::fs::read(&seg).unwrap(), bytes, "the zeros are cut off");
+        // Zeros over a record that has records after it: refused.
+        let mut holed = bytes.clone();
+        let second = 8 + u32::from_le_bytes(bytes[0..4].try_into().unwrap()) as usize;
+        holed[second..second + 8].fill(0);
+        std::fs::write(&seg, &holed).unwrap();
+        let err = LogStore::open(dir.path())
+            .err()
+            .expect("must refuse")
+            .to_string();
+        assert!(err.contains("zero-length record"), "{err}");
     }
 }

@@ -23,7 +23,17 @@ const FORWARD_PATIENCE: Duration = Duration::from_secs(10);
 pub async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<(Hash, Vec<u8>)>) {
     let proposals = Arc::new(Semaphore::new(shared.limits.max_inflight_batches));
     let forwards = Arc::new(Semaphore::new(FORWARDS_IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
+    // A transaction that would have taken a batch past its byte limit
+    // starts the next one.
+    let mut carried = None;
+    loop {
+        let first = match carried.take() {
+            Some(tx) => tx,
+            None => match rx.recv().await {
+                Some(tx) => tx,
+                None => return,
+            },
+        };
         let sem = if shared.is_leader() {
             &proposals
         } else {
@@ -39,8 +49,12 @@ pub async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<(Hash, Vec<u8>)>) {
         let mut bytes = first.1.len();
         let mut ids = vec![first.0];
         let mut txs = vec![ByteBuf::from(first.1)];
-        while txs.len() < shared.limits.batch_max_txs && bytes < shared.limits.batch_max_bytes {
+        while txs.len() < shared.limits.batch_max_txs {
             match rx.try_recv() {
+                Ok((id, t)) if bytes + t.len() > shared.limits.batch_max_bytes => {
+                    carried = Some((id, t));
+                    break;
+                }
                 Ok((id, t)) => {
                     bytes += t.len();
                     ids.push(id);

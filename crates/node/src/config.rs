@@ -68,10 +68,71 @@ impl Default for Limits {
     }
 }
 
+/// Largest `batch_max_bytes`. A follower receives up to 16 entries in one
+/// append request (openraft's `max_payload_entries`), whose body must stay
+/// under the peer limit (96 MiB); an entry holds at most this much, or one
+/// transaction (at most 4 MiB) when that alone is more.
+pub const MAX_BATCH_BYTES: usize = 4 << 20;
+
+impl Limits {
+    /// Refuses values the node cannot run with, naming the setting.
+    pub fn check(&self) -> anyhow::Result<()> {
+        let positive = [
+            ("batch_max_txs", self.batch_max_txs as u64),
+            ("max_inflight_batches", self.max_inflight_batches as u64),
+            ("max_pending", self.max_pending as u64),
+            ("batch_max_bytes", self.batch_max_bytes as u64),
+            ("raft_snapshot_every", self.raft_snapshot_every),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            anyhow::bail!("limits.{name} must be at least 1");
+        }
+        if self.batch_max_bytes > MAX_BATCH_BYTES {
+            anyhow::bail!(
+                "limits.batch_max_bytes is at most {MAX_BATCH_BYTES} (a follower must receive 16 entries in one request)"
+            );
+        }
+        Ok(())
+    }
+}
+
 impl NodeConfig {
     pub fn load(path: &std::path::Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+        let cfg: NodeConfig =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        cfg.limits
+            .check()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_the_node_cannot_run_with_are_refused() {
+        assert!(Limits::default().check().is_ok());
+        let zero = Limits {
+            max_inflight_batches: 0,
+            ..Limits::default()
+        };
+        assert!(zero
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("max_inflight_batches"));
+        let big = Limits {
+            batch_max_bytes: MAX_BATCH_BYTES + 1,
+            ..Limits::default()
+        };
+        assert!(big
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("batch_max_bytes"));
     }
 }

@@ -21,7 +21,8 @@ use serde_bytes::ByteBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Largest peer message: a few maximal Raft entries.
+/// Largest peer message: an append request of 16 maximal Raft entries
+/// (see `config::MAX_BATCH_BYTES`), with room to spare.
 const MAX_PEER_BODY: usize = 96 << 20;
 
 type S = State<Arc<Shared>>;
