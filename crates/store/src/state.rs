@@ -280,9 +280,14 @@ impl Store {
         let meta = |key: &str| -> Result<Option<fjall::Slice>, StoreError> {
             keyspaces[META].get(key).map_err(&err)
         };
-        let durable_len = meta(META_LEDGER_LEN)?
-            .map(|v| u64::from_be_bytes((*v).try_into().unwrap_or_default()))
-            .unwrap_or(0);
+        // A damaged length must not read as zero: opening would cut the ledger to it.
+        let durable_len = match meta(META_LEDGER_LEN)? {
+            None => 0,
+            Some(v) => u64::from_be_bytes((*v).try_into().map_err(|_| StoreError::Db {
+                path: db_path.clone(),
+                message: format!("the recorded ledger length is {} bytes, not 8", v.len()),
+            })?),
+        };
         let durable_root: Option<Hash> = meta(META_LEDGER_ROOT)?.and_then(|v| (*v).try_into().ok());
         let unfolded = match meta(META_DIRTY)? {
             Some(v) => decode_unfolded(&v).map_err(|e| StoreError::Db {
@@ -311,10 +316,8 @@ impl Store {
         if let Some(e) = tree_err {
             return Err(e.into());
         }
-        if ledger.len() > durable_len {
-            ledger.truncate(durable_len)?;
-        }
-        tree.flush()?;
+        // Checked before the unsynced tail is cut: a state database from
+        // another ledger is refused with the ledger files untouched.
         let root = tree.root();
         if durable_len > 0 && Some(root) != durable_root {
             return Err(StoreError::Mismatch {
@@ -326,6 +329,10 @@ impl Store {
                 ),
             });
         }
+        if ledger.len() > durable_len {
+            ledger.truncate(durable_len)?;
+        }
+        tree.flush()?;
         let inner = Arc::new(Inner {
             db,
             keyspaces,
@@ -1578,5 +1585,69 @@ mod tests {
             .join("ledger")
             .join(crate::segments::segment_file_name(0));
         assert!(std::fs::metadata(seg).unwrap().len() > 20);
+    }
+
+    /// A store with `leaves` appended and made durable, closed again.
+    fn durable_ledger(dir: &Path, leaves: &[u8]) {
+        let (store, _) = Store::open(dir, 1 << 20).unwrap();
+        let txn = store.begin().unwrap();
+        let mut b = txn.batch().unwrap();
+        for &l in leaves {
+            b.append(&Record {
+                leaf: vec![0x41, l],
+                body: vec![],
+            })
+            .unwrap();
+        }
+        drop(b);
+        txn.commit(true).unwrap();
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                copy_dir(&e.path(), &to.join(e.file_name()));
+            } else {
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn a_state_database_of_another_ledger_is_refused_before_any_cut() {
+        let (ours, theirs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        durable_ledger(ours.path(), &[1, 2, 3]);
+        durable_ledger(theirs.path(), &[9]);
+        let seg = ours
+            .path()
+            .join("ledger")
+            .join(crate::segments::segment_file_name(0));
+        let before = std::fs::read(&seg).unwrap();
+        std::fs::remove_dir_all(ours.path().join("state")).unwrap();
+        copy_dir(&theirs.path().join("state"), &ours.path().join("state"));
+        let err = Store::open(ours.path(), 1 << 20)
+            .err()
+            .expect("must refuse")
+            .to_string();
+        assert!(err.contains("hash to root"), "{err}");
+        assert_eq!(std::fs::read(&seg).unwrap(), before, "the ledger was cut");
+
+        // A damaged recorded length is an error, not an empty ledger.
+        durable_ledger(theirs.path(), &[]);
+        {
+            let db = fjall::Database::builder(theirs.path().join("state"))
+                .open()
+                .unwrap();
+            let meta = db.keyspace("meta", KeyspaceCreateOptions::default).unwrap();
+            meta.insert(META_LEDGER_LEN, [0u8; 3]).unwrap();
+            db.persist(PersistMode::SyncAll).unwrap();
+        }
+        let err = Store::open(theirs.path(), 1 << 20)
+            .err()
+            .expect("must refuse")
+            .to_string();
+        assert!(err.contains("recorded ledger length"), "{err}");
     }
 }
