@@ -331,9 +331,10 @@ async fn execute_all(g: &Global, args: &BenchArgs) -> anyhow::Result<Vec<Report>
     } else {
         args.target.clone()
     };
+    // With the identity: the sampled receipts carry their transactions.
     let clients = targets
         .iter()
-        .map(|u| cfg.public_client_of(u))
+        .map(|u| cfg.client_of(u))
         .collect::<anyhow::Result<Vec<_>>>()?;
     // `both` runs half the kv.put time before the notary mix and half after:
     // the cost of a transaction grows with the state, so kv first would
@@ -1257,11 +1258,17 @@ pub(crate) mod mock {
             serde_json::to_vec(&node.identity).unwrap(),
         )
         .unwrap();
-        std::fs::write(d.join("member.key.pem"), member.to_pkcs8_pem()).unwrap();
+        let key_pem = member.to_pkcs8_pem();
+        std::fs::write(d.join("member.key.pem"), &key_pem).unwrap();
+        let cert = crate::keys::self_signed_cert(&key_pem, "member").unwrap();
+        std::fs::write(d.join("member.cert.pem"), cert).unwrap();
+        // The member is also the reading identity: receipts carry transactions.
         let cj = crate::config::ClientJson {
             url: Some(url.to_string()),
             ca: Some(d.join("ca.pem").display().to_string()),
             network: Some(d.join("network.json").display().to_string()),
+            key: Some(d.join("member.key.pem").display().to_string()),
+            cert: Some(d.join("member.cert.pem").display().to_string()),
             member_key: Some(d.join("member.key.pem").display().to_string()),
             ..Default::default()
         };

@@ -191,13 +191,18 @@ impl Config {
 
     /// A client presenting the configured identity's certificate, when there is one.
     pub fn client(&self) -> anyhow::Result<Client> {
+        self.client_of(&self.url)
+    }
+
+    /// [`Config::client`] of the node at `url`.
+    pub fn client_of(&self, url: &str) -> anyhow::Result<Client> {
         let ident = self.identity_files();
         Client::from_files(
-            &self.url,
+            url,
             &self.ca,
             ident.as_ref().map(|(k, c)| (c.as_path(), k.as_path())),
         )
-        .with_context(|| format!("connecting to {}", self.url))
+        .with_context(|| format!("connecting to {url}"))
     }
 
     /// The local network identity file, parsed.

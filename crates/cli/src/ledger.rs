@@ -78,7 +78,8 @@ pub async fn run(args: LedgerArgs) -> anyhow::Result<()> {
             if node.is_some() {
                 g.node = node;
             }
-            let client = Config::load(&g)?.public_client()?;
+            // Entries carry transactions: the node shows them to members and users.
+            let client = Config::load(&g)?.client()?;
             let size = client.ledger_size().await?.size;
             let mut i = 0;
             while i < size {

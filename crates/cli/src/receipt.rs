@@ -52,7 +52,8 @@ pub async fn run(g: &Global, cmd: ReceiptCmd) -> anyhow::Result<()> {
         } => {
             let cfg = Config::load(g)?;
             let hash = parse_hash(&id)?;
-            let client = cfg.public_client()?;
+            // With an identity the receipt carries the transaction too.
+            let client = cfg.client()?;
             let bytes = if wait {
                 client
                     .wait_receipt(

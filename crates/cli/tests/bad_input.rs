@@ -400,9 +400,8 @@ async fn bad_input_gets_precise_errors_and_the_node_keeps_serving() {
         400,
         Some("malformed"),
     );
-    let reader = comity_client::Client::new(&url, &ca, None).unwrap();
-    let size = reader.ledger_size().await.unwrap().size;
-    let page = reader.entries(0, 1000).await.unwrap();
+    let size = member.ledger_size().await.unwrap().size;
+    let page = member.entries(0, 1000).await.unwrap();
     let bytes: usize = page.iter().map(|r| r.to_cbor().len()).sum();
     if (page.len() as u64) < size && bytes <= (4 << 20) + (128 << 10) {
         c.ok(
@@ -798,13 +797,18 @@ async fn bad_input_gets_precise_errors_and_the_node_keeps_serving() {
     }
     c.check(
         "receipt of an unknown tx",
-        send(http.get(format!("{url}/v1/tx/{}/receipt", "00".repeat(32)))).await,
+        send(http.get(format!(
+            "{url}/v1/tx/{}/receipt?body=false",
+            "00".repeat(32)
+        )))
+        .await,
         404,
         Some("not_found"),
     );
+    let authed = http_client(&ca, Some((&member_cert, &member_key)));
     c.check(
         "ledger entries far beyond the end",
-        send(http.get(format!(
+        send(authed.get(format!(
             "{url}/v1/ledger/entries?from=18446744073709551615&count=1000"
         )))
         .await,
@@ -813,10 +817,37 @@ async fn bad_input_gets_precise_errors_and_the_node_keeps_serving() {
     );
     c.check(
         "ledger receipt far beyond the end",
-        send(http.get(format!("{url}/v1/ledger/receipt/18446744073709551615"))).await,
+        send(http.get(format!(
+            "{url}/v1/ledger/receipt/18446744073709551615?body=false"
+        )))
+        .await,
         404,
         Some("not_found"),
     );
+    // Transactions are shown to members and users only: without a client
+    // certificate there are no entries and no receipt bodies, but a receipt
+    // proving the leaf alone is public.
+    c.check(
+        "ledger entries without a certificate",
+        send(http.get(format!("{url}/v1/ledger/entries?from=0&count=1"))).await,
+        401,
+        Some("unauthenticated"),
+    );
+    c.check(
+        "receipt body without a certificate",
+        send(http.get(format!("{url}/v1/ledger/receipt/1"))).await,
+        401,
+        Some("unauthenticated"),
+    );
+    let (status, bytes) = send(http.get(format!("{url}/v1/ledger/receipt/1?body=false"))).await;
+    if status == 200 && !bytes.is_empty() {
+        c.ok(
+            "receipt without body is public",
+            format!("{} bytes", bytes.len()),
+        );
+    } else {
+        c.fail("receipt without body is public", format!("status {status}"));
+    }
 
     // --- still serving ---
     healthy(&net, &mut c, "all bad input").await;

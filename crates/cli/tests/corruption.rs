@@ -78,7 +78,7 @@ async fn network_with_data(n: usize) -> (Network, Vec<(Hash, u64)>) {
     let mut net = Network::new();
     net.start().await;
     let acked = write(&net, "doc", n).await;
-    let client = net.public_client();
+    let client = net.client_as("user0");
     // A final checkpoint covering the writes, so receipts exist before the stop.
     let last = acked.last().unwrap().0;
     client
@@ -91,7 +91,7 @@ async fn network_with_data(n: usize) -> (Network, Vec<(Hash, u64)>) {
 
 /// Commits `n` kv.put transactions `<prefix>/<i>` = `[i; 100]`.
 async fn write(net: &Network, prefix: &str, n: usize) -> Vec<(Hash, u64)> {
-    let client = net.public_client();
+    let client = net.client_as("user0");
     let signer = net.signer("user0");
     let mut acked = Vec::new();
     for i in 0..n {
@@ -123,7 +123,7 @@ async fn stop(net: &mut Network) {
 async fn start_and_check(net: &mut Network, acked: &[(Hash, u64)]) {
     let t = Instant::now();
     net.start().await;
-    let client = net.public_client();
+    let client = net.client_as("user0");
     for (id, index) in acked {
         let s = client.tx_status(id).await.expect("tx status");
         assert_eq!(s.status, TxState::Committed, "{s:?}");
@@ -282,7 +282,7 @@ async fn corrupt_raft_log_is_refused_and_torn_tail_is_not() {
     start_and_check(&mut net, &acked).await;
     // And it keeps working.
     let s = net
-        .public_client()
+        .client_as("user0")
         .submit(&net.signer("user0").kv_put("after/torn", b"x"), true)
         .await
         .expect("write after a torn tail");
@@ -304,7 +304,7 @@ async fn raft_log_damaged_length_field_is_refused() {
     let _serial = common::serial().await;
     let mut net = Network::new();
     net.start().await;
-    let client = net.public_client();
+    let client = net.client_as("user0");
     let signer = net.signer("user0");
     let tasks: Vec<_> = (0..16)
         .map(|w| {
@@ -359,7 +359,7 @@ async fn raft_log_damaged_length_field_is_refused() {
             .map(common::strip_ansi)
             .unwrap_or_else(|| "(no warning logged)".into());
         net.start().await;
-        let client = net.public_client();
+        let client = net.client_as("user0");
         let mut lost = 0;
         for (id, index) in &acked {
             let s = client.tx_status(id).await.expect("tx status");
@@ -382,7 +382,7 @@ async fn raft_log_damaged_length_field_is_refused() {
 
 async fn start_and_check_burst(net: &mut Network, acked: &[(Hash, u64)]) {
     net.start().await;
-    let client = net.public_client();
+    let client = net.client_as("user0");
     for (id, index) in acked {
         let s = client.tx_status(id).await.expect("tx status");
         assert_eq!(s.status, TxState::Committed, "{s:?}");

@@ -45,7 +45,7 @@ async fn kill_9_loses_nothing_acknowledged() {
     for round in 0..ROUNDS {
         let tr = Instant::now();
         let load = Load::start(
-            vec![net.public_client()],
+            vec![net.client_as("user0")],
             net.signer("user0"),
             WRITERS,
             &format!("r{round}"),
@@ -75,7 +75,7 @@ async fn kill_9_loses_nothing_acknowledged() {
         let tc = Instant::now();
         net.start().await;
         let restart = tc.elapsed();
-        check_acknowledged(&net.public_client(), &net.identity(), &acked, 1).await;
+        check_acknowledged(&net.client_as("user0"), &net.identity(), &acked, 1).await;
         let checked = tc.elapsed();
         let out = ledger_verify(&net).await;
         eprintln!(
@@ -90,7 +90,7 @@ async fn kill_9_loses_nothing_acknowledged() {
     }
     // The restarted node still takes writes.
     let s = net
-        .public_client()
+        .client_as("user0")
         .submit(&net.signer("user0").kv_put("after/crashes", b"ok"), true)
         .await
         .expect("write after the crashes");

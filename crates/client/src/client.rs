@@ -22,6 +22,9 @@ pub const COSE_CONTENT_TYPE: &str = "application/cose";
 pub struct Client {
     http: reqwest::Client,
     base: Url,
+    /// Whether a client certificate is presented: the node shows whole
+    /// transactions (ledger entries, receipt bodies) only to an identity.
+    identified: bool,
 }
 
 impl Client {
@@ -67,7 +70,11 @@ impl Client {
         let http = b
             .build()
             .map_err(|e| ClientError::Config(format!("building the HTTPS client: {e}")))?;
-        Ok(Client { http, base })
+        Ok(Client {
+            http,
+            base,
+            identified: identity.is_some(),
+        })
     }
 
     /// Like [`Client::new`] with the CA and identity read from files.
@@ -93,11 +100,17 @@ impl Client {
         )
     }
 
-    /// Uses an already configured `reqwest::Client` (for custom TLS or timeouts).
-    pub fn with_http(url: &str, http: reqwest::Client) -> Result<Client, ClientError> {
+    /// Uses an already configured `reqwest::Client` (for custom TLS or
+    /// timeouts); `identified` says whether it presents a client certificate.
+    pub fn with_http(
+        url: &str,
+        http: reqwest::Client,
+        identified: bool,
+    ) -> Result<Client, ClientError> {
         Ok(Client {
             http,
             base: parse_base(url)?,
+            identified,
         })
     }
 
@@ -149,8 +162,11 @@ impl Client {
     /// `GET /v1/tx/{id}/receipt`: the COSE receipt bytes, or `None` while the
     /// covering checkpoint is not final (202 `pending` / 503 `not_ready`).
     /// 404 (unknown transaction) is an error.
+    /// The receipt carries the transaction when this client presents an
+    /// identity; without one it proves the leaf only (the node shows
+    /// transactions to members and users).
     pub async fn receipt(&self, id: &Hash) -> Result<Option<Vec<u8>>, ClientError> {
-        self.receipt_opts(id, true).await
+        self.receipt_opts(id, self.identified).await
     }
 
     /// Like [`Client::receipt`]; `body = false` asks for a receipt without the
@@ -183,15 +199,16 @@ impl Client {
         self.maybe_bytes(req).await
     }
 
-    /// `GET /v1/ledger/receipt/{index}`: receipt for any ledger position, `None` while pending.
+    /// `GET /v1/ledger/receipt/{index}`: receipt for any ledger position,
+    /// `None` while pending; with the transaction as for [`Client::receipt`].
     pub async fn ledger_receipt(&self, index: u64) -> Result<Option<Vec<u8>>, ClientError> {
-        self.maybe_bytes(self.http.get(self.endpoint(&[
-            "v1",
-            "ledger",
-            "receipt",
-            &index.to_string(),
-        ])))
-        .await
+        let mut req =
+            self.http
+                .get(self.endpoint(&["v1", "ledger", "receipt", &index.to_string()]));
+        if !self.identified {
+            req = req.query(&[("body", "false")]);
+        }
+        self.maybe_bytes(req).await
     }
 
     /// Polls [`Client::receipt`] every `poll` until it is available or `timeout` passes.
@@ -206,7 +223,7 @@ impl Client {
             let left = deadline
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_secs(5));
-            if let Some(r) = self.receipt_waiting(id, true, left).await? {
+            if let Some(r) = self.receipt_waiting(id, self.identified, left).await? {
                 return Ok(r);
             }
             if Instant::now() >= deadline {
@@ -499,7 +516,7 @@ mod tests {
     use super::*;
 
     fn client(url: &str) -> Client {
-        Client::with_http(url, reqwest::Client::new()).unwrap()
+        Client::with_http(url, reqwest::Client::new(), false).unwrap()
     }
 
     #[test]
@@ -527,11 +544,11 @@ mod tests {
     #[test]
     fn bad_urls_and_pems_are_config_errors() {
         assert!(matches!(
-            Client::with_http("not a url", reqwest::Client::new()),
+            Client::with_http("not a url", reqwest::Client::new(), false),
             Err(ClientError::Config(_))
         ));
         assert!(matches!(
-            Client::with_http("mailto:x@y", reqwest::Client::new()),
+            Client::with_http("mailto:x@y", reqwest::Client::new(), false),
             Err(ClientError::Config(_))
         ));
         assert!(matches!(

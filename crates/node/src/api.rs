@@ -258,6 +258,28 @@ struct ReceiptParams {
     wait_ms: Option<u64>,
 }
 
+impl ReceiptParams {
+    /// Whether the receipt carries the transaction. A receipt without it
+    /// proves only the leaf (digest, outcome, time) and is public; the
+    /// transaction itself is shown to members and users only.
+    fn body(&self, shared: &Shared, who: ClientIdentity) -> ApiResult<bool> {
+        let body = self.body.unwrap_or(true);
+        if body {
+            authorize(shared, who).map_err(|e| {
+                ApiError::new(
+                    e.status,
+                    e.code,
+                    format!(
+                        "{}; a receipt with body=false proves the entry without showing the transaction",
+                        e.message
+                    ),
+                )
+            })?;
+        }
+        Ok(body)
+    }
+}
+
 /// Longest a receipt request may be held open.
 const MAX_RECEIPT_WAIT: Duration = Duration::from_secs(10);
 /// How often a held receipt request looks again without a new final checkpoint.
@@ -280,9 +302,11 @@ fn receipt_response(shared: &Shared, index: u64, body: bool) -> ApiResult<Respon
 
 async fn tx_receipt(
     State(shared): S,
+    Extension(who): Extension<ClientIdentity>,
     ApiPath(id): ApiPath<String>,
     ApiQuery(params): ApiQuery<ReceiptParams>,
 ) -> ApiResult<Response> {
+    let body = params.body(&shared, who)?;
     let id = parse_hash(&id)?;
     let deadline = tokio::time::Instant::now()
         + Duration::from_millis(params.wait_ms.unwrap_or(0)).min(MAX_RECEIPT_WAIT);
@@ -308,7 +332,6 @@ async fn tx_receipt(
         if let Some(index) = index {
             if tried.is_none_or(|(f, at)| f != fin || now - at >= RECEIPT_RECHECK) {
                 tried = Some((fin, now));
-                let body = params.body.unwrap_or(true);
                 if let Some(r) = query::receipt(&shared.store, index, body)? {
                     return Ok(
                         ([(header::CONTENT_TYPE, "application/cose")], r.to_cose()).into_response()
@@ -328,13 +351,15 @@ async fn tx_receipt(
 
 async fn ledger_receipt(
     State(shared): S,
+    Extension(who): Extension<ClientIdentity>,
     ApiPath(index): ApiPath<u64>,
     ApiQuery(params): ApiQuery<ReceiptParams>,
 ) -> ApiResult<Response> {
+    let body = params.body(&shared, who)?;
     if index >= shared.store.read()?.ledger_len()? {
         return Err(ApiError::not_found("no ledger entry at that index"));
     }
-    receipt_response(&shared, index, params.body.unwrap_or(true))
+    receipt_response(&shared, index, body)
 }
 
 pub(crate) fn checkpoint_json(cp: &SignedCheckpoint) -> Value {
@@ -455,7 +480,14 @@ struct Page {
 }
 
 /// Ledger records as a CBOR array, for auditors.
-async fn entries(State(shared): S, ApiQuery(q): ApiQuery<Page>) -> ApiResult<Response> {
+/// Whole ledger entries, transactions included: for members and users
+/// (an auditor without an identity audits a copy of the ledger files).
+async fn entries(
+    State(shared): S,
+    Extension(who): Extension<ClientIdentity>,
+    ApiQuery(q): ApiQuery<Page>,
+) -> ApiResult<Response> {
+    authorize(&shared, who)?;
     let Page { from, count } = q;
     let len = shared.store.read()?.ledger_len()?;
     let count = count

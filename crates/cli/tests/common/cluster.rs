@@ -367,9 +367,10 @@ impl Cluster {
         std::fs::read(self.data.join("ca.pem")).expect("read ca.pem")
     }
 
-    /// A public client of node `i`.
+    /// A client of node `i` as `user0`, as an application would connect
+    /// (receipts with their transactions need an identity).
     pub fn client(&self, i: usize) -> Client {
-        Client::new(&self.url(i), &self.ca_pem(), None).expect("client")
+        self.client_as(i, "user0")
     }
 
     /// A client of node `i` presenting identity `name`'s certificate.
@@ -380,7 +381,7 @@ impl Cluster {
         Client::new(&self.url(i), &self.ca_pem(), Some((&cert, &key))).expect("client")
     }
 
-    /// Public clients of every node.
+    /// Clients of every node, as `user0`.
     pub fn clients(&self) -> Vec<Client> {
         (0..self.n).map(|i| self.client(i)).collect()
     }
