@@ -77,6 +77,11 @@ struct ExecState {
     /// stores written before it was kept), which bounds what `RecentIds`
     /// may leave to the database.
     max_created: Option<u64>,
+    /// Spends created before this time are pruned, and a transaction
+    /// created before it is outside the window. The highest pruning
+    /// horizon so far: raising the window does not lower it, so no node
+    /// accepts a spend below what another node's filter took as pruned.
+    nonce_horizon: u64,
 }
 
 impl Default for ExecState {
@@ -87,6 +92,7 @@ impl Default for ExecState {
             seq: 0,
             uncovered: 0,
             max_created: Some(0),
+            nonce_horizon: 0,
         }
     }
 }
@@ -105,9 +111,6 @@ pub struct Executor {
     worker: Option<StateWorker>,
     /// The version the worker is computing.
     in_flight: Option<u64>,
-    /// Every nonce created before this time is already forgotten: pruning
-    /// starts here instead of scanning the deletions before it again.
-    nonces_pruned_to: u64,
     /// The ids recorded and nonces spent since the node started, shared
     /// with admission (see `replay_filter`).
     recent: Arc<RecentIds>,
@@ -146,6 +149,17 @@ impl PendingCheckpoint {
             time: m.u64("time").map_err(bad)?,
         })
     }
+}
+
+/// The ledger time of the last applied entry as saved in `r`. Entries that
+/// leave no record (an idle clock tick, a batch of duplicates) move it too,
+/// so a snapshot carries it for the node that catches up by replaying
+/// records only.
+pub fn saved_ledger_time(r: &impl crate::registry::AuxRead) -> Result<u64, StoreError> {
+    Ok(match r.aux_get_one(keys::EXEC)? {
+        Some(b) => decode_state(&b)?.time,
+        None => 0,
+    })
 }
 
 impl Executor {
@@ -193,7 +207,6 @@ impl Executor {
             pending,
             worker: None,
             in_flight: None,
-            nonces_pruned_to: 0,
             recent: Arc::new(RecentIds::new(st.max_created)),
             spent: Arc::new(SpentNonces::new(st.max_created, window)),
             next_expiry: None,
@@ -656,7 +669,9 @@ impl Executor {
                 return Ok(Err(Reject(codes::BAD_SIGNATURE)));
             }
         }
-        if !within_window(tx.payload.created, self.st.time, self.config.tx_window_ms) {
+        if !within_window(tx.payload.created, self.st.time, self.config.tx_window_ms)
+            || tx.payload.created < self.st.nonce_horizon
+        {
             return Ok(Err(Reject(codes::OUTSIDE_WINDOW)));
         }
         let nonce_key = keys::nonce(&tx.kid, &tx.payload.nonce);
@@ -830,16 +845,18 @@ impl Executor {
     fn prune_nonces(&mut self, batch: &mut WriteBatch<'_>) -> Result<(), StoreError> {
         let horizon = self.st.time.saturating_sub(self.config.tx_window_ms);
         self.recent.forget_before(horizon);
+        let horizon = horizon.max(self.st.nonce_horizon);
+        // Deletions before the last horizon were done then.
         let from = [
             keys::NONCE_TIME_PREFIX,
-            &self.nonces_pruned_to.to_be_bytes(),
+            &self.st.nonce_horizon.to_be_bytes(),
         ]
         .concat();
         let to = [keys::NONCE_TIME_PREFIX, &horizon.to_be_bytes()].concat();
         loop {
             let old = batch.aux_range(&from, &to, 1024)?;
             if old.is_empty() {
-                self.nonces_pruned_to = self.nonces_pruned_to.max(horizon);
+                self.st.nonce_horizon = horizon;
                 self.spent.pruned_before(horizon);
                 return Ok(());
             }
@@ -868,6 +885,7 @@ fn encode_state(s: &ExecState) -> Vec<u8> {
             "max_created",
             s.max_created.map(cbor::uint).unwrap_or(cbor::Value::Null),
         ),
+        ("nonce_horizon", cbor::uint(s.nonce_horizon)),
     ]))
     .expect("valid")
 }
@@ -882,5 +900,7 @@ fn decode_state(b: &[u8]) -> Result<ExecState, StoreError> {
         seq: m.u64("seq").map_err(bad)?,
         uncovered: m.u64("uncovered").map_err(bad)?,
         max_created: m.u64("max_created").ok(),
+        // Stores written before it was kept: pruning starts over from zero.
+        nonce_horizon: m.u64("nonce_horizon").unwrap_or(0),
     })
 }

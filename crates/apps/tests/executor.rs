@@ -610,3 +610,82 @@ fn a_nonce_spent_before_a_restart_stays_spent() {
         );
     }
 }
+
+/// Raising the transaction window does not lower the pruning horizon: a
+/// transaction created before it stays outside the window. Otherwise a
+/// spend could be accepted below what one node's spent-nonce filter took
+/// as pruned, and a node restarted since would answer a reuse differently.
+/// Outcomes are the same whether or not the node restarts in between.
+#[test]
+fn raising_the_window_keeps_nonce_outcomes_the_same_on_every_node() {
+    const MIN: u64 = 60_000;
+    let net = network();
+    let user_put = |k: &str, v: &[u8], nonce: u8, minute: u64| {
+        tx(
+            &net,
+            &net.user,
+            "kv",
+            "put",
+            put(k, v),
+            nonce,
+            T0 + minute * MIN,
+        )
+    };
+    let checkpoint_at = |store: &Store, ex: &mut Executor, minute: u64| {
+        apply(
+            store,
+            ex,
+            Command::Checkpoint {
+                time: T0 + minute * MIN,
+            },
+        );
+    };
+    let mut runs = Vec::new();
+    for restart in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, mut ex) = started(dir.path(), &net);
+        let mut outcomes = Vec::new();
+        let mut run = |store: &Store, ex: &mut Executor, t: Vec<u8>, time: u64| {
+            let out = apply(store, ex, batch(vec![t], time));
+            outcomes.push(out.txs[0].outcome.clone());
+        };
+        // Ledger time 30 min in; a checkpoint prunes up to 20 min (10 min window).
+        let spent = user_put("a", b"1", 7, 25);
+        run(&store, &mut ex, spent, T0 + 26 * MIN);
+        checkpoint_at(&store, &mut ex, 30);
+        // The members raise the window to an hour.
+        let actions =
+            serde_json::json!([{"action": "config.set", "args": {"tx_window_ms": 60 * MIN}}]);
+        let args = cbor::map([("actions", cbor::from_serde(&actions).unwrap())]);
+        let propose = tx(&net, &net.member, "gov", "propose", args, 1, T0 + 30 * MIN);
+        run(&store, &mut ex, propose, T0 + 31 * MIN);
+        let (store, mut ex) = if restart {
+            drop((ex, store));
+            reopen(dir.path())
+        } else {
+            (store, ex)
+        };
+        // Created 21 min in: outside the old window, inside the new one.
+        let mid = user_put("m", b"1", 10, 21);
+        run(&store, &mut ex, mid, T0 + 32 * MIN);
+        // Created 15 min in: inside the new window, before the horizon.
+        let old = user_put("b", b"1", 8, 15);
+        run(&store, &mut ex, old, T0 + 32 * MIN);
+        // A spend after the horizon, then its nonce reused.
+        let fresh = user_put("c", b"1", 9, 31);
+        run(&store, &mut ex, fresh, T0 + 33 * MIN);
+        checkpoint_at(&store, &mut ex, 34);
+        let reuse = user_put("c", b"2", 9, 34);
+        run(&store, &mut ex, reuse, T0 + 35 * MIN);
+        drop(run);
+        runs.push(outcomes);
+    }
+    let code = |o: &Outcome| o.code().to_string();
+    let first: Vec<_> = runs[0].iter().map(code).collect();
+    assert_eq!(
+        first,
+        ["ok", "ok", "ok", "outside_window", "ok", "nonce_reused"],
+        "outcomes without a restart"
+    );
+    assert_eq!(runs[0], runs[1], "a restarted node answers the same");
+}

@@ -13,7 +13,7 @@ use crate::{storage_io, Entry, LogId, TxOutcome, TypeConfig};
 use comity_apps::audit::{check_replayed, replay_command};
 use comity_apps::executor::{Output, Verified};
 use comity_apps::state_worker::StateWorker;
-use comity_apps::{Config, Executor};
+use comity_apps::{Command, Config, Executor};
 use comity_core::checkpoint::Checkpoint;
 use comity_core::network::NodeSet;
 use comity_core::Hash;
@@ -51,6 +51,10 @@ struct SnapshotInfo {
     meta: SnapshotMeta<u64, BasicNode>,
     ledger_len: u64,
     ledger_root: Hash,
+    /// Ledger time at the snapshot, which entries without a record may have
+    /// moved past the last record's (0 in snapshots made before it was kept).
+    #[serde(default)]
+    ledger_time: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -222,6 +226,11 @@ impl StateMachine {
                 logged = Instant::now();
             }
         }
+        if info.ledger_time > self.executor.ledger_time() {
+            // What an idle clock tick did after the last record (expiries),
+            // so that this node's ledger time is the network's.
+            blocking(|| self.advance_to(info.ledger_time))?;
+        }
         if info.ledger_len > 0 {
             let root = self.store.tree_root_at(info.ledger_len).map_err(read_err)?;
             if root != info.ledger_root {
@@ -294,6 +303,23 @@ impl StateMachine {
             );
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+    }
+
+    /// Moves ledger time to `time` as an entry without transactions would.
+    fn advance_to(&mut self, time: u64) -> Result<(), StorageError<u64>> {
+        let txn = self.store.begin().map_err(write_err)?;
+        {
+            let mut batch = txn.batch().map_err(write_err)?;
+            let tick = Command::Batch {
+                time,
+                txs: Vec::new(),
+            };
+            self.executor
+                .apply(&mut batch, &tick, &|_| None)
+                .map_err(write_err)?;
+        }
+        txn.commit(false).map_err(write_err)?;
+        self.executor.after_commit().map_err(write_err)
     }
 
     /// Re-executes fetched ledger records starting at `first` in one store
@@ -535,6 +561,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                     },
                     ledger_len: batch.ledger_len(),
                     ledger_root: batch.tx_root(),
+                    ledger_time: comity_apps::executor::saved_ledger_time(&batch)
+                        .map_err(read_err)?,
                 };
                 batch
                     .meta_put(META_SNAPSHOT, &encode(&info))
