@@ -407,6 +407,26 @@ fn authorization_membership_and_keys() {
         .unwrap();
     assert_eq!(ident.id(), fid);
     assert_eq!(ident.keys.len(), 2);
+    // A rotated key cannot become a node's key.
+    let m0 = hex::encode(g.m[0].public().fingerprint());
+    let p = g.pass(json!([{"action": "node.trust", "args": {
+        "key": hex::encode(fk2.public().to_spki_der()), "member": m0}}]));
+    assert_eq!(p.state, ProposalState::Failed);
+    // Nor can another encoding of a used key make a new identity: the user's
+    // P-256 key with its point compressed is refused when proposed.
+    let der = g.user.public().to_spki_der();
+    assert_eq!((der.len(), der[26]), (91, 0x04), "uncompressed P-256 SPKI");
+    let mut compressed = vec![0x30, 0x39];
+    compressed.extend_from_slice(&der[2..23]); // the algorithm identifier
+    compressed.extend_from_slice(&[0x03, 0x22, 0x00, 0x02 | (der[90] & 1)]);
+    compressed.extend_from_slice(&der[27..59]);
+    assert!(comity_core::crypto::PublicKey::from_spki_der(&compressed).is_ok());
+    let (_, code) = g.propose(
+        0,
+        json!([{"action": "user.add", "args": {
+        "key": hex::encode(&compressed), "name": "again"}}]),
+    );
+    assert_ne!(code, "ok", "a second encoding of a registered key");
 
     // Settings: configuration and the protocol schedule.
     let p = g.pass(json!([{"action": "config.set", "args": {"checkpoint_ms": 200}}]));

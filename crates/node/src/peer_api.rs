@@ -13,7 +13,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Router};
-use comity_consensus::network::{path, LedgerRequest, CONTENT_TYPE};
+use comity_consensus::network::{path, raft_id, LedgerRequest, CONTENT_TYPE};
 use comity_consensus::state_machine::{LEDGER_PAGE_BYTES, LEDGER_PAGE_RECORDS};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -78,21 +78,53 @@ fn reply<T: Serialize>(v: &T) -> Response {
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], out).into_response()
 }
 
-async fn append(State(shared): S, ApiBody(body): ApiBody) -> ApiResult<Response> {
+/// A Raft message must come from the node it names (the leader or the
+/// candidate): a trusted node may not speak for another.
+fn from_sender(who: ClientIdentity, vote: &openraft::Vote<u64>) -> ApiResult<()> {
+    let caller = who.0.map(|fp| raft_id(&fp));
+    if caller.is_none() || vote.leader_id().voted_for() != caller {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_the_sender",
+            "a Raft message must come from the node it names",
+        ));
+    }
+    Ok(())
+}
+
+async fn append(
+    State(shared): S,
+    Extension(who): Extension<ClientIdentity>,
+    ApiBody(body): ApiBody,
+) -> ApiResult<Response> {
     let t0 = std::time::Instant::now();
-    let r = reply(&shared.raft.append_entries(decode(&body)?).await);
+    let rpc: openraft::raft::AppendEntriesRequest<comity_consensus::TypeConfig> = decode(&body)?;
+    from_sender(who, &rpc.vote)?;
+    let r = reply(&shared.raft.append_entries(rpc).await);
     metrics::histogram!("comity_append_serve_seconds").record(t0.elapsed().as_secs_f64());
     Ok(r)
 }
 
-async fn vote(State(shared): S, ApiBody(body): ApiBody) -> ApiResult<Response> {
-    Ok(reply(&shared.raft.vote(decode(&body)?).await))
+async fn vote(
+    State(shared): S,
+    Extension(who): Extension<ClientIdentity>,
+    ApiBody(body): ApiBody,
+) -> ApiResult<Response> {
+    let rpc: openraft::raft::VoteRequest<u64> = decode(&body)?;
+    from_sender(who, &rpc.vote)?;
+    Ok(reply(&shared.raft.vote(rpc).await))
 }
 
 /// A snapshot from the leader: installing it replays the ledger records this
 /// node lacks (fetched from peers), so the reply comes once that is done.
-async fn snapshot(State(shared): S, ApiBody(body): ApiBody) -> ApiResult<Response> {
-    Ok(reply(&shared.raft.install_snapshot(decode(&body)?).await))
+async fn snapshot(
+    State(shared): S,
+    Extension(who): Extension<ClientIdentity>,
+    ApiBody(body): ApiBody,
+) -> ApiResult<Response> {
+    let rpc: openraft::raft::InstallSnapshotRequest<comity_consensus::TypeConfig> = decode(&body)?;
+    from_sender(who, &rpc.vote)?;
+    Ok(reply(&shared.raft.install_snapshot(rpc).await))
 }
 
 /// Ledger records for a node catching up by snapshot: a bounded prefix of
@@ -204,4 +236,22 @@ pub async fn linearize(shared: &Shared) -> ApiResult<()> {
         .await
         .map_err(|e| ApiError::unavailable(format!("this node is behind the leader: {e}")))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_raft_message_must_come_from_the_node_it_names() {
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        let from_a = openraft::Vote::new(3, raft_id(&a));
+        assert!(from_sender(ClientIdentity(Some(a)), &from_a).is_ok());
+        let e = from_sender(ClientIdentity(Some(b)), &from_a).unwrap_err();
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::FORBIDDEN, "not_the_sender")
+        );
+        assert!(from_sender(ClientIdentity(None), &from_a).is_err());
+    }
 }

@@ -142,10 +142,17 @@ pub enum Action {
     NetworkClose,
 }
 
+/// A key must be in the one encoding this build writes (for P-256: the
+/// uncompressed point): another encoding of a used key would hash to a new
+/// id and slip past the rule that a key belongs to one identity for good.
 fn check_key(key: &[u8]) -> Result<(), String> {
-    PublicKey::from_spki_der(key)
-        .map(|_| ())
-        .map_err(|e| format!("key: {e}"))
+    let k = PublicKey::from_spki_der(key).map_err(|e| format!("key: {e}"))?;
+    if k.to_spki_der() != key {
+        return Err(
+            "key: not in canonical SPKI DER form (for P-256, give the uncompressed point)".into(),
+        );
+    }
+    Ok(())
 }
 
 impl Action {
@@ -335,6 +342,12 @@ fn trust_node(
     index: u64,
 ) -> Result<Result<Vec<Hash>, String>, StoreError> {
     let id = sha256(&n.key);
+    if let Some(owner) = state::key_owner(o, &id)?.filter(|owner| *owner != id) {
+        return Ok(Err(format!(
+            "this key already belongs to identity {}",
+            hex::encode(owner)
+        )));
+    }
     match load(o, Role::Member, n.member.0)? {
         Ok(m) if m.status == Status::Active => {}
         Ok(_) => return Ok(Err("a node's operator must be an active member".into())),
