@@ -586,6 +586,7 @@ fn duplicate_registration_returns_the_existing_record() {
             to: u64::MAX,
         },
         None,
+        &id(&alice),
         None,
         10,
     )
@@ -784,11 +785,11 @@ fn queries_by_party_matter_status_and_time_in_pages() {
     n.sign(&bob, &ids[0], "ok");
     n.sign(&bob, &ids[2], "ok");
     let r = n.store.read().unwrap();
-    let all = |f: Filter, status: Option<Status>, limit: usize| {
+    let as_reader = |reader: &SigningKey, f: Filter, status: Option<Status>, limit: usize| {
         let mut out = Vec::new();
         let mut after: Option<Vec<u8>> = None;
         loop {
-            let p = query::documents(&r, &f, status, after.as_deref(), limit).unwrap();
+            let p = query::documents(&r, &f, status, &id(reader), after.as_deref(), limit).unwrap();
             assert!(p.items.len() <= limit);
             out.extend(p.items.iter().map(|d| d.id.0));
             match p.next {
@@ -797,6 +798,7 @@ fn queries_by_party_matter_status_and_time_in_pages() {
             }
         }
     };
+    let all = |f: Filter, status: Option<Status>, limit: usize| as_reader(&alice, f, status, limit);
     let pick = |is: &[usize]| is.iter().map(|&i| ids[i]).collect::<Vec<_>>();
     assert_eq!(all(Filter::Party(id(&bob)), None, 2), pick(&[0, 2, 4, 6]));
     assert_eq!(all(Filter::Party(id(&carol)), None, 1), pick(&[1, 3, 5]));
@@ -839,6 +841,18 @@ fn queries_by_party_matter_status_and_time_in_pages() {
         ),
         ids
     );
+    // A reader sees only the records it is party to: bob the even ones,
+    // carol the odd ones, whatever the filter.
+    let alpha = || Filter::Matter("alpha".into());
+    assert_eq!(as_reader(&bob, alpha(), None, 2), pick(&[0, 2]));
+    assert_eq!(as_reader(&carol, alpha(), None, 2), pick(&[1]));
+    assert_eq!(
+        as_reader(&carol, Filter::Party(id(&bob)), None, 2),
+        pick(&[])
+    );
+    let d0 = n.doc(&ids[0]);
+    assert!(d0.may_read(&id(&alice)) && d0.may_read(&id(&bob)));
+    assert!(!d0.may_read(&id(&carol)));
 }
 
 #[test]
@@ -881,10 +895,11 @@ fn a_status_filter_over_a_long_listing_pages_with_bounded_reads() {
     }
     let r = n.store.read().unwrap();
     let f = Filter::Matter("M-2026-001".into());
-    let first = query::documents(&r, &f, Some(Status::Draft), None, 10).unwrap();
+    let me = id(&alice);
+    let first = query::documents(&r, &f, Some(Status::Draft), &me, None, 10).unwrap();
     assert!(first.items.is_empty(), "the page ends after MAX_SCAN reads");
     let after = hex::decode(first.next.expect("a cursor to go on")).unwrap();
-    let rest = query::documents(&r, &f, Some(Status::Draft), Some(&after), 10).unwrap();
+    let rest = query::documents(&r, &f, Some(Status::Draft), &me, Some(&after), 10).unwrap();
     assert_eq!(rest.items.len(), 1);
     assert_eq!(rest.items[0].id.0, document::id_of(&sha256(b"the draft")));
     assert_eq!(rest.next, None);

@@ -405,7 +405,18 @@ impl Ctx {
     /// Submits a change to document `id` and shows the document after it.
     async fn change(&self, tx: Vec<u8>, what: &str, id: &Hash) -> anyhow::Result<()> {
         self.submit(&tx, what).await?;
-        self.show(id, false).await
+        // The record is shown to those it names; an actor it no longer names
+        // (a hold lifted, custody handed over) is done once the change commits.
+        match self.show(id, false).await {
+            Err(e)
+                if e.downcast_ref::<comity_client::ClientError>()
+                    .is_some_and(|e| e.status() == Some(403)) =>
+            {
+                println!("(the record is no longer shown to this identity)");
+                Ok(())
+            }
+            r => r,
+        }
     }
 
     async fn act(&self, op: &str, r: &Reasoned, what: &str) -> anyhow::Result<()> {

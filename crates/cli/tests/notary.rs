@@ -213,9 +213,10 @@ async fn a_contracts_life_over_https() {
     assert!(again.contains("already registered"), "{again}");
     assert_eq!(doc_id(&again), a);
 
+    // Carol is not named in it: she can neither read it nor sign it.
+    n.refused("carol", &["doc", "show", &a], "forbidden").await;
+    n.refused("carol", &["doc", "sign", &a], "forbidden").await;
     // Forbidden before execution.
-    n.refused("carol", &["doc", "sign", &a], "not_a_party")
-        .await;
     n.refused("user0", &["doc", "expire", &a], "doc_not_executed")
         .await;
     n.refused("user0", &["doc", "destroy", &a], "doc_in_force")

@@ -50,6 +50,19 @@ fn load(shared: &crate::Shared, id: &Hash) -> ApiResult<Document> {
         .ok_or_else(|| ApiError::not_found("no document with that id"))
 }
 
+/// A record is shown only to the identities it names or who acted on it
+/// ([`Document::may_read`]): one party never sees what it is not party to.
+fn readable(d: Document, me: &Hash) -> ApiResult<Document> {
+    if !d.may_read(me) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "a document is readable only by its registrant, custodian, parties and named approvers, and by those who acted on it",
+        ));
+    }
+    Ok(d)
+}
+
 /// The record, proved against the latest final checkpoint.
 fn proved(shared: &crate::Shared, d: &Document) -> ApiResult<Value> {
     Ok(json!({
@@ -63,8 +76,8 @@ async fn document(
     Extension(who): Extension<ClientIdentity>,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
-    authorize(&shared, who)?;
-    let d = load(&shared, &parse_hash(&id)?)?;
+    let me = authorize(&shared, who)?;
+    let d = readable(load(&shared, &parse_hash(&id)?)?, &me)?;
     Ok(Json(proved(&shared, &d)?))
 }
 
@@ -75,10 +88,11 @@ async fn by_digest(
     Extension(who): Extension<ClientIdentity>,
     ApiPath(digest): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
-    authorize(&shared, who)?;
+    let me = authorize(&shared, who)?;
     let id = document::id_of(&parse_hash(&digest)?);
     let d = document::load(&shared.store.read()?, &id)?
         .ok_or_else(|| ApiError::not_found("no document is registered with that digest"))?;
+    let d = readable(d, &me)?;
     Ok(Json(proved(&shared, &d)?))
 }
 
@@ -124,7 +138,7 @@ async fn list(
     Extension(who): Extension<ClientIdentity>,
     ApiQuery(q): ApiQuery<ListParams>,
 ) -> ApiResult<Json<Value>> {
-    authorize(&shared, who)?;
+    let me = authorize(&shared, who)?;
     let status = q.status.as_deref().map(parse_status).transpose()?;
     let time = q.from_time.is_some() || q.to_time.is_some();
     let filter = match (&q.party, &q.matter, time) {
@@ -156,6 +170,7 @@ async fn list(
         &shared.store.read()?,
         &filter,
         status,
+        &me,
         after.as_deref(),
         limit,
     )?;
@@ -200,14 +215,34 @@ async fn doc_events(
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<EventParams>,
 ) -> ApiResult<Json<Value>> {
-    authorize(&shared, who)?;
-    let d = load(&shared, &parse_hash(&id)?)?;
+    let me = authorize(&shared, who)?;
+    let d = readable(load(&shared, &parse_hash(&id)?)?, &me)?;
     Ok(Json(events_json(&shared, &d.id.0, &q)?))
 }
 
-fn load_collection(shared: &crate::Shared, id: &str) -> ApiResult<collection::Collection> {
-    collection::load(&shared.store.read()?, &parse_hash(id)?)?
-        .ok_or_else(|| ApiError::not_found("no collection with that id"))
+/// A collection is shown to its owner and to whoever may read one of its
+/// documents (at most 256).
+fn load_collection(
+    shared: &crate::Shared,
+    id: &str,
+    me: &Hash,
+) -> ApiResult<collection::Collection> {
+    let r = shared.store.read()?;
+    let c = collection::load(&r, &parse_hash(id)?)?
+        .ok_or_else(|| ApiError::not_found("no collection with that id"))?;
+    if c.owner.0 == *me {
+        return Ok(c);
+    }
+    for d in &c.documents {
+        if document::load(&r, &d.0)?.is_some_and(|d| d.may_read(me)) {
+            return Ok(c);
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "a collection is readable only by its owner and by those who may read one of its documents",
+    ))
 }
 
 async fn collection(
@@ -215,8 +250,8 @@ async fn collection(
     Extension(who): Extension<ClientIdentity>,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
-    authorize(&shared, who)?;
-    let c = load_collection(&shared, &id)?;
+    let me = authorize(&shared, who)?;
+    let c = load_collection(&shared, &id, &me)?;
     Ok(Json(json!({
         "collection": c,
         "proof": proof_json(&shared, &keys::notary_collection(&c.id.0))?,
@@ -229,8 +264,8 @@ async fn collection_events(
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<EventParams>,
 ) -> ApiResult<Json<Value>> {
-    authorize(&shared, who)?;
-    let c = load_collection(&shared, &id)?;
+    let me = authorize(&shared, who)?;
+    let c = load_collection(&shared, &id, &me)?;
     Ok(Json(events_json(&shared, &c.id.0, &q)?))
 }
 
@@ -238,7 +273,7 @@ async fn collection_events(
 /// custodian and parties.
 fn personal_reader(shared: &crate::Shared, who: ClientIdentity, id: &str) -> ApiResult<Document> {
     let me = authorize(shared, who)?;
-    let d = load(shared, &parse_hash(id)?)?;
+    let d = readable(load(shared, &parse_hash(id)?)?, &me)?;
     if d.registrant.0 != me && d.custodian.0 != me && !d.is_party(&me) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

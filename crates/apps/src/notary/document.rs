@@ -323,6 +323,21 @@ impl Document {
     /// The custodian or a signing party (one the document binds): who may
     /// amend, expire or revoke. A party that does not sign (a witness, an
     /// observer) may read the record's personal data but not end its force.
+    /// Who may read the record: the identities it names (registrant,
+    /// custodian, parties, named destruction approvers) and those who acted
+    /// on it (a legal hold, a custody offer). Nobody else learns of it.
+    pub fn may_read(&self, who: &Hash) -> bool {
+        self.registrant.0 == *who
+            || self.custodian.0 == *who
+            || self.is_party(who)
+            || self.retention.approvers.iter().any(|a| a.0 == *who)
+            || self.holds.iter().any(|h| h.by.0 == *who)
+            || self
+                .offer
+                .as_ref()
+                .is_some_and(|o| o.by.0 == *who || o.to.is_some_and(|t| t.0 == *who))
+    }
+
     pub fn may_manage(&self, who: &Hash) -> bool {
         self.custodian.0 == *who || self.party(who).is_some_and(|p| p.signs)
     }

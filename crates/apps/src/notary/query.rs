@@ -58,13 +58,15 @@ pub struct Page {
 
 pub use crate::query::MAX_SCAN;
 
-/// Documents matching `filter` (and `status`, if given), after `cursor`.
-/// A page holds fewer than `limit` items, even none, with a `next` cursor
-/// when `MAX_SCAN` entries were read first; `next` is `None` only at the end.
+/// Documents matching `filter` (and `status`, if given) that `reader` may
+/// read, after `cursor`. A page holds fewer than `limit` items, even none,
+/// with a `next` cursor when `MAX_SCAN` entries were read first; `next` is
+/// `None` only at the end.
 pub fn documents(
     r: &Reader<'_>,
     filter: &Filter,
     status: Option<Status>,
+    reader: &Hash,
     after: Option<&[u8]>,
     limit: usize,
 ) -> Result<Page, StoreError> {
@@ -76,7 +78,8 @@ pub fn documents(
     let read = |s: &[u8]| r.aux_range(s, &hi, 256);
     let (items, last) = crate::query::scan(read, start, limit, |k, _| {
         let id: Hash = k[k.len() - 32..].try_into().expect("32-byte suffix");
-        Ok(document::load(r, &id)?.filter(|d| status.is_none_or(|s| s == d.status)))
+        Ok(document::load(r, &id)?
+            .filter(|d| status.is_none_or(|s| s == d.status) && d.may_read(reader)))
     })?;
     Ok(Page {
         items,
