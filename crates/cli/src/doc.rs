@@ -668,7 +668,7 @@ pub async fn run(g: &Global, cmd: DocCmd) -> anyhow::Result<()> {
                 .map_err(|e| {
                     if e.status() == Some(404) {
                         anyhow::anyhow!(
-                            "{} (digest {}) is not registered",
+                            "{} (digest {}) is not registered, or not to a record this identity may read",
                             file.display(),
                             hex::encode(digest)
                         )

@@ -216,6 +216,13 @@ async fn a_contracts_life_over_https() {
     // Carol is not named in it: she can neither read it nor sign it.
     n.refused("carol", &["doc", "show", &a], "forbidden").await;
     n.refused("carol", &["doc", "sign", &a], "forbidden").await;
+    // Nor does a lookup by digest confirm to her that it is registered.
+    n.refused(
+        "carol",
+        &["doc", "verify", contract.to_str().unwrap()],
+        "not registered, or not to a record this identity may read",
+    )
+    .await;
     // Forbidden before execution.
     n.refused("user0", &["doc", "expire", &a], "doc_not_executed")
         .await;

@@ -90,9 +90,12 @@ async fn by_digest(
 ) -> ApiResult<Json<Value>> {
     let me = authorize(&shared, who)?;
     let id = document::id_of(&parse_hash(&digest)?);
+    // A record the caller may not read is not confirmed to exist either.
     let d = document::load(&shared.store.read()?, &id)?
-        .ok_or_else(|| ApiError::not_found("no document is registered with that digest"))?;
-    let d = readable(d, &me)?;
+        .filter(|d| d.may_read(&me))
+        .ok_or_else(|| {
+            ApiError::not_found("no document registered with that digest is shown to you")
+        })?;
     Ok(Json(proved(&shared, &d)?))
 }
 
@@ -103,10 +106,20 @@ async fn of_tx(
     Extension(who): Extension<ClientIdentity>,
     ApiPath(tx): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
-    authorize(&shared, who)?;
+    let me = authorize(&shared, who)?;
     let tx = parse_hash(&tx)?;
-    let id = nquery::document_of_tx(&shared.store, &tx)?.ok_or_else(|| {
-        ApiError::not_found("no applied notary transaction with that id concerns a document")
+    let shown = match nquery::document_of_tx(&shared.store, &tx)? {
+        Some(id)
+            if document::load(&shared.store.read()?, &id)?.is_some_and(|d| d.may_read(&me)) =>
+        {
+            Some(id)
+        }
+        _ => None,
+    };
+    let id = shown.ok_or_else(|| {
+        ApiError::not_found(
+            "no applied notary transaction with that id concerns a document shown to you",
+        )
     })?;
     Ok(Json(
         json!({"tx": hex::encode(tx), "document": hex::encode(id)}),
@@ -220,8 +233,8 @@ async fn doc_events(
     Ok(Json(events_json(&shared, &d.id.0, &q)?))
 }
 
-/// A collection is shown to its owner and to whoever may read one of its
-/// documents (at most 256).
+/// A collection is shown to its owner and to whoever may read all of its
+/// documents (at most 256): it lists them all.
 fn load_collection(
     shared: &crate::Shared,
     id: &str,
@@ -234,15 +247,15 @@ fn load_collection(
         return Ok(c);
     }
     for d in &c.documents {
-        if document::load(&r, &d.0)?.is_some_and(|d| d.may_read(me)) {
-            return Ok(c);
+        if !document::load(&r, &d.0)?.is_some_and(|d| d.may_read(me)) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "a collection is readable only by its owner and by those who may read all of its documents",
+            ));
         }
     }
-    Err(ApiError::new(
-        StatusCode::FORBIDDEN,
-        "forbidden",
-        "a collection is readable only by its owner and by those who may read one of its documents",
-    ))
+    Ok(c)
 }
 
 async fn collection(
