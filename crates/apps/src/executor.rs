@@ -7,6 +7,7 @@ use crate::registry::{self, Identity, Role, Status};
 use crate::replay_filter::{RecentIds, SpentNonces};
 use crate::state_worker::StateWorker;
 use crate::{codes, gov, keys, kv, node, notary, Reject};
+use comity_core::batch_verify::Ed25519Batch;
 use comity_core::cbor::{self, MapView};
 use comity_core::checkpoint::Checkpoint;
 use comity_core::crypto::{sha256, PublicKey};
@@ -119,6 +120,8 @@ pub struct Executor {
     /// none), or `None` once governance may have changed it: spares each
     /// batch a range scan.
     next_expiry: Option<Option<u64>>,
+    /// Checks the signatures of transactions that ingress did not check.
+    ed25519: Ed25519Batch,
 }
 
 /// A checkpoint marker applied, waiting for its state root.
@@ -210,6 +213,7 @@ impl Executor {
             recent: Arc::new(RecentIds::new(st.max_created)),
             spent: Arc::new(SpentNonces::new(st.max_created, window)),
             next_expiry: None,
+            ed25519: Ed25519Batch::new(),
             st,
         })
     }
@@ -611,7 +615,7 @@ impl Executor {
             .zip(&data)
             .map(|((_, tx, _, pk), d)| (pk, d.as_slice(), tx.signature()))
             .collect();
-        if PublicKey::verify_ed25519_batch(&items) {
+        if self.ed25519.verify(&items) {
             for (id, tx, key, _) in pending {
                 out.insert(id, Verified { tx, key });
             }

@@ -100,22 +100,6 @@ impl PublicKey {
         sha256(&self.to_spki_der())
     }
 
-    /// Verifies many Ed25519 signatures `(key, msg, sig)` at once, about
-    /// twice as fast as one by one. True only if every one is valid (and
-    /// every key is Ed25519); ed25519-zebra makes the batch answer agree
-    /// with single verification, so the random batching weights cannot
-    /// change an outcome. On false, check singly to find the bad ones.
-    pub fn verify_ed25519_batch(items: &[(&PublicKey, &[u8], &[u8])]) -> bool {
-        let mut v = ed25519_zebra::batch::Verifier::new();
-        for (key, msg, sig) in items {
-            let (PublicKey::Ed25519(k), Ok(sig)) = (key, <[u8; 64]>::try_from(*sig)) else {
-                return false;
-            };
-            v.queue((*k, ed25519_zebra::Signature::from(sig), msg));
-        }
-        v.verify(rand_core::OsRng).is_ok()
-    }
-
     /// Verifies `sig` (raw Ed25519 or r‖s for ES256) over `msg`.
     pub fn verify(&self, msg: &[u8], sig: &[u8]) -> Result<(), CryptoError> {
         match self {

@@ -3,6 +3,7 @@
 //! Nothing in this crate performs I/O, so an auditor can verify receipts and
 //! replay proofs with this crate alone.
 
+pub mod batch_verify;
 pub mod cbor;
 pub mod checkpoint;
 pub mod crypto;

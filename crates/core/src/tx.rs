@@ -178,9 +178,24 @@ impl Tx {
             .map_err(TxError::BadSignature)
     }
 
-    /// The bytes the signature covers, for batch verification.
+    /// The bytes the signature covers (RFC 9052 §4.4 Sig_structure, no
+    /// external data), for batch verification. Written directly from the
+    /// parsed header bytes: coset builds a CBOR value tree for it.
     pub fn signed_data(&self) -> Vec<u8> {
-        self.sign1.tbs_data(b"")
+        let (Some(protected), Some(payload)) =
+            (&self.sign1.protected.original_data, &self.sign1.payload)
+        else {
+            return self.sign1.tbs_data(b"");
+        };
+        const CONTEXT: &[u8] = b"Signature1";
+        let mut out = Vec::with_capacity(protected.len() + payload.len() + 32);
+        out.push(0x84); // array(4)
+        out.push(0x60 | CONTEXT.len() as u8); // text(10)
+        out.extend_from_slice(CONTEXT);
+        bstr(&mut out, protected);
+        bstr(&mut out, b"");
+        bstr(&mut out, payload);
+        out
     }
 
     pub fn signature(&self) -> &[u8] {
@@ -205,6 +220,28 @@ impl Tx {
             .to_tagged_vec()
             .expect("encoding a COSE_Sign1 cannot fail")
     }
+}
+
+/// Appends `b` as a CBOR byte string, its length in the shortest form.
+fn bstr(out: &mut Vec<u8>, b: &[u8]) {
+    let n = b.len() as u64;
+    match n {
+        0..24 => out.push(0x40 | n as u8),
+        24..0x100 => out.extend_from_slice(&[0x58, n as u8]),
+        0x100..0x1_0000 => {
+            out.push(0x59);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        0x1_0000..0x1_0000_0000 => {
+            out.push(0x5a);
+            out.extend_from_slice(&(n as u32).to_be_bytes());
+        }
+        _ => {
+            out.push(0x5b);
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+    }
+    out.extend_from_slice(b);
 }
 
 #[cfg(test)]
@@ -236,6 +273,33 @@ mod tests {
             let other = SigningKey::generate(alg);
             assert!(tx.verify(&other.public()).is_err());
         }
+    }
+
+    #[test]
+    fn signed_data_is_cosets_sig_structure() {
+        let k = SigningKey::generate(Alg::EdDsa);
+        let kid = k.public().fingerprint();
+        // Values whose payloads need each length form of a byte string.
+        for len in [0, 1, 30, 200, 300, 70_000] {
+            let mut p = payload();
+            p.args = cbor::map([
+                ("key", cbor::text("k")),
+                ("value", cbor::bytes(vec![9; len])),
+            ]);
+            let tx = Tx::parse(&Tx::sign(&k, &kid, &p)).unwrap();
+            assert_eq!(
+                tx.signed_data(),
+                tx.sign1.tbs_data(b""),
+                "value of {len} bytes"
+            );
+            assert!(k.public().verify(&tx.signed_data(), tx.signature()).is_ok());
+        }
+        let mut out = Vec::new();
+        bstr(&mut out, &[0; 23]);
+        assert_eq!(out[0], 0x57);
+        out.clear();
+        bstr(&mut out, &[0; 24]);
+        assert_eq!(out[..2], [0x58, 24]);
     }
 
     #[test]
