@@ -282,7 +282,24 @@ impl Store {
         };
         // A damaged length must not read as zero: opening would cut the ledger to it.
         let durable_len = match meta(META_LEDGER_LEN)? {
-            None => 0,
+            // Recorded before the first ledger record can exist, so a database
+            // without it beside ledger files was replaced or emptied.
+            None if has_ledger => {
+                return Err(StoreError::Mismatch {
+                    dir: ledger_dir,
+                    message: format!(
+                        "ledger files exist but the state database {} records no ledger length: it was replaced or emptied; restore it from the same backup, or audit the ledger with `comity ledger verify --dir`",
+                        db_path.display()
+                    ),
+                });
+            }
+            None => {
+                keyspaces[META]
+                    .insert(META_LEDGER_LEN, 0u64.to_be_bytes())
+                    .map_err(&err)?;
+                db.persist(PersistMode::SyncAll).map_err(&err)?;
+                0
+            }
             Some(v) => u64::from_be_bytes((*v).try_into().map_err(|_| StoreError::Db {
                 path: db_path.clone(),
                 message: format!("the recorded ledger length is {} bytes, not 8", v.len()),
@@ -1613,6 +1630,41 @@ mod tests {
                 std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
             }
         }
+    }
+
+    #[test]
+    fn an_emptied_state_database_is_refused_not_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        durable_ledger(dir.path(), &[1, 2]);
+        let seg = dir
+            .path()
+            .join("ledger")
+            .join(crate::segments::segment_file_name(0));
+        let before = std::fs::read(&seg).unwrap();
+        // A new, empty database where the state database was.
+        std::fs::remove_dir_all(dir.path().join("state")).unwrap();
+        drop(
+            fjall::Database::builder(dir.path().join("state"))
+                .open()
+                .unwrap(),
+        );
+        let err = Store::open(dir.path(), 1 << 20)
+            .err()
+            .expect("must refuse")
+            .to_string();
+        assert!(err.contains("records no ledger length"), "{err}");
+        assert_eq!(std::fs::read(&seg).unwrap(), before, "the ledger was cut");
+        // A new store records its (empty) ledger length at once.
+        let fresh = tempfile::tempdir().unwrap();
+        drop(Store::open(fresh.path(), 1 << 20).unwrap());
+        let db = fjall::Database::builder(fresh.path().join("state"))
+            .open()
+            .unwrap();
+        let meta = db.keyspace("meta", KeyspaceCreateOptions::default).unwrap();
+        assert_eq!(
+            meta.get(META_LEDGER_LEN).unwrap().as_deref(),
+            Some(&0u64.to_be_bytes()[..])
+        );
     }
 
     #[test]
