@@ -470,11 +470,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        if step_bytes(&entries) <= INLINE_APPLY_BYTES {
-            self.apply_entries(entries)
-        } else {
-            blocking(|| self.apply_entries(entries))
-        }
+        blocking(|| self.apply_entries(entries))
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -583,26 +579,6 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             snapshot: Box::new(Cursor::new(data)),
         })
     }
-}
-
-/// Apply steps carrying up to this many bytes of transactions (a few
-/// hundred transactions) run on the runtime thread as they are. Moving the
-/// thread's other tasks elsewhere first ([`blocking`]) cost about 10 µs of
-/// node CPU per transaction under a 64-client load of small steps (paired
-/// 1-node runs, December 2026); larger steps still do it, so they never hold
-/// up the runtime for long.
-const INLINE_APPLY_BYTES: usize = 256 << 10;
-
-/// Bytes of transactions in an apply step.
-fn step_bytes(entries: &[Entry]) -> usize {
-    entries
-        .iter()
-        .map(|e| match &e.payload {
-            EntryPayload::Normal(Command::Batch { txs, .. }) => txs.iter().map(|t| t.len()).sum(),
-            EntryPayload::Normal(Command::Genesis { doc }) => doc.len(),
-            _ => 0,
-        })
-        .sum()
 }
 
 /// Runs synchronous storage work, letting the runtime move its other tasks elsewhere.
