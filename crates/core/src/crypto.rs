@@ -1,8 +1,9 @@
 //! Signature algorithms, keys and identity ids.
 //!
-//! Ed25519 verification uses `ed25519-zebra` so that every node agrees on
-//! validity (ZIP 215 rules, batch and single verification agree); ES256 is
-//! supported for enterprise keys and HSMs.
+//! Ed25519 verification follows ZIP 215 so that every node agrees on
+//! validity: single checks here use `ed25519-zebra`, batches
+//! [`crate::batch_verify`] with the same rules. ES256 is supported for
+//! enterprise keys and HSMs.
 
 use crate::merkle::Hash;
 use p256::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePublicKey};

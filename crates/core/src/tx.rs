@@ -173,8 +173,7 @@ impl Tx {
         if key.alg() != self.alg {
             return Err(TxError::BadSignature(CryptoError::BadSignature));
         }
-        self.sign1
-            .verify_signature(b"", |sig, data| key.verify(data, sig))
+        key.verify(&self.signed_data(), self.signature())
             .map_err(TxError::BadSignature)
     }
 
@@ -189,12 +188,13 @@ impl Tx {
         };
         const CONTEXT: &[u8] = b"Signature1";
         let mut out = Vec::with_capacity(protected.len() + payload.len() + 32);
-        out.push(0x84); // array(4)
-        out.push(0x60 | CONTEXT.len() as u8); // text(10)
+        cbor::head(&mut out, 4, 4);
+        cbor::head(&mut out, 3, CONTEXT.len() as u64);
         out.extend_from_slice(CONTEXT);
-        bstr(&mut out, protected);
-        bstr(&mut out, b"");
-        bstr(&mut out, payload);
+        for b in [protected.as_slice(), b"", payload.as_slice()] {
+            cbor::head(&mut out, 2, b.len() as u64);
+            out.extend_from_slice(b);
+        }
         out
     }
 
@@ -220,28 +220,6 @@ impl Tx {
             .to_tagged_vec()
             .expect("encoding a COSE_Sign1 cannot fail")
     }
-}
-
-/// Appends `b` as a CBOR byte string, its length in the shortest form.
-fn bstr(out: &mut Vec<u8>, b: &[u8]) {
-    let n = b.len() as u64;
-    match n {
-        0..24 => out.push(0x40 | n as u8),
-        24..0x100 => out.extend_from_slice(&[0x58, n as u8]),
-        0x100..0x1_0000 => {
-            out.push(0x59);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        0x1_0000..0x1_0000_0000 => {
-            out.push(0x5a);
-            out.extend_from_slice(&(n as u32).to_be_bytes());
-        }
-        _ => {
-            out.push(0x5b);
-            out.extend_from_slice(&n.to_be_bytes());
-        }
-    }
-    out.extend_from_slice(b);
 }
 
 #[cfg(test)]
@@ -294,12 +272,6 @@ mod tests {
             );
             assert!(k.public().verify(&tx.signed_data(), tx.signature()).is_ok());
         }
-        let mut out = Vec::new();
-        bstr(&mut out, &[0; 23]);
-        assert_eq!(out[0], 0x57);
-        out.clear();
-        bstr(&mut out, &[0; 24]);
-        assert_eq!(out[..2], [0x58, 24]);
     }
 
     #[test]

@@ -1588,20 +1588,13 @@ mod tests {
             txn.commit(true).unwrap();
         }
         std::fs::remove_dir_all(dir.path().join("state")).unwrap();
-        let err = Store::open(dir.path(), 1 << 20)
-            .err()
-            .expect("must refuse")
-            .to_string();
+        let err = refusal(dir.path());
         assert!(
             err.contains("state database") && err.contains("missing"),
             "{err}"
         );
         // The ledger files are untouched.
-        let seg = dir
-            .path()
-            .join("ledger")
-            .join(crate::segments::segment_file_name(0));
-        assert!(std::fs::metadata(seg).unwrap().len() > 20);
+        assert!(std::fs::metadata(first_segment(dir.path())).unwrap().len() > 20);
     }
 
     /// A store with `leaves` appended and made durable, closed again.
@@ -1632,35 +1625,43 @@ mod tests {
         }
     }
 
+    /// The first ledger segment file of a store in `dir`.
+    fn first_segment(dir: &Path) -> PathBuf {
+        dir.join("ledger")
+            .join(crate::segments::segment_file_name(0))
+    }
+
+    /// Why opening the store in `dir` fails (it must).
+    fn refusal(dir: &Path) -> String {
+        Store::open(dir, 1 << 20)
+            .err()
+            .expect("must refuse")
+            .to_string()
+    }
+
+    /// The state database of the store in `dir`, opened directly, and its meta keyspace.
+    fn state_meta(dir: &Path) -> (fjall::Database, fjall::Keyspace) {
+        let db = fjall::Database::builder(dir.join("state")).open().unwrap();
+        let meta = db.keyspace("meta", KeyspaceCreateOptions::default).unwrap();
+        (db, meta)
+    }
+
     #[test]
     fn an_emptied_state_database_is_refused_not_truncated() {
         let dir = tempfile::tempdir().unwrap();
         durable_ledger(dir.path(), &[1, 2]);
-        let seg = dir
-            .path()
-            .join("ledger")
-            .join(crate::segments::segment_file_name(0));
+        let seg = first_segment(dir.path());
         let before = std::fs::read(&seg).unwrap();
         // A new, empty database where the state database was.
         std::fs::remove_dir_all(dir.path().join("state")).unwrap();
-        drop(
-            fjall::Database::builder(dir.path().join("state"))
-                .open()
-                .unwrap(),
-        );
-        let err = Store::open(dir.path(), 1 << 20)
-            .err()
-            .expect("must refuse")
-            .to_string();
+        drop(state_meta(dir.path()));
+        let err = refusal(dir.path());
         assert!(err.contains("records no ledger length"), "{err}");
         assert_eq!(std::fs::read(&seg).unwrap(), before, "the ledger was cut");
         // A new store records its (empty) ledger length at once.
         let fresh = tempfile::tempdir().unwrap();
         drop(Store::open(fresh.path(), 1 << 20).unwrap());
-        let db = fjall::Database::builder(fresh.path().join("state"))
-            .open()
-            .unwrap();
-        let meta = db.keyspace("meta", KeyspaceCreateOptions::default).unwrap();
+        let (_db, meta) = state_meta(fresh.path());
         assert_eq!(
             meta.get(META_LEDGER_LEN).unwrap().as_deref(),
             Some(&0u64.to_be_bytes()[..])
@@ -1672,34 +1673,22 @@ mod tests {
         let (ours, theirs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         durable_ledger(ours.path(), &[1, 2, 3]);
         durable_ledger(theirs.path(), &[9]);
-        let seg = ours
-            .path()
-            .join("ledger")
-            .join(crate::segments::segment_file_name(0));
+        let seg = first_segment(ours.path());
         let before = std::fs::read(&seg).unwrap();
         std::fs::remove_dir_all(ours.path().join("state")).unwrap();
         copy_dir(&theirs.path().join("state"), &ours.path().join("state"));
-        let err = Store::open(ours.path(), 1 << 20)
-            .err()
-            .expect("must refuse")
-            .to_string();
+        let err = refusal(ours.path());
         assert!(err.contains("hash to root"), "{err}");
         assert_eq!(std::fs::read(&seg).unwrap(), before, "the ledger was cut");
 
         // A damaged recorded length is an error, not an empty ledger.
         durable_ledger(theirs.path(), &[]);
         {
-            let db = fjall::Database::builder(theirs.path().join("state"))
-                .open()
-                .unwrap();
-            let meta = db.keyspace("meta", KeyspaceCreateOptions::default).unwrap();
+            let (db, meta) = state_meta(theirs.path());
             meta.insert(META_LEDGER_LEN, [0u8; 3]).unwrap();
             db.persist(PersistMode::SyncAll).unwrap();
         }
-        let err = Store::open(theirs.path(), 1 << 20)
-            .err()
-            .expect("must refuse")
-            .to_string();
+        let err = refusal(theirs.path());
         assert!(err.contains("recorded ledger length"), "{err}");
     }
 }

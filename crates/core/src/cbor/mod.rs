@@ -35,7 +35,8 @@ pub fn to_vec(v: Value) -> Result<Vec<u8>, CborError> {
     Ok(out)
 }
 
-fn head(out: &mut Vec<u8>, major: u8, arg: u64) {
+/// Appends a CBOR item head: `major` type with `arg` in its shortest form.
+pub(crate) fn head(out: &mut Vec<u8>, major: u8, arg: u64) {
     let m = major << 5;
     if arg < 24 {
         out.push(m | arg as u8);
