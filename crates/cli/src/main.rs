@@ -23,6 +23,25 @@ use clap::{Parser, Subcommand};
 /// mimalloc: the node allocates many small, short-lived buffers per transaction.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `mi_option_purge_delay` in mimalloc 3's `mi_option_e` (libmimalloc-sys
+/// exports no constant for it).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// How long freed memory stays mapped before mimalloc returns it to the OS.
+/// With its default (1 s) a loaded node kept giving memory back and faulting
+/// it in again, zeroing fresh huge pages each time (about 5% of a three-node
+/// network's CPU under `perf`). At 10 s a node takes 4–8 times fewer page
+/// faults under `comity bench`, and memory left idle is still returned.
+const PURGE_DELAY_MS: std::ffi::c_long = 10_000;
+
+/// Applies [`PURGE_DELAY_MS`] unless `MIMALLOC_PURGE_DELAY` chose otherwise.
+fn tune_allocator() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets one of mimalloc's integer options; callable at any time.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
+    }
+}
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
@@ -117,6 +136,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
