@@ -214,19 +214,20 @@ impl LogStore {
 
     fn write(&self, st: &mut State, recs: &[WalRecord]) -> Result<(), StorageError<u64>> {
         let err = |e: std::io::Error| storage_io(ErrorSubject::Logs, ErrorVerb::Write, e);
-        for r in recs {
-            let f = frame(r);
-            if f.len() - 8 > MAX_RECORD as usize {
-                // Replay would take it for a torn tail: refuse it instead.
-                return Err(err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    format!(
-                        "a Raft log record of {} bytes is over the limit",
-                        f.len() - 8
-                    ),
-                )));
-            }
-            st.writer.write_all(&f).map_err(err)?;
+        let frames: Vec<Vec<u8>> = recs.iter().map(frame).collect();
+        // Replay would take an over-limit record for a torn tail: refuse the
+        // whole append before any of it is written.
+        if let Some(f) = frames.iter().find(|f| f.len() - 8 > MAX_RECORD as usize) {
+            return Err(err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "a Raft log record of {} bytes is over the limit",
+                    f.len() - 8
+                ),
+            )));
+        }
+        for (r, f) in recs.iter().zip(&frames) {
+            st.writer.write_all(f).map_err(err)?;
             st.written += f.len() as u64;
             if let WalRecord::Entry(e) = r {
                 st.current.max_index = st.current.max_index.max(e.log_id.index);
@@ -582,13 +583,21 @@ mod tests {
     use serde_bytes::ByteBuf;
 
     fn entry(index: u64, term: u64) -> Entry {
+        sized_entry(index, term, 300)
+    }
+
+    fn sized_entry(index: u64, term: u64, bytes: usize) -> Entry {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
             payload: EntryPayload::Normal(Command::Batch {
                 time: index,
-                txs: vec![ByteBuf::from(vec![index as u8; 300])],
+                txs: vec![ByteBuf::from(vec![index as u8; bytes])],
             }),
         }
+    }
+
+    fn log_id(term: u64, index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(term, 1), index)
     }
 
     fn rt() -> tokio::runtime::Runtime {
@@ -651,6 +660,81 @@ mod tests {
             segments < 12,
             "old segments were not deleted ({segments} files)"
         );
+    }
+
+    #[test]
+    fn a_purged_segment_after_a_live_one_is_kept_for_its_truncation() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = |d: &Path| {
+            let mut v: Vec<_> = std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|n| n.ends_with(".log"))
+                .collect();
+            v.sort();
+            v
+        };
+        rt().block_on(async {
+            let mut s = LogStore::open_with(dir.path(), 4096).unwrap();
+            // Segment 0: entries 1..=11 of term 1 (the last one rolls the log).
+            s.blocking_append((1..=10).map(|i| entry(i, 1)))
+                .await
+                .unwrap();
+            s.blocking_append([sized_entry(11, 1, 5000)]).await.unwrap();
+            // Segment 1: a new leader's log replaces 6..=11 with its entry 6.
+            s.truncate(log_id(1, 6)).await.unwrap();
+            s.blocking_append([sized_entry(6, 2, 5000)]).await.unwrap();
+            // Segment 2: entry 7, and a purge up to 6, which segment 1 is
+            // wholly below but segment 0 is not.
+            s.blocking_append([entry(7, 2)]).await.unwrap();
+            s.purge(log_id(2, 6)).await.unwrap();
+        });
+        let before = files(dir.path());
+        assert!(before.len() >= 3, "{before:?}");
+        rt().block_on(async {
+            let mut s = LogStore::open_with(dir.path(), 4096).unwrap();
+            // Without segment 1's truncation, replay would bring back the
+            // old term's entries 8..=11 after the new entry 7.
+            let e = s.try_get_log_entries(0..).await.unwrap();
+            let ids: Vec<_> = e
+                .iter()
+                .map(|e| (e.log_id.leader_id.term, e.log_id.index))
+                .collect();
+            assert_eq!(ids, vec![(2, 7)]);
+        });
+        let after = files(dir.path());
+        assert!(
+            before.iter().take(2).all(|f| after.contains(f)),
+            "segments 0 and 1 must stay: {before:?} -> {after:?}"
+        );
+    }
+
+    #[test]
+    fn an_over_limit_record_is_refused_and_nothing_of_its_append_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        rt().block_on(async {
+            let mut s = LogStore::open(dir.path()).unwrap();
+            s.blocking_append((1..=3).map(|i| entry(i, 1)))
+                .await
+                .unwrap();
+            let huge = sized_entry(5, 1, MAX_RECORD as usize + 1);
+            let err = s
+                .blocking_append([entry(4, 1), huge])
+                .await
+                .expect_err("an over-limit record must be refused");
+            assert!(err.to_string().contains("over the limit"), "{err}");
+            assert_eq!(indexes(&mut s).await, vec![1, 2, 3]);
+        });
+        rt().block_on(async {
+            let mut s = LogStore::open(dir.path()).unwrap();
+            assert_eq!(
+                indexes(&mut s).await,
+                vec![1, 2, 3],
+                "entry 4 was not written"
+            );
+            s.blocking_append([entry(4, 1)]).await.unwrap();
+            assert_eq!(indexes(&mut s).await, vec![1, 2, 3, 4]);
+        });
     }
 
     fn newest_segment(dir: &Path) -> PathBuf {
