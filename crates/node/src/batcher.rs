@@ -17,10 +17,13 @@ const FORWARDS_IN_FLIGHT: usize = 2;
 /// How long a follower keeps trying to reach a leader for a batch.
 const FORWARD_PATIENCE: Duration = Duration::from_secs(10);
 
+/// An admitted transaction: its id and bytes.
+type Queued = (Hash, Vec<u8>);
+
 /// Collects admitted transactions into batches. The leader proposes them,
 /// keeping a few proposals in flight so batching overlaps with the log
 /// fsync; a follower forwards them to the leader.
-pub async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<(Hash, Vec<u8>)>) {
+pub async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Queued>) {
     let proposals = Arc::new(Semaphore::new(shared.limits.max_inflight_batches));
     let forwards = Arc::new(Semaphore::new(FORWARDS_IN_FLIGHT));
     // A transaction that would have taken a batch past its byte limit
@@ -46,23 +49,13 @@ pub async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<(Hash, Vec<u8>)>) {
         // the handlers queue them one by one: letting them run first makes
         // one batch where there would be a batch of one and then the rest.
         tokio::task::yield_now().await;
-        let mut bytes = first.1.len();
-        let mut ids = vec![first.0];
-        let mut txs = vec![ByteBuf::from(first.1)];
-        while txs.len() < shared.limits.batch_max_txs {
-            match rx.try_recv() {
-                Ok((id, t)) if bytes + t.len() > shared.limits.batch_max_bytes => {
-                    carried = Some((id, t));
-                    break;
-                }
-                Ok((id, t)) => {
-                    bytes += t.len();
-                    ids.push(id);
-                    txs.push(ByteBuf::from(t));
-                }
-                Err(_) => break,
-            }
-        }
+        let (ids, txs, rest) = fill(
+            first,
+            shared.limits.batch_max_txs,
+            shared.limits.batch_max_bytes,
+            || rx.try_recv().ok(),
+        );
+        carried = rest;
         metrics::histogram!("comity_batch_txs").record(txs.len() as f64);
         let shared = shared.clone();
         tokio::spawn(async move {
@@ -77,6 +70,32 @@ pub async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<(Hash, Vec<u8>)>) {
             }
         });
     }
+}
+
+/// A batch of at most `max_txs` transactions and `max_bytes` bytes (`first`
+/// alone may be larger) from `first` and what `next` has ready, and the
+/// transaction that would have gone past `max_bytes`, to start the next one.
+fn fill(
+    first: Queued,
+    max_txs: usize,
+    max_bytes: usize,
+    mut next: impl FnMut() -> Option<Queued>,
+) -> (Vec<Hash>, Vec<ByteBuf>, Option<Queued>) {
+    let mut bytes = first.1.len();
+    let mut ids = vec![first.0];
+    let mut txs = vec![ByteBuf::from(first.1)];
+    while txs.len() < max_txs {
+        match next() {
+            Some(tx) if bytes + tx.1.len() > max_bytes => return (ids, txs, Some(tx)),
+            Some((id, t)) => {
+                bytes += t.len();
+                ids.push(id);
+                txs.push(ByteBuf::from(t));
+            }
+            None => break,
+        }
+    }
+    (ids, txs, None)
 }
 
 /// Gets a batch ordered: proposed here when leading, else forwarded to the
@@ -194,5 +213,37 @@ pub async fn checkpoints(shared: Arc<Shared>) {
             }
             last = Instant::now();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tx(i: u8, len: usize) -> Queued {
+        ([i; 32], vec![i; len])
+    }
+
+    #[test]
+    fn a_batch_stops_at_its_limits_and_carries_the_transaction_that_did_not_fit() {
+        // Bytes: 40 + 30 + 30 fit in 100; the fourth (10) would not.
+        let mut queue = vec![tx(1, 30), tx(2, 30), tx(3, 10), tx(4, 10)].into_iter();
+        let (ids, txs, carried) = fill(tx(0, 40), 10, 100, || queue.next());
+        assert_eq!(ids, vec![[0; 32], [1; 32], [2; 32]]);
+        assert_eq!(txs.iter().map(|t| t.len()).sum::<usize>(), 100);
+        assert_eq!(carried, Some(tx(3, 10)), "carried over, not dropped");
+        // The carried one starts the next batch, and the rest follow.
+        let (ids, _, carried) = fill(carried.unwrap(), 10, 100, || queue.next());
+        assert_eq!(ids, vec![[3; 32], [4; 32]]);
+        assert_eq!(carried, None);
+        // The count limit ends a batch without taking the next one.
+        let mut queue = (1..=5).map(|i| tx(i, 1));
+        let (ids, _, carried) = fill(tx(0, 1), 3, 100, || queue.next());
+        assert_eq!((ids.len(), carried), (3, None));
+        assert_eq!(queue.next(), Some(tx(3, 1)), "left in the queue");
+        // A first transaction over the byte limit still makes a batch of one.
+        let mut queue = vec![tx(1, 1)].into_iter();
+        let (ids, _, carried) = fill(tx(0, 500), 10, 100, || queue.next());
+        assert_eq!((ids, carried), (vec![[0; 32]], Some(tx(1, 1))));
     }
 }
