@@ -117,6 +117,64 @@ async fn five_nodes_keep_committing_with_two_killed() {
     eprintln!("test took {:.1} s", t0.elapsed().as_secs_f64());
 }
 
+/// `?linearizable=true` while node `cut` is cut off and `leader` leads the
+/// majority: the cut-off node refuses it (it cannot learn what was
+/// committed) though it still serves its local state; the majority's
+/// follower serves it, current; and it needs a registered identity.
+async fn check_linearizable_reads(c: &Cluster, cut: usize, leader: usize) {
+    let keys = c.data.join("keys");
+    let cert = std::fs::read(keys.join("user0.cert.pem")).expect("cert");
+    let key = std::fs::read(keys.join("user0.key.pem")).expect("key");
+    let user = common::http_client(&c.ca_pem(), Some((&cert, &key)));
+    let anonymous = common::http_client(&c.ca_pem(), None);
+    let get = |http: &reqwest::Client, i: usize, path: &str| {
+        let req = http.get(format!("{}{path}", c.url(i)));
+        async move {
+            let r = tokio::time::timeout(Duration::from_secs(20), req.send())
+                .await
+                .expect("a linearizable read answers within its wait")
+                .expect("the node answers");
+            let status = r.status().as_u16();
+            (
+                status,
+                serde_json::from_slice::<serde_json::Value>(&r.bytes().await.unwrap_or_default())
+                    .unwrap_or_default(),
+            )
+        }
+    };
+    let size = "/v1/ledger/size";
+    let lin_size = "/v1/ledger/size?linearizable=true";
+    // The cut-off node answers from its own state, but not linearizably.
+    assert_eq!(get(&user, cut, size).await.0, 200);
+    let (status, body) = get(&user, cut, lin_size).await;
+    assert_eq!(
+        status, 503,
+        "a cut-off node served a linearizable read: {body}"
+    );
+    assert_eq!(body["code"], "not_ready", "{body}");
+    // A write the majority acknowledged is seen by a linearizable read on
+    // the majority's follower.
+    let follower = (0..c.n)
+        .find(|i| *i != cut && *i != leader)
+        .expect("follower");
+    let tx = c.signer("user0").kv_put("linearizable/k", b"current");
+    let st = c.client(leader).submit(&tx, true).await.expect("submit");
+    assert_eq!(st.status, TxState::Committed, "{st:?}");
+    let (status, body) = get(&user, follower, "/v1/kv/linearizable%2Fk?linearizable=true").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["latest_value_hex"], hex::encode(b"current"), "{body}");
+    // Public data stays public, but a linearizable read costs the leader a
+    // quorum round: strangers may not ask for one.
+    assert_eq!(get(&anonymous, leader, size).await.0, 200);
+    let (status, body) = get(&anonymous, leader, lin_size).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (401, Some("unauthenticated")),
+        "{body}"
+    );
+    assert_eq!(get(&user, leader, lin_size).await.0, 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cut_off_leader_never_acknowledges_and_catches_up_when_healed() {
     let _serial = common::serial().await;
@@ -167,6 +225,8 @@ async fn a_cut_off_leader_never_acknowledges_and_catches_up_when_healed() {
         cut_client.health().await.is_err(),
         "health() is for ok only"
     );
+
+    check_linearizable_reads(&c, old, new).await;
 
     c.heal();
     c.wait_healthy(old, LONG).await;

@@ -78,7 +78,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
 /// A node whose state diverged from the quorum's stops serving (but for its
 /// health and metrics, which say why). Reads are served from this node's
 /// state; `?linearizable=true` first waits until it reflects every write
-/// committed before the request.
+/// committed before the request. That costs the leader a quorum round, so
+/// only a registered member or user may ask for it.
 async fn linearizable(
     State(shared): S,
     req: axum::extract::Request,
@@ -101,7 +102,12 @@ async fn linearizable(
         .query()
         .is_some_and(|q| q.split('&').any(|kv| kv == "linearizable=true"));
     if wanted && req.method() == axum::http::Method::GET {
-        if let Err(e) = crate::peer_api::linearize(&shared).await {
+        let who = req.extensions().get::<ClientIdentity>().copied();
+        let ready = match authorize(&shared, who.unwrap_or(ClientIdentity(None))) {
+            Ok(_) => crate::peer_api::linearize(&shared).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = ready {
             return e.into_response();
         }
     }
