@@ -737,8 +737,8 @@ impl WriteBatch<'_> {
         }
     }
 
-    fn set(&mut self, t: Table, key: &[u8], value: Option<&[u8]>) {
-        self.top.tables[t as usize].insert(key.to_vec(), value.map(<[u8]>::to_vec));
+    fn set(&mut self, t: Table, key: Vec<u8>, value: Option<Vec<u8>>) {
+        self.top.tables[t as usize].insert(key, value);
     }
 
     fn db<T>(&self, r: Result<T, fjall::Error>) -> Result<T, StoreError> {
@@ -750,7 +750,7 @@ impl WriteBatch<'_> {
     }
 
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.set(Table::State, key, Some(value));
+        self.set(Table::State, key.to_vec(), Some(value.to_vec()));
         self.store
             .inner
             .dirty
@@ -761,7 +761,7 @@ impl WriteBatch<'_> {
     }
 
     pub fn delete(&mut self, key: &[u8]) -> Result<(), StoreError> {
-        self.set(Table::State, key, None);
+        self.set(Table::State, key.to_vec(), None);
         self.store
             .inner
             .dirty
@@ -781,12 +781,12 @@ impl WriteBatch<'_> {
     }
 
     pub fn aux_put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.set(Table::Aux, key, Some(value));
+        self.set(Table::Aux, key.to_vec(), Some(value.to_vec()));
         Ok(())
     }
 
     pub fn aux_delete(&mut self, key: &[u8]) -> Result<(), StoreError> {
-        self.set(Table::Aux, key, None);
+        self.set(Table::Aux, key.to_vec(), None);
         Ok(())
     }
 
@@ -873,7 +873,7 @@ impl WriteBatch<'_> {
         for (k, n) in batch.node_batch.nodes() {
             let kb = borsh::to_vec(k).map_err(borsh_err)?;
             let nb = borsh::to_vec(n).map_err(borsh_err)?;
-            self.set(Table::JmtNodes, &kb, Some(&nb));
+            self.set(Table::JmtNodes, kb, Some(nb));
         }
         for ((v, kh), val) in batch.node_batch.values() {
             let mut stored = Vec::with_capacity(1 + val.as_ref().map_or(0, |x| x.len()));
@@ -884,7 +884,7 @@ impl WriteBatch<'_> {
                 }
                 None => stored.push(0),
             }
-            self.set(Table::JmtValues, &value_history::key(kh, *v), Some(&stored));
+            self.set(Table::JmtValues, value_history::key(kh, *v), Some(stored));
         }
         self.top.state_version = Some(version);
         // One stale-index entry per version, listing the nodes it replaced
@@ -905,7 +905,7 @@ impl WriteBatch<'_> {
             list.extend_from_slice(&nk);
         }
         for (since, list) in stale {
-            self.set(Table::JmtStale, &since.to_be_bytes(), Some(&list));
+            self.set(Table::JmtStale, since.to_be_bytes().to_vec(), Some(list));
         }
         // Nodes replaced at or before the horizon belong to no version still served.
         let horizon = proved
@@ -923,9 +923,9 @@ impl WriteBatch<'_> {
                 }
                 for (k, list) in old {
                     for node in stale_nodes(&k, &list)? {
-                        self.set(Table::JmtNodes, node, None);
+                        self.set(Table::JmtNodes, node.to_vec(), None);
                     }
-                    self.set(Table::JmtStale, &k, None);
+                    self.set(Table::JmtStale, k, None);
                 }
             }
         }
