@@ -677,7 +677,6 @@ fn raising_the_window_keeps_nonce_outcomes_the_same_on_every_node() {
         checkpoint_at(&store, &mut ex, 34);
         let reuse = user_put("c", b"2", 9, 34);
         run(&store, &mut ex, reuse, T0 + 35 * MIN);
-        drop(run);
         runs.push(outcomes);
     }
     let code = |o: &Outcome| o.code().to_string();

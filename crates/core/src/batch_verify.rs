@@ -149,6 +149,21 @@ mod tests {
         s.iter().all(|x| x.key.verify(&x.msg, &x.sig).is_ok())
     }
 
+    /// ℓ, the order of the Ed25519 base point, little-endian.
+    const ELL: [u8; 32] = [
+        0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde,
+        0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+    ];
+
+    #[test]
+    fn ell_is_the_group_order() {
+        use curve25519_dalek::Scalar;
+        assert_eq!(Scalar::from_bytes_mod_order(ELL), Scalar::ZERO);
+        let mut below = ELL;
+        below[0] -= 1;
+        assert_eq!(Scalar::from_bytes_mod_order(below), -Scalar::ONE);
+    }
+
     #[test]
     fn agrees_with_single_verification() {
         let b = Ed25519Batch::new();
@@ -166,10 +181,9 @@ mod tests {
                     |x| x.key = SigningKey::generate(Alg::EdDsa).public(),
                     // s + ℓ: the same point equation, but not canonical.
                     |x| {
-                        let l = curve25519_dalek::constants::BASEPOINT_ORDER.to_bytes();
                         let mut carry = 0u16;
-                        for j in 0..32 {
-                            let v = x.sig[32 + j] as u16 + l[j] as u16 + carry;
+                        for (j, l) in ELL.iter().enumerate() {
+                            let v = x.sig[32 + j] as u16 + *l as u16 + carry;
                             x.sig[32 + j] = v as u8;
                             carry = v >> 8;
                         }
