@@ -122,9 +122,7 @@ async fn five_nodes_keep_committing_with_two_killed() {
 /// committed) though it still serves its local state; the majority's
 /// follower serves it, current; and it needs a registered identity.
 async fn check_linearizable_reads(c: &Cluster, cut: usize, leader: usize) {
-    let keys = c.data.join("keys");
-    let cert = std::fs::read(keys.join("user0.cert.pem")).expect("cert");
-    let key = std::fs::read(keys.join("user0.key.pem")).expect("key");
+    let (cert, key) = c.identity_pem("user0");
     let user = common::http_client(&c.ca_pem(), Some((&cert, &key)));
     let anonymous = common::http_client(&c.ca_pem(), None);
     let get = |http: &reqwest::Client, i: usize, path: &str| {

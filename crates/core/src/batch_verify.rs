@@ -157,7 +157,6 @@ mod tests {
 
     #[test]
     fn ell_is_the_group_order() {
-        use curve25519_dalek::Scalar;
         assert_eq!(Scalar::from_bytes_mod_order(ELL), Scalar::ZERO);
         let mut below = ELL;
         below[0] -= 1;

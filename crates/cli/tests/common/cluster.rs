@@ -375,10 +375,16 @@ impl Cluster {
 
     /// A client of node `i` presenting identity `name`'s certificate.
     pub fn client_as(&self, i: usize, name: &str) -> Client {
+        let (cert, key) = self.identity_pem(name);
+        Client::new(&self.url(i), &self.ca_pem(), Some((&cert, &key))).expect("client")
+    }
+
+    /// Identity `name`'s certificate and private key (PEM).
+    pub fn identity_pem(&self, name: &str) -> (Vec<u8>, Vec<u8>) {
         let keys = self.data.join("keys");
         let cert = std::fs::read(keys.join(format!("{name}.cert.pem"))).expect("cert");
         let key = std::fs::read(keys.join(format!("{name}.key.pem"))).expect("key");
-        Client::new(&self.url(i), &self.ca_pem(), Some((&cert, &key))).expect("client")
+        (cert, key)
     }
 
     /// Clients of every node, as `user0`.
