@@ -868,44 +868,22 @@ impl WriteBatch<'_> {
         proved: Option<Version>,
     ) -> Result<Hash, StoreError> {
         let version = update.version;
-        let batch = update.batch;
-        let borsh_err = |e: std::io::Error| StoreError::StateTree(e.to_string());
-        for (k, n) in batch.node_batch.nodes() {
-            let kb = borsh::to_vec(k).map_err(borsh_err)?;
-            let nb = borsh::to_vec(n).map_err(borsh_err)?;
-            self.set(Table::JmtNodes, kb, Some(nb));
+        for (k, n) in update.nodes {
+            self.set(Table::JmtNodes, k, Some(n));
         }
-        for ((v, kh), val) in batch.node_batch.values() {
-            let mut stored = Vec::with_capacity(1 + val.as_ref().map_or(0, |x| x.len()));
-            match val {
-                Some(x) => {
-                    stored.push(1);
-                    stored.extend_from_slice(x);
-                }
-                None => stored.push(0),
-            }
-            self.set(Table::JmtValues, value_history::key(kh, *v), Some(stored));
+        for (k, v) in update.values {
+            self.set(Table::JmtValues, k, Some(v));
         }
         self.top.state_version = Some(version);
-        // One stale-index entry per version, listing the nodes it replaced
-        // (each borsh-encoded behind its u16 length): a version replaces
-        // hundreds of nodes, and an entry each doubled the writes.
-        let mut stale: BTreeMap<Version, Vec<u8>> = BTreeMap::new();
-        for st in &batch.stale_node_index_batch {
-            let list = stale.entry(st.stale_since_version).or_default();
-            let nk = borsh::to_vec(&st.node_key).map_err(borsh_err)?;
+        for (since, list) in update.stale {
+            let since = since.to_be_bytes();
             // Only proofs at older versions read a replaced node: left in the
             // node cache until pruned, replaced nodes crowded out the live
             // tree's, and reads fell through to the database as it grew.
-            self.store.inner.nodes.remove(&nk);
-            let len = u16::try_from(nk.len()).map_err(|_| {
-                StoreError::StateTree(format!("state-tree node key of {} bytes", nk.len()))
-            })?;
-            list.extend_from_slice(&len.to_be_bytes());
-            list.extend_from_slice(&nk);
-        }
-        for (since, list) in stale {
-            self.set(Table::JmtStale, since.to_be_bytes().to_vec(), Some(list));
+            for nk in stale_nodes(&since, &list)? {
+                self.store.inner.nodes.remove(nk);
+            }
+            self.set(Table::JmtStale, since.to_vec(), Some(list));
         }
         // Nodes replaced at or before the horizon belong to no version still served.
         let horizon = proved
@@ -1029,10 +1007,70 @@ impl Reader<'_> {
 }
 
 /// A computed state-tree version, ready to be written.
+///
+/// Its writes are encoded where it is computed (the state-tree worker), so
+/// apply only moves them into its layer.
 pub struct StateTreeUpdate {
     pub version: Version,
     pub root: Hash,
-    batch: jmt::storage::TreeUpdateBatch,
+    /// Encoded (node key, node) pairs of the new version.
+    nodes: Vec<(Vec<u8>, Vec<u8>)>,
+    /// (`value_history` key, stored value) pairs.
+    values: Vec<(Vec<u8>, Vec<u8>)>,
+    /// One stale-index entry per version: the nodes it replaced, each
+    /// borsh-encoded behind its u16 length (an entry per node doubled the
+    /// writes, as a version replaces hundreds).
+    stale: BTreeMap<Version, Vec<u8>>,
+}
+
+impl StateTreeUpdate {
+    fn encode(
+        version: Version,
+        root: Hash,
+        batch: jmt::storage::TreeUpdateBatch,
+    ) -> Result<StateTreeUpdate, StoreError> {
+        let borsh_err = |e: std::io::Error| StoreError::StateTree(e.to_string());
+        let mut nodes = Vec::with_capacity(batch.node_batch.nodes().len());
+        for (k, n) in batch.node_batch.nodes() {
+            nodes.push((
+                borsh::to_vec(k).map_err(borsh_err)?,
+                borsh::to_vec(n).map_err(borsh_err)?,
+            ));
+        }
+        let values = batch
+            .node_batch
+            .values()
+            .iter()
+            .map(|((v, kh), val)| {
+                let mut stored = Vec::with_capacity(1 + val.as_ref().map_or(0, |x| x.len()));
+                match val {
+                    Some(x) => {
+                        stored.push(1);
+                        stored.extend_from_slice(x);
+                    }
+                    None => stored.push(0),
+                }
+                (value_history::key(kh, *v), stored)
+            })
+            .collect();
+        let mut stale: BTreeMap<Version, Vec<u8>> = BTreeMap::new();
+        for st in &batch.stale_node_index_batch {
+            let nk = borsh::to_vec(&st.node_key).map_err(borsh_err)?;
+            let len = u16::try_from(nk.len()).map_err(|_| {
+                StoreError::StateTree(format!("state-tree node key of {} bytes", nk.len()))
+            })?;
+            let list = stale.entry(st.stale_since_version).or_default();
+            list.extend_from_slice(&len.to_be_bytes());
+            list.extend_from_slice(&nk);
+        }
+        Ok(StateTreeUpdate {
+            version,
+            root,
+            nodes,
+            values,
+            stale,
+        })
+    }
 }
 
 fn compute(
@@ -1072,11 +1110,7 @@ fn compute(
         tree.put_value_set(changes.into_iter().map(|(k, v)| (key(&k), v)), version)
     }
     .map_err(|e| StoreError::StateTree(e.to_string()))?;
-    Ok(StateTreeUpdate {
-        version,
-        root: root.0,
-        batch,
-    })
+    StateTreeUpdate::encode(version, root.0, batch)
 }
 
 /// The node keys a stale-index entry names: a version's list, or one node
