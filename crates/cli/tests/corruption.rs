@@ -26,9 +26,9 @@ struct Rec {
 }
 
 /// Records of a file laid out as `[u32 LE len][u32 crc][payload]...` from
-/// `start` (both the ledger segments, after their 24-byte header, and the
-/// Raft log use this framing). Stops at the first thing that is not a
-/// complete record (a segment trailer).
+/// `start` (the ledger segments and the Raft log segments both use this
+/// framing, each after a 24-byte header). Stops at the first thing that is
+/// not a complete record (a segment trailer).
 fn records(bytes: &[u8], start: usize) -> Vec<Rec> {
     let mut out = Vec::new();
     let mut off = start;
@@ -239,7 +239,7 @@ async fn corrupt_raft_log_is_refused_and_torn_tail_is_not() {
     // (c) a byte inside a record payload in the middle of the Raft log.
     let wal = logs[0].clone();
     let bytes = std::fs::read(&wal).unwrap();
-    let recs = records(&bytes, 0);
+    let recs = records(&bytes, 24);
     assert!(
         recs.len() >= 3,
         "{} records in {}",
@@ -331,7 +331,7 @@ async fn raft_log_damaged_length_field_is_refused() {
     assert_eq!(logs.len(), 1, "{logs:?}");
     let wal = logs[0].clone();
     let bytes = std::fs::read(&wal).unwrap();
-    let recs = records(&bytes, 0);
+    let recs = records(&bytes, 24);
     assert!(
         recs.len() >= 6,
         "{} records in {}",

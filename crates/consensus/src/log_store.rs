@@ -1,10 +1,15 @@
 //! The Raft log: Comity's write-ahead log.
 //!
 //! Records are appended to segment files `wal-<seq>.log` as
-//! `[u32 LE length][u32 LE CRC-32C of payload][CBOR payload]`. A record is an
-//! entry, a truncation, a purge mark or the committed index. Appends are made
-//! durable by one flusher thread that fdatasyncs once for every append queued
-//! since its last sync (group commit), then acknowledges them in order.
+//! `[u32 LE length][u32 LE CRC-32C of salt ‖ payload][CBOR payload]`. A
+//! segment starts with a magic and a random 16-byte salt of its own, so bytes
+//! inside a record (a client's value) can never pass for a record of the
+//! segment, and a torn final record is told from damage reliably. Segments
+//! written before the salt have no header; their CRCs cover the payload only.
+//! A record is an entry, a truncation, a purge mark or the committed index.
+//! Appends are made durable by one flusher thread that fdatasyncs once for
+//! every append queued since its last sync (group commit), then acknowledges
+//! them in order.
 //! The vote is a separate file replaced atomically (write, fsync, rename).
 //!
 //! On open, only a torn tail of the last segment (an incomplete or
@@ -14,6 +19,7 @@
 use crate::{storage_io, Entry, LogId, TypeConfig};
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, StorageError, Vote};
+use rand_core::RngCore;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -26,6 +32,10 @@ use std::sync::{mpsc, Arc, Mutex};
 /// Segment size at which a new log file starts.
 pub const DEFAULT_ROLL_BYTES: u64 = 64 << 20;
 const MAX_RECORD: u32 = 256 << 20;
+/// Start of every salted segment. As a legacy record header it would claim
+/// a length over [`MAX_RECORD`], so the two formats cannot be confused.
+const MAGIC: &[u8; 8] = b"CMTYWAL2";
+const HEADER_LEN: usize = MAGIC.len() + 16;
 
 #[derive(Serialize, Deserialize)]
 enum WalRecord {
@@ -66,6 +76,8 @@ struct State {
     current: Segment,
     current_seq: u64,
     writer: BufWriter<File>,
+    /// Checksum seed of the current segment.
+    seed: u32,
     written: u64,
 }
 
@@ -91,14 +103,53 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> WalError + '_ {
     }
 }
 
-fn frame(rec: &WalRecord) -> Vec<u8> {
+/// A record's checksum in a segment whose salt has CRC `seed` (0 for a
+/// segment without a salt).
+fn checksum(seed: u32, payload: &[u8]) -> u32 {
+    crc32c::crc32c_append(seed, payload)
+}
+
+fn frame(rec: &WalRecord, seed: u32) -> Vec<u8> {
     let mut payload = Vec::with_capacity(256);
     ciborium::into_writer(rec, &mut payload).expect("encoding a WAL record cannot fail");
     let mut out = Vec::with_capacity(payload.len() + 8);
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+    out.extend_from_slice(&checksum(seed, &payload).to_le_bytes());
     out.extend_from_slice(&payload);
     out
+}
+
+/// Creates segment `path` with a fresh salt, restating the purge mark and
+/// committed index (so older segments can be deleted), durably. Returns its
+/// writer, the file the flusher syncs, and its checksum seed.
+fn start_segment(
+    dir: &Path,
+    path: &Path,
+    last_purged: Option<LogId>,
+    committed: Option<LogId>,
+) -> Result<(BufWriter<File>, Arc<File>, u32), WalError> {
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io(path))?;
+    let sync = Arc::new(file.try_clone().map_err(io(path))?);
+    let mut salt = [0u8; HEADER_LEN - MAGIC.len()];
+    rand_core::OsRng
+        .try_fill_bytes(&mut salt)
+        .map_err(|e| io(path)(std::io::Error::other(e)))?;
+    let seed = crc32c::crc32c(&salt);
+    let mut writer = BufWriter::with_capacity(1 << 20, file);
+    let mut head = [MAGIC.as_slice(), &salt].concat();
+    if let Some(p) = last_purged {
+        head.extend(frame(&WalRecord::Purged(p), seed));
+    }
+    head.extend(frame(&WalRecord::Committed(committed), seed));
+    writer.write_all(&head).map_err(io(path))?;
+    writer.flush().map_err(io(path))?;
+    sync.sync_data().map_err(io(path))?;
+    sync_dir(dir)?;
+    Ok((writer, sync, seed))
 }
 
 fn segment_path(dir: &Path, seq: u64) -> PathBuf {
@@ -164,24 +215,7 @@ impl LogStore {
         }
         let current_seq = seqs.last().map_or(0, |s| s + 1);
         let path = segment_path(dir, current_seq);
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io(&path))?;
-        let sync_file = Arc::new(file.try_clone().map_err(io(&path))?);
-        let mut writer = BufWriter::with_capacity(1 << 20, file);
-        // A new segment restates what older ones said, so they can be deleted.
-        let head = [
-            frame(&WalRecord::Purged(last_purged.unwrap_or_default())),
-            frame(&WalRecord::Committed(committed)),
-        ];
-        for f in head.iter().skip(usize::from(last_purged.is_none())) {
-            writer.write_all(f).map_err(io(&path))?;
-        }
-        writer.flush().map_err(io(&path))?;
-        sync_file.sync_data().map_err(io(&path))?;
-        sync_dir(dir)?;
+        let (writer, sync_file, seed) = start_segment(dir, &path, last_purged, committed)?;
         let vote = read_vote(dir)?;
         let state = State {
             entries,
@@ -192,6 +226,7 @@ impl LogStore {
             current: Segment { path, max_index: 0 },
             current_seq,
             writer,
+            seed,
             written: 0,
         };
         let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
@@ -214,7 +249,7 @@ impl LogStore {
 
     fn write(&self, st: &mut State, recs: &[WalRecord]) -> Result<(), StorageError<u64>> {
         let err = |e: std::io::Error| storage_io(ErrorSubject::Logs, ErrorVerb::Write, e);
-        let frames: Vec<Vec<u8>> = recs.iter().map(frame).collect();
+        let frames: Vec<Vec<u8>> = recs.iter().map(|r| frame(r, st.seed)).collect();
         // Replay would take an over-limit record for a torn tail: refuse the
         // whole append before any of it is written.
         if let Some(f) = frames.iter().find(|f| f.len() - 8 > MAX_RECORD as usize) {
@@ -250,12 +285,8 @@ impl LogStore {
             .map_err(io(&st.current.path))?;
         st.current_seq += 1;
         let path = segment_path(&self.inner.dir, st.current_seq);
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io(&path))?;
-        let sync = Arc::new(file.try_clone().map_err(io(&path))?);
+        let (writer, sync, seed) =
+            start_segment(&self.inner.dir, &path, st.last_purged, st.committed)?;
         let old = std::mem::replace(
             &mut st.current,
             Segment {
@@ -264,17 +295,9 @@ impl LogStore {
             },
         );
         st.closed.push(old);
-        st.writer = BufWriter::with_capacity(1 << 20, file);
+        st.writer = writer;
+        st.seed = seed;
         st.written = 0;
-        for f in [
-            frame(&WalRecord::Purged(st.last_purged.unwrap_or_default())),
-            frame(&WalRecord::Committed(st.committed)),
-        ] {
-            st.writer.write_all(&f).map_err(io(&path))?;
-        }
-        st.writer.flush().map_err(io(&path))?;
-        sync.sync_data().map_err(io(&path))?;
-        sync_dir(&self.inner.dir)?;
         *self.inner.sync_file.lock().expect("sync file lock") = sync;
         Ok(())
     }
@@ -369,18 +392,32 @@ fn replay(path: &Path, last: bool, mut f: impl FnMut(WalRecord)) -> Result<(), W
     File::open(path)
         .and_then(|mut file| file.read_to_end(&mut data))
         .map_err(io(path))?;
-    let mut off = 0usize;
+    let corrupt = |offset: usize, reason: &str| WalError::Corrupt {
+        path: path.to_path_buf(),
+        offset: offset as u64,
+        reason: reason.to_string(),
+    };
+    let (mut off, seed) = if data.starts_with(MAGIC) {
+        let Some(salt) = data.get(MAGIC.len()..HEADER_LEN) else {
+            if !last {
+                return Err(corrupt(0, "incomplete segment header"));
+            }
+            // Its header was being written when the node stopped: nothing
+            // in it was ever acknowledged.
+            tracing::warn!(path = %path.display(), "discarding a torn Raft log segment header (never acknowledged)");
+            return truncate(path, 0);
+        };
+        (HEADER_LEN, crc32c::crc32c(salt))
+    } else {
+        (0, 0)
+    };
     while off < data.len() {
         let torn = |reason: &str| -> Result<bool, WalError> {
             if last {
                 tracing::warn!(path = %path.display(), offset = off, reason, "discarding a torn Raft log tail (never acknowledged)");
                 Ok(true)
             } else {
-                Err(WalError::Corrupt {
-                    path: path.to_path_buf(),
-                    offset: off as u64,
-                    reason: reason.to_string(),
-                })
+                Err(corrupt(off, reason))
             }
         };
         if data.len() - off < 8 && torn("incomplete record header")? {
@@ -395,28 +432,23 @@ fn replay(path: &Path, last: bool, mut f: impl FnMut(WalRecord)) -> Result<(), W
             if data[off..].iter().all(|&b| b == 0) && torn("zero-filled tail")? {
                 break;
             }
-            return Err(WalError::Corrupt {
-                path: path.to_path_buf(),
-                offset: off as u64,
-                reason: "zero-length record".into(),
-            });
+            return Err(corrupt(off, "zero-length record"));
         }
         let end = off + 8 + len as usize;
         if len > MAX_RECORD || end > data.len() {
             // A torn write leaves nothing valid after it; a damaged length does.
-            if valid_frame_after(&data, off + 1) {
-                return Err(WalError::Corrupt {
-                    path: path.to_path_buf(),
-                    offset: off as u64,
-                    reason: "damaged record length with valid records after it".into(),
-                });
+            if valid_frame_after(&data, off + 1, seed) {
+                return Err(corrupt(
+                    off,
+                    "damaged record length with valid records after it",
+                ));
             }
             if torn("record runs past the end of the file")? {
                 break;
             }
         }
         let payload = &data[off + 8..end];
-        if crc32c::crc32c(payload) != crc {
+        if checksum(seed, payload) != crc {
             // Only the very last record can be a torn write, followed at most
             // by zeros (blocks left unwritten past it); anything followed by
             // more data is damage.
@@ -424,37 +456,36 @@ fn replay(path: &Path, last: bool, mut f: impl FnMut(WalRecord)) -> Result<(), W
             {
                 break;
             }
-            return Err(WalError::Corrupt {
-                path: path.to_path_buf(),
-                offset: off as u64,
-                reason: "checksum mismatch".into(),
-            });
+            return Err(corrupt(off, "checksum mismatch"));
         }
-        let rec: WalRecord = ciborium::from_reader(payload).map_err(|e| WalError::Corrupt {
-            path: path.to_path_buf(),
-            offset: off as u64,
-            reason: format!("undecodable record: {e}"),
-        })?;
+        let rec: WalRecord = ciborium::from_reader(payload)
+            .map_err(|e| corrupt(off, &format!("undecodable record: {e}")))?;
         f(rec);
         off = end;
     }
     if off < data.len() {
-        let file = OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(io(path))?;
-        file.set_len(off as u64).map_err(io(path))?;
-        file.sync_all().map_err(io(path))?;
+        truncate(path, off)?;
     }
     Ok(())
 }
 
-/// Whether a checksum-valid record starts anywhere at or after `from`.
-fn valid_frame_after(data: &[u8], from: usize) -> bool {
+fn truncate(path: &Path, len: usize) -> Result<(), WalError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io(path))?;
+    file.set_len(len as u64).map_err(io(path))?;
+    file.sync_all().map_err(io(path))
+}
+
+/// Whether a checksum-valid record starts anywhere at or after `from`. With
+/// a salted segment only the node's own records can pass, never bytes a
+/// client chose.
+fn valid_frame_after(data: &[u8], from: usize, seed: u32) -> bool {
     (from..data.len().saturating_sub(8)).any(|o| {
         let len = u32::from_le_bytes(data[o..o + 4].try_into().expect("4 bytes")) as usize;
         let crc = u32::from_le_bytes(data[o + 4..o + 8].try_into().expect("4 bytes"));
-        len > 0 && o + 8 + len <= data.len() && crc32c::crc32c(&data[o + 8..o + 8 + len]) == crc
+        len > 0 && o + 8 + len <= data.len() && checksum(seed, &data[o + 8..o + 8 + len]) == crc
     })
 }
 
@@ -796,7 +827,7 @@ mod tests {
         let (dir, seg) = ten_entries();
         let bytes = std::fs::read(&seg).unwrap();
         // Walk the frames to the fourth one and give it an impossible length.
-        let mut off = 0;
+        let mut off = HEADER_LEN;
         for _ in 0..3 {
             off += 8 + u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
         }
@@ -837,7 +868,9 @@ mod tests {
         });
         // Zeros over a record that has records after it: refused.
         let mut holed = bytes.clone();
-        let second = 8 + u32::from_le_bytes(bytes[0..4].try_into().unwrap()) as usize;
+        let first = HEADER_LEN;
+        let second =
+            first + 8 + u32::from_le_bytes(bytes[first..first + 4].try_into().unwrap()) as usize;
         holed[second..second + 8].fill(0);
         std::fs::write(&seg, &holed).unwrap();
         let err = LogStore::open(dir.path())
@@ -845,5 +878,96 @@ mod tests {
             .expect("must refuse")
             .to_string();
         assert!(err.contains("zero-length record"), "{err}");
+    }
+
+    #[test]
+    fn a_value_shaped_like_a_record_does_not_turn_a_torn_tail_into_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        // A client's value holding a well-formed record, checksummed as it
+        // could be without the segment's salt, with more bytes after it.
+        let mut value = vec![7u8; 64];
+        value.extend(frame(&WalRecord::Committed(None), 0));
+        value.extend([7u8; 256]);
+        rt().block_on(async {
+            let mut s = LogStore::open(dir.path()).unwrap();
+            s.blocking_append((1..=9).map(|i| entry(i, 1)))
+                .await
+                .unwrap();
+            let mut last = entry(10, 1);
+            last.payload = EntryPayload::Normal(Command::Batch {
+                time: 10,
+                txs: vec![ByteBuf::from(value)],
+            });
+            s.blocking_append([last]).await.unwrap();
+        });
+        // The write of the last record was torn after the embedded record.
+        let seg = newest_segment(dir.path());
+        let len = std::fs::metadata(&seg).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(len - 128)
+            .unwrap();
+        rt().block_on(async {
+            let mut s = LogStore::open(dir.path()).unwrap();
+            assert_eq!(indexes(&mut s).await, (1..=9).collect::<Vec<_>>());
+        });
+    }
+
+    #[test]
+    fn segments_written_before_the_salt_still_replay_and_their_damage_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let legacy: Vec<u8> = (1..=3)
+            .flat_map(|i| frame(&WalRecord::Entry(entry(i, 1)), 0))
+            .collect();
+        let seg = segment_path(dir.path(), 0);
+        std::fs::write(&seg, &legacy).unwrap();
+        rt().block_on(async {
+            let mut s = LogStore::open(dir.path()).unwrap();
+            assert_eq!(indexes(&mut s).await, vec![1, 2, 3]);
+            s.blocking_append([entry(4, 1)]).await.unwrap();
+        });
+        rt().block_on(async {
+            let mut s = LogStore::open(dir.path()).unwrap();
+            assert_eq!(indexes(&mut s).await, vec![1, 2, 3, 4]);
+        });
+        let mut bad = legacy.clone();
+        bad[20] ^= 1;
+        std::fs::write(&seg, &bad).unwrap();
+        let err = LogStore::open(dir.path())
+            .err()
+            .expect("must refuse")
+            .to_string();
+        assert!(
+            err.contains(&seg.display().to_string()) && err.contains("checksum"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_torn_segment_header_is_discarded_only_at_the_end_of_the_log() {
+        let (dir, seg) = ten_entries();
+        // A segment whose header was being written when the node stopped.
+        let next = segment_path(dir.path(), 99);
+        std::fs::write(&next, &MAGIC[..]).unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&next)
+            .unwrap()
+            .write_all(&[1, 2, 3])
+            .unwrap();
+        rt().block_on(async {
+            let mut s = LogStore::open(dir.path()).unwrap();
+            assert_eq!(indexes(&mut s).await, (1..=10).collect::<Vec<_>>());
+        });
+        assert_eq!(std::fs::metadata(&next).unwrap().len(), 0);
+        // Anywhere else a short header is damage.
+        std::fs::write(&seg, &MAGIC[..]).unwrap();
+        let err = LogStore::open(dir.path())
+            .err()
+            .expect("must refuse")
+            .to_string();
+        assert!(err.contains("incomplete segment header"), "{err}");
     }
 }
