@@ -17,7 +17,7 @@ use comity_apps::{keys, registry};
 use comity_core::checkpoint::Checkpoint;
 use comity_core::entry::Outcome;
 use comity_core::Hash;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -173,19 +173,37 @@ struct SubmitParams {
     wait: Option<bool>,
 }
 
-fn status_json(id: &Hash, index: u64, outcome: &Outcome, time: u64) -> Value {
-    json!({
-        "id": hex::encode(id),
-        "status": if *outcome == Outcome::Applied { "committed" } else { "rejected" },
-        "index": index,
-        "outcome": outcome.code(),
-        "ledger_time": time,
-    })
+/// A recorded transaction's status (docs/api.md), written straight from a
+/// struct: it answers every submission.
+#[derive(Serialize)]
+struct RecordedStatus<'a> {
+    id: String,
+    status: &'static str,
+    index: u64,
+    outcome: &'a str,
+    ledger_time: u64,
 }
 
-fn committed_status(shared: &Shared, id: &Hash, index: u64) -> ApiResult<Value> {
+impl<'a> RecordedStatus<'a> {
+    fn new(id: &Hash, index: u64, outcome: &'a str, ledger_time: u64) -> RecordedStatus<'a> {
+        RecordedStatus {
+            id: hex::encode(id),
+            status: if outcome == Outcome::Applied.code() {
+                "committed"
+            } else {
+                "rejected"
+            },
+            index,
+            outcome,
+            ledger_time,
+        }
+    }
+}
+
+fn committed_status(shared: &Shared, id: &Hash, index: u64) -> ApiResult<Response> {
     let (_, leaf) = query::record(&shared.store, index)?;
-    Ok(status_json(id, index, &leaf.outcome, leaf.time))
+    let status = RecordedStatus::new(id, index, leaf.outcome.code(), leaf.time);
+    Ok(Json(status).into_response())
 }
 
 async fn submit(
@@ -209,9 +227,7 @@ async fn submit(
     let bytes = body.to_vec();
     let (id, admission) = ingress::admit(&shared, &bytes, ingress::Source::Client).await?;
     let rx = match admission {
-        Admission::Known(index) => {
-            return Ok(Json(committed_status(&shared, &id, index)?).into_response())
-        }
+        Admission::Known(index) => return committed_status(&shared, &id, index),
         Admission::Queued(rx, fresh) => {
             if fresh && shared.submit.send((id, bytes)).await.is_err() {
                 return Err(ApiError::unavailable("node is shutting down"));
@@ -231,30 +247,25 @@ async fn submit(
     }
     match tokio::time::timeout(Duration::from_millis(shared.limits.commit_wait_ms), rx).await {
         Ok(Ok(Ok(o))) => {
-            let outcome = if o.outcome == "ok" {
-                Outcome::Applied
-            } else {
-                Outcome::Rejected(o.outcome.clone())
-            };
-            Ok(Json(status_json(&id, o.index, &outcome, o.time)).into_response())
+            Ok(Json(RecordedStatus::new(&id, o.index, &o.outcome, o.time)).into_response())
         }
         Ok(Ok(Err(msg))) => Err(ApiError::unavailable(msg)),
         Ok(Err(_)) | Err(_) => Ok(pending()),
     }
 }
 
-async fn tx_status(State(shared): S, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Value>> {
+async fn tx_status(State(shared): S, ApiPath(id): ApiPath<String>) -> ApiResult<Response> {
     let id = parse_hash(&id)?;
     let r = shared.store.read()?;
     if let Some(index) = query::tx_index(&r, &id)? {
-        return Ok(Json(committed_status(&shared, &id, index)?));
+        return committed_status(&shared, &id, index);
     }
     let status = if shared.pending.contains(&id) {
         "pending"
     } else {
         "unknown"
     };
-    Ok(Json(json!({"id": hex::encode(id), "status": status})))
+    Ok(Json(json!({"id": hex::encode(id), "status": status})).into_response())
 }
 
 #[derive(Deserialize)]
