@@ -169,7 +169,11 @@ pub async fn checkpoints(shared: Arc<Shared>) {
         let v = shared.view();
         let (due_txs, due_ms, uncovered) =
             (v.config.checkpoint_txs, v.config.checkpoint_ms, v.uncovered);
-        tokio::time::sleep(Duration::from_millis((due_ms / 4).clamp(1, 50))).await;
+        // Wake for the next marker on time: receipts wait for it.
+        let period = Duration::from_millis(due_ms);
+        let nap = Duration::from_millis((due_ms / 4).clamp(1, 50));
+        let until_due = period.saturating_sub(last.elapsed());
+        tokio::time::sleep(nap.min(until_due).max(Duration::from_millis(1))).await;
         if !shared.is_leader() || shared.recovery_pending() {
             continue;
         }
@@ -201,9 +205,10 @@ pub async fn checkpoints(shared: Arc<Shared>) {
                 tracing::warn!(error = %e, "clock tick not committed");
             }
         }
-        if uncovered > 0
-            && (uncovered >= due_txs || last.elapsed() >= Duration::from_millis(due_ms))
-        {
+        if uncovered > 0 && (uncovered >= due_txs || last.elapsed() >= period) {
+            // Markers are T ms apart from proposal to proposal: timing from
+            // the commit would stretch the interval by a commit under load.
+            last = Instant::now();
             if let Err(e) = shared
                 .raft
                 .client_write(Command::Checkpoint { time: now_ms() })
@@ -211,7 +216,6 @@ pub async fn checkpoints(shared: Arc<Shared>) {
             {
                 tracing::warn!(error = %e, "checkpoint marker not committed");
             }
-            last = Instant::now();
         }
     }
 }
