@@ -588,3 +588,98 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
         _ => f(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use comity_apps::genesis::node_info;
+    use comity_apps::{Genesis, IdentitySpec};
+    use comity_core::crypto::{Alg, SigningKey};
+    use openraft::CommittedLeaderId;
+    use serde_bytes::ByteBuf;
+
+    const T0: u64 = 1_763_000_000_000;
+
+    fn machine(dir: &std::path::Path) -> StateMachine {
+        let (store, _) = Store::open(dir, 1 << 20).unwrap();
+        let (events, _) = tokio::sync::mpsc::unbounded_channel();
+        StateMachine::new(
+            Arc::new(store),
+            events,
+            Arc::new(|_: &Hash| None),
+            Arc::new(OnceLock::new()),
+        )
+        .unwrap()
+    }
+
+    fn entry(index: u64, cmd: Command) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(cmd),
+        }
+    }
+
+    fn ledger_time(sm: &StateMachine) -> u64 {
+        sm.view().read().unwrap().ledger_time
+    }
+
+    /// Ledger time can move past the last record (a clock tick for a
+    /// deadline): a node that catches up by snapshot takes the network's
+    /// time, not its last record's, so it runs the same expiries.
+    #[tokio::test]
+    async fn a_snapshot_brings_ledger_time_past_the_last_record() {
+        let member = SigningKey::generate(Alg::EdDsa);
+        let node = SigningKey::generate(Alg::EdDsa);
+        let g = Genesis::new(
+            "t",
+            T0,
+            vec![IdentitySpec::new(member.public().to_spki_der(), "m")],
+            vec![],
+            NodeSet(vec![node_info(
+                &node.public(),
+                member.public().fingerprint(),
+            )]),
+        );
+        let genesis = entry(
+            1,
+            Command::Genesis {
+                doc: ByteBuf::from(g.to_cbor()),
+            },
+        );
+        let later = T0 + 60_000;
+        let tick = entry(
+            2,
+            Command::Batch {
+                time: later,
+                txs: vec![],
+            },
+        );
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut ahead = machine(da.path());
+        ahead.apply([genesis.clone(), tick]).await.unwrap();
+        assert_eq!(ledger_time(&ahead), later);
+        let snap = ahead
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+
+        // Same records, without the tick.
+        let mut behind = machine(db.path());
+        behind.apply([genesis]).await.unwrap();
+        assert_eq!(
+            behind.store.read().unwrap().ledger_len().unwrap(),
+            ahead.store.read().unwrap().ledger_len().unwrap(),
+            "the tick wrote no record"
+        );
+        assert!(ledger_time(&behind) < later);
+        behind
+            .install_snapshot(&snap.meta, snap.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(ledger_time(&behind), later);
+        drop(behind);
+        assert_eq!(ledger_time(&machine(db.path())), later, "after a restart");
+    }
+}
