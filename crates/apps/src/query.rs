@@ -3,8 +3,9 @@
 use crate::registry::AuxRead;
 use crate::{keys, node};
 use comity_core::checkpoint::{self, Checkpoint};
-use comity_core::entry::{Leaf, Record};
+use comity_core::entry::{EntryKind, Leaf, Record};
 use comity_core::receipt::Receipt;
+use comity_core::tx::Tx;
 use comity_core::Hash;
 use comity_store::{Reader, Store, StoreError};
 
@@ -57,16 +58,44 @@ pub fn tx_index(r: &Reader<'_>, id: &Hash) -> Result<Option<u64>, StoreError> {
 
 /// The record at `index`, decoded.
 pub fn record(store: &Store, index: u64) -> Result<(Record, Leaf), StoreError> {
-    let raw = store.record(index)?;
-    let rec = Record::from_cbor(&raw).map_err(|e| StoreError::BadRecord {
+    decode_record(&store.record(index)?, index)
+}
+
+fn decode_record(raw: &[u8], index: u64) -> Result<(Record, Leaf), StoreError> {
+    let bad = |e: comity_core::cbor::CborError| StoreError::BadRecord {
         index,
         message: e.to_string(),
-    })?;
-    let leaf = Leaf::from_cbor(&rec.leaf).map_err(|e| StoreError::BadRecord {
-        index,
-        message: e.to_string(),
-    })?;
+    };
+    let rec = Record::from_cbor(raw).map_err(bad)?;
+    let leaf = Leaf::from_cbor(&rec.leaf).map_err(bad)?;
     Ok((rec, leaf))
+}
+
+/// Whether a user (not a member) may see record `rec`'s transaction.
+/// Members audit the whole ledger; a user sees every entry except another
+/// identity's notary transactions, which only the document's parties read,
+/// through the notary API (`Document::may_read`). An entry whose body does
+/// not parse as a transaction is withheld too.
+pub fn user_may_read(rec: &Record, leaf: &Leaf, user: &Hash) -> bool {
+    if leaf.kind != EntryKind::Tx || leaf.signer.as_ref().is_some_and(|(s, _)| s == user) {
+        return true;
+    }
+    Tx::parse(&rec.body).is_ok_and(|tx| tx.payload.app != "notary")
+}
+
+/// Raw record `raw` at `index` as user `user` may see it: whole, or with
+/// its transaction withheld (an empty body; the leaf's digest still commits
+/// to it) where [`user_may_read`] says no.
+pub fn user_view(raw: Vec<u8>, index: u64, user: &Hash) -> Result<Vec<u8>, StoreError> {
+    let (rec, leaf) = decode_record(&raw, index)?;
+    if user_may_read(&rec, &leaf, user) {
+        return Ok(raw);
+    }
+    Ok(Record {
+        leaf: rec.leaf,
+        body: Vec::new(),
+    }
+    .to_cbor())
 }
 
 /// A checkpoint with the signatures that make it final.

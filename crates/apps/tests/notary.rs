@@ -988,3 +988,57 @@ fn replay_reproduces_the_state_root() {
     assert_eq!(summary.last_state_root, Some(root));
     assert_eq!(summary.rejected, 1);
 }
+
+/// The raw ledger shows a user every transaction except other identities'
+/// notary ones, so it never goes round the documents' per-record reads.
+#[test]
+fn users_are_not_shown_other_identities_notary_transactions() {
+    use comity_apps::query::{record, user_may_read, user_view};
+    use comity_core::entry::Record;
+    let mut n = Net::new();
+    let (alice, bob, carol) = (n.alice.clone(), n.bob.clone(), n.carol.clone());
+    n.register(
+        &alice,
+        "register",
+        reg(
+            sha256(b"contract"),
+            "c",
+            &[(&alice, "seller"), (&bob, "buyer")],
+            DAY,
+            2,
+        ),
+    );
+    let at = n.store.read().unwrap().ledger_len().unwrap() - 1;
+    let put = n.sign_as(
+        &alice,
+        &id(&alice),
+        "kv",
+        "put",
+        cbor::map([("key", cbor::text("k")), ("value", cbor::bytes(b"v"))]),
+    );
+    assert_eq!(n.run(put).1, "ok");
+    let kv_at = at + 1;
+
+    let (rec, leaf) = record(&n.store, at).unwrap();
+    assert!(user_may_read(&rec, &leaf, &id(&alice)), "the signer");
+    for other in [&bob, &carol] {
+        assert!(!user_may_read(&rec, &leaf, &id(other)));
+    }
+    let shown = user_view(n.store.record(at).unwrap(), at, &id(&carol)).unwrap();
+    let shown = Record::from_cbor(&shown).unwrap();
+    assert!(shown.body.is_empty(), "withheld");
+    assert_eq!(shown.leaf, rec.leaf, "the leaf stays whole");
+    // Genesis and kv are not confidential among users.
+    for i in [0, kv_at] {
+        let (rec, leaf) = record(&n.store, i).unwrap();
+        assert!(user_may_read(&rec, &leaf, &id(&carol)), "entry {i}");
+        let raw = n.store.record(i).unwrap();
+        assert_eq!(user_view(raw.clone(), i, &id(&carol)).unwrap(), raw);
+    }
+    // A body that is not a transaction is withheld too.
+    let junk = Record {
+        leaf: rec.leaf.clone(),
+        body: b"not a transaction".to_vec(),
+    };
+    assert!(!user_may_read(&junk, &leaf, &id(&carol)));
+}

@@ -331,10 +331,15 @@ async fn execute_all(g: &Global, args: &BenchArgs) -> anyhow::Result<Vec<Report>
     } else {
         args.target.clone()
     };
-    // With the identity: the sampled receipts carry their transactions.
+    // With an identity the sampled receipts carry their transactions; a
+    // member's is shown all of them (a user's not other identities'
+    // notary transactions).
     let clients = targets
         .iter()
-        .map(|u| cfg.client_of(u))
+        .map(|u| match cfg.member_client_of(u)? {
+            Some(member) => Ok(member),
+            None => cfg.client_of(u),
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     // `both` runs half the kv.put time before the notary mix and half after:
     // the cost of a transaction grows with the state, so kv first would

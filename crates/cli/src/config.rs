@@ -189,6 +189,22 @@ impl Config {
         Client::from_files(url, &self.ca, None).with_context(|| format!("connecting to {url}"))
     }
 
+    /// A client presenting the member identity of client.json, if it has
+    /// one: members are shown every transaction (auditing).
+    pub fn member_client(&self) -> anyhow::Result<Option<Client>> {
+        self.member_client_of(&self.url)
+    }
+
+    /// [`Config::member_client`] of the node at `url`.
+    pub fn member_client_of(&self, url: &str) -> anyhow::Result<Option<Client>> {
+        let (Some(key), Some(cert)) = (&self.member_key, &self.member_cert) else {
+            return Ok(None);
+        };
+        Client::from_files(url, &self.ca, Some((cert.as_path(), key.as_path())))
+            .map(Some)
+            .with_context(|| format!("connecting to {url}"))
+    }
+
     /// A client presenting the configured identity's certificate, when there is one.
     pub fn client(&self) -> anyhow::Result<Client> {
         self.client_of(&self.url)

@@ -78,8 +78,15 @@ pub async fn run(args: LedgerArgs) -> anyhow::Result<()> {
             if node.is_some() {
                 g.node = node;
             }
-            // Entries carry transactions: the node shows them to members and users.
-            let client = Config::load(&g)?.client()?;
+            // Entries carry transactions: the node shows every one only to
+            // members (users not other identities' notary transactions), so
+            // an audit reads as the member of client.json unless --key says
+            // otherwise.
+            let config = Config::load(&g)?;
+            let client = match config.member_client()? {
+                Some(member) if g.key.is_none() => member,
+                _ => config.client()?,
+            };
             let size = client.ledger_size().await?.size;
             let mut i = 0;
             while i < size {
@@ -88,6 +95,12 @@ pub async fn run(args: LedgerArgs) -> anyhow::Result<()> {
                     bail!("the node returned no entries at {i} of {size}");
                 }
                 for rec in page {
+                    if rec.body.is_empty() {
+                        bail!(
+                            "the node withholds the transaction of entry {i} from this identity \
+                             (another identity's notary transaction): audit as a member"
+                        );
+                    }
                     audit
                         .feed(i, &rec.to_cbor())
                         .map_err(|e| anyhow::anyhow!("FAILED: {e}"))?;

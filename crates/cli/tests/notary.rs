@@ -577,6 +577,29 @@ async fn a_contracts_life_over_https() {
         .expect("registration tx printed");
     let of = n.client.notary_get(&["tx", registered], &[]).await.unwrap();
     assert_eq!(of["document"], w.as_str());
+    // The ledger does not go round the notary's check: carol sees the
+    // registration's entry without its transaction, and no receipt body.
+    let reg: Hash = hex::decode(registered).unwrap().try_into().unwrap();
+    let at = owner.tx_status(&reg).await.unwrap().index.unwrap();
+    let member = n.net.client_as("member0");
+    for (who, c, shown) in [
+        ("carol", &carol_reads, false),
+        ("the registrant", &owner, true),
+        ("a member", &member, true),
+    ] {
+        let entry = c.entries(at, 1).await.unwrap().pop().unwrap();
+        assert_eq!(!entry.body.is_empty(), shown, "{who}");
+    }
+    let e = carol_reads.receipt(&reg).await.unwrap_err();
+    assert_eq!(e.status(), Some(403), "{e}");
+    let proof = carol_reads
+        .receipt_waiting(&reg, false, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(
+        proof.is_some(),
+        "the receipt without the transaction is public"
+    );
     let e = n
         .client
         .notary_get(&["tx", &hex::encode(refused)], &[])

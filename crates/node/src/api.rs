@@ -276,24 +276,40 @@ struct ReceiptParams {
 }
 
 impl ReceiptParams {
-    /// Whether the receipt carries the transaction. A receipt without it
-    /// proves only the leaf (digest, outcome, time) and is public; the
-    /// transaction itself is shown to members and users only.
-    fn body(&self, shared: &Shared, who: ClientIdentity) -> ApiResult<bool> {
-        let body = self.body.unwrap_or(true);
-        if body {
-            authorize(shared, who).map_err(|e| {
-                ApiError::new(
-                    e.status,
-                    e.code,
-                    format!(
-                        "{}; a receipt with body=false proves the entry without showing the transaction",
-                        e.message
-                    ),
-                )
-            })?;
+    /// Who asks for the transaction with the receipt, if the receipt is to
+    /// carry it. A receipt without it proves only the leaf (digest,
+    /// outcome, time) and is public; the transaction itself is shown to
+    /// members and users only, as in the ledger entries.
+    fn body(&self, shared: &Shared, who: ClientIdentity) -> ApiResult<Option<TxReader>> {
+        if !self.body.unwrap_or(true) {
+            return Ok(None);
         }
-        Ok(body)
+        TxReader::authorize(shared, who)
+            .map(Some)
+            .map_err(with_body_hint)
+    }
+}
+
+fn with_body_hint(e: ApiError) -> ApiError {
+    ApiError::new(
+        e.status,
+        e.code,
+        format!(
+            "{}; a receipt with body=false proves the entry without showing the transaction",
+            e.message
+        ),
+    )
+}
+
+/// Refuses a receipt body the reader may not see.
+fn check_body(shared: &Shared, reader: Option<TxReader>, index: u64) -> ApiResult<()> {
+    match reader {
+        Some(r) if !r.may_read(&shared.store, index)? => Err(with_body_hint(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this is another identity's notary transaction: its parties read it through the notary API",
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -323,7 +339,8 @@ async fn tx_receipt(
     ApiPath(id): ApiPath<String>,
     ApiQuery(params): ApiQuery<ReceiptParams>,
 ) -> ApiResult<Response> {
-    let body = params.body(&shared, who)?;
+    let reader = params.body(&shared, who)?;
+    let body = reader.is_some();
     let id = parse_hash(&id)?;
     let deadline = tokio::time::Instant::now()
         + Duration::from_millis(params.wait_ms.unwrap_or(0)).min(MAX_RECEIPT_WAIT);
@@ -336,8 +353,12 @@ async fn tx_receipt(
             let r = shared.store.read()?;
             if index.is_none() {
                 index = query::tx_index(&r, &id)?;
-                if index.is_none() && !shared.pending.contains(&id) {
-                    return Err(ApiError::not_found("unknown transaction"));
+                match index {
+                    Some(i) => check_body(&shared, reader, i)?,
+                    None if !shared.pending.contains(&id) => {
+                        return Err(ApiError::not_found("unknown transaction"))
+                    }
+                    None => {}
                 }
             }
             query::latest_final_seq(&r)?
@@ -372,11 +393,12 @@ async fn ledger_receipt(
     ApiPath(index): ApiPath<u64>,
     ApiQuery(params): ApiQuery<ReceiptParams>,
 ) -> ApiResult<Response> {
-    let body = params.body(&shared, who)?;
+    let reader = params.body(&shared, who)?;
     if index >= shared.store.read()?.ledger_len()? {
         return Err(ApiError::not_found("no ledger entry at that index"));
     }
-    receipt_response(&shared, index, body)
+    check_body(&shared, reader, index)?;
+    receipt_response(&shared, index, reader.is_some())
 }
 
 pub(crate) fn checkpoint_json(cp: &SignedCheckpoint) -> Value {
@@ -504,7 +526,7 @@ async fn entries(
     Extension(who): Extension<ClientIdentity>,
     ApiQuery(q): ApiQuery<Page>,
 ) -> ApiResult<Response> {
-    authorize(&shared, who)?;
+    let reader = TxReader::authorize(&shared, who)?;
     let Page { from, count } = q;
     let len = shared.store.read()?.ledger_len()?;
     let count = count
@@ -519,7 +541,7 @@ async fn entries(
             if n > 0 && records.len() >= MAX_PAGE_BYTES {
                 break;
             }
-            records.extend_from_slice(&store.record(i)?);
+            records.extend(reader.view(store.record(i)?, i)?);
             n += 1;
         }
         Ok([cbor_array_header(n), records].concat())
@@ -551,6 +573,49 @@ async fn size(State(shared): S) -> ApiResult<Json<Value>> {
 /// Non-public reads need a client certificate of a current key of a member
 /// (active, or accepted and about to acknowledge) or an active user.
 pub(crate) fn authorize(shared: &Shared, who: ClientIdentity) -> ApiResult<Hash> {
+    Ok(TxReader::authorize(shared, who)?.id)
+}
+
+/// A member or active user reading whole transactions (ledger entries,
+/// receipts with their transaction).
+#[derive(Clone, Copy)]
+struct TxReader {
+    id: Hash,
+    member: bool,
+}
+
+impl TxReader {
+    /// The caller, if its client certificate is the current key of a member
+    /// or an active user.
+    fn authorize(shared: &Shared, who: ClientIdentity) -> ApiResult<TxReader> {
+        let (id, role) = authorize_role(shared, who)?;
+        Ok(TxReader {
+            id,
+            member: role == registry::Role::Member,
+        })
+    }
+
+    /// Members audit the whole ledger; users see all but other identities'
+    /// notary transactions ([`query::user_may_read`]).
+    fn may_read(&self, store: &comity_store::Store, index: u64) -> ApiResult<bool> {
+        if self.member {
+            return Ok(true);
+        }
+        let (rec, leaf) = query::record(store, index)?;
+        Ok(query::user_may_read(&rec, &leaf, &self.id))
+    }
+
+    /// Raw record `raw` at `index` as this reader may see it.
+    fn view(&self, raw: Vec<u8>, index: u64) -> Result<Vec<u8>, comity_store::StoreError> {
+        if self.member {
+            Ok(raw)
+        } else {
+            query::user_view(raw, index, &self.id)
+        }
+    }
+}
+
+fn authorize_role(shared: &Shared, who: ClientIdentity) -> ApiResult<(Hash, registry::Role)> {
     let fp = who.0.ok_or_else(|| {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -567,7 +632,7 @@ pub(crate) fn authorize(shared: &Shared, who: ClientIdentity) -> ApiResult<Hash>
                 && comity_core::crypto::sha256(i.current_key()) == fp
                 && matches!(i.role, registry::Role::Member | registry::Role::User) =>
         {
-            Ok(id)
+            Ok((id, i.role))
         }
         _ => Err(ApiError::new(
             StatusCode::FORBIDDEN,
