@@ -11,13 +11,19 @@
 # Comity: `comity up --nodes 3` in a temp data dir, then `comity bench --json`
 # (signed kv.put, many identities, keys spread, receipts sampled and verified).
 #
-# Usage: bench/compare-etcd.sh [SECONDS] [CLIENTS]
+# Both stay up while the loads run in ROUNDS alternating rounds (etcd,
+# Comity signing inline, Comity presigned), so that a noisy neighbour slows
+# both alike; the report gives each round, the medians and the ratio of the
+# medians.
+#
+# Usage: bench/compare-etcd.sh [SECONDS] [CLIENTS] [ROUNDS]
 # Env:   COMITY_BIN   comity binary (default target/release/comity, built if missing)
 #        KEEP=1       keep the temp dir (logs, JSON) after the run
 set -euo pipefail
 
 SECS="${1:-15}"
 CLIENTS="${2:-64}"
+ROUNDS="${3:-3}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 COMITY="${COMITY_BIN:-$ROOT/target/release/comity}"
 LOADER="$ROOT/target/etcd-load/release/etcd-load"
@@ -85,33 +91,46 @@ for _ in $(seq 1 120); do
 done
 [[ $ok == 3 ]] || { tail -n 20 "$WORK"/etcd*.log >&2; echo "etcd did not become healthy" >&2; exit 1; }
 
-log "etcd-load: $CLIENTS clients, $SECS s, one 256-byte put per request"
-"$LOADER" "$ENDPOINTS" "$CLIENTS" "$SECS" 256 >"$WORK/etcd.json"
-E_TPS="$(sed -n 's/.*"throughput": *\([0-9.]*\).*/\1/p' "$WORK/etcd.json")"
-E_P50="$(sed -n 's/.*"p50_ms": *\([0-9.]*\).*/\1/p' "$WORK/etcd.json")"
-E_P99="$(sed -n 's/.*"p99_ms": *\([0-9.]*\).*/\1/p' "$WORK/etcd.json")"
-E_ERR="$(sed -n 's/.*"errors": *\([0-9]*\).*/\1/p' "$WORK/etcd.json")"
+# ---------------------------------------------------------------- Comity
+DATA="$WORK/comity-data"
+start_comity "$DATA" 3
+
+# ---------------------------------------------------------------- Rounds
+ETCD=() INLINE=() PRESIGNED=() LINES=()
+for r in $(seq 1 "$ROUNDS"); do
+    log "round $r of $ROUNDS: etcd-load, $CLIENTS clients, $SECS s, one 256-byte put per request"
+    "$LOADER" "$ENDPOINTS" "$CLIENTS" "$SECS" 256 >"$WORK/etcd-$r.json"
+    E_TPS="$(sed -n 's/.*"throughput": *\([0-9.]*\).*/\1/p' "$WORK/etcd-$r.json")"
+    E_P50="$(sed -n 's/.*"p50_ms": *\([0-9.]*\).*/\1/p' "$WORK/etcd-$r.json")"
+    E_P99="$(sed -n 's/.*"p99_ms": *\([0-9.]*\).*/\1/p' "$WORK/etcd-$r.json")"
+    E_ERR="$(sed -n 's/.*"errors": *\([0-9]*\).*/\1/p' "$WORK/etcd-$r.json")"
+    [[ -n "$E_TPS" ]] || { cat "$WORK/etcd-$r.json" >&2; echo "could not read etcd-load's throughput" >&2; exit 1; }
+    ETCD+=("$E_TPS")
+    LINES+=("$(printf '  round %d: etcd %6.0f (p50 %.2f ms, p99 %.2f ms, %s errors)' \
+        "$r" "$E_TPS" "$E_P50" "$E_P99" "${E_ERR:-?}")")
+    # Clients sign each transaction just before sending it, on this same machine...
+    comity_bench "comity-inline-$r"
+    INLINE+=("$C_TPS")
+    LINES+=("$(printf '           Comity inline    %6.0f (p50 %.2f ms, p99 %.2f ms, receipt p99 %s ms, %s errors)' \
+        "$C_TPS" "$C_P50" "$C_P99" "${C_RP99:-?}" "${C_ERR:-?}")")
+    # ...and, as clients on their own machines would, with signing done before the run.
+    comity_bench "comity-presigned-$r" --presign
+    PRESIGNED+=("$C_TPS")
+    LINES+=("$(printf '           Comity presigned %6.0f (p50 %.2f ms, p99 %.2f ms, receipt p99 %s ms, %s errors)' \
+        "$C_TPS" "$C_P50" "$C_P99" "${C_RP99:-?}" "${C_ERR:-?}")")
+done
+stop_comity
 for p in "${ETCD_PIDS[@]}"; do kill "$p"; done
 for p in "${ETCD_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
 ETCD_PIDS=()
 
-# ---------------------------------------------------------------- Comity
-DATA="$WORK/comity-data"
-start_comity "$DATA" 3
-# Clients sign each transaction just before sending it, on this same machine...
-comity_bench comity-inline
-I_TPS="$C_TPS" I_P50="$C_P50" I_P99="$C_P99" I_ERR="$C_ERR" I_RP99="$C_RP99"
-# ...and, as clients on their own machines would, with signing done before the run.
-comity_bench comity-presigned --presign
-stop_comity
-
 # ---------------------------------------------------------------- Report
+E_M="$(median "${ETCD[@]}")" I_M="$(median "${INLINE[@]}")" C_M="$(median "${PRESIGNED[@]}")"
 echo
-echo "Three-node clusters, $CLIENTS concurrent clients, $SECS s, 256-byte values, durable on a majority, on $(nproc) cores"
-printf '  %-40s %10.0f writes/s  (p50 %.2f ms, p99 %.2f ms, %s errors)\n' \
-    "etcd (gRPC put)" "$E_TPS" "$E_P50" "$E_P99" "${E_ERR:-?}"
-printf '  %-40s %10.0f tx/s      (p50 %.2f ms, p99 %.2f ms, %s errors; receipt p99 %s ms)\n' \
-    "Comity (signed kv.put, signing inline)" "$I_TPS" "$I_P50" "$I_P99" "${I_ERR:-?}" "${I_RP99:-?}"
-printf '  %-40s %10.0f tx/s      (p50 %.2f ms, p99 %.2f ms, %s errors; receipt p99 %s ms)\n' \
-    "Comity (signed kv.put, presigned)" "$C_TPS" "$C_P50" "$C_P99" "${C_ERR:-?}" "${C_RP99:-?}"
-awk -v i="$I_TPS" -v c="$C_TPS" -v e="$E_TPS" 'BEGIN { if (e > 0) printf "  Comity / etcd = %.2f (signing inline), %.2f (presigned)\n", i / e, c / e }'
+echo "Three-node clusters, $CLIENTS concurrent clients, $ROUNDS rounds of $SECS s each, 256-byte values, durable on a majority, on $(nproc) cores (writes/s)"
+printf '%s\n' "${LINES[@]}"
+printf '  %-44s %8.0f writes/s\n' \
+    "median etcd (gRPC put)" "$E_M" \
+    "median Comity (signed kv.put, signing inline)" "$I_M" \
+    "median Comity (signed kv.put, presigned)" "$C_M"
+awk -v i="$I_M" -v c="$C_M" -v e="$E_M" 'BEGIN { if (e > 0) printf "  Comity / etcd (medians) = %.2f (signing inline), %.2f (presigned)\n", i / e, c / e }'

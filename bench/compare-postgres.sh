@@ -10,7 +10,12 @@
 # if none answers, one is started with `target/release/comity up` in a temp
 # data dir and stopped afterwards.
 #
-# Usage: bench/compare-postgres.sh [SECONDS] [CLIENTS]
+# The two run in ROUNDS alternating rounds (PostgreSQL, Comity signing
+# inline, Comity presigned), each against the same server, so that a noisy
+# neighbour slows both alike; the report gives each round and the medians,
+# and the ratio of the medians.
+#
+# Usage: bench/compare-postgres.sh [SECONDS] [CLIENTS] [ROUNDS]
 # Env:   COMITY_BIN   comity binary (default target/release/comity, built if missing)
 #        COMITY_DATA  data dir of a running network to use (default ./comity-data)
 #        KEEP=1       keep the temp dir (logs, JSON) after the run
@@ -18,6 +23,7 @@ set -euo pipefail
 
 SECS="${1:-10}"
 CLIENTS="${2:-64}"
+ROUNDS="${3:-3}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 COMITY="${COMITY_BIN:-$ROOT/target/release/comity}"
 DATA="${COMITY_DATA:-$PWD/comity-data}"
@@ -107,16 +113,6 @@ SYNC="$("${PSQL[@]}" -d bench -At -c 'SHOW synchronous_commit')"
 cat >"$WORK/insert.sql" <<'SQL'
 INSERT INTO ledger (payload) SELECT decode(string_agg(md5(random()::text), ''), 'hex') FROM generate_series(1, 16);
 SQL
-log "pgbench: $CLIENTS clients, $SECS s, one 256-byte INSERT per transaction"
-"$PGBIN/pgbench" -n -c "$CLIENTS" -j 2 -T "$SECS" -f "$WORK/insert.sql" \
-    -h 127.0.0.1 -p "$PGPORT" -U postgres bench >"$WORK/pgbench.txt" 2>&1 ||
-    { cat "$WORK/pgbench.txt" >&2; exit 1; }
-PG_TPS="$(awk '/^tps = /{print $3; exit}' "$WORK/pgbench.txt")"
-PG_LAT="$(awk '/^latency average/{print $4; exit}' "$WORK/pgbench.txt")"
-PG_ROWS="$("${PSQL[@]}" -d bench -At -c 'SELECT count(*) FROM ledger')"
-[[ -n "$PG_TPS" ]] || { cat "$WORK/pgbench.txt" >&2; echo "could not read pgbench's tps" >&2; exit 1; }
-"${RUN_AS[@]}" "$PGBIN/pg_ctl" -D "$WORK/pg/data" -m fast -w stop >/dev/null
-PG_STARTED=""
 
 # ---------------------------------------------------------------- Comity
 if healthy "$DATA"; then
@@ -127,18 +123,40 @@ else
     start_comity "$DATA" 1
 fi
 
-# Clients sign each transaction just before sending it, on this same machine...
-comity_bench comity-inline
-I_TPS="$C_TPS" I_P50="$C_P50" I_P99="$C_P99" I_ERR="$C_ERR" I_RP99="$C_RP99"
-# ...and, as clients on their own machines would, with signing done before the run.
-comity_bench comity-presigned --presign
+# ---------------------------------------------------------------- Rounds
+PG=() PG_LATS=() INLINE=() PRESIGNED=() LINES=()
+for r in $(seq 1 "$ROUNDS"); do
+    log "round $r of $ROUNDS: pgbench, $CLIENTS clients, $SECS s, one 256-byte INSERT per transaction"
+    "$PGBIN/pgbench" -n -c "$CLIENTS" -j 2 -T "$SECS" -f "$WORK/insert.sql" \
+        -h 127.0.0.1 -p "$PGPORT" -U postgres bench >"$WORK/pgbench-$r.txt" 2>&1 ||
+        { cat "$WORK/pgbench-$r.txt" >&2; exit 1; }
+    PG_TPS="$(awk '/^tps = /{print $3; exit}' "$WORK/pgbench-$r.txt")"
+    [[ -n "$PG_TPS" ]] || { cat "$WORK/pgbench-$r.txt" >&2; echo "could not read pgbench's tps" >&2; exit 1; }
+    PG+=("$PG_TPS")
+    PG_LATS+=("$(awk '/^latency average/{print $4; exit}' "$WORK/pgbench-$r.txt")")
+    # Clients sign each transaction just before sending it, on this same machine...
+    comity_bench "comity-inline-$r"
+    INLINE+=("$C_TPS")
+    LINES+=("$(printf '  round %d: PostgreSQL %6.0f   Comity inline %6.0f (p50 %.2f ms, p99 %.2f ms, receipt p99 %s ms, %s errors)' \
+        "$r" "$PG_TPS" "$C_TPS" "$C_P50" "$C_P99" "${C_RP99:-?}" "${C_ERR:-?}")")
+    # ...and, as clients on their own machines would, with signing done before the run.
+    comity_bench "comity-presigned-$r" --presign
+    PRESIGNED+=("$C_TPS")
+    LINES+=("$(printf '           %22s presigned %6.0f (p50 %.2f ms, p99 %.2f ms, receipt p99 %s ms, %s errors)' \
+        "" "$C_TPS" "$C_P50" "$C_P99" "${C_RP99:-?}" "${C_ERR:-?}")")
+done
+PG_ROWS="$("${PSQL[@]}" -d bench -At -c 'SELECT count(*) FROM ledger')"
+"${RUN_AS[@]}" "$PGBIN/pg_ctl" -D "$WORK/pg/data" -m fast -w stop >/dev/null
+PG_STARTED=""
 
 # ---------------------------------------------------------------- Report
+PG_M="$(median "${PG[@]}")" I_M="$(median "${INLINE[@]}")" C_M="$(median "${PRESIGNED[@]}")"
 echo
-echo "Durable appends, $CLIENTS concurrent clients, $SECS s, 256-byte payloads, on $(nproc) cores"
-printf '  %-44s %12.0f tx/s   (avg latency %s ms, %s rows)\n' \
-    "PostgreSQL (fsync, synchronous_commit=on)" "$PG_TPS" "${PG_LAT:-?}" "$PG_ROWS"
-printf '  %-44s %12.0f tx/s   (p50 %.2f ms, p99 %.2f ms, %s errors; receipt p99 %s ms)\n' \
-    "Comity (signed kv.put, signing inline)" "$I_TPS" "$I_P50" "$I_P99" "${I_ERR:-?}" "${I_RP99:-?}" \
-    "Comity (signed kv.put, presigned)" "$C_TPS" "$C_P50" "$C_P99" "${C_ERR:-?}" "${C_RP99:-?}"
-awk -v i="$I_TPS" -v c="$C_TPS" -v p="$PG_TPS" 'BEGIN { if (p > 0) printf "  Comity / PostgreSQL = %.2f (signing inline), %.2f (presigned)\n", i / p, c / p }'
+echo "Durable appends, $CLIENTS concurrent clients, $ROUNDS rounds of $SECS s each, 256-byte payloads, on $(nproc) cores (tx/s)"
+printf '%s\n' "${LINES[@]}"
+printf '  %-44s %8.0f tx/s   (avg latency %s ms, %s rows in all)\n' \
+    "median PostgreSQL (fsync, synchronous_commit=on)" "$PG_M" "$(median "${PG_LATS[@]}")" "$PG_ROWS"
+printf '  %-44s %8.0f tx/s\n' \
+    "median Comity (signed kv.put, signing inline)" "$I_M" \
+    "median Comity (signed kv.put, presigned)" "$C_M"
+awk -v i="$I_M" -v c="$C_M" -v p="$PG_M" 'BEGIN { if (p > 0) printf "  Comity / PostgreSQL (medians) = %.2f (signing inline), %.2f (presigned)\n", i / p, c / p }'

@@ -63,6 +63,12 @@ stop_comity() {
     COMITY_PID=""
 }
 
+median() { # median N...: the median of the numbers given
+    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
+        if (NR == 0) exit 1
+        if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
 # comity_bench NAME [FLAGS]: one timed `comity bench` run against $DATA with
 # $CLIENTS clients for $SECS s, its JSON kept as $WORK/NAME.json; sets C_TPS,
 # C_P50, C_P99, C_ERR and C_RP99 (receipt p99).
