@@ -129,7 +129,7 @@ E_M="$(median "${ETCD[@]}")" I_M="$(median "${INLINE[@]}")" C_M="$(median "${PRE
 echo
 echo "Three-node clusters, $CLIENTS concurrent clients, $ROUNDS rounds of $SECS s each, 256-byte values, durable on a majority, on $(nproc) cores (writes/s)"
 printf '%s\n' "${LINES[@]}"
-printf '  %-44s %8.0f writes/s\n' \
+printf '  %-50s %8.0f writes/s\n' \
     "median etcd (gRPC put)" "$E_M" \
     "median Comity (signed kv.put, signing inline)" "$I_M" \
     "median Comity (signed kv.put, presigned)" "$C_M"

@@ -154,9 +154,9 @@ PG_M="$(median "${PG[@]}")" I_M="$(median "${INLINE[@]}")" C_M="$(median "${PRES
 echo
 echo "Durable appends, $CLIENTS concurrent clients, $ROUNDS rounds of $SECS s each, 256-byte payloads, on $(nproc) cores (tx/s)"
 printf '%s\n' "${LINES[@]}"
-printf '  %-44s %8.0f tx/s   (avg latency %s ms, %s rows in all)\n' \
+printf '  %-50s %8.0f tx/s   (avg latency %s ms, %s rows in all)\n' \
     "median PostgreSQL (fsync, synchronous_commit=on)" "$PG_M" "$(median "${PG_LATS[@]}")" "$PG_ROWS"
-printf '  %-44s %8.0f tx/s\n' \
+printf '  %-50s %8.0f tx/s\n' \
     "median Comity (signed kv.put, signing inline)" "$I_M" \
     "median Comity (signed kv.put, presigned)" "$C_M"
 awk -v i="$I_M" -v c="$C_M" -v p="$PG_M" 'BEGIN { if (p > 0) printf "  Comity / PostgreSQL (medians) = %.2f (signing inline), %.2f (presigned)\n", i / p, c / p }'
