@@ -261,7 +261,9 @@ impl Client {
         .await
     }
 
-    /// `GET /v1/ledger/entries?from=I&count=K` (K <= 1000): ledger records of positions I..I+K.
+    /// `GET /v1/ledger/entries?from=I&count=K` (K <= 1000): ledger records of
+    /// positions I..I+K. A user is sent other identities' notary
+    /// transactions with an empty `body` (withheld); a member gets them all.
     pub async fn entries(&self, from: u64, count: u64) -> Result<Vec<Record>, ClientError> {
         let bytes = self
             .bytes(
