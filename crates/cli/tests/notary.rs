@@ -600,6 +600,17 @@ async fn a_contracts_life_over_https() {
         proof.is_some(),
         "the receipt without the transaction is public"
     );
+    // An audit over the API reads as client.json's member and replays it
+    // all; as a user it stops at the first withheld transaction, and says so.
+    let out = n.net.cli(&["ledger", "verify"], T).await;
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    let out = n.cli("carol", &["ledger", "verify"]).await;
+    assert!(
+        !out.status.success() && out.stderr.contains("audit as a member"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
     let e = n
         .client
         .notary_get(&["tx", &hex::encode(refused)], &[])
