@@ -779,6 +779,24 @@ mod tests {
         v.pop().unwrap()
     }
 
+    /// Why opening the log in `dir` is refused (it must be).
+    fn refusal(dir: &Path) -> String {
+        LogStore::open(dir)
+            .err()
+            .expect("opening must be refused")
+            .to_string()
+    }
+
+    /// Cuts file `path` to `len` bytes, as a torn write would leave it.
+    fn cut(path: &Path, len: u64) {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_len(len)
+            .unwrap();
+    }
+
     /// A log holding entries 1..=10 in one segment, and that segment's path.
     fn ten_entries() -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
@@ -797,12 +815,7 @@ mod tests {
         let (dir, seg) = ten_entries();
         let len = std::fs::metadata(&seg).unwrap().len();
         // A torn final record: the last entry was never acknowledged.
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&seg)
-            .unwrap()
-            .set_len(len - 5)
-            .unwrap();
+        cut(&seg, len - 5);
         rt().block_on(async {
             let mut s = LogStore::open(dir.path()).unwrap();
             assert_eq!(indexes(&mut s).await, (1..=9).collect::<Vec<_>>());
@@ -812,10 +825,7 @@ mod tests {
         let mid = bytes.len() / 3;
         bytes[mid] ^= 0x40;
         std::fs::write(&seg, &bytes).unwrap();
-        let err = LogStore::open(dir.path())
-            .err()
-            .expect("corruption must be refused")
-            .to_string();
+        let err = refusal(dir.path());
         assert!(
             err.contains(&seg.display().to_string()) && err.contains("corrupt"),
             "{err}"
@@ -834,10 +844,7 @@ mod tests {
         let mut bad = bytes.clone();
         bad[off..off + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         std::fs::write(&seg, &bad).unwrap();
-        let err = LogStore::open(dir.path())
-            .err()
-            .expect("must refuse")
-            .to_string();
+        let err = refusal(dir.path());
         assert!(err.contains("damaged record length"), "{err}");
     }
 
@@ -873,10 +880,7 @@ mod tests {
             first + 8 + u32::from_le_bytes(bytes[first..first + 4].try_into().unwrap()) as usize;
         holed[second..second + 8].fill(0);
         std::fs::write(&seg, &holed).unwrap();
-        let err = LogStore::open(dir.path())
-            .err()
-            .expect("must refuse")
-            .to_string();
+        let err = refusal(dir.path());
         assert!(err.contains("zero-length record"), "{err}");
     }
 
@@ -903,12 +907,7 @@ mod tests {
         // The write of the last record was torn after the embedded record.
         let seg = newest_segment(dir.path());
         let len = std::fs::metadata(&seg).unwrap().len();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&seg)
-            .unwrap()
-            .set_len(len - 128)
-            .unwrap();
+        cut(&seg, len - 128);
         rt().block_on(async {
             let mut s = LogStore::open(dir.path()).unwrap();
             assert_eq!(indexes(&mut s).await, (1..=9).collect::<Vec<_>>());
@@ -935,10 +934,7 @@ mod tests {
         let mut bad = legacy.clone();
         bad[20] ^= 1;
         std::fs::write(&seg, &bad).unwrap();
-        let err = LogStore::open(dir.path())
-            .err()
-            .expect("must refuse")
-            .to_string();
+        let err = refusal(dir.path());
         assert!(
             err.contains(&seg.display().to_string()) && err.contains("checksum"),
             "{err}"
@@ -964,10 +960,7 @@ mod tests {
         assert_eq!(std::fs::metadata(&next).unwrap().len(), 0);
         // Anywhere else a short header is damage.
         std::fs::write(&seg, &MAGIC[..]).unwrap();
-        let err = LogStore::open(dir.path())
-            .err()
-            .expect("must refuse")
-            .to_string();
+        let err = refusal(dir.path());
         assert!(err.contains("incomplete segment header"), "{err}");
     }
 }
