@@ -169,11 +169,17 @@ pub async fn checkpoints(shared: Arc<Shared>) {
         let v = shared.view();
         let (due_txs, due_ms, uncovered) =
             (v.config.checkpoint_txs, v.config.checkpoint_ms, v.uncovered);
-        // Wake for the next marker on time: receipts wait for it.
+        // A leader with entries to cover wakes for the next marker on time:
+        // receipts wait for it. Otherwise no marker falls due, and a nap
+        // keeps an idle node or a follower from waking every millisecond.
         let period = Duration::from_millis(due_ms);
         let nap = Duration::from_millis((due_ms / 4).clamp(1, 50));
-        let until_due = period.saturating_sub(last.elapsed());
-        tokio::time::sleep(nap.min(until_due).max(Duration::from_millis(1))).await;
+        let wait = if uncovered > 0 && shared.is_leader() {
+            nap.min(period.saturating_sub(last.elapsed()))
+        } else {
+            nap
+        };
+        tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
         if !shared.is_leader() || shared.recovery_pending() {
             continue;
         }
