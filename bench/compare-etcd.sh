@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Compares a three-node Comity network with a three-node etcd cluster on this
-# machine, one after the other, under the same client rules: 64 concurrent
+# machine, taking turns, under the same client rules: 64 concurrent
 # clients, each sending one 256-byte write and waiting for its durable,
 # majority-replicated acknowledgement before the next.
 #
