@@ -22,7 +22,9 @@ pub enum LedgerCmd {
         /// A node's ledger directory (its `data/ledger/ledger`); read from a copy, never modified.
         #[arg(long, conflicts_with = "node")]
         dir: Option<PathBuf>,
-        /// Fetch the ledger from this node's API instead [default: the configured node].
+        /// Fetch the ledger from this node's API instead [default: the
+        /// configured node], read as client.json's member (members are shown
+        /// every transaction) unless --key is given.
         #[arg(long)]
         node: Option<String>,
         /// Network identity to check the genesis against [default: from client.json].
