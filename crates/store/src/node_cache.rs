@@ -16,9 +16,16 @@
 use quick_cache::sync::Cache;
 use quick_cache::Weighter;
 
-/// Memory the cache may hold: the top four levels of a tree of a million
-/// keys (4,369 internal nodes of up to 16 children) take a few MiB.
-const CAPACITY_BYTES: u64 = 32 << 20;
+/// Memory the cache may hold. The top four levels of a tree of a million
+/// keys (4,369 internal nodes of up to 16 children) take a few MiB; the rest
+/// holds leaves, about 150 bytes each as weighed below. A write reads the
+/// leaf it replaces or splits, and a missed leaf is a database search: at
+/// 32 MiB those searches took over a third of the state-tree thread once a
+/// network held a few hundred thousand keys.
+const CAPACITY_BYTES: u64 = 128 << 20;
+
+/// Entries the cache is sized for at first: leaves filling [`CAPACITY_BYTES`].
+const ESTIMATED_ENTRIES: usize = (CAPACITY_BYTES / 150) as usize;
 
 #[derive(Clone)]
 struct Size;
@@ -33,7 +40,11 @@ pub(crate) struct NodeCache(Cache<Vec<u8>, Vec<u8>, Size>);
 
 impl NodeCache {
     pub fn new() -> Self {
-        Self(Cache::with_weighter(32_768, CAPACITY_BYTES, Size))
+        Self(Cache::with_weighter(
+            ESTIMATED_ENTRIES,
+            CAPACITY_BYTES,
+            Size,
+        ))
     }
 
     /// The encoded node stored under the encoded node key `key`, if cached.
