@@ -864,6 +864,39 @@ async fn bad_input_gets_precise_errors_and_the_node_keeps_serving() {
     } else {
         c.fail("normal kv.put afterwards", format!("{s:?}"));
     }
+
+    // --- metrics: how far receipts reach ---
+    let public = net.public_client();
+    public
+        .receipt_waiting(&s.id, false, Duration::from_secs(10))
+        .await
+        .expect("receipt request")
+        .expect("a receipt for the last write");
+    let text = public.metrics().await.expect("GET /metrics");
+    let gauge = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+    };
+    match (
+        gauge("comity_ledger_size"),
+        gauge("comity_checkpoint_final_size"),
+        gauge("comity_checkpoint_final_age_seconds"),
+    ) {
+        (Some(len), Some(size), Some(age))
+            if size > s.index.unwrap_or(u64::MAX) as f64
+                && size <= len
+                && (0.0..60.0).contains(&age) =>
+        {
+            c.ok(
+                "metrics show the latest final checkpoint",
+                format!("ledger {len}, final size {size}, age {age} s"),
+            )
+        }
+        found => c.fail(
+            "metrics show the latest final checkpoint",
+            format!("{found:?} for the write at {:?}:\n{text}", s.index),
+        ),
+    }
     let _ = net.stop(Duration::from_secs(30)).await;
     eprintln!(
         "{} cases in {:.1} s",

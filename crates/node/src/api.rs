@@ -817,8 +817,17 @@ async fn health(State(shared): S) -> ApiResult<Response> {
 }
 
 async fn metrics(State(shared): S) -> ApiResult<Response> {
-    let len = shared.store.read()?.ledger_len()?;
+    let r = shared.store.read()?;
+    let len = r.ledger_len()?;
     metrics::gauge!("comity_ledger_size").set(len as f64);
+    // Receipts exist only up to the latest final checkpoint: its size and
+    // age show a backlog, or a quorum of signers gone, before clients do.
+    if let Some(cp) = query::latest_final(&r)? {
+        metrics::gauge!("comity_checkpoint_final_size").set(cp.checkpoint.size as f64);
+        let age_ms = crate::ingress::now_ms().saturating_sub(cp.checkpoint.time);
+        metrics::gauge!("comity_checkpoint_final_age_seconds").set(age_ms as f64 / 1000.0);
+    }
+    drop(r);
     metrics::gauge!("comity_pending_txs").set(shared.pending.len() as f64);
     let m = shared.raft.metrics().borrow().clone();
     metrics::gauge!("comity_raft_term").set(m.current_term as f64);
