@@ -787,6 +787,15 @@ mod tests {
             .to_string()
     }
 
+    /// Opening `dir` must be refused with an error naming `file` and saying `why`.
+    fn assert_refused_naming(dir: &Path, file: &Path, why: &str) {
+        let err = refusal(dir);
+        assert!(
+            err.contains(&file.display().to_string()) && err.contains(why),
+            "{err}"
+        );
+    }
+
     /// Cuts file `path` to `len` bytes, as a torn write would leave it.
     fn cut(path: &Path, len: u64) {
         std::fs::OpenOptions::new()
@@ -825,11 +834,7 @@ mod tests {
         let mid = bytes.len() / 3;
         bytes[mid] ^= 0x40;
         std::fs::write(&seg, &bytes).unwrap();
-        let err = refusal(dir.path());
-        assert!(
-            err.contains(&seg.display().to_string()) && err.contains("corrupt"),
-            "{err}"
-        );
+        assert_refused_naming(dir.path(), &seg, "corrupt");
     }
 
     #[test]
@@ -934,11 +939,7 @@ mod tests {
         let mut bad = legacy.clone();
         bad[20] ^= 1;
         std::fs::write(&seg, &bad).unwrap();
-        let err = refusal(dir.path());
-        assert!(
-            err.contains(&seg.display().to_string()) && err.contains("checksum"),
-            "{err}"
-        );
+        assert_refused_naming(dir.path(), &seg, "checksum");
     }
 
     #[test]
