@@ -1,5 +1,6 @@
 //! Node configuration (TOML).
 
+use comity_store::StoreOptions;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -52,6 +53,11 @@ pub struct Limits {
     /// many entries before the latest one. A follower further behind
     /// catches up by snapshot: it fetches and replays the ledger records it lacks.
     pub raft_snapshot_every: u64,
+    /// The state database's block cache, in MiB.
+    pub state_cache_mib: u64,
+    /// The state tree's node cache, in MiB. A write reads the tree leaf it
+    /// replaces; once the leaves outgrow this, those reads go to the database.
+    pub tree_cache_mib: u64,
 }
 
 impl Default for Limits {
@@ -64,6 +70,8 @@ impl Default for Limits {
             batch_max_bytes: 4 << 20,
             max_clock_skew_ms: 30_000,
             raft_snapshot_every: 8192,
+            state_cache_mib: StoreOptions::default().block_cache_bytes >> 20,
+            tree_cache_mib: StoreOptions::default().node_cache_bytes >> 20,
         }
     }
 }
@@ -73,6 +81,11 @@ impl Default for Limits {
 /// under the peer limit (96 MiB); an entry holds at most this much, or one
 /// transaction (at most 4 MiB) when that alone is more.
 pub const MAX_BATCH_BYTES: usize = 4 << 20;
+
+/// Smallest cache a node runs with: below it every read goes to disk.
+pub const MIN_CACHE_MIB: u64 = 8;
+/// Largest cache (1 TiB): a bound against typos, not a recommendation.
+pub const MAX_CACHE_MIB: u64 = 1 << 20;
 
 impl Limits {
     /// Refuses values the node cannot run with, naming the setting.
@@ -92,7 +105,24 @@ impl Limits {
                 "limits.batch_max_bytes is at most {MAX_BATCH_BYTES} (a follower must receive 16 entries in one request)"
             );
         }
+        for (name, mib) in [
+            ("state_cache_mib", self.state_cache_mib),
+            ("tree_cache_mib", self.tree_cache_mib),
+        ] {
+            if !(MIN_CACHE_MIB..=MAX_CACHE_MIB).contains(&mib) {
+                anyhow::bail!("limits.{name} must be between {MIN_CACHE_MIB} and {MAX_CACHE_MIB}");
+            }
+        }
         Ok(())
+    }
+
+    /// The store's sizes these limits set.
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            block_cache_bytes: self.state_cache_mib << 20,
+            node_cache_bytes: self.tree_cache_mib << 20,
+            ..StoreOptions::default()
+        }
     }
 }
 
@@ -134,5 +164,46 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("batch_max_bytes"));
+        for (name, small, large) in [
+            (
+                "state_cache_mib",
+                Limits {
+                    state_cache_mib: MIN_CACHE_MIB - 1,
+                    ..Limits::default()
+                },
+                Limits {
+                    state_cache_mib: MAX_CACHE_MIB + 1,
+                    ..Limits::default()
+                },
+            ),
+            (
+                "tree_cache_mib",
+                Limits {
+                    tree_cache_mib: 0,
+                    ..Limits::default()
+                },
+                Limits {
+                    tree_cache_mib: u64::MAX,
+                    ..Limits::default()
+                },
+            ),
+        ] {
+            for l in [small, large] {
+                assert!(l.check().unwrap_err().to_string().contains(name));
+            }
+        }
+    }
+
+    #[test]
+    fn cache_limits_reach_the_store_in_bytes() {
+        let l: Limits = toml::from_str("state_cache_mib = 1024\ntree_cache_mib = 64").unwrap();
+        assert!(l.check().is_ok());
+        let o = l.store_options();
+        assert_eq!(o.block_cache_bytes, 1 << 30);
+        assert_eq!(o.node_cache_bytes, 64 << 20);
+        assert_eq!(o.roll_bytes, StoreOptions::default().roll_bytes);
+        // Unset, they are the store's defaults.
+        let d = Limits::default().store_options();
+        assert_eq!(d, StoreOptions::default());
     }
 }

@@ -128,13 +128,10 @@ impl Node {
         };
         let t0 = std::time::Instant::now();
         let data = cfg.data_dir.clone();
-        let (store, report) = tokio::task::spawn_blocking(move || {
-            Store::open(
-                &data.join("ledger"),
-                comity_store::segments::DEFAULT_ROLL_BYTES,
-            )
-        })
-        .await??;
+        let opts = cfg.limits.store_options();
+        let (store, report) =
+            tokio::task::spawn_blocking(move || Store::open_with(&data.join("ledger"), &opts))
+                .await??;
         if report.discarded_tail_bytes > 0 {
             tracing::warn!(
                 bytes = report.discarded_tail_bytes,

@@ -10,4 +10,4 @@ pub mod tree;
 mod value_history;
 
 pub use segments::{LedgerFiles, OpenReport, SegmentError};
-pub use state::{Commit, Reader, Store, StoreError, Txn, WriteBatch};
+pub use state::{Commit, Reader, Store, StoreError, StoreOptions, Txn, WriteBatch};

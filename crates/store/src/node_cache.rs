@@ -16,16 +16,16 @@
 use quick_cache::sync::Cache;
 use quick_cache::Weighter;
 
-/// Memory the cache may hold. The top four levels of a tree of a million
+/// Memory the cache holds by default. The top four levels of a tree of a million
 /// keys (4,369 internal nodes of up to 16 children) take a few MiB; the rest
 /// holds leaves, about 150 bytes each as weighed below. A write reads the
 /// leaf it replaces or splits, and a missed leaf is a database search: at
 /// 32 MiB those searches took over a third of the state-tree thread once a
 /// network held a few hundred thousand keys.
-const CAPACITY_BYTES: u64 = 128 << 20;
+pub const DEFAULT_CAPACITY_BYTES: u64 = 128 << 20;
 
-/// Entries the cache is sized for at first: leaves filling [`CAPACITY_BYTES`].
-const ESTIMATED_ENTRIES: usize = (CAPACITY_BYTES / 150) as usize;
+/// Bytes the cache weighs a typical leaf at, to size it at first.
+const LEAF_BYTES: u64 = 150;
 
 #[derive(Clone)]
 struct Size;
@@ -39,12 +39,10 @@ impl Weighter<Vec<u8>, Vec<u8>> for Size {
 pub(crate) struct NodeCache(Cache<Vec<u8>, Vec<u8>, Size>);
 
 impl NodeCache {
-    pub fn new() -> Self {
-        Self(Cache::with_weighter(
-            ESTIMATED_ENTRIES,
-            CAPACITY_BYTES,
-            Size,
-        ))
+    /// A cache holding at most `capacity_bytes` of nodes as weighed here.
+    pub fn new(capacity_bytes: u64) -> Self {
+        let entries = usize::try_from(capacity_bytes / LEAF_BYTES).unwrap_or(usize::MAX);
+        Self(Cache::with_weighter(entries.max(1), capacity_bytes, Size))
     }
 
     /// The encoded node stored under the encoded node key `key`, if cached.
@@ -78,7 +76,7 @@ mod tests {
 
     #[test]
     fn commits_write_nodes_through_and_remove_pruned_ones() {
-        let c = NodeCache::new();
+        let c = NodeCache::new(DEFAULT_CAPACITY_BYTES);
         let (a, b) = (b"node a".to_vec(), b"node b".to_vec());
         c.insert(&a, b"old a");
         c.commit([(&a, &None), (&b, &Some(b"bytes of b".to_vec()))].into_iter());

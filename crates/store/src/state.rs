@@ -37,8 +37,30 @@ pub use crate::layers::KeyValue;
 /// replaced longer ago are deleted, so the state tree does not grow with history.
 pub const STATE_VERSIONS_KEPT: u64 = 256;
 
-/// Block cache of the state database.
-pub const STATE_CACHE_BYTES: u64 = 256 << 20;
+/// Default block cache of the state database.
+const DEFAULT_BLOCK_CACHE_BYTES: u64 = 256 << 20;
+
+/// Sizes an operator may tune; the defaults suit a few million keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Size at which a ledger segment file is closed and a new one begun.
+    pub roll_bytes: u64,
+    /// The state database's block cache: table blocks of every keyspace.
+    pub block_cache_bytes: u64,
+    /// The state tree's node cache: the larger the state, the more of its
+    /// leaves a write otherwise reads from the database.
+    pub node_cache_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            roll_bytes: crate::segments::DEFAULT_ROLL_BYTES,
+            block_cache_bytes: DEFAULT_BLOCK_CACHE_BYTES,
+            node_cache_bytes: crate::node_cache::DEFAULT_CAPACITY_BYTES,
+        }
+    }
+}
 
 /// Most one keyspace's memtable holds before it is flushed to disk (six
 /// keyspaces: this bounds the state database's write memory).
@@ -208,8 +230,19 @@ struct Progress {
 }
 
 impl Store {
-    /// Opens the store in `dir`, verifying every ledger record and rebuilding the tree.
+    /// Opens the store in `dir` with default caches (see [`Store::open_with`]).
     pub fn open(dir: &Path, roll_bytes: u64) -> Result<(Store, OpenReport), StoreError> {
+        Self::open_with(
+            dir,
+            &StoreOptions {
+                roll_bytes,
+                ..StoreOptions::default()
+            },
+        )
+    }
+
+    /// Opens the store in `dir`, verifying every ledger record and rebuilding the tree.
+    pub fn open_with(dir: &Path, opts: &StoreOptions) -> Result<(Store, OpenReport), StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Db {
             path: dir.into(),
             message: e.to_string(),
@@ -247,7 +280,7 @@ impl Store {
         let horizon = Horizon::default();
         let filters = horizon.factory();
         let db = Database::builder(db_path.clone())
-            .cache_size(STATE_CACHE_BYTES)
+            .cache_size(opts.block_cache_bytes)
             .max_journaling_size(JOURNAL_BYTES)
             .manual_journal_persist(true)
             .worker_threads(1)
@@ -316,8 +349,11 @@ impl Store {
         drop(err);
         let mut tree = TreeFiles::create(&dir.join("tree"))?;
         let mut tree_err = None;
-        let (mut ledger, report) =
-            LedgerFiles::open(&ledger_dir, durable_len, roll_bytes, |index, payload| {
+        let (mut ledger, report) = LedgerFiles::open(
+            &ledger_dir,
+            durable_len,
+            opts.roll_bytes,
+            |index, payload| {
                 if index >= durable_len {
                     return Ok(()); // unsynced tail: cut below and replayed from the Raft log
                 }
@@ -329,7 +365,8 @@ impl Store {
                     tree_err = Some(e);
                 }
                 Ok::<(), StoreError>(())
-            })?;
+            },
+        )?;
         if let Some(e) = tree_err {
             return Err(e.into());
         }
@@ -364,7 +401,7 @@ impl Store {
             layers: RwLock::new(Vec::new()),
             published: AtomicU64::new(0),
             cache: ReadCache::new(0),
-            nodes: NodeCache::new(),
+            nodes: NodeCache::new(opts.node_cache_bytes),
             txn_lock: Mutex::new(Instant::now()),
             db_lock: Mutex::new(()),
             progress: Mutex::new(Progress::default()),
