@@ -41,8 +41,8 @@ pub async fn run(g: &Global, args: StatusArgs) -> anyhow::Result<()> {
             .filter(|h| h.role.as_deref() == Some("leader"))
     });
     println!(
-        "{:<28} {:<9} {:<10} {:>6} {:>10} {:>10} {:>10} {:>8}",
-        "node", "status", "role", "term", "committed", "applied", "ledger", "lag"
+        "{:<28} {:<9} {:<10} {:>6} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8}",
+        "node", "status", "role", "term", "committed", "applied", "ledger", "final", "age", "lag"
     );
     for (url, h) in &rows {
         match h {
@@ -53,7 +53,7 @@ pub async fn run(g: &Global, args: StatusArgs) -> anyhow::Result<()> {
                     .map_or("-".to_string(), |f| f.lag.to_string());
                 let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
                 println!(
-                    "{:<28} {:<9} {:<10} {:>6} {:>10} {:>10} {:>10} {:>8}",
+                    "{:<28} {:<9} {:<10} {:>6} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8}",
                     url.trim_start_matches("https://"),
                     h.status,
                     h.role.as_deref().unwrap_or("?"),
@@ -61,6 +61,8 @@ pub async fn run(g: &Global, args: StatusArgs) -> anyhow::Result<()> {
                     opt(h.commit_index),
                     opt(h.applied_index),
                     opt(h.ledger_size),
+                    opt(h.final_size),
+                    final_age(h),
                     lag
                 );
             }
@@ -94,4 +96,13 @@ pub async fn run(g: &Global, args: StatusArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// How long ago, in ledger time, the latest final checkpoint was made: it
+/// grows while receipts fall behind (or on an idle network).
+fn final_age(h: &Health) -> String {
+    match (h.ledger_time, h.final_time) {
+        (Some(now), Some(f)) => format!("{:.1}s", now.saturating_sub(f) as f64 / 1000.0),
+        _ => "-".to_string(),
+    }
 }

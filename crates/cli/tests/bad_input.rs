@@ -897,6 +897,44 @@ async fn bad_input_gets_precise_errors_and_the_node_keeps_serving() {
             format!("{found:?} for the write at {:?}:\n{text}", s.index),
         ),
     }
+    match public.health().await {
+        Ok(h)
+            if h.final_size
+                .is_some_and(|f| f > s.index.unwrap_or(u64::MAX) && Some(f) <= h.ledger_size)
+                && h.final_time.is_some_and(|t| Some(t) <= h.ledger_time) =>
+        {
+            c.ok(
+                "health shows the latest final checkpoint",
+                format!("final size {:?} at {:?}", h.final_size, h.final_time),
+            )
+        }
+        other => c.fail(
+            "health shows the latest final checkpoint",
+            format!("{other:?} for the write at {:?}", s.index),
+        ),
+    }
+    // `comity status` prints it in its `final` column.
+    let out = net.cli(&["status"], Duration::from_secs(30)).await;
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let column = lines
+        .first()
+        .and_then(|h| h.split_whitespace().position(|c| c == "final"));
+    let row_final = lines.iter().find(|l| l.contains(" ok ")).and_then(|l| {
+        l.split_whitespace()
+            .nth(column?)
+            .and_then(|v| v.parse::<u64>().ok())
+    });
+    if out.status.success() && row_final.is_some_and(|f| f > s.index.unwrap_or(u64::MAX)) {
+        c.ok(
+            "comity status shows the final size",
+            format!("{row_final:?}"),
+        )
+    } else {
+        c.fail(
+            "comity status shows the final size",
+            format!("{:?}\n{}{}", out.status, out.stdout, out.stderr),
+        )
+    }
     let _ = net.stop(Duration::from_secs(30)).await;
     eprintln!(
         "{} cases in {:.1} s",

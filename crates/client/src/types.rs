@@ -185,6 +185,12 @@ pub struct Health {
     pub ledger_size: Option<u64>,
     #[serde(default)]
     pub ledger_time: Option<u64>,
+    /// Tree size of the latest final checkpoint: receipts exist below it.
+    #[serde(default)]
+    pub final_size: Option<u64>,
+    /// Ledger time of the latest final checkpoint (ms).
+    #[serde(default)]
+    pub final_time: Option<u64>,
     #[serde(default)]
     pub node_id: Option<u64>,
     #[serde(default)]

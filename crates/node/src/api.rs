@@ -766,6 +766,8 @@ async fn health(State(shared): S) -> ApiResult<Response> {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    // How far receipts reach: the latest checkpoint a quorum has signed.
+    let last_final = query::latest_final(&r)?.map(|s| s.checkpoint);
     let last = m.last_log_index.unwrap_or(0);
     // On the leader: how far each follower's log is behind (entries).
     let followers: serde_json::Map<String, Value> = m
@@ -807,6 +809,8 @@ async fn health(State(shared): S) -> ApiResult<Response> {
         "applied_index": m.last_applied.map(|l| l.index),
         "ledger_size": r.ledger_len()?,
         "ledger_time": time,
+        "final_size": last_final.as_ref().map(|c| c.size),
+        "final_time": last_final.as_ref().map(|c| c.time),
         "pending": shared.pending.len(),
         "evidence": query::evidence_count(&r, EVIDENCE_PAGE_MAX)?,
         "uptime_ms": shared.started.elapsed().as_millis() as u64,
