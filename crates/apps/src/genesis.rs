@@ -14,7 +14,8 @@ use std::collections::{BTreeMap, BTreeSet};
 pub struct Config {
     /// A checkpoint marker after this many client transactions...
     pub checkpoint_txs: u64,
-    /// ...or after this many milliseconds with uncovered transactions.
+    /// ...or after this many milliseconds with uncovered transactions. A
+    /// receipt waits for the next marker, then for the nodes' signatures.
     pub checkpoint_ms: u64,
     /// Accepted distance between a transaction's creation time and ledger time.
     pub tx_window_ms: u64,
@@ -26,7 +27,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             checkpoint_txs: 10_000,
-            checkpoint_ms: 50,
+            checkpoint_ms: 30,
             tx_window_ms: 10 * 60 * 1000,
             max_tx_bytes: 128 * 1024,
         }
