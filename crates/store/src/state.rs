@@ -1456,8 +1456,27 @@ mod tests {
     /// proofs from the stored tree must verify.
     #[test]
     fn state_root_matches_per_key_insertion_for_any_mix_of_changes() {
+        roots_match_per_key_insertion(&StoreOptions {
+            roll_bytes: 1 << 20,
+            ..StoreOptions::default()
+        });
+    }
+
+    /// Nodes may run with different cache sizes: a cache that holds a few
+    /// nodes, so that nearly every read goes to the database, gives the same
+    /// roots and proofs.
+    #[test]
+    fn state_roots_do_not_depend_on_cache_sizes() {
+        roots_match_per_key_insertion(&StoreOptions {
+            roll_bytes: 1 << 20,
+            block_cache_bytes: 64 << 10,
+            node_cache_bytes: 4 << 10,
+        });
+    }
+
+    fn roots_match_per_key_insertion(opts: &StoreOptions) {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = Store::open(dir.path(), 1 << 20).unwrap();
+        let (store, _) = Store::open_with(dir.path(), opts).unwrap();
         let reference = jmt::mock::MockTreeStore::default();
         let mut current: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         let mut seed = 0x2545_f491_4f6c_dd1du64;
