@@ -82,7 +82,7 @@ impl Default for Limits {
 /// transaction (at most 4 MiB) when that alone is more.
 pub const MAX_BATCH_BYTES: usize = 4 << 20;
 
-/// Smallest cache a node runs with: below it every read goes to disk.
+/// Smallest cache a node accepts: a smaller one only makes it slower.
 pub const MIN_CACHE_MIB: u64 = 8;
 /// Largest cache (1 TiB): a bound against typos, not a recommendation.
 pub const MAX_CACHE_MIB: u64 = 1 << 20;

@@ -40,7 +40,7 @@ pub const STATE_VERSIONS_KEPT: u64 = 256;
 /// Default block cache of the state database.
 const DEFAULT_BLOCK_CACHE_BYTES: u64 = 256 << 20;
 
-/// Sizes an operator may tune; the defaults suit a few million keys.
+/// Sizes an operator may tune (a node takes them from its `[limits]`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StoreOptions {
     /// Size at which a ledger segment file is closed and a new one begun.
