@@ -141,6 +141,8 @@ impl Node {
         tracing::info!(
             records = report.records,
             elapsed_ms = t0.elapsed().as_millis() as u64,
+            state_cache_mib = cfg.limits.state_cache_mib,
+            tree_cache_mib = cfg.limits.tree_cache_mib,
             "ledger verified"
         );
         let store = Arc::new(store);
