@@ -999,3 +999,52 @@ async fn unparsable_path_parameters_and_wrong_methods() {
     let _ = net.stop(Duration::from_secs(30)).await;
     c.finish();
 }
+
+/// An operator's impossible limit is refused at start with the setting and
+/// the file named; with the setting fixed, the node starts on its data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn impossible_limits_in_node_toml_are_refused_by_name() {
+    let _serial = common::serial().await;
+    let mut net = Network::new();
+    net.start().await;
+    let s = net
+        .public_client()
+        .submit(&net.signer("user0").kv_put("limits/before", b"1"), true)
+        .await
+        .expect("a write before the change");
+    assert_eq!(s.status, TxState::Committed, "{s:?}");
+    net.stop(Duration::from_secs(30)).await;
+
+    let toml = net.data.join("node0").join("node.toml");
+    let good = std::fs::read_to_string(&toml).expect("node.toml");
+    assert!(good.contains("state_cache_mib = 256"), "{good}");
+    std::fs::write(
+        &toml,
+        good.replace("state_cache_mib = 256", "state_cache_mib = 4"),
+    )
+    .expect("write node.toml");
+    let (status, stderr) = net
+        .start_expect_exit(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!status.success(), "exit status {status}");
+    assert!(
+        stderr.contains("limits.state_cache_mib") && stderr.contains("node.toml"),
+        "the refusal names neither the setting nor the file:\n{stderr}"
+    );
+
+    std::fs::write(&toml, good).expect("restore node.toml");
+    net.start().await;
+    // Reads are proved against a final checkpoint: wait for one covering the write.
+    let user = net.client_as("user0");
+    user.receipt_waiting(&s.id, false, Duration::from_secs(10))
+        .await
+        .expect("receipt request")
+        .expect("a receipt for the write made before the refusal");
+    let read = user
+        .kv_get("limits/before")
+        .await
+        .expect("read after the restart");
+    assert_eq!(read.value.as_deref(), Some(b"1".as_slice()));
+    net.stop(Duration::from_secs(30)).await;
+}
