@@ -98,8 +98,8 @@ pub async fn run(g: &Global, args: StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How long ago, in ledger time, the latest final checkpoint was made: it
-/// grows while receipts fall behind (or on an idle network).
+/// How much older, in ledger time, the latest final checkpoint is than the
+/// node's last entry: it grows while writes go on and receipts fall behind.
 fn final_age(h: &Health) -> String {
     match (h.ledger_time, h.final_time) {
         (Some(now), Some(f)) => format!("{:.1}s", now.saturating_sub(f) as f64 / 1000.0),
