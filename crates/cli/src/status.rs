@@ -85,6 +85,9 @@ pub async fn run(g: &Global, args: StatusArgs) -> anyhow::Result<()> {
         ),
         None => println!("{up} of {} nodes answer; no leader among them", rows.len()),
     }
+    if let Some(warning) = leader.and_then(receipts_stalled) {
+        println!("{warning}");
+    }
     let evidence = rows
         .iter()
         .filter_map(|(_, h)| h.as_ref().ok()?.evidence)
@@ -98,11 +101,72 @@ pub async fn run(g: &Global, args: StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Ledger time the latest final checkpoint may trail the last entry by
+/// before `status` warns: under load, markers come tens of ms apart.
+const RECEIPTS_STALLED_MS: u64 = 5_000;
+
+/// A warning when writes go on but no checkpoint has become final for a
+/// while. Entries after the latest final checkpoint that are only the
+/// nodes' signatures (an idle network, or a clock tick for a proposal's
+/// deadline, which moves ledger time without entries) do not count.
+fn receipts_stalled(h: &Health) -> Option<String> {
+    let (time, final_time) = (h.ledger_time?, h.final_time?);
+    let (size, final_size) = (h.ledger_size?, h.final_size?);
+    let behind_ms = time.saturating_sub(final_time);
+    let signatures = 2 * h.members.len() as u64 + 2;
+    (behind_ms > RECEIPTS_STALLED_MS && size > final_size + signatures).then(|| {
+        format!(
+            "receipts are behind: the latest final checkpoint (tree size {final_size}) is {:.1} s older than the last of {size} ledger entries; check that nodes of a majority of members are up and signing (their logs say why not)",
+            behind_ms as f64 / 1000.0
+        )
+    })
+}
+
 /// How much older, in ledger time, the latest final checkpoint is than the
 /// node's last entry: it grows while writes go on and receipts fall behind.
 fn final_age(h: &Health) -> String {
     match (h.ledger_time, h.final_time) {
         (Some(now), Some(f)) => format!("{:.1}s", now.saturating_sub(f) as f64 / 1000.0),
         _ => "-".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn health(ledger: (u64, u64), fin: (u64, u64), nodes: usize) -> Health {
+        let members: Vec<_> = (0..nodes)
+            .map(|i| serde_json::json!({"id": i, "address": "a", "voter": true}))
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "status": "ok",
+            "ledger_size": ledger.0, "ledger_time": ledger.1,
+            "final_size": fin.0, "final_time": fin.1,
+            "members": members,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn warns_only_when_writes_outrun_final_checkpoints() {
+        // Busy and keeping up: the final checkpoint trails by a marker interval.
+        assert_eq!(
+            receipts_stalled(&health((5000, 100_040), (4900, 100_000), 3)),
+            None
+        );
+        // Writes went on for a minute with no checkpoint becoming final.
+        let w = receipts_stalled(&health((9000, 160_000), (4900, 100_000), 3)).unwrap();
+        assert!(w.contains("tree size 4900") && w.contains("60.0 s"), "{w}");
+        // Idle for an hour, then a clock tick: only signatures follow the checkpoint.
+        assert_eq!(
+            receipts_stalled(&health((4903, 3_700_000), (4900, 100_000), 3)),
+            None
+        );
+        // No final checkpoint yet: nothing to compare.
+        let mut h = health((10, 100_000), (0, 0), 3);
+        h.final_size = None;
+        h.final_time = None;
+        assert_eq!(receipts_stalled(&h), None);
     }
 }
