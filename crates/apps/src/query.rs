@@ -220,6 +220,17 @@ pub fn latest_final(r: &Reader<'_>) -> Result<Option<SignedCheckpoint>, StoreErr
     }
 }
 
+/// The latest final checkpoint's body alone, for monitoring: without the
+/// signatures and node-set chain a receipt needs.
+pub fn latest_final_checkpoint(r: &impl AuxRead) -> Result<Option<Checkpoint>, StoreError> {
+    let Some(seq) = latest_final_seq(r)? else {
+        return Ok(None);
+    };
+    r.aux_get_one(&keys::checkpoint(seq))?
+        .map(|body| Checkpoint::from_cbor(&body).map_err(|e| StoreError::StateTree(e.to_string())))
+        .transpose()
+}
+
 /// The first final checkpoint covering ledger index `index`, if any yet.
 pub fn covering_checkpoint(
     r: &Reader<'_>,

@@ -767,7 +767,7 @@ async fn health(State(shared): S) -> ApiResult<Response> {
         StatusCode::SERVICE_UNAVAILABLE
     };
     // How far receipts reach: the latest checkpoint a quorum has signed.
-    let last_final = query::latest_final(&r)?.map(|s| s.checkpoint);
+    let last_final = query::latest_final_checkpoint(&r)?;
     let last = m.last_log_index.unwrap_or(0);
     // On the leader: how far each follower's log is behind (entries).
     let followers: serde_json::Map<String, Value> = m
@@ -826,9 +826,9 @@ async fn metrics(State(shared): S) -> ApiResult<Response> {
     metrics::gauge!("comity_ledger_size").set(len as f64);
     // Receipts exist only up to the latest final checkpoint: its size and
     // age show a backlog, or a quorum of signers gone, before clients do.
-    if let Some(cp) = query::latest_final(&r)? {
-        metrics::gauge!("comity_checkpoint_final_size").set(cp.checkpoint.size as f64);
-        let age_ms = crate::ingress::now_ms().saturating_sub(cp.checkpoint.time);
+    if let Some(cp) = query::latest_final_checkpoint(&r)? {
+        metrics::gauge!("comity_checkpoint_final_size").set(cp.size as f64);
+        let age_ms = crate::ingress::now_ms().saturating_sub(cp.time);
         metrics::gauge!("comity_checkpoint_final_age_seconds").set(age_ms as f64 / 1000.0);
     }
     drop(r);
