@@ -29,6 +29,8 @@ pub struct TxPayload {
 }
 
 impl TxPayload {
+    /// The canonical bytes that get signed. Panics if `args` holds a map
+    /// with a key twice, which no node would accept: a bug in the caller.
     pub fn to_cbor(&self) -> Vec<u8> {
         cbor::to_vec(cbor::map([
             ("net", cbor::bytes(self.net)),
