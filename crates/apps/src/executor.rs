@@ -658,7 +658,9 @@ impl Executor {
         if Some(tx.payload.net) != self.st.net {
             return Ok(Err(Reject(codes::WRONG_NETWORK)));
         }
-        let Some(ident) = registry::get_shared(batch, &tx.kid)? else {
+        let Some(ident) =
+            registry::get_shared(batch, &tx.kid)?.or_else(|| crate::join::unregistered_signer(&tx))
+        else {
             return Ok(Err(Reject(codes::UNKNOWN_SIGNER)));
         };
         *signer_leaf = Some((tx.kid, ident.current_key().to_vec()));

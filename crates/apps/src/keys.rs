@@ -127,6 +127,8 @@ pub const GOV_MEMBERS: &[u8] = b"gov/members";
 pub const GOV_CONSTITUTION_VERSION: &[u8] = b"gov/cv";
 pub const GOV_PROTOCOL: &[u8] = b"gov/protocol";
 pub const GOV_OPEN: &[u8] = b"gov/open";
+/// How many nodes asked to join and wait for a vote (see `join`).
+pub const PENDING_NODES: &[u8] = b"gov/pending_nodes";
 
 pub fn constitution(version: u64) -> Vec<u8> {
     [b"gov/c/".as_slice(), &version.to_be_bytes()].concat()

@@ -9,6 +9,7 @@ pub mod command;
 pub mod executor;
 pub mod genesis;
 pub mod gov;
+pub mod join;
 pub mod keys;
 pub mod kv;
 pub mod node;
@@ -39,6 +40,8 @@ pub mod codes {
     pub const NOT_FOUND: &str = "not_found";
     pub const ALREADY_EXISTS: &str = "already_exists";
     pub const CONFLICTING_SIGNATURE: &str = "conflicting_signature";
+    /// A node asked to join while the most requests allowed wait for a vote.
+    pub const TOO_MANY_PENDING: &str = "too_many_pending_nodes";
     /// The signer was removed or retired, or is a node not yet trusted.
     pub const INACTIVE: &str = "inactive_identity";
     /// An accepted member must acknowledge the constitution before anything else.

@@ -1,5 +1,6 @@
 //! The `node` application: nodes' checkpoint signatures, finality,
-//! evidence of conflicting signatures, and endorsements of node-set changes.
+//! evidence of conflicting signatures, endorsements of node-set changes,
+//! and join requests ([`crate::join`]).
 
 use crate::executor::Ctx;
 use crate::registry::Role;
@@ -31,6 +32,9 @@ pub fn execute(
 ) -> Result<Result<(), Reject>, StoreError> {
     if ctx.role != Role::Node {
         return Ok(Err(Reject(codes::FORBIDDEN)));
+    }
+    if op == "join" {
+        return crate::join::execute(ctx, args);
     }
     let Ok(m) = MapView::new(args) else {
         return Ok(Err(Reject(codes::BAD_ARGS)));

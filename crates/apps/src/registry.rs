@@ -211,16 +211,18 @@ impl Identity {
     }
 }
 
-/// Whether `ident` may submit `app.op`. Checked at ingress (for a precise
-/// HTTP error) and again at apply (where it decides).
 /// Whether `ident` may sign anything at all for `app.op`: an active
-/// identity, or a retired node endorsing the change that retired it (the
-/// previous set must endorse every node-set change).
+/// identity, a retired node endorsing the change that retired it (the
+/// previous set must endorse every node-set change), or a pending node
+/// renewing its join request. Checked at ingress (for a precise HTTP error)
+/// and again at apply (where it decides).
 pub fn may_submit(ident: &Identity, app: &str, op: &str) -> bool {
     ident.may_sign()
-        || (ident.role == Role::Node
-            && ident.status == Status::Retired
-            && (app, op) == ("node", "endorse"))
+        || matches!(
+            (ident.role, ident.status, app, op),
+            (Role::Node, Status::Retired, "node", "endorse")
+                | (Role::Node, Status::Pending, "node", "join")
+        )
 }
 
 pub fn authorize(ident: &Identity, app: &str, op: &str, open: bool) -> Result<(), Reject> {

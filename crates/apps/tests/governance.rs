@@ -10,7 +10,7 @@ use comity_apps::genesis::node_info;
 use comity_apps::gov::constitution::{Constitution, Rule, Threshold};
 use comity_apps::gov::proposal::{Proposal, ProposalState};
 use comity_apps::gov::{self, state, Id};
-use comity_apps::registry::{self, Status};
+use comity_apps::registry::{self, Role, Status};
 use comity_apps::{Command, Genesis, IdentitySpec};
 use comity_core::cbor::{self, Value};
 use comity_core::crypto::{Alg, SigningKey};
@@ -551,4 +551,110 @@ fn listings_page_with_cursors_and_bounded_reads() {
     assert!(gov::query::history(&r, &users[0], all[0].0 + 1, 10)
         .unwrap()
         .is_empty());
+}
+
+/// `node.join` arguments for `key`, operated by `member`.
+fn join_args(key: &SigningKey, member: Hash, address: &str) -> Value {
+    cbor::map([
+        ("key", cbor::bytes(key.public().to_spki_der())),
+        ("member", cbor::bytes(member)),
+        ("name", cbor::text("node-d")),
+        (
+            "data",
+            Value::Map(vec![(cbor::text("address"), cbor::text(address))]),
+        ),
+    ])
+}
+
+#[test]
+fn a_node_asks_to_join_and_members_trust_or_dismiss_it() {
+    let mut g = Gov::new();
+    let m0 = g.m[0].public().fingerprint();
+    let pending = |g: &Gov| comity_apps::join::pending_nodes(&g.store.read().unwrap()).unwrap();
+    let node = SigningKey::generate(Alg::EdDsa);
+    let id = node.public().fingerprint();
+
+    // Signed by the key it carries, naming an active member: a pending node.
+    let tx = g.sign(&node, "node", "join", join_args(&node, m0, "10.0.0.4:8701"));
+    assert_eq!(g.run(tx).1, "ok");
+    let ident = registry::get(&g.store.read().unwrap(), &id)
+        .unwrap()
+        .unwrap();
+    assert_eq!((ident.role, ident.status), (Role::Node, Status::Pending));
+    assert_eq!(ident.operator, Some(m0));
+    assert_eq!(ident.data["address"], "10.0.0.4:8701");
+    assert_eq!(pending(&g), 1);
+    // It may renew its request, and nothing else.
+    let tx = g.sign(&node, "node", "join", join_args(&node, m0, "10.0.0.5:8701"));
+    assert_eq!(g.run(tx).1, "ok");
+    assert_eq!(g.status(&id), Status::Pending);
+    assert_eq!(pending(&g), 1, "a renewed request is not a new one");
+    assert_eq!(g.put(&node, None), "inactive_identity");
+    let tx = g.sign(&node, "node", "checkpoint", cbor::map([]));
+    assert_eq!(g.run(tx).1, "inactive_identity");
+
+    // Refused: a key that is not the signer's, a member that is not one,
+    // malformed arguments, and a key another identity already has.
+    let other = SigningKey::generate(Alg::EdDsa);
+    let tx = g.sign(&other, "node", "join", join_args(&node, m0, "x:1"));
+    assert_eq!(g.run(tx).1, "unknown_signer");
+    let user_id = g.user.public().fingerprint();
+    let tx = g.sign(&other, "node", "join", join_args(&other, user_id, "x:1"));
+    assert_eq!(g.run(tx).1, "not_found");
+    let bad = cbor::map([("key", cbor::bytes(other.public().to_spki_der()))]);
+    let tx = g.sign(&other, "node", "join", bad);
+    assert_eq!(g.run(tx).1, "bad_args");
+    let m1 = g.m[1].clone();
+    let tx = g.sign(&m1, "node", "join", join_args(&m1, m0, "x:1"));
+    assert_eq!(g.run(tx).1, "forbidden", "a member is not a node");
+    assert_eq!(pending(&g), 1);
+
+    // Trusted by a vote that names only its key and operator.
+    let p = g.pass(json!([{"action": "node.trust", "args": {
+        "key": hex::encode(node.public().to_spki_der()),
+        "member": hex::encode(m0),
+        "data": {"address": "10.0.0.5:8701"}}}]));
+    assert_eq!(p.state, ProposalState::Accepted);
+    assert_eq!(g.status(&id), Status::Trusted);
+    assert_eq!(pending(&g), 0);
+    assert!(state::node_set(&g.store.read().unwrap())
+        .unwrap()
+        .get(&id)
+        .is_some());
+    let tx = g.sign(&node, "node", "join", join_args(&node, m0, "x:1"));
+    assert_eq!(
+        g.run(tx).1,
+        "already_exists",
+        "a trusted node cannot re-ask"
+    );
+
+    // At most MAX_PENDING_NODES wait; dismissing one (retiring it) frees a place.
+    let max = comity_apps::join::MAX_PENDING_NODES;
+    let nodes: Vec<SigningKey> = (0..=max)
+        .map(|_| SigningKey::generate(Alg::EdDsa))
+        .collect();
+    for (i, k) in nodes.iter().enumerate() {
+        let tx = g.sign(k, "node", "join", join_args(k, m0, "x:1"));
+        let want = if (i as u64) < max {
+            "ok"
+        } else {
+            "too_many_pending_nodes"
+        };
+        assert_eq!(g.run(tx).1, want, "request {i}");
+    }
+    assert_eq!(pending(&g), max);
+    let first = nodes[0].public().fingerprint();
+    let p = g.pass(json!([{"action": "node.retire", "args": {"id": hex::encode(first)}}]));
+    assert_eq!(p.state, ProposalState::Accepted);
+    assert_eq!(g.status(&first), Status::Retired);
+    assert_eq!(pending(&g), max - 1);
+    let last = &nodes[max as usize];
+    let tx = g.sign(last, "node", "join", join_args(last, m0, "x:1"));
+    assert_eq!(g.run(tx).1, "ok");
+    let tx = g.sign(&nodes[0], "node", "join", join_args(&nodes[0], m0, "x:1"));
+    assert_eq!(
+        g.run(tx).1,
+        "inactive_identity",
+        "a dismissed node stays out"
+    );
 }

@@ -72,7 +72,8 @@ pub struct ProposeArgs {
     /// Certificate or key PEM of the identity to add, the node to trust, or the new key.
     #[arg(long, value_name = "FILE")]
     pub certificate: Option<PathBuf>,
-    /// Id of the identity acted on (or, for node.trust, see --member).
+    /// Id of the identity acted on; for node.trust without --certificate, a
+    /// node that asked to join (its request supplies key, member, name and data).
     #[arg(long)]
     pub id: Option<String>,
     /// Display name.
@@ -120,8 +121,9 @@ fn need<'a, T>(v: &'a Option<T>, flag: &str, action: &str) -> anyhow::Result<&'a
     v.as_ref().with_context(|| format!("{action} needs {flag}"))
 }
 
-/// Builds the action's `{action, args}` document from the flags.
-fn action_json(a: &ProposeArgs, action: &str) -> anyhow::Result<Value> {
+/// Builds the action's `{action, args}` document from the flags and, for
+/// `node.trust --id`, the pending node's record (`joining`).
+fn action_json(a: &ProposeArgs, action: &str, joining: Option<&Value>) -> anyhow::Result<Value> {
     let data = Value::Object(pairs(&a.info)?);
     let name = |cert: &Path| -> String {
         a.name.clone().unwrap_or_else(|| {
@@ -144,18 +146,33 @@ fn action_json(a: &ProposeArgs, action: &str) -> anyhow::Result<Value> {
             "name": need(&a.name, "--name", action)?,
             "data": data,
         }),
-        "node.trust" => {
-            let cert = need(&a.certificate, "--certificate", action)?;
-            let mut v = json!({
-                "key": key_hex(cert)?,
-                "member": need(&a.member, "--member", action)?,
-                "data": data,
-            });
-            if let Some(n) = &a.name {
-                v["name"] = json!(n);
+        "node.trust" => match (&a.certificate, joining) {
+            (Some(cert), _) => {
+                let mut v = json!({
+                    "key": key_hex(cert)?,
+                    "member": need(&a.member, "--member", action)?,
+                    "data": data,
+                });
+                if let Some(n) = &a.name {
+                    v["name"] = json!(n);
+                }
+                v
             }
-            v
-        }
+            // A node that asked to join: its request fills what flags leave out.
+            (None, Some(node)) => {
+                let mut merged = node["data"].as_object().cloned().unwrap_or_default();
+                merged.extend(pairs(&a.info)?);
+                json!({
+                    "key": node["keys"][0]["key"],
+                    "member": a.member.as_deref().map_or(node["operator"].clone(), |m| json!(m)),
+                    "name": a.name.as_deref().map_or(node["name"].clone(), |n| json!(n)),
+                    "data": merged,
+                })
+            }
+            (None, None) => {
+                bail!("node.trust needs --certificate, or --id of a node that asked to join")
+            }
+        },
         "identity.rotate_key" => json!({
             "id": need(&a.id, "--id", action)?,
             "key": key_hex(need(&a.certificate, "--certificate", action)?)?,
@@ -193,13 +210,13 @@ fn action_json(a: &ProposeArgs, action: &str) -> anyhow::Result<Value> {
     Ok(json!({"action": action, "args": args}))
 }
 
-fn actions(a: &ProposeArgs) -> anyhow::Result<Vec<Action>> {
+fn actions(a: &ProposeArgs, joining: Option<&Value>) -> anyhow::Result<Vec<Action>> {
     let docs: Vec<Value> = match (&a.actions, &a.action) {
         (Some(f), _) => serde_json::from_slice(
             &std::fs::read(f).with_context(|| format!("reading {}", f.display()))?,
         )
         .with_context(|| format!("{}: expected a JSON list of actions", f.display()))?,
-        (None, Some(action)) => vec![action_json(a, action)?],
+        (None, Some(action)) => vec![action_json(a, action, joining)?],
         (None, None) => bail!("name an action, or pass --actions FILE"),
     };
     docs.into_iter()
@@ -238,6 +255,21 @@ pub(crate) fn read_client(g: &Global, cfg: &Config) -> anyhow::Result<Client> {
     cfg.client()
 }
 
+/// The record of a node that asked to join (`comity node join`).
+async fn pending_node(client: &Client, id: &str) -> anyhow::Result<Value> {
+    let id = hex::encode(parse_hash(id)?);
+    let v = client.gov_get(&["identities", &id], &[]).await?;
+    let node = &v["identity"];
+    if node["role"] != "node" || node["status"] != "pending" {
+        bail!(
+            "{id} is a {} {}, not a node waiting to join",
+            node["status"].as_str().unwrap_or("?"),
+            node["role"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(node.clone())
+}
+
 async fn submit(client: &Client, tx: &[u8], what: &str) -> anyhow::Result<Hash> {
     let st = client.submit(tx, true).await?;
     crate::kv::report(what, &st)?;
@@ -252,7 +284,11 @@ pub async fn run(g: &Global, cmd: GovCmd) -> anyhow::Result<()> {
     let client = read_client(g, &cfg)?;
     match cmd {
         GovCmd::Propose(a) => {
-            let acts = actions(&a)?;
+            let joining = match (a.action.as_deref(), &a.certificate, &a.id) {
+                (Some("node.trust"), None, Some(id)) => Some(pending_node(&client, id).await?),
+                _ => None,
+            };
+            let acts = actions(&a, joining.as_ref())?;
             let net = cfg.network_id(&client).await?;
             let s = signer(g, &cfg, net)?;
             let tx = s.gov_propose(cbor::from_serde(&acts)?, &a.description);

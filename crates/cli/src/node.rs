@@ -1,9 +1,10 @@
 //! `comity node run` and `comity node join`: one node, configured by a TOML
 //! file, for deployments on separate machines.
 
-use crate::config::{Config, Global};
+use crate::config::{parse_hash, Config, Global};
 use crate::up::{init_tracing, install_metrics};
 use anyhow::Context;
+use comity_client::TxState;
 use comity_node::config::NodeConfig;
 use comity_node::join::Join;
 
@@ -21,8 +22,9 @@ pub enum NodeCmd {
         #[arg(long)]
         config: std::path::PathBuf,
     },
-    /// Join a running network: learn its trusted nodes from one of them, then
-    /// run, waiting until members trust this node by a vote.
+    /// Join a running network: learn its trusted nodes from one of them, ask
+    /// to join (a `node.join` request signed by the node key), then run,
+    /// waiting until members trust this node by a vote.
     Join {
         /// Node configuration (TOML, without `genesis`).
         #[arg(long)]
@@ -30,6 +32,16 @@ pub enum NodeCmd {
         /// URL of any node of the network (its CA is `--ca`).
         #[arg(long, value_name = "URL")]
         network: String,
+        /// Id of the member operating this node (default: client.json's member).
+        #[arg(long, value_name = "HEX")]
+        member: Option<String>,
+        /// host:port where the other nodes reach this one (default: the
+        /// `listen` address, unless that is a wildcard).
+        #[arg(long, value_name = "HOST:PORT")]
+        address: Option<String>,
+        /// Display name (default: "node" and the start of its id).
+        #[arg(long)]
+        name: Option<String>,
     },
 }
 
@@ -37,8 +49,19 @@ pub async fn run(g: &Global, args: NodeArgs) -> anyhow::Result<()> {
     init_tracing();
     let config = match args.cmd {
         NodeCmd::Run { config } => config,
-        NodeCmd::Join { config, network } => {
-            join(g, &config, &network).await?;
+        NodeCmd::Join {
+            config,
+            network,
+            member,
+            address,
+            name,
+        } => {
+            let request = Request {
+                member,
+                address,
+                name,
+            };
+            join(g, &config, &network, request).await?;
             config
         }
     };
@@ -53,8 +76,20 @@ pub async fn run(g: &Global, args: NodeArgs) -> anyhow::Result<()> {
     node.shutdown().await
 }
 
-/// Records the network's trusted nodes for this node and says how members trust it.
-async fn join(g: &Global, config: &std::path::Path, url: &str) -> anyhow::Result<()> {
+/// What `node join` asks for; unset fields take their defaults.
+struct Request {
+    member: Option<String>,
+    address: Option<String>,
+    name: Option<String>,
+}
+
+/// Records the network's trusted nodes for this node and asks to join.
+async fn join(
+    g: &Global,
+    config: &std::path::Path,
+    url: &str,
+    request: Request,
+) -> anyhow::Result<()> {
     let cfg = NodeConfig::load(config)?;
     if cfg.genesis.is_some() {
         anyhow::bail!(
@@ -63,6 +98,23 @@ async fn join(g: &Global, config: &std::path::Path, url: &str) -> anyhow::Result
         );
     }
     let client_cfg = Config::load(g)?;
+    let member = match (&request.member, &client_cfg.member_key) {
+        (Some(hex), _) => parse_hash(hex).context("--member")?,
+        (None, Some(key)) => key_id(key)?,
+        (None, None) => anyhow::bail!(
+            "pass --member <id of the member operating this node> (no client.json member here)"
+        ),
+    };
+    // A wildcard listen address is not where peers can reach this node.
+    let address = match request.address {
+        Some(a) => a,
+        None if cfg.listen.ip().is_unspecified() => anyhow::bail!(
+            "{}: `listen` is {}, which peers cannot dial; pass --address <host:port>",
+            config.display(),
+            cfg.listen
+        ),
+        None => cfg.listen.to_string(),
+    };
     let client = client_cfg.public_client_of(url)?;
     let nodes = client
         .trusted_nodes()
@@ -86,26 +138,44 @@ async fn join(g: &Global, config: &std::path::Path, url: &str) -> anyhow::Result
             },
         )?;
     }
-    let pem = std::fs::read_to_string(&cfg.node_key)
-        .with_context(|| format!("reading {}", cfg.node_key.display()))?;
-    let id = comity_core::crypto::SigningKey::from_pkcs8_pem(&pem)?
-        .public()
-        .fingerprint();
-    eprintln!(
-        "node {} joins network {} ({} trusted nodes).\n\
-         It stays pending until members trust it; a member proposes:\n  \
-         comity gov propose node.trust --certificate {} --member <operating member> --info address={}\n\
-         and once the vote passes the leader adds it to the Raft group and sends it the ledger.",
-        hex::encode(id),
-        hex::encode(nodes.network_id),
-        nodes.nodes.0.len(),
-        cfg.tls_cert.display(),
-        // A wildcard listen address is not where peers can reach this node.
-        if cfg.listen.ip().is_unspecified() {
-            format!("<this host>:{}", cfg.listen.port())
-        } else {
-            cfg.listen.to_string()
+    let signer = comity_client::Signer::from_pem_file(&cfg.node_key, nodes.network_id)?;
+    let id = hex::encode(signer.id);
+    let name = request
+        .name
+        .unwrap_or_else(|| format!("node {}", &id[..12]));
+    let data = [("address".to_string(), address)].into();
+    let st = client
+        .submit(&signer.node_join(&member, &name, &data), true)
+        .await
+        .with_context(|| format!("sending the join request to {url}"))?;
+    match (st.status, st.outcome.as_deref()) {
+        (TxState::Committed | TxState::Pending, Some("ok") | None) => eprintln!(
+            "node {id} asked to join network {} ({} trusted nodes) for member {}.\n\
+             It stays pending until members trust it; a member proposes:\n  \
+             comity gov propose node.trust --id {id}\n\
+             and once the vote passes the leader adds it to the Raft group and sends it the ledger.",
+            hex::encode(nodes.network_id),
+            nodes.nodes.0.len(),
+            hex::encode(member),
+        ),
+        // Trusted or retired already: a restart after the vote, say.
+        (TxState::Rejected, Some("already_exists")) => {
+            eprintln!("node {id} is already known to network {}; running it", hex::encode(nodes.network_id))
         }
-    );
+        _ => anyhow::bail!(
+            "the join request of node {id} was {:?}: {}",
+            st.status,
+            st.outcome.as_deref().unwrap_or("no outcome")
+        ),
+    }
     Ok(())
+}
+
+/// The identity id of the key in a PEM file.
+fn key_id(path: &std::path::Path) -> anyhow::Result<comity_core::Hash> {
+    let pem =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(comity_core::crypto::SigningKey::from_pkcs8_pem(&pem)?
+        .public()
+        .fingerprint())
 }

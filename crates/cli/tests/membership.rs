@@ -43,12 +43,32 @@ async fn pass(c: &Cluster, client: &Client, actions: serde_json::Value, what: &s
     assert_eq!(p["proposal"]["state"], "accepted", "{what}: {p}");
 }
 
+fn node_key(c: &Cluster, n: usize) -> comity_core::crypto::PublicKey {
+    let key = std::fs::read_to_string(c.node_dir(n).join("node.key.pem")).unwrap();
+    comity_core::crypto::SigningKey::from_pkcs8_pem(&key)
+        .unwrap()
+        .public()
+}
+
+/// The record of node `id` once its join request has committed.
+async fn wait_pending(client: &Client, id: &Hash) -> serde_json::Value {
+    let deadline = Instant::now() + LONG;
+    loop {
+        if let Ok(v) = client.gov_get(&["identities", &hex::encode(id)], &[]).await {
+            assert_eq!(v["identity"]["status"], "pending", "{v}");
+            return v["identity"].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the join request never committed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Members vote to trust node `new` (operated by member0); returns its id.
 async fn trust(c: &Cluster, client: &Client, new: usize) -> Hash {
-    let key = std::fs::read_to_string(c.node_dir(new).join("node.key.pem")).unwrap();
-    let key = comity_core::crypto::SigningKey::from_pkcs8_pem(&key)
-        .unwrap()
-        .public();
+    let key = node_key(c, new);
     let member0 = c.signer("member0").id;
     pass(
         c,
@@ -122,14 +142,7 @@ async fn doc_cli(c: &Cluster, args: &[&str]) -> String {
         "doc",
     ];
     all.extend_from_slice(args);
-    let out = common::run_cli(&c.data, c.tmp.path(), &all, LONG).await;
-    assert!(
-        out.status.success(),
-        "comity doc {args:?}:\n{}\n{}",
-        out.stdout,
-        out.stderr
-    );
-    out.stdout
+    c.cli(&all).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -158,13 +171,45 @@ async fn a_node_joins_by_vote_and_a_node_retires_by_vote() {
         .to_string();
 
     let new = c.join_new_node();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let node_id = node_key(&c, new).fingerprint();
+    let pending = wait_pending(&client, &node_id).await;
+    assert_eq!(pending["operator"], hex::encode(c.signer("member0").id));
+    assert_eq!(
+        pending["data"]["address"],
+        format!("127.0.0.1:{}", c.base + new as u16)
+    );
     assert_eq!(
         voters(&client).await.len(),
         3,
         "an untrusted node is not added"
     );
-    let node_id = trust(&c, &client, new).await;
+    // Members trust it from its request alone: no certificate passed around.
+    let out = c
+        .cli(&[
+            "gov",
+            "propose",
+            "node.trust",
+            "--id",
+            &hex::encode(node_id),
+        ])
+        .await;
+    let pid = out
+        .lines()
+        .find_map(|l| l.strip_prefix("proposal "))
+        .unwrap_or_else(|| panic!("no proposal id in {out}"))
+        .to_string();
+    let key1 = c.data.join("keys").join("member1.key.pem");
+    let out = c
+        .cli(&[
+            "gov",
+            "vote",
+            &pid,
+            "approve",
+            "--key",
+            key1.to_str().unwrap(),
+        ])
+        .await;
+    assert!(out.contains("state:       accepted"), "{out}");
     wait_voters(&client, 4, "after node.trust").await;
     c.wait_healthy(new, LONG).await;
     eprintln!(

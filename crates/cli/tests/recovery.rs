@@ -12,22 +12,10 @@ use comity_core::entry::{EntryKind, Leaf};
 use comity_core::receipt::Receipt;
 use common::cluster::Cluster;
 use common::load::check_acknowledged;
-use common::run_cli;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 const LONG: Duration = Duration::from_secs(60);
-
-async fn cli(c: &Cluster, args: &[&str]) -> String {
-    let out = run_cli(&c.data, c.tmp.path(), args, LONG).await;
-    assert!(
-        out.status.success(),
-        "comity {args:?}:\n{}\n{}",
-        out.stdout,
-        out.stderr
-    );
-    out.stdout
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn members_restart_a_network_that_lost_its_majority() {
@@ -77,37 +65,31 @@ async fn members_restart_a_network_that_lost_its_majority() {
     std::fs::write(&nodes_toml, toml).unwrap();
     let survivor = c.node_dir(0).join("data");
     let (survivor, decision_s) = (survivor.to_str().unwrap(), decision.to_str().unwrap());
-    cli(
-        &c,
-        &[
-            "recovery",
-            "prepare",
-            "--from",
-            survivor,
-            "--nodes",
-            nodes_toml.to_str().unwrap(),
-            "--reason",
-            "nodes 1 and 2 destroyed",
-            "-o",
-            decision_s,
-        ],
-    )
+    c.cli(&[
+        "recovery",
+        "prepare",
+        "--from",
+        survivor,
+        "--nodes",
+        nodes_toml.to_str().unwrap(),
+        "--reason",
+        "nodes 1 and 2 destroyed",
+        "-o",
+        decision_s,
+    ])
     .await;
     for m in ["member0", "member1"] {
         let key = c.data.join("keys").join(format!("{m}.key.pem"));
-        cli(
-            &c,
-            &[
-                "recovery",
-                "sign",
-                decision_s,
-                "--key",
-                key.to_str().unwrap(),
-            ],
-        )
+        c.cli(&[
+            "recovery",
+            "sign",
+            decision_s,
+            "--key",
+            key.to_str().unwrap(),
+        ])
         .await;
     }
-    let shown = cli(&c, &["recovery", "show", decision_s]).await;
+    let shown = c.cli(&["recovery", "show", decision_s]).await;
     assert_eq!(shown.matches("signed by").count(), 2, "{shown}");
     assert!(
         shown.contains("2 valid member signature(s) of 2 needed"),
@@ -116,17 +98,14 @@ async fn members_restart_a_network_that_lost_its_majority() {
     assert!(shown.contains(": ready"), "{shown}");
     for &i in &news {
         let to = c.node_dir(i).join("data");
-        cli(
-            &c,
-            &[
-                "recovery",
-                "seed",
-                "--from",
-                survivor,
-                "--to",
-                to.to_str().unwrap(),
-            ],
-        )
+        c.cli(&[
+            "recovery",
+            "seed",
+            "--from",
+            survivor,
+            "--to",
+            to.to_str().unwrap(),
+        ])
         .await;
     }
     for &i in &news {

@@ -130,6 +130,32 @@ impl Signer {
         )
     }
 
+    /// `node.join`, signed by the joining node's own key: asks to be trusted
+    /// as a node operated by `member`, reachable by peers at the `address`
+    /// entry of `data`.
+    pub fn node_join(
+        &self,
+        member: &Hash,
+        name: &str,
+        data: &std::collections::BTreeMap<String, String>,
+    ) -> Vec<u8> {
+        let data = Value::Map(
+            data.iter()
+                .map(|(k, v)| (cbor::text(k), cbor::text(v)))
+                .collect(),
+        );
+        self.tx(
+            "node",
+            "join",
+            cbor::map([
+                ("key", cbor::bytes(self.key.public().to_spki_der())),
+                ("member", cbor::bytes(*member)),
+                ("name", cbor::text(name)),
+                ("data", data),
+            ]),
+        )
+    }
+
     /// `notary.<op>` with `args` given as JSON (ids and digests as hex text,
     /// as docs/api.md lists them); the JSON is converted to CBOR.
     pub fn notary(&self, op: &str, args: &serde_json::Value) -> Result<Vec<u8>, ClientError> {

@@ -161,16 +161,18 @@ pub async fn check(shared: &Shared, bytes: &[u8], from: Source) -> Result<Check,
         return Ok(Check::Known(tx.id, index));
     }
     let reader = shared.store.read()?;
-    let ident = registry::get_shared(&reader, &tx.kid)?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::FORBIDDEN,
-            "unknown_signer",
-            format!(
-                "signer {} is not a registered identity",
-                hex::encode(tx.kid)
-            ),
-        )
-    })?;
+    let ident = registry::get_shared(&reader, &tx.kid)?
+        .or_else(|| comity_apps::join::unregistered_signer(&tx))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "unknown_signer",
+                format!(
+                    "signer {} is not a registered identity",
+                    hex::encode(tx.kid)
+                ),
+            )
+        })?;
     let nonce_key = keys::nonce(&tx.kid, &tx.payload.nonce);
     let nonce_spent =
         v.spent_nonces.may_contain(&nonce_key) && reader.aux_get(&nonce_key)?.is_some();

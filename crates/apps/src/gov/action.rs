@@ -145,7 +145,7 @@ pub enum Action {
 /// A key must be in the one encoding this build writes (for P-256: the
 /// uncompressed point): another encoding of a used key would hash to a new
 /// id and slip past the rule that a key belongs to one identity for good.
-fn check_key(key: &[u8]) -> Result<(), String> {
+pub(crate) fn check_key(key: &[u8]) -> Result<(), String> {
     let k = PublicKey::from_spki_der(key).map_err(|e| format!("key: {e}"))?;
     if k.to_spki_der() != key {
         return Err(
@@ -290,6 +290,16 @@ fn load(o: &Overlay<'_, '_>, role: Role, id: Hash) -> Result<Result<Identity, St
     })
 }
 
+/// One node fewer waits for a vote (see [`crate::join`]).
+fn leave_pending(o: &mut Overlay<'_, '_>) -> Result<(), StoreError> {
+    let waiting = crate::join::pending_nodes(o)?;
+    o.put(
+        keys::PENDING_NODES,
+        &waiting.saturating_sub(1).to_be_bytes(),
+    );
+    Ok(())
+}
+
 fn set_status(
     o: &mut Overlay<'_, '_>,
     role: Role,
@@ -307,6 +317,9 @@ fn set_status(
             hex::encode(id),
             to.as_str()
         )));
+    }
+    if ident.status == Status::Pending {
+        leave_pending(o)?; // a join request dismissed
     }
     ident.status = to;
     state::put_identity(o, &ident, false)?;
@@ -354,7 +367,10 @@ fn trust_node(
         Err(e) => return Ok(Err(e)),
     }
     let mut ident = match registry::get(o, &id)? {
-        Some(i) if i.role == Role::Node && i.status == Status::Pending => i,
+        Some(i) if i.role == Role::Node && i.status == Status::Pending => {
+            leave_pending(o)?;
+            i
+        }
         Some(i) if i.role == Role::Node => {
             return Ok(Err(format!(
                 "node {} is {}, not pending",

@@ -450,16 +450,17 @@ impl Cluster {
 
     /// Runs `comity ledger verify` against node `i`'s API.
     pub async fn ledger_verify(&self, i: usize) -> String {
-        let out = run_cli(
-            &self.data,
-            self.tmp.path(),
-            &["ledger", "verify", "--node", &self.url(i)],
-            Duration::from_secs(120),
-        )
-        .await;
+        self.cli(&["ledger", "verify", "--node", &self.url(i)])
+            .await
+    }
+
+    /// Runs `comity ARGS` with the network's client.json; its standard
+    /// output, once it has succeeded within two minutes.
+    pub async fn cli(&self, args: &[&str]) -> String {
+        let out = run_cli(&self.data, self.tmp.path(), args, Duration::from_secs(120)).await;
         assert!(
             out.status.success(),
-            "ledger verify node{i} failed:\n{}\n{}",
+            "comity {args:?}:\n{}\n{}",
             out.stdout,
             out.stderr
         );

@@ -1,0 +1,128 @@
+//! `node.join`: a new node presents itself to the network before any vote.
+//!
+//! The request is signed by the key it carries, so it proves that its sender
+//! holds the node's key; it names the member that operates the node and the
+//! address its peers reach it at. It records the node as `pending`, which
+//! members see (`/v1/gov/nodes`) and trust by a `node.trust` vote; a pending
+//! node may do nothing else. Anyone who can reach a node may send one, so
+//! at most [`MAX_PENDING_NODES`] wait at a time; members dismiss a request by
+//! retiring the node.
+
+use crate::executor::Ctx;
+use crate::registry::{self, Identity, Role, StateRead, Status};
+use crate::{codes, keys, Reject};
+use comity_core::cbor::{self, MapView, Value};
+use comity_core::crypto::{sha256, PublicKey};
+use comity_core::tx::Tx;
+use comity_core::Hash;
+use comity_store::StoreError;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Most join requests waiting for a vote at once.
+pub const MAX_PENDING_NODES: u64 = 64;
+
+/// What a joining node asks for: the arguments of `node.join` (the SDK's
+/// `Signer::node_join` writes them).
+struct JoinRequest {
+    /// The node's key (SubjectPublicKeyInfo DER); its hash is the node's id.
+    key: Vec<u8>,
+    /// The member that operates the node.
+    member: Hash,
+    name: String,
+    /// Descriptive data; `address` (host:port) is where peers reach the node.
+    data: BTreeMap<String, String>,
+}
+
+impl JoinRequest {
+    fn from_args(args: &Value) -> Result<Self, String> {
+        let m = MapView::new(args).map_err(|e| e.to_string())?;
+        if m.0.len() != 4 {
+            return Err("expected exactly key, member, name and data".into());
+        }
+        let req = JoinRequest {
+            key: m.bytes("key").map_err(|e| e.to_string())?.to_vec(),
+            member: m.hash("member").map_err(|e| e.to_string())?,
+            name: m.text("name").map_err(|e| e.to_string())?.to_string(),
+            data: cbor::to_serde(m.get("data").ok_or("missing data")?)
+                .map_err(|e| format!("data: {e}"))?,
+        };
+        registry::check_data(&req.name, &req.data)?;
+        crate::gov::action::check_key(&req.key)?;
+        Ok(req)
+    }
+}
+
+/// The identity a `node.join` transaction speaks for when its signer is not
+/// registered: a pending node with the key the request carries, provided
+/// that key hashes to the signer's id. The signature is then checked with
+/// that key like any other.
+pub fn unregistered_signer(tx: &Tx) -> Option<Arc<Identity>> {
+    if (tx.payload.app.as_str(), tx.payload.op.as_str()) != ("node", "join") {
+        return None;
+    }
+    let key = MapView::new(&tx.payload.args).ok()?.bytes("key").ok()?;
+    (sha256(key) == tx.kid && PublicKey::from_spki_der(key).is_ok()).then(|| {
+        Arc::new(Identity::new(
+            Role::Node,
+            Status::Pending,
+            "joining node",
+            key.to_vec(),
+            0,
+        ))
+    })
+}
+
+/// How many nodes wait for a vote.
+pub fn pending_nodes(s: &impl StateRead) -> Result<u64, StoreError> {
+    Ok(s.state(keys::PENDING_NODES)?
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_be_bytes))
+}
+
+/// Records the signer's request as a pending node, or updates its pending one.
+pub fn execute(ctx: &mut Ctx<'_, '_>, args: &Value) -> Result<Result<(), Reject>, StoreError> {
+    let req = match JoinRequest::from_args(args) {
+        Ok(r) if sha256(&r.key) == ctx.signer => r,
+        Ok(_) => return Ok(Err(Reject(codes::BAD_ARGS))),
+        Err(e) => {
+            tracing::debug!(error = %e, "node.join refused");
+            return Ok(Err(Reject(codes::BAD_ARGS)));
+        }
+    };
+    if !registry::get(&*ctx.batch, &req.member)?
+        .is_some_and(|m| m.role == Role::Member && m.status == Status::Active)
+    {
+        return Ok(Err(Reject(codes::NOT_FOUND)));
+    }
+    let id = ctx.signer;
+    if crate::gov::state::key_owner(&*ctx.batch, &id)?.is_some_and(|owner| owner != id) {
+        return Ok(Err(Reject(codes::ALREADY_EXISTS))); // another identity's rotated key
+    }
+    let ident = match registry::get(&*ctx.batch, &id)? {
+        Some(i) if i.status == Status::Pending => Identity {
+            name: req.name,
+            data: req.data,
+            operator: Some(req.member),
+            ..i
+        },
+        // Trusted, retired, or another role: a request cannot change it.
+        Some(_) => return Ok(Err(Reject(codes::ALREADY_EXISTS))),
+        None => {
+            let waiting = pending_nodes(&*ctx.batch)?;
+            if waiting >= MAX_PENDING_NODES {
+                return Ok(Err(Reject(codes::TOO_MANY_PENDING)));
+            }
+            ctx.batch
+                .put(keys::PENDING_NODES, &(waiting + 1).to_be_bytes())?;
+            ctx.batch.put(&keys::key_owner(&id), &id)?;
+            Identity {
+                data: req.data,
+                operator: Some(req.member),
+                ..Identity::new(Role::Node, Status::Pending, &req.name, req.key, ctx.index)
+            }
+        }
+    };
+    ctx.batch.put(&keys::identity(&id), &ident.to_cbor())?;
+    Ok(Ok(()))
+}
