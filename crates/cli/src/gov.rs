@@ -438,10 +438,14 @@ async fn list(
                 short(i["proposer"].as_str().unwrap_or("?")),
             ),
             _ => println!(
-                "{}  {:<8} {}{}",
+                "{}  {:<8} {}{}{}",
                 i["id"].as_str().unwrap_or("?"),
                 i["status"].as_str().unwrap_or("?"),
                 i["name"].as_str().unwrap_or("?"),
+                i["operator"]
+                    .as_str()
+                    .map(|m| format!("  (member {})", short(m)))
+                    .unwrap_or_default(),
                 i["data"]
                     .as_object()
                     .filter(|d| !d.is_empty())

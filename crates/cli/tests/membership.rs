@@ -178,6 +178,15 @@ async fn a_node_joins_by_vote_and_a_node_retires_by_vote() {
         pending["data"]["address"],
         format!("127.0.0.1:{}", c.base + new as u16)
     );
+    let listed = c.cli(&["gov", "list", "nodes"]).await;
+    let line = listed
+        .lines()
+        .find(|l| l.starts_with(&hex::encode(node_id)))
+        .unwrap_or_else(|| panic!("the joining node is not listed:\n{listed}"));
+    assert!(
+        line.contains("pending") && line.contains(&format!("127.0.0.1:{}", c.base + new as u16)),
+        "{line}"
+    );
     assert_eq!(
         voters(&client).await.len(),
         3,
