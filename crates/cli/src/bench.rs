@@ -1288,11 +1288,8 @@ mod e2e {
 
     fn global(d: &std::path::Path) -> Global {
         Global {
-            node: None,
-            ca: None,
-            key: None,
-            cert: None,
             data: d.to_path_buf(),
+            ..Global::default()
         }
     }
 

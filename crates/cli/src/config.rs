@@ -15,7 +15,7 @@ pub const DEFAULT_URL: &str = "https://127.0.0.1:8701";
 pub const CLIENT_JSON: &str = "client.json";
 
 /// Flags accepted by every subcommand (before or after it).
-#[derive(Args, Clone, Debug)]
+#[derive(Args, Clone, Debug, Default)]
 pub struct Global {
     /// Node URL [default: from <data>/client.json, else https://127.0.0.1:8701]
     #[arg(long, global = true, env = "COMITY_NODE", value_name = "URL")]
@@ -29,6 +29,11 @@ pub struct Global {
     /// Certificate (PEM) of --key, presented as TLS client certificate [default: from client.json]
     #[arg(long, global = true, env = "COMITY_CERT", value_name = "PATH")]
     pub cert: Option<PathBuf>,
+    /// Identity id to sign as with --key, once that key was rotated in by
+    /// `identity.rotate_key` [default: the key's fingerprint, the id of an
+    /// identity whose first key it is]
+    #[arg(long, global = true, env = "COMITY_IDENTITY", value_name = "HEX")]
+    pub identity: Option<String>,
     /// Data directory of the local network
     #[arg(
         long,
@@ -125,6 +130,8 @@ pub struct Config {
     pub cert: Option<PathBuf>,
     pub member_key: Option<PathBuf>,
     pub member_cert: Option<PathBuf>,
+    /// `--identity`: the id `key` signs as, if not its fingerprint.
+    pub identity: Option<Hash>,
 }
 
 impl Config {
@@ -163,6 +170,12 @@ impl Config {
                 .or_else(|| g.key.is_none().then(|| resolve(&file.cert)).flatten()),
             member_key: resolve(&file.member_key),
             member_cert: resolve(&file.member_cert),
+            identity: g
+                .identity
+                .as_deref()
+                .map(parse_hash)
+                .transpose()
+                .context("--identity")?,
             data,
         })
     }
@@ -242,19 +255,27 @@ impl Config {
             .network_id)
     }
 
-    /// Signs as the configured user key, else the member key.
+    /// Signs as the configured user key (as `--identity`, if given), else
+    /// the member key.
     pub fn signer(&self, network_id: Hash) -> anyhow::Result<Signer> {
-        let key = self
-            .key
-            .as_ref()
-            .or(self.member_key.as_ref())
-            .ok_or_else(|| {
+        match &self.key {
+            Some(key) => self.key_signer(key, network_id),
+            None => self.member_signer(network_id).map_err(|_| {
                 anyhow::anyhow!(
                     "no signing key: pass --key (or COMITY_KEY), or run `comity up` to write {}",
                     ClientJson::path(&self.data).display()
                 )
-            })?;
-        Ok(Signer::from_pem_file(key, network_id)?)
+            }),
+        }
+    }
+
+    /// Signs with `key` as `--identity`, or as the identity whose first key it is.
+    pub fn key_signer(&self, key: &Path, network_id: Hash) -> anyhow::Result<Signer> {
+        let mut s = Signer::from_pem_file(key, network_id)?;
+        if let Some(id) = self.identity {
+            s.id = id;
+        }
+        Ok(s)
     }
 
     /// Signs as the member key of client.json.
@@ -342,11 +363,8 @@ mod tests {
 
     fn global(data: &Path) -> Global {
         Global {
-            node: None,
-            ca: None,
-            key: None,
-            cert: None,
             data: data.to_path_buf(),
+            ..Global::default()
         }
     }
 

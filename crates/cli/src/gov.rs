@@ -229,7 +229,7 @@ fn actions(a: &ProposeArgs, joining: Option<&Value>) -> anyhow::Result<Vec<Actio
 /// The member signer: `--key` if given, else client.json's member key.
 fn signer(g: &Global, cfg: &Config, net: Hash) -> anyhow::Result<Signer> {
     match &g.key {
-        Some(k) => Ok(Signer::from_pem_file(k, net)?),
+        Some(k) => cfg.key_signer(k, net),
         None => cfg.member_signer(net),
     }
 }

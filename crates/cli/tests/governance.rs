@@ -278,32 +278,7 @@ async fn governance_over_http() {
         )
         .await;
     assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
-    let pid = out
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("proposal "))
-        .expect("proposal id")
-        .to_string();
-    let out = g
-        .net
-        .cli(
-            &[
-                "gov",
-                "vote",
-                &pid,
-                "approve",
-                "--key",
-                key1.to_str().unwrap(),
-            ],
-            Duration::from_secs(30),
-        )
-        .await;
-    assert!(
-        out.stdout.contains("state:       accepted"),
-        "{}\n{}",
-        out.stdout,
-        out.stderr
-    );
+    approve(&g.net, &proposal_id(&out.stdout), &key1).await;
     let dana_key = g.net.key_path("dana");
     let out = g
         .net
@@ -325,6 +300,60 @@ async fn governance_over_http() {
         out.stdout
     );
 
+    // Dana's key is rotated by a vote; the CLI signs with the new key as
+    // Dana's unchanged identity once told which (--identity).
+    let dana_id = SigningKey::from_pkcs8_pem(&std::fs::read_to_string(&dana_key).unwrap())
+        .unwrap()
+        .public()
+        .fingerprint();
+    let dana_id = hex::encode(dana_id);
+    let t = Duration::from_secs(30);
+    let keys_dir = keys.to_str().unwrap();
+    let out = g
+        .net
+        .cli(&["keys", "new", "--name", "dana2", "--out", keys_dir], t)
+        .await;
+    assert!(out.status.success(), "{}", out.stderr);
+    let (dana2_key, dana2_cert) = (g.net.key_path("dana2"), g.net.cert_path("dana2"));
+    let (dana_key, dana2_key) = (dana_key.to_str().unwrap(), dana2_key.to_str().unwrap());
+    let out = g
+        .net
+        .cli(
+            &[
+                "gov",
+                "propose",
+                "identity.rotate_key",
+                "--id",
+                &dana_id,
+                "--certificate",
+                dana2_cert.to_str().unwrap(),
+                "--key",
+                key0.to_str().unwrap(),
+            ],
+            t,
+        )
+        .await;
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    approve(&g.net, &proposal_id(&out.stdout), &key1).await;
+    let put = ["kv", "put", "rotated", "yes"];
+    let out = g
+        .net
+        .cli(&[&["--key", dana2_key][..], &put].concat(), t)
+        .await;
+    assert!(out.stderr.contains("unknown_signer"), "{}", out.stderr);
+    let out = g
+        .net
+        .cli(&[&["--key", dana_key][..], &put].concat(), t)
+        .await;
+    assert!(
+        out.stderr.contains("bad_signature"),
+        "old key: {}",
+        out.stderr
+    );
+    let as_dana = ["--key", dana2_key, "--identity", &dana_id];
+    let out = g.net.cli(&[&as_dana[..], &put].concat(), t).await;
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+
     // The auditor's replay reproduces every governance outcome and root.
     let out = g
         .net
@@ -334,6 +363,34 @@ async fn governance_over_http() {
     eprintln!("governance over HTTP: {:.1} s", t0.elapsed().as_secs_f64());
     let mut net = g.net;
     net.stop(Duration::from_secs(20)).await;
+}
+
+/// `comity gov vote PID approve` with `key`, which must decide it.
+async fn approve(net: &Network, pid: &str, key: &std::path::Path) {
+    let args = [
+        "gov",
+        "vote",
+        pid,
+        "approve",
+        "--key",
+        key.to_str().unwrap(),
+    ];
+    let out = net.cli(&args, Duration::from_secs(30)).await;
+    assert!(
+        out.stdout.contains("state:       accepted"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+}
+
+/// The proposal id `comity gov propose` printed.
+fn proposal_id(stdout: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("proposal "))
+        .unwrap_or_else(|| panic!("no proposal id in {stdout}"))
+        .to_string()
 }
 
 fn json_cbor(v: Value) -> cbor::Value {
