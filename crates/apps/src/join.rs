@@ -80,49 +80,85 @@ pub fn pending_nodes(s: &impl StateRead) -> Result<u64, StoreError> {
         .map_or(0, u64::from_be_bytes))
 }
 
-/// Records the signer's request as a pending node, or updates its pending one.
-pub fn execute(ctx: &mut Ctx<'_, '_>, args: &Value) -> Result<Result<(), Reject>, StoreError> {
+/// What applying a request would do.
+enum Plan {
+    /// A new pending node.
+    New(Identity),
+    /// The signer's pending record, renewed.
+    Renew(Identity),
+}
+
+/// Every check of `signer`'s request against state, and the record it
+/// would write; on refusal the outcome code and why.
+fn examine(
+    s: &impl StateRead,
+    signer: &Hash,
+    args: &Value,
+    index: u64,
+) -> Result<Result<Plan, (&'static str, String)>, StoreError> {
     let req = match JoinRequest::from_args(args) {
-        Ok(r) if sha256(&r.key) == ctx.signer => r,
-        Ok(_) => return Ok(Err(Reject(codes::BAD_ARGS))),
-        Err(e) => {
-            tracing::debug!(error = %e, "node.join refused");
-            return Ok(Err(Reject(codes::BAD_ARGS)));
-        }
+        Ok(r) if sha256(&r.key) == *signer => r,
+        Ok(_) => return Ok(Err((codes::BAD_ARGS, "key is not the signer's".into()))),
+        Err(e) => return Ok(Err((codes::BAD_ARGS, e))),
     };
-    if !registry::get(&*ctx.batch, &req.member)?
+    if !registry::get(s, &req.member)?
         .is_some_and(|m| m.role == Role::Member && m.status == Status::Active)
     {
-        return Ok(Err(Reject(codes::NOT_FOUND)));
+        let why = format!("{} is not an active member", hex::encode(req.member));
+        return Ok(Err((codes::NOT_FOUND, why)));
     }
-    let id = ctx.signer;
-    if crate::gov::state::key_owner(&*ctx.batch, &id)?.is_some_and(|owner| owner != id) {
-        return Ok(Err(Reject(codes::ALREADY_EXISTS))); // another identity's rotated key
+    if crate::gov::state::key_owner(s, signer)?.is_some_and(|owner| owner != *signer) {
+        let why = "the key belongs to another identity".to_string();
+        return Ok(Err((codes::ALREADY_EXISTS, why)));
     }
-    let ident = match registry::get(&*ctx.batch, &id)? {
-        Some(i) if i.status == Status::Pending => Identity {
+    Ok(Ok(match registry::get(s, signer)? {
+        Some(i) if i.status == Status::Pending => Plan::Renew(Identity {
             name: req.name,
             data: req.data,
             operator: Some(req.member),
             ..i
-        },
+        }),
         // Trusted, retired, or another role: a request cannot change it.
-        Some(_) => return Ok(Err(Reject(codes::ALREADY_EXISTS))),
-        None => {
+        Some(i) => {
+            let why = format!("already a {} {}", i.status.as_str(), i.role.as_str());
+            return Ok(Err((codes::ALREADY_EXISTS, why)));
+        }
+        None if pending_nodes(s)? >= MAX_PENDING_NODES => {
+            let why = format!("{MAX_PENDING_NODES} nodes already wait for a vote");
+            return Ok(Err((codes::TOO_MANY_PENDING, why)));
+        }
+        None => Plan::New(Identity {
+            data: req.data,
+            operator: Some(req.member),
+            ..Identity::new(Role::Node, Status::Pending, &req.name, req.key, index)
+        }),
+    }))
+}
+
+/// Whether a `node.join` transaction would be applied as of `s`: checked at
+/// ingress, so that a refused request never reaches the ledger (its sender
+/// need not be anyone yet). Apply checks again and decides.
+pub fn admissible(
+    s: &impl StateRead,
+    tx: &Tx,
+) -> Result<Result<(), (&'static str, String)>, StoreError> {
+    Ok(examine(s, &tx.kid, &tx.payload.args, 0)?.map(|_| ()))
+}
+
+/// Records the signer's request as a pending node, or renews its pending one.
+pub fn execute(ctx: &mut Ctx<'_, '_>, args: &Value) -> Result<Result<(), Reject>, StoreError> {
+    let ident = match examine(&*ctx.batch, &ctx.signer, args, ctx.index)? {
+        Err((code, _)) => return Ok(Err(Reject(code))),
+        Ok(Plan::Renew(ident)) => ident,
+        Ok(Plan::New(ident)) => {
             let waiting = pending_nodes(&*ctx.batch)?;
-            if waiting >= MAX_PENDING_NODES {
-                return Ok(Err(Reject(codes::TOO_MANY_PENDING)));
-            }
             ctx.batch
                 .put(keys::PENDING_NODES, &(waiting + 1).to_be_bytes())?;
-            ctx.batch.put(&keys::key_owner(&id), &id)?;
-            Identity {
-                data: req.data,
-                operator: Some(req.member),
-                ..Identity::new(Role::Node, Status::Pending, &req.name, req.key, ctx.index)
-            }
+            ctx.batch.put(&keys::key_owner(&ctx.signer), &ctx.signer)?;
+            ident
         }
     };
-    ctx.batch.put(&keys::identity(&id), &ident.to_cbor())?;
+    ctx.batch
+        .put(&keys::identity(&ctx.signer), &ident.to_cbor())?;
     Ok(Ok(()))
 }

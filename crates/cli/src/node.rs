@@ -144,12 +144,9 @@ async fn join(
         .name
         .unwrap_or_else(|| format!("node {}", &id[..12]));
     let data = [("address".to_string(), address)].into();
-    let st = client
-        .submit(&signer.node_join(&member, &name, &data), true)
-        .await
-        .with_context(|| format!("sending the join request to {url}"))?;
-    match (st.status, st.outcome.as_deref()) {
-        (TxState::Committed | TxState::Pending, Some("ok") | None) => eprintln!(
+    let request = signer.node_join(&member, &name, &data);
+    match client.submit(&request, true).await {
+        Ok(st) if st.status != TxState::Rejected => eprintln!(
             "node {id} asked to join network {} ({} trusted nodes) for member {}.\n\
              It stays pending until members trust it; a member proposes:\n  \
              comity gov propose node.trust --id {id}\n\
@@ -158,15 +155,13 @@ async fn join(
             nodes.nodes.0.len(),
             hex::encode(member),
         ),
-        // Trusted or retired already: a restart after the vote, say.
-        (TxState::Rejected, Some("already_exists")) => {
-            eprintln!("node {id} is already known to network {}; running it", hex::encode(nodes.network_id))
-        }
-        _ => anyhow::bail!(
-            "the join request of node {id} was {:?}: {}",
-            st.status,
+        Ok(st) => anyhow::bail!(
+            "the join request of node {id} was rejected: {}",
             st.outcome.as_deref().unwrap_or("no outcome")
         ),
+        // Trusted already: started with `join` again after the vote, say.
+        Err(e) if e.code() == Some("already_exists") => eprintln!("node {id}: {e}; running it"),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("sending the join request to {url}"))),
     }
     Ok(())
 }

@@ -225,6 +225,33 @@ async fn a_node_joins_by_vote_and_a_node_retires_by_vote() {
         "node3 joined and votes after {:.1} s",
         t0.elapsed().as_secs_f64()
     );
+    // Join requests that would be refused never reach the ledger: from a
+    // trusted node (409), or naming someone who is not a member (404).
+    let net = c.identity().network_id;
+    let node3 = Signer::from_pem_file(c.node_dir(new).join("node.key.pem"), net).unwrap();
+    let stranger = Signer::new(
+        comity_core::crypto::SigningKey::generate(comity_core::crypto::Alg::EdDsa),
+        net,
+    );
+    let data = [("address".to_string(), "127.0.0.1:1".to_string())].into();
+    for (signer, member, status, code) in [
+        (&node3, c.signer("member0").id, 409, "already_exists"),
+        (&stranger, c.signer("user0").id, 404, "not_found"),
+    ] {
+        let e = client
+            .submit(&signer.node_join(&member, "again", &data), true)
+            .await
+            .expect_err("refused at ingress");
+        assert_eq!((e.status(), e.code()), (Some(status), Some(code)), "{e}");
+    }
+    let stranger_record = client
+        .gov_get(&["identities", &hex::encode(stranger.id)], &[])
+        .await;
+    assert_eq!(
+        stranger_record.err().and_then(|e| e.status()),
+        Some(404),
+        "a refused request records nothing"
+    );
     receipt_with_chain(&c, &client, "after/join", 1).await;
     // The new node has the whole ledger, from genesis.
     let early = c.client(new).ledger_receipt(0).await;

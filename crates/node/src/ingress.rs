@@ -7,7 +7,7 @@ use crate::Shared;
 use axum::http::StatusCode;
 use comity_apps::executor::{within_window, Verified};
 use comity_apps::replay_filter::RecentIds;
-use comity_apps::{keys, registry};
+use comity_apps::{codes, keys, registry};
 use comity_consensus::TxOutcome;
 use comity_core::crypto::{CryptoError, PublicKey};
 use comity_core::tx::{Tx, TxError};
@@ -203,9 +203,26 @@ pub async fn check(shared: &Shared, bytes: &[u8], from: Source) -> Result<Check,
             ),
         )
     })?;
-    if (tx.payload.app.as_str(), tx.payload.op.as_str()) == ("gov", "propose") {
-        comity_apps::gov::parse_proposal(&tx.payload.args)
-            .map_err(|e| ApiError::bad_request("bad_args", format!("invalid proposal: {e}")))?;
+    match (tx.payload.app.as_str(), tx.payload.op.as_str()) {
+        ("gov", "propose") => {
+            comity_apps::gov::parse_proposal(&tx.payload.args)
+                .map_err(|e| ApiError::bad_request("bad_args", format!("invalid proposal: {e}")))?;
+        }
+        ("node", "join") => {
+            if let Err((code, why)) = comity_apps::join::admissible(&shared.store.read()?, &tx)? {
+                let status = match code {
+                    codes::BAD_ARGS => StatusCode::BAD_REQUEST,
+                    codes::NOT_FOUND => StatusCode::NOT_FOUND,
+                    _ => StatusCode::CONFLICT,
+                };
+                return Err(ApiError::new(
+                    status,
+                    code,
+                    format!("join request refused: {why}"),
+                ));
+            }
+        }
+        _ => {}
     }
     let now = now_ms().max(v.ledger_time);
     if !within_window(tx.payload.created, now, window) {
