@@ -425,7 +425,8 @@ impl Executor {
             Err(r) => Outcome::Rejected(r.0.to_string()),
             Ok((tx, ident)) => {
                 let role = ident.role;
-                is_node_sig = tx.payload.app == "node";
+                // Join requests are client traffic, which checkpoints cover.
+                is_node_sig = tx.payload.app == "node" && tx.payload.op != "join";
                 if let Some(seq) =
                     node::signed_seq(&tx.payload).filter(|_| !self.pending.is_empty())
                 {

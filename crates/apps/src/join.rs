@@ -3,12 +3,15 @@
 //! The request is signed by the key it carries, so it proves that its sender
 //! holds the node's key; it names the member that operates the node and the
 //! address its peers reach it at. It records the node as `pending`, which
-//! members see (`/v1/gov/nodes`) and trust by a `node.trust` vote; a pending
-//! node may do nothing else. Anyone who can reach a node may send one, so
-//! at most [`MAX_PENDING_NODES`] wait at a time; members dismiss a request by
-//! retiring the node.
+//! members see (`/v1/gov/nodes`) and trust by a `node.trust` vote, which
+//! also needs the operating member's approval; a pending node may do
+//! nothing, not even ask again. Anyone who can reach a node may send a
+//! request, so at most [`MAX_PENDING_NODES`] wait at a time, and one the
+//! node would refuse is refused at submission, never recorded; members
+//! dismiss a request by retiring the node.
 
 use crate::executor::Ctx;
+use crate::gov::overlay::Overlay;
 use crate::registry::{self, Identity, Role, StateRead, Status};
 use crate::{codes, keys, Reject};
 use comity_core::cbor::{self, MapView, Value};
@@ -80,22 +83,14 @@ pub fn pending_nodes(s: &impl StateRead) -> Result<u64, StoreError> {
         .map_or(0, u64::from_be_bytes))
 }
 
-/// What applying a request would do.
-enum Plan {
-    /// A new pending node.
-    New(Identity),
-    /// The signer's pending record, renewed.
-    Renew(Identity),
-}
-
-/// Every check of `signer`'s request against state, and the record it
-/// would write; on refusal the outcome code and why.
+/// Every check of `signer`'s request against state, and the pending
+/// record it would write; on refusal the outcome code and why.
 fn examine(
     s: &impl StateRead,
     signer: &Hash,
     args: &Value,
     index: u64,
-) -> Result<Result<Plan, (&'static str, String)>, StoreError> {
+) -> Result<Result<Identity, (&'static str, String)>, StoreError> {
     let req = match JoinRequest::from_args(args) {
         Ok(r) if sha256(&r.key) == *signer => r,
         Ok(_) => return Ok(Err((codes::BAD_ARGS, "key is not the signer's".into()))),
@@ -109,29 +104,22 @@ fn examine(
     }
     if crate::gov::state::key_owner(s, signer)?.is_some_and(|owner| owner != *signer) {
         let why = "the key belongs to another identity".to_string();
+        return Ok(Err((codes::FORBIDDEN, why)));
+    }
+    if let Some(i) = registry::get(s, signer)? {
+        // Pending or trusted: nothing to ask (retired nodes and other roles
+        // are refused before, as inactive or forbidden).
+        let why = format!("already a {} {}", i.status.as_str(), i.role.as_str());
         return Ok(Err((codes::ALREADY_EXISTS, why)));
     }
-    Ok(Ok(match registry::get(s, signer)? {
-        Some(i) if i.status == Status::Pending => Plan::Renew(Identity {
-            name: req.name,
-            data: req.data,
-            operator: Some(req.member),
-            ..i
-        }),
-        // Trusted, retired, or another role: a request cannot change it.
-        Some(i) => {
-            let why = format!("already a {} {}", i.status.as_str(), i.role.as_str());
-            return Ok(Err((codes::ALREADY_EXISTS, why)));
-        }
-        None if pending_nodes(s)? >= MAX_PENDING_NODES => {
-            let why = format!("{MAX_PENDING_NODES} nodes already wait for a vote");
-            return Ok(Err((codes::TOO_MANY_PENDING, why)));
-        }
-        None => Plan::New(Identity {
-            data: req.data,
-            operator: Some(req.member),
-            ..Identity::new(Role::Node, Status::Pending, &req.name, req.key, index)
-        }),
+    if pending_nodes(s)? >= MAX_PENDING_NODES {
+        let why = format!("{MAX_PENDING_NODES} nodes already wait for a vote");
+        return Ok(Err((codes::TOO_MANY_PENDING, why)));
+    }
+    Ok(Ok(Identity {
+        data: req.data,
+        operator: Some(req.member),
+        ..Identity::new(Role::Node, Status::Pending, &req.name, req.key, index)
     }))
 }
 
@@ -145,20 +133,27 @@ pub fn admissible(
     Ok(examine(s, &tx.kid, &tx.payload.args, 0)?.map(|_| ()))
 }
 
-/// Records the signer's request as a pending node, or renews its pending one.
+/// Records the signer's request as a pending node.
 pub fn execute(ctx: &mut Ctx<'_, '_>, args: &Value) -> Result<Result<(), Reject>, StoreError> {
     let ident = match examine(&*ctx.batch, &ctx.signer, args, ctx.index)? {
+        Ok(ident) => ident,
         Err((code, _)) => return Ok(Err(Reject(code))),
-        Ok(Plan::Renew(ident)) => ident,
-        Ok(Plan::New(ident)) => {
-            let waiting = pending_nodes(&*ctx.batch)?;
-            ctx.batch
-                .put(keys::PENDING_NODES, &(waiting + 1).to_be_bytes())?;
-            ctx.batch.put(&keys::key_owner(&ctx.signer), &ctx.signer)?;
-            ident
-        }
     };
+    let waiting = pending_nodes(&*ctx.batch)?;
+    ctx.batch
+        .put(keys::PENDING_NODES, &(waiting + 1).to_be_bytes())?;
+    ctx.batch.put(&keys::key_owner(&ctx.signer), &ctx.signer)?;
     ctx.batch
         .put(&keys::identity(&ctx.signer), &ident.to_cbor())?;
     Ok(Ok(()))
+}
+
+/// One node fewer waits for a vote: it was trusted, retired or recovered.
+pub(crate) fn leave_pending(o: &mut Overlay<'_, '_>) -> Result<(), StoreError> {
+    let waiting = pending_nodes(o)?;
+    o.put(
+        keys::PENDING_NODES,
+        &waiting.saturating_sub(1).to_be_bytes(),
+    );
+    Ok(())
 }

@@ -75,7 +75,12 @@ pub fn enact(
     }
     for (n, addr) in r.nodes.0.iter().zip(&r.addresses) {
         let (mut ident, new) = match registry::get(&o, &n.id)? {
-            Some(i) if i.role == Role::Node => (i, false),
+            Some(i) if i.role == Role::Node => {
+                if i.status == Status::Pending {
+                    crate::join::leave_pending(&mut o)?;
+                }
+                (i, false)
+            }
             Some(_) => return Ok(Err(codes::ALREADY_EXISTS)),
             None => {
                 let name = format!("node {}", &hex::encode(n.id)[..12]);

@@ -214,8 +214,8 @@ impl Identity {
 /// Whether `ident` may sign anything at all for `app.op`: an active
 /// identity, a retired node endorsing the change that retired it (the
 /// previous set must endorse every node-set change), or a pending node
-/// renewing its join request. Checked at ingress (for a precise HTTP error)
-/// and again at apply (where it decides).
+/// asking again (answered `already_exists`). Checked at ingress (for a
+/// precise HTTP error) and again at apply (where it decides).
 pub fn may_submit(ident: &Identity, app: &str, op: &str) -> bool {
     ident.may_sign()
         || matches!(

@@ -584,11 +584,10 @@ fn a_node_asks_to_join_and_members_trust_or_dismiss_it() {
     assert_eq!(ident.operator, Some(m0));
     assert_eq!(ident.data["address"], "10.0.0.4:8701");
     assert_eq!(pending(&g), 1);
-    // It may renew its request, and nothing else.
+    // It may do nothing more, not even ask again.
     let tx = g.sign(&node, "node", "join", join_args(&node, m0, "10.0.0.5:8701"));
-    assert_eq!(g.run(tx).1, "ok");
-    assert_eq!(g.status(&id), Status::Pending);
-    assert_eq!(pending(&g), 1, "a renewed request is not a new one");
+    assert_eq!(g.run(tx).1, "already_exists");
+    assert_eq!(pending(&g), 1);
     assert_eq!(g.put(&node, None), "inactive_identity");
     let tx = g.sign(&node, "node", "checkpoint", cbor::map([]));
     assert_eq!(g.run(tx).1, "inactive_identity");
@@ -609,12 +608,21 @@ fn a_node_asks_to_join_and_members_trust_or_dismiss_it() {
     assert_eq!(g.run(tx).1, "forbidden", "a member is not a node");
     assert_eq!(pending(&g), 1);
 
-    // Trusted by a vote that names only its key and operator.
-    let p = g.pass(json!([{"action": "node.trust", "args": {
+    // Trusted by a vote that names only its key and operator, once the
+    // operator approves: m1 and m2 are a majority, but m0 operates it.
+    let trust = json!([{"action": "node.trust", "args": {
         "key": hex::encode(node.public().to_spki_der()),
         "member": hex::encode(m0),
-        "data": {"address": "10.0.0.5:8701"}}}]));
-    assert_eq!(p.state, ProposalState::Accepted);
+        "data": {"address": "10.0.0.5:8701"}}}]);
+    let (pid, code) = g.propose(1, trust);
+    assert_eq!(code, "ok");
+    let m2 = g.m[2].clone();
+    assert_eq!(g.vote(&m2, &pid, "approve"), "ok");
+    assert_eq!(g.proposal(&pid).state, ProposalState::Open);
+    assert_eq!(g.status(&id), Status::Pending);
+    let m0k = g.m[0].clone();
+    assert_eq!(g.vote(&m0k, &pid, "approve"), "ok");
+    assert_eq!(g.proposal(&pid).state, ProposalState::Accepted);
     assert_eq!(g.status(&id), Status::Trusted);
     assert_eq!(pending(&g), 0);
     assert!(state::node_set(&g.store.read().unwrap())

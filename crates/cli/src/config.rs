@@ -260,6 +260,9 @@ impl Config {
     pub fn signer(&self, network_id: Hash) -> anyhow::Result<Signer> {
         match &self.key {
             Some(key) => self.key_signer(key, network_id),
+            None if self.identity.is_some() => {
+                anyhow::bail!("--identity names who --key signs as; pass --key too")
+            }
             None => self.member_signer(network_id).map_err(|_| {
                 anyhow::anyhow!(
                     "no signing key: pass --key (or COMITY_KEY), or run `comity up` to write {}",

@@ -230,6 +230,9 @@ fn actions(a: &ProposeArgs, joining: Option<&Value>) -> anyhow::Result<Vec<Actio
 fn signer(g: &Global, cfg: &Config, net: Hash) -> anyhow::Result<Signer> {
     match &g.key {
         Some(k) => cfg.key_signer(k, net),
+        None if cfg.identity.is_some() => {
+            bail!("--identity names who --key signs as; pass --key too")
+        }
         None => cfg.member_signer(net),
     }
 }

@@ -290,16 +290,6 @@ fn load(o: &Overlay<'_, '_>, role: Role, id: Hash) -> Result<Result<Identity, St
     })
 }
 
-/// One node fewer waits for a vote (see [`crate::join`]).
-fn leave_pending(o: &mut Overlay<'_, '_>) -> Result<(), StoreError> {
-    let waiting = crate::join::pending_nodes(o)?;
-    o.put(
-        keys::PENDING_NODES,
-        &waiting.saturating_sub(1).to_be_bytes(),
-    );
-    Ok(())
-}
-
 fn set_status(
     o: &mut Overlay<'_, '_>,
     role: Role,
@@ -319,7 +309,7 @@ fn set_status(
         )));
     }
     if ident.status == Status::Pending {
-        leave_pending(o)?; // a join request dismissed
+        crate::join::leave_pending(o)?; // a join request dismissed
     }
     ident.status = to;
     state::put_identity(o, &ident, false)?;
@@ -368,7 +358,7 @@ fn trust_node(
     }
     let mut ident = match registry::get(o, &id)? {
         Some(i) if i.role == Role::Node && i.status == Status::Pending => {
-            leave_pending(o)?;
+            crate::join::leave_pending(o)?;
             i
         }
         Some(i) if i.role == Role::Node => {

@@ -273,13 +273,21 @@ fn resolve(
             .map(|b| b.member.0)
             .collect()
     };
+    let approvals = by(Vote::Approve);
     let verdict = rule.evaluate(&Tally {
         active: &active,
-        approvals: &by(Vote::Approve),
+        approvals: &approvals,
         rejections: &by(Vote::Reject),
+    });
+    // A node counts for its operator in every quorum: no vote of others
+    // may give a member a node it did not approve.
+    let operators_approve = p.actions.iter().all(|a| match a {
+        Action::NodeTrust(n) => approvals.contains(&n.member.0),
+        _ => true,
     });
     match verdict {
         Verdict::Open => Ok(()),
+        Verdict::Accepted if !operators_approve => Ok(()),
         Verdict::Rejected => close(batch, p, ProposalState::Rejected, index, time, None),
         Verdict::Accepted => match enact(batch, &p.actions, index)? {
             Ok(subjects) => {
