@@ -145,23 +145,30 @@ async fn join(
         .unwrap_or_else(|| format!("node {}", &id[..12]));
     let data = [("address".to_string(), address)].into();
     let request = signer.node_join(&member, &name, &data);
+    // `already_exists`: pending or trusted already (`join` run again, or
+    // the vote came first), refused at submission or, after a race, at apply.
+    let known = "already_exists";
     match client.submit(&request, true).await {
         Ok(st) if st.status != TxState::Rejected => eprintln!(
             "node {id} asked to join network {} ({} trusted nodes) for member {}.\n\
-             It stays pending until members trust it; a member proposes:\n  \
+             It stays pending until members trust it; the member proposes:\n  \
              comity gov propose node.trust --id {id}\n\
              and once the vote passes the leader adds it to the Raft group and sends it the ledger.",
             hex::encode(nodes.network_id),
             nodes.nodes.0.len(),
             hex::encode(member),
         ),
+        Ok(st) if st.outcome.as_deref() == Some(known) => {
+            eprintln!("node {id} is already known to the network; running it")
+        }
         Ok(st) => anyhow::bail!(
             "the join request of node {id} was rejected: {}",
             st.outcome.as_deref().unwrap_or("no outcome")
         ),
-        // Trusted already: started with `join` again after the vote, say.
-        Err(e) if e.code() == Some("already_exists") => eprintln!("node {id}: {e}; running it"),
-        Err(e) => return Err(anyhow::Error::new(e).context(format!("sending the join request to {url}"))),
+        Err(e) if e.code() == Some(known) => eprintln!("node {id}: {e}; running it"),
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!("sending the join request to {url}")))
+        }
     }
     Ok(())
 }

@@ -335,6 +335,7 @@ async fn a_node_behind_the_purged_log_catches_up_by_snapshot() {
 
     // A new node joining now gets the whole ledger the same way, from genesis.
     let new = c.join_new_node();
+    wait_pending(&client, &node_key(&c, new).fingerprint()).await;
     trust(&c, &client, new).await;
     wait_voters(&client, 4, "after node.trust").await;
     c.wait_healthy(new, LONG).await;

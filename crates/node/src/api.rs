@@ -249,7 +249,7 @@ async fn submit(
         Ok(Ok(Ok(o))) => {
             Ok(Json(RecordedStatus::new(&id, o.index, &o.outcome, o.time)).into_response())
         }
-        Ok(Ok(Err(msg))) => Err(ApiError::unavailable(msg)),
+        Ok(Ok(Err(e))) => Err(e),
         Ok(Err(_)) | Err(_) => Ok(pending()),
     }
 }

@@ -1,9 +1,11 @@
 //! Ordering: the leader groups admitted transactions into Raft entries, and
 //! appends checkpoint markers every N transactions or T milliseconds.
 
+use crate::error::ApiError;
 use crate::ingress::now_ms;
 use crate::peer_api::Forwarded;
 use crate::Shared;
+use axum::http::StatusCode;
 use comity_apps::Command;
 use comity_consensus::network::path;
 use comity_core::Hash;
@@ -101,10 +103,10 @@ fn fill(
 /// Gets a batch ordered: proposed here when leading, else forwarded to the
 /// leader (retried while there is none: resubmitting is idempotent). Returns,
 /// per transaction, why it failed, if it did; successes are answered by apply.
-async fn order(shared: &Shared, txs: Vec<ByteBuf>) -> Vec<Option<String>> {
+async fn order(shared: &Shared, txs: Vec<ByteBuf>) -> Vec<Option<ApiError>> {
     let n = txs.len();
     let deadline = Instant::now() + FORWARD_PATIENCE;
-    let all = |e: String| vec![Some(e); n];
+    let all = |e: String| vec![Some(ApiError::unavailable(e)); n];
     loop {
         let last_error = match shared.leader() {
             Some((id, _)) if id == shared.node_id && shared.recovery_pending() => {
@@ -140,9 +142,22 @@ async fn order(shared: &Shared, txs: Vec<ByteBuf>) -> Vec<Option<String>> {
                             .into_iter()
                             .map(|f| match f {
                                 Forwarded::Committed => None,
-                                Forwarded::Failed(code, msg) => Some(format!("{code}: {msg}")),
+                                Forwarded::Failed(code, msg) => {
+                                    Some(ApiError::unavailable(format!("{code}: {msg}")))
+                                }
+                                // As the leader answered: the same as if sent there.
+                                Forwarded::Refused {
+                                    status,
+                                    code,
+                                    message,
+                                } => Some(ApiError::new(
+                                    StatusCode::from_u16(status)
+                                        .unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                                    code,
+                                    message,
+                                )),
                             })
-                            .collect()
+                            .collect();
                     }
                     Ok(_) => "the leader answered for a different number of transactions".into(),
                     Err(e) => e.to_string(),

@@ -16,7 +16,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
-pub type Waiter = oneshot::Sender<Result<TxOutcome, String>>;
+/// Answered with the outcome once applied, or why the transaction was not.
+pub type Waiter = oneshot::Sender<Result<TxOutcome, ApiError>>;
 
 struct Pending {
     waiters: Vec<Waiter>,
@@ -36,7 +37,7 @@ pub enum Admission {
     /// Already in the ledger.
     Known(u64),
     /// Queued (or joined an identical queued transaction): wait on this.
-    Queued(oneshot::Receiver<Result<TxOutcome, String>>, bool),
+    Queued(oneshot::Receiver<Result<TxOutcome, ApiError>>, bool),
 }
 
 impl PendingSet {
@@ -57,7 +58,7 @@ impl PendingSet {
     }
 
     /// Answers everyone waiting for `id`.
-    pub fn resolve(&self, id: &Hash, result: Result<TxOutcome, String>) {
+    pub fn resolve(&self, id: &Hash, result: Result<TxOutcome, ApiError>) {
         let p = self.by_id.lock().expect("pending lock").remove(id);
         if let Some(p) = p {
             self.nonces.lock().expect("nonce lock").remove(&p.nonce);
@@ -331,7 +332,7 @@ pub fn queue(shared: &Shared, passed: Passed) -> Result<(Hash, Admission), ApiEr
             return Ok((tx.id, Admission::Queued(wrx, false)));
         }
         Err(e) => {
-            p.resolve(&tx.id, Err(e.message.clone()));
+            p.resolve(&tx.id, Err(e.clone()));
             return Err(e);
         }
     }

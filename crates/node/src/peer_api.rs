@@ -32,8 +32,14 @@ type S = State<Arc<Shared>>;
 pub enum Forwarded {
     /// Committed (or already in the ledger); the forwarder answers from its own apply.
     Committed,
-    /// Refused at the leader's ingress or not committed: `(code, message)`.
+    /// Not committed: `(code, message)`.
     Failed(String, String),
+    /// Refused at the leader's ingress, as it would have answered a client.
+    Refused {
+        status: u16,
+        code: String,
+        message: String,
+    },
 }
 
 /// The peer routes, behind a check of the caller's certificate that runs
@@ -176,7 +182,11 @@ async fn submit(State(shared): S, ApiBody(body): ApiBody) -> ApiResult<Response>
                 }
                 waits.push(Ok(rx));
             }
-            Err(e) => waits.push(Err(Forwarded::Failed(e.code.into(), e.message))),
+            Err(e) => waits.push(Err(Forwarded::Refused {
+                status: e.status.as_u16(),
+                code: e.code.into_owned(),
+                message: e.message,
+            })),
         }
     }
     let wait = Duration::from_millis(shared.limits.commit_wait_ms);
@@ -186,7 +196,7 @@ async fn submit(State(shared): S, ApiBody(body): ApiBody) -> ApiResult<Response>
             Err(f) => f,
             Ok(rx) => match tokio::time::timeout(wait, rx).await {
                 Ok(Ok(Ok(_))) => Forwarded::Committed,
-                Ok(Ok(Err(msg))) => Forwarded::Failed("not_committed".into(), msg),
+                Ok(Ok(Err(e))) => Forwarded::Failed(e.code.into_owned(), e.message),
                 Ok(Err(_)) | Err(_) => Forwarded::Failed(
                     "pending".into(),
                     "not committed within the wait; check the transaction's status".into(),
@@ -249,7 +259,7 @@ mod tests {
         assert!(from_sender(ClientIdentity(Some(a)), &from_a).is_ok());
         let e = from_sender(ClientIdentity(Some(b)), &from_a).unwrap_err();
         assert_eq!(
-            (e.status, e.code),
+            (e.status, e.code.as_ref()),
             (StatusCode::FORBIDDEN, "not_the_sender")
         );
         assert!(from_sender(ClientIdentity(None), &from_a).is_err());
