@@ -98,6 +98,9 @@ pub async fn run(g: &Global, args: StatusArgs) -> anyhow::Result<()> {
             "evidence of misbehaviour: {evidence} pair(s) of conflicting checkpoint signatures (GET /v1/evidence)"
         );
     }
+    if let Some(n) = leader.and_then(|l| l.join_requests).filter(|n| *n > 0) {
+        println!("{n} node(s) asked to join and wait for a vote (comity gov list nodes)");
+    }
     Ok(())
 }
 

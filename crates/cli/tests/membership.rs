@@ -178,6 +178,10 @@ async fn a_node_joins_by_vote_and_a_node_retires_by_vote() {
         pending["data"]["address"],
         format!("127.0.0.1:{}", c.base + new as u16)
     );
+    let h: Health = client.health().await.expect("health");
+    assert_eq!(h.join_requests, Some(1), "{h:?}");
+    let status = c.cli(&["status"]).await;
+    assert!(status.contains("1 node(s) asked to join"), "{status}");
     let listed = c.cli(&["gov", "list", "nodes"]).await;
     let line = listed
         .lines()
@@ -219,6 +223,8 @@ async fn a_node_joins_by_vote_and_a_node_retires_by_vote() {
         ])
         .await;
     assert!(out.contains("state:       accepted"), "{out}");
+    let h: Health = client.health().await.expect("health");
+    assert_eq!(h.join_requests, Some(0), "{h:?}");
     wait_voters(&client, 4, "after node.trust").await;
     c.wait_healthy(new, LONG).await;
     eprintln!(

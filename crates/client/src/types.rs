@@ -191,6 +191,9 @@ pub struct Health {
     /// Ledger time of the latest final checkpoint (ms).
     #[serde(default)]
     pub final_time: Option<u64>,
+    /// Nodes that asked to join and wait for a vote.
+    #[serde(default)]
+    pub join_requests: Option<u64>,
     #[serde(default)]
     pub node_id: Option<u64>,
     #[serde(default)]

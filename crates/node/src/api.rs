@@ -813,6 +813,7 @@ async fn health(State(shared): S) -> ApiResult<Response> {
         "final_time": last_final.as_ref().map(|c| c.time),
         "pending": shared.pending.len(),
         "evidence": query::evidence_count(&r, EVIDENCE_PAGE_MAX)?,
+        "join_requests": comity_apps::join::pending_nodes(&r)?,
         "uptime_ms": shared.started.elapsed().as_millis() as u64,
         "followers": followers,
         "members": nodes,
