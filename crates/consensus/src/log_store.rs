@@ -61,6 +61,30 @@ pub enum WalError {
     },
 }
 
+/// Refuses a log with a hole: a segment removed from the middle, or a
+/// partial restore, would otherwise hand Raft a log that skips entries.
+fn check_contiguous(
+    dir: &Path,
+    entries: &BTreeMap<u64, Entry>,
+    last_purged: Option<LogId>,
+) -> Result<(), WalError> {
+    let mut expected = last_purged.map(|p| p.index + 1);
+    for &index in entries.keys() {
+        if let Some(want) = expected.filter(|w| *w != index) {
+            return Err(WalError::Corrupt {
+                path: dir.to_path_buf(),
+                offset: 0,
+                reason: format!(
+                    "entries {want} to {} are missing (a segment file removed or not restored?)",
+                    index.saturating_sub(1)
+                ),
+            });
+        }
+        expected = Some(index + 1);
+    }
+    Ok(())
+}
+
 struct Segment {
     path: PathBuf,
     /// Highest entry index written into this segment.
@@ -213,6 +237,7 @@ impl LogStore {
             })?;
             closed.push(Segment { path, max_index });
         }
+        check_contiguous(dir, &entries, last_purged)?;
         let current_seq = seqs.last().map_or(0, |s| s + 1);
         let path = segment_path(dir, current_seq);
         let (writer, sync_file, seed) = start_segment(dir, &path, last_purged, committed)?;
@@ -691,6 +716,29 @@ mod tests {
             segments < 12,
             "old segments were not deleted ({segments} files)"
         );
+    }
+
+    #[test]
+    fn a_missing_segment_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        rt().block_on(async {
+            let mut s = LogStore::open_with(dir.path(), 4096).unwrap();
+            for i in 1..=6 {
+                s.blocking_append([sized_entry(i, 1, 3000)]).await.unwrap();
+            }
+        });
+        let mut segs: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        segs.sort();
+        assert!(segs.len() >= 4, "{segs:?}");
+        std::fs::remove_file(&segs[1]).unwrap();
+        let e = LogStore::open_with(dir.path(), 4096).err().expect("refused");
+        let msg = e.to_string();
+        assert!(msg.contains("are missing"), "{msg}");
+        assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
     }
 
     #[test]
