@@ -623,6 +623,23 @@ fn a_node_asks_to_join_and_members_trust_or_dismiss_it() {
     let m0k = g.m[0].clone();
     assert_eq!(g.vote(&m0k, &pid, "approve"), "ok");
     assert_eq!(g.proposal(&pid).state, ProposalState::Accepted);
+    // An operator that refuses fails the proposal the others accepted.
+    let other = SigningKey::generate(Alg::EdDsa);
+    let m2_id = g.m[2].public().fingerprint();
+    let tx = g.sign(&other, "node", "join", join_args(&other, m2_id, "x:1"));
+    assert_eq!(g.run(tx).1, "ok");
+    let p = g.pass(json!([{"action": "node.trust", "args": {
+        "key": hex::encode(other.public().to_spki_der()), "member": hex::encode(m2_id)}}]));
+    assert_eq!(p.state, ProposalState::Open, "waits for m2");
+    assert_eq!(g.vote(&m2, &p.id.0, "reject"), "ok");
+    let p = g.proposal(&p.id.0);
+    assert_eq!(p.state, ProposalState::Failed);
+    let why = p.resolved.and_then(|r| r.reason).unwrap_or_default();
+    assert!(why.contains("rejected it"), "{why}");
+    assert_eq!(g.status(&other.public().fingerprint()), Status::Pending);
+    let dismiss = json!([{"action": "node.retire", "args": {
+        "id": hex::encode(other.public().fingerprint())}}]);
+    assert_eq!(g.pass(dismiss).state, ProposalState::Accepted);
     assert_eq!(g.status(&id), Status::Trusted);
     assert_eq!(pending(&g), 0);
     assert!(state::node_set(&g.store.read().unwrap())

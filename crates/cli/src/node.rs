@@ -158,19 +158,26 @@ async fn join(
             nodes.nodes.0.len(),
             hex::encode(member),
         ),
-        Ok(st) if st.outcome.as_deref() == Some(known) => {
-            eprintln!("node {id} is already known to the network; running it")
-        }
+        Ok(st) if st.outcome.as_deref() == Some(known) => eprintln!("{}", already(&id)),
         Ok(st) => anyhow::bail!(
             "the join request of node {id} was rejected: {}",
             st.outcome.as_deref().unwrap_or("no outcome")
         ),
-        Err(e) if e.code() == Some(known) => eprintln!("node {id}: {e}; running it"),
+        Err(e) if e.code() == Some(known) => eprintln!("{} ({e})", already(&id)),
         Err(e) => {
             return Err(anyhow::Error::new(e).context(format!("sending the join request to {url}")))
         }
     }
     Ok(())
+}
+
+/// What `join` says of a node the network knows already.
+fn already(id: &str) -> String {
+    format!(
+        "node {id} is already pending or trusted; running it. Its request stays as it was: \
+         members correct its address when trusting it (comity gov propose node.trust --id {id} \
+         --info address=HOST:PORT)"
+    )
 }
 
 /// The identity id of the key in a PEM file.

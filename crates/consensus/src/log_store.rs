@@ -238,6 +238,14 @@ impl LogStore {
             closed.push(Segment { path, max_index });
         }
         check_contiguous(dir, &entries, last_purged)?;
+        // What a crash left unsynced in the last segment is served from now
+        // on (and may count towards a commit): make it durable before the
+        // next segment, lest a power loss cut it from under later entries.
+        if let Some(last) = closed.last() {
+            std::fs::File::open(&last.path)
+                .and_then(|f| f.sync_data())
+                .map_err(io(&last.path))?;
+        }
         let current_seq = seqs.last().map_or(0, |s| s + 1);
         let path = segment_path(dir, current_seq);
         let (writer, sync_file, seed) = start_segment(dir, &path, last_purged, committed)?;
@@ -735,7 +743,9 @@ mod tests {
         segs.sort();
         assert!(segs.len() >= 4, "{segs:?}");
         std::fs::remove_file(&segs[1]).unwrap();
-        let e = LogStore::open_with(dir.path(), 4096).err().expect("refused");
+        let e = LogStore::open_with(dir.path(), 4096)
+            .err()
+            .expect("refused");
         let msg = e.to_string();
         assert!(msg.contains("are missing"), "{msg}");
         assert!(msg.contains(&dir.path().display().to_string()), "{msg}");

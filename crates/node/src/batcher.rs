@@ -145,17 +145,11 @@ async fn order(shared: &Shared, txs: Vec<ByteBuf>) -> Vec<Option<ApiError>> {
                                 Forwarded::Failed(code, msg) => {
                                     Some(ApiError::unavailable(format!("{code}: {msg}")))
                                 }
-                                // As the leader answered: the same as if sent there.
                                 Forwarded::Refused {
                                     status,
                                     code,
                                     message,
-                                } => Some(ApiError::new(
-                                    StatusCode::from_u16(status)
-                                        .unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
-                                    code,
-                                    message,
-                                )),
+                                } => Some(leader_refusal(status, code, message)),
                             })
                             .collect();
                     }
@@ -172,6 +166,21 @@ async fn order(shared: &Shared, txs: Vec<ByteBuf>) -> Vec<Option<ApiError>> {
             ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Refusals by a leader whose state is ahead of this node's, which the
+/// client gets as the leader gave them; any other refusal may come from a
+/// leader still behind (newly elected, say), so it is a retryable 503.
+const FINAL_REFUSALS: [&str; 3] = ["nonce_reused", "already_exists", "too_many_pending_nodes"];
+
+/// What a client is told of a forwarded transaction the leader refused.
+fn leader_refusal(status: u16, code: String, message: String) -> ApiError {
+    match StatusCode::from_u16(status) {
+        Ok(status) if FINAL_REFUSALS.contains(&code.as_str()) => {
+            ApiError::new(status, code, message)
+        }
+        _ => ApiError::unavailable(format!("the leader refused it ({code}: {message})")),
     }
 }
 
@@ -270,5 +279,23 @@ mod tests {
         let mut queue = vec![tx(1, 1)].into_iter();
         let (ids, _, carried) = fill(tx(0, 500), 10, 100, || queue.next());
         assert_eq!((ids, carried), (vec![[0; 32]], Some(tx(1, 1))));
+    }
+
+    #[test]
+    fn only_refusals_newer_state_explains_pass_through() {
+        let e = leader_refusal(409, "nonce_reused".into(), "used".into());
+        assert_eq!(
+            (e.status, e.code.as_ref()),
+            (StatusCode::CONFLICT, "nonce_reused")
+        );
+        // A leader behind this node (newly elected) may not know the signer yet.
+        let e = leader_refusal(403, "unknown_signer".into(), "who?".into());
+        assert_eq!(
+            (e.status, e.code.as_ref()),
+            (StatusCode::SERVICE_UNAVAILABLE, "not_ready")
+        );
+        assert!(e.message.contains("unknown_signer: who?"), "{}", e.message);
+        let e = leader_refusal(1000, "already_exists".into(), "x".into());
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE, "a bad status");
     }
 }

@@ -273,21 +273,42 @@ fn resolve(
             .map(|b| b.member.0)
             .collect()
     };
-    let approvals = by(Vote::Approve);
+    let (approvals, rejections) = (by(Vote::Approve), by(Vote::Reject));
     let verdict = rule.evaluate(&Tally {
         active: &active,
         approvals: &approvals,
-        rejections: &by(Vote::Reject),
+        rejections: &rejections,
     });
-    // A node counts for its operator in every quorum: no vote of others
-    // may give a member a node it did not approve.
-    let operators_approve = p.actions.iter().all(|a| match a {
-        Action::NodeTrust(n) => approvals.contains(&n.member.0),
-        _ => true,
+    // A node counts for its operator in every quorum: no vote of others may
+    // give a member a node it did not approve. An accepted proposal waits
+    // for the operators' approval, and fails if one refused or cannot vote.
+    let unapproved: Vec<Hash> = p
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::NodeTrust(n) if !approvals.contains(&n.member.0) => Some(n.member.0),
+            _ => None,
+        })
+        .collect();
+    let refusal = unapproved.iter().find_map(|m| {
+        let why = if rejections.contains(m) {
+            "rejected it"
+        } else if !active.contains(m) {
+            "is not an active member"
+        } else {
+            return None;
+        };
+        Some(format!(
+            "the operating member {} of a node to trust {why}",
+            hex::encode(m)
+        ))
     });
     match verdict {
         Verdict::Open => Ok(()),
-        Verdict::Accepted if !operators_approve => Ok(()),
+        Verdict::Accepted if refusal.is_some() => {
+            close(batch, p, ProposalState::Failed, index, time, refusal)
+        }
+        Verdict::Accepted if !unapproved.is_empty() => Ok(()),
         Verdict::Rejected => close(batch, p, ProposalState::Rejected, index, time, None),
         Verdict::Accepted => match enact(batch, &p.actions, index)? {
             Ok(subjects) => {
