@@ -147,7 +147,7 @@ async fn join(
     let request = signer.node_join(&member, &name, &data);
     // `already_exists`: pending or trusted already (`join` run again, or
     // the vote came first), refused at submission or, after a race, at apply.
-    let known = "already_exists";
+    let known = comity_apps::codes::ALREADY_EXISTS;
     match client.submit(&request, true).await {
         Ok(st) if st.status != TxState::Rejected => eprintln!(
             "node {id} asked to join network {} ({} trusted nodes) for member {}.\n\
