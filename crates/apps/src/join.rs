@@ -145,6 +145,9 @@ pub fn execute(ctx: &mut Ctx<'_, '_>, args: &Value) -> Result<Result<(), Reject>
     ctx.batch.put(&keys::key_owner(&ctx.signer), &ctx.signer)?;
     ctx.batch
         .put(&keys::identity(&ctx.signer), &ident.to_cbor())?;
+    // The node's governance history starts with its request.
+    ctx.batch
+        .aux_put(&keys::history(&ctx.signer, ctx.index), &ctx.tx)?;
     Ok(Ok(()))
 }
 

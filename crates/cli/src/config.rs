@@ -260,15 +260,11 @@ impl Config {
     pub fn signer(&self, network_id: Hash) -> anyhow::Result<Signer> {
         match &self.key {
             Some(key) => self.key_signer(key, network_id),
-            None if self.identity.is_some() => {
-                anyhow::bail!("--identity names who --key signs as; pass --key too")
-            }
-            None => self.member_signer(network_id).map_err(|_| {
-                anyhow::anyhow!(
-                    "no signing key: pass --key (or COMITY_KEY), or run `comity up` to write {}",
-                    ClientJson::path(&self.data).display()
-                )
-            }),
+            None if self.member_key.is_none() => anyhow::bail!(
+                "no signing key: pass --key (or COMITY_KEY), or run `comity up` to write {}",
+                ClientJson::path(&self.data).display()
+            ),
+            None => self.member_signer(network_id),
         }
     }
 
@@ -281,8 +277,11 @@ impl Config {
         Ok(s)
     }
 
-    /// Signs as the member key of client.json.
+    /// Signs as the member key of client.json (`--identity` goes with `--key`).
     pub fn member_signer(&self, network_id: Hash) -> anyhow::Result<Signer> {
+        if self.identity.is_some() {
+            anyhow::bail!("--identity names who --key signs as; pass --key too");
+        }
         let key = self.member_key.as_ref().ok_or_else(|| {
             anyhow::anyhow!(
                 "no member key: {} has no member_key (written by `comity up`)",

@@ -158,13 +158,23 @@ fn action_json(a: &ProposeArgs, action: &str, joining: Option<&Value>) -> anyhow
                 }
                 v
             }
-            // A node that asked to join: its request fills what flags leave out.
+            // A node that asked to join: its request fills what flags leave
+            // out, but not its operator, which only the operator's approval binds.
             (None, Some(node)) => {
+                if let Some(m) = &a.member {
+                    if node["operator"].as_str() != Some(hex::encode(parse_hash(m)?).as_str()) {
+                        bail!(
+                            "node {} asked to join for member {}; --member cannot change that",
+                            node["id"].as_str().unwrap_or("?"),
+                            node["operator"].as_str().unwrap_or("?")
+                        );
+                    }
+                }
                 let mut merged = node["data"].as_object().cloned().unwrap_or_default();
                 merged.extend(pairs(&a.info)?);
                 json!({
                     "key": node["keys"][0]["key"],
-                    "member": a.member.as_deref().map_or(node["operator"].clone(), |m| json!(m)),
+                    "member": node["operator"],
                     "name": a.name.as_deref().map_or(node["name"].clone(), |n| json!(n)),
                     "data": merged,
                 })
@@ -230,9 +240,6 @@ fn actions(a: &ProposeArgs, joining: Option<&Value>) -> anyhow::Result<Vec<Actio
 fn signer(g: &Global, cfg: &Config, net: Hash) -> anyhow::Result<Signer> {
     match &g.key {
         Some(k) => cfg.key_signer(k, net),
-        None if cfg.identity.is_some() => {
-            bail!("--identity names who --key signs as; pass --key too")
-        }
         None => cfg.member_signer(net),
     }
 }

@@ -174,9 +174,9 @@ async fn join(
 /// What `join` says of a node the network knows already.
 fn already(id: &str) -> String {
     format!(
-        "node {id} is already pending or trusted; running it. Its request stays as it was: \
-         members correct its address when trusting it (comity gov propose node.trust --id {id} \
-         --info address=HOST:PORT)"
+        "node {id} is already known to the network (pending or trusted); running it. A \
+         pending request stays as it was: members may correct its address when trusting it \
+         (comity gov propose node.trust --id {id} --info address=HOST:PORT)"
     )
 }
 
@@ -184,7 +184,5 @@ fn already(id: &str) -> String {
 fn key_id(path: &std::path::Path) -> anyhow::Result<comity_core::Hash> {
     let pem =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(comity_core::crypto::SigningKey::from_pkcs8_pem(&pem)?
-        .public()
-        .fingerprint())
+    Ok(crate::keys::inspect(&pem)?.public.fingerprint())
 }

@@ -182,6 +182,9 @@ async fn a_node_joins_by_vote_and_a_node_retires_by_vote() {
     assert_eq!(h.join_requests, Some(1), "{h:?}");
     let status = c.cli(&["status"]).await;
     assert!(status.contains("1 node(s) asked to join"), "{status}");
+    // Its governance history starts with the request.
+    let history = c.cli(&["gov", "history", &hex::encode(node_id)]).await;
+    assert!(history.contains("node.join"), "{history}");
     let listed = c.cli(&["gov", "list", "nodes"]).await;
     let line = listed
         .lines()

@@ -6,7 +6,7 @@ use crate::ingress::now_ms;
 use crate::peer_api::Forwarded;
 use crate::Shared;
 use axum::http::StatusCode;
-use comity_apps::Command;
+use comity_apps::{codes, Command};
 use comity_consensus::network::path;
 use comity_core::Hash;
 use serde_bytes::ByteBuf;
@@ -169,10 +169,11 @@ async fn order(shared: &Shared, txs: Vec<ByteBuf>) -> Vec<Option<ApiError>> {
     }
 }
 
-/// Refusals by a leader whose state is ahead of this node's, which the
-/// client gets as the leader gave them; any other refusal may come from a
-/// leader still behind (newly elected, say), so it is a retryable 503.
-const FINAL_REFUSALS: [&str; 3] = ["nonce_reused", "already_exists", "too_many_pending_nodes"];
+/// Refusals that only state ahead of this node's explains (what is spent or
+/// exists stays so), which the client gets as the leader gave them; any
+/// other may come from a leader still behind (newly elected, say), so it is
+/// a retryable 503.
+const FINAL_REFUSALS: [&str; 2] = [codes::NONCE_REUSED, codes::ALREADY_EXISTS];
 
 /// What a client is told of a forwarded transaction the leader refused.
 fn leader_refusal(status: u16, code: String, message: String) -> ApiError {

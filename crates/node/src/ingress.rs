@@ -214,6 +214,7 @@ pub async fn check(shared: &Shared, bytes: &[u8], from: Source) -> Result<Check,
                 let status = match code {
                     codes::BAD_ARGS => StatusCode::BAD_REQUEST,
                     codes::NOT_FOUND => StatusCode::NOT_FOUND,
+                    codes::FORBIDDEN => StatusCode::FORBIDDEN,
                     _ => StatusCode::CONFLICT,
                 };
                 return Err(ApiError::new(
