@@ -7,11 +7,14 @@
 //! also needs the operating member's approval; a pending node may do
 //! nothing, not even ask again. Anyone who can reach a node may send a
 //! request, so at most [`MAX_PENDING_NODES`] wait at a time, and one the
-//! node would refuse is refused at submission, never recorded; members
-//! dismiss a request by retiring the node.
+//! node would refuse is refused at submission, never recorded. The member a
+//! request names may dismiss it alone (`gov.dismiss`), since trusting the
+//! node would need that member's approval anyway; members may also dismiss
+//! one by retiring the node by a vote.
 
 use crate::executor::Ctx;
 use crate::gov::overlay::Overlay;
+use crate::gov::Id;
 use crate::registry::{self, Identity, Role, StateRead, Status};
 use crate::{codes, keys, Reject};
 use comity_core::cbor::{self, MapView, Value};
@@ -19,6 +22,7 @@ use comity_core::crypto::{sha256, PublicKey};
 use comity_core::tx::Tx;
 use comity_core::Hash;
 use comity_store::StoreError;
+use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -148,6 +152,41 @@ pub fn execute(ctx: &mut Ctx<'_, '_>, args: &Value) -> Result<Result<(), Reject>
     // The node's governance history starts with its request.
     ctx.batch
         .aux_put(&keys::history(&ctx.signer, ctx.index), &ctx.tx)?;
+    Ok(Ok(()))
+}
+
+/// Arguments of `gov.dismiss`: the pending node whose request is turned down.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DismissArgs {
+    node: Id,
+}
+
+/// `gov.dismiss {node}`: the operating member named by a pending node's
+/// request turns it down. The node is retired, as by a `node.retire` vote:
+/// its key may not ask again, and an open `node.trust` for it fails.
+pub fn dismiss(ctx: &mut Ctx<'_, '_>, args: &Value) -> Result<Result<(), Reject>, StoreError> {
+    let Ok(DismissArgs { node: Id(node) }) = cbor::to_serde(args) else {
+        return Ok(Err(Reject(codes::BAD_ARGS)));
+    };
+    let mut ident = match registry::get(&*ctx.batch, &node)? {
+        Some(i) if i.role == Role::Node => i,
+        _ => return Ok(Err(Reject(codes::NOT_FOUND))),
+    };
+    if ident.status != Status::Pending {
+        return Ok(Err(Reject(codes::NOT_PENDING)));
+    }
+    if ident.operator != Some(ctx.signer) {
+        return Ok(Err(Reject(codes::NOT_OPERATOR)));
+    }
+    ident.status = Status::Retired;
+    let mut o = Overlay::new(ctx.batch);
+    leave_pending(&mut o)?;
+    crate::gov::state::put_identity(&mut o, &ident, false)?;
+    let writes = o.into_writes();
+    crate::gov::overlay::commit(ctx.batch, writes)?;
+    ctx.batch
+        .aux_put(&keys::history(&node, ctx.index), &ctx.tx)?;
     Ok(Ok(()))
 }
 

@@ -42,6 +42,10 @@ pub mod codes {
     pub const CONFLICTING_SIGNATURE: &str = "conflicting_signature";
     /// A node asked to join while the most requests allowed wait for a vote.
     pub const TOO_MANY_PENDING: &str = "too_many_pending_nodes";
+    /// `gov.dismiss` of a node that is not waiting for a vote.
+    pub const NOT_PENDING: &str = "not_pending";
+    /// `gov.dismiss` by a member other than the one the request names.
+    pub const NOT_OPERATOR: &str = "not_operator";
     /// The signer was removed or retired, or is a node not yet trusted.
     pub const INACTIVE: &str = "inactive_identity";
     /// An accepted member must acknowledge the constitution before anything else.

@@ -683,3 +683,71 @@ fn a_node_asks_to_join_and_members_trust_or_dismiss_it() {
         "a dismissed node stays out"
     );
 }
+
+#[test]
+fn the_operator_named_by_a_join_request_dismisses_it_alone() {
+    let mut g = Gov::new();
+    let m0 = g.m[0].public().fingerprint();
+    let (m0k, m1k) = (g.m[0].clone(), g.m[1].clone());
+    let pending = |g: &Gov| comity_apps::join::pending_nodes(&g.store.read().unwrap()).unwrap();
+    let dismiss = |g: &mut Gov, by: &SigningKey, node: &Hash| {
+        let tx = g.sign(
+            by,
+            "gov",
+            "dismiss",
+            cbor::map([("node", cbor::text(hex::encode(node)))]),
+        );
+        g.run(tx).1
+    };
+    let node = SigningKey::generate(Alg::EdDsa);
+    let id = node.public().fingerprint();
+    let tx = g.sign(&node, "node", "join", join_args(&node, m0, "10.0.0.4:8701"));
+    assert_eq!(g.run(tx).1, "ok");
+    // Another member proposes to trust it; that needs m0's approval.
+    let (pid, code) = g.propose(
+        1,
+        json!([{"action": "node.trust", "args": {
+            "key": hex::encode(node.public().to_spki_der()), "member": hex::encode(m0)}}]),
+    );
+    assert_eq!(code, "ok");
+
+    // Only the operator may dismiss it, and only a pending node.
+    assert_eq!(dismiss(&mut g, &m1k, &id), "not_operator");
+    assert_eq!(dismiss(&mut g, &m0k, &[7; 32]), "not_found");
+    assert_eq!(
+        dismiss(&mut g, &m0k, &m0),
+        "not_found",
+        "a member is not a node"
+    );
+    let tx = g.sign(
+        &m0k,
+        "gov",
+        "dismiss",
+        cbor::map([("id", cbor::text(hex::encode(id)))]),
+    );
+    assert_eq!(g.run(tx).1, "bad_args");
+    let tx = g.sign(
+        &node,
+        "gov",
+        "dismiss",
+        cbor::map([("node", cbor::text(hex::encode(id)))]),
+    );
+    assert_eq!(g.run(tx).1, "inactive_identity", "not the node itself");
+    assert_eq!((g.status(&id), pending(&g)), (Status::Pending, 1));
+
+    assert_eq!(dismiss(&mut g, &m0k, &id), "ok");
+    assert_eq!((g.status(&id), pending(&g)), (Status::Retired, 0));
+    assert_eq!(dismiss(&mut g, &m0k, &id), "not_pending");
+    // The dismissal is in the node's governance history, after its request.
+    let history = gov::query::history(&g.store.read().unwrap(), &id, 0, 10).unwrap();
+    assert_eq!(history.len(), 2);
+    // The key may not ask again, and the open proposal can no longer trust it.
+    let tx = g.sign(&node, "node", "join", join_args(&node, m0, "10.0.0.4:8701"));
+    assert_eq!(g.run(tx).1, "inactive_identity");
+    assert_eq!(g.vote(&m0k, &pid, "approve"), "ok");
+    let p = g.proposal(&pid);
+    assert_eq!(p.state, ProposalState::Failed);
+    let why = p.resolved.and_then(|r| r.reason).unwrap_or_default();
+    assert!(why.contains("retired, not pending"), "{why}");
+    assert_eq!(g.status(&id), Status::Retired);
+}

@@ -25,6 +25,13 @@ pub enum GovCmd {
     },
     /// Withdraw your own open proposal.
     Withdraw { proposal: String },
+    /// Turn down a pending node's join request that names you as its
+    /// operator: no vote is needed, the node is retired and its key may not ask again.
+    Dismiss {
+        /// The pending node's id (`comity gov list nodes`).
+        #[arg(value_name = "NODE_ID")]
+        id: String,
+    },
     /// As a newly added member, accept the current constitution and become active.
     Ack,
     /// Show a proposal: its actions, ballots and outcome.
@@ -318,6 +325,14 @@ pub async fn run(g: &Global, cmd: GovCmd) -> anyhow::Result<()> {
             let tx = signer(g, &cfg, net)?.gov_withdraw(&id);
             submit(&client, &tx, "withdrawal").await?;
             print_proposal(&client, &id).await
+        }
+        GovCmd::Dismiss { id } => {
+            let node = parse_hash(&id)?;
+            let net = cfg.network_id(&client).await?;
+            let tx = signer(g, &cfg, net)?.gov_dismiss(&node);
+            submit(&client, &tx, "dismissal").await?;
+            println!("node {id} is dismissed: its request no longer waits, and its key may not ask again");
+            Ok(())
         }
         GovCmd::Ack => {
             let c = client.gov_get(&["constitution"], &[]).await?;

@@ -261,6 +261,18 @@ async fn a_node_joins_by_vote_and_a_node_retires_by_vote() {
         Some(404),
         "a refused request records nothing"
     );
+    // A request naming member0 waits until member0 dismisses it alone.
+    let unwanted = stranger.node_join(&c.signer("member0").id, "unwanted", &data);
+    commit(&client, unwanted, "an unwanted join request").await;
+    assert_eq!(client.health().await.unwrap().join_requests, Some(1));
+    let out = c.cli(&["gov", "dismiss", &hex::encode(stranger.id)]).await;
+    assert!(out.contains("is dismissed"), "{out}");
+    let record = client
+        .gov_get(&["identities", &hex::encode(stranger.id)], &[])
+        .await
+        .expect("the dismissed node's record");
+    assert_eq!(record["identity"]["status"], "retired", "{record}");
+    assert_eq!(client.health().await.unwrap().join_requests, Some(0));
     receipt_with_chain(&c, &client, "after/join", 1).await;
     // The new node has the whole ledger, from genesis.
     let early = c.client(new).ledger_receipt(0).await;

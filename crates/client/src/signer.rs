@@ -121,6 +121,16 @@ impl Signer {
         )
     }
 
+    /// `gov.dismiss {node}`: the member a pending node's join request
+    /// names as operator turns the request down, without a vote.
+    pub fn gov_dismiss(&self, node: &Hash) -> Vec<u8> {
+        self.tx(
+            "gov",
+            "dismiss",
+            cbor::map([("node", cbor::text(hex::encode(node)))]),
+        )
+    }
+
     /// `gov.ack {constitution}`: a new member accepts the constitution with this digest.
     pub fn gov_ack(&self, constitution_digest: &Hash) -> Vec<u8> {
         self.tx(

@@ -3,7 +3,8 @@
 //! it the moment its outcome is certain. Every step is a ledger transaction.
 //!
 //! Transactions (app `gov`): `propose {actions, description}`,
-//! `vote {proposal, vote}`, `withdraw {proposal}`, `ack {constitution}`.
+//! `vote {proposal, vote}`, `withdraw {proposal}`, `ack {constitution}`,
+//! and `dismiss {node}` (a join request, by its operator: `crate::join`).
 
 pub mod action;
 pub mod constitution;
@@ -119,6 +120,7 @@ pub fn execute(ctx: &mut Ctx<'_, '_>, op: &str, args: &Value) -> AppResult {
             Ok(a) => ack(ctx, a),
             Err(_) => Ok(Err(Reject(codes::BAD_ARGS))),
         },
+        "dismiss" => crate::join::dismiss(ctx, args),
         _ => Ok(Err(Reject(codes::UNKNOWN_OP))),
     }
 }
