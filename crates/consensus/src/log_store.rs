@@ -59,15 +59,29 @@ pub enum WalError {
         offset: u64,
         reason: String,
     },
+    #[error("Raft log file {path} is missing: {reason}")]
+    Missing { path: PathBuf, reason: String },
 }
 
-/// Refuses a log with a hole: a segment removed from the middle, or a
-/// partial restore, would otherwise hand Raft a log that skips entries.
+/// Refuses a log with a hole: a segment removed from the middle or the
+/// start, or a partial restore, would otherwise hand Raft a log that skips
+/// entries. Segments are numbered from 0, and one is deleted only once a
+/// later segment records a purge past its entries, so without a purge the
+/// first, `first_seq`, must be segment 0.
 fn check_contiguous(
     dir: &Path,
+    first_seq: Option<u64>,
     entries: &BTreeMap<u64, Entry>,
     last_purged: Option<LogId>,
 ) -> Result<(), WalError> {
+    if last_purged.is_none() && first_seq.is_some_and(|s| s != 0) {
+        return Err(WalError::Missing {
+            path: segment_path(dir, 0),
+            reason: "later segments exist, but none records the purge that would have \
+                     removed it (deleted or not restored?)"
+                .into(),
+        });
+    }
     let mut expected = last_purged.map(|p| p.index + 1);
     for &index in entries.keys() {
         if let Some(want) = expected.filter(|w| *w != index) {
@@ -237,7 +251,7 @@ impl LogStore {
             })?;
             closed.push(Segment { path, max_index });
         }
-        check_contiguous(dir, &entries, last_purged)?;
+        check_contiguous(dir, seqs.first().copied(), &entries, last_purged)?;
         // What a crash left unsynced in the last segment is served from now
         // on (and may count towards a commit): make it durable before the
         // next segment, lest a power loss cut it from under later entries.
@@ -749,6 +763,14 @@ mod tests {
         let msg = e.to_string();
         assert!(msg.contains("are missing"), "{msg}");
         assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
+        // The first segment of a log never purged is missed too.
+        std::fs::remove_file(&segs[0]).unwrap();
+        let e = LogStore::open_with(dir.path(), 4096)
+            .err()
+            .expect("refused");
+        let msg = e.to_string();
+        assert!(msg.contains(&segs[0].display().to_string()), "{msg}");
+        assert!(msg.contains("is missing"), "{msg}");
     }
 
     #[test]
