@@ -1048,3 +1048,95 @@ async fn impossible_limits_in_node_toml_are_refused_by_name() {
     assert_eq!(read.value.as_deref(), Some(b"1".as_slice()));
     net.stop(Duration::from_secs(30)).await;
 }
+
+/// A flood of connections from one client neither stops the node nor takes
+/// the files its storage needs. Under an open-file limit of 512 the node
+/// keeps at most 128 connections open and closes the rest at once; writes
+/// go on committing through a connection opened before the flood (before
+/// the caps, the flood took every descriptor and the next file the ledger
+/// opened failed, which stopped the node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_connections_leaves_the_node_its_files() {
+    let _serial = common::serial().await;
+    let mut net = Network::new();
+    net.open_files = Some(512);
+    net.start().await;
+    let user = net.signer("user0");
+    let client = net.public_client();
+    let put = |k: String| {
+        let (client, tx) = (client.clone(), user.kv_put(&k, &[7; 256]));
+        async move {
+            let s = client.submit(&tx, true).await;
+            assert!(
+                matches!(&s, Ok(s) if s.status == TxState::Committed),
+                "{k}: {s:?}"
+            );
+        }
+    };
+    put("flood/before".into()).await;
+
+    let addr = format!("127.0.0.1:{}", net.port);
+    let flood = tokio::task::spawn_blocking(move || {
+        (0..600)
+            .map_while(|_| std::net::TcpStream::connect(&addr).ok())
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        flood.len(),
+        600,
+        "the kernel queues what the node has not accepted"
+    );
+    for i in 0..40 {
+        put(format!("flood/{i}")).await;
+    }
+    // The node accepted what its budget allows and closed the rest.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let closed = flood
+        .iter()
+        .filter(|s| {
+            s.set_nonblocking(true).unwrap();
+            let mut buf = [0u8; 1];
+            match std::io::Read::read(&mut &**s, &mut buf) {
+                Ok(0) => true,
+                Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+                Ok(_) => false,
+            }
+        })
+        .count();
+    assert!(
+        (600 - 128..=600 - 100).contains(&closed),
+        "{closed} of 600 closed; about 128 should stay open (the test's client holds some)"
+    );
+    drop(flood);
+
+    // New connections are served again, and the refusals were counted and logged.
+    let http = common::http_client(&net.ca_pem(), None);
+    let metrics = http
+        .get(format!("{}/metrics", net.url))
+        .send()
+        .await
+        .expect("metrics after the flood")
+        .text()
+        .await
+        .unwrap();
+    let refused: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("comity_connections_refused_total{reason=\"full\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no refusal count in the metrics:\n{metrics}"));
+    assert!(
+        refused >= closed as f64,
+        "{refused} refusals counted, {closed} seen"
+    );
+    put("flood/after".into()).await;
+    let log = std::fs::read_to_string(&net.stderr_path).unwrap_or_default()
+        + &std::fs::read_to_string(net.tmp.path().join("up-1.out")).unwrap_or_default();
+    let log = common::strip_ansi(&log);
+    assert!(
+        log.contains("connections=128") && log.contains("closing new connections"),
+        "the budget and the refusals are not in the log:\n{}",
+        &log[log.len().saturating_sub(3000)..]
+    );
+}

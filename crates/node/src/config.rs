@@ -58,6 +58,11 @@ pub struct Limits {
     /// The state tree's node cache, in MiB. A write reads the tree leaf it
     /// replaces; once the leaves outgrow this, those reads go to the database.
     pub tree_cache_mib: u64,
+    /// Client and peer connections open at once; fewer if the open-file
+    /// limit leaves less (see `fd_budget`). Past it, new ones are closed.
+    pub max_connections: usize,
+    /// Connections open at once from one IP address.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for Limits {
@@ -72,6 +77,8 @@ impl Default for Limits {
             raft_snapshot_every: 8192,
             state_cache_mib: StoreOptions::default().block_cache_bytes >> 20,
             tree_cache_mib: StoreOptions::default().node_cache_bytes >> 20,
+            max_connections: 4096,
+            max_connections_per_ip: 1024,
         }
     }
 }
@@ -96,6 +103,8 @@ impl Limits {
             ("max_pending", self.max_pending as u64),
             ("batch_max_bytes", self.batch_max_bytes as u64),
             ("raft_snapshot_every", self.raft_snapshot_every),
+            ("max_connections", self.max_connections as u64),
+            ("max_connections_per_ip", self.max_connections_per_ip as u64),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             anyhow::bail!("limits.{name} must be at least 1");

@@ -3,7 +3,9 @@
 pub mod api;
 pub mod batcher;
 pub mod config;
+pub mod conn_gate;
 pub mod error;
+pub mod fd_budget;
 pub mod gov_api;
 pub mod ingress;
 pub mod join;
@@ -126,9 +128,19 @@ impl Node {
             }
             None => None,
         };
+        let fds = fd_budget::FdBudget::of_process(cfg.limits.max_connections)?;
+        tracing::info!(
+            open_files = fds.limit,
+            database_files = fds.db_files,
+            connections = fds.connections,
+            "open-file limit shared out"
+        );
         let t0 = std::time::Instant::now();
         let data = cfg.data_dir.clone();
-        let opts = cfg.limits.store_options();
+        let opts = comity_store::StoreOptions {
+            max_open_files: fds.db_files,
+            ..cfg.limits.store_options()
+        };
         let (store, report) =
             tokio::task::spawn_blocking(move || Store::open_with(&data.join("ledger"), &opts))
                 .await??;
@@ -234,7 +246,8 @@ impl Node {
             tokio::spawn(propose_recovery(shared.clone(), signed, r.size));
         }
         let tls = tls::server_config(&cfg.tls_cert, &cfg.tls_key)?;
-        let (addr, server) = server::serve(shared.clone(), cfg.listen, tls).await?;
+        let gate = conn_gate::ConnGate::new(fds.connections, cfg.limits.max_connections_per_ip);
+        let (addr, server) = server::serve(shared.clone(), cfg.listen, tls, gate).await?;
         tracing::info!(%addr, node = %hex::encode(node_identity), "node serving");
         Ok(Node {
             shared,

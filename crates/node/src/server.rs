@@ -1,6 +1,8 @@
 //! The HTTPS accept loop. It is hand-written (rather than `axum::serve`) so
-//! each connection's TLS client certificate can be attached to its requests.
+//! each connection's TLS client certificate can be attached to its requests,
+//! and so connections past the caps of [`ConnGate`] are closed at once.
 
+use crate::conn_gate::ConnGate;
 use crate::{api, tls, Shared};
 use axum::Extension;
 use hyper_util::rt::TokioIo;
@@ -19,6 +21,7 @@ pub async fn serve(
     shared: Arc<Shared>,
     listen: SocketAddr,
     tls: rustls::ServerConfig,
+    gate: ConnGate,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(listen)
         .await
@@ -27,6 +30,7 @@ pub async fn serve(
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     let router = api::router(shared);
     let handle = tokio::spawn(async move {
+        let mut refused = RefusalLog::default();
         loop {
             let (tcp, peer) = match listener.accept().await {
                 Ok(c) => c,
@@ -36,10 +40,20 @@ pub async fn serve(
                     continue;
                 }
             };
+            let slot = match gate.admit(peer.ip()) {
+                Ok(slot) => slot,
+                Err(why) => {
+                    metrics::counter!("comity_connections_refused_total", "reason" => why.as_str())
+                        .increment(1);
+                    refused.note(peer, why);
+                    continue; // dropping `tcp` closes it
+                }
+            };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let router = router.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
                     .await
                 {
@@ -69,4 +83,31 @@ pub async fn serve(
         }
     });
     Ok((addr, handle))
+}
+
+/// Warns of refused connections at most every [`RefusalLog::EVERY`], with
+/// how many there were, so a flood does not flood the log too.
+#[derive(Default)]
+struct RefusalLog {
+    since: Option<std::time::Instant>,
+    count: u64,
+}
+
+impl RefusalLog {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn note(&mut self, peer: SocketAddr, why: crate::conn_gate::Refusal) {
+        self.count += 1;
+        if self.since.is_some_and(|t| t.elapsed() < Self::EVERY) {
+            return;
+        }
+        tracing::warn!(
+            %peer,
+            reason = why.as_str(),
+            refused = self.count,
+            "closing new connections: too many open (limits.max_connections, max_connections_per_ip)"
+        );
+        self.since = Some(std::time::Instant::now());
+        self.count = 0;
+    }
 }

@@ -50,6 +50,9 @@ pub struct StoreOptions {
     /// The state tree's node cache: the larger the state, the more of its
     /// leaves a write otherwise reads from the database.
     pub node_cache_bytes: u64,
+    /// Table files the state database keeps open (at least 10): part of
+    /// the process's open-file limit, which connections share.
+    pub max_open_files: usize,
 }
 
 impl Default for StoreOptions {
@@ -58,6 +61,7 @@ impl Default for StoreOptions {
             roll_bytes: crate::segments::DEFAULT_ROLL_BYTES,
             block_cache_bytes: DEFAULT_BLOCK_CACHE_BYTES,
             node_cache_bytes: crate::node_cache::DEFAULT_CAPACITY_BYTES,
+            max_open_files: 900,
         }
     }
 }
@@ -281,6 +285,7 @@ impl Store {
         let filters = horizon.factory();
         let db = Database::builder(db_path.clone())
             .cache_size(opts.block_cache_bytes)
+            .max_cached_files(Some(opts.max_open_files.max(10)))
             .max_journaling_size(JOURNAL_BYTES)
             .manual_journal_persist(true)
             .worker_threads(1)
@@ -1471,6 +1476,7 @@ mod tests {
             roll_bytes: 1 << 20,
             block_cache_bytes: 64 << 10,
             node_cache_bytes: 4 << 10,
+            max_open_files: 10,
         });
     }
 

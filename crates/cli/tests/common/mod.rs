@@ -96,6 +96,8 @@ pub struct Network {
     pub url: String,
     child: Option<Child>,
     starts: u32,
+    /// The open-file limit (soft and hard) `up` runs under, if set.
+    pub open_files: Option<u64>,
     /// stderr of the most recent `up` process.
     pub stderr_path: PathBuf,
 }
@@ -126,6 +128,7 @@ impl Network {
             url: format!("https://127.0.0.1:{port}"),
             child: None,
             starts: 0,
+            open_files: None,
         }
     }
 
@@ -141,7 +144,25 @@ impl Network {
         self.starts += 1;
         let out = self.tmp.path().join(format!("up-{}.out", self.starts));
         self.stderr_path = self.tmp.path().join(format!("up-{}.err", self.starts));
-        let child = Command::new(BIN)
+        let mut cmd = Command::new(BIN);
+        if let Some(n) = self.open_files {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: the closure only calls setrlimit(2), which is
+            // async-signal-safe, on a value it owns.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .arg("--data")
             .arg(&self.data)
             .arg("up")
