@@ -3,7 +3,9 @@
 //! to continue from the surviving copy with three new nodes; the new network
 //! keeps every acknowledged transaction, records the decision on the ledger,
 //! takes writes again, and its receipts verify offline against the original
-//! network identity (genesis hash and genesis node set) alone.
+//! network identity (genesis hash and genesis node set) alone. One of the
+//! new nodes had asked to join before the loss: the decision trusts it and
+//! frees its place among the pending requests.
 
 mod common;
 
@@ -33,10 +35,23 @@ async fn members_restart_a_network_that_lost_its_majority() {
         assert_eq!(s.status, TxState::Committed);
         acked.insert(s.id, s.index.expect("index"));
     }
+    // A node asks to join; its request commits, then it waits for a vote.
+    let joiner = c.join_new_node();
+    let joiner_id = node_id(&c, joiner);
+    let deadline = Instant::now() + LONG;
+    while client.health().await.ok().and_then(|h| h.join_requests) != Some(1) {
+        assert!(
+            Instant::now() < deadline,
+            "the join request never committed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(identity_status(&client, &joiner_id).await, "pending");
     // Let the followers learn the last commit, then lose two nodes for good.
     tokio::time::sleep(Duration::from_secs(1)).await;
     c.kill9(1);
     c.kill9(2);
+    c.kill9(joiner);
     let s = tokio::time::timeout(
         Duration::from_secs(3),
         client.submit(&user.kv_put("lost", b"x"), true),
@@ -50,7 +65,13 @@ async fn members_restart_a_network_that_lost_its_majority() {
 
     let decision = c.tmp.path().join("decision.cbor");
     let extra = format!("recovery = \"{}\"\n", decision.display());
-    let news: Vec<usize> = (0..3).map(|_| c.new_node(&extra)).collect();
+    // The new set: the node that asked to join, restarted to recover, and two more.
+    let toml = c.node_dir(joiner).join("node.toml");
+    let joiner_toml = std::fs::read_to_string(&toml).unwrap();
+    std::fs::write(&toml, format!("{extra}{joiner_toml}")).unwrap();
+    std::fs::remove_dir_all(c.node_dir(joiner).join("data")).ok();
+    let mut news = vec![joiner];
+    news.extend((0..2).map(|_| c.new_node(&extra)));
     let mut toml = String::new();
     for (k, &i) in news.iter().enumerate() {
         let member = c.signer(&format!("member{k}")).id;
@@ -152,7 +173,30 @@ async fn members_restart_a_network_that_lost_its_majority() {
         .collect();
     assert_eq!(recoveries.len(), 1, "one recovery entry");
     assert!(recoveries[0].outcome == comity_core::entry::Outcome::Applied);
+    // The decision trusted the node that had asked to join and freed its place.
+    assert_eq!(identity_status(&new_client, &joiner_id).await, "trusted");
+    let h = new_client.health().await.expect("health");
+    assert_eq!(h.join_requests, Some(0), "{h:?}");
     let out = c.ledger_verify(news[0]).await;
     assert!(out.contains("OK"), "{out}");
     eprintln!("test took {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+fn node_id(c: &Cluster, n: usize) -> Hash {
+    let key = std::fs::read_to_string(c.node_dir(n).join("node.key.pem")).unwrap();
+    comity_core::crypto::SigningKey::from_pkcs8_pem(&key)
+        .unwrap()
+        .public()
+        .fingerprint()
+}
+
+async fn identity_status(client: &comity_client::Client, id: &Hash) -> String {
+    let v = client
+        .gov_get(&["identities", &hex::encode(id)], &[])
+        .await
+        .expect("identity record");
+    v["identity"]["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
