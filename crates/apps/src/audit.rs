@@ -119,12 +119,13 @@ pub fn check_replayed(
         };
         return Err(fail(index, what));
     }
-    if let Some((node, seq)) = out.divergence {
+    if let Some(d) = out.divergence {
         return Err(fail(
             index,
             format!(
-                "node {} signed checkpoint {seq} over roots that replay does not reproduce",
-                hex::encode(node)
+                "node {} signed checkpoint {} over roots that replay does not reproduce",
+                hex::encode(d.node),
+                d.seq
             ),
         ));
     }

@@ -60,7 +60,7 @@ pub struct Output {
     /// Checkpoints completed in this step, which this node should now sign.
     pub checkpoints: Vec<Checkpoint>,
     /// Set when a node's signed checkpoint differs from ours.
-    pub divergence: Option<(Hash, u64)>,
+    pub divergence: Option<Divergence>,
     /// Node-set changes applied in this step, with the set before each: its
     /// nodes should endorse the change.
     pub node_set_changes: Vec<(NodeSetChange, NodeSet)>,
@@ -457,8 +457,8 @@ impl Executor {
                         _ => Err(Reject(codes::UNKNOWN_APP)),
                     },
                 };
-                if let Some(d) = ctx.divergence {
-                    out.divergence = Some((d.node, d.seq));
+                if ctx.divergence.is_some() {
+                    out.divergence = ctx.divergence;
                 }
                 // The nonce is spent whatever the outcome, so the same intent cannot be replayed.
                 let nonce_key = keys::nonce(&tx.kid, &tx.payload.nonce);

@@ -7,8 +7,9 @@ use crate::registry::Role;
 use crate::{codes, keys, Reject};
 use comity_core::cbor::{self, MapView, Value};
 use comity_core::checkpoint::{self, Checkpoint, CHECKPOINT_CONTENT_TYPE};
+use comity_core::network::NodeSet;
 use comity_core::Hash;
-use comity_store::StoreError;
+use comity_store::{StoreError, WriteBatch};
 use std::collections::BTreeSet;
 
 /// Arguments of `node.checkpoint`: the body the node computed and its COSE_Signature.
@@ -19,10 +20,15 @@ pub fn signature_args(body: &[u8], sig: &[u8]) -> Value {
     ])
 }
 
-/// Outcome for the caller: whether the local checkpoint disagreed with the signed one.
+/// A node signed a checkpoint whose body differs from the one this node
+/// computed for the same sequence number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Divergence {
     pub node: Hash,
     pub seq: u64,
+    /// Nodes of a majority of members now signed that other body: this node,
+    /// not the signer, is the one that differs.
+    pub quorum: bool,
 }
 
 pub fn execute(
@@ -95,49 +101,57 @@ pub fn execute(
         tracing::error!(node = %hex::encode(ctx.signer), seq = cp.seq, "node signed two different checkpoints for one sequence number; evidence kept");
         return Ok(Err(Reject(codes::CONFLICTING_SIGNATURE)));
     }
-    let local = ctx.batch.aux_get(&keys::checkpoint(cp.seq))?;
-    if local.as_deref() != Some(body) {
-        // This node computed something else for the same checkpoint: it or the signer diverged.
-        ctx.divergence = Some(Divergence {
-            node: ctx.signer,
-            seq: cp.seq,
-        });
-    }
     ctx.batch.aux_put(
         &sig_key,
         &cbor::to_vec(signature_args(body, sig_bytes)).expect("valid"),
     )?;
-    if local.as_deref() == Some(body)
-        && ctx
-            .batch
-            .aux_get(&keys::final_checkpoint(cp.seq))?
-            .is_none()
+    let local = ctx.batch.aux_get(&keys::checkpoint(cp.seq))?;
+    if local.as_deref() != Some(body) {
+        // This node computed something else for the same checkpoint: the
+        // signer is faulty, or, once a quorum signed the same, this node.
+        ctx.divergence = Some(Divergence {
+            node: ctx.signer,
+            seq: cp.seq,
+            quorum: signing_members(ctx.batch, cp.seq, body, &set)? >= set.quorum(),
+        });
+    } else if ctx
+        .batch
+        .aux_get(&keys::final_checkpoint(cp.seq))?
+        .is_none()
+        && signing_members(ctx.batch, cp.seq, body, &set)? >= set.quorum()
     {
-        let (from, to) = keys::signature_range(cp.seq);
-        let members: BTreeSet<Hash> = ctx
+        ctx.batch.aux_put(&keys::final_checkpoint(cp.seq), &[])?;
+        let latest = ctx
             .batch
-            .aux_range(&from, &to, usize::MAX)?
-            .into_iter()
-            .filter(|(_, v)| stored_body(v).as_deref() == Some(body))
-            .filter_map(|(k, _)| {
-                set.get(&k[k.len() - 32..].try_into().expect("32-byte suffix"))
-                    .map(|n| n.member)
-            })
-            .collect();
-        if members.len() >= set.quorum() {
-            ctx.batch.aux_put(&keys::final_checkpoint(cp.seq), &[])?;
-            let latest = ctx
-                .batch
-                .aux_get(keys::LATEST_FINAL)?
-                .and_then(|v| v.try_into().ok())
-                .map(u64::from_be_bytes);
-            if latest.is_none_or(|l| l < cp.seq) {
-                ctx.batch
-                    .aux_put(keys::LATEST_FINAL, &cp.seq.to_be_bytes())?;
-            }
+            .aux_get(keys::LATEST_FINAL)?
+            .and_then(|v| v.try_into().ok())
+            .map(u64::from_be_bytes);
+        if latest.is_none_or(|l| l < cp.seq) {
+            ctx.batch
+                .aux_put(keys::LATEST_FINAL, &cp.seq.to_be_bytes())?;
         }
     }
     Ok(Ok(()))
+}
+
+/// How many members' nodes of `set` signed `body` as checkpoint `seq`.
+fn signing_members(
+    batch: &WriteBatch<'_>,
+    seq: u64,
+    body: &[u8],
+    set: &NodeSet,
+) -> Result<usize, StoreError> {
+    let (from, to) = keys::signature_range(seq);
+    let members: BTreeSet<Hash> = batch
+        .aux_range(&from, &to, usize::MAX)?
+        .into_iter()
+        .filter(|(_, v)| stored_body(v).as_deref() == Some(body))
+        .filter_map(|(k, _)| {
+            set.get(&k[k.len() - 32..].try_into().expect("32-byte suffix"))
+                .map(|n| n.member)
+        })
+        .collect();
+    Ok(members.len())
 }
 
 /// The checkpoint a `node.checkpoint` transaction signs, if it is one.

@@ -688,3 +688,70 @@ fn raising_the_window_keeps_nonce_outcomes_the_same_on_every_node() {
     );
     assert_eq!(runs[0], runs[1], "a restarted node answers the same");
 }
+
+/// One node signing other roots than this node computed is that node's
+/// fault; only once nodes of a quorum of members signed the same other roots
+/// is this node the one that differs (and stops serving).
+#[test]
+fn divergence_is_this_nodes_only_once_a_quorum_signed_other_roots() {
+    let members: Vec<SigningKey> = (0..3).map(|_| SigningKey::generate(Alg::EdDsa)).collect();
+    let nodes: Vec<SigningKey> = (0..3).map(|_| SigningKey::generate(Alg::EdDsa)).collect();
+    let set = NodeSet(
+        nodes
+            .iter()
+            .zip(&members)
+            .map(|(n, m)| node_info(&n.public(), m.public().fingerprint()))
+            .collect(),
+    );
+    let specs = members
+        .iter()
+        .map(|m| IdentitySpec::new(m.public().to_spki_der(), "m"))
+        .collect();
+    let g = Genesis::new("three", T0, specs, vec![], set.clone());
+    let net = Net {
+        member: members[0].clone(),
+        user: members[1].clone(),
+        node: nodes[0].clone(),
+        genesis: g.to_cbor(),
+        identity: NetworkIdentity {
+            name: "three".into(),
+            network_id: g.network_id(),
+            nodes: set,
+        },
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (store, mut ex) = started(dir.path(), &net);
+    let mut out = apply(&store, &mut ex, Command::Checkpoint { time: T0 + 10 });
+    let cp = out.checkpoints.pop().expect("checkpoint");
+    let mut other = cp.clone();
+    other.state_root[0] ^= 1;
+    let sign = |k: &SigningKey, body: &[u8], nonce: u8| {
+        let sig = checkpoint::sign(CHECKPOINT_CONTENT_TYPE, body, k, &k.public().fingerprint());
+        let args = node::signature_args(body, &sig);
+        tx(&net, k, "node", "checkpoint", args, nonce, T0 + 11)
+    };
+    let (mine, theirs) = (cp.to_cbor(), other.to_cbor());
+
+    let out = apply(
+        &store,
+        &mut ex,
+        batch(vec![sign(&nodes[0], &mine, 1)], T0 + 11),
+    );
+    assert_eq!(out.txs[0].outcome, Outcome::Applied);
+    assert!(out.divergence.is_none());
+    let out = apply(
+        &store,
+        &mut ex,
+        batch(vec![sign(&nodes[1], &theirs, 2)], T0 + 12),
+    );
+    let d = out.divergence.expect("a node signed other roots");
+    assert_eq!((d.node, d.seq), (nodes[1].public().fingerprint(), cp.seq));
+    assert!(!d.quorum, "one node of three is not a quorum: {d:?}");
+    let out = apply(
+        &store,
+        &mut ex,
+        batch(vec![sign(&nodes[2], &theirs, 3)], T0 + 13),
+    );
+    let d = out.divergence.expect("a second node signed other roots");
+    assert!(d.quorum, "two members of three signed other roots: {d:?}");
+}

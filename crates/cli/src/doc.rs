@@ -410,7 +410,7 @@ impl Ctx {
         match self.show(id, false).await {
             Err(e)
                 if e.downcast_ref::<comity_client::ClientError>()
-                    .is_some_and(|e| e.status() == Some(403)) =>
+                    .is_some_and(|e| e.status() == Some(404)) =>
             {
                 println!("(the record is no longer shown to this identity)");
                 Ok(())

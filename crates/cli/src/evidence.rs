@@ -258,13 +258,19 @@ pub fn verify(
     lines.push("story:".into());
     let mut prev = GENESIS_PREV;
     for (i, e) in b.events.iter().enumerate() {
-        let ev = check_event(i, e, &id, &prev, &identity).with_context(|| format!("event {i}"))?;
+        let (ev, whole) =
+            check_event(i, e, &id, &prev, &identity).with_context(|| format!("event {i}"))?;
         prev = sha256(&e.event);
         lines.push(format!(
-            "  {}  {} (ledger index {}, receipt verified)",
+            "  {}  {} (ledger index {}, receipt verified{})",
             fmt_time(ev.time),
             tell(&ev, &name),
-            ev.index
+            ev.index,
+            if whole {
+                ""
+            } else {
+                "; its transaction is not shown to this reader"
+            }
         ));
     }
     if prev != doc.chain.head.0 {
@@ -299,14 +305,16 @@ pub fn verify(
 }
 
 /// Checks one event: its place in the chain, and that its receipt proves
-/// the applied, signed notary transaction it claims.
+/// the applied, signed notary transaction it claims. A receipt may withhold
+/// the transaction (an amendment, from a reader not party to the new
+/// version): then it proves only the applied entry; the second value says so.
 fn check_event(
     i: usize,
     e: &EventEvidence,
     subject: &Hash,
     prev: &Hash,
     identity: &NetworkIdentity,
-) -> anyhow::Result<Event> {
+) -> anyhow::Result<(Event, bool)> {
     let v = cbor::from_canonical_slice(&e.event).context("not canonical CBOR")?;
     let ev: Event = cbor::to_serde(&v).context("not an event")?;
     if ev.subject.0 != *subject || ev.seq != i as u64 {
@@ -329,9 +337,9 @@ fn check_event(
             leaf.outcome.code()
         );
     }
-    let tx = got
-        .tx
-        .ok_or_else(|| anyhow!("the receipt does not include the transaction"))?;
+    let Some(tx) = got.tx else {
+        return Ok((ev, false));
+    };
     if tx.kid != ev.actor.0 {
         bail!("the transaction was signed by another identity than the event's actor");
     }
@@ -346,7 +354,7 @@ fn check_event(
     if !notary::documents_named(&tx.payload.op, &tx.payload.args).contains(subject) {
         bail!("the transaction is about another document");
     }
-    Ok(ev)
+    Ok((ev, true))
 }
 
 /// One event in plain words.

@@ -319,6 +319,26 @@ async fn bad_input_gets_precise_errors_and_the_node_keeps_serving() {
         413,
         Some("too_large"),
     );
+    // A transaction announced over max_tx_bytes is refused before its body
+    // is read: the answer comes although the announced 1 MiB never does.
+    let r = raw_tls(
+        net.port,
+        &ca,
+        format!(
+            "POST /v1/tx HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/cose\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            1 << 20
+        )
+        .into_bytes(),
+        Duration::from_secs(10),
+    )
+    .await;
+    c.check(
+        "1 MiB transaction announced, body not sent",
+        raw_parts(&r),
+        413,
+        Some("too_large"),
+    );
     healthy(&net, &mut c, "huge bodies").await;
 
     // A page of ledger entries, and of a key's history, ends at 4 MiB: 70

@@ -214,8 +214,8 @@ async fn a_contracts_life_over_https() {
     assert_eq!(doc_id(&again), a);
 
     // Carol is not named in it: she can neither read it nor sign it.
-    n.refused("carol", &["doc", "show", &a], "forbidden").await;
-    n.refused("carol", &["doc", "sign", &a], "forbidden").await;
+    n.refused("carol", &["doc", "show", &a], "not_found").await;
+    n.refused("carol", &["doc", "sign", &a], "not_found").await;
     // Nor does a lookup by digest confirm to her that it is registered.
     n.refused(
         "carol",
@@ -294,6 +294,56 @@ async fn a_contracts_life_over_https() {
     assert_eq!(
         n.doc(&a).await["custodian"],
         hex::encode(n.net.signer("carol").id)
+    );
+    // As custodian carol reads the old version's story, but the amendment's
+    // transaction describes the new version, to which she is not party:
+    // its receipt proves the entry without it.
+    let amended_body = |events: Value| {
+        let e = events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["event"]["kind"] == "amended")
+            .cloned()
+            .expect("an amended event");
+        let r = hex::decode(e["receipt"].as_str().expect("receipt")).unwrap();
+        comity_core::receipt::Receipt::from_cose(&r).unwrap().body
+    };
+    let deadline = Instant::now() + T;
+    let events = loop {
+        let ev = n
+            .client
+            .notary_get(&["documents", &a, "events"], &[])
+            .await
+            .unwrap();
+        if ev["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| !e["receipt"].is_null())
+        {
+            break ev;
+        }
+        assert!(Instant::now() < deadline, "receipts never became available");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        amended_body(events).is_some(),
+        "a party to both reads it whole"
+    );
+    let carols = n.net.client_as("carol");
+    let events = carols
+        .notary_get(&["documents", &a, "events"], &[])
+        .await
+        .unwrap();
+    assert!(amended_body(events).is_none(), "withheld from carol");
+    assert_eq!(
+        carols
+            .notary_get(&["documents", &b], &[])
+            .await
+            .unwrap_err()
+            .status(),
+        Some(404)
     );
 
     // Retention, approvals and a legal hold.
@@ -566,7 +616,7 @@ async fn a_contracts_life_over_https() {
         .notary_get(&["documents", &w, "personal"], &[])
         .await
         .unwrap_err();
-    assert_eq!(e.status(), Some(403));
+    assert_eq!(e.status(), Some(404), "as if there were no such document");
     let refused = n
         .submit(bob.notary_act("metadata.erase", &wid, ""), "not_authorized")
         .await;

@@ -71,7 +71,7 @@ pub enum Event {
     /// Transactions applied (for waiters on any node).
     Applied(Vec<TxOutcome>),
     /// A node signed a checkpoint that differs from ours.
-    Divergence { node: Hash, seq: u64 },
+    Divergence(comity_apps::node::Divergence),
     /// The node set changed: nodes of the set before it endorse the change.
     NodeSetChange {
         change: comity_core::receipt::NodeSetChange,
@@ -406,9 +406,7 @@ impl StateMachine {
                         .into_iter()
                         .map(|(change, before)| Event::NodeSetChange { change, before }),
                 );
-                if let Some((node, seq)) = out.divergence {
-                    events.push(Event::Divergence { node, seq });
-                }
+                events.extend(out.divergence.map(Event::Divergence));
                 replies.push(outcomes);
             }
             batch

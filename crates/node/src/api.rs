@@ -4,7 +4,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::ingress::{self, Admission};
 use crate::server::ClientIdentity;
 use crate::Shared;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::extract::{FromRequest, FromRequestParts};
 use axum::http::request::Parts;
@@ -17,6 +17,7 @@ use comity_apps::{keys, registry};
 use comity_core::checkpoint::Checkpoint;
 use comity_core::entry::Outcome;
 use comity_core::Hash;
+use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -25,7 +26,10 @@ use std::time::Duration;
 pub(crate) type S = State<Arc<Shared>>;
 
 /// Largest request body read at all; transactions are further bounded by the ledger config.
-const MAX_BODY: usize = 4 << 20;
+const MAX_BODY: usize = comity_apps::genesis::MAX_TX_BYTES as usize;
+/// How long a request body may take to arrive, so slow senders cannot hold
+/// connections and buffers indefinitely.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most ledger entries served per page.
 const MAX_PAGE: u64 = 1000;
 /// A page of ledger entries stops growing past this many bytes (it always
@@ -147,24 +151,65 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> 
     }
 }
 
-/// The request body, whose rejection (too large, unreadable) is a JSON error.
+/// The request body, whose rejection (too large, unreadable, too slow) is a
+/// JSON error.
 pub struct ApiBody(pub Bytes);
 
 impl<S: Send + Sync> FromRequest<S> for ApiBody {
     type Rejection = ApiError;
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
-        Bytes::from_request(req, state)
-            .await
-            .map(ApiBody)
-            .map_err(|e| {
+        match tokio::time::timeout(BODY_TIMEOUT, Bytes::from_request(req, state)).await {
+            Ok(Ok(b)) => Ok(ApiBody(b)),
+            Ok(Err(e)) => {
                 let status = e.status();
                 let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
                     "too_large"
                 } else {
                     "malformed"
                 };
-                ApiError::new(status, code, e.body_text())
-            })
+                Err(ApiError::new(status, code, e.body_text()))
+            }
+            Err(_) => Err(body_timeout()),
+        }
+    }
+}
+
+fn body_timeout() -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "timeout",
+        format!(
+            "the request body did not arrive within {} s",
+            BODY_TIMEOUT.as_secs()
+        ),
+    )
+}
+
+/// Reads a body of at most `limit` bytes, refusing a larger declared length
+/// before reading any of it, so a client cannot make the node buffer more
+/// than the ledger would accept.
+async fn read_limited(headers: &HeaderMap, body: Body, limit: usize) -> ApiResult<Bytes> {
+    let too_large = |n: String| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the body is {n} bytes; the limit is {limit}"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let Some(n) = declared.filter(|&n| n > limit as u64) {
+        return Err(too_large(n.to_string()));
+    }
+    let limited = http_body_util::Limited::new(body, limit);
+    match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(too_large("more than that".into()))
+        }
+        Ok(Err(e)) => Err(ApiError::bad_request("malformed", e.to_string())),
+        Err(_) => Err(body_timeout()),
     }
 }
 
@@ -210,7 +255,7 @@ async fn submit(
     State(shared): S,
     headers: HeaderMap,
     ApiQuery(params): ApiQuery<SubmitParams>,
-    ApiBody(body): ApiBody,
+    body: Body,
 ) -> ApiResult<Response> {
     let ct = headers
         .get(header::CONTENT_TYPE)
@@ -223,6 +268,8 @@ async fn submit(
             "send the COSE_Sign1 transaction with Content-Type: application/cose",
         ));
     }
+    let limit = usize::try_from(shared.view().config.max_tx_bytes).unwrap_or(MAX_BODY);
+    let body = read_limited(&headers, body, limit.min(MAX_BODY)).await?;
     metrics::counter!("comity_tx_received_total").increment(1);
     let bytes = body.to_vec();
     let (id, admission) = ingress::admit(&shared, &bytes, ingress::Source::Client).await?;
@@ -894,5 +941,50 @@ mod tests {
         let err: Value = serde_json::from_slice(&bytes).expect("a JSON error");
         assert_eq!(err["code"], "too_large");
         assert!(err["message"].is_string());
+    }
+
+    /// A body that never arrives.
+    struct Stall;
+
+    impl axum::body::HttpBody for Stall {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+            std::task::Poll::Pending
+        }
+    }
+
+    /// A transaction body is refused from its announced length before any
+    /// of it is read, cut off past the limit, and given up on when it stalls.
+    #[tokio::test(start_paused = true)]
+    async fn transaction_bodies_are_bounded_in_size_and_time() {
+        let mut headers = HeaderMap::new();
+        let e = read_limited(&headers, Body::new(Stall), 1024)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.status, &*e.code),
+            (StatusCode::REQUEST_TIMEOUT, "timeout")
+        );
+        headers.insert(header::CONTENT_LENGTH, "2048".parse().unwrap());
+        let e = read_limited(&headers, Body::new(Stall), 1024)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.status, &*e.code),
+            (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
+        );
+        let e = read_limited(&HeaderMap::new(), Body::from(vec![0u8; 2048]), 1024)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.status, &*e.code),
+            (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
+        );
+        let ok = read_limited(&HeaderMap::new(), Body::from(vec![0u8; 1024]), 1024).await;
+        assert_eq!(ok.unwrap().len(), 1024);
     }
 }

@@ -4,6 +4,7 @@ pub mod api;
 pub mod batcher;
 pub mod config;
 pub mod conn_gate;
+pub mod cursor;
 pub mod error;
 pub mod fd_budget;
 pub mod gov_api;
@@ -51,6 +52,8 @@ pub struct Shared {
     /// The recovery decision this node restarts from, until it is applied.
     pub recovering: Option<Arc<Recovering>>,
     node_key: SigningKey,
+    /// Seals the cursors of listings that filter what the caller may read.
+    pub cursors: cursor::CursorSeal,
     /// Identity id of this node (SHA-256 of its key).
     pub node_identity: Hash,
     pub pending: Arc<PendingSet>,
@@ -225,6 +228,7 @@ impl Node {
             trust,
             recovering,
             node_key,
+            cursors: cursor::CursorSeal::new(&key_pem),
             node_identity,
             pending,
             verifier: verifier::Verifier::spawn()?,
@@ -469,14 +473,22 @@ async fn events(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Event>) {
                     return;
                 }
             }
-            Event::Divergence { node, seq } => {
+            Event::Divergence(d) if d.quorum => {
                 shared.diverged.store(true, Ordering::SeqCst);
                 tracing::error!(
-                    node = %hex::encode(node),
-                    seq,
-                    "DIVERGENCE: a node signed checkpoint {seq} with roots that differ from this node's; this node reports itself unhealthy"
+                    node = %hex::encode(d.node),
+                    seq = d.seq,
+                    "DIVERGENCE: nodes of a quorum of members signed checkpoint {} with roots that differ from this node's; this node reports itself unhealthy",
+                    d.seq
                 );
             }
+            Event::Divergence(d) => tracing::error!(
+                node = %hex::encode(d.node),
+                seq = d.seq,
+                "node {} signed checkpoint {} with roots that differ from this node's (no quorum did): that node may be faulty",
+                hex::encode(d.node),
+                d.seq
+            ),
         }
     }
 }

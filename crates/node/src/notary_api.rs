@@ -45,22 +45,19 @@ fn doc_json(d: &Document) -> ApiResult<Value> {
     serde_json::to_value(d).map_err(ApiError::internal)
 }
 
-fn load(shared: &crate::Shared, id: &Hash) -> ApiResult<Document> {
-    document::load(&shared.store.read()?, id)?
-        .ok_or_else(|| ApiError::not_found("no document with that id"))
+fn load(shared: &crate::Shared, id: &Hash) -> ApiResult<Option<Document>> {
+    Ok(document::load(&shared.store.read()?, id)?)
 }
 
 /// A record is shown only to the identities it names or who acted on it
-/// ([`Document::may_read`]): one party never sees what it is not party to.
-fn readable(d: Document, me: &Hash) -> ApiResult<Document> {
-    if !d.may_read(me) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "a document is readable only by its registrant, custodian, parties and named approvers, and by those who acted on it",
-        ));
-    }
-    Ok(d)
+/// ([`Document::may_read`]): one party never sees what it is not party to,
+/// nor learns that it exists (the answer is the same as for no record).
+fn readable(d: Option<Document>, me: &Hash) -> ApiResult<Document> {
+    d.filter(|d| d.may_read(me)).ok_or_else(|| {
+        ApiError::not_found(
+            "no document with that id is shown to you (a document is readable only by its registrant, custodian, parties and named approvers, and by those who acted on it)",
+        )
+    })
 }
 
 /// The record, proved against the latest final checkpoint.
@@ -174,9 +171,7 @@ async fn list(
     let after = q
         .after
         .as_deref()
-        .map(|c| {
-            hex::decode(c).map_err(|_| ApiError::bad_request("malformed", "after is a hex cursor"))
-        })
+        .map(|c| shared.cursors.open(c))
         .transpose()?;
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_LIST);
     let page = nquery::documents(
@@ -192,7 +187,8 @@ async fn list(
         .iter()
         .map(doc_json)
         .collect::<ApiResult<Vec<_>>>()?;
-    Ok(Json(json!({"items": items, "next": page.next})))
+    let next = page.next.map(|k| shared.cursors.seal(&k));
+    Ok(Json(json!({"items": items, "next": next})))
 }
 
 #[derive(Deserialize)]
@@ -202,7 +198,32 @@ struct EventParams {
 }
 
 /// A subject's events from `from`, each with its hash, exact bytes and receipt.
-fn events_json(shared: &crate::Shared, subject: &Hash, q: &EventParams) -> ApiResult<Value> {
+/// Whether `me` may see the transaction at `index` whole: they signed it,
+/// or may read every document it names (an amendment names its new version
+/// too, which a reader of the old one need not be party to).
+fn tx_shown(shared: &crate::Shared, index: u64, me: &Hash) -> ApiResult<bool> {
+    let (rec, leaf) = query::record(&shared.store, index)?;
+    if leaf.signer.as_ref().is_some_and(|(s, _)| s == me) {
+        return Ok(true);
+    }
+    let Ok(tx) = comity_core::tx::Tx::parse(&rec.body) else {
+        return Ok(false);
+    };
+    let r = shared.store.read()?;
+    for id in comity_apps::notary::documents_named(&tx.payload.op, &tx.payload.args) {
+        if !document::load(&r, &id)?.is_some_and(|d| d.may_read(me)) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn events_json(
+    shared: &crate::Shared,
+    subject: &Hash,
+    q: &EventParams,
+    me: &Hash,
+) -> ApiResult<Value> {
     let limit = q.limit.unwrap_or(MAX_LIST).clamp(1, MAX_LIST);
     let stored = event::stored(&shared.store.read()?, subject, q.from.unwrap_or(0), limit)?;
     let mut items = Vec::with_capacity(stored.len());
@@ -210,8 +231,9 @@ fn events_json(shared: &crate::Shared, subject: &Hash, q: &EventParams) -> ApiRe
         let e: event::Event = comity_core::cbor::from_slice(&bytes)
             .and_then(|v| comity_core::cbor::to_serde(&v))
             .map_err(ApiError::internal)?;
+        let body = tx_shown(shared, e.index, me)?;
         let receipt =
-            query::receipt(&shared.store, e.index, true)?.map(|r| hex::encode(r.to_cose()));
+            query::receipt(&shared.store, e.index, body)?.map(|r| hex::encode(r.to_cose()));
         items.push(json!({
             "hash": hex::encode(sha256(&bytes)),
             "event": e,
@@ -230,32 +252,38 @@ async fn doc_events(
 ) -> ApiResult<Json<Value>> {
     let me = authorize(&shared, who)?;
     let d = readable(load(&shared, &parse_hash(&id)?)?, &me)?;
-    Ok(Json(events_json(&shared, &d.id.0, &q)?))
+    Ok(Json(events_json(&shared, &d.id.0, &q, &me)?))
 }
 
 /// A collection is shown to its owner and to whoever may read all of its
-/// documents (at most 256): it lists them all.
+/// documents (at most 256; an empty one only to its owner): it lists them
+/// all. To anyone else it is as if there were none.
 fn load_collection(
     shared: &crate::Shared,
     id: &str,
     me: &Hash,
 ) -> ApiResult<collection::Collection> {
     let r = shared.store.read()?;
-    let c = collection::load(&r, &parse_hash(id)?)?
-        .ok_or_else(|| ApiError::not_found("no collection with that id"))?;
-    if c.owner.0 == *me {
-        return Ok(c);
-    }
-    for d in &c.documents {
-        if !document::load(&r, &d.0)?.is_some_and(|d| d.may_read(me)) {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "a collection is readable only by its owner and by those who may read all of its documents",
-            ));
+    let c = collection::load(&r, &parse_hash(id)?)?;
+    let shown = match &c {
+        Some(c) if c.owner.0 == *me => true,
+        Some(c) if !c.documents.is_empty() => {
+            let mut all = true;
+            for d in &c.documents {
+                if !document::load(&r, &d.0)?.is_some_and(|d| d.may_read(me)) {
+                    all = false;
+                    break;
+                }
+            }
+            all
         }
-    }
-    Ok(c)
+        _ => false,
+    };
+    c.filter(|_| shown).ok_or_else(|| {
+        ApiError::not_found(
+            "no collection with that id is shown to you (a collection is readable only by its owner and by those who may read all of its documents)",
+        )
+    })
 }
 
 async fn collection(
@@ -279,7 +307,7 @@ async fn collection_events(
 ) -> ApiResult<Json<Value>> {
     let me = authorize(&shared, who)?;
     let c = load_collection(&shared, &id, &me)?;
-    Ok(Json(events_json(&shared, &c.id.0, &q)?))
+    Ok(Json(events_json(&shared, &c.id.0, &q, &me)?))
 }
 
 /// Personal data is for the people the record names: its registrant,

@@ -24,6 +24,8 @@ use std::time::Duration;
 /// Largest peer message: an append request of 16 maximal Raft entries
 /// (see `config::MAX_BATCH_BYTES`), with room to spare.
 const MAX_PEER_BODY: usize = 96 << 20;
+/// Largest snapshot accepted: one names a durable point in a few hundred bytes.
+const MAX_SNAPSHOT_BYTES: u64 = 1 << 20;
 
 type S = State<Arc<Shared>>;
 
@@ -130,6 +132,15 @@ async fn snapshot(
 ) -> ApiResult<Response> {
     let rpc: openraft::raft::InstallSnapshotRequest<comity_consensus::TypeConfig> = decode(&body)?;
     from_sender(who, &rpc.vote)?;
+    // A chunk far past the end would make the receiving buffer grow to its offset.
+    let end = rpc.offset.saturating_add(rpc.data.len() as u64);
+    if end > MAX_SNAPSHOT_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("a snapshot ends at byte {end}; at most {MAX_SNAPSHOT_BYTES} are accepted"),
+        ));
+    }
     Ok(reply(&shared.raft.install_snapshot(rpc).await))
 }
 

@@ -52,8 +52,9 @@ impl Filter {
 
 pub struct Page {
     pub items: Vec<Document>,
-    /// Pass as `after` for the next page; `None` when this page is the last.
-    pub next: Option<String>,
+    /// The position to pass as `after` for the next page (the API seals
+    /// it); `None` when this page is the last.
+    pub next: Option<Vec<u8>>,
 }
 
 pub use crate::query::MAX_SCAN;
@@ -83,7 +84,7 @@ pub fn documents(
     })?;
     Ok(Page {
         items,
-        next: last.map(|k| hex::encode(&k[prefix.len()..])),
+        next: last.map(|k| k[prefix.len()..].to_vec()),
     })
 }
 

@@ -11,6 +11,8 @@ mod direct;
 
 /// Largest nesting accepted when decoding untrusted input.
 const MAX_DEPTH: usize = 32;
+/// Most items reserved ahead for an array or map; longer ones grow as read.
+const MAX_RESERVE: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CborError {
@@ -262,10 +264,13 @@ impl Checker<'_> {
         Ok((major, arg))
     }
 
-    /// Room for `n` items read from what is left (each takes a byte at
-    /// least), so a forged count cannot reserve more than the input's size.
+    /// Room reserved for `n` items: no more than what is left could hold
+    /// (each takes a byte at least) nor than [`MAX_RESERVE`], so forged
+    /// counts at every nesting level cannot reserve a multiple of the input.
     fn capacity(&self, n: u64) -> usize {
-        usize::try_from(n).map_or(usize::MAX, |n| n.min(self.b.len() - self.pos))
+        usize::try_from(n).map_or(MAX_RESERVE, |n| {
+            n.min(self.b.len() - self.pos).min(MAX_RESERVE)
+        })
     }
 
     fn item<B: Build>(&mut self, depth: usize) -> Result<B, CborError> {
