@@ -3,6 +3,11 @@
 //! `fd_budget`) nor every other client its service. A connection over a cap
 //! is closed as soon as it is accepted: the client sees it closed and may
 //! retry, and the kernel's queue of waiting connections keeps draining.
+//!
+//! A few places are kept back for the other nodes: past a cap a connection
+//! is admitted on probation into that reserve, and kept only if its TLS
+//! client certificate is a trusted node's, so a flood of clients cannot
+//! cut a node off from Raft.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -29,6 +34,8 @@ impl Refusal {
 #[derive(Default)]
 struct Counts {
     total: usize,
+    /// Of `total`, those in the nodes' reserve.
+    on_probation: usize,
     by_ip: HashMap<IpAddr, usize>,
 }
 
@@ -36,39 +43,54 @@ struct Counts {
 pub struct ConnGate {
     max: usize,
     max_per_ip: usize,
+    reserve: usize,
     counts: Arc<Mutex<Counts>>,
 }
 
 /// An admitted connection's place; dropping it frees the place.
 pub struct Slot {
     ip: IpAddr,
+    /// Set for a place in the nodes' reserve: the cap the connection is past.
+    pub probation: Option<Refusal>,
     counts: Arc<Mutex<Counts>>,
 }
 
 impl ConnGate {
-    pub fn new(max: usize, max_per_ip: usize) -> ConnGate {
+    /// Caps of `places` connections in all, `max_per_ip` from one address;
+    /// a quarter of the places (at most 64) are the nodes' reserve.
+    pub fn new(places: usize, max_per_ip: usize) -> ConnGate {
+        let reserve = (places / 4).min(64);
         ConnGate {
-            max,
+            max: places - reserve,
             max_per_ip,
+            reserve,
             counts: Arc::default(),
         }
     }
 
-    /// A place for a connection from `ip`, unless a cap is reached.
+    /// A place for a connection from `ip`: an ordinary one, one on
+    /// probation in the reserve, or none when the reserve is full too.
     pub fn admit(&self, ip: IpAddr) -> Result<Slot, Refusal> {
         let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if c.total >= self.max {
-            return Err(Refusal::Full);
+        let probation = if c.total - c.on_probation >= self.max {
+            Some(Refusal::Full)
+        } else if c.by_ip.get(&ip).is_some_and(|&n| n >= self.max_per_ip) {
+            Some(Refusal::PerAddress)
+        } else {
+            None
+        };
+        if let Some(why) = probation {
+            if c.on_probation >= self.reserve {
+                return Err(why);
+            }
+            c.on_probation += 1;
         }
-        let from_ip = c.by_ip.entry(ip).or_default();
-        if *from_ip >= self.max_per_ip {
-            return Err(Refusal::PerAddress);
-        }
-        *from_ip += 1;
+        *c.by_ip.entry(ip).or_default() += 1;
         c.total += 1;
         metrics::gauge!("comity_connections_open").set(c.total as f64);
         Ok(Slot {
             ip,
+            probation,
             counts: self.counts.clone(),
         })
     }
@@ -78,6 +100,9 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         c.total -= 1;
+        if self.probation.is_some() {
+            c.on_probation -= 1;
+        }
         if let Some(n) = c.by_ip.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
@@ -92,9 +117,18 @@ impl Drop for Slot {
 mod tests {
     use super::*;
 
+    fn gate(max: usize, max_per_ip: usize) -> ConnGate {
+        ConnGate {
+            max,
+            max_per_ip,
+            reserve: 0,
+            counts: Arc::default(),
+        }
+    }
+
     #[test]
     fn caps_hold_in_all_and_per_address_and_places_come_back() {
-        let gate = ConnGate::new(3, 2);
+        let gate = gate(3, 2);
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
         let a1 = gate.admit(a).unwrap();
         let _a2 = gate.admit(a).unwrap();
@@ -111,8 +145,25 @@ mod tests {
     }
 
     #[test]
+    fn past_a_cap_connections_go_on_probation_into_the_reserve() {
+        let gate = ConnGate::new(8, 4); // 6 ordinary places, 2 in reserve
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let from_a: Vec<Slot> = (0..4).map(|_| gate.admit(a).unwrap()).collect();
+        assert!(from_a.iter().all(|s| s.probation.is_none()));
+        let a5 = gate.admit(a).unwrap();
+        assert_eq!(a5.probation, Some(Refusal::PerAddress));
+        let from_b: Vec<Slot> = (0..2).map(|_| gate.admit(b).unwrap()).collect();
+        assert!(from_b.iter().all(|s| s.probation.is_none()));
+        let b3 = gate.admit(b).unwrap();
+        assert_eq!(b3.probation, Some(Refusal::Full));
+        assert_eq!(gate.admit(b).err(), Some(Refusal::Full), "reserve full");
+        drop(a5);
+        assert_eq!(gate.admit(b).unwrap().probation, Some(Refusal::Full));
+    }
+
+    #[test]
     fn an_address_with_nothing_open_is_forgotten() {
-        let gate = ConnGate::new(10, 10);
+        let gate = gate(10, 10);
         let ip: IpAddr = "::1".parse().unwrap();
         drop(gate.admit(ip).unwrap());
         assert!(gate.counts.lock().unwrap().by_ip.is_empty());

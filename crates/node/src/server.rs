@@ -2,7 +2,7 @@
 //! each connection's TLS client certificate can be attached to its requests,
 //! and so connections past the caps of [`ConnGate`] are closed at once.
 
-use crate::conn_gate::ConnGate;
+use crate::conn_gate::{ConnGate, Refusal};
 use crate::{api, tls, Shared};
 use axum::Extension;
 use hyper_util::rt::TokioIo;
@@ -28,9 +28,9 @@ pub async fn serve(
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     let addr = listener.local_addr()?;
     let acceptor = TlsAcceptor::from(Arc::new(tls));
-    let router = api::router(shared);
+    let router = api::router(shared.clone());
     let handle = tokio::spawn(async move {
-        let mut refused = RefusalLog::default();
+        let refused = Arc::new(RefusalLog::default());
         loop {
             let (tcp, peer) = match listener.accept().await {
                 Ok(c) => c,
@@ -43,8 +43,6 @@ pub async fn serve(
             let slot = match gate.admit(peer.ip()) {
                 Ok(slot) => slot,
                 Err(why) => {
-                    metrics::counter!("comity_connections_refused_total", "reason" => why.as_str())
-                        .increment(1);
                     refused.note(peer, why);
                     continue; // dropping `tcp` closes it
                 }
@@ -52,8 +50,9 @@ pub async fn serve(
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let router = router.clone();
+            let (shared, refused) = (shared.clone(), refused.clone());
             tokio::spawn(async move {
-                let _slot = slot;
+                let slot = slot; // the place is held until the connection ends
                 let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
                     .await
                 {
@@ -70,6 +69,13 @@ pub async fn serve(
                     .peer_certificates()
                     .and_then(|c| c.first())
                     .and_then(tls::client_id);
+                // Past a cap only the other nodes are served (see `ConnGate`).
+                if let Some(why) = slot.probation {
+                    if !client.is_some_and(|fp| (shared.trust)(&fp)) {
+                        refused.note(peer, why);
+                        return;
+                    }
+                }
                 let svc = TowerToHyperService::new(router.layer(Extension(ClientIdentity(client))));
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
@@ -85,29 +91,31 @@ pub async fn serve(
     Ok((addr, handle))
 }
 
-/// Warns of refused connections at most every [`RefusalLog::EVERY`], with
-/// how many there were, so a flood does not flood the log too.
+/// Counts refused connections, and warns of them at most every
+/// [`RefusalLog::EVERY`] with how many there were, so a flood does not
+/// flood the log too.
 #[derive(Default)]
-struct RefusalLog {
-    since: Option<std::time::Instant>,
-    count: u64,
-}
+struct RefusalLog(std::sync::Mutex<(Option<std::time::Instant>, u64)>);
 
 impl RefusalLog {
     const EVERY: Duration = Duration::from_secs(10);
 
-    fn note(&mut self, peer: SocketAddr, why: crate::conn_gate::Refusal) {
-        self.count += 1;
-        if self.since.is_some_and(|t| t.elapsed() < Self::EVERY) {
+    fn note(&self, peer: SocketAddr, why: Refusal) {
+        metrics::counter!("comity_connections_refused_total", "reason" => why.as_str())
+            .increment(1);
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (since, count) = &mut *g;
+        *count += 1;
+        if since.is_some_and(|t| t.elapsed() < Self::EVERY) {
             return;
         }
         tracing::warn!(
             %peer,
             reason = why.as_str(),
-            refused = self.count,
+            refused = *count,
             "closing new connections: too many open (limits.max_connections, max_connections_per_ip)"
         );
-        self.since = Some(std::time::Instant::now());
-        self.count = 0;
+        *since = Some(std::time::Instant::now());
+        *count = 0;
     }
 }
