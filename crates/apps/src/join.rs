@@ -29,6 +29,15 @@ use std::sync::Arc;
 /// Most join requests waiting for a vote at once.
 pub const MAX_PENDING_NODES: u64 = 64;
 
+/// Largest join request: a key, a member, a name and an address fit well
+/// inside; anyone may send one, so it may not be padded out.
+pub const MAX_JOIN_BYTES: usize = 16 << 10;
+
+/// Whether `tx` is a `node.join`.
+pub fn is_join(tx: &Tx) -> bool {
+    (tx.payload.app.as_str(), tx.payload.op.as_str()) == ("node", "join")
+}
+
 /// What a joining node asks for: the arguments of `node.join` (the SDK's
 /// `Signer::node_join` writes them).
 struct JoinRequest {
@@ -65,7 +74,7 @@ impl JoinRequest {
 /// that key hashes to the signer's id. The signature is then checked with
 /// that key like any other.
 pub fn unregistered_signer(tx: &Tx) -> Option<Arc<Identity>> {
-    if (tx.payload.app.as_str(), tx.payload.op.as_str()) != ("node", "join") {
+    if !is_join(tx) {
         return None;
     }
     let key = MapView::new(&tx.payload.args).ok()?.bytes("key").ok()?;

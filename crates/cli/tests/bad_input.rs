@@ -1160,3 +1160,79 @@ async fn a_flood_of_connections_leaves_the_node_its_files() {
         &log[log.len().saturating_sub(3000)..]
     );
 }
+
+/// Join requests need no identity, so they are capped while still queued:
+/// a burst of them never puts more than `MAX_PENDING_NODES` in the ledger
+/// (none is recorded as refused), and an over-long one is refused unread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_join_requests_stays_within_the_cap() {
+    let _serial = common::serial().await;
+    let mut net = Network::new();
+    net.start().await;
+    let member = net.signer("member0");
+    let client = net.public_client();
+    let max = comity_apps::join::MAX_PENDING_NODES as usize;
+    let join = |i: usize| {
+        let node = Signer::new(SigningKey::generate(Alg::EdDsa), member.network_id);
+        let data = [("address".to_string(), format!("10.0.0.{i}:7000"))].into();
+        node.node_join(&member.id, &format!("burst {i}"), &data)
+    };
+    let mut sent = tokio::task::JoinSet::new();
+    for i in 0..max + 16 {
+        let (client, tx) = (client.clone(), join(i));
+        sent.spawn(async move { client.submit(&tx, false).await });
+    }
+    let mut queued = 0;
+    while let Some(a) = sent.join_next().await {
+        match a.unwrap() {
+            Ok(_) => queued += 1,
+            Err(e) => assert_eq!(e.code(), Some("too_many_pending_nodes"), "{e}"),
+        }
+    }
+    // Requests applied but not yet answered count twice for a moment, so
+    // a burst may queue fewer than the cap, never more.
+    assert!((1..=max).contains(&queued), "{queued} queued");
+    let applied = |n: usize| {
+        let client = client.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while client.health().await.ok().and_then(|h| h.join_requests) != Some(n as u64) {
+                assert!(Instant::now() < deadline, "the requests never applied");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    applied(queued).await;
+    // Once quiet, the cap is exact.
+    for i in queued..max {
+        client
+            .submit(&join(1000 + i), true)
+            .await
+            .expect("below the cap");
+    }
+    applied(max).await;
+    let e = client.submit(&join(2000), false).await.unwrap_err();
+    assert_eq!(e.code(), Some("too_many_pending_nodes"), "{e}");
+    let refused = net
+        .client_as("member0")
+        .entries(0, 1000)
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|r| comity_core::entry::Leaf::from_cbor(&r.leaf).ok())
+        .filter(|l| l.outcome.code() == "too_many_pending_nodes")
+        .count();
+    assert_eq!(refused, 0, "no join was refused in the ledger");
+
+    let node = Signer::new(SigningKey::generate(Alg::EdDsa), member.network_id);
+    let padded = [("address".to_string(), "x".repeat(20_000))].into();
+    let e = client
+        .submit(&node.node_join(&member.id, "padded", &padded), false)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.status(), e.code()),
+        (Some(413), Some("too_large")),
+        "{e}"
+    );
+}

@@ -13,6 +13,7 @@ use comity_core::crypto::{CryptoError, PublicKey};
 use comity_core::tx::{Tx, TxError};
 use comity_core::Hash;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
@@ -22,6 +23,8 @@ pub type Waiter = oneshot::Sender<Result<TxOutcome, ApiError>>;
 struct Pending {
     waiters: Vec<Waiter>,
     nonce: Vec<u8>,
+    /// A `node.join`: counted in [`PendingSet::joins`].
+    join: bool,
 }
 
 /// Transactions accepted but not yet applied.
@@ -31,6 +34,9 @@ pub struct PendingSet {
     nonces: Mutex<HashSet<Vec<u8>>>,
     /// Transactions parsed and verified here, so apply may skip both.
     verified: Mutex<HashMap<Hash, Verified>>,
+    /// Join requests queued, which count against the pending nodes' cap
+    /// before they are applied: anyone may send one.
+    joins: AtomicUsize,
 }
 
 pub enum Admission {
@@ -53,6 +59,10 @@ impl PendingSet {
         self.by_id.lock().expect("pending lock").contains_key(id)
     }
 
+    pub fn joins(&self) -> usize {
+        self.joins.load(Ordering::Relaxed)
+    }
+
     pub fn take_verified(&self, id: &Hash) -> Option<Verified> {
         self.verified.lock().expect("verified lock").remove(id)
     }
@@ -61,6 +71,9 @@ impl PendingSet {
     pub fn resolve(&self, id: &Hash, result: Result<TxOutcome, ApiError>) {
         let p = self.by_id.lock().expect("pending lock").remove(id);
         if let Some(p) = p {
+            if p.join {
+                self.joins.fetch_sub(1, Ordering::Relaxed);
+            }
             self.nonces.lock().expect("nonce lock").remove(&p.nonce);
             self.verified.lock().expect("verified lock").remove(id);
             for w in p.waiters {
@@ -210,6 +223,17 @@ pub async fn check(shared: &Shared, bytes: &[u8], from: Source) -> Result<Check,
                 .map_err(|e| ApiError::bad_request("bad_args", format!("invalid proposal: {e}")))?;
         }
         ("node", "join") => {
+            use comity_apps::join::MAX_JOIN_BYTES;
+            if bytes.len() > MAX_JOIN_BYTES {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    format!(
+                        "a join request is at most {MAX_JOIN_BYTES} bytes; this is {}",
+                        bytes.len()
+                    ),
+                ));
+            }
             if let Err((code, why)) = comity_apps::join::admissible(&shared.store.read()?, &tx)? {
                 let status = match code {
                     codes::BAD_ARGS => StatusCode::BAD_REQUEST,
@@ -297,6 +321,20 @@ pub fn queue(shared: &Shared, passed: Passed) -> Result<(Hash, Admission), ApiEr
                 "too many transactions waiting; retry shortly",
             ));
         }
+        // Join requests are counted here, under the lock, so that concurrent
+        // ones cannot all pass on the same count.
+        let join = comity_apps::join::is_join(&tx);
+        if join {
+            use comity_apps::join::{pending_nodes, MAX_PENDING_NODES};
+            let asking = pending_nodes(&shared.store.read()?)? + p.joins() as u64;
+            if asking >= MAX_PENDING_NODES {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    codes::TOO_MANY_PENDING,
+                    format!("join request refused: {asking} nodes already wait for a vote or are asking"),
+                ));
+            }
+        }
         if !p
             .nonces
             .lock()
@@ -309,11 +347,15 @@ pub fn queue(shared: &Shared, passed: Passed) -> Result<(Hash, Admission), ApiEr
                 "this signer already used this nonce",
             ));
         }
+        if join {
+            p.joins.fetch_add(1, Ordering::Relaxed);
+        }
         by_id.insert(
             tx.id,
             Pending {
                 waiters: vec![wtx],
                 nonce: nonce_key,
+                join,
             },
         );
     }
