@@ -53,6 +53,9 @@ pub struct LedgerRequest {
 
 /// Content type of peer RPC bodies (serde CBOR of openraft's messages).
 pub const CONTENT_TYPE: &str = "application/cbor";
+/// Largest reply read from a peer: far above any Raft reply or page of
+/// ledger records a peer sends.
+pub const MAX_REPLY: usize = 128 << 20;
 
 /// The Raft id of a node: the first 8 bytes of its key fingerprint.
 pub fn raft_id(node: &Hash) -> u64 {
@@ -193,7 +196,8 @@ impl Peers {
         Ok(Peers { http })
     }
 
-    /// POSTs `req` (CBOR) to `https://{addr}{path}` and decodes the CBOR reply.
+    /// POSTs `req` (CBOR) to `https://{addr}{path}` and decodes the CBOR
+    /// reply (at most [`MAX_REPLY`] bytes: a peer is trusted, not infallible).
     pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         addr: &str,
@@ -204,7 +208,7 @@ impl Peers {
         let t0 = std::time::Instant::now();
         let mut body = Vec::new();
         ciborium::into_writer(req, &mut body).map_err(|e| PeerError::Protocol(e.to_string()))?;
-        let resp = self
+        let mut resp = self
             .http
             .post(format!("https://{addr}{path}"))
             .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
@@ -214,7 +218,18 @@ impl Peers {
             .await
             .map_err(|e| failed(addr, e))?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| failed(addr, e))?;
+        let too_large =
+            || PeerError::Protocol(format!("{addr}{path}: reply over {MAX_REPLY} bytes"));
+        if resp.content_length().is_some_and(|n| n > MAX_REPLY as u64) {
+            return Err(too_large());
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| failed(addr, e))? {
+            if bytes.len() + chunk.len() > MAX_REPLY {
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&chunk);
+        }
         if !status.is_success() {
             return Err(PeerError::Protocol(format!(
                 "{addr}{path}: HTTP {status}: {}",

@@ -275,12 +275,16 @@ impl StateMachine {
     }
 
     /// Ledger records `from..` (up to `to`) from the first peer that has
-    /// some; retries every second until one answers.
+    /// some, starting at a random one (a peer whose records fail the
+    /// replay's checks stops the install, and a restart should not ask it
+    /// first again); retries every second until one answers.
     async fn fetch(&self, addrs: &[String], from: u64, to: u64) -> Vec<serde_bytes::ByteBuf> {
         let req = LedgerRequest { from, to };
+        let first = usize::from(comity_core::crypto::random_nonce()[0]);
         loop {
             if let Some(peers) = self.peers.get() {
-                for addr in addrs {
+                let n = addrs.len();
+                for addr in (0..n).map(|k| &addrs[(first + k) % n]) {
                     match peers
                         .call::<_, Vec<serde_bytes::ByteBuf>>(
                             addr,
