@@ -228,7 +228,7 @@ async fn a_contracts_life_over_https() {
         .await;
     n.refused("user0", &["doc", "destroy", &a], "doc_in_force")
         .await;
-    n.refused("carol", &["doc", "revoke", &a], "not_authorized")
+    n.refused("carol", &["doc", "revoke", &a], "not_found")
         .await;
     n.refused(
         "user0",

@@ -96,7 +96,7 @@ pub fn set_order(ctx: &mut Ctx<'_, '_>, a: OrderArgs) -> AppResult {
         return Ok(Err(Reject(codes::NOT_AUTHORIZED)));
     }
     for d in &a.documents {
-        if document::load(&*ctx.batch, &d.0)?.is_none() {
+        if super::shown(ctx, &d.0)?.is_none() {
             return Ok(Err(Reject(codes::NOT_FOUND)));
         }
     }

@@ -181,6 +181,15 @@ pub fn documents_named(op: &str, args: &Value) -> Vec<Hash> {
     named.into_iter().flatten().map(|i| i.0).collect()
 }
 
+/// Document `id` as the signer may know it: to a user it does not name
+/// (see [`Document::may_read`]) it is as if there were none, so that no
+/// outcome tells a stranger that it exists or what state it is in. Members
+/// read every transaction anyway, and may place holds on any document.
+pub fn shown(ctx: &Ctx<'_, '_>, id: &Hash) -> Result<Option<Document>, StoreError> {
+    Ok(document::load(&*ctx.batch, id)?
+        .filter(|d| ctx.role == Role::Member || d.may_read(&ctx.signer)))
+}
+
 /// Whether `id` is an active member or user (a party, approver or custodian).
 pub fn active_identity(ctx: &Ctx<'_, '_>, id: &Hash) -> Result<bool, StoreError> {
     Ok(registry::get_shared(&*ctx.batch, id)?
@@ -210,7 +219,7 @@ impl Update {
 
     /// Loads a document whatever its status.
     pub fn load_any(ctx: &Ctx<'_, '_>, id: &Hash) -> Result<Result<Update, Reject>, StoreError> {
-        Ok(match document::load(&*ctx.batch, id)? {
+        Ok(match shown(ctx, id)? {
             Some(doc) => Ok(Update {
                 old: doc.status,
                 doc,
