@@ -42,6 +42,8 @@ pub struct Limits {
     pub max_inflight_batches: usize,
     /// Requests waiting for commit before new ones get 503.
     pub max_pending: usize,
+    /// Their bytes, in MiB: large transactions fill memory before the count.
+    pub max_pending_mib: usize,
     /// How long a submission waits for its commit before answering `pending`.
     pub commit_wait_ms: u64,
     /// Largest Raft entry, in bytes of transactions.
@@ -71,6 +73,7 @@ impl Default for Limits {
             batch_max_txs: 2048,
             max_inflight_batches: 2,
             max_pending: 50_000,
+            max_pending_mib: 512,
             commit_wait_ms: 30_000,
             batch_max_bytes: 4 << 20,
             max_clock_skew_ms: 30_000,
@@ -113,6 +116,9 @@ impl Limits {
             anyhow::bail!(
                 "limits.batch_max_bytes is at most {MAX_BATCH_BYTES} (a follower must receive 16 entries in one request)"
             );
+        }
+        if self.max_pending_mib < 4 {
+            anyhow::bail!("limits.max_pending_mib must be at least 4 (the largest transaction)");
         }
         for (name, mib) in [
             ("state_cache_mib", self.state_cache_mib),
@@ -173,6 +179,15 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("batch_max_bytes"));
+        let tight = Limits {
+            max_pending_mib: 3,
+            ..Limits::default()
+        };
+        assert!(tight
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("max_pending_mib"));
         for (name, small, large) in [
             (
                 "state_cache_mib",

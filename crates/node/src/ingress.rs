@@ -23,6 +23,8 @@ pub type Waiter = oneshot::Sender<Result<TxOutcome, ApiError>>;
 struct Pending {
     waiters: Vec<Waiter>,
     nonce: Vec<u8>,
+    /// Size of the transaction, counted in [`PendingSet::bytes`].
+    len: usize,
     /// A `node.join`: counted in [`PendingSet::joins`].
     join: bool,
 }
@@ -37,6 +39,8 @@ pub struct PendingSet {
     /// Join requests queued, which count against the pending nodes' cap
     /// before they are applied: anyone may send one.
     joins: AtomicUsize,
+    /// Bytes of the transactions queued.
+    bytes: AtomicUsize,
 }
 
 pub enum Admission {
@@ -71,6 +75,7 @@ impl PendingSet {
     pub fn resolve(&self, id: &Hash, result: Result<TxOutcome, ApiError>) {
         let p = self.by_id.lock().expect("pending lock").remove(id);
         if let Some(p) = p {
+            self.bytes.fetch_sub(p.len, Ordering::Relaxed);
             if p.join {
                 self.joins.fetch_sub(1, Ordering::Relaxed);
             }
@@ -139,6 +144,7 @@ pub enum Check {
 /// A transaction that passed every ingress check.
 pub struct Passed {
     tx: Tx,
+    len: usize,
     /// The signer's key, when the signature was checked here.
     key: Option<Vec<u8>>,
     nonce_key: Vec<u8>,
@@ -271,6 +277,7 @@ pub async fn check(shared: &Shared, bytes: &[u8], from: Source) -> Result<Check,
     let key = (from == Source::Client).then(|| ident.current_key().to_vec());
     Ok(Check::Passed(Passed {
         tx,
+        len: bytes.len(),
         key,
         nonce_key,
         recent_ids: v.recent_ids,
@@ -304,6 +311,7 @@ fn committed_outcome(shared: &Shared, id: &Hash, index: u64) -> Result<TxOutcome
 pub fn queue(shared: &Shared, passed: Passed) -> Result<(Hash, Admission), ApiError> {
     let Passed {
         tx,
+        len,
         key,
         nonce_key,
         recent_ids,
@@ -316,7 +324,9 @@ pub fn queue(shared: &Shared, passed: Passed) -> Result<(Hash, Admission), ApiEr
             existing.waiters.push(wtx);
             return Ok((tx.id, Admission::Queued(wrx, false)));
         }
-        if by_id.len() >= shared.limits.max_pending {
+        if by_id.len() >= shared.limits.max_pending
+            || p.bytes.load(Ordering::Relaxed) + len > shared.limits.max_pending_mib << 20
+        {
             return Err(ApiError::unavailable(
                 "too many transactions waiting; retry shortly",
             ));
@@ -350,11 +360,13 @@ pub fn queue(shared: &Shared, passed: Passed) -> Result<(Hash, Admission), ApiEr
         if join {
             p.joins.fetch_add(1, Ordering::Relaxed);
         }
+        p.bytes.fetch_add(len, Ordering::Relaxed);
         by_id.insert(
             tx.id,
             Pending {
                 waiters: vec![wtx],
                 nonce: nonce_key,
+                len,
                 join,
             },
         );
