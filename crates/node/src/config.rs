@@ -63,7 +63,7 @@ pub struct Limits {
     /// Client and peer connections open at once; fewer if the open-file
     /// limit leaves less (see `fd_budget`). Past it, new ones are closed.
     pub max_connections: usize,
-    /// Connections open at once from one IP address.
+    /// Connections open at once from one IP address (IPv6: one /64).
     pub max_connections_per_ip: usize,
 }
 

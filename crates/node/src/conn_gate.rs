@@ -71,6 +71,7 @@ impl ConnGate {
     /// A place for a connection from `ip`: an ordinary one, one on
     /// probation in the reserve, or none when the reserve is full too.
     pub fn admit(&self, ip: IpAddr) -> Result<Slot, Refusal> {
+        let ip = source(ip);
         let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         let probation = if c.total - c.on_probation >= self.max {
             Some(Refusal::Full)
@@ -93,6 +94,18 @@ impl ConnGate {
             probation,
             counts: self.counts.clone(),
         })
+    }
+}
+
+/// The source a connection's address counts for: an IPv6 address's /64,
+/// since one host commonly holds a whole /64 of them.
+fn source(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+        v4 => v4,
     }
 }
 
@@ -159,6 +172,18 @@ mod tests {
         assert_eq!(gate.admit(b).err(), Some(Refusal::Full), "reserve full");
         drop(a5);
         assert_eq!(gate.admit(b).unwrap().probation, Some(Refusal::Full));
+    }
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64_prefix() {
+        let gate = gate(10, 2);
+        let _a = gate.admit("2001:db8::1".parse().unwrap()).unwrap();
+        let _b = gate.admit("2001:db8::ffff:2".parse().unwrap()).unwrap();
+        let c = gate.admit("2001:db8::3".parse().unwrap());
+        assert_eq!(c.err(), Some(Refusal::PerAddress));
+        assert!(gate.admit("2001:db8:0:1::1".parse().unwrap()).is_ok());
+        let mapped = gate.admit("::ffff:10.0.0.1".parse().unwrap()).unwrap();
+        assert_eq!(mapped.ip, "10.0.0.1".parse::<IpAddr>().unwrap());
     }
 
     #[test]
