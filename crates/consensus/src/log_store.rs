@@ -119,9 +119,42 @@ struct State {
     written: u64,
 }
 
+/// How far the log is no longer needed: the state machine's state, or a
+/// snapshot install it will resume, is durable up to this index. openraft
+/// asks to purge as soon as it hands a snapshot to the state machine, which
+/// may not have recorded it yet; a purge waits for this to reach it, so a
+/// crash in between never leaves a node whose log starts past its state.
+#[derive(Clone)]
+pub struct PurgeFloor(Arc<tokio::sync::watch::Sender<u64>>);
+
+impl PurgeFloor {
+    pub fn new(durable: u64) -> PurgeFloor {
+        PurgeFloor(Arc::new(tokio::sync::watch::Sender::new(durable)))
+    }
+
+    /// Records that everything up to `index` is durable.
+    pub fn raise(&self, index: u64) {
+        self.0.send_if_modified(|v| {
+            let higher = index > *v;
+            if higher {
+                *v = index;
+            }
+            higher
+        });
+    }
+
+    async fn reached(&self, index: u64) {
+        let mut rx = self.0.subscribe();
+        // The sender lives as long as `self`, so this cannot fail.
+        let _ = rx.wait_for(|&v| v >= index).await;
+    }
+}
+
 struct Inner {
     dir: PathBuf,
     state: Mutex<State>,
+    /// Set by the node: see [`PurgeFloor`].
+    floor: std::sync::OnceLock<PurgeFloor>,
     /// The file the flusher syncs; swapped on roll (after the old one is synced).
     sync_file: Mutex<Arc<File>>,
     flush_tx: Mutex<mpsc::Sender<LogFlushed<TypeConfig>>>,
@@ -280,6 +313,7 @@ impl LogStore {
         let inner = Arc::new(Inner {
             dir: dir.to_path_buf(),
             state: Mutex::new(state),
+            floor: std::sync::OnceLock::new(),
             sync_file: Mutex::new(sync_file),
             flush_tx: Mutex::new(tx),
             roll_bytes,
@@ -292,6 +326,11 @@ impl LogStore {
         let store = LogStore { inner };
         store.delete_old_segments();
         Ok(store)
+    }
+
+    /// Makes purges wait for `floor` (see [`PurgeFloor`]); set once.
+    pub fn guard_purges(&self, floor: PurgeFloor) {
+        let _ = self.inner.floor.set(floor);
     }
 
     fn write(&self, st: &mut State, recs: &[WalRecord]) -> Result<(), StorageError<u64>> {
@@ -636,6 +675,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError<u64>> {
+        if let Some(floor) = self.inner.floor.get() {
+            floor.reached(log_id.index).await;
+        }
         {
             let mut st = self.inner.state.lock().expect("log lock");
             st.entries = st.entries.split_off(&(log_id.index + 1));
@@ -692,6 +734,29 @@ mod tests {
             .iter()
             .map(|e| e.log_id.index)
             .collect()
+    }
+
+    /// openraft asks for a purge as soon as it hands a snapshot over; the
+    /// purge waits until the state machine says that point is durable.
+    #[test]
+    fn a_purge_waits_for_its_floor() {
+        let dir = tempfile::tempdir().unwrap();
+        rt().block_on(async {
+            let mut s = LogStore::open_with(dir.path(), 4096).unwrap();
+            s.blocking_append((1..=40).map(|i| entry(i, 1)))
+                .await
+                .unwrap();
+            let floor = PurgeFloor::new(10);
+            s.guard_purges(floor.clone());
+            let mut p = s.clone();
+            let purge = tokio::spawn(async move { p.purge(log_id(1, 30)).await.unwrap() });
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            assert!(!purge.is_finished(), "purged past the durable point");
+            assert_eq!(indexes(&mut s).await.first(), Some(&1));
+            floor.raise(30);
+            purge.await.unwrap();
+            assert_eq!(indexes(&mut s).await.first(), Some(&31));
+        });
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! records it lacks from its peers and re-executes them, checking every
 //! leaf and the final root, so it trusts no peer's state.
 
+use crate::log_store::PurgeFloor;
 use crate::network::{path, LedgerRequest, Peers};
 use crate::{storage_io, Entry, LogId, TxOutcome, TypeConfig};
 use comity_apps::audit::{check_replayed, replay_command};
@@ -133,6 +134,8 @@ pub struct StateMachine {
     last_durable: Instant,
     /// For fetching ledger records when installing a snapshot.
     peers: PeerSlot,
+    /// Raised as state (or an install to resume) becomes durable.
+    floor: PurgeFloor,
 }
 
 fn read_err(e: impl std::fmt::Display) -> StorageError<u64> {
@@ -173,8 +176,21 @@ impl StateMachine {
             Some(b) => decode(&b)?,
             None => Applied::default(),
         };
+        // What is on disk at start is durable, an interrupted install's
+        // marker included.
+        let installing = match store
+            .read()
+            .map_err(read_err)?
+            .meta_get(META_INSTALLING)
+            .map_err(read_err)?
+        {
+            Some(b) => decode::<SnapshotInfo>(&b)?.meta.last_log_id,
+            None => None,
+        };
+        let floor = PurgeFloor::new(index_of(applied.last).max(index_of(installing)));
         Ok(StateMachine {
             store,
+            floor,
             executor,
             view,
             applied,
@@ -441,6 +457,11 @@ impl StateMachine {
     pub fn view(&self) -> SharedView {
         self.view.clone()
     }
+
+    /// For the log store's purges: see [`PurgeFloor`].
+    pub fn purge_floor(&self) -> PurgeFloor {
+        self.floor.clone()
+    }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -478,6 +499,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
             store: self.store.clone(),
+            floor: self.floor.clone(),
         }
     }
 
@@ -503,6 +525,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .map_err(write_err)?;
             txn.commit(true).map_err(write_err)
         })?;
+        self.floor.raise(index_of(meta.last_log_id));
         self.catch_up(&info).await
     }
 
@@ -542,6 +565,7 @@ pub fn forget_raft_log(store: &Store) -> Result<(), StorageError<u64>> {
 /// fsynced, after which Raft may purge the log below it.
 pub struct SnapshotBuilder {
     store: Arc<Store>,
+    floor: PurgeFloor,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -575,12 +599,17 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             })
             .await
             .map_err(write_err)??;
+        self.floor.raise(index_of(info.meta.last_log_id));
         let data = encode(&info);
         Ok(Snapshot {
             meta: info.meta,
             snapshot: Box::new(Cursor::new(data)),
         })
     }
+}
+
+fn index_of(id: Option<LogId>) -> u64 {
+    id.map_or(0, |l| l.index)
 }
 
 /// Runs synchronous storage work, letting the runtime move its other tasks elsewhere.

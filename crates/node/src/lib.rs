@@ -172,6 +172,7 @@ impl Node {
             Arc::new(move |id: &Hash| pv.take_verified(id)),
             peer_slot.clone(),
         )?;
+        log.guard_purges(sm.purge_floor());
         let view = sm.view();
         let recovery = match &cfg.recovery {
             Some(p) => {

@@ -24,7 +24,7 @@ use fjall::{Database, KeyspaceCreateOptions, PersistMode};
 use jmt::storage::{LeafNode, Node, NodeKey, TreeReader};
 use jmt::{KeyHash, OwnedValue, Version};
 use serde_bytes::{ByteBuf, Bytes};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -451,6 +451,10 @@ impl Store {
             view: self.inner.view(),
             top: RefCell::new(Layer::default()),
             writing: guard,
+            unfinished: Unfinished {
+                store: self,
+                touched: Cell::new(false),
+            },
         })
     }
 
@@ -692,6 +696,34 @@ pub struct Txn<'s> {
     top: RefCell<Layer>,
     /// Held until the layer is in the list: the next transaction must see it.
     writing: MutexGuard<'s, Instant>,
+    unfinished: Unfinished<'s>,
+}
+
+/// A transaction dropped without committing after it appended to the ledger
+/// or changed state cannot be undone in memory: those changes are already
+/// in the ledger files, the Merkle tree and the state-tree work, and a later
+/// commit would record them. So it stops the store, as a failed write does:
+/// every later commit is refused, and a restart recovers from the Raft log.
+struct Unfinished<'s> {
+    store: &'s Store,
+    /// Set by the writes that reach beyond the transaction's own layer.
+    touched: Cell<bool>,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if !self.touched.get() {
+            return;
+        }
+        let why = "a write transaction was abandoned after changing the ledger or state; restart the node (it recovers from the Raft log)";
+        tracing::error!("{why}");
+        let inner = &self.store.inner;
+        let mut p = inner.progress.lock().expect("progress lock");
+        p.failed.get_or_insert_with(|| why.into());
+        drop(p);
+        inner.work.notify_all();
+        inner.written.notify_all();
+    }
 }
 
 impl<'s> Txn<'s> {
@@ -701,6 +733,7 @@ impl<'s> Txn<'s> {
             store: self.store,
             view: &self.view,
             top: self.top.borrow_mut(),
+            touched: &self.unfinished.touched,
         })
     }
 
@@ -749,6 +782,7 @@ impl<'s> Txn<'s> {
                 });
             }
             inner.publish(&mut layers, top);
+            self.unfinished.touched.set(false);
             p.committed += 1;
             p.unwritten_bytes += bytes;
             p.urgent |= how == Commit::Durable || p.unwritten_bytes > MAX_UNWRITTEN_BYTES;
@@ -769,6 +803,8 @@ pub struct WriteBatch<'t> {
     store: &'t Store,
     view: &'t View,
     top: std::cell::RefMut<'t, Layer>,
+    /// See [`Unfinished`].
+    touched: &'t Cell<bool>,
 }
 
 impl WriteBatch<'_> {
@@ -793,6 +829,7 @@ impl WriteBatch<'_> {
 
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         self.set(Table::State, key.to_vec(), Some(value.to_vec()));
+        self.touched.set(true);
         self.store
             .inner
             .dirty
@@ -804,6 +841,7 @@ impl WriteBatch<'_> {
 
     pub fn delete(&mut self, key: &[u8]) -> Result<(), StoreError> {
         self.set(Table::State, key.to_vec(), None);
+        self.touched.set(true);
         self.store
             .inner
             .dirty
@@ -858,6 +896,7 @@ impl WriteBatch<'_> {
 
     /// Appends a ledger record and its leaf to the tree; returns its index.
     pub fn append(&mut self, record: &Record) -> Result<u64, StoreError> {
+        self.touched.set(true);
         let inner = &self.store.inner;
         let index = inner
             .ledger
@@ -884,6 +923,7 @@ impl WriteBatch<'_> {
     /// `version`; the job is kept (and saved with resumable layers) until
     /// [`WriteBatch::write_state_tree`] writes its result.
     pub fn take_state_changes(&mut self, version: Version) {
+        self.touched.set(true);
         let inner = &self.store.inner;
         let changes = std::mem::take(&mut *inner.dirty.lock().expect("dirty lock"));
         inner
@@ -1231,6 +1271,24 @@ impl TreeReader for JmtReader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_transaction_abandoned_after_writing_stops_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path(), 1 << 20).unwrap();
+        // Reading only, or writing only its own layer, leaves nothing behind.
+        let txn = store.begin().unwrap();
+        txn.batch().unwrap().aux_put(b"a", b"1").unwrap();
+        drop(txn);
+        store.begin().unwrap().commit(true).unwrap();
+        assert_eq!(store.read().unwrap().aux_get(b"a").unwrap(), None);
+        // A state write reaches shared work that cannot be undone.
+        let txn = store.begin().unwrap();
+        txn.batch().unwrap().put(b"k", b"v").unwrap();
+        drop(txn);
+        let e = store.begin().unwrap().commit(false).unwrap_err();
+        assert!(e.to_string().contains("abandoned"), "{e}");
+    }
 
     #[test]
     fn cached_state_reads_follow_commits_and_each_view_sees_its_own_time() {
