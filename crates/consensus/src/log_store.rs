@@ -494,8 +494,26 @@ fn replay(path: &Path, last: bool, mut f: impl FnMut(WalRecord)) -> Result<(), W
             return truncate(path, 0);
         };
         (HEADER_LEN, crc32c::crc32c(salt))
+    } else if MAGIC.starts_with(&data[..data.len().min(MAGIC.len())])
+        || data.iter().all(|&b| b == 0)
+    {
+        // Empty, or a header cut short or left unwritten: nothing in it was
+        // ever acknowledged if it is the last segment.
+        if !last {
+            return Err(corrupt(0, "incomplete segment header"));
+        }
+        if !data.is_empty() {
+            tracing::warn!(path = %path.display(), "discarding a torn Raft log segment header (never acknowledged)");
+        }
+        return truncate(path, 0);
+    } else if frame_at(&data, 0, 0) {
+        (0, 0) // a segment from before headers: frames from the start, unsalted
     } else {
-        (0, 0)
+        // Not a torn write: cutting here would drop acknowledged entries.
+        return Err(corrupt(
+            0,
+            "damaged segment header (or, in a segment from before headers, a checksum mismatch in its first record)",
+        ));
     };
     while off < data.len() {
         let torn = |reason: &str| -> Result<bool, WalError> {
@@ -568,11 +586,17 @@ fn truncate(path: &Path, len: usize) -> Result<(), WalError> {
 /// a salted segment only the node's own records can pass, never bytes a
 /// client chose.
 fn valid_frame_after(data: &[u8], from: usize, seed: u32) -> bool {
-    (from..data.len().saturating_sub(8)).any(|o| {
-        let len = u32::from_le_bytes(data[o..o + 4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(data[o + 4..o + 8].try_into().expect("4 bytes"));
-        len > 0 && o + 8 + len <= data.len() && checksum(seed, &data[o + 8..o + 8 + len]) == crc
-    })
+    (from..data.len().saturating_sub(8)).any(|o| frame_at(data, o, seed))
+}
+
+/// Whether a record with a matching checksum starts at offset `o`.
+fn frame_at(data: &[u8], o: usize, seed: u32) -> bool {
+    let Some(head) = data.get(o..o + 8) else {
+        return false;
+    };
+    let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(head[4..].try_into().expect("4 bytes"));
+    len > 0 && o + 8 + len <= data.len() && checksum(seed, &data[o + 8..o + 8 + len]) == crc
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -1105,8 +1129,22 @@ mod tests {
         });
         assert_eq!(std::fs::metadata(&next).unwrap().len(), 0);
         // Anywhere else a short header is damage.
+        let good = std::fs::read(&seg).unwrap();
         std::fs::write(&seg, &MAGIC[..]).unwrap();
         let err = refusal(dir.path());
         assert!(err.contains("incomplete segment header"), "{err}");
+        // A damaged header is never taken for a torn one, even in the last
+        // segment: that would drop every entry in it.
+        std::fs::remove_file(&next).unwrap();
+        for at in [0, MAGIC.len()] {
+            let mut bad = good.clone();
+            bad[at] ^= 0x40;
+            std::fs::write(&seg, &bad).unwrap();
+            let err = refusal(dir.path());
+            assert!(
+                err.contains("damaged segment header") || err.contains("checksum mismatch"),
+                "byte {at}: {err}"
+            );
+        }
     }
 }
