@@ -277,6 +277,8 @@ fn seed(from: &Path, to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Copies a directory tree durably (files, then each directory's entries,
+/// fsynced): the seeded store records the copied ledger's length as durable.
 fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(to)?;
     for e in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
@@ -286,8 +288,14 @@ fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
             copy_dir(&e.path(), &dest)?;
         } else {
             std::fs::copy(e.path(), &dest)
+                .and_then(|_| std::fs::File::open(&dest)?.sync_all())
                 .with_context(|| format!("copying {}", e.path().display()))?;
         }
+    }
+    for dir in [Some(to), to.parent()].into_iter().flatten() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing {}", dir.display()))?;
     }
     Ok(())
 }

@@ -27,9 +27,18 @@ pub fn load(data_dir: &Path) -> anyhow::Result<Option<Join>> {
     }
 }
 
+/// Writes the file whole or not at all (a temporary file, fsynced, renamed
+/// over it, the directory fsynced): a crash must not leave a joining node
+/// with half a list of the nodes it trusts.
 pub fn save(data_dir: &Path, join: &Join) -> anyhow::Result<()> {
     std::fs::create_dir_all(data_dir)?;
-    let path = data_dir.join(FILE);
-    std::fs::write(&path, serde_json::to_vec_pretty(join)?)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    let (path, tmp) = (data_dir.join(FILE), data_dir.join("join.json.tmp"));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, &serde_json::to_vec_pretty(join)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(data_dir)?.sync_all()
+    };
+    write().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
