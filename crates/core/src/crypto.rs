@@ -89,6 +89,14 @@ impl PublicKey {
     pub fn from_spki_der(der: &[u8]) -> Result<Self, CryptoError> {
         if der.len() == 44 && der[..12] == ED25519_SPKI_PREFIX {
             let raw: [u8; 32] = der[12..].try_into().expect("length checked");
+            // A small-order key verifies forged signatures (ZIP 215 accepts
+            // them): whoever registered it could deny any signature "by" it.
+            let point = curve25519_dalek::edwards::CompressedEdwardsY(raw).decompress();
+            if point.is_none_or(|p| p.is_small_order()) {
+                return Err(CryptoError::BadPublicKey(
+                    "not an Ed25519 public key of full order".into(),
+                ));
+            }
             return Ok(PublicKey::Ed25519(raw.into()));
         }
         p256::ecdsa::VerifyingKey::from_public_key_der(der)
@@ -261,5 +269,18 @@ mod tests {
         assert!(PublicKey::from_spki_der(&[0x30, 0x00]).is_err());
         let k = SigningKey::generate(Alg::EdDsa).public();
         assert!(k.verify(b"m", &[0u8; 10]).is_err());
+    }
+
+    /// The identity point as a key, with R = identity and s = 0, "verifies"
+    /// any message: such keys are refused where keys enter.
+    #[test]
+    fn small_order_ed25519_keys_are_refused() {
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let der = [ED25519_SPKI_PREFIX.as_slice(), &identity].concat();
+        let e = PublicKey::from_spki_der(&der).unwrap_err();
+        assert!(e.to_string().contains("full order"), "{e}");
+        let good = SigningKey::generate(Alg::EdDsa).public().to_spki_der();
+        assert!(PublicKey::from_spki_der(&good).is_ok());
     }
 }

@@ -141,6 +141,10 @@ impl Recovery {
                 "recovery: one address per node, and at least one node".into(),
             ));
         }
+        if r.size == u64::MAX {
+            // Its change size would wrap round to 0.
+            return Err(ReceiptError::Chain("recovery: size out of range".into()));
+        }
         Ok(r)
     }
 }
