@@ -29,16 +29,10 @@ pub enum RecoveryCmd {
         #[arg(short, long)]
         out: PathBuf,
     },
-    /// Add a member's signature to a decision file.
-    Sign {
-        decision: PathBuf,
-        /// The member's current private key (PEM).
-        #[arg(long)]
-        key: PathBuf,
-        /// The member's id, when its key was rotated [default: the key's fingerprint]
-        #[arg(long)]
-        id: Option<String>,
-    },
+    /// Add a member's signature to a decision file: signed with --key (the
+    /// member's current key, required here) as --identity if that key was
+    /// rotated in [default: the key's fingerprint].
+    Sign { decision: PathBuf },
     /// Show a decision: what it restarts from, the new nodes, who signed.
     Show { decision: PathBuf },
     /// Seed a new node's data directory from the surviving copy (ledger and
@@ -76,7 +70,14 @@ pub fn run(cmd: RecoveryCmd) -> anyhow::Result<()> {
             reason,
             out,
         } => prepare(&from, &nodes, &reason, &out),
-        RecoveryCmd::Sign { decision, key, id } => sign(&decision, &key, id.as_deref()),
+        RecoveryCmd::Sign { decision } => {
+            let g = crate::config::global();
+            let key = g
+                .key
+                .as_deref()
+                .ok_or_else(|| anyhow::anyhow!("pass the member's current key with --key <PEM>"))?;
+            sign(&decision, key, g.identity.as_deref())
+        }
         RecoveryCmd::Show { decision } => show(&decision),
         RecoveryCmd::Seed { from, to } => seed(&from, &to),
     }
@@ -187,7 +188,7 @@ fn sign(path: &Path, key: &Path, id: Option<&str>) -> anyhow::Result<()> {
             hex::encode(id)
         ),
         None => bail!(
-            "{} is not an active member in the surviving copy (pass --id if the key was rotated)",
+            "{} is not an active member in the surviving copy (pass --identity if the key was rotated)",
             hex::encode(id)
         ),
     }
