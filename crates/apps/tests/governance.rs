@@ -428,7 +428,7 @@ fn authorization_membership_and_keys() {
     );
     assert_ne!(code, "ok", "a second encoding of a registered key");
 
-    // Settings: configuration and the protocol schedule.
+    // Settings: configuration.
     let p = g.pass(json!([{"action": "config.set", "args": {"checkpoint_ms": 200}}]));
     assert_eq!(p.state, ProposalState::Accepted);
     assert_eq!(g.ex.config().checkpoint_ms, 200);
@@ -437,12 +437,6 @@ fn authorization_membership_and_keys() {
         json!([{"action": "config.set", "args": {"checkpoint_ms": 0}}]),
     );
     assert_eq!(code, "bad_args");
-    let p = g.pass(json!([{"action": "protocol.switch", "args": {"version": 1, "at": 1_000_000}}]));
-    assert_eq!(
-        p.state,
-        ProposalState::Failed,
-        "version 1 is already in force"
-    );
 }
 
 #[test]
@@ -637,6 +631,16 @@ fn a_node_asks_to_join_and_members_trust_or_dismiss_it() {
     let why = p.resolved.and_then(|r| r.reason).unwrap_or_default();
     assert!(why.contains("rejected it"), "{why}");
     assert_eq!(g.status(&other.public().fingerprint()), Status::Pending);
+    // It fails at once, before the others have voted: it can no longer pass.
+    let (pid, code) = g.propose(
+        0,
+        json!([{"action": "node.trust", "args": {
+            "key": hex::encode(other.public().to_spki_der()), "member": hex::encode(m2_id)}}]),
+    );
+    assert_eq!(code, "ok");
+    assert_eq!(g.proposal(&pid).state, ProposalState::Open);
+    assert_eq!(g.vote(&m2, &pid, "reject"), "ok");
+    assert_eq!(g.proposal(&pid).state, ProposalState::Failed);
     let dismiss = json!([{"action": "node.retire", "args": {
         "id": hex::encode(other.public().fingerprint())}}]);
     assert_eq!(g.pass(dismiss).state, ProposalState::Accepted);
@@ -750,4 +754,32 @@ fn the_operator_named_by_a_join_request_dismisses_it_alone() {
     let why = p.resolved.and_then(|r| r.reason).unwrap_or_default();
     assert!(why.contains("retired, not pending"), "{why}");
     assert_eq!(g.status(&id), Status::Retired);
+}
+
+/// A protocol switch needs every member (the default constitution); one not
+/// yet reached is replaced by the next, which may cancel it.
+#[test]
+fn protocol_switches_need_every_member_and_can_be_cancelled() {
+    let mut g = Gov::new();
+    let schedule = |g: &Gov| state::protocol_schedule(&g.store.read().unwrap()).unwrap();
+    let unanimous = |g: &mut Gov, version: u64| {
+        let (id, code) = g.propose(
+            0,
+            json!([{"action": "protocol.switch", "args": {"version": version, "at": 1_000_000}}]),
+        );
+        assert_eq!(code, "ok");
+        let (m1, m2) = (g.m[1].clone(), g.m[2].clone());
+        assert_eq!(g.vote(&m1, &id, "approve"), "ok");
+        assert_eq!(
+            g.proposal(&id).state,
+            ProposalState::Open,
+            "a majority is not enough"
+        );
+        assert_eq!(g.vote(&m2, &id, "approve"), "ok");
+        g.proposal(&id).state
+    };
+    assert_eq!(unanimous(&mut g, 2), ProposalState::Accepted);
+    assert_eq!(schedule(&g), vec![(0, 1), (1_000_000, 2)]);
+    assert_eq!(unanimous(&mut g, 1), ProposalState::Accepted, "cancelled");
+    assert_eq!(schedule(&g), vec![(0, 1)]);
 }

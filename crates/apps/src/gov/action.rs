@@ -232,13 +232,18 @@ impl Action {
             },
             Action::ProtocolSwitch(p) => {
                 let mut sched = state::protocol_schedule(o)?;
-                let (_, current) = *sched.last().expect("schedule starts at genesis");
-                if p.version <= current {
-                    Err(format!("protocol is already at version {current}"))
+                // A switch not yet reached is replaced, so members can
+                // postpone one, or cancel it by naming the version in force.
+                sched.retain(|&(at, _)| at <= index);
+                let (_, in_force) = *sched.last().expect("schedule starts at genesis");
+                if p.version < in_force {
+                    Err(format!("protocol is already at version {in_force}"))
                 } else if p.at <= index {
                     Err(format!("ledger position {} has already passed", p.at))
                 } else {
-                    sched.push((p.at, p.version));
+                    if p.version > in_force {
+                        sched.push((p.at, p.version));
+                    }
                     o.put(keys::GOV_PROTOCOL, &state::encode(&sched));
                     Ok(vec![state::subject("protocol")])
                 }

@@ -263,12 +263,17 @@ fn default_expiry() -> u64 {
 }
 
 impl Default for Constitution {
-    /// Majority for everything; unanimity to change the constitution itself.
+    /// Majority for everything; unanimity to change the constitution itself
+    /// and to switch protocols (every member must have upgraded its nodes,
+    /// or they stop at the switch).
     fn default() -> Self {
         Constitution {
             expiry_ms: DEFAULT_EXPIRY_MS,
             default: Rule::majority(),
-            rules: BTreeMap::from([("constitution.set".to_string(), Rule::unanimous())]),
+            rules: BTreeMap::from([
+                ("constitution.set".to_string(), Rule::unanimous()),
+                ("protocol.switch".to_string(), Rule::unanimous()),
+            ]),
         }
     }
 }

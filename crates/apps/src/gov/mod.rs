@@ -306,12 +306,11 @@ fn resolve(
         ))
     });
     match verdict {
-        Verdict::Open => Ok(()),
-        Verdict::Accepted if refusal.is_some() => {
-            close(batch, p, ProposalState::Failed, index, time, refusal)
-        }
-        Verdict::Accepted if !unapproved.is_empty() => Ok(()),
         Verdict::Rejected => close(batch, p, ProposalState::Rejected, index, time, None),
+        // It can no longer pass, however the others vote.
+        _ if refusal.is_some() => close(batch, p, ProposalState::Failed, index, time, refusal),
+        Verdict::Open => Ok(()),
+        Verdict::Accepted if !unapproved.is_empty() => Ok(()),
         Verdict::Accepted => match enact(batch, &p.actions, index)? {
             Ok(subjects) => {
                 for s in subjects {
