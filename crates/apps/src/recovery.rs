@@ -7,6 +7,7 @@ use crate::registry::{self, Identity, Role, StateRead, Status};
 use crate::{codes, gov, keys};
 use comity_core::cbor;
 use comity_core::checkpoint::Checkpoint;
+use comity_core::network::NodeSet;
 use comity_core::recovery::{self, MemberKeys, Recovery, MEMBER_KEYS_STATE_KEY};
 use comity_core::Hash;
 use comity_store::{StoreError, WriteBatch};
@@ -29,6 +30,47 @@ pub fn refresh_member_keys(batch: &mut WriteBatch<'_>) -> Result<(), StoreError>
         batch.put(MEMBER_KEYS_STATE_KEY, &now)?;
     }
     Ok(())
+}
+
+/// Whether the new node set may be trusted by `s`'s rules, as a `node.trust`
+/// vote would be: each operator an active member, no retired node back, no
+/// key that belongs to another identity. On refusal, the code and why.
+pub fn check_new_nodes(
+    s: &impl StateRead,
+    nodes: &NodeSet,
+) -> Result<Result<(), (&'static str, String)>, StoreError> {
+    for n in &nodes.0 {
+        let id = hex::encode(n.id);
+        if !registry::get(s, &n.member)?
+            .is_some_and(|m| m.role == Role::Member && m.status == Status::Active)
+        {
+            let why = format!(
+                "the operator {} of node {id} is not an active member",
+                hex::encode(n.member)
+            );
+            return Ok(Err((codes::NOT_FOUND, why)));
+        }
+        match registry::get(s, &n.id)? {
+            Some(i) if i.role != Role::Node => {
+                return Ok(Err((
+                    codes::ALREADY_EXISTS,
+                    format!("{id} is a {}, not a node", i.role.as_str()),
+                )));
+            }
+            Some(i) if i.status == Status::Retired => {
+                return Ok(Err((
+                    codes::INACTIVE,
+                    format!("node {id} was retired; retired is final"),
+                )));
+            }
+            _ => {}
+        }
+        if gov::state::key_owner(s, &n.id)?.is_some_and(|owner| owner != n.id) {
+            let why = format!("the key of node {id} belongs to another identity");
+            return Ok(Err((codes::FORBIDDEN, why)));
+        }
+    }
+    Ok(Ok(()))
 }
 
 /// Checks a signed decision against this ledger (its network, its length and
@@ -63,6 +105,10 @@ pub fn enact(
             return Ok(Err(codes::BAD_SIGNATURE));
         }
     };
+    if let Err((code, why)) = check_new_nodes(&*batch, &r.nodes)? {
+        tracing::error!(%why, "refusing a recovery decision");
+        return Ok(Err(code));
+    }
     let mut o = Overlay::new(batch);
     let before = gov::state::node_set(&o)?;
     for n in &before.0 {
@@ -75,13 +121,12 @@ pub fn enact(
     }
     for (n, addr) in r.nodes.0.iter().zip(&r.addresses) {
         let (mut ident, new) = match registry::get(&o, &n.id)? {
-            Some(i) if i.role == Role::Node => {
+            Some(i) => {
                 if i.status == Status::Pending {
                     crate::join::leave_pending(&mut o)?;
                 }
                 (i, false)
             }
-            Some(_) => return Ok(Err(codes::ALREADY_EXISTS)),
             None => {
                 let name = format!("node {}", &hex::encode(n.id)[..12]);
                 (

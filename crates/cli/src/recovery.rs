@@ -130,6 +130,10 @@ fn prepare(from: &Path, nodes: &Path, reason: &str, out: &Path) -> anyhow::Resul
     }
     let store = open(from)?;
     let r = store.read()?;
+    let set = NodeSet(set);
+    if let Err((_, why)) = comity_apps::recovery::check_new_nodes(&r, &set)? {
+        bail!("{}: {why}", nodes.display());
+    }
     let size = r.ledger_len()?;
     let network_id = comity_node::network_identity(&store)?
         .context("the surviving copy has no genesis")?
@@ -150,7 +154,7 @@ fn prepare(from: &Path, nodes: &Path, reason: &str, out: &Path) -> anyhow::Resul
         checkpoint: query::checkpoint_cose(&cp),
         members,
         members_proof: proved.proof,
-        nodes: NodeSet(set),
+        nodes: set,
         addresses,
         reason: reason.to_string(),
     };

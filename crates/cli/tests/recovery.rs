@@ -83,9 +83,38 @@ async fn members_restart_a_network_that_lost_its_majority() {
         );
     }
     let nodes_toml = c.tmp.path().join("recovery-nodes.toml");
-    std::fs::write(&nodes_toml, toml).unwrap();
+    std::fs::write(&nodes_toml, &toml).unwrap();
     let survivor = c.node_dir(0).join("data");
     let (survivor, decision_s) = (survivor.to_str().unwrap(), decision.to_str().unwrap());
+    // The new set follows the rules of a node.trust vote: a user cannot
+    // operate a node.
+    let user_id = hex::encode(c.signer("user0").id);
+    let by_user = c.tmp.path().join("by-user.toml");
+    let first = toml.split("[[nodes]]").nth(1).unwrap();
+    let member0 = hex::encode(c.signer("member0").id);
+    std::fs::write(
+        &by_user,
+        format!("[[nodes]]{}", first.replace(&member0, &user_id)),
+    )
+    .unwrap();
+    let args = [
+        "recovery",
+        "prepare",
+        "--from",
+        survivor,
+        "--nodes",
+        by_user.to_str().unwrap(),
+        "--reason",
+        "x",
+        "-o",
+        decision_s,
+    ];
+    let out = common::run_cli(&c.data, c.tmp.path(), &args, LONG).await;
+    assert!(
+        !out.status.success() && out.stderr.contains("is not an active member"),
+        "{}",
+        out.stderr
+    );
     c.cli(&[
         "recovery",
         "prepare",
