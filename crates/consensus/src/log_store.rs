@@ -249,7 +249,7 @@ impl LogStore {
 
     /// [`LogStore::open`] with a chosen segment size.
     pub fn open_with(dir: &Path, roll_bytes: u64) -> Result<LogStore, WalError> {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        comity_store::dirs::create_dir_all_synced(dir).map_err(io(dir))?;
         // An unreadable directory entry could be a segment: fail rather than skip it.
         let mut seqs: Vec<u64> = Vec::new();
         for e in std::fs::read_dir(dir).map_err(io(dir))? {

@@ -1,5 +1,6 @@
 //! Comity storage: the permanent ledger, its Merkle tree on disk, and state.
 
+pub mod dirs;
 mod key_filter;
 mod layers;
 mod node_cache;

@@ -594,7 +594,7 @@ impl LedgerFiles {
     where
         E: Into<BoxError>,
     {
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        crate::dirs::create_dir_all_synced(dir).map_err(io_err(dir))?;
         let files = list_segments(dir)?;
         let count = files.len();
         let mut segments: Vec<Segment> = Vec::with_capacity(count);

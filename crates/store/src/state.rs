@@ -247,7 +247,7 @@ impl Store {
 
     /// Opens the store in `dir`, verifying every ledger record and rebuilding the tree.
     pub fn open_with(dir: &Path, opts: &StoreOptions) -> Result<(Store, OpenReport), StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Db {
+        crate::dirs::create_dir_all_synced(dir).map_err(|e| StoreError::Db {
             path: dir.into(),
             message: e.to_string(),
         })?;

@@ -1,0 +1,38 @@
+//! Creating directories durably: a file fsynced inside a directory that was
+//! just created is not yet safe, since the directory's own entry in its
+//! parent may be lost in a power failure.
+
+use std::fs::File;
+use std::io;
+use std::path::Path;
+
+/// `create_dir_all` that fsyncs the parent of every directory it creates.
+pub fn create_dir_all_synced(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(p) = parent {
+        create_dir_all_synced(p)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    File::open(parent.unwrap_or(Path::new(".")))?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn creates_every_missing_level_and_accepts_an_existing_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let deep = tmp.path().join("a/b/c");
+        super::create_dir_all_synced(&deep).unwrap();
+        assert!(deep.is_dir());
+        super::create_dir_all_synced(&deep).unwrap();
+        std::fs::write(tmp.path().join("f"), b"x").unwrap();
+        assert!(super::create_dir_all_synced(&tmp.path().join("f/g")).is_err());
+    }
+}
