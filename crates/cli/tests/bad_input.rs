@@ -1125,9 +1125,12 @@ async fn a_flood_of_connections_leaves_the_node_its_files() {
             }
         })
         .count();
+    // 128 places: 96 ordinary ones stay held (the test's client holds a
+    // few); the 32 of the peers' reserve close 2 s after a socket that does
+    // not complete its handshake takes one.
     assert!(
-        (600 - 128..=600 - 100).contains(&closed),
-        "{closed} of 600 closed; about 128 should stay open (the test's client holds some)"
+        (600 - 128..=600 - 80).contains(&closed),
+        "{closed} of 600 closed; up to 96 should stay open"
     );
     drop(flood);
 

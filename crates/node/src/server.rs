@@ -52,16 +52,25 @@ pub async fn serve(
             let router = router.clone();
             let (shared, refused) = (shared.clone(), refused.clone());
             tokio::spawn(async move {
-                let slot = slot; // the place is held until the connection ends
-                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
-                    .await
-                {
+                // The place is held until the connection ends; one in the
+                // reserve is given back soon by an idle socket.
+                let slot = slot;
+                let handshake = if slot.probation.is_some() {
+                    PROBATION_HANDSHAKE
+                } else {
+                    HANDSHAKE
+                };
+                let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
                     Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    failed => {
+                        if let Ok(Err(e)) = failed {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        }
+                        if let Some(why) = slot.probation {
+                            refused.note(peer, why); // past a cap, and not shown to be a peer
+                        }
                         return;
                     }
-                    Err(_) => return,
                 };
                 let client = tls
                     .get_ref()
@@ -90,6 +99,12 @@ pub async fn serve(
     });
     Ok((addr, handle))
 }
+
+/// How long a TLS handshake may take.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+/// The same for a connection on probation in the peers' reserve: a peer
+/// completes it at once, a socket left idle gives its place back soon.
+const PROBATION_HANDSHAKE: Duration = Duration::from_secs(2);
 
 /// Counts refused connections, and warns of them at most every
 /// [`RefusalLog::EVERY`] with how many there were, so a flood does not
