@@ -197,7 +197,6 @@ struct EventParams {
     limit: Option<usize>,
 }
 
-/// A subject's events from `from`, each with its hash, exact bytes and receipt.
 /// Whether `me` may see the transaction at `index` whole: they signed it,
 /// or may read every document it names (an amendment names its new version
 /// too, which a reader of the old one need not be party to).
@@ -218,6 +217,8 @@ fn tx_shown(shared: &crate::Shared, index: u64, me: &Hash) -> ApiResult<bool> {
     Ok(true)
 }
 
+/// A subject's events from `from`, each with its hash, exact bytes and
+/// receipt (with the transaction when [`tx_shown`] to `me`).
 fn events_json(
     shared: &crate::Shared,
     subject: &Hash,
