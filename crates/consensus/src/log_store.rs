@@ -150,6 +150,9 @@ impl PurgeFloor {
     }
 }
 
+/// How long a purge waits for its [`PurgeFloor`].
+const PURGE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 struct Inner {
     dir: PathBuf,
     state: Mutex<State>,
@@ -700,7 +703,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError<u64>> {
         if let Some(floor) = self.inner.floor.get() {
-            floor.reached(log_id.index).await;
+            // The state machine records an install within one commit; if it
+            // fails to, Raft stops rather than purging (or waiting) for ever.
+            if tokio::time::timeout(PURGE_WAIT, floor.reached(log_id.index))
+                .await
+                .is_err()
+            {
+                let e = format!(
+                    "not purging the Raft log up to {}: the state is not durable there after {} s",
+                    log_id.index,
+                    PURGE_WAIT.as_secs()
+                );
+                return Err(storage_io(ErrorSubject::Logs, ErrorVerb::Delete, e));
+            }
         }
         {
             let mut st = self.inner.state.lock().expect("log lock");
