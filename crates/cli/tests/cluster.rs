@@ -1,6 +1,7 @@
 //! A replicated network under a steady load of signed transactions: the
 //! leader, a follower, and two nodes of five are killed with SIGKILL and
-//! restarted; a leader is cut off from the others and healed. Afterwards
+//! restarted; a leader is cut off from the others and healed; a node whose
+//! connection places idle clients hold still takes its peers'. Afterwards
 //! every acknowledged transaction must be committed at the index it was
 //! acknowledged at, on every node, with receipts that verify offline against
 //! the network identity, and every node's ledger must pass `comity ledger verify`.
@@ -236,4 +237,72 @@ async fn a_cut_off_leader_never_acknowledges_and_catches_up_when_healed() {
     }
     check_all_nodes(&c, &acked).await;
     eprintln!("test took {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+/// A node whose connection places are all taken by clients still takes its
+/// peers' connections, through the places kept for them, and catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_full_of_idle_clients_still_takes_its_peers() {
+    let _serial = common::serial().await;
+    let mut c = Cluster::start(3, true).await;
+    // Node f has 8 places: 6 for anyone, 2 kept for peers.
+    let f = 2;
+    c.stop(f).await;
+    let toml = c.node_dir(f).join("node.toml");
+    let cfg = std::fs::read_to_string(&toml).unwrap();
+    assert!(cfg.contains("max_connections = 4096\n"), "{cfg}");
+    let cfg = cfg.replace("max_connections = 4096\n", "max_connections = 8\n");
+    std::fs::write(&toml, cfg).unwrap();
+    c.spawn(f);
+    c.wait_healthy(f, LONG).await;
+    let user = c.signer("user0");
+    // Cut off, node f loses its peers' connections; clients that complete
+    // their TLS handshakes and then idle take every ordinary place (each
+    // for 30 s, the time a request's headers may take).
+    c.isolate(f);
+    let client = c.client(c.wait_leader(&[f], LONG).await);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let connector = tokio_rustls::TlsConnector::from(common::tls_config(&c.ca_pem()));
+    let mut idle = Vec::new();
+    for _ in 0..12 {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", c.base + f as u16))
+            .await
+            .expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp)).await
+        {
+            idle.push(s);
+        }
+    }
+    for k in 0..20 {
+        let s = client
+            .submit(&user.kv_put(&format!("while-cut/{k}"), b"v"), true)
+            .await
+            .expect("write");
+        assert_eq!(s.status, TxState::Committed, "{s:?}");
+    }
+    let healed = Instant::now();
+    c.heal();
+    // Well within the 30 s the idle clients hold their places, the leader
+    // reaches the follower through the reserve and it catches up.
+    loop {
+        let l = c.wait_leader(&[f], LONG).await;
+        let h = c.client(l).health().await.expect("leader health");
+        if h.followers.len() == 2 && h.followers.values().all(|x| x.lag == 0) {
+            break;
+        }
+        assert!(
+            healed.elapsed() < Duration::from_secs(20),
+            "the follower did not catch up: {:?}",
+            h.followers
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "caught up {:.1} s after the heal ({} idle clients had connected)",
+        healed.elapsed().as_secs_f64(),
+        idle.len()
+    );
+    drop(idle);
 }
