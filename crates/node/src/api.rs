@@ -28,8 +28,21 @@ pub(crate) type S = State<Arc<Shared>>;
 /// Largest request body read at all; transactions are further bounded by the ledger config.
 const MAX_BODY: usize = comity_apps::genesis::MAX_TX_BYTES as usize;
 /// How long a request body may take to arrive, so slow senders cannot hold
-/// connections and buffers indefinitely.
+/// connections and buffers indefinitely; a large declared body (a peer's
+/// Raft append, say) gets another second per [`BODY_BYTES_PER_SEC`].
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+const BODY_BYTES_PER_SEC: u64 = 256 << 10;
+
+/// The time a body of `declared` length (from `Content-Length`) may take.
+fn body_deadline(declared: Option<u64>) -> Duration {
+    BODY_TIMEOUT + Duration::from_secs(declared.unwrap_or(0) / BODY_BYTES_PER_SEC)
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+}
 /// Most ledger entries served per page.
 const MAX_PAGE: u64 = 1000;
 /// A page of ledger entries stops growing past this many bytes (it always
@@ -158,7 +171,8 @@ pub struct ApiBody(pub Bytes);
 impl<S: Send + Sync> FromRequest<S> for ApiBody {
     type Rejection = ApiError;
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
-        match tokio::time::timeout(BODY_TIMEOUT, Bytes::from_request(req, state)).await {
+        let deadline = body_deadline(content_length(req.headers()));
+        match tokio::time::timeout(deadline, Bytes::from_request(req, state)).await {
             Ok(Ok(b)) => Ok(ApiBody(b)),
             Ok(Err(e)) => {
                 let status = e.status();
@@ -179,8 +193,9 @@ fn body_timeout() -> ApiError {
         StatusCode::REQUEST_TIMEOUT,
         "timeout",
         format!(
-            "the request body did not arrive within {} s",
-            BODY_TIMEOUT.as_secs()
+            "the request body did not arrive in time ({} s, plus 1 s per {} KiB declared)",
+            BODY_TIMEOUT.as_secs(),
+            BODY_BYTES_PER_SEC >> 10
         ),
     )
 }
@@ -196,14 +211,12 @@ async fn read_limited(headers: &HeaderMap, body: Body, limit: usize) -> ApiResul
             format!("the body is {n} bytes; the limit is {limit}"),
         )
     };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let declared = content_length(headers);
     if let Some(n) = declared.filter(|&n| n > limit as u64) {
         return Err(too_large(n.to_string()));
     }
     let limited = http_body_util::Limited::new(body, limit);
-    match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {
+    match tokio::time::timeout(body_deadline(declared), limited.collect()).await {
         Ok(Ok(b)) => Ok(b.to_bytes()),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             Err(too_large("more than that".into()))
@@ -268,7 +281,8 @@ async fn submit(
             "send the COSE_Sign1 transaction with Content-Type: application/cose",
         ));
     }
-    let limit = usize::try_from(shared.view().config.max_tx_bytes).unwrap_or(MAX_BODY);
+    let max_tx_bytes = shared.view.read().expect("view lock").config.max_tx_bytes;
+    let limit = usize::try_from(max_tx_bytes).unwrap_or(MAX_BODY);
     let body = read_limited(&headers, body, limit.min(MAX_BODY)).await?;
     metrics::counter!("comity_tx_received_total").increment(1);
     let bytes = body.to_vec();
@@ -961,6 +975,12 @@ mod tests {
     /// of it is read, cut off past the limit, and given up on when it stalls.
     #[tokio::test(start_paused = true)]
     async fn transaction_bodies_are_bounded_in_size_and_time() {
+        // A large declared body (a peer's 96 MiB append) gets longer.
+        assert_eq!(body_deadline(None), BODY_TIMEOUT);
+        assert_eq!(
+            body_deadline(Some(96 << 20)),
+            BODY_TIMEOUT + Duration::from_secs(384)
+        );
         let mut headers = HeaderMap::new();
         let e = read_limited(&headers, Body::new(Stall), 1024)
             .await
