@@ -7,6 +7,11 @@
 
 use crate::merkle::Hash;
 use p256::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePublicKey};
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+
+/// Parsed keys remembered by [`PublicKey::from_spki_der`]; past this it starts over.
+const KEYS_PARSED_KEPT: usize = 4096;
 
 /// COSE algorithm identifiers (RFC 9053).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -86,7 +91,26 @@ impl PublicKey {
         }
     }
 
+    /// Parses and checks a key. Keys that passed lately are remembered, as
+    /// every transaction's signer key is parsed again at admission and apply,
+    /// and the curve checks cost as much as a fifth of a signature check.
     pub fn from_spki_der(der: &[u8]) -> Result<Self, CryptoError> {
+        static PARSED: LazyLock<Mutex<HashMap<Vec<u8>, PublicKey>>> =
+            LazyLock::new(Default::default);
+        let lock = || PARSED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = lock().get(der) {
+            return Ok(k.clone());
+        }
+        let key = Self::parse_spki_der(der)?;
+        let mut parsed = lock();
+        if parsed.len() >= KEYS_PARSED_KEPT {
+            parsed.clear();
+        }
+        parsed.insert(der.to_vec(), key.clone());
+        Ok(key)
+    }
+
+    fn parse_spki_der(der: &[u8]) -> Result<Self, CryptoError> {
         if der.len() == 44 && der[..12] == ED25519_SPKI_PREFIX {
             let raw: [u8; 32] = der[12..].try_into().expect("length checked");
             // A small-order key verifies forged signatures (ZIP 215 accepts
@@ -281,6 +305,9 @@ mod tests {
         let e = PublicKey::from_spki_der(&der).unwrap_err();
         assert!(e.to_string().contains("full order"), "{e}");
         let good = SigningKey::generate(Alg::EdDsa).public().to_spki_der();
+        assert!(PublicKey::from_spki_der(&good).is_ok());
+        // Only keys that passed are remembered.
+        assert!(PublicKey::from_spki_der(&der).is_err());
         assert!(PublicKey::from_spki_der(&good).is_ok());
     }
 }
