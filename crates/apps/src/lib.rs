@@ -75,7 +75,7 @@ pub mod codes {
     pub const DOC_IN_FORCE: &str = "doc_in_force";
     /// Any change to a destroyed document.
     pub const DOC_DESTROYED: &str = "doc_destroyed";
-    /// A legal hold blocks revocation and destruction.
+    /// A legal hold keeps a document in force and its content undestroyed.
     pub const LEGAL_HOLD: &str = "legal_hold";
     /// Destruction before the retention period has ended in ledger time.
     pub const RETENTION_NOT_ENDED: &str = "retention_not_ended";
@@ -97,8 +97,14 @@ pub mod codes {
     pub const NOT_HOLD_PLACER: &str = "not_hold_placer";
     /// Placing a hold on a document that already has the most holds allowed.
     pub const TOO_MANY_HOLDS: &str = "too_many_holds";
-    /// Amending with a digest already registered as another document.
+    /// Registering a digest another identity registered, or amending with a
+    /// digest already registered as another document.
     pub const DIGEST_REGISTERED: &str = "digest_registered";
+    /// An amendment that does not name every signing party of the version it
+    /// amends as a signing party.
+    pub const SIGNERS_MISSING: &str = "signers_missing";
+    /// Amending a document whose earlier amendment still awaits signatures.
+    pub const AMENDMENT_PENDING: &str = "amendment_pending";
     /// Erasing personal data of a document that never had any.
     pub const NO_PERSONAL_DATA: &str = "no_personal_data";
     /// A party, approver or custody recipient that is not an active member or user.

@@ -121,10 +121,10 @@ impl Net {
         self.expect(who, op, args, code)
     }
 
-    fn sign(&mut self, who: &SigningKey, doc: &Hash, code: &str) {
+    fn sign(&mut self, who: &SigningKey, doc: &Hash, code: &str) -> Hash {
         let digest = self.doc(doc).digest.0;
         let args = json!({"document": hex::encode(doc), "digest": hex::encode(digest)});
-        self.expect(who, "sign", args, code);
+        self.expect(who, "sign", args, code)
     }
 
     fn doc(&self, id: &Hash) -> Document {
@@ -256,14 +256,21 @@ fn a_contracts_whole_life() {
     args["predecessor"] = json!(hex::encode(a));
     let b = n.register(&bob, "amend", args);
     let (old, new) = (n.doc(&a), n.doc(&b));
-    assert_eq!(old.status, Status::Amended);
+    // The signed version stays in force until every party signs the new one.
+    assert_eq!(old.status, Status::Executed);
     assert_eq!(old.successor.map(|s| s.0), Some(b));
     assert_eq!(new.predecessor.map(|p| p.0), Some(a));
     assert_eq!(new.status, Status::Draft);
-    assert_eq!(old.retain_until, Some(n.time + DAY));
     n.sign(&alice, &b, "ok");
-    n.sign(&bob, &b, "ok");
+    assert_eq!(n.doc(&a).status, Status::Executed);
+    n.time += 1000;
+    let last = n.sign(&bob, &b, "ok");
     assert_eq!(n.doc(&b).status, Status::Executed);
+    let old = n.doc(&a);
+    assert_eq!(old.status, Status::Amended);
+    assert_eq!(old.retain_until, Some(n.time + DAY));
+    let amended = decode_event(n.events(&a).last().unwrap());
+    assert_eq!((amended.kind.as_str(), amended.tx.0), ("amended", last));
 
     // Custody passes from alice's organization to carol's.
     n.expect(
@@ -309,6 +316,7 @@ fn a_contracts_whole_life() {
             "signed",
             "signed",
             "executed",
+            "amendment_proposed",
             "amended",
             "custody_offered",
             "custody_accepted",
@@ -555,7 +563,7 @@ fn destruction_rules() {
 }
 
 #[test]
-fn duplicate_registration_returns_the_existing_record() {
+fn duplicate_registration_is_a_retry_or_refused() {
     let mut n = Net::new();
     let (alice, bob) = (n.alice.clone(), n.bob.clone());
     let digest = sha256(b"same bytes");
@@ -566,12 +574,16 @@ fn duplicate_registration_returns_the_existing_record() {
         Status::Executed,
         "no signing party: executed at once"
     );
-    let again = n.expect(
+    // Another identity is refused: an applied receipt for its own terms
+    // would contradict the record that stands.
+    n.expect(
         &bob,
         "register",
         reg(digest, "Second title", &[(&bob, "x")], 0, 1),
-        "ok",
+        "digest_registered",
     );
+    // The registrant's retry (a new transaction) is a no-op.
+    let again = n.expect(&alice, "register", reg(digest, "First", &[], DAY, 1), "ok");
     assert_eq!(n.doc(&first), before, "unchanged, no new event");
     let r = n.store.read().unwrap();
     assert!(
@@ -611,6 +623,84 @@ fn duplicate_registration_returns_the_existing_record() {
     let third = n.register(&alice, "amend", am.clone());
     n.expect(&alice, "amend", am, "ok");
     assert_eq!(n.doc(&first).successor.map(|s| s.0), Some(third));
+}
+
+#[test]
+fn an_amendment_needs_every_signing_party_and_respects_holds() {
+    let mut n = Net::new();
+    let (alice, bob, carol, m0) = (
+        n.alice.clone(),
+        n.bob.clone(),
+        n.carol.clone(),
+        n.m[0].clone(),
+    );
+    let both = [(&alice, "seller"), (&bob, "buyer")];
+    let a = n.register(&alice, "register", reg(sha256(b"v1"), "V1", &both, DAY, 1));
+    n.sign(&alice, &a, "ok");
+    n.sign(&bob, &a, "ok");
+    let amend = |digest: &[u8], parties: &[(&SigningKey, &str)]| {
+        let mut am = reg(sha256(digest), "V2", parties, DAY, 1);
+        am["predecessor"] = json!(hex::encode(a));
+        am
+    };
+    // Bob alone cannot replace what alice signed: she must sign the new version.
+    n.expect(
+        &bob,
+        "amend",
+        amend(b"v2", &[(&bob, "buyer")]),
+        "signers_missing",
+    );
+    let mut witness = amend(b"v2", &[(&bob, "buyer")]);
+    witness["parties"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"id": hx(&alice), "role": "seller", "signs": false}));
+    n.expect(&bob, "amend", witness, "signers_missing");
+    // New signing parties may be added.
+    let three = [(&alice, "seller"), (&bob, "buyer"), (&carol, "guarantor")];
+    let b = n.register(&bob, "amend", amend(b"v2", &three));
+    assert_eq!(n.doc(&a).status, Status::Executed);
+    // One amendment at a time: a second draft cannot fork the chain.
+    n.expect(
+        &alice,
+        "amend",
+        amend(b"v2-bis", &both),
+        "amendment_pending",
+    );
+    // A hold on the signed version keeps it in force: the last signature
+    // that would supersede it waits, and expiry and a new amendment too.
+    n.sign(&alice, &b, "ok");
+    n.sign(&carol, &b, "ok");
+    let hold = n.act(&m0, "hold.place", &a, "ok");
+    n.sign(&bob, &b, "legal_hold");
+    assert_eq!(n.doc(&b).status, Status::Draft);
+    n.act(&alice, "expire", &a, "legal_hold");
+    let lift = json!({"document": hex::encode(a), "hold": hex::encode(hold)});
+    n.expect(&m0, "hold.lift", lift, "ok");
+    // Revoked unsigned, the draft no longer blocks another amendment.
+    n.act(&bob, "revoke", &b, "ok");
+    let c = n.register(&alice, "amend", amend(b"v2-ter", &both));
+    assert_eq!(n.doc(&a).successor.map(|s| s.0), Some(c));
+    n.sign(&alice, &c, "ok");
+    n.sign(&bob, &c, "ok");
+    assert_eq!(n.doc(&a).status, Status::Amended);
+    assert_eq!(n.doc(&c).status, Status::Executed);
+    assert_eq!(
+        n.kinds(&a),
+        [
+            "registered",
+            "signed",
+            "signed",
+            "executed",
+            "amendment_proposed",
+            "hold_placed",
+            "hold_lifted",
+            "amendment_proposed",
+            "amended"
+        ]
+    );
+    // Amended: no further amendment of the old version.
+    n.expect(&alice, "amend", amend(b"v3", &both), "doc_not_executed");
 }
 
 #[test]
@@ -927,6 +1017,12 @@ fn personal_data_is_erasable_without_touching_proofs() {
     }
     let before = n.doc(&d);
     n.act(&bob, "metadata.erase", &d, "not_authorized");
+    // Under a legal hold the personal data is evidence.
+    let m0 = n.m[0].clone();
+    let hold = n.act(&m0, "hold.place", &d, "ok");
+    n.act(&alice, "metadata.erase", &d, "legal_hold");
+    let lift = json!({"document": hex::encode(d), "hold": hex::encode(hold)});
+    n.expect(&m0, "hold.lift", lift, "ok");
     n.act(&alice, "metadata.erase", &d, "ok");
     n.act(&alice, "metadata.erase", &d, "ok"); // idempotent
     let after = n.doc(&d);
@@ -942,7 +1038,15 @@ fn personal_data_is_erasable_without_touching_proofs() {
         (after.personal, after.digest),
         (before.personal, before.digest)
     );
-    assert_eq!(n.kinds(&d), ["registered", "personal_data_erased"]);
+    assert_eq!(
+        n.kinds(&d),
+        [
+            "registered",
+            "hold_placed",
+            "hold_lifted",
+            "personal_data_erased"
+        ]
+    );
 }
 
 #[test]

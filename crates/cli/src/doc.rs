@@ -20,15 +20,25 @@ use std::time::{Duration, Instant};
 pub enum DocCmd {
     /// Register FILE by its SHA-256 (streamed; the content stays here) with its metadata.
     Register(Box<Meta>),
-    /// Register FILE as a new version of an executed document, which becomes amended.
+    /// Register FILE as a new version of an executed document; it supersedes
+    /// that one when its signing parties (all of the old one's among them) have signed.
     Amend {
         /// The document this version supersedes.
         predecessor: String,
         #[command(flatten)]
         meta: Box<Meta>,
     },
-    /// Sign a document's digest as one of its parties.
-    Sign { document: String },
+    /// Sign a document's digest as one of its parties; with --file, only if
+    /// FILE is the content registered.
+    Sign {
+        document: String,
+        /// The copy reviewed: refused unless its digest is the document's.
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// The salt (hex) of a salted registration [default: FILE.salt if present]
+        #[arg(long, requires = "file")]
+        salt: Option<String>,
+    },
     /// Declare an executed document expired.
     Expire(Reasoned),
     /// Revoke a draft or executed document.
@@ -342,7 +352,21 @@ impl Ctx {
         let salt = if m.salted {
             let s = [random_nonce(), random_nonce()].concat();
             let p = salt_path(&m.file);
-            std::fs::write(&p, hex::encode(&s))
+            // Never over an earlier salt: without it that registration could
+            // no longer be matched to its content.
+            let mut out = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&p)
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::AlreadyExists => anyhow::anyhow!(
+                        "{} exists: FILE was registered salted before and that salt is needed to verify it; move it aside to register again",
+                        p.display()
+                    ),
+                    _ => anyhow::Error::new(e).context(format!("creating {}", p.display())),
+                })?;
+            std::io::Write::write_all(&mut out, hex::encode(&s).as_bytes())
+                .and_then(|()| out.sync_all())
                 .with_context(|| format!("writing {}", p.display()))?;
             println!(
                 "salt written to {} (keep it with the parties: it is needed to verify)",
@@ -599,9 +623,33 @@ pub async fn run(g: &Global, cmd: DocCmd) -> anyhow::Result<()> {
         DocCmd::Amend { predecessor, meta } => {
             c.register(&meta, Some(parse_hash(&predecessor)?)).await
         }
-        DocCmd::Sign { document } => {
+        DocCmd::Sign {
+            document,
+            file,
+            salt,
+        } => {
             let id = parse_hash(&document)?;
             let d = c.record(&id).await?;
+            // The id commits to the digest, so no node can pass off another.
+            if document::id_of(&d.digest.0) != id {
+                bail!("the node answered with a record whose digest is not document {document}'s");
+            }
+            match file {
+                Some(f) => {
+                    let salt = salt_for(&f, salt.as_deref())?;
+                    let digest = evidence::registered_digest(&hash_file(&f)?, salt.as_deref());
+                    if digest != d.digest.0 {
+                        bail!(
+                            "{} is not the content registered as {document}: not signed",
+                            f.display()
+                        );
+                    }
+                }
+                None => eprintln!(
+                    "note: signing digest {} unchecked; pass --file with your copy to check it first",
+                    hex::encode(d.digest.0)
+                ),
+            }
             let tx = c.signer().await?.notary_sign(&id, &d.digest.0);
             c.change(tx, "signature", &id).await
         }

@@ -351,7 +351,17 @@ fn check_event(
             ev.kind
         );
     }
-    if !notary::documents_named(&tx.payload.op, &tx.payload.args).contains(subject) {
+    // The last signature of an amendment names the new version it executes.
+    let about = match (ev.kind.as_str(), tx.payload.op.as_str()) {
+        (event::kind::AMENDED, "sign") => ev
+            .details
+            .get("successor")
+            .and_then(|s| hex::decode(s).ok())
+            .and_then(|s| Hash::try_from(s).ok())
+            .context("an amended event without its successor")?,
+        _ => *subject,
+    };
+    if !notary::documents_named(&tx.payload.op, &tx.payload.args).contains(&about) {
         bail!("the transaction is about another document");
     }
     Ok((ev, true))
@@ -383,7 +393,14 @@ fn tell(e: &Event, name: &dyn Fn(&Hash) -> String) -> String {
         event::kind::REGISTERED => format!("registered by {who}, digest {}", d("digest")),
         event::kind::SIGNED => format!("signed by {who} as {}", d("role")),
         event::kind::EXECUTED => "executed: every required party has signed".into(),
-        event::kind::AMENDED => format!("amended by {who}: superseded by {}", d("successor")),
+        event::kind::AMENDMENT_PROPOSED => format!(
+            "amendment {} proposed by {who}, awaiting its parties' signatures",
+            d("successor")
+        ),
+        event::kind::AMENDED => format!(
+            "amended: superseded by {} (executed by {who}'s signature)",
+            d("successor")
+        ),
         event::kind::EXPIRED => format!("expired, declared by {who}{why}"),
         event::kind::REVOKED => format!("revoked by {who}{why}"),
         event::kind::HOLD_PLACED => format!("legal hold {} placed by {who}{why}", short("hold")),

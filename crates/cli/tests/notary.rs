@@ -206,12 +206,19 @@ async fn a_contracts_life_over_https() {
         .await;
     let a = doc_id(&out);
     assert_eq!(n.doc(&a).await["status"], "draft");
-    // Registering the same bytes again returns the same document.
+    // The registrant registering the same bytes again (a retry) gets the
+    // same document; anyone else is refused.
     let again = n
-        .ok("bob", &["doc", "register", contract.to_str().unwrap()])
+        .ok("user0", &["doc", "register", contract.to_str().unwrap()])
         .await;
     assert!(again.contains("already registered"), "{again}");
     assert_eq!(doc_id(&again), a);
+    n.refused(
+        "bob",
+        &["doc", "register", contract.to_str().unwrap()],
+        "digest_registered",
+    )
+    .await;
 
     // Carol is not named in it: she can neither read it nor sign it.
     n.refused("carol", &["doc", "show", &a], "not_found").await;
@@ -239,7 +246,23 @@ async fn a_contracts_life_over_https() {
 
     n.ok("user0", &["doc", "sign", &a]).await;
     assert_eq!(n.doc(&a).await["status"], "draft");
-    let out = n.ok("bob", &["doc", "sign", &a]).await;
+    // Bob signs only the copy he reviewed.
+    let other = n.path("other.pdf");
+    std::fs::write(&other, b"%PDF-1.7 a different agreement").unwrap();
+    let other = other.to_str().unwrap();
+    n.refused(
+        "bob",
+        &["doc", "sign", &a, "--file", other],
+        "is not the content registered",
+    )
+    .await;
+    assert_eq!(n.doc(&a).await["status"], "draft");
+    let out = n
+        .ok(
+            "bob",
+            &["doc", "sign", &a, "--file", contract.to_str().unwrap()],
+        )
+        .await;
     assert!(out.contains("status:    executed"), "{out}");
     n.ok("bob", &["doc", "sign", &a]).await; // idempotent
 
@@ -272,10 +295,26 @@ async fn a_contracts_life_over_https() {
         .await;
     let b = doc_id(&out);
     assert!(n.path("contract-v2.pdf.salt").exists());
-    assert_eq!(n.doc(&a).await["status"], "amended");
+    // A second salted registration would lose the first one's salt.
+    n.refused(
+        "bob",
+        &[
+            "doc",
+            "register",
+            v2.to_str().unwrap(),
+            "--title",
+            "again",
+            "--salted",
+        ],
+        "contract-v2.pdf.salt exists",
+    )
+    .await;
+    // The signed version stays in force until both have signed the new one.
+    assert_eq!(n.doc(&a).await["status"], "executed");
     assert_eq!(n.doc(&a).await["successor"], b.as_str());
     n.ok("user0", &["doc", "sign", &b]).await;
     n.ok("bob", &["doc", "sign", &b]).await;
+    assert_eq!(n.doc(&a).await["status"], "amended");
     n.refused("user0", &["doc", "expire", &a], "doc_not_executed")
         .await;
 
@@ -295,9 +334,10 @@ async fn a_contracts_life_over_https() {
         n.doc(&a).await["custodian"],
         hex::encode(n.net.signer("carol").id)
     );
-    // As custodian carol reads the old version's story, but the amendment's
-    // transaction describes the new version, to which she is not party:
-    // its receipt proves the entry without it.
+    // As custodian carol reads the old version's story, but the transaction
+    // that superseded it (the last signature on the new version) names only
+    // the new version, to which she is not party: its receipt proves the
+    // entry without it.
     let amended_body = |events: Value| {
         let e = events["items"]
             .as_array()

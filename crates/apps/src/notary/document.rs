@@ -177,6 +177,9 @@ pub struct Document {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destroyed: Option<Act>,
     pub retention: Retention,
+    /// The newer version: while this one is still executed, an amendment
+    /// awaiting its parties' signatures (or one revoked unsigned); once this
+    /// one is amended, the version that superseded it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub successor: Option<Id>,
     /// Origin: the ledger time of its registration.
@@ -320,9 +323,6 @@ impl Document {
             .all(|p| self.has_signed(&p.id.0))
     }
 
-    /// The custodian or a signing party (one the document binds): who may
-    /// amend, expire or revoke. A party that does not sign (a witness, an
-    /// observer) may read the record's personal data but not end its force.
     /// Who may read the record: the identities it names (registrant,
     /// custodian, parties, named destruction approvers) and those who acted
     /// on it (a legal hold, a custody offer). Nobody else learns of it.
@@ -338,6 +338,9 @@ impl Document {
                 .is_some_and(|o| o.by.0 == *who || o.to.is_some_and(|t| t.0 == *who))
     }
 
+    /// The custodian or a signing party (one the document binds): who may
+    /// amend, expire or revoke. A party that does not sign (a witness, an
+    /// observer) may read the record's personal data but not end its force.
     pub fn may_manage(&self, who: &Hash) -> bool {
         self.custodian.0 == *who || self.party(who).is_some_and(|p| p.signs)
     }

@@ -22,6 +22,7 @@ pub mod kind {
     pub const REGISTERED: &str = "registered";
     pub const SIGNED: &str = "signed";
     pub const EXECUTED: &str = "executed";
+    pub const AMENDMENT_PROPOSED: &str = "amendment_proposed";
     pub const AMENDED: &str = "amended";
     pub const EXPIRED: &str = "expired";
     pub const REVOKED: &str = "revoked";
@@ -44,7 +45,9 @@ pub fn ops_for(kind: &str) -> &'static [&'static str] {
         // A document without signing parties is executed when registered.
         kind::EXECUTED => &["sign", "register", "amend"],
         kind::SIGNED => &["sign"],
-        kind::AMENDED => &["amend"],
+        kind::AMENDMENT_PROPOSED => &["amend"],
+        // The last signature of an amendment supersedes the version it amends.
+        kind::AMENDED => &["amend", "sign"],
         kind::EXPIRED => &["expire"],
         kind::REVOKED => &["revoke"],
         kind::HOLD_PLACED => &["hold.place"],

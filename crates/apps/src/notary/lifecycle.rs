@@ -2,7 +2,7 @@
 //! revoke, legal holds, destruction approvals and destruction, and erasure of
 //! personal data. Each refusal has its own code (see `codes`).
 
-use super::document::{self, Act, Document, Hold, RegisterArgs, Signature, Status};
+use super::document::{self, Act, Document, Hold, Party, RegisterArgs, Signature, Status};
 use super::event::{self, details, kind};
 use super::{active_identity, index, save, AppResult, DocArgs, LiftArgs, SignArgs, Update};
 use crate::executor::Ctx;
@@ -11,21 +11,35 @@ use crate::registry::Role;
 use crate::{codes, keys, Reject};
 
 /// `register` (no predecessor) and `amend` (a new version of an executed
-/// document). Registering a digest that is already registered is an
-/// idempotent no-op: the existing record stands and no event is added. An
-/// amendment must bring a digest not yet registered (or be a retry of the
-/// same amendment), so a version registered on its own cannot silently
-/// swallow it.
+/// document). Registering a digest again is an idempotent no-op for its
+/// registrant (a retry) and refused for anyone else (`digest_registered`):
+/// the existing record stands and no event is added.
+///
+/// An amendment is a draft that must name every signing party of the
+/// version it amends as a signing party, so no party's signed agreement is
+/// replaced without its signature. The amended version stays executed, with
+/// the draft as its `successor`, until the draft is executed (see
+/// [`supersede`]); meanwhile no other amendment of it is accepted.
 pub fn register(ctx: &mut Ctx<'_, '_>, a: RegisterArgs, amend: bool) -> AppResult {
     if a.check().is_err() || a.predecessor.is_some() != amend {
         return Ok(Err(Reject(codes::BAD_ARGS)));
     }
     let id = document::id_of(&a.digest.0);
+    // The predecessor first: only those who manage it learn anything more.
+    let mut pred = match a.predecessor {
+        None => None,
+        Some(p) => Some(refuse!(Update::load_managed(ctx, &p.0)?)),
+    };
     if let Some(existing) = document::load(&*ctx.batch, &id)? {
-        if amend && existing.predecessor != a.predecessor {
-            return Ok(Err(Reject(codes::DIGEST_REGISTERED)));
-        }
-        return Ok(Ok(()));
+        let retry = existing.registrant.0 == ctx.signer && existing.predecessor == a.predecessor;
+        return Ok(if retry {
+            Ok(())
+        } else {
+            Err(Reject(codes::DIGEST_REGISTERED))
+        });
+    }
+    if let Some(u) = &pred {
+        refuse!(check_amendable(ctx, &u.doc, &a));
     }
     for id in a
         .parties
@@ -37,19 +51,6 @@ pub fn register(ctx: &mut Ctx<'_, '_>, a: RegisterArgs, amend: bool) -> AppResul
             return Ok(Err(Reject(codes::UNKNOWN_IDENTITY)));
         }
     }
-    let mut pred = match a.predecessor {
-        None => None,
-        Some(p) => {
-            let u = refuse!(Update::load(ctx, &p.0)?);
-            if u.doc.status != Status::Executed {
-                return Ok(Err(Reject(codes::DOC_NOT_EXECUTED)));
-            }
-            if !u.doc.may_manage(&ctx.signer) {
-                return Ok(Err(Reject(codes::NOT_AUTHORIZED)));
-            }
-            Some(u)
-        }
-    };
     let mut d = Document::new(a, id, ctx.signer, ctx.index, ctx.time);
     event::append(
         ctx,
@@ -65,22 +66,23 @@ pub fn register(ctx: &mut Ctx<'_, '_>, a: RegisterArgs, amend: bool) -> AppResul
             ),
         ]),
     )?;
-    if d.fully_signed() {
+    let executed = d.fully_signed();
+    if executed {
         d.status = Status::Executed;
         d.executed = Some(ctx.time);
         event::append(ctx, &id, &mut d.chain, kind::EXECUTED, details([]))?;
     }
     if let Some(u) = &mut pred {
         u.doc.successor = Some(Id(id));
-        u.doc.end(Status::Amended, ctx.time);
-        let pid = u.doc.id.0;
-        event::append(
-            ctx,
-            &pid,
-            &mut u.doc.chain,
-            kind::AMENDED,
-            details([("successor", hex::encode(id))]),
-        )?;
+        if executed {
+            u.doc.end(Status::Amended, ctx.time);
+        }
+        let what = if executed {
+            kind::AMENDED
+        } else {
+            kind::AMENDMENT_PROPOSED
+        };
+        u.event(ctx, what, details([("successor", hex::encode(id))]))?;
     }
     index::add(ctx.batch, &d)?;
     if let Some(u) = pred {
@@ -91,8 +93,56 @@ pub fn register(ctx: &mut Ctx<'_, '_>, a: RegisterArgs, amend: bool) -> AppResul
     Ok(Ok(()))
 }
 
+/// Whether `a` may amend `pred` (which the signer manages).
+fn check_amendable(ctx: &Ctx<'_, '_>, pred: &Document, a: &RegisterArgs) -> Result<(), Reject> {
+    if pred.status != Status::Executed {
+        return Err(Reject(codes::DOC_NOT_EXECUTED));
+    }
+    if !pred.holds.is_empty() {
+        return Err(Reject(codes::LEGAL_HOLD));
+    }
+    let signs = |p: &Party| a.parties.iter().any(|q| q.id == p.id && q.signs);
+    if !pred.parties.iter().filter(|p| p.signs).all(signs) {
+        return Err(Reject(codes::SIGNERS_MISSING));
+    }
+    // A draft successor still awaiting signatures blocks another; one that
+    // was revoked does not.
+    match pred.successor {
+        Some(s) => match document::load(&*ctx.batch, &s.0) {
+            Ok(Some(s)) if s.status == Status::Draft => Err(Reject(codes::AMENDMENT_PENDING)),
+            _ => Ok(()),
+        },
+        None => Ok(()),
+    }
+}
+
+/// The amendment `successor` was just executed: the version it amends
+/// leaves force. Checked before anything is written: `Err` if a legal hold
+/// keeps that version in force, so the last signature is refused.
+fn supersede(
+    ctx: &Ctx<'_, '_>,
+    successor: &Document,
+) -> Result<Result<Option<Update>, Reject>, comity_store::StoreError> {
+    let Some(p) = successor.predecessor else {
+        return Ok(Ok(None));
+    };
+    // Read whatever the signer may see: the parties of the new version may
+    // include some the old one did not name.
+    let Some(doc) = document::load(&*ctx.batch, &p.0)? else {
+        return Ok(Ok(None));
+    };
+    if doc.status != Status::Executed || doc.successor != Some(successor.id) {
+        return Ok(Ok(None)); // it left force some other way meanwhile
+    }
+    if !doc.holds.is_empty() {
+        return Ok(Err(Reject(codes::LEGAL_HOLD)));
+    }
+    Ok(Ok(Some(Update::of(doc))))
+}
+
 /// A party signs the digest. The last required signature executes the
-/// document in the same transaction; signing again is an idempotent no-op.
+/// document in the same transaction (and, for an amendment, supersedes the
+/// version it amends); signing again is an idempotent no-op.
 pub fn sign(ctx: &mut Ctx<'_, '_>, a: SignArgs) -> AppResult {
     let mut u = refuse!(Update::load(ctx, &a.document.0)?);
     if a.digest != u.doc.digest {
@@ -112,24 +162,38 @@ pub fn sign(ctx: &mut Ctx<'_, '_>, a: SignArgs) -> AppResult {
         index: ctx.index,
         time: ctx.time,
     });
+    let executed = u.doc.fully_signed();
+    let pred = match executed {
+        true => refuse!(supersede(ctx, &u.doc)?),
+        false => None,
+    };
     u.event(
         ctx,
         kind::SIGNED,
         details([("party", hex::encode(ctx.signer)), ("role", party.role)]),
     )?;
-    if u.doc.fully_signed() {
+    if executed {
         u.doc.status = Status::Executed;
         u.doc.executed = Some(ctx.time);
         u.event(ctx, kind::EXECUTED, details([]))?;
     }
+    if let Some(mut p) = pred {
+        p.doc.end(Status::Amended, ctx.time);
+        let successor = hex::encode(u.doc.id.0);
+        p.event(ctx, kind::AMENDED, details([("successor", successor)]))?;
+        p.save(ctx)?;
+    }
     u.done(ctx)
 }
 
-/// An executed document's term has ended.
+/// An executed document's term has ended (not while a legal hold stands).
 pub fn expire(ctx: &mut Ctx<'_, '_>, a: DocArgs) -> AppResult {
     let mut u = refuse!(Update::load_managed(ctx, &a.document.0)?);
     if u.doc.status != Status::Executed {
         return Ok(Err(Reject(codes::DOC_NOT_EXECUTED)));
+    }
+    if !u.doc.holds.is_empty() {
+        return Ok(Err(Reject(codes::LEGAL_HOLD)));
     }
     u.doc.end(Status::Expired, ctx.time);
     u.event(ctx, kind::EXPIRED, details([("reason", a.reason)]))?;
@@ -288,6 +352,10 @@ pub fn erase(ctx: &mut Ctx<'_, '_>, a: DocArgs) -> AppResult {
     }
     if u.doc.personal_erased {
         return Ok(Ok(()));
+    }
+    // Personal data under a legal hold is evidence (GDPR art. 17(3)(e)).
+    if !u.doc.holds.is_empty() {
+        return Ok(Err(Reject(codes::LEGAL_HOLD)));
     }
     erase_personal(ctx, &mut u)?;
     u.done(ctx)

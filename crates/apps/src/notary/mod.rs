@@ -217,15 +217,19 @@ impl Update {
         })
     }
 
+    /// A document read without regard to the signer (see [`shown`]).
+    pub fn of(doc: Document) -> Update {
+        Update {
+            old: doc.status,
+            doc,
+        }
+    }
+
     /// Loads a document whatever its status.
     pub fn load_any(ctx: &Ctx<'_, '_>, id: &Hash) -> Result<Result<Update, Reject>, StoreError> {
-        Ok(match shown(ctx, id)? {
-            Some(doc) => Ok(Update {
-                old: doc.status,
-                doc,
-            }),
-            None => Err(Reject(codes::NOT_FOUND)),
-        })
+        Ok(shown(ctx, id)?
+            .map(Update::of)
+            .ok_or(Reject(codes::NOT_FOUND)))
     }
 
     /// Loads a document the signer manages (its custodian or a party).
