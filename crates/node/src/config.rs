@@ -108,6 +108,10 @@ impl Limits {
             ("raft_snapshot_every", self.raft_snapshot_every),
             ("max_connections", self.max_connections as u64),
             ("max_connections_per_ip", self.max_connections_per_ip as u64),
+            // Zero would answer every submission `pending`, or refuse to
+            // co-sign nearly every checkpoint.
+            ("commit_wait_ms", self.commit_wait_ms),
+            ("max_clock_skew_ms", self.max_clock_skew_ms),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             anyhow::bail!("limits.{name} must be at least 1");
@@ -170,6 +174,15 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("max_inflight_batches"));
+        let no_skew = Limits {
+            max_clock_skew_ms: 0,
+            ..Limits::default()
+        };
+        assert!(no_skew
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("max_clock_skew_ms"));
         let big = Limits {
             batch_max_bytes: MAX_BATCH_BYTES + 1,
             ..Limits::default()
