@@ -267,6 +267,7 @@ impl LogStore {
         let mut last_purged = None;
         let mut committed = None;
         let mut closed = Vec::new();
+        let mut reuse = None;
         for (i, seq) in seqs.iter().enumerate() {
             let path = segment_path(dir, *seq);
             let last = i + 1 == seqs.len();
@@ -285,8 +286,18 @@ impl LogStore {
                 }
                 WalRecord::Committed(c) => committed = c,
             })?;
+            if last && std::fs::metadata(&path).map_err(io(&path))?.len() == 0 {
+                // Its header was torn (cut to nothing above): the file goes
+                // and its number is used again, so that no later start finds
+                // an empty segment in the middle of the log.
+                std::fs::remove_file(&path).map_err(io(&path))?;
+                sync_dir(dir)?;
+                reuse = Some(*seq);
+                break;
+            }
             closed.push(Segment { path, max_index });
         }
+        seqs.truncate(closed.len());
         check_contiguous(dir, seqs.first().copied(), &entries, last_purged)?;
         // What a crash left unsynced in the last segment is served from now
         // on (and may count towards a commit): make it durable before the
@@ -296,7 +307,7 @@ impl LogStore {
                 .and_then(|f| f.sync_data())
                 .map_err(io(&last.path))?;
         }
-        let current_seq = seqs.last().map_or(0, |s| s + 1);
+        let current_seq = reuse.unwrap_or_else(|| seqs.last().map_or(0, |s| s + 1));
         let path = segment_path(dir, current_seq);
         let (writer, sync_file, seed) = start_segment(dir, &path, last_purged, committed)?;
         let vote = read_vote(dir)?;
@@ -1138,11 +1149,15 @@ mod tests {
             .unwrap()
             .write_all(&[1, 2, 3])
             .unwrap();
-        rt().block_on(async {
-            let mut s = LogStore::open(dir.path()).unwrap();
-            assert_eq!(indexes(&mut s).await, (1..=10).collect::<Vec<_>>());
-        });
-        assert_eq!(std::fs::metadata(&next).unwrap().len(), 0);
+        // It goes, and its number is used again: a later start, which would
+        // find it empty before a newer segment, opens as well.
+        for _ in 0..2 {
+            rt().block_on(async {
+                let mut s = LogStore::open(dir.path()).unwrap();
+                assert_eq!(indexes(&mut s).await, (1..=10).collect::<Vec<_>>());
+            });
+            assert!(std::fs::metadata(&next).unwrap().len() >= HEADER_LEN as u64);
+        }
         // Anywhere else a short header is damage.
         let good = std::fs::read(&seg).unwrap();
         std::fs::write(&seg, &MAGIC[..]).unwrap();

@@ -557,6 +557,10 @@ pub fn forget_raft_log(store: &Store) -> Result<(), StorageError<u64>> {
             .meta_put(META_APPLIED, &encode(&Applied::default()))
             .map_err(write_err)?;
         batch.meta_remove(META_SNAPSHOT).map_err(write_err)?;
+        // An install the old group interrupted would otherwise be resumed
+        // from the old group's peers, which are gone; the store keeps the
+        // prefix it had replayed, which the recovery decision names.
+        batch.meta_remove(META_INSTALLING).map_err(write_err)?;
     }
     txn.commit(true).map_err(write_err)
 }
@@ -712,5 +716,21 @@ mod tests {
         assert_eq!(ledger_time(&behind), later);
         drop(behind);
         assert_eq!(ledger_time(&machine(db.path())), later, "after a restart");
+    }
+
+    #[test]
+    fn a_recovered_store_does_not_resume_the_old_groups_install() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path(), 1 << 20).unwrap();
+        let txn = store.begin().unwrap();
+        txn.batch()
+            .unwrap()
+            .meta_put(META_INSTALLING, b"an interrupted install")
+            .unwrap();
+        txn.commit(true).unwrap();
+        forget_raft_log(&store).unwrap();
+        let r = store.read().unwrap();
+        assert_eq!(r.meta_get(META_INSTALLING).unwrap(), None);
+        assert_eq!(r.meta_get(META_SNAPSHOT).unwrap(), None);
     }
 }
