@@ -85,9 +85,11 @@ async fn trust(c: &Cluster, client: &Client, new: usize) -> Hash {
     key.fingerprint()
 }
 
+/// The voters a node reports (none while it has no leader).
 async fn voters(client: &Client) -> Vec<u64> {
-    let h: Health = client.health().await.expect("health");
-    h.members.iter().filter(|m| m.voter).map(|m| m.id).collect()
+    let h: Option<Health> = client.health().await.ok();
+    h.map(|h| h.members.iter().filter(|m| m.voter).map(|m| m.id).collect())
+        .unwrap_or_default()
 }
 
 async fn wait_voters(client: &Client, n: usize, what: &str) {
@@ -301,6 +303,76 @@ async fn a_node_joins_by_vote_and_a_node_retires_by_vote() {
     let out = c.ledger_verify(0).await;
     assert!(out.contains("OK"), "{out}");
     eprintln!("test took {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+/// Retiring the leader of two nodes: joint consensus needs the old set's
+/// majority, here the retiring leader too, so the other node keeps accepting
+/// its requests until it has left the Raft group (it refused them at once,
+/// and the change and every later write waited for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_leader_of_two_nodes_retires() {
+    let _serial = common::serial().await;
+    let c = Cluster::start(2, false).await;
+    let client = c.client_as(0, "member0");
+    commit(
+        &client,
+        c.signer("user0").kv_put("before", b"x"),
+        "a write before",
+    )
+    .await;
+    let leader = client.health().await.unwrap().leader.expect("a leader");
+    let (gone, stays) = match (0..2)
+        .position(|n| comity_consensus::network::raft_id(&node_key(&c, n).fingerprint()) == leader)
+    {
+        Some(n) => (n, 1 - n),
+        None => panic!("leader {leader} is neither node"),
+    };
+    let client = c.client_as(stays, "member0");
+    pass(
+        &c,
+        &client,
+        json!([{"action": "node.retire",
+                "args": {"id": hex::encode(node_key(&c, gone).fingerprint())}}]),
+        "retire the leader",
+    )
+    .await;
+    wait_voters(&client, 1, "after node.retire").await;
+    commit(
+        &client,
+        c.signer("user0").kv_put("after", b"x"),
+        "a write after",
+    )
+    .await;
+}
+
+/// A trusted node that does not catch up (here nothing answers at its
+/// address) stays a learner: made a voter of a one-node group, it would be
+/// needed for every commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_learner_that_is_not_caught_up_is_not_made_a_voter() {
+    let _serial = common::serial().await;
+    let mut c = Cluster::start(1, false).await;
+    let client = c.client_as(0, "member0");
+    let new = c.new_node("");
+    trust(&c, &client, new).await;
+    // Several reconciler rounds (every 500 ms), writes committing all along.
+    for k in 0..8 {
+        commit(
+            &client,
+            c.signer("user0").kv_put(&format!("k{k}"), b"x"),
+            "a write",
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let h = client.health().await.expect("health");
+    assert_eq!(voters(&client).await.len(), 1, "{:?}", h.members);
+    assert_eq!(
+        h.members.len(),
+        2,
+        "the new node is a learner: {:?}",
+        h.members
+    );
 }
 
 /// A follower that was down while the leader snapshotted and purged its log

@@ -31,7 +31,7 @@ use config::{Limits, NodeConfig};
 use ingress::PendingSet;
 use openraft::BasicNode;
 use serde_bytes::ByteBuf;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -196,13 +196,21 @@ impl Node {
                 applied: AtomicBool::new(false),
             })
         });
-        let trust = trust(&view, bootstrap, recovering.clone());
+        let raft_members = RaftMembers::default();
+        let trust = trust(
+            &view,
+            store.clone(),
+            raft_members.clone(),
+            bootstrap,
+            recovering.clone(),
+        );
         let peers = Peers::new(&tls_cert, &tls_key, trust.clone(), cfg.peer_bind)?;
         let _ = peer_slot.set(peers.clone());
         let raft_cfg = Arc::new(
             comity_consensus::raft_config("comity", cfg.limits.raft_snapshot_every).validate()?,
         );
         let raft = Raft::new(node_id, raft_cfg, peers.clone(), log.clone(), sm).await?;
+        tokio::spawn(follow_raft_members(raft.clone(), raft_members));
         if !raft.is_initialized().await? {
             match (&recovery, &genesis) {
                 (Some((_, r)), _) => {
@@ -301,8 +309,14 @@ impl Recovering {
 /// Accepts the nodes trusted by the applied state; before genesis is
 /// applied, the genesis (or joined network's) node set; during a recovery,
 /// until the decision is applied, only the decision's new node set.
+///
+/// A retired node is accepted as long as it is still in the Raft group
+/// (`raft_members`): the change that removes it needs the old set's
+/// majority, which may include the retiring node itself.
 fn trust(
     view: &SharedView,
+    store: Arc<Store>,
+    raft_members: RaftMembers,
     bootstrap: Option<comity_core::network::NodeSet>,
     recovering: Option<Arc<Recovering>>,
 ) -> Trust {
@@ -314,11 +328,44 @@ fn trust(
             return r.nodes.get(fp).is_some();
         }
         if nodes.0.is_empty() {
-            bootstrap.get(fp).is_some()
-        } else {
-            nodes.get(fp).is_some()
+            return bootstrap.get(fp).is_some();
         }
+        if nodes.get(fp).is_some() {
+            return true;
+        }
+        // The Raft id is 64 bits of the key's hash: the whole key must be a
+        // node's that this network registered.
+        let leaving = raft_members
+            .read()
+            .expect("members lock")
+            .contains(&raft_id(fp));
+        leaving
+            && store
+                .read()
+                .and_then(|r| comity_apps::registry::get(&r, fp))
+                .is_ok_and(|i| i.is_some_and(|i| i.role == comity_apps::registry::Role::Node))
     })
+}
+
+/// The ids of the Raft group's nodes (every configuration, learners too).
+type RaftMembers = Arc<std::sync::RwLock<BTreeSet<u64>>>;
+
+/// Keeps `members` equal to the Raft group's nodes as the group changes.
+async fn follow_raft_members(raft: Raft, members: RaftMembers) {
+    let mut metrics = raft.metrics();
+    loop {
+        let ids = metrics
+            .borrow_and_update()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect();
+        *members.write().expect("members lock") = ids;
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// The Raft membership of a network restarted by recovery: the new node set.

@@ -8,27 +8,51 @@ use comity_consensus::network::raft_id;
 use openraft::BasicNode;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// Longest a new node may take to catch up as a learner before the leader retries.
-const CATCH_UP: Duration = Duration::from_secs(120);
+/// A learner further behind the leader's log than this is not made a voter
+/// yet: the joint configuration would need it for every commit, and one
+/// that never catches up (down, or at a wrong address) would halt writes.
+const PROMOTE_LAG: u64 = 256;
+
+/// Longest the reconciler waits on a membership change before it looks
+/// again (the change itself goes on in Raft).
+const CHANGE_WAIT: Duration = Duration::from_secs(60);
+
+/// How often a learner that is not catching up is reported.
+const REPORT_EVERY: Duration = Duration::from_secs(30);
 
 pub async fn run(shared: Arc<Shared>) {
+    let (mut behind_since, mut reported) = (None, None::<Instant>);
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         if !shared.is_leader() {
             continue;
         }
-        if let Err(e) = step(&shared).await {
-            tracing::warn!(error = %e, "membership reconciliation failed; retrying");
+        match step(&shared).await {
+            Ok(behind) if !behind.is_empty() => {
+                let since = *behind_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= REPORT_EVERY
+                    && reported.is_none_or(|t| t.elapsed() >= REPORT_EVERY)
+                {
+                    reported = Some(Instant::now());
+                    tracing::warn!(
+                        ?behind,
+                        "trusted nodes are not caught up and stay learners (down, or a wrong address?)"
+                    );
+                }
+            }
+            Ok(_) => (behind_since, reported) = (None, None),
+            Err(e) => tracing::warn!(error = %e, "membership reconciliation failed; retrying"),
         }
     }
 }
 
-async fn step(shared: &Shared) -> anyhow::Result<()> {
+/// One pass; returns the learners still too far behind to become voters.
+async fn step(shared: &Shared) -> anyhow::Result<Vec<u64>> {
     let view = shared.view();
     if view.network_id.is_none() || view.nodes.0.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     // Until a recovery decision is applied, the state still names the lost
     // nodes; judged from the same view as the target, so the two agree.
@@ -37,12 +61,12 @@ async fn step(shared: &Shared) -> anyhow::Result<()> {
         .as_ref()
         .is_some_and(|r| r.pending(&view.nodes))
     {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let m = shared.raft.metrics().borrow().clone();
     let membership = m.membership_config.membership().clone();
     if membership.get_joint_config().len() > 1 {
-        return Ok(()); // a change is in progress
+        return Ok(Vec::new()); // a change is in progress
     }
     let voters: BTreeSet<u64> = membership.voter_ids().collect();
     let mut want: BTreeMap<u64, String> = BTreeMap::new();
@@ -68,27 +92,47 @@ async fn step(shared: &Shared) -> anyhow::Result<()> {
     }
     let target: BTreeSet<u64> = want.keys().copied().collect();
     if target == voters || target.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
+    let mut behind = Vec::new();
     for (id, addr) in &want {
-        if membership.get_node(id).is_some() {
-            continue;
-        }
-        tracing::info!(node = id, %addr, "adding a newly trusted node as a learner");
-        tokio::time::timeout(
-            CATCH_UP,
+        if membership.get_node(id).is_none() {
+            tracing::info!(node = id, %addr, "adding a newly trusted node as a learner");
             shared
                 .raft
-                .add_learner(*id, BasicNode::new(addr.clone()), true),
-        )
-        .await
-        .map_err(|_| anyhow::anyhow!("node {id} did not catch up within {CATCH_UP:?}"))??;
+                .add_learner(*id, BasicNode::new(addr.clone()), false)
+                .await?;
+            behind.push(*id);
+        } else if !voters.contains(id) && lag(&m, *id) > PROMOTE_LAG {
+            behind.push(*id);
+        }
+    }
+    if !behind.is_empty() {
+        return Ok(behind);
     }
     tracing::info!(
         ?voters,
         ?target,
         "changing the Raft voters to the trusted node set"
     );
-    shared.raft.change_membership(target, false).await?;
-    Ok(())
+    match tokio::time::timeout(CHANGE_WAIT, shared.raft.change_membership(target, false)).await {
+        Ok(r) => r.map(|_| Vec::new()).map_err(Into::into),
+        Err(_) => {
+            tracing::warn!("the membership change has not committed within {CHANGE_WAIT:?}");
+            Ok(Vec::new())
+        }
+    }
+}
+
+/// How many entries the leader's log is ahead of what `id` has accepted
+/// (`u64::MAX` while it has accepted nothing).
+fn lag(m: &openraft::RaftMetrics<u64, BasicNode>, id: u64) -> u64 {
+    match m
+        .replication
+        .as_ref()
+        .and_then(|r| r.get(&id).copied().flatten())
+    {
+        Some(matched) => m.last_log_index.unwrap_or(0).saturating_sub(matched.index),
+        None => u64::MAX,
+    }
 }
