@@ -769,6 +769,15 @@ async fn a_contracts_life_over_https() {
         .await
         .unwrap();
     assert_eq!(ev["items"].as_array().unwrap().len(), 2);
+    // Bob may read both documents, so the collection, but not its history:
+    // earlier orders may name documents since taken out.
+    let bobs = n.net.client_as("bob");
+    assert!(bobs.notary_get(&["collections", &col], &[]).await.is_ok());
+    let refused = bobs
+        .notary_get(&["collections", &col, "events"], &[])
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status(), Some(403), "{refused}");
 
     // The auditor's replay agrees with every outcome and root.
     let out = n.net.cli(&["ledger", "verify"], T).await;

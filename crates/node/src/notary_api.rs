@@ -308,6 +308,15 @@ async fn collection_events(
 ) -> ApiResult<Json<Value>> {
     let me = authorize(&shared, who)?;
     let c = load_collection(&shared, &id, &me)?;
+    // Earlier orders may name documents taken out since, which a reader of
+    // the current ones may not read.
+    if c.owner.0 != me {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "a collection's history is shown to its owner only: earlier orders may name documents you may not read",
+        ));
+    }
     Ok(Json(events_json(&shared, &c.id.0, &q, &me)?))
 }
 
