@@ -69,7 +69,8 @@ pub mod codes {
     pub const DOC_NOT_DRAFT: &str = "doc_not_draft";
     /// Amending or expiring a document that is not executed.
     pub const DOC_NOT_EXECUTED: &str = "doc_not_executed";
-    /// Revoking a document that is no longer draft or executed.
+    /// Revoking a document that is no longer draft or executed, or the last
+    /// signature of an amendment whose predecessor left force meanwhile.
     pub const DOC_NOT_IN_FORCE: &str = "doc_not_in_force";
     /// Approving or carrying out destruction of a document still draft or executed.
     pub const DOC_IN_FORCE: &str = "doc_in_force";

@@ -701,6 +701,19 @@ fn an_amendment_needs_every_signing_party_and_respects_holds() {
     );
     // Amended: no further amendment of the old version.
     n.expect(&alice, "amend", amend(b"v3", &both), "doc_not_executed");
+
+    // An amendment of a version revoked while it waited cannot be executed.
+    let x = n.register(&alice, "register", reg(sha256(b"x1"), "X", &both, DAY, 1));
+    n.sign(&alice, &x, "ok");
+    n.sign(&bob, &x, "ok");
+    let mut am = reg(sha256(b"x2"), "X2", &both, DAY, 1);
+    am["predecessor"] = json!(hex::encode(x));
+    let y = n.register(&alice, "amend", am);
+    n.act(&bob, "revoke", &x, "ok");
+    n.sign(&alice, &y, "ok");
+    n.sign(&bob, &y, "doc_not_in_force");
+    assert_eq!(n.doc(&y).status, Status::Draft);
+    assert_eq!(n.doc(&x).status, Status::Revoked);
 }
 
 #[test]

@@ -350,29 +350,28 @@ impl Ctx {
     async fn register(&self, m: &Meta, predecessor: Option<Hash>) -> anyhow::Result<()> {
         let h = hash_file(&m.file)?;
         let salt = if m.salted {
-            let s = [random_nonce(), random_nonce()].concat();
             let p = salt_path(&m.file);
-            // Never over an earlier salt: without it that registration could
-            // no longer be matched to its content.
-            let mut out = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&p)
-                .map_err(|e| match e.kind() {
-                    std::io::ErrorKind::AlreadyExists => anyhow::anyhow!(
-                        "{} exists: FILE was registered salted before and that salt is needed to verify it; move it aside to register again",
-                        p.display()
-                    ),
-                    _ => anyhow::Error::new(e).context(format!("creating {}", p.display())),
-                })?;
-            std::io::Write::write_all(&mut out, hex::encode(&s).as_bytes())
-                .and_then(|()| out.sync_all())
-                .with_context(|| format!("writing {}", p.display()))?;
-            println!(
-                "salt written to {} (keep it with the parties: it is needed to verify)",
-                p.display()
-            );
-            Some(s)
+            // An earlier salt is used again, never overwritten: a retry then
+            // names the same digest, and no registration loses its salt.
+            if let Some(s) = salt_for(&m.file, None)? {
+                println!("using the salt already in {}", p.display());
+                Some(s)
+            } else {
+                let s = [random_nonce(), random_nonce()].concat();
+                let mut out = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&p)
+                    .with_context(|| format!("creating {}", p.display()))?;
+                std::io::Write::write_all(&mut out, hex::encode(&s).as_bytes())
+                    .and_then(|()| out.sync_all())
+                    .with_context(|| format!("writing {}", p.display()))?;
+                println!(
+                    "salt written to {} (keep it with the parties: it is needed to verify)",
+                    p.display()
+                );
+                Some(s)
+            }
         } else {
             None
         };
@@ -636,7 +635,15 @@ pub async fn run(g: &Global, cmd: DocCmd) -> anyhow::Result<()> {
             }
             match file {
                 Some(f) => {
-                    let salt = salt_for(&f, salt.as_deref())?;
+                    let salt = match d.salted {
+                        true => Some(salt_for(&f, salt.as_deref())?.with_context(|| {
+                            format!(
+                                "{document} was registered salted: pass --salt, or keep {} beside the file",
+                                salt_path(&f).display()
+                            )
+                        })?),
+                        false => None,
+                    };
                     let digest = evidence::registered_digest(&hash_file(&f)?, salt.as_deref());
                     if digest != d.digest.0 {
                         bail!(

@@ -398,7 +398,7 @@ fn tell(e: &Event, name: &dyn Fn(&Hash) -> String) -> String {
             d("successor")
         ),
         event::kind::AMENDED => format!(
-            "amended: superseded by {} (executed by {who}'s signature)",
+            "amended: superseded by {}, executed by {who}'s transaction",
             d("successor")
         ),
         event::kind::EXPIRED => format!("expired, declared by {who}{why}"),

@@ -179,6 +179,16 @@ async fn governance_over_http() {
     }
     g.expect(g.m[1].gov_vote(&new, true), "proposal_expired")
         .await;
+    // Back to a day: the steps below (CLI processes among them) need not
+    // race a 1.5 s expiry.
+    let c = json!({"expiry_ms": 86_400_000, "default": {"approve": "majority"},
+                   "rules": {"constitution.set": {"approve": "unanimous"}}});
+    let cs = g
+        .propose(0, json!([{"action": "constitution.set", "args": c}]))
+        .await;
+    g.expect(g.m[1].gov_vote(&cs, true), "ok").await;
+    g.expect(g.m[2].gov_vote(&cs, true), "ok").await;
+    assert_eq!(g.state(&cs).await["state"], "accepted");
 
     // A removed member: its ballots are refused at once.
     let m2_id = hex::encode(g.m[2].key.public().fingerprint());

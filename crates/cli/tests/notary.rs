@@ -177,7 +177,7 @@ async fn a_contracts_life_over_https() {
     let contract = n.path("contract.pdf");
     std::fs::write(&contract, b"%PDF-1.7 sale of the barge Matilda, v1").unwrap();
 
-    // Register with two signing parties, 2 s retention, 2 destruction approvals.
+    // Register with two signing parties, 10 s retention, 2 destruction approvals.
     let out = n
         .ok(
             "user0",
@@ -198,7 +198,7 @@ async fn a_contracts_life_over_https() {
                 "--party",
                 "bob=buyer",
                 "--retention",
-                "2s",
+                "10s",
                 "--approvals",
                 "2",
             ],
@@ -295,7 +295,9 @@ async fn a_contracts_life_over_https() {
         .await;
     let b = doc_id(&out);
     assert!(n.path("contract-v2.pdf.salt").exists());
-    // A second salted registration would lose the first one's salt.
+    // Registering it salted again uses the same salt, so names the same
+    // digest (registered, here as the amendment), and keeps the salt.
+    let salt = std::fs::read(n.path("contract-v2.pdf.salt")).unwrap();
     n.refused(
         "bob",
         &[
@@ -306,9 +308,10 @@ async fn a_contracts_life_over_https() {
             "again",
             "--salted",
         ],
-        "contract-v2.pdf.salt exists",
+        "digest_registered",
     )
     .await;
+    assert_eq!(std::fs::read(n.path("contract-v2.pdf.salt")).unwrap(), salt);
     // The signed version stays in force until both have signed the new one.
     assert_eq!(n.doc(&a).await["status"], "executed");
     assert_eq!(n.doc(&a).await["successor"], b.as_str());
@@ -391,7 +394,20 @@ async fn a_contracts_life_over_https() {
         .await;
     n.refused("carol", &["doc", "destroy", &a], "retention_not_ended")
         .await;
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    // Ledger time follows the clock: wait until it passes `retain_until`.
+    let until = n.doc(&a).await["retain_until"]
+        .as_u64()
+        .expect("retain_until");
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        if now > until + 500 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(until + 600 - now)).await;
+    }
     n.refused("carol", &["doc", "destroy", &a], "approvals_missing")
         .await;
     n.ok("carol", &["doc", "approve", &a, "--reason", "file closed"])

@@ -3,8 +3,9 @@
 //!
 //! A node presents a certificate for its own node key. Each side accepts the
 //! other only if the SHA-256 of the certificate's public key is a node in the
-//! current trusted set (the [`Trust`] check), so no CA is involved and a
-//! retired node is shut out as soon as its retirement is applied.
+//! current trusted set (the [`Trust`] check, which the node crate defines),
+//! so no CA is involved; a retired node is shut out once it has left the
+//! Raft group.
 
 use crate::TypeConfig;
 use comity_core::crypto::sha256;

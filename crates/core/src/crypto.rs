@@ -310,4 +310,22 @@ mod tests {
         assert!(PublicKey::from_spki_der(&der).is_err());
         assert!(PublicKey::from_spki_der(&good).is_ok());
     }
+
+    /// The parsed-key cache answers each key's own bytes with that key.
+    #[test]
+    fn remembered_keys_are_the_keys_parsed() {
+        let keys: Vec<Vec<u8>> = [Alg::EdDsa, Alg::EdDsa, Alg::Es256, Alg::Es256]
+            .map(|a| SigningKey::generate(a).public().to_spki_der())
+            .into();
+        for _ in 0..2 {
+            for k in &keys {
+                let fresh = PublicKey::parse_spki_der(k).unwrap();
+                assert_eq!(PublicKey::from_spki_der(k).unwrap(), fresh);
+                assert_eq!(fresh.to_spki_der(), *k);
+            }
+        }
+        // The same bytes with one more at the end are not a key.
+        let longer = [keys[0].as_slice(), &[0]].concat();
+        assert!(PublicKey::from_spki_der(&longer).is_err());
+    }
 }

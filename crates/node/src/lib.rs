@@ -333,8 +333,8 @@ fn trust(
         if nodes.get(fp).is_some() {
             return true;
         }
-        // The Raft id is 64 bits of the key's hash: the whole key must be a
-        // node's that this network registered.
+        // The Raft id is 64 bits of the key's hash: the whole key must have
+        // been in a trusted node set of this network.
         let leaving = raft_members
             .read()
             .expect("members lock")
@@ -342,8 +342,8 @@ fn trust(
         leaving
             && store
                 .read()
-                .and_then(|r| comity_apps::registry::get(&r, fp))
-                .is_ok_and(|i| i.is_some_and(|i| i.role == comity_apps::registry::Role::Node))
+                .and_then(|r| comity_apps::node_set::changes(&r, 0, u64::MAX))
+                .is_ok_and(|sets| sets.iter().any(|(c, _)| c.nodes.get(fp).is_some()))
     })
 }
 
@@ -352,7 +352,7 @@ type RaftMembers = Arc<std::sync::RwLock<BTreeSet<u64>>>;
 
 /// Keeps `members` equal to the Raft group's nodes as the group changes.
 async fn follow_raft_members(raft: Raft, members: RaftMembers) {
-    let mut metrics = raft.metrics();
+    let mut metrics = raft.server_metrics();
     loop {
         let ids = metrics
             .borrow_and_update()

@@ -49,10 +49,10 @@ pub async fn run(shared: Arc<Shared>) {
 }
 
 /// One pass; returns the learners still too far behind to become voters.
-async fn step(shared: &Shared) -> anyhow::Result<Vec<u64>> {
+async fn step(shared: &Shared) -> anyhow::Result<BTreeSet<u64>> {
     let view = shared.view();
     if view.network_id.is_none() || view.nodes.0.is_empty() {
-        return Ok(Vec::new());
+        return Ok(BTreeSet::new());
     }
     // Until a recovery decision is applied, the state still names the lost
     // nodes; judged from the same view as the target, so the two agree.
@@ -61,12 +61,12 @@ async fn step(shared: &Shared) -> anyhow::Result<Vec<u64>> {
         .as_ref()
         .is_some_and(|r| r.pending(&view.nodes))
     {
-        return Ok(Vec::new());
+        return Ok(BTreeSet::new());
     }
     let m = shared.raft.metrics().borrow().clone();
     let membership = m.membership_config.membership().clone();
     if membership.get_joint_config().len() > 1 {
-        return Ok(Vec::new()); // a change is in progress
+        return Ok(BTreeSet::new()); // a change is in progress
     }
     let voters: BTreeSet<u64> = membership.voter_ids().collect();
     let mut want: BTreeMap<u64, String> = BTreeMap::new();
@@ -92,9 +92,9 @@ async fn step(shared: &Shared) -> anyhow::Result<Vec<u64>> {
     }
     let target: BTreeSet<u64> = want.keys().copied().collect();
     if target == voters || target.is_empty() {
-        return Ok(Vec::new());
+        return Ok(BTreeSet::new());
     }
-    let mut behind = Vec::new();
+    let mut behind = BTreeSet::new();
     for (id, addr) in &want {
         if membership.get_node(id).is_none() {
             tracing::info!(node = id, %addr, "adding a newly trusted node as a learner");
@@ -102,24 +102,27 @@ async fn step(shared: &Shared) -> anyhow::Result<Vec<u64>> {
                 .raft
                 .add_learner(*id, BasicNode::new(addr.clone()), false)
                 .await?;
-            behind.push(*id);
+            behind.insert(*id);
         } else if !voters.contains(id) && lag(&m, *id) > PROMOTE_LAG {
-            behind.push(*id);
+            behind.insert(*id);
         }
     }
-    if !behind.is_empty() {
+    // Nodes that left the trusted set leave the group meanwhile: a retired
+    // node is trusted by its peers only while it is in it.
+    let ready: BTreeSet<u64> = target.difference(&behind).copied().collect();
+    if ready == voters {
         return Ok(behind);
     }
     tracing::info!(
         ?voters,
-        ?target,
+        target = ?ready,
         "changing the Raft voters to the trusted node set"
     );
-    match tokio::time::timeout(CHANGE_WAIT, shared.raft.change_membership(target, false)).await {
-        Ok(r) => r.map(|_| Vec::new()).map_err(Into::into),
+    match tokio::time::timeout(CHANGE_WAIT, shared.raft.change_membership(ready, false)).await {
+        Ok(r) => r.map(|_| behind).map_err(Into::into),
         Err(_) => {
             tracing::warn!("the membership change has not committed within {CHANGE_WAIT:?}");
-            Ok(Vec::new())
+            Ok(behind)
         }
     }
 }

@@ -39,7 +39,7 @@ pub fn register(ctx: &mut Ctx<'_, '_>, a: RegisterArgs, amend: bool) -> AppResul
         });
     }
     if let Some(u) = &pred {
-        refuse!(check_amendable(ctx, &u.doc, &a));
+        refuse!(check_amendable(ctx, &u.doc, &a)?);
     }
     for id in a
         .parties
@@ -94,31 +94,35 @@ pub fn register(ctx: &mut Ctx<'_, '_>, a: RegisterArgs, amend: bool) -> AppResul
 }
 
 /// Whether `a` may amend `pred` (which the signer manages).
-fn check_amendable(ctx: &Ctx<'_, '_>, pred: &Document, a: &RegisterArgs) -> Result<(), Reject> {
+fn check_amendable(
+    ctx: &Ctx<'_, '_>,
+    pred: &Document,
+    a: &RegisterArgs,
+) -> Result<Result<(), Reject>, comity_store::StoreError> {
     if pred.status != Status::Executed {
-        return Err(Reject(codes::DOC_NOT_EXECUTED));
+        return Ok(Err(Reject(codes::DOC_NOT_EXECUTED)));
     }
     if !pred.holds.is_empty() {
-        return Err(Reject(codes::LEGAL_HOLD));
+        return Ok(Err(Reject(codes::LEGAL_HOLD)));
     }
     let signs = |p: &Party| a.parties.iter().any(|q| q.id == p.id && q.signs);
     if !pred.parties.iter().filter(|p| p.signs).all(signs) {
-        return Err(Reject(codes::SIGNERS_MISSING));
+        return Ok(Err(Reject(codes::SIGNERS_MISSING)));
     }
     // A draft successor still awaiting signatures blocks another; one that
     // was revoked does not.
-    match pred.successor {
-        Some(s) => match document::load(&*ctx.batch, &s.0) {
-            Ok(Some(s)) if s.status == Status::Draft => Err(Reject(codes::AMENDMENT_PENDING)),
-            _ => Ok(()),
-        },
-        None => Ok(()),
+    if let Some(s) = pred.successor {
+        if document::load(&*ctx.batch, &s.0)?.is_some_and(|s| s.status == Status::Draft) {
+            return Ok(Err(Reject(codes::AMENDMENT_PENDING)));
+        }
     }
+    Ok(Ok(()))
 }
 
 /// The amendment `successor` was just executed: the version it amends
-/// leaves force. Checked before anything is written: `Err` if a legal hold
-/// keeps that version in force, so the last signature is refused.
+/// leaves force. Checked before anything is written: `Err`, refusing the
+/// last signature, if a legal hold keeps that version in force, or if it
+/// left force otherwise (revoked, expired) while the amendment waited.
 fn supersede(
     ctx: &Ctx<'_, '_>,
     successor: &Document,
@@ -131,8 +135,11 @@ fn supersede(
     let Some(doc) = document::load(&*ctx.batch, &p.0)? else {
         return Ok(Ok(None));
     };
-    if doc.status != Status::Executed || doc.successor != Some(successor.id) {
-        return Ok(Ok(None)); // it left force some other way meanwhile
+    if doc.successor != Some(successor.id) {
+        return Ok(Ok(None));
+    }
+    if doc.status != Status::Executed {
+        return Ok(Err(Reject(codes::DOC_NOT_IN_FORCE)));
     }
     if !doc.holds.is_empty() {
         return Ok(Err(Reject(codes::LEGAL_HOLD)));

@@ -7,7 +7,7 @@
 //! i makes its peer connections from 127.0.0.(10 + i), so a proxy knows which
 //! node each connection comes from.
 
-use super::{run_cli, tail, BIN, START_TIMEOUT};
+use super::{free_ports, run_cli, tail, BIN, START_TIMEOUT};
 use comity_client::{Client, Signer};
 use comity_core::network::NetworkIdentity;
 use std::collections::BTreeSet;
@@ -42,18 +42,6 @@ impl Drop for Cluster {
         }
         for p in &self.proxies {
             p.abort();
-        }
-    }
-}
-
-/// `n` consecutive TCP ports that were free a moment ago.
-fn free_ports(n: usize) -> u16 {
-    loop {
-        let base = 20_000 + (super::random_u64() % 40_000) as u16;
-        let free =
-            (0..n as u16).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
-        if free {
-            return base;
         }
     }
 }
@@ -313,13 +301,16 @@ impl Cluster {
 
     /// SIGTERM to node `i`, waiting for a clean exit.
     pub async fn stop(&mut self, i: usize) {
-        let mut c = self.children[i].take().expect("node running");
+        // Kept in `children` until it has exited, so a failure here still
+        // kills it when the cluster is dropped.
+        let c = self.children[i].as_mut().expect("node running");
         super::sigterm(c.id());
         let deadline = Instant::now() + Duration::from_secs(30);
         while c.try_wait().expect("try_wait").is_none() {
             assert!(Instant::now() < deadline, "node{i} did not stop on SIGTERM");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        self.children[i] = None;
     }
 
     /// `kill -9` node `i`.

@@ -43,11 +43,26 @@ pub fn sigterm(pid: u32) {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind 127.0.0.1:0")
-        .local_addr()
-        .expect("local addr")
-        .port()
+    free_ports(1)
+}
+
+/// `n` consecutive TCP ports, and 3 after them (for nodes added later), that
+/// were free a moment ago: below the kernel's ephemeral range, so that no
+/// outgoing connection takes one while a killed node is down.
+pub fn free_ports(n: usize) -> u16 {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let span = n as u16 + 3;
+    let (low, high) = (10_000, ephemeral_low.max(12_000) - span);
+    loop {
+        let base = low + (random_u64() % u64::from(high - low)) as u16;
+        let free = (0..span).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+        if free {
+            return base;
+        }
+    }
 }
 
 /// Some random bytes (the tests need no stronger randomness than this).
