@@ -183,7 +183,8 @@ pub struct Meta {
     /// Register a salted digest; the salt is written to FILE.salt (keep it with the parties).
     #[arg(long)]
     pub salted: bool,
-    /// Personal data kept off the ledger (committed to by digest, erasable).
+    /// Personal data kept off the ledger (committed to by digest, erasable);
+    /// stored after 32 random bytes, so its digest reveals nothing once erased.
     #[arg(long, value_name = "FILE")]
     pub personal: Option<PathBuf>,
 }
@@ -376,8 +377,13 @@ impl Ctx {
             None
         };
         let digest = evidence::registered_digest(&h, salt.as_deref());
+        // 32 random bytes first: once the blob is erased, the digest left in
+        // the record cannot be matched by guessing its content (a name, a date).
         let personal = match &m.personal {
-            Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
+            Some(p) => {
+                let data = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+                Some([random_nonce().as_slice(), &random_nonce(), &data].concat())
+            }
             None => None,
         };
         let mut all = parties(&self.g, &m.party, true)?;

@@ -673,6 +673,21 @@ async fn a_contracts_life_over_https() {
         .await
         .unwrap_err();
     assert_eq!(e.status(), Some(404), "as if there were no such document");
+    // Stored after 32 random bytes, so the record's digest is not the
+    // content's, which a guess could confirm once the blob is erased.
+    let stored = owner
+        .notary_personal(&wid)
+        .await
+        .expect("the registrant reads the personal data");
+    let content = std::fs::read(&personal).unwrap();
+    assert_eq!(
+        (stored.len(), &stored[32..]),
+        (content.len() + 32, &content[..])
+    );
+    assert_ne!(
+        n.doc(&w).await["personal"],
+        hex::encode(comity_core::crypto::sha256(&content))
+    );
     let refused = n
         .submit(bob.notary_act("metadata.erase", &wid, ""), "not_authorized")
         .await;

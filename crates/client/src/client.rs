@@ -339,6 +339,19 @@ impl Client {
             .await
     }
 
+    /// `GET /v1/notary/documents/{id}/personal`: the personal data this node
+    /// holds (for the registrant, custodian and parties; 410 once erased).
+    pub async fn notary_personal(&self, document: &Hash) -> Result<Vec<u8>, ClientError> {
+        let url = self.endpoint(&[
+            "v1",
+            "notary",
+            "documents",
+            &hex::encode(document),
+            "personal",
+        ]);
+        self.bytes(self.http.get(url)).await
+    }
+
     /// `PUT /v1/notary/documents/{id}/personal`: stores the personal data
     /// whose SHA-256 the record names on this node (erasable later).
     pub async fn notary_put_personal(
