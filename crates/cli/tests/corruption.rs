@@ -119,13 +119,26 @@ async fn stop(net: &mut Network) {
     eprintln!("  stopped cleanly in {:.2} s", t.elapsed().as_secs_f64());
 }
 
+/// A transaction's status once final, polled briefly: a node just
+/// restarted may still be re-applying its Raft log.
+async fn final_status(client: &comity_client::Client, id: &Hash) -> comity_client::TxStatus {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = client.tx_status(id).await.expect("tx status");
+        if s.status.is_final() || Instant::now() > deadline {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Starts the node and checks every acknowledged transaction is still there.
 async fn start_and_check(net: &mut Network, acked: &[(Hash, u64)]) {
     let t = Instant::now();
     net.start().await;
     let client = net.client_as("user0");
     for (id, index) in acked {
-        let s = client.tx_status(id).await.expect("tx status");
+        let s = final_status(&client, id).await;
         assert_eq!(s.status, TxState::Committed, "{s:?}");
         assert_eq!(s.index, Some(*index), "{s:?}");
     }
@@ -384,7 +397,7 @@ async fn start_and_check_burst(net: &mut Network, acked: &[(Hash, u64)]) {
     net.start().await;
     let client = net.client_as("user0");
     for (id, index) in acked {
-        let s = client.tx_status(id).await.expect("tx status");
+        let s = final_status(&client, id).await;
         assert_eq!(s.status, TxState::Committed, "{s:?}");
         assert_eq!(s.index, Some(*index), "{s:?}");
     }
