@@ -130,8 +130,8 @@ fn supersede(
     let Some(p) = successor.predecessor else {
         return Ok(Ok(None));
     };
-    // Read whatever the signer may see: the parties of the new version may
-    // include some the old one did not name.
+    // Read without regard to the signer: the new version may name signing
+    // parties the old one did not.
     let Some(doc) = document::load(&*ctx.batch, &p.0)? else {
         return Ok(Ok(None));
     };
