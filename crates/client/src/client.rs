@@ -200,14 +200,12 @@ impl Client {
     }
 
     /// `GET /v1/ledger/receipt/{index}`: receipt for any ledger position,
-    /// `None` while pending; with the transaction as for [`Client::receipt`].
+    /// with the transaction, `None` while pending. Needs a member's or
+    /// user's identity (walking indexes would list who transacted when).
     pub async fn ledger_receipt(&self, index: u64) -> Result<Option<Vec<u8>>, ClientError> {
-        let mut req =
-            self.http
-                .get(self.endpoint(&["v1", "ledger", "receipt", &index.to_string()]));
-        if !self.identified {
-            req = req.query(&[("body", "false")]);
-        }
+        let req = self
+            .http
+            .get(self.endpoint(&["v1", "ledger", "receipt", &index.to_string()]));
         self.maybe_bytes(req).await
     }
 
