@@ -35,9 +35,16 @@ impl ApiError {
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message)
     }
+    /// The detail (file paths, store errors) goes to the node's log only,
+    /// under an incident id the caller can quote to the operator.
     pub fn internal(e: impl std::fmt::Display) -> Self {
-        tracing::error!(error = %e, "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        let incident = hex::encode(&comity_core::crypto::random_nonce()[..6]);
+        tracing::error!(error = %e, %incident, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("internal error; the node's log has the details under incident {incident}"),
+        )
     }
 }
 
@@ -58,3 +65,16 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_errors_keep_their_detail_in_the_log() {
+        let e = ApiError::internal("reading /srv/comity/data/state: permission denied");
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!e.message.contains("/srv"), "{}", e.message);
+        assert!(e.message.contains("incident"), "{}", e.message);
+    }
+}
