@@ -97,6 +97,26 @@ async fn governance_over_http() {
     g.expect(g.m[1].gov_vote(&p, true), "ok").await;
     assert_eq!(g.state(&p).await["state"], "accepted");
     g.expect(alice_s.kv_put("a", b"1"), "ok").await;
+    // Users do not learn of one another: the user directory and other
+    // users' records are for members; a user reads its own.
+    let alice_id = hex::encode(alice.public().fingerprint());
+    let e = g.client.gov_get(&["users"], &[]).await.unwrap_err();
+    assert_eq!(e.status(), Some(403), "{e}");
+    let e = g
+        .client
+        .gov_get(&["identities", &alice_id], &[])
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(404), "{e}");
+    let me = hex::encode(g.user.id);
+    assert!(g.client.gov_get(&["identities", &me], &[]).await.is_ok());
+    let member = g.net.client_as("member0");
+    let users = member.gov_get(&["users"], &[]).await.unwrap();
+    assert_eq!(users["items"].as_array().unwrap().len(), 2, "{users}");
+    assert!(member
+        .gov_get(&["identities", &alice_id], &[])
+        .await
+        .is_ok());
     // A ballot on a decided proposal.
     g.expect(g.m[2].gov_vote(&p, true), "proposal_closed").await;
 

@@ -641,6 +641,12 @@ pub(crate) fn authorize(shared: &Shared, who: ClientIdentity) -> ApiResult<Hash>
     Ok(TxReader::authorize(shared, who)?.id)
 }
 
+/// [`authorize`], also telling whether the caller is a member.
+pub(crate) fn authorize_member(shared: &Shared, who: ClientIdentity) -> ApiResult<(Hash, bool)> {
+    let r = TxReader::authorize(shared, who)?;
+    Ok((r.id, r.member))
+}
+
 /// A member or active user reading whole transactions (ledger entries,
 /// receipts with their transaction).
 #[derive(Clone, Copy)]

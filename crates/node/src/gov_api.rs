@@ -1,9 +1,10 @@
 //! Governance reads: members, users, nodes, proposals, the constitution, and
 //! the history of each, with state proofs and receipts.
 
-use crate::api::{authorize, checkpoint_json, parse_hash, ApiPath, ApiQuery, S};
+use crate::api::{authorize, authorize_member, checkpoint_json, parse_hash, ApiPath, ApiQuery, S};
 use crate::error::{ApiError, ApiResult};
 use crate::server::ClientIdentity;
+use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 use comity_apps::gov::proposal::ProposalState;
@@ -60,7 +61,15 @@ async fn list(
     ApiQuery(q): ApiQuery<ListParams>,
     role: Role,
 ) -> ApiResult<Json<Value>> {
-    authorize(&shared, who)?;
+    let (_, member) = authorize_member(&shared, who)?;
+    // Users are the consortium's customers: one does not learn of another.
+    if role == Role::User && !member {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the user directory is for members",
+        ));
+    }
     let after = q.after.as_deref().map(parse_hash).transpose()?;
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_LIST);
     let (items, next) = gov::query::identities(&shared.store.read()?, role, after, limit)?;
@@ -88,9 +97,11 @@ async fn identity(
     Extension(who): Extension<ClientIdentity>,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
-    authorize(&shared, who)?;
+    let (me, member) = authorize_member(&shared, who)?;
     let id = parse_hash(&id)?;
+    // To a user, another user's record is as if there were none.
     let ident = registry::get(&shared.store.read()?, &id)?
+        .filter(|i| member || i.role != Role::User || id == me)
         .ok_or_else(|| ApiError::not_found("no identity with that id"))?;
     Ok(Json(json!({
         "identity": identity_json(&ident),
