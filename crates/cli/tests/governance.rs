@@ -171,8 +171,11 @@ async fn governance_over_http() {
     g.refused(malformed, 400, "bad_args").await;
 
     // Constitution change (unanimous): short expiry and member.remove by majority.
-    let c = json!({"expiry_ms": 1500, "default": {"approve": "majority"},
-                   "rules": {"constitution.set": {"approve": "unanimous"}}});
+    let constitution = |expiry_ms: u64| {
+        json!({"expiry_ms": expiry_ms, "default": {"approve": "majority"},
+               "rules": {"constitution.set": {"approve": "unanimous"}}})
+    };
+    let c = constitution(1500);
     let cs = g
         .propose(0, json!([{"action": "constitution.set", "args": c}]))
         .await;
@@ -201,10 +204,11 @@ async fn governance_over_http() {
         .await;
     // Back to a day: the steps below (CLI processes among them) need not
     // race a 1.5 s expiry.
-    let c = json!({"expiry_ms": 86_400_000, "default": {"approve": "majority"},
-                   "rules": {"constitution.set": {"approve": "unanimous"}}});
     let cs = g
-        .propose(0, json!([{"action": "constitution.set", "args": c}]))
+        .propose(
+            0,
+            json!([{"action": "constitution.set", "args": constitution(86_400_000)}]),
+        )
         .await;
     g.expect(g.m[1].gov_vote(&cs, true), "ok").await;
     g.expect(g.m[2].gov_vote(&cs, true), "ok").await;

@@ -337,17 +337,20 @@ impl Client {
             .await
     }
 
-    /// `GET /v1/notary/documents/{id}/personal`: the personal data this node
-    /// holds (for the registrant, custodian and parties; 410 once erased).
-    pub async fn notary_personal(&self, document: &Hash) -> Result<Vec<u8>, ClientError> {
-        let url = self.endpoint(&[
+    fn personal_url(&self, document: &Hash) -> Url {
+        self.endpoint(&[
             "v1",
             "notary",
             "documents",
             &hex::encode(document),
             "personal",
-        ]);
-        self.bytes(self.http.get(url)).await
+        ])
+    }
+
+    /// `GET /v1/notary/documents/{id}/personal`: the personal data this node
+    /// holds (for the registrant, custodian and parties; 410 once erased).
+    pub async fn notary_personal(&self, document: &Hash) -> Result<Vec<u8>, ClientError> {
+        self.bytes(self.http.get(self.personal_url(document))).await
     }
 
     /// `PUT /v1/notary/documents/{id}/personal`: stores the personal data
@@ -357,16 +360,9 @@ impl Client {
         document: &Hash,
         blob: &[u8],
     ) -> Result<serde_json::Value, ClientError> {
-        let url = self.endpoint(&[
-            "v1",
-            "notary",
-            "documents",
-            &hex::encode(document),
-            "personal",
-        ]);
         self.json(
             self.http
-                .put(url)
+                .put(self.personal_url(document))
                 .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
                 .body(blob.to_vec()),
         )
