@@ -11,8 +11,9 @@ pub fn identity(id: &Hash) -> Vec<u8> {
     [b"id/".as_slice(), id].concat()
 }
 
-pub fn kv(key: &str) -> Vec<u8> {
-    [b"kv/".as_slice(), key.as_bytes()].concat()
+/// A kv key of `owner`: each identity writes and reads a key space of its own.
+pub fn kv(owner: &Hash, key: &str) -> Vec<u8> {
+    [b"kv/".as_slice(), owner, key.as_bytes()].concat()
 }
 
 // Aux (derived from the ledger, rebuilt by replay).
@@ -33,18 +34,24 @@ pub fn nonce_time(created: u64, signer: &Hash, nonce: &[u8]) -> Vec<u8> {
     [NONCE_TIME_PREFIX, &created.to_be_bytes(), signer, nonce].concat()
 }
 
-fn kv_history_prefix(key: &str) -> Vec<u8> {
+fn kv_history_prefix(owner: &Hash, key: &str) -> Vec<u8> {
     let len = u16::try_from(key.len()).unwrap_or(u16::MAX);
-    [b"kvh/".as_slice(), &len.to_be_bytes(), key.as_bytes()].concat()
+    [
+        b"kvh/".as_slice(),
+        owner,
+        &len.to_be_bytes(),
+        key.as_bytes(),
+    ]
+    .concat()
 }
 
-pub fn kv_history(key: &str, index: u64) -> Vec<u8> {
-    [kv_history_prefix(key), index.to_be_bytes().to_vec()].concat()
+pub fn kv_history(owner: &Hash, key: &str, index: u64) -> Vec<u8> {
+    [kv_history_prefix(owner, key), index.to_be_bytes().to_vec()].concat()
 }
 
-/// Range bounds of one key's history from ledger index `from` on.
-pub fn kv_history_range(key: &str, from: u64) -> (Vec<u8>, Vec<u8>) {
-    let p = kv_history_prefix(key);
+/// Range bounds of one of `owner`'s keys' history from ledger index `from` on.
+pub fn kv_history_range(owner: &Hash, key: &str, from: u64) -> (Vec<u8>, Vec<u8>) {
+    let p = kv_history_prefix(owner, key);
     (
         [p.clone(), from.to_be_bytes().to_vec()].concat(),
         [p, vec![0xff; 9]].concat(),

@@ -9,7 +9,9 @@ use comity_store::StoreError;
 pub const MAX_KEY_LEN: usize = 256;
 pub const MAX_VALUE_LEN: usize = 64 * 1024;
 
-/// `kv.put {key, value}` and `kv.delete {key}` by active users and members.
+/// `kv.put {key, value}` and `kv.delete {key}` by active users and members,
+/// each in a key space of its own: no identity writes or reads another's
+/// keys (members, who audit, read them).
 pub fn execute(
     ctx: &mut Ctx<'_, '_>,
     op: &str,
@@ -35,19 +37,20 @@ pub fn execute(
             if value.len() > MAX_VALUE_LEN || m.0.len() != 2 {
                 return Ok(Err(Reject(codes::BAD_ARGS)));
             }
-            ctx.batch.put(&keys::kv(key), value)?;
+            ctx.batch.put(&keys::kv(&ctx.signer, key), value)?;
         }
         "delete" => {
             if m.0.len() != 1 {
                 return Ok(Err(Reject(codes::BAD_ARGS)));
             }
-            if ctx.batch.get(&keys::kv(key))?.is_none() {
+            if ctx.batch.get(&keys::kv(&ctx.signer, key))?.is_none() {
                 return Ok(Err(Reject(codes::NOT_FOUND)));
             }
-            ctx.batch.delete(&keys::kv(key))?;
+            ctx.batch.delete(&keys::kv(&ctx.signer, key))?;
         }
         _ => return Ok(Err(Reject(codes::UNKNOWN_OP))),
     }
-    ctx.batch.aux_put(&keys::kv_history(key, ctx.index), &[])?;
+    ctx.batch
+        .aux_put(&keys::kv_history(&ctx.signer, key, ctx.index), &[])?;
     Ok(Ok(()))
 }

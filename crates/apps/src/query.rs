@@ -73,14 +73,15 @@ fn decode_record(raw: &[u8], index: u64) -> Result<(Record, Leaf), StoreError> {
 
 /// Whether a user (not a member) may see record `rec`'s transaction.
 /// Members audit the whole ledger; a user sees every entry except another
-/// identity's notary transactions, which only the document's parties read,
-/// through the notary API (`Document::may_read`). An entry whose body does
-/// not parse as a transaction is withheld too.
+/// identity's notary and kv transactions: a document's parties read it
+/// through the notary API (`Document::may_read`), and a kv key is its
+/// writer's own. An entry whose body does not parse as a transaction is
+/// withheld too.
 pub fn user_may_read(rec: &Record, leaf: &Leaf, user: &Hash) -> bool {
     if leaf.kind != EntryKind::Tx || leaf.signer.as_ref().is_some_and(|(s, _)| s == user) {
         return true;
     }
-    Tx::parse(&rec.body).is_ok_and(|tx| tx.payload.app != "notary")
+    Tx::parse(&rec.body).is_ok_and(|tx| !matches!(tx.payload.app.as_str(), "notary" | "kv"))
 }
 
 /// Raw record `raw` at `index` as user `user` may see it: whole, or with
@@ -313,14 +314,15 @@ pub fn proved_state(store: &Store, key: &[u8]) -> Result<Option<ProvedValue>, St
     }))
 }
 
-/// Ledger indexes of writes to a kv key, oldest first, from index `from` on.
+/// Ledger indexes of writes to one of `owner`'s kv keys, oldest first, from index `from` on.
 pub fn kv_history(
     r: &Reader<'_>,
+    owner: &Hash,
     key: &str,
     from: u64,
     limit: usize,
 ) -> Result<Vec<u64>, StoreError> {
-    let (from, to) = keys::kv_history_range(key, from);
+    let (from, to) = keys::kv_history_range(owner, key, from);
     Ok(r.aux_range(&from, &to, limit)?
         .into_iter()
         .filter_map(|(k, _)| be_u64(&k[k.len() - 8..]))

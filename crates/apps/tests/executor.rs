@@ -270,28 +270,31 @@ fn ledger_life_cycle() {
     assert!(query::receipt(&store, 5, false).unwrap().is_some());
     assert!(query::receipt(&store, 8, false).unwrap().is_none());
 
-    // Proved read of the current value.
-    let pv = query::proved_state(&store, b"kv/a").unwrap().unwrap();
+    // Proved read of the current value, in the writer's own key space.
+    let user_a = comity_apps::keys::kv(&net.user.public().fingerprint(), "a");
+    let pv = query::proved_state(&store, &user_a).unwrap().unwrap();
     assert_eq!(pv.value.as_deref(), Some(b"1".as_slice()));
     comity_core::state::verify(
         &pv.checkpoint.checkpoint.state_root,
-        b"kv/a",
+        &user_a,
         Some(b"1"),
         &pv.proof,
     )
     .unwrap();
     assert!(comity_core::state::verify(
         &pv.checkpoint.checkpoint.state_root,
-        b"kv/a",
+        &user_a,
         Some(b"2"),
         &pv.proof
     )
     .is_err());
-    let absent = query::proved_state(&store, b"kv/nope").unwrap().unwrap();
+    // Another identity's key of the same name is another key, absent here.
+    let member_a = comity_apps::keys::kv(&net.member.public().fingerprint(), "a");
+    let absent = query::proved_state(&store, &member_a).unwrap().unwrap();
     assert!(absent.value.is_none());
     comity_core::state::verify(
         &absent.checkpoint.checkpoint.state_root,
-        b"kv/nope",
+        &member_a,
         None::<&[u8]>,
         &absent.proof,
     )

@@ -1110,9 +1110,10 @@ fn replay_reproduces_the_state_root() {
 }
 
 /// The raw ledger shows a user every transaction except other identities'
-/// notary ones, so it never goes round the documents' per-record reads.
+/// notary and kv ones, so it never goes round the documents' per-record
+/// reads or shows one identity's kv values to another.
 #[test]
-fn users_are_not_shown_other_identities_notary_transactions() {
+fn users_are_not_shown_other_identities_notary_or_kv_transactions() {
     use comity_apps::query::{record, user_may_read, user_view};
     use comity_core::entry::Record;
     let mut n = Net::new();
@@ -1139,23 +1140,24 @@ fn users_are_not_shown_other_identities_notary_transactions() {
     assert_eq!(n.run(put).1, "ok");
     let kv_at = at + 1;
 
-    let (rec, leaf) = record(&n.store, at).unwrap();
-    assert!(user_may_read(&rec, &leaf, &id(&alice)), "the signer");
-    for other in [&bob, &carol] {
-        assert!(!user_may_read(&rec, &leaf, &id(other)));
-    }
-    let shown = user_view(n.store.record(at).unwrap(), at, &id(&carol)).unwrap();
-    let shown = Record::from_cbor(&shown).unwrap();
-    assert!(shown.body.is_empty(), "withheld");
-    assert_eq!(shown.leaf, rec.leaf, "the leaf stays whole");
-    // Genesis and kv are not confidential among users.
-    for i in [0, kv_at] {
+    for i in [at, kv_at] {
         let (rec, leaf) = record(&n.store, i).unwrap();
-        assert!(user_may_read(&rec, &leaf, &id(&carol)), "entry {i}");
-        let raw = n.store.record(i).unwrap();
-        assert_eq!(user_view(raw.clone(), i, &id(&carol)).unwrap(), raw);
+        assert!(user_may_read(&rec, &leaf, &id(&alice)), "the signer");
+        for other in [&bob, &carol] {
+            assert!(!user_may_read(&rec, &leaf, &id(other)), "entry {i}");
+        }
+        let shown = user_view(n.store.record(i).unwrap(), i, &id(&carol)).unwrap();
+        let shown = Record::from_cbor(&shown).unwrap();
+        assert!(shown.body.is_empty(), "withheld");
+        assert_eq!(shown.leaf, rec.leaf, "the leaf stays whole");
     }
+    // Genesis is not confidential among users.
+    let (rec, leaf) = record(&n.store, 0).unwrap();
+    assert!(user_may_read(&rec, &leaf, &id(&carol)));
+    let raw = n.store.record(0).unwrap();
+    assert_eq!(user_view(raw.clone(), 0, &id(&carol)).unwrap(), raw);
     // A body that is not a transaction is withheld too.
+    let (rec, leaf) = record(&n.store, at).unwrap();
     let junk = Record {
         leaf: rec.leaf.clone(),
         body: b"not a transaction".to_vec(),

@@ -1,10 +1,11 @@
 //! `comity kv`: the key-value application.
 
-use crate::config::{fmt_time, show_bytes, Config, Global};
+use crate::config::{fmt_time, parse_hash, show_bytes, Config, Global};
 use anyhow::{bail, Context};
 use clap::{ArgGroup, Subcommand};
 use comity_client::verify::verify_kv_read;
 use comity_client::{Client, KvRead, TxState, TxStatus};
+use comity_core::Hash;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -26,9 +27,13 @@ pub enum KvCmd {
         no_wait: bool,
     },
     /// Read KEY as of the latest final checkpoint (needs a registered identity's certificate).
+    /// Each identity has a key space of its own; members may read another's with --owner.
     Get {
         #[arg(value_name = "KEY", id = "kv_key")]
         key: String,
+        /// Identity id (hex) whose key to read [default: the reader's own].
+        #[arg(long, value_name = "ID", value_parser = parse_hash)]
+        owner: Option<Hash>,
         /// Check the checkpoint's signatures against the network identity and the state proof.
         #[arg(long)]
         verify: bool,
@@ -43,6 +48,9 @@ pub enum KvCmd {
     History {
         #[arg(value_name = "KEY", id = "kv_key")]
         key: String,
+        /// Identity id (hex) whose key to list [default: the reader's own].
+        #[arg(long, value_name = "ID", value_parser = parse_hash)]
+        owner: Option<Hash>,
         /// Print the node's JSON answer.
         #[arg(long)]
         json: bool,
@@ -95,24 +103,29 @@ pub async fn run(g: &Global, cmd: KvCmd) -> anyhow::Result<()> {
         }
         KvCmd::Get {
             key,
+            owner,
             verify,
             raw,
             json,
         } => {
             let client = authed_client(&cfg)?;
-            let mut r = client.kv_get(&key).await?;
+            let mut r = client.kv_get(owner.as_ref(), &key).await?;
             // A write moments ago may not be under a final checkpoint yet: give
             // the next checkpoint a moment, so the proved value is the latest.
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
             while r.value != r.latest_value && std::time::Instant::now() < deadline {
                 tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-                r = client.kv_get(&key).await?;
+                r = client.kv_get(owner.as_ref(), &key).await?;
             }
-            if r.key != key {
-                bail!("asked for {key:?}, the node answered for {:?}", r.key);
+            if r.key != key || owner.is_some_and(|o| o != r.owner) {
+                bail!(
+                    "asked for {key:?}, the node answered for {:?} of {}",
+                    r.key,
+                    hex::encode(r.owner)
+                );
             }
             let verdict = if verify {
-                Some(verify_read(&cfg, &client, &r).await)
+                Some(verify_read(&cfg, &client, owner, &r).await)
             } else {
                 None
             };
@@ -144,11 +157,12 @@ pub async fn run(g: &Global, cmd: KvCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        KvCmd::History { key, json } => {
+        KvCmd::History { key, owner, json } => {
             let client = authed_client(&cfg)?;
-            let mut h = client.kv_history(&key, None).await?;
+            let owner = owner.as_ref();
+            let mut h = client.kv_history(owner, &key, None).await?;
             while let Some(after) = h.next {
-                let page = client.kv_history(&key, Some(after)).await?;
+                let page = client.kv_history(owner, &key, Some(after)).await?;
                 if page.versions.first().is_none_or(|v| v.index <= after) {
                     bail!("the node's history page after index {after} does not move on");
                 }
@@ -243,8 +257,14 @@ fn print_read(r: &KvRead) {
     }
 }
 
-/// Checks a proved read; returns lines describing what was proved.
-async fn verify_read(cfg: &Config, client: &Client, r: &KvRead) -> anyhow::Result<Vec<String>> {
+/// Checks a proved read of `owner`'s key (the reader's own if `None`);
+/// returns lines describing what was proved.
+async fn verify_read(
+    cfg: &Config,
+    client: &Client,
+    owner: Option<Hash>,
+    r: &KvRead,
+) -> anyhow::Result<Vec<String>> {
     let (identity, source) = match cfg.local_network_identity()? {
         Some(n) => (n, "local network identity"),
         None => (
@@ -253,8 +273,12 @@ async fn verify_read(cfg: &Config, client: &Client, r: &KvRead) -> anyhow::Resul
         ),
     };
     let cp = &r.checkpoint;
-    // The state key is derived here from the requested key, never taken from the node.
-    let state_key = comity_apps::keys::kv(&r.key);
+    // The state key is derived here from the requested owner and key, never taken from the node.
+    let owner = match owner {
+        Some(o) => o,
+        None => cfg.signer(identity.network_id)?.id,
+    };
+    let state_key = comity_apps::keys::kv(&owner, &r.key);
     let v = verify_kv_read(r, &identity, &state_key)?;
     Ok(vec![
         format!(

@@ -100,7 +100,7 @@ pub async fn run(args: LedgerArgs) -> anyhow::Result<()> {
                     if rec.body.is_empty() {
                         bail!(
                             "the node withholds the transaction of entry {i} from this identity \
-                             (another identity's notary transaction): audit as a member"
+                             (another identity's notary or kv transaction): audit as a member"
                         );
                     }
                     audit

@@ -353,10 +353,13 @@ async fn bad_input_gets_precise_errors_and_the_node_keeps_serving() {
         written.push(st["index"].as_u64().expect("committed at an index"));
     }
     let member = net.client_as("member0");
-    let first = member.kv_history("bad-input/big", None).await.unwrap();
+    let first = member
+        .kv_history(Some(&user.id), "bad-input/big", None)
+        .await
+        .unwrap();
     let rest = match first.next {
         Some(after) => member
-            .kv_history("bad-input/big", Some(after))
+            .kv_history(Some(&user.id), "bad-input/big", Some(after))
             .await
             .unwrap(),
         None => first.clone(),
@@ -1060,7 +1063,7 @@ async fn impossible_limits_in_node_toml_are_refused_by_name() {
         .expect("receipt request")
         .expect("a receipt for the write made before the refusal");
     let read = user
-        .kv_get("limits/before")
+        .kv_get(None, "limits/before")
         .await
         .expect("read after the restart");
     assert_eq!(read.value.as_deref(), Some(b"1".as_slice()));

@@ -144,7 +144,7 @@ async fn start_and_check(net: &mut Network, acked: &[(Hash, u64)]) {
     }
     let v = net
         .client_as("user0")
-        .kv_get("doc/0")
+        .kv_get(None, "doc/0")
         .await
         .expect("kv get");
     assert_eq!(v.latest_value.as_deref(), Some(&[0u8; 100][..]));

@@ -403,7 +403,7 @@ async fn a_node_behind_the_purged_log_catches_up_by_snapshot() {
     let reader = c.client_as(behind, "member0");
     let deadline = Instant::now() + LONG;
     loop {
-        let read = reader.kv_get("after").await;
+        let read = reader.kv_get(Some(&user.id), "after").await;
         if read.as_ref().ok().and_then(|r| r.value.as_deref()) == Some(b"2".as_slice()) {
             break;
         }
@@ -416,7 +416,10 @@ async fn a_node_behind_the_purged_log_catches_up_by_snapshot() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let missed = reader.kv_get("while-down/149").await.unwrap();
+    let missed = reader
+        .kv_get(Some(&user.id), "while-down/149")
+        .await
+        .unwrap();
     assert_eq!(missed.value.as_deref(), Some(b"x".as_slice()));
     let log = c.log(behind);
     assert!(
@@ -434,7 +437,13 @@ async fn a_node_behind_the_purged_log_catches_up_by_snapshot() {
     c.wait_healthy(new, LONG).await;
     let joined = c.client_as(new, "member0");
     let deadline = Instant::now() + LONG;
-    while joined.kv_get("early").await.ok().and_then(|r| r.value) != Some(b"1".to_vec()) {
+    while joined
+        .kv_get(Some(&user.id), "early")
+        .await
+        .ok()
+        .and_then(|r| r.value)
+        != Some(b"1".to_vec())
+    {
         assert!(
             Instant::now() < deadline,
             "node{new} did not receive the ledger; its log:\n{}",

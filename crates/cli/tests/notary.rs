@@ -92,69 +92,6 @@ fn doc_id(stdout: &str) -> String {
         .to_string()
 }
 
-/// Registers a new user with the members' votes (user.add by majority).
-async fn add_user(n: &N, name: &str) -> Signer {
-    let keys = n.net.key_path(name).parent().unwrap().to_path_buf();
-    n.net
-        .cli(
-            &[
-                "keys",
-                "new",
-                "--name",
-                name,
-                "--out",
-                keys.to_str().unwrap(),
-            ],
-            T,
-        )
-        .await;
-    let cert = n.net.cert_path(name);
-    let out = n
-        .net
-        .cli(
-            &[
-                "gov",
-                "propose",
-                "user.add",
-                "--certificate",
-                cert.to_str().unwrap(),
-                "--name",
-                name,
-            ],
-            T,
-        )
-        .await;
-    assert!(out.status.success(), "{}", out.stderr);
-    let pid = out
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("proposal "))
-        .unwrap()
-        .to_string();
-    let k1 = n.net.key_path("member1");
-    let out = n
-        .net
-        .cli(
-            &[
-                "gov",
-                "vote",
-                &pid,
-                "approve",
-                "--key",
-                k1.to_str().unwrap(),
-            ],
-            T,
-        )
-        .await;
-    assert!(
-        out.stdout.contains("accepted"),
-        "{}\n{}",
-        out.stdout,
-        out.stderr
-    );
-    n.net.signer(name)
-}
-
 fn flip(path: &Path, at: usize, out: &Path) {
     let mut b = std::fs::read(path).unwrap();
     b[at] ^= 0x01;
@@ -172,8 +109,8 @@ async fn a_contracts_life_over_https() {
     };
     let t0 = Instant::now();
     // Three organizations' people: alice (user0, seller), bob (buyer), carol (records).
-    let bob = add_user(&n, "bob").await;
-    let _carol = add_user(&n, "carol").await;
+    let bob = n.net.add_user("bob").await;
+    let _carol = n.net.add_user("carol").await;
     let contract = n.path("contract.pdf");
     std::fs::write(&contract, b"%PDF-1.7 sale of the barge Matilda, v1").unwrap();
 

@@ -281,18 +281,22 @@ impl Client {
 
     // ---- kv ----
 
-    /// `GET /v1/kv/{key}` (needs a client identity): value proved at the latest final checkpoint.
-    pub async fn kv_get(&self, key: &str) -> Result<KvRead, ClientError> {
+    /// `GET /v1/kv/{key}` (needs a client identity): value proved at the
+    /// latest final checkpoint. Each identity has a key space of its own:
+    /// `owner` reads another identity's, which only members may.
+    pub async fn kv_get(&self, owner: Option<&Hash>, key: &str) -> Result<KvRead, ClientError> {
         check_path_key(key)?;
-        self.json(self.http.get(self.endpoint(&["v1", "kv", key])))
-            .await
+        let req = self.http.get(self.endpoint(&["v1", "kv", key]));
+        self.json(with_owner(req, owner)).await
     }
 
     /// `GET /v1/kv/{key}/history` (needs a client identity): one page of
     /// versions, oldest first, after ledger index `after` (from the start
     /// when `None`); the page's `next` is the following page's `after`.
+    /// `owner` as in [`Client::kv_get`].
     pub async fn kv_history(
         &self,
+        owner: Option<&Hash>,
         key: &str,
         after: Option<u64>,
     ) -> Result<KvHistory, ClientError> {
@@ -301,7 +305,7 @@ impl Client {
         if let Some(a) = after {
             req = req.query(&[("after", a)]);
         }
-        self.json(req).await
+        self.json(with_owner(req, owner)).await
     }
 
     // ---- governance ----
@@ -466,6 +470,14 @@ impl Client {
             }
             Err(e) => Err(e),
         }
+    }
+}
+
+/// Adds `?owner=` for a read of another identity's kv key.
+fn with_owner(req: RequestBuilder, owner: Option<&Hash>) -> RequestBuilder {
+    match owner {
+        Some(o) => req.query(&[("owner", hex::encode(o))]),
+        None => req,
     }
 }
 

@@ -123,13 +123,17 @@ pub struct LedgerSize {
 /// `GET /v1/kv/{key}`: a read proved against a final checkpoint.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvRead {
+    /// The identity whose key space was read.
+    #[serde(with = "hex32")]
+    pub owner: Hash,
     pub key: String,
     /// Value at the checkpoint, `None` when absent there (non-inclusion proof).
     #[serde(rename = "value_hex", with = "hexopt")]
     pub value: Option<Vec<u8>>,
     pub checkpoint: CheckpointInfo,
     /// The state-tree key the proof is about, as the node reports it (the
-    /// verifier should derive it itself, e.g. with `comity_apps::keys::kv`).
+    /// verifier should derive it itself, e.g. with `comity_apps::keys::kv`
+    /// from the owner and key it asked for).
     #[serde(rename = "state_key_hex", default, with = "hexopt")]
     pub state_key: Option<Vec<u8>>,
     /// Borsh-encoded `jmt::proof::SparseMerkleProof` against `checkpoint.state_root`
@@ -159,6 +163,9 @@ pub struct KvVersion {
 /// A page of `GET /v1/kv/{key}/history`, oldest first.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvHistory {
+    /// The identity whose key space was read.
+    #[serde(with = "hex32")]
+    pub owner: Hash,
     pub key: String,
     pub versions: Vec<KvVersion>,
     /// Where the next page starts (its `after`); `None` on the last page.
@@ -254,13 +261,13 @@ mod tests {
         assert_eq!(c.signers, vec![[0xab; 32]]);
         assert_eq!(c.signed, vec![0xd8, 0x62]);
         let kv: KvRead = serde_json::from_str(&format!(
-            r#"{{"key":"k","value_hex":null,"checkpoint":{cp},"state_proof":"00","latest_value_hex":"6869"}}"#
+            r#"{{"owner":"{id}","key":"k","value_hex":null,"checkpoint":{cp},"state_proof":"00","latest_value_hex":"6869"}}"#
         ))
         .unwrap();
         assert_eq!(kv.value, None);
         assert_eq!(kv.latest_value.as_deref(), Some(&b"hi"[..]));
         let h: KvHistory = serde_json::from_str(&format!(
-            r#"{{"key":"k","versions":[{{"index":12,"tx":"{id}","time":5,"value_hex":"00"}},{{"index":13,"tx":"{id}","time":6,"value_hex":null}}]}}"#
+            r#"{{"owner":"{id}","key":"k","versions":[{{"index":12,"tx":"{id}","time":5,"value_hex":"00"}},{{"index":13,"tx":"{id}","time":6,"value_hex":null}}]}}"#
         ))
         .unwrap();
         assert_eq!(h.versions[1].value, None);

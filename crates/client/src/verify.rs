@@ -67,7 +67,7 @@ pub fn verify_checkpoint(
 /// Checks a proved read: the checkpoint's quorum of signatures (see
 /// [`verify_checkpoint`]) and that the state proof shows `r.value` (or its
 /// absence) under `state_key` in the checkpoint's state root. `state_key` is
-/// the application's state-tree key for the read (for kv: `comity_apps::keys::kv(key)`),
+/// the application's state-tree key for the read (for kv: `comity_apps::keys::kv(owner, key)`),
 /// derived by the caller rather than taken from the node.
 pub fn verify_kv_read(
     r: &KvRead,
@@ -205,6 +205,7 @@ mod tests {
         }
         cp.signed = b.build().to_tagged_vec().unwrap();
         let read = |value: Option<&[u8]>, key: &[u8]| KvRead {
+            owner: [7; 32],
             key: "a".into(),
             value: value.map(<[u8]>::to_vec),
             checkpoint: cp.clone(),

@@ -213,7 +213,7 @@ async fn submit_errors_and_receipt_polling() {
     assert_eq!(st.id, sha256(&tx));
     assert_eq!(st.status, TxState::Pending);
 
-    let e = c.kv_history("a/b", None).await.unwrap_err();
+    let e = c.kv_history(None, "a/b", None).await.unwrap_err();
     assert_eq!(e.status(), Some(403));
     assert_eq!(e.code(), Some("forbidden"));
     let e = c.checkpoint().await.unwrap_err();

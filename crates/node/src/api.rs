@@ -368,7 +368,7 @@ fn check_body(shared: &Shared, reader: Option<TxReader>, index: u64) -> ApiResul
         Some(r) if !r.may_read(&shared.store, index)? => Err(with_body_hint(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
-            "this is another identity's notary transaction: its parties read it through the notary API",
+            "this is another identity's notary or kv transaction: a document's parties read it through the notary API",
         ))),
         _ => Ok(()),
     }
@@ -667,7 +667,7 @@ impl TxReader {
     }
 
     /// Members audit the whole ledger; users see all but other identities'
-    /// notary transactions ([`query::user_may_read`]).
+    /// notary and kv transactions ([`query::user_may_read`]).
     fn may_read(&self, store: &comity_store::Store, index: u64) -> ApiResult<bool> {
         if self.member {
             return Ok(true);
@@ -718,17 +718,43 @@ fn hex_opt(v: Option<Vec<u8>>) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// `?owner=` of a kv read.
+#[derive(Deserialize)]
+struct OwnerParam {
+    owner: Option<String>,
+}
+
+/// Whose kv key space a read is about: the caller's own, or, for a member
+/// (members audit), the identity named by `owner`.
+fn kv_owner(shared: &Shared, who: ClientIdentity, owner: Option<&str>) -> ApiResult<Hash> {
+    let (id, member) = authorize_member(shared, who)?;
+    let Some(owner) = owner else {
+        return Ok(id);
+    };
+    let owner = parse_hash(owner)?;
+    if owner != id && !member {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "a user reads its own kv keys only; members read any identity's",
+        ));
+    }
+    Ok(owner)
+}
+
 async fn kv_get(
     State(shared): S,
     Extension(who): Extension<ClientIdentity>,
     ApiPath(key): ApiPath<String>,
+    ApiQuery(params): ApiQuery<OwnerParam>,
 ) -> ApiResult<Json<Value>> {
-    authorize(&shared, who)?;
-    let skey = keys::kv(&key);
+    let owner = kv_owner(&shared, who, params.owner.as_deref())?;
+    let skey = keys::kv(&owner, &key);
     let latest = shared.store.read()?.get(&skey)?;
     let proved = query::proved_state(&shared.store, &skey)?
         .ok_or_else(|| ApiError::unavailable("no final checkpoint yet"))?;
     Ok(Json(json!({
+        "owner": hex::encode(owner),
         "key": key,
         "value_hex": hex_opt(proved.value),
         "checkpoint": checkpoint_json(&proved.checkpoint),
@@ -746,6 +772,8 @@ struct HistoryParams {
     /// Ledger index of the last version of the previous page.
     after: Option<u64>,
     limit: Option<usize>,
+    /// Whose key (see [`kv_owner`]).
+    owner: Option<String>,
 }
 
 /// A key's versions, oldest first, a page at a time: a page ends after
@@ -757,14 +785,14 @@ async fn kv_history(
     ApiPath(key): ApiPath<String>,
     ApiQuery(params): ApiQuery<HistoryParams>,
 ) -> ApiResult<Json<Value>> {
-    authorize(&shared, who)?;
+    let owner = kv_owner(&shared, who, params.owner.as_deref())?;
     let limit = params.limit.unwrap_or(MAX_HISTORY).clamp(1, MAX_HISTORY);
     let from = match params.after {
         Some(i) => i.saturating_add(1),
         None => 0,
     };
     // One more than the page holds tells whether another page follows.
-    let indexes = query::kv_history(&shared.store.read()?, &key, from, limit + 1)?;
+    let indexes = query::kv_history(&shared.store.read()?, &owner, &key, from, limit + 1)?;
     let mut versions = Vec::new();
     let (mut bytes, mut next) = (0, None);
     for (n, &index) in indexes.iter().enumerate() {
@@ -788,7 +816,7 @@ async fn kv_history(
         }));
     }
     Ok(Json(
-        json!({"key": key, "versions": versions, "next": next}),
+        json!({"owner": hex::encode(owner), "key": key, "versions": versions, "next": next}),
     ))
 }
 

@@ -355,6 +355,66 @@ impl Network {
         run_cli(&self.data, self.tmp.path(), args, timeout).await
     }
 
+    /// Registers a new user with the members' votes (user.add by majority).
+    pub async fn add_user(&self, name: &str) -> Signer {
+        let keys = self.key_path(name).parent().unwrap().to_path_buf();
+        self.cli(
+            &[
+                "keys",
+                "new",
+                "--name",
+                name,
+                "--out",
+                keys.to_str().unwrap(),
+            ],
+            Duration::from_secs(60),
+        )
+        .await;
+        let cert = self.cert_path(name);
+        let out = self
+            .cli(
+                &[
+                    "gov",
+                    "propose",
+                    "user.add",
+                    "--certificate",
+                    cert.to_str().unwrap(),
+                    "--name",
+                    name,
+                ],
+                Duration::from_secs(60),
+            )
+            .await;
+        assert!(out.status.success(), "{}", out.stderr);
+        let pid = out
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("proposal "))
+            .unwrap()
+            .to_string();
+        let k1 = self.key_path("member1");
+        let out = self
+            .cli(
+                &[
+                    "gov",
+                    "vote",
+                    &pid,
+                    "approve",
+                    "--key",
+                    k1.to_str().unwrap(),
+                ],
+                Duration::from_secs(60),
+            )
+            .await;
+        assert!(
+            out.stdout.contains("accepted"),
+            "{}\n{}",
+            out.stdout,
+            out.stderr
+        );
+        self.signer(name)
+    }
+
     pub fn node_data(&self) -> PathBuf {
         self.data.join("node0").join("data")
     }
