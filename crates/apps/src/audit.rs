@@ -33,6 +33,13 @@ pub struct Summary {
     /// Nodes caught signing two different checkpoints for one sequence
     /// number, as (node, sequence number): both signatures were verified on replay.
     pub evidence: Vec<(Hash, u64)>,
+    /// Checkpoint signatures of a node over roots that replay does not
+    /// reproduce and that no quorum shares, as (entry index, node, sequence
+    /// number): a faulty node, not a faulty ledger.
+    pub faulty_signatures: Vec<(u64, Hash, u64)>,
+    /// Entries covered by the latest final checkpoint (signed by nodes of a
+    /// quorum of members): the rest rest on the ledger copy alone.
+    pub final_size: u64,
 }
 
 pub struct Audit {
@@ -88,8 +95,9 @@ pub fn replay_command(index: u64, raw: &[u8]) -> Result<(Record, Leaf, Command),
 }
 
 /// Checks that re-executing record `index` (`rec`, whose leaf is `leaf`)
-/// into `store` produced the same leaf there, and no checkpoint signature
-/// that the replayed roots contradict.
+/// into `store` produced the same leaf there, and that no quorum signed a
+/// checkpoint the replayed roots contradict. A lone node signing other
+/// roots is that node's fault, which live apply also only reports.
 pub fn check_replayed(
     store: &Store,
     index: u64,
@@ -119,7 +127,7 @@ pub fn check_replayed(
         };
         return Err(fail(index, what));
     }
-    if let Some(d) = out.divergence {
+    if let Some(d) = out.divergence.as_ref().filter(|d| d.quorum) {
         return Err(fail(
             index,
             format!(
@@ -196,6 +204,9 @@ impl Audit {
     ) -> Result<(), Discrepancy> {
         check_replayed(&self.store, index, rec, leaf, out)?;
         let s = &mut self.summary;
+        if let Some(d) = &out.divergence {
+            s.faulty_signatures.push((index, d.node, d.seq));
+        }
         s.entries += 1;
         match leaf.kind {
             EntryKind::Genesis => s.network_id = self.executor.network_id(),
@@ -224,16 +235,18 @@ impl Audit {
     pub fn finish(mut self) -> Result<Summary, Discrepancy> {
         self.flush()?;
         let at_end = |e: StoreError| fail(self.summary.entries, e.to_string());
-        let (len, evidence) = self
+        let (len, evidence, final_cp) = self
             .store
             .read()
             .and_then(|r| {
                 Ok((
                     r.ledger_len()?,
                     crate::query::evidence(&r, None, usize::MAX)?,
+                    crate::query::latest_final_checkpoint(&r)?,
                 ))
             })
             .map_err(at_end)?;
+        self.summary.final_size = final_cp.map_or(0, |c| c.size);
         self.summary.evidence = evidence.into_iter().map(|e| (e.node, e.seq)).collect();
         self.summary.tx_root = if len == 0 {
             comity_core::merkle::empty_root()

@@ -750,6 +750,21 @@ fn divergence_is_this_nodes_only_once_a_quorum_signed_other_roots() {
     let d = out.divergence.expect("a node signed other roots");
     assert_eq!((d.node, d.seq), (nodes[1].public().fingerprint(), cp.seq));
     assert!(!d.quorum, "one node of three is not a quorum: {d:?}");
+    // An auditor's replay names the faulty node and goes on.
+    let audit = |store: &Store| {
+        let scratch = tempfile::tempdir().unwrap();
+        let mut a = comity_apps::audit::Audit::new(scratch.path()).unwrap();
+        for i in 0..store.read().unwrap().ledger_len().unwrap() {
+            a.feed(i, &store.record(i).unwrap())?;
+        }
+        a.finish()
+    };
+    let faulty_at = store.read().unwrap().ledger_len().unwrap() - 1;
+    let summary = audit(&store).expect("a lone faulty signer does not fail the audit");
+    assert_eq!(
+        summary.faulty_signatures,
+        vec![(faulty_at, nodes[1].public().fingerprint(), cp.seq)]
+    );
     let out = apply(
         &store,
         &mut ex,
@@ -757,4 +772,7 @@ fn divergence_is_this_nodes_only_once_a_quorum_signed_other_roots() {
     );
     let d = out.divergence.expect("a second node signed other roots");
     assert!(d.quorum, "two members of three signed other roots: {d:?}");
+    // Once a quorum signed other roots, the replay is the one that differs.
+    let e = audit(&store).expect_err("a quorum contradicts the replay");
+    assert_eq!(e.index, faulty_at + 1, "{e}");
 }

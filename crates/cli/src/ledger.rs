@@ -55,7 +55,7 @@ pub async fn run(args: LedgerArgs) -> anyhow::Result<()> {
                 std::fs::copy(e.path(), copy.join(e.file_name()))?;
             }
             let mut err = None;
-            let (files, _) = LedgerFiles::open(
+            let (files, report) = LedgerFiles::open(
                 &copy,
                 0,
                 comity_store::segments::DEFAULT_ROLL_BYTES,
@@ -74,6 +74,17 @@ pub async fn run(args: LedgerArgs) -> anyhow::Result<()> {
                 bail!("FAILED: {e}");
             }
             println!("read {} entries from {}", files.len(), dir.display());
+            if report.discarded_tail_bytes > 0 {
+                // A copy of a running node's files may end mid-write; damage
+                // looks the same. Either way the audit stops short of it.
+                println!(
+                    "WARNING: the last ledger file ends in {} bytes that are not whole, intact records \
+                     (a write torn by a crash or a copy taken mid-write, or damage): entries from {} on \
+                     were not audited",
+                    report.discarded_tail_bytes,
+                    files.len()
+                );
+            }
         }
         None => {
             let mut g = global().clone();
@@ -120,14 +131,14 @@ pub async fn run(args: LedgerArgs) -> anyhow::Result<()> {
             .ok()
             .and_then(|c| c.local_network_identity().ok().flatten()),
     };
-    if let (Some(id), Some(net)) = (&identity, s.network_id) {
-        if id.network_id != net {
-            bail!(
-                "FAILED: the ledger's genesis hash {} is not the network id {}",
-                hex::encode(net),
-                hex::encode(id.network_id)
-            );
-        }
+    match (&identity, s.network_id) {
+        (Some(id), Some(net)) if id.network_id != net => bail!(
+            "FAILED: the ledger's genesis hash {} is not the network id {}",
+            hex::encode(net),
+            hex::encode(id.network_id)
+        ),
+        (Some(_), None) => bail!("FAILED: the ledger has no genesis entry"),
+        _ => {}
     }
     println!(
         "OK: replayed {} entries in {:.1} s",
@@ -158,6 +169,27 @@ pub async fn run(args: LedgerArgs) -> anyhow::Result<()> {
     }
     if identity.is_some() {
         println!("  genesis matches the network identity");
+    } else {
+        println!(
+            "  genesis NOT checked: no network identity (pass --network-identity); \
+             a ledger begun from another genesis would replay too"
+        );
+    }
+    println!(
+        "  final             entries 0..{} are under a final checkpoint (signed by nodes of a \
+         quorum of members){}",
+        s.final_size,
+        match s.entries.saturating_sub(s.final_size) {
+            0 => String::new(),
+            n => format!("; the last {n} are not yet, and rest on this copy alone"),
+        }
+    );
+    for (index, node, seq) in &s.faulty_signatures {
+        println!(
+            "  WARNING: entry {index}: node {} signed checkpoint #{seq} over roots that replay \
+             does not reproduce (no quorum signed them: a faulty node, not a faulty ledger)",
+            hex::encode(node)
+        );
     }
     if s.evidence.is_empty() {
         println!("  evidence          none: no node signed two different checkpoints");

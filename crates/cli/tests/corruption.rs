@@ -155,6 +155,20 @@ async fn start_and_check(net: &mut Network, acked: &[(Hash, u64)]) {
     );
 }
 
+/// `comity ledger verify --dir COPY` against the network's identity.
+async fn audit_copy(net: &Network, copy: &Path) -> common::CliOutput {
+    let ident = net.data.join("network.json");
+    let args = [
+        "ledger",
+        "verify",
+        "--dir",
+        copy.to_str().unwrap(),
+        "--network-identity",
+        ident.to_str().unwrap(),
+    ];
+    net.cli(&args, Duration::from_secs(60)).await
+}
+
 /// Starts the node expecting a refusal that names `file_part` and says "corrupt".
 async fn expect_refusal(net: &mut Network, file_part: &str) {
     let t = Instant::now();
@@ -238,6 +252,39 @@ async fn corrupt_ledger_segment_is_refused_and_named() {
         .await;
     assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
     stop(&mut net).await;
+
+    // An auditor's copy of the files replays against the network identity;
+    // a torn last record is reported, not silently left out.
+    let copy = net.tmp.path().join("ledger-copy");
+    std::fs::create_dir(&copy).unwrap();
+    for e in std::fs::read_dir(seg.parent().unwrap()).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+    }
+    let out = audit_copy(&net, &copy).await;
+    assert!(
+        out.status.success()
+            && out.stdout.contains("genesis matches")
+            && !out.stdout.contains("WARNING"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    let last = copy.join(seg.file_name().unwrap());
+    let len = std::fs::metadata(&last).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&last)
+        .unwrap()
+        .set_len(len - 10)
+        .unwrap();
+    let out = audit_copy(&net, &copy).await;
+    assert!(
+        out.status.success() && out.stdout.contains("WARNING: the last ledger file ends in"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
     eprintln!("total {:.1} s", t0.elapsed().as_secs_f64());
 }
 
@@ -305,6 +352,7 @@ async fn corrupt_raft_log_is_refused_and_torn_tail_is_not() {
         .await;
     assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
     stop(&mut net).await;
+
     eprintln!("total {:.1} s", t0.elapsed().as_secs_f64());
 }
 
