@@ -312,6 +312,9 @@ impl Executor {
             Command::Flush => self.complete_checkpoints(batch, &mut out)?,
             Command::Recover { time, decision } => {
                 self.advance_time(batch, *time)?;
+                // The decision names a checkpoint: its body must be one
+                // this ledger computed, so no computation may be pending.
+                self.complete_checkpoints(batch, &mut out)?;
                 out.txs.push(self.recover(batch, decision)?);
             }
         }

@@ -88,12 +88,22 @@ pub fn enact(
     if r.size != index || r.tx_root != batch.tx_root() {
         return Ok(Err(codes::RECOVERY_MISMATCH));
     }
-    let cp_size = coset_payload(&r.checkpoint)
-        .and_then(|b| Checkpoint::from_cbor(&b).ok())
-        .map(|c| c.size);
-    let Some(cp_size) = cp_size else {
+    let cp =
+        coset_payload(&r.checkpoint).and_then(|b| Checkpoint::from_cbor(&b).ok().map(|c| (b, c)));
+    let Some((cp_body, cp)) = cp else {
         return Ok(Err(codes::BAD_ARGS));
     };
+    // Its state root proves the member keys that sign the decision, so it
+    // must be a checkpoint this ledger computed, not one a quorum of node
+    // keys signed over other roots.
+    if batch.aux_get(&keys::checkpoint(cp.seq))?.as_deref() != Some(cp_body.as_slice()) {
+        tracing::error!(
+            seq = cp.seq,
+            "refusing a recovery decision: its checkpoint is not the one this ledger computed"
+        );
+        return Ok(Err(codes::RECOVERY_MISMATCH));
+    }
+    let cp_size = cp.size;
     let set = crate::node_set::set_at(&*batch, cp_size)?;
     let since = crate::node_set::changes(&*batch, 0, cp_size)?
         .last()

@@ -776,3 +776,64 @@ fn divergence_is_this_nodes_only_once_a_quorum_signed_other_roots() {
     let e = audit(&store).expect_err("a quorum contradicts the replay");
     assert_eq!(e.index, faulty_at + 1, "{e}");
 }
+
+/// A recovery decision's checkpoint must be one this ledger computed: its
+/// state root proves the member keys that sign the decision, so a body the
+/// nodes signed over other values is refused even with a quorum's
+/// signatures and a member key proof that checks.
+#[test]
+fn a_recovery_decision_names_a_checkpoint_this_ledger_computed() {
+    use comity_core::recovery::{Recovery, MEMBER_KEYS_STATE_KEY, RECOVERY_CONTENT_TYPE};
+    let net = network();
+    let dir = tempfile::tempdir().unwrap();
+    let (store, mut ex) = started(dir.path(), &net);
+    let mut out = apply(&store, &mut ex, Command::Checkpoint { time: T0 + 10 });
+    let cp = out.checkpoints.pop().expect("checkpoint");
+    let (_, sig_tx) = checkpoint_signature(&net, &cp.to_cbor(), 1, T0 + 11);
+    let out = apply(&store, &mut ex, batch(vec![sig_tx], T0 + 11));
+    assert_eq!(out.txs[0].outcome, Outcome::Applied);
+
+    let member_id = net.member.public().fingerprint();
+    let new_node = SigningKey::generate(Alg::EdDsa);
+    // A decision over checkpoint `body`, signed by the node (the whole set)
+    // and by the only member.
+    let decide = |body: &[u8]| {
+        let node_id = net.node.public().fingerprint();
+        let cp_sig = checkpoint::sign(CHECKPOINT_CONTENT_TYPE, body, &net.node, &node_id);
+        let proved = query::proved_state(&store, MEMBER_KEYS_STATE_KEY)
+            .unwrap()
+            .unwrap();
+        let size = store.read().unwrap().ledger_len().unwrap();
+        let d = Recovery {
+            network_id: net.identity.network_id,
+            size,
+            tx_root: store.tree_root_at(size).unwrap(),
+            checkpoint: checkpoint::signed_statement(CHECKPOINT_CONTENT_TYPE, body, &[cp_sig]),
+            members: proved.value.expect("member keys"),
+            members_proof: proved.proof,
+            nodes: NodeSet(vec![node_info(&new_node.public(), member_id)]),
+            addresses: vec!["127.0.0.1:1".into()],
+            reason: "test".into(),
+        };
+        let body = d.to_cbor();
+        let sig = checkpoint::sign(RECOVERY_CONTENT_TYPE, &body, &net.member, &member_id);
+        Command::Recover {
+            time: T0 + 20,
+            decision: ByteBuf::from(checkpoint::signed_statement(
+                RECOVERY_CONTENT_TYPE,
+                &body,
+                &[sig],
+            )),
+        }
+    };
+    // The same state root, but another transaction root than this ledger's.
+    let mut other = cp.clone();
+    other.tx_root[0] ^= 1;
+    let out = apply(&store, &mut ex, decide(&other.to_cbor()));
+    assert_eq!(
+        out.txs[0].outcome,
+        Outcome::Rejected("recovery_mismatch".into())
+    );
+    let out = apply(&store, &mut ex, decide(&cp.to_cbor()));
+    assert_eq!(out.txs[0].outcome, Outcome::Applied);
+}
