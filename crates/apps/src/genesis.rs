@@ -292,6 +292,8 @@ impl Genesis {
         if member_ids.len() != g.members.len()
             || user_ids.len() != g.users.len()
             || !member_ids.is_disjoint(&user_ids)
+            // A node with a member's or user's key would overwrite that identity.
+            || g.nodes.0.iter().any(|n| member_ids.contains(&n.id) || user_ids.contains(&n.id))
         {
             return Err(CborError::Shape(
                 "each genesis identity needs its own key".into(),
@@ -323,5 +325,38 @@ pub fn node_info(key: &PublicKey, member: comity_core::Hash) -> NodeInfo {
         id: key.fingerprint(),
         member,
         key: key.to_spki_der(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use comity_core::crypto::{Alg, SigningKey};
+
+    /// A node whose key is a member's or a user's would overwrite that
+    /// identity at genesis (a member gone, perhaps the only one).
+    #[test]
+    fn a_node_may_not_share_a_members_or_users_key() {
+        let (member, user, node) = (
+            SigningKey::generate(Alg::EdDsa),
+            SigningKey::generate(Alg::EdDsa),
+            SigningKey::generate(Alg::EdDsa),
+        );
+        let m = member.public().fingerprint();
+        let genesis = |node: &SigningKey| {
+            Genesis::new(
+                "g",
+                1,
+                vec![IdentitySpec::new(member.public().to_spki_der(), "m")],
+                vec![IdentitySpec::new(user.public().to_spki_der(), "u")],
+                NodeSet(vec![node_info(&node.public(), m)]),
+            )
+            .to_cbor()
+        };
+        Genesis::from_cbor(&genesis(&node)).expect("distinct keys");
+        for shared in [&member, &user] {
+            let e = Genesis::from_cbor(&genesis(shared)).unwrap_err();
+            assert!(e.to_string().contains("its own key"), "{e}");
+        }
     }
 }

@@ -272,6 +272,24 @@ fn constitution_change_applies_to_the_next_proposal_only() {
     let (m1, m2) = (g.m[1].clone(), g.m[2].clone());
     let dave = SigningKey::generate(Alg::EdDsa);
     let (before, _) = g.propose(0, add_user(&dave));
+    // A constitution proposed now, under version 1, but decided later.
+    let mut stale = Constitution::default();
+    stale
+        .rules
+        .insert("member.remove".into(), Rule::unanimous());
+    let (stale, code) = g.propose(
+        1,
+        json!([{"action": "constitution.set", "args": serde_json::to_value(&stale).unwrap()}]),
+    );
+    assert_eq!(code, "ok");
+    let (_, code) = g.propose(
+        1,
+        json!([
+            {"action": "constitution.set", "args": serde_json::to_value(Constitution::default()).unwrap()},
+            {"action": "constitution.set", "args": serde_json::to_value(Constitution::default()).unwrap()}
+        ]),
+    );
+    assert_eq!(code, "bad_args", "two constitutions in one proposal");
 
     // Unanimity for user.add, and m2 alone may close the network.
     let mut c = Constitution::default();
@@ -306,6 +324,14 @@ fn constitution_change_applies_to_the_next_proposal_only() {
     // The open proposal is still decided by the constitution it was made under.
     assert_eq!(g.vote(&m1, &before, "approve"), "ok");
     assert_eq!(g.proposal(&before).state, ProposalState::Accepted);
+    // But a constitution proposed under version 1 may not replace version 2:
+    // it fails at its next ballot.
+    let m0 = g.m[0].clone();
+    assert_eq!(g.vote(&m0, &stale, "approve"), "ok");
+    let p = g.proposal(&stale);
+    assert_eq!(p.state, ProposalState::Failed);
+    let why = p.resolved.unwrap().reason.unwrap();
+    assert!(why.contains("version 2 was adopted since"), "{why}");
     // A new one follows the new rule.
     let erin = SigningKey::generate(Alg::EdDsa);
     let (after, _) = g.propose(0, add_user(&erin));
@@ -397,6 +423,14 @@ fn authorization_membership_and_keys() {
     // Key rotation: the id stays, the old key stops, the new key works.
     let fk2 = SigningKey::generate(Alg::EdDsa);
     let fid = frank.public().fingerprint();
+    // Two rotations of one identity in one proposal: the first key would
+    // never be in force, yet bound to frank for good.
+    let rotate = |k: &SigningKey| {
+        json!({"action": "identity.rotate_key", "args": {
+            "id": hex::encode(fid), "key": hex::encode(k.public().to_spki_der())}})
+    };
+    let (_, code) = g.propose(0, json!([rotate(&fk2), rotate(&frank)]));
+    assert_eq!(code, "bad_args", "two rotations of one identity");
     let rotated = g.pass(json!([{"action": "identity.rotate_key", "args": {
         "id": hex::encode(fid), "key": hex::encode(fk2.public().to_spki_der())}}]));
     assert_eq!(rotated.state, ProposalState::Accepted);

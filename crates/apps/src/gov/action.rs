@@ -388,6 +388,11 @@ fn trust_node(
         ident.name = name.clone();
     }
     ident.data.extend(n.data.clone());
+    if let Err(why) = check_data("node", &ident.data) {
+        return Ok(Err(format!(
+            "the join request's and the action's data together: {why}"
+        )));
+    }
     state::put_identity(o, &ident, true)?;
     let mut nodes = state::node_set(o)?;
     nodes.0.push(NodeInfo {

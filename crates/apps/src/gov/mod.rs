@@ -97,6 +97,25 @@ pub fn parse_proposal(args: &Value) -> Result<ProposeArgs, String> {
         a.check_form()
             .map_err(|e| format!("action {i} ({}): {e}", a.name()))?;
     }
+    // A second constitution or key for the same subject would be recorded
+    // without ever being in force (a key bound to the identity for good).
+    let mut rotated = BTreeSet::new();
+    let mut constitutions = 0;
+    for a in &p.actions {
+        match a {
+            Action::ConstitutionSet(_) => constitutions += 1,
+            Action::RotateKey(r) if !rotated.insert(r.id.0) => {
+                return Err(format!(
+                    "identity {} has its key rotated twice in one proposal",
+                    hex::encode(r.id.0)
+                ))
+            }
+            _ => {}
+        }
+    }
+    if constitutions > 1 {
+        return Err("a proposal sets the constitution at most once".into());
+    }
     Ok(p)
 }
 
@@ -292,7 +311,7 @@ fn resolve(
             _ => None,
         })
         .collect();
-    let refusal = unapproved.iter().find_map(|m| {
+    let mut refusal = unapproved.iter().find_map(|m| {
         let why = if rejections.contains(m) {
             "rejected it"
         } else if !active.contains(m) {
@@ -305,6 +324,19 @@ fn resolve(
             hex::encode(m)
         ))
     });
+    // A new constitution is judged under the one it replaces: once another
+    // was adopted, an older proposal would undo it under the older rules.
+    let current = state::constitution_version(&*batch)?;
+    if p.constitution != current
+        && p.actions
+            .iter()
+            .any(|a| matches!(a, Action::ConstitutionSet(_)))
+    {
+        refusal = Some(format!(
+            "it replaces constitution version {}, but version {current} was adopted since",
+            p.constitution
+        ));
+    }
     match verdict {
         Verdict::Rejected => close(batch, p, ProposalState::Rejected, index, time, None),
         // It can no longer pass, however the others vote.
