@@ -604,6 +604,15 @@ async fn a_contracts_life_over_https() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Some("digest_mismatch"));
+    let e = owner
+        .notary_put_personal(&wid, &vec![0; 64 * 1024 + 1])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.status(), e.code()),
+        (Some(413), Some("too_large")),
+        "{e}"
+    );
     let carol_reads = n.net.client_as("carol");
     let e = carol_reads
         .notary_get(&["documents", &w, "personal"], &[])

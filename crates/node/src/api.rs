@@ -203,7 +203,11 @@ fn body_timeout() -> ApiError {
 /// Reads a body of at most `limit` bytes, refusing a larger declared length
 /// before reading any of it, so a client cannot make the node buffer more
 /// than the ledger would accept.
-async fn read_limited(headers: &HeaderMap, body: Body, limit: usize) -> ApiResult<Bytes> {
+pub(crate) async fn read_limited(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> ApiResult<Bytes> {
     let too_large = |n: String| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

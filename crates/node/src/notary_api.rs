@@ -3,11 +3,12 @@
 //! events with their receipts, collections, and the node-local personal data
 //! that a record commits to by digest. See docs/api.md ("Notary").
 
-use crate::api::{authorize, parse_hash, ApiBody, ApiPath, ApiQuery, S};
+use crate::api::{authorize, parse_hash, read_limited, ApiPath, ApiQuery, S};
 use crate::error::{ApiError, ApiResult};
 use crate::gov_api::proof_json;
 use crate::server::ClientIdentity;
-use axum::http::{header, StatusCode};
+use axum::body::Body;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
@@ -363,16 +364,13 @@ async fn personal_put(
     axum::extract::State(shared): S,
     Extension(who): Extension<ClientIdentity>,
     ApiPath(id): ApiPath<String>,
-    ApiBody(body): ApiBody,
+    headers: HeaderMap,
+    body: Body,
 ) -> ApiResult<Json<Value>> {
+    // Who asks is checked before a byte of the body is read, and the body
+    // (its arrival time too) is bounded by the blob's limit.
     let d = personal_reader(&shared, who, &id)?;
-    if body.len() > MAX_PERSONAL {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!("personal data is at most {MAX_PERSONAL} bytes"),
-        ));
-    }
+    let body = read_limited(&headers, body, MAX_PERSONAL).await?;
     let Some(expected) = d.personal else {
         return Err(ApiError::bad_request(
             "no_personal_data",
