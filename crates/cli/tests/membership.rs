@@ -354,7 +354,7 @@ async fn a_learner_that_is_not_caught_up_is_not_made_a_voter() {
     let mut c = Cluster::start(1, false).await;
     let client = c.client_as(0, "member0");
     let new = c.new_node("");
-    trust(&c, &client, new).await;
+    let node_id = trust(&c, &client, new).await;
     // Several reconciler rounds (every 500 ms), writes committing all along.
     for k in 0..8 {
         commit(
@@ -373,6 +373,29 @@ async fn a_learner_that_is_not_caught_up_is_not_made_a_voter() {
         "the new node is a learner: {:?}",
         h.members
     );
+    // Retired before it ever caught up, it leaves the group: no change of
+    // the voters would remove it, and its peers trust it while it is in it.
+    pass(
+        &c,
+        &client,
+        json!([{"action": "node.retire", "args": {"id": hex::encode(node_id)}}]),
+        "retire the learner",
+    )
+    .await;
+    let deadline = Instant::now() + LONG;
+    loop {
+        let h = client.health().await.expect("health");
+        if h.members.len() == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the retired learner is still in the group: {:?}; the leader's log:\n{}",
+            h.members,
+            c.log(0)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// A follower that was down while the leader snapshotted and purged its log

@@ -5,7 +5,7 @@
 use crate::Shared;
 use comity_apps::{genesis::ADDRESS, registry};
 use comity_consensus::network::raft_id;
-use openraft::BasicNode;
+use openraft::{BasicNode, ChangeMembers};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -91,7 +91,22 @@ async fn step(shared: &Shared) -> anyhow::Result<BTreeSet<u64>> {
         }
     }
     let target: BTreeSet<u64> = want.keys().copied().collect();
-    if target == voters || target.is_empty() {
+    if target.is_empty() {
+        return Ok(BTreeSet::new());
+    }
+    // A learner no longer trusted (retired before it caught up) leaves the
+    // group: changing the voters would keep it, and its peers trust it while
+    // it is in the group.
+    let stale: BTreeSet<u64> = membership
+        .learner_ids()
+        .filter(|id| !target.contains(id))
+        .collect();
+    if !stale.is_empty() {
+        tracing::info!(?stale, "removing learners that are no longer trusted");
+        change(shared, ChangeMembers::RemoveNodes(stale)).await?;
+        return Ok(BTreeSet::new());
+    }
+    if target == voters {
         return Ok(BTreeSet::new());
     }
     let mut behind = BTreeSet::new();
@@ -118,11 +133,18 @@ async fn step(shared: &Shared) -> anyhow::Result<BTreeSet<u64>> {
         target = ?ready,
         "changing the Raft voters to the trusted node set"
     );
-    match tokio::time::timeout(CHANGE_WAIT, shared.raft.change_membership(ready, false)).await {
-        Ok(r) => r.map(|_| behind).map_err(Into::into),
+    change(shared, ChangeMembers::ReplaceAllVoters(ready)).await?;
+    Ok(behind)
+}
+
+/// Asks Raft for a membership change and waits at most [`CHANGE_WAIT`] for
+/// it to commit (it goes on in Raft meanwhile).
+async fn change(shared: &Shared, changes: ChangeMembers<u64, BasicNode>) -> anyhow::Result<()> {
+    match tokio::time::timeout(CHANGE_WAIT, shared.raft.change_membership(changes, false)).await {
+        Ok(r) => r.map(|_| ()).map_err(Into::into),
         Err(_) => {
             tracing::warn!("the membership change has not committed within {CHANGE_WAIT:?}");
-            Ok(behind)
+            Ok(())
         }
     }
 }
