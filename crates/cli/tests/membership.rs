@@ -398,6 +398,50 @@ async fn a_learner_that_is_not_caught_up_is_not_made_a_voter() {
     }
 }
 
+/// A trusted node is recognised by its key, not its address: found at
+/// another node's address (a wrong or hijacked address), it answers with
+/// that node's key and is not taken for the node called, so it cannot
+/// acknowledge writes it never received or be made a voter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_is_recognised_by_its_key_not_its_address() {
+    let _serial = common::serial().await;
+    let mut c = Cluster::start(3, false).await;
+    let leader = c.wait_leader(&[], LONG).await;
+    let client = c.client_as(leader, "member0");
+    let new = c.new_node("");
+    let elsewhere = (leader + 1) % 3;
+    pass(
+        &c,
+        &client,
+        json!([{"action": "node.trust", "args": {
+            "key": hex::encode(node_key(&c, new).to_spki_der()),
+            "member": hex::encode(c.signer("member0").id),
+            "name": "at another node's address",
+            "data": {"address": format!("127.0.0.1:{}", c.base + elsewhere as u16)},
+        }}]),
+        "trust a node at another node's address",
+    )
+    .await;
+    // Several reconciler rounds (every 500 ms), writes committing all along.
+    for k in 0..8 {
+        commit(
+            &client,
+            c.signer("user0").kv_put(&format!("k{k}"), b"x"),
+            "a write",
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let h = client.health().await.expect("health");
+    assert_eq!(h.members.len(), 4, "{:?}", h.members);
+    assert_eq!(
+        voters(&client).await.len(),
+        3,
+        "the node at another's address was taken for the node called: {:?}",
+        h.members
+    );
+}
+
 /// A follower that was down while the leader snapshotted and purged its log
 /// installs a snapshot: it fetches the ledger records it lacks from its
 /// peers, replays them, and then follows the log again.

@@ -190,6 +190,8 @@ impl Peers {
             .connect_timeout(Duration::from_secs(2))
             .pool_idle_timeout(Duration::from_secs(30))
             .tcp_nodelay(true)
+            // The answering node's certificate, to check it is the node called.
+            .tls_info(true)
             // A peer answers; it never sends a node elsewhere.
             .redirect(reqwest::redirect::Policy::none())
             .local_address(bind)
@@ -199,8 +201,13 @@ impl Peers {
 
     /// POSTs `req` (CBOR) to `https://{addr}{path}` and decodes the CBOR
     /// reply (at most [`MAX_REPLY`] bytes: a peer is trusted, not infallible).
+    /// With `node`, the answer must come from the node of that Raft id: any
+    /// trusted key passes the TLS check, so another trusted node at that
+    /// address (a hijacked name) could otherwise answer, say, for a vote or
+    /// an fsync it never did.
     pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
+        node: Option<u64>,
         addr: &str,
         path: &'static str,
         req: &Req,
@@ -218,6 +225,19 @@ impl Peers {
             .send()
             .await
             .map_err(|e| failed(addr, e))?;
+        if let Some(want) = node {
+            let got = resp
+                .extensions()
+                .get::<reqwest::tls::TlsInfo>()
+                .and_then(|t| t.peer_certificate())
+                .and_then(|der| cert_fingerprint(&CertificateDer::from(der)));
+            if got.map(|fp| raft_id(&fp)) != Some(want) {
+                return Err(PeerError::Protocol(format!(
+                    "{addr}{path}: answered by key {}, not by node {want}",
+                    got.map_or("(none)".into(), hex::encode)
+                )));
+            }
+        }
         let status = resp.status();
         let too_large =
             || PeerError::Protocol(format!("{addr}{path}: reply over {MAX_REPLY} bytes"));
@@ -284,7 +304,7 @@ impl PeerClient {
     {
         let r: Result<Resp, RaftError<u64, E>> = self
             .peers
-            .call(&self.addr, path, req, option.hard_ttl())
+            .call(Some(self.target), &self.addr, path, req, option.hard_ttl())
             .await
             .map_err(PeerError::into_rpc)?;
         r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))

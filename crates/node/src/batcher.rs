@@ -130,11 +130,11 @@ async fn order(shared: &Shared, txs: Vec<ByteBuf>) -> Vec<Option<ApiError>> {
                     }
                 };
             }
-            Some((_, addr)) => {
+            Some((leader, addr)) => {
                 let wait = Duration::from_millis(shared.limits.commit_wait_ms + 5_000);
                 match shared
                     .peers
-                    .call::<_, Vec<Forwarded>>(&addr, path::SUBMIT, &txs, wait)
+                    .call::<_, Vec<Forwarded>>(Some(leader), &addr, path::SUBMIT, &txs, wait)
                     .await
                 {
                     Ok(replies) if replies.len() == n => {

@@ -239,9 +239,9 @@ pub async fn linearize(shared: &Shared) -> ApiResult<()> {
                 })?;
                 return Ok(());
             }
-            Some((_, addr)) => shared
+            Some((leader, addr)) => shared
                 .peers
-                .call::<_, u64>(&addr, path::READ_INDEX, &(), timeout)
+                .call::<_, u64>(Some(leader), &addr, path::READ_INDEX, &(), timeout)
                 .await
                 .map_err(|e| ApiError::unavailable(format!("linearizable read: {e}")))?,
             None => {
