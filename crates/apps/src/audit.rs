@@ -46,12 +46,15 @@ pub struct Audit {
     store: Store,
     executor: Executor,
     summary: Summary,
-    /// Checked records waiting to be replayed together.
+    /// Checked records waiting to be replayed together, and their bytes.
     pending: Vec<(u64, Record, Leaf, Command)>,
+    pending_bytes: usize,
 }
 
-/// Records replayed per storage commit.
+/// Most records replayed per storage commit.
 const BATCH: usize = 256;
+/// Most record bytes held for one storage commit (records may be large).
+const BATCH_BYTES: usize = 64 << 20;
 
 fn fail(index: u64, message: impl Into<String>) -> Discrepancy {
     Discrepancy {
@@ -150,6 +153,7 @@ impl Audit {
             executor,
             summary: Summary::default(),
             pending: Vec::new(),
+            pending_bytes: 0,
         })
     }
 
@@ -160,8 +164,9 @@ impl Audit {
     /// [`Audit::finish`].
     pub fn feed(&mut self, index: u64, raw: &[u8]) -> Result<(), Discrepancy> {
         let (rec, leaf, cmd) = replay_command(index, raw)?;
+        self.pending_bytes += raw.len();
         self.pending.push((index, rec, leaf, cmd));
-        if self.pending.len() >= BATCH {
+        if self.pending.len() >= BATCH || self.pending_bytes >= BATCH_BYTES {
             self.flush()?;
         }
         Ok(())
@@ -170,6 +175,7 @@ impl Audit {
     /// Replays the records taken so far in one commit and compares each result.
     fn flush(&mut self) -> Result<(), Discrepancy> {
         let pending = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
         let Some((first, ..)) = pending.first() else {
             return Ok(());
         };
