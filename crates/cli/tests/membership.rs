@@ -172,7 +172,7 @@ async fn a_node_joins_by_vote_and_a_node_retires_by_vote() {
         .trim()
         .to_string();
 
-    let new = c.join_new_node();
+    let new = c.join_new_node(0);
     let node_id = node_key(&c, new).fingerprint();
     let pending = wait_pending(&client, &node_id).await;
     assert_eq!(pending["operator"], hex::encode(c.signer("member0").id));
@@ -345,6 +345,61 @@ async fn the_leader_of_two_nodes_retires() {
     .await;
 }
 
+/// A node joining a network whose leader was trusted after genesis catches
+/// up from that leader: replaying from genesis, its applied node set lacks
+/// the leader, so it goes by the set it joined with until it sees itself
+/// trusted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_joins_a_network_led_by_a_node_trusted_after_genesis() {
+    let _serial = common::serial().await;
+    let mut c = Cluster::start(1, false).await;
+    let client = c.client_as(0, "member0");
+    let user = c.signer("user0");
+    commit(&client, user.kv_put("early", b"1"), "a write").await;
+    // Many Raft entries between genesis and node1's trust: a joining node
+    // applies genesis while the leader still sends it the rest.
+    for k in 0..1000 {
+        commit(&client, user.kv_put(&format!("k{k}"), b"x"), "a write").await;
+    }
+    // node1 joins, then node0, the genesis node, retires: node1 leads alone.
+    let first = c.join_new_node(0);
+    wait_pending(&client, &node_key(&c, first).fingerprint()).await;
+    trust(&c, &client, first).await;
+    wait_voters(&client, 2, "after trusting node1").await;
+    let genesis_node = node_key(&c, 0).fingerprint();
+    pass(
+        &c,
+        &client,
+        json!([{"action": "node.retire", "args": {"id": hex::encode(genesis_node)}}]),
+        "retire the genesis node",
+    )
+    .await;
+    let client = c.client_as(first, "member0");
+    wait_voters(&client, 1, "after retiring node0").await;
+
+    let second = c.join_new_node(first);
+    wait_pending(&client, &node_key(&c, second).fingerprint()).await;
+    trust(&c, &client, second).await;
+    wait_voters(&client, 2, "after trusting node2").await;
+    c.wait_healthy(second, LONG).await;
+    let joined = c.client_as(second, "member0");
+    let deadline = Instant::now() + LONG;
+    while joined
+        .kv_get(Some(&user.id), "early")
+        .await
+        .ok()
+        .and_then(|r| r.value)
+        != Some(b"1".to_vec())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "node{second} did not catch up; its log:\n{}",
+            c.log(second)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A trusted node that does not catch up (here nothing answers at its
 /// address) stays a learner: made a voter of a one-node group, it would be
 /// needed for every commit.
@@ -497,7 +552,7 @@ async fn a_node_behind_the_purged_log_catches_up_by_snapshot() {
     c.ledger_verify(behind).await;
 
     // A new node joining now gets the whole ledger the same way, from genesis.
-    let new = c.join_new_node();
+    let new = c.join_new_node(0);
     wait_pending(&client, &node_key(&c, new).fingerprint()).await;
     trust(&c, &client, new).await;
     wait_voters(&client, 4, "after node.trust").await;

@@ -36,7 +36,7 @@ async fn members_restart_a_network_that_lost_its_majority() {
         acked.insert(s.id, s.index.expect("index"));
     }
     // A node asks to join; its request commits, then it waits for a vote.
-    let joiner = c.join_new_node();
+    let joiner = c.join_new_node(0);
     let joiner_id = node_id(&c, joiner);
     let deadline = Instant::now() + LONG;
     while client.health().await.ok().and_then(|h| h.join_requests) != Some(1) {

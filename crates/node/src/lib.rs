@@ -199,6 +199,7 @@ impl Node {
         let raft_members = RaftMembers::default();
         let trust = trust(
             &view,
+            node_identity,
             store.clone(),
             raft_members.clone(),
             bootstrap,
@@ -313,8 +314,13 @@ impl Recovering {
 /// A retired node is accepted as long as it is still in the Raft group
 /// (`raft_members`): the change that removes it needs the old set's
 /// majority, which may include the retiring node itself.
+///
+/// A node that joined also accepts the set it joined with until its own
+/// trust is applied: replaying from genesis, its applied set lacks the
+/// nodes trusted since, the leader perhaps among them.
 fn trust(
     view: &SharedView,
+    me: Hash,
     store: Arc<Store>,
     raft_members: RaftMembers,
     bootstrap: Option<comity_core::network::NodeSet>,
@@ -330,7 +336,7 @@ fn trust(
         if nodes.0.is_empty() {
             return bootstrap.get(fp).is_some();
         }
-        if nodes.get(fp).is_some() {
+        if nodes.get(fp).is_some() || (nodes.get(&me).is_none() && bootstrap.get(fp).is_some()) {
             return true;
         }
         // The Raft id is 64 bits of the key's hash: the whole key must have

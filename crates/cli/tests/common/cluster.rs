@@ -224,10 +224,10 @@ impl Cluster {
 
     /// Creates node `n` (key, TLS certificate from the network's CA, a
     /// configuration without genesis, listening on `base + n`) and starts it
-    /// with `comity node join` against node 0. Returns its number.
-    pub fn join_new_node(&mut self) -> usize {
+    /// with `comity node join` against node `via`. Returns its number.
+    pub fn join_new_node(&mut self, via: usize) -> usize {
         let i = self.new_node("");
-        let (url, data) = (self.url(0), self.data.display().to_string());
+        let (url, data) = (self.url(via), self.data.display().to_string());
         self.spawn_with(i, &["--data", &data, "node", "join", "--network", &url]);
         i
     }
