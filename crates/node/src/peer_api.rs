@@ -227,6 +227,12 @@ async fn read_index(State(shared): S) -> ApiResult<Response> {
     Ok(reply(&id.map_or(0, |l| l.index)))
 }
 
+/// Most read-index calls to the leader in flight from this node: clients
+/// cause them, and each may hold a connection (one request at a time on
+/// HTTP/1.1), which would otherwise take any number of file descriptors
+/// from the node's reserve. Raft's own calls are not bounded by this.
+static READ_INDEX_CALLS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(64);
+
 /// Waits until this node has applied everything committed before the call,
 /// as confirmed by the leader and a quorum: a read after this is linearizable.
 pub async fn linearize(shared: &Shared) -> ApiResult<()> {
@@ -239,11 +245,19 @@ pub async fn linearize(shared: &Shared) -> ApiResult<()> {
                 })?;
                 return Ok(());
             }
-            Some((leader, addr)) => shared
-                .peers
-                .call::<_, u64>(Some(leader), &addr, path::READ_INDEX, &(), timeout)
-                .await
-                .map_err(|e| ApiError::unavailable(format!("linearizable read: {e}")))?,
+            Some((leader, addr)) => {
+                let _call = tokio::time::timeout(timeout, READ_INDEX_CALLS.acquire())
+                    .await
+                    .map_err(|_| {
+                        ApiError::unavailable("too many linearizable reads waiting for the leader")
+                    })?
+                    .expect("never closed");
+                shared
+                    .peers
+                    .call::<_, u64>(Some(leader), &addr, path::READ_INDEX, &(), timeout)
+                    .await
+                    .map_err(|e| ApiError::unavailable(format!("linearizable read: {e}")))?
+            }
             None => {
                 return Err(ApiError::unavailable(
                     "no leader: a linearizable read is not possible now",

@@ -393,8 +393,16 @@ fn trust_node(
             "the join request's and the action's data together: {why}"
         )));
     }
-    state::put_identity(o, &ident, true)?;
     let mut nodes = state::node_set(o)?;
+    // Raft knows a node by the first 8 bytes of its id: two alike would be
+    // taken for one another (a key ground to match costs about 2^64 tries).
+    if let Some(other) = nodes.0.iter().find(|m| m.id[..8] == id[..8]) {
+        return Ok(Err(format!(
+            "its Raft id (the id's first 8 bytes) is that of trusted node {}",
+            hex::encode(other.id)
+        )));
+    }
+    state::put_identity(o, &ident, true)?;
     nodes.0.push(NodeInfo {
         id,
         member: n.member.0,
