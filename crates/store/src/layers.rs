@@ -85,7 +85,7 @@ impl Layer {
     }
 
     /// Approximate memory held by the changes.
-    fn measure(&self) -> usize {
+    pub(crate) fn measure(&self) -> usize {
         let t: usize = self
             .tables
             .iter()

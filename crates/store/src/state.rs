@@ -495,7 +495,17 @@ impl Drop for Store {
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
-        {
+        // After a failure (an abandoned transaction, a failed write) the
+        // unfolded changes in memory may hold work no layer records: only
+        // what the layers up to a resumable one hold is written, and the
+        // Raft log replays the rest.
+        let failed = inner
+            .progress
+            .lock()
+            .expect("progress lock")
+            .failed
+            .is_some();
+        if !failed {
             // No transaction is open, so the unfolded changes are those of the last layer.
             let mut layers = inner.layers.write().expect("layers lock");
             if layers.last().is_some_and(|l| !l.resumable) {
@@ -505,9 +515,17 @@ impl Drop for Store {
                 inner.publish(&mut layers, last);
             }
         }
-        while !inner.layers.read().expect("layers lock").is_empty() {
+        loop {
+            let before = inner.layers.read().expect("layers lock").len();
+            if before == 0 {
+                break;
+            }
             if let Err(e) = inner.write_some() {
                 tracing::error!(error = %e, "state not written at shutdown; the Raft log replays it");
+                break;
+            }
+            // Layers past the last resumable one stay unwritten after a failure.
+            if inner.layers.read().expect("layers lock").len() == before {
                 break;
             }
         }
@@ -762,9 +780,12 @@ impl<'s> Txn<'s> {
             .lock()
             .expect("progress lock")
             .unwritten_bytes;
+        // A large layer is made resumable too: the writer writes only up to
+        // a resumable layer, so one that alone passed the unwritten limit
+        // would hold apply (waiting for the writer) for good.
         if how != Commit::Visible
             || self.writing.elapsed() >= RESUME_EVERY
-            || behind > MAX_UNWRITTEN_BYTES / 2
+            || behind + top.measure() > MAX_UNWRITTEN_BYTES / 2
         {
             inner.save_unfolded(&mut top);
             *self.writing = Instant::now();
@@ -1288,6 +1309,50 @@ mod tests {
         drop(txn);
         let e = store.begin().unwrap().commit(false).unwrap_err();
         assert!(e.to_string().contains("abandoned"), "{e}");
+    }
+
+    /// One apply step larger than the unwritten limit is written, not waited
+    /// for forever (the writer writes up to a resumable layer only).
+    #[test]
+    fn a_step_larger_than_the_unwritten_limit_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path(), 1 << 20).unwrap();
+        let store = Arc::new(store);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let s = store.clone();
+        std::thread::spawn(move || {
+            let txn = s.begin().unwrap();
+            {
+                let mut b = txn.batch().unwrap();
+                let value = vec![7u8; 1 << 20];
+                for i in 0..(MAX_UNWRITTEN_BYTES >> 20) + 1 {
+                    b.aux_put(&(i as u64).to_be_bytes(), &value).unwrap();
+                }
+            }
+            tx.send(txn.commit(false)).unwrap();
+        });
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("the commit returns")
+            .unwrap();
+    }
+
+    /// A store stopped after an abandoned transaction does not save the
+    /// state-tree work that transaction took: no layer records it, and a
+    /// restart would find saved jobs that its pending checkpoints disagree with.
+    #[test]
+    fn a_stop_after_an_abandoned_transaction_saves_none_of_its_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path(), 1 << 20).unwrap();
+        let txn = store.begin().unwrap();
+        txn.batch().unwrap().put(b"k", b"v").unwrap();
+        txn.commit(false).unwrap();
+        let txn = store.begin().unwrap();
+        txn.batch().unwrap().take_state_changes(7);
+        drop(txn);
+        assert_eq!(store.pending_state_versions(), vec![7], "in memory");
+        drop(store);
+        let (store, _) = Store::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(store.pending_state_versions(), Vec::<Version>::new());
     }
 
     #[test]
