@@ -315,9 +315,9 @@ impl Recovering {
 /// (`raft_members`): the change that removes it needs the old set's
 /// majority, which may include the retiring node itself.
 ///
-/// A node that joined also accepts the set it joined with until its own
-/// trust is applied: replaying from genesis, its applied set lacks the
-/// nodes trusted since, the leader perhaps among them.
+/// A joining node also accepts the set it joined with (less nodes retired
+/// since) until its own trust is applied: replaying from genesis, its
+/// applied set lacks the nodes trusted since, the leader perhaps among them.
 fn trust(
     view: &SharedView,
     me: Hash,
@@ -336,8 +336,22 @@ fn trust(
         if nodes.0.is_empty() {
             return bootstrap.get(fp).is_some();
         }
-        if nodes.get(fp).is_some() || (nodes.get(&me).is_none() && bootstrap.get(fp).is_some()) {
+        if nodes.get(fp).is_some() {
             return true;
+        }
+        if nodes.get(&me).is_none() && bootstrap.get(fp).is_some() {
+            // Only while joining: a node once trusted (retired since) or a
+            // node retired meanwhile is not taken back on the old set's word.
+            return store
+                .read()
+                .and_then(|r| {
+                    let sets = comity_apps::node_set::changes(&r, 0, u64::MAX)?;
+                    let was_trusted = sets.iter().any(|(c, _)| c.nodes.get(&me).is_some());
+                    let retired = comity_apps::registry::get(&r, fp)?
+                        .is_some_and(|i| i.status == comity_apps::registry::Status::Retired);
+                    Ok(!was_trusted && !retired)
+                })
+                .unwrap_or(false);
         }
         // The Raft id is 64 bits of the key's hash: the whole key must have
         // been in a trusted node set of this network.

@@ -94,13 +94,14 @@ async fn step(shared: &Shared) -> anyhow::Result<BTreeSet<u64>> {
     if target.is_empty() {
         return Ok(BTreeSet::new());
     }
-    // A learner no longer trusted (retired before it caught up) leaves the
-    // group: changing the voters would keep it, and its peers trust it while
-    // it is in the group.
-    let stale: BTreeSet<u64> = membership
-        .learner_ids()
-        .filter(|id| !target.contains(id))
-        .collect();
+    // A learner retired before it caught up leaves the group: changing the
+    // voters would keep it, and its peers trust it while it is in the group.
+    // (One not yet in the target may be trusted by an entry this leader has
+    // not applied yet: only a retirement in state removes it.)
+    let stale = retired_learners(
+        shared,
+        membership.learner_ids().filter(|id| !target.contains(id)),
+    )?;
     if !stale.is_empty() {
         tracing::info!(?stale, "removing learners that are no longer trusted");
         change(shared, ChangeMembers::RemoveNodes(stale)).await?;
@@ -135,6 +136,30 @@ async fn step(shared: &Shared) -> anyhow::Result<BTreeSet<u64>> {
     );
     change(shared, ChangeMembers::ReplaceAllVoters(ready)).await?;
     Ok(behind)
+}
+
+/// The given learners whose node is retired in this node's state.
+fn retired_learners(
+    shared: &Shared,
+    learners: impl Iterator<Item = u64>,
+) -> anyhow::Result<BTreeSet<u64>> {
+    let learners: BTreeSet<u64> = learners.collect();
+    if learners.is_empty() {
+        return Ok(learners);
+    }
+    let r = shared.store.read()?;
+    let mut retired = BTreeSet::new();
+    for (change, _) in comity_apps::node_set::changes(&r, 0, u64::MAX)? {
+        for n in &change.nodes.0 {
+            let id = raft_id(&n.id);
+            if learners.contains(&id)
+                && registry::get(&r, &n.id)?.is_some_and(|i| i.status == registry::Status::Retired)
+            {
+                retired.insert(id);
+            }
+        }
+    }
+    Ok(retired)
 }
 
 /// Asks Raft for a membership change and waits at most [`CHANGE_WAIT`] for
