@@ -871,9 +871,17 @@ impl Executor {
                 return Ok(());
             }
             for (k, _) in old {
-                let rest = &k[keys::NONCE_TIME_PREFIX.len() + 8..];
-                let (signer, nonce) = rest.split_at(32);
-                batch.aux_delete(&keys::nonce(signer.try_into().expect("32 bytes"), nonce))?;
+                let signer_nonce = k
+                    .get(keys::NONCE_TIME_PREFIX.len() + 8..)
+                    .and_then(|rest| rest.split_at_checked(32))
+                    .and_then(|(s, n)| Some((<&Hash>::try_from(s).ok()?, n)));
+                let Some((signer, nonce)) = signer_nonce else {
+                    return Err(StoreError::StateTree(format!(
+                        "damaged nonce index key {}",
+                        hex::encode(&k)
+                    )));
+                };
+                batch.aux_delete(&keys::nonce(signer, nonce))?;
                 batch.aux_delete(&k)?;
             }
         }

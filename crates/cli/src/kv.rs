@@ -274,12 +274,20 @@ async fn verify_read(
     };
     let cp = &r.checkpoint;
     // The state key is derived here from the requested owner and key, never taken from the node.
-    let owner = match owner {
-        Some(o) => o,
-        None => cfg.signer(identity.network_id)?.id,
+    let (owner, derived) = match owner {
+        Some(o) => (o, false),
+        None => (cfg.signer(identity.network_id)?.id, true),
     };
     let state_key = comity_apps::keys::kv(&owner, &r.key);
-    let v = verify_kv_read(r, &identity, &state_key)?;
+    let v = verify_kv_read(r, &identity, &state_key).map_err(|e| {
+        let hint = if derived && owner != r.owner {
+            // The reader's id is its key's hash unless --identity says otherwise.
+            " (this key's identity was taken to be its fingerprint: after a key rotation pass --identity)"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("{e}{hint}")
+    })?;
     Ok(vec![
         format!(
             "verified: checkpoint {} (size {}) signed by {} node(s) of {} member(s), quorum {} (against the {source})",

@@ -92,7 +92,7 @@ pub async fn run(args: LedgerArgs) -> anyhow::Result<()> {
                 g.node = node;
             }
             // Entries carry transactions: the node shows every one only to
-            // members (users not other identities' notary transactions), so
+            // members (users not other identities' notary and kv transactions), so
             // an audit reads as the member of client.json unless --key says
             // otherwise.
             let config = Config::load(&g)?;
