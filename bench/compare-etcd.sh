@@ -27,7 +27,8 @@ ROUNDS="${3:-3}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 COMITY="${COMITY_BIN:-$ROOT/target/release/comity}"
 LOADER="$ROOT/target/etcd-load/release/etcd-load"
-WORK="$(mktemp -d -t comity-vs-etcd.XXXXXX)"
+mkdir -p "${BENCH_TMP:-$ROOT/target}"
+WORK="$(mktemp -d -p "${BENCH_TMP:-$ROOT/target}" comity-vs-etcd.XXXXXX)"
 ETCD_PIDS=()
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
@@ -47,6 +48,7 @@ trap 'exit 130' INT TERM
 need=()
 command -v etcd >/dev/null || need+=(etcd-server)
 command -v protoc >/dev/null || need+=(protobuf-compiler)
+command -v curl >/dev/null || need+=(curl)
 if [[ ${#need[@]} -gt 0 ]]; then
     log "installing ${need[*]} (apt-get)"
     SUDO=()

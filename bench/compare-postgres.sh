@@ -17,7 +17,10 @@
 #
 # Usage: bench/compare-postgres.sh [SECONDS] [CLIENTS] [ROUNDS]
 # Env:   COMITY_BIN   comity binary (default target/release/comity, built if missing)
-#        COMITY_DATA  data dir of a running network to use (default ./comity-data)
+#        COMITY_DATA  data dir of a running one-node network to use (default: a
+#                     fresh one-node network in the work dir)
+#        BENCH_TMP    where the work dir goes (default target/; never tmpfs,
+#                     where fsync does nothing)
 #        KEEP=1       keep the temp dir (logs, JSON) after the run
 set -euo pipefail
 
@@ -26,9 +29,10 @@ CLIENTS="${2:-64}"
 ROUNDS="${3:-3}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 COMITY="${COMITY_BIN:-$ROOT/target/release/comity}"
-DATA="${COMITY_DATA:-$PWD/comity-data}"
+DATA="${COMITY_DATA:-}"
 
-WORK="$(mktemp -d -t comity-vs-pg.XXXXXX)"
+mkdir -p "${BENCH_TMP:-$ROOT/target}"
+WORK="$(mktemp -d -p "${BENCH_TMP:-$ROOT/target}" comity-vs-pg.XXXXXX)"
 PG_STARTED=""
 RUN_AS=()
 # shellcheck source=bench/lib.sh
@@ -64,12 +68,15 @@ find_pgbin() {
 }
 
 PGBIN="$(find_pgbin)"
-if [[ -z "$PGBIN" ]]; then
-    log "installing PostgreSQL (apt-get install postgresql)"
+need=()
+[[ -n "$PGBIN" ]] || need+=(postgresql)
+command -v curl >/dev/null || need+=(curl)
+if [[ ${#need[@]} -gt 0 ]]; then
+    log "installing ${need[*]} (apt-get)"
     SUDO=()
     [[ "$(id -u)" != 0 ]] && SUDO=(sudo)
     "${SUDO[@]}" apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq postgresql >/dev/null
+    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq "${need[@]}" >/dev/null
     PGBIN="$(find_pgbin)"
     [[ -n "$PGBIN" ]] || { echo "PostgreSQL binaries not found after install" >&2; exit 1; }
 fi
@@ -115,11 +122,13 @@ INSERT INTO ledger (payload) SELECT decode(string_agg(md5(random()::text), ''), 
 SQL
 
 # ---------------------------------------------------------------- Comity
-if healthy "$DATA"; then
+# The core ledger's comparison: one node, as PostgreSQL is one server.
+if [[ -n "$DATA" ]]; then
+    healthy "$DATA" || { echo "COMITY_DATA=$DATA: no network answers" >&2; exit 1; }
+    [[ "$(node_count "$DATA")" == 1 ]] || { echo "COMITY_DATA=$DATA: not a one-node network" >&2; exit 1; }
     log "using the running network of $DATA"
 else
     DATA="$WORK/comity-data"
-    # The core ledger's comparison: one node, as PostgreSQL is one server.
     start_comity "$DATA" 1
 fi
 

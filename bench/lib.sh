@@ -4,6 +4,14 @@
 
 log() { printf '[compare] %s\n' "$*" >&2; }
 
+# The work dir holds the databases measured: on tmpfs fsync does nothing,
+# and "durable" would measure memory.
+if [[ "$(stat -f -c %T "$WORK")" == tmpfs ]]; then
+    echo "$WORK is on tmpfs, where fsync does nothing: set BENCH_TMP to a directory on disk" >&2
+    rmdir "$WORK"
+    exit 1
+fi
+
 free_port() {
     local p
     for _ in $(seq 1 200); do
@@ -29,6 +37,15 @@ healthy() { # healthy DATA_DIR
     [[ -n "$url" ]] || return 1
     [[ -f "$ca" ]] || ca="$1/ca.pem"
     curl -sf --max-time 2 --cacert "$ca" "$url/v1/health" >/dev/null 2>&1
+}
+
+# node_count DATA_DIR: how many nodes the network's health names.
+node_count() {
+    local url ca
+    url="$(sed -n 's/.*"url": *"\([^"]*\)".*/\1/p' "$1/client.json" | head -n1)"
+    ca="$(sed -n 's/.*"ca": *"\([^"]*\)".*/\1/p' "$1/client.json" | head -n1)"
+    [[ -f "$ca" ]] || ca="$1/ca.pem"
+    curl -sf --max-time 2 --cacert "$ca" "$url/v1/health" | grep -o '"voter"' | wc -l
 }
 
 COMITY_PID=""
@@ -60,7 +77,16 @@ stop_comity() {
     for _ in $(seq 1 100); do kill -0 "$COMITY_PID" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$COMITY_PID" 2>/dev/null || true
     wait "$COMITY_PID" 2>/dev/null || true
-    COMITY_PID=""
+    # node_count DATA_DIR: how many nodes the network's health names.
+node_count() {
+    local url ca
+    url="$(sed -n 's/.*"url": *"\([^"]*\)".*/\1/p' "$1/client.json" | head -n1)"
+    ca="$(sed -n 's/.*"ca": *"\([^"]*\)".*/\1/p' "$1/client.json" | head -n1)"
+    [[ -f "$ca" ]] || ca="$1/ca.pem"
+    curl -sf --max-time 2 --cacert "$ca" "$url/v1/health" | grep -o '"voter"' | wc -l
+}
+
+COMITY_PID=""
 }
 
 median() { # median N...: the median of the numbers given

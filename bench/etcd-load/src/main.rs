@@ -59,7 +59,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         if lat.is_empty() {
             return 0.0;
         }
-        lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] as f64 / 1000.0
+        // Nearest rank, as `comity bench` computes its percentiles.
+        let i = ((p * lat.len() as f64).ceil() as usize).clamp(1, lat.len()) - 1;
+        lat[i] as f64 / 1000.0
     };
     println!(
         "{{\"puts\": {}, \"errors\": {}, \"elapsed_secs\": {:.3}, \"throughput\": {:.1}, \"p50_ms\": {:.2}, \"p99_ms\": {:.2}}}",

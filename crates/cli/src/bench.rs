@@ -136,6 +136,7 @@ struct ClientResult {
     error_samples: Vec<String>,
     ran_out: bool,
     probes: Vec<tokio::task::JoinHandle<Result<Duration, String>>>,
+    probes_skipped: usize,
 }
 
 #[derive(Serialize, Debug, Default, Clone, Copy)]
@@ -169,7 +170,10 @@ fn percentiles(v: &mut [u32]) -> Percentiles {
 pub struct ReceiptLatency {
     pub probes: usize,
     pub answered: usize,
+    /// Probes with no receipt within the timeout: in the percentiles at the timeout.
     pub timeouts: usize,
+    /// Probes drawn while every probe slot was busy, so not taken.
+    pub skipped: usize,
     #[serde(flatten)]
     pub ms: Percentiles,
 }
@@ -264,6 +268,12 @@ fn check_report(report: &Report) -> anyhow::Result<()> {
         bail!(
             "{} receipt(s) failed offline verification",
             report.receipts.failed
+        );
+    }
+    if report.receipts.unavailable > 0 {
+        bail!(
+            "{} acknowledged transaction(s) had no receipt within {RECEIPT_TIMEOUT:?}",
+            report.receipts.unavailable
         );
     }
     Ok(())
@@ -487,6 +497,9 @@ async fn run_workload(
     let partners: Vec<Signer> = (0..args.clients)
         .map(|i| signers[(i + 1) % signers.len()].clone())
         .collect();
+    // Each identity writes keys of its own: together they spread over the keyspace.
+    let identities = args.clients.min(signers.len());
+    let key_range = args.keyspace.div_ceil(identities as u64).max(1);
 
     // Presign outside the timed run, on blocking threads.
     let mut pools: Vec<Option<Vec<Vec<u8>>>> = vec![None; args.clients];
@@ -502,7 +515,7 @@ async fn run_workload(
         let mut set = JoinSet::new();
         for (i, s) in per_client.iter().enumerate() {
             let s = s.clone();
-            let (keyspace, vs) = (args.keyspace, args.value_size);
+            let (keyspace, vs) = (key_range, args.value_size);
             set.spawn_blocking(move || {
                 let mut rng = Rng::seeded();
                 (
@@ -536,8 +549,14 @@ async fn run_workload(
                 crate::notary_load::NotaryLoad::new(signer.clone(), partner, track)
             });
         let probes = probes.clone();
-        let a = args.clone();
+        let a = BenchArgs {
+            keyspace: key_range,
+            ..args.clone()
+        };
         set.spawn(async move {
+            // Connections are opened before the timed run, as PostgreSQL's
+            // and etcd's clients do.
+            let _ = client.health().await;
             tokio::time::sleep_until(start.into()).await;
             client_loop(client, signer, pool, notary, a, deadline, probes).await
         });
@@ -550,7 +569,7 @@ async fn run_workload(
 
     let mut latencies = Vec::new();
     let mut acked = Vec::new();
-    let (mut rejected, mut errors, mut out_of_pool) = (0, 0, 0);
+    let (mut rejected, mut errors, mut out_of_pool, mut probes_skipped) = (0, 0, 0, 0);
     let mut error_samples = Vec::new();
     let mut probe_handles = Vec::new();
     for r in results {
@@ -559,6 +578,7 @@ async fn run_workload(
         rejected += r.rejected;
         errors += r.errors;
         out_of_pool += usize::from(r.ran_out);
+        probes_skipped += r.probes_skipped;
         probe_handles.extend(r.probes);
         for e in r.error_samples {
             if error_samples.len() < MAX_ERROR_SAMPLES {
@@ -581,10 +601,11 @@ async fn run_workload(
     let mut timeouts = 0;
     let probes_taken = probe_handles.len();
     for h in probe_handles {
-        match h.await? {
-            Ok(d) => probe_us.push(d.as_micros().min(u128::from(u32::MAX)) as u32),
-            Err(_) => timeouts += 1,
-        }
+        let d = h.await?.unwrap_or_else(|_| {
+            timeouts += 1;
+            RECEIPT_TIMEOUT
+        });
+        probe_us.push(d.as_micros().min(u128::from(u32::MAX)) as u32);
     }
 
     let receipts = check_receipts(&clients[0], identity, &acked, args.receipt_sample).await;
@@ -593,7 +614,7 @@ async fn run_workload(
         workload: args.workload,
         node: url.to_string(),
         clients: args.clients,
-        identities: args.identities,
+        identities,
         duration_secs: args.duration_secs,
         elapsed_secs: elapsed,
         presign: args.presign,
@@ -606,8 +627,9 @@ async fn run_workload(
         latency_ms: percentiles(&mut latencies),
         receipt_latency_ms: ReceiptLatency {
             probes: probes_taken,
-            answered: probe_us.len(),
+            answered: probes_taken - timeouts,
             timeouts,
+            skipped: probes_skipped,
             ms: percentiles(&mut probe_us),
         },
         receipts,
@@ -670,6 +692,8 @@ async fn client_loop(
                             let _permit = permit;
                             probe_receipt(&c, id, t0, poll).await
                         }));
+                    } else {
+                        res.probes_skipped += 1;
                     }
                 }
             }
@@ -842,7 +866,16 @@ fn print_table(r: &Report) {
         p.ms.max
     );
     if p.timeouts > 0 {
-        println!("  receipt probes timed out: {}", p.timeouts);
+        println!(
+            "  receipt probes timed out: {} (counted at {RECEIPT_TIMEOUT:?})",
+            p.timeouts
+        );
+    }
+    if p.skipped > 0 {
+        println!(
+            "  receipt probes skipped while all probe slots were busy: {}",
+            p.skipped
+        );
     }
     println!();
     println!(
@@ -931,6 +964,7 @@ mod tests {
                 probes: 0,
                 answered: 0,
                 timeouts: 0,
+                skipped: 0,
                 ms: Percentiles::default(),
             },
             receipts: ReceiptCheck {
