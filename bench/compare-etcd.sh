@@ -56,10 +56,9 @@ if [[ ${#need[@]} -gt 0 ]]; then
     "${SUDO[@]}" apt-get update -qq
     DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-if [[ ! -x "$LOADER" ]]; then
-    log "building the etcd load generator (bench/etcd-load)"
-    (cd "$ROOT/bench/etcd-load" && CARGO_TARGET_DIR="$ROOT/target/etcd-load" cargo build --release -q)
-fi
+# Built every time (a no-op when up to date), so a changed loader is never stale.
+log "building the etcd load generator (bench/etcd-load)"
+(cd "$ROOT/bench/etcd-load" && CARGO_TARGET_DIR="$ROOT/target/etcd-load" cargo build --release -q)
 
 # ---------------------------------------------------------------- etcd
 CLUSTER=""
