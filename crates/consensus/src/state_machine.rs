@@ -136,6 +136,10 @@ pub struct StateMachine {
     peers: PeerSlot,
     /// Raised as state (or an install to resume) becomes durable.
     floor: PurgeFloor,
+    /// Held by an install while it replays, and by a snapshot build: openraft
+    /// builds in a task of its own, and a build amid an install would pair
+    /// the old Raft position with a ledger length the install has moved on.
+    install: Arc<tokio::sync::Mutex<()>>,
 }
 
 fn read_err(e: impl std::fmt::Display) -> StorageError<u64> {
@@ -198,6 +202,7 @@ impl StateMachine {
             preverified,
             last_durable: Instant::now(),
             peers,
+            install: Arc::default(),
         })
     }
 
@@ -205,6 +210,8 @@ impl StateMachine {
     /// missing ledger records from peers and re-executing them, then adopts
     /// the snapshot's Raft position.
     async fn catch_up(&mut self, info: &SnapshotInfo) -> Result<(), StorageError<u64>> {
+        let install = self.install.clone();
+        let _installing = install.lock().await;
         let t0 = Instant::now();
         let start = self
             .store
@@ -502,6 +509,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         SnapshotBuilder {
             store: self.store.clone(),
             floor: self.floor.clone(),
+            install: self.install.clone(),
         }
     }
 
@@ -572,10 +580,12 @@ pub fn forget_raft_log(store: &Store) -> Result<(), StorageError<u64>> {
 pub struct SnapshotBuilder {
     store: Arc<Store>,
     floor: PurgeFloor,
+    install: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
+        let _no_install = self.install.lock().await;
         let store = self.store.clone();
         let info =
             tokio::task::spawn_blocking(move || -> Result<SnapshotInfo, StorageError<u64>> {
