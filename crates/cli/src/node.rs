@@ -72,6 +72,10 @@ pub async fn run(g: &Global, args: NodeArgs) -> anyhow::Result<()> {
     tokio::select! {
         r = tokio::signal::ctrl_c() => r?,
         _ = term.recv() => {}
+        why = node.raft_stopped() => {
+            let _ = node.shutdown().await;
+            anyhow::bail!("Raft stopped ({why}); the node exits (a restart recovers from its Raft log)");
+        }
     }
     node.shutdown().await
 }

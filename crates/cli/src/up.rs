@@ -107,7 +107,13 @@ async fn run_in_process(l: &Layout, fresh: bool) -> anyhow::Result<()> {
     let node = comity_node::Node::start(cfg, install_metrics()).await?;
     wait_ready(&node).await?;
     print_summary(l, &[node.addr], fresh);
-    stop_signal().await?;
+    tokio::select! {
+        r = stop_signal() => r?,
+        why = node.raft_stopped() => {
+            let _ = node.shutdown().await;
+            anyhow::bail!("Raft stopped ({why}); the node exits (a restart recovers from its Raft log)");
+        }
+    }
     eprintln!("\nstopping…");
     node.shutdown().await?;
     eprintln!(

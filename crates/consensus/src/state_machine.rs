@@ -71,6 +71,9 @@ pub enum Event {
     Checkpoint(Checkpoint),
     /// Transactions applied (for waiters on any node).
     Applied(Vec<TxOutcome>),
+    /// A snapshot install replayed ledger records: waiters for any of them
+    /// are answered from the ledger.
+    CaughtUp,
     /// A node signed a checkpoint that differs from ours.
     Divergence(comity_apps::node::Divergence),
     /// The node set changed: nodes of the set before it endorse the change.
@@ -288,6 +291,7 @@ impl StateMachine {
         if let Some(o) = last {
             let _ = self.events.send(Event::Applied(vec![o]));
         }
+        let _ = self.events.send(Event::CaughtUp);
         tracing::info!(
             records = info.ledger_len - start,
             ledger_len = info.ledger_len,

@@ -855,7 +855,11 @@ async fn health(State(shared): S) -> ApiResult<Response> {
     let cut_off = m.current_leader == Some(m.id)
         && voters > 1
         && m.millis_since_quorum_ack.is_none_or(|ms| ms > 2_000);
-    let status = if diverged {
+    // Raft stopped for good (a storage error): the last metrics stay as they were.
+    let stopped = m.running_state.is_err() || m.state == openraft::ServerState::Shutdown;
+    let status = if stopped {
+        "stopped"
+    } else if diverged {
         "diverged"
     } else if !genesis || m.current_leader.is_none() {
         "starting"

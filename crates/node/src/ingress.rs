@@ -63,6 +63,16 @@ impl PendingSet {
         self.by_id.lock().expect("pending lock").contains_key(id)
     }
 
+    /// The transactions waited for.
+    pub fn ids(&self) -> Vec<Hash> {
+        self.by_id
+            .lock()
+            .expect("pending lock")
+            .keys()
+            .copied()
+            .collect()
+    }
+
     pub fn joins(&self) -> usize {
         self.joins.load(Ordering::Relaxed)
     }

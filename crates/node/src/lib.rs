@@ -21,7 +21,7 @@ use comity_apps::Command;
 use comity_consensus::log_store::LogStore;
 use comity_consensus::network::{raft_id, Peers, Trust};
 use comity_consensus::state_machine::{Event, PeerSlot, SharedView, StateMachine};
-use comity_consensus::Raft;
+use comity_consensus::{Raft, TxOutcome};
 use comity_core::checkpoint::{self, CHECKPOINT_CONTENT_TYPE, NODE_SET_CONTENT_TYPE};
 use comity_core::crypto::{sha256, SigningKey};
 use comity_core::tx::{Tx, TxPayload};
@@ -271,6 +271,26 @@ impl Node {
     }
 
     /// Stops serving and shuts Raft down cleanly, making state durable.
+    /// Resolves once Raft has stopped for good (after a storage error), with
+    /// why: the node then serves only stale reads, and should exit.
+    pub async fn raft_stopped(&self) -> String {
+        let mut rx = self.shared.raft.metrics();
+        loop {
+            {
+                let m = rx.borrow_and_update();
+                if let Err(e) = &m.running_state {
+                    return e.to_string();
+                }
+                if m.state == openraft::ServerState::Shutdown {
+                    return "Raft shut down".into();
+                }
+            }
+            if rx.changed().await.is_err() {
+                return "Raft's metrics closed".into();
+            }
+        }
+    }
+
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.server.abort();
         self.shared
@@ -483,6 +503,27 @@ async fn propose_genesis(shared: Arc<Shared>, doc: Vec<u8>) {
     }
 }
 
+/// Answers the waiters whose transactions are in the ledger: a snapshot
+/// install replays records without an outcome per waiter.
+fn answer_from_ledger(shared: &Shared) -> Result<(), comity_store::StoreError> {
+    let r = shared.store.read()?;
+    for id in shared.pending.ids() {
+        if let Some(index) = comity_apps::query::tx_index(&r, &id)? {
+            let (_, leaf) = comity_apps::query::record(&shared.store, index)?;
+            shared.pending.resolve(
+                &id,
+                Ok(TxOutcome {
+                    id: id.to_vec(),
+                    index,
+                    outcome: leaf.outcome.code().to_string(),
+                    time: leaf.time,
+                }),
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Acts on apply events: answers waiters, signs checkpoints, reports divergence.
 async fn events(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Event>) {
     while let Some(ev) = rx.recv().await {
@@ -496,6 +537,11 @@ async fn events(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Event>) {
                     }
                 }
                 shared.applied.send_replace(last);
+            }
+            Event::CaughtUp => {
+                if let Err(e) = answer_from_ledger(&shared) {
+                    tracing::warn!(error = %e, "answering waiters after a snapshot install");
+                }
             }
             Event::Checkpoint(cp) => {
                 let skew = cp.time.abs_diff(ingress::now_ms());
