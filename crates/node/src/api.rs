@@ -294,8 +294,8 @@ async fn submit(
     let rx = match admission {
         Admission::Known(index) => return committed_status(&shared, &id, index),
         Admission::Queued(rx, fresh) => {
-            if fresh && shared.submit.send((id, bytes)).await.is_err() {
-                return Err(ApiError::unavailable("node is shutting down"));
+            if fresh {
+                ingress::hand_over(&shared, id, bytes)?;
             }
             rx
         }

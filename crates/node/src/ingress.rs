@@ -29,6 +29,10 @@ struct Pending {
     join: bool,
 }
 
+/// Most clients waiting at once for one transaction's outcome (each resubmits
+/// the same bytes): beyond it they are answered `pending` at once.
+const MAX_WAITERS: usize = 64;
+
 /// Transactions accepted but not yet applied.
 #[derive(Default)]
 pub struct PendingSet {
@@ -316,6 +320,21 @@ fn committed_outcome(shared: &Shared, id: &Hash, index: u64) -> Result<TxOutcome
     })
 }
 
+/// Hands a newly queued transaction to the batcher without waiting (a
+/// handler awaiting a full channel could be dropped there, leaving the
+/// transaction queued but never sent); if that cannot be done, the queued
+/// entry is answered and removed.
+pub fn hand_over(shared: &Shared, id: Hash, bytes: Vec<u8>) -> Result<(), ApiError> {
+    use tokio::sync::mpsc::error::TrySendError;
+    let why = match shared.submit.try_send((id, bytes)) {
+        Ok(()) => return Ok(()),
+        Err(TrySendError::Full(_)) => "too many transactions waiting; retry shortly",
+        Err(TrySendError::Closed(_)) => "node is shutting down",
+    };
+    shared.pending.resolve(&id, Err(ApiError::unavailable(why)));
+    Err(ApiError::unavailable(why))
+}
+
 /// Queues a checked transaction for ordering, or joins the identical one
 /// already queued.
 pub fn queue(shared: &Shared, passed: Passed) -> Result<(Hash, Admission), ApiError> {
@@ -331,7 +350,12 @@ pub fn queue(shared: &Shared, passed: Passed) -> Result<(Hash, Admission), ApiEr
     {
         let mut by_id = p.by_id.lock().expect("pending lock");
         if let Some(existing) = by_id.get_mut(&tx.id) {
-            existing.waiters.push(wtx);
+            // Waiters that went away are dropped; past the cap a resubmission
+            // is told it is pending (its sender is dropped) instead of waiting.
+            existing.waiters.retain(|w| !w.is_closed());
+            if existing.waiters.len() < MAX_WAITERS {
+                existing.waiters.push(wtx);
+            }
             return Ok((tx.id, Admission::Queued(wrx, false)));
         }
         if by_id.len() >= shared.limits.max_pending

@@ -188,8 +188,8 @@ async fn submit(State(shared): S, ApiBody(body): ApiBody) -> ApiResult<Response>
         match ingress::admit(&shared, &bytes, ingress::Source::Peer).await {
             Ok((_, Admission::Known(_))) => waits.push(Err(Forwarded::Committed)),
             Ok((id, Admission::Queued(rx, fresh))) => {
-                if fresh && shared.submit.send((id, bytes)).await.is_err() {
-                    return Err(ApiError::unavailable("node is shutting down"));
+                if fresh {
+                    ingress::hand_over(&shared, id, bytes)?;
                 }
                 waits.push(Ok(rx));
             }
