@@ -539,18 +539,39 @@ async fn history(cfg: &Config, client: &Client, subject: &str) -> anyhow::Result
     let items = all_items(client, &["history", subject], Vec::new(), "after").await?;
     let identity = match cfg.local_network_identity()? {
         Some(i) => Some(i),
-        None => client.network_identity().await.ok(),
+        None => {
+            eprintln!("note: no local network identity; checking receipts against the genesis the node serves");
+            client.network_identity().await.ok()
+        }
     };
     if items.is_empty() {
         println!("no ledger entries changed {subject}");
     }
+    let mut invalid = 0;
     for i in items {
         let receipt = match (i["receipt"].as_str(), &identity) {
             (Some(r), Some(id)) => {
                 let bytes = hex::decode(r).context("receipt is not hex")?;
+                // The receipt must prove this very entry, not just some entry.
+                let proves = |v: &comity_core::receipt::Verified| {
+                    i["index"].as_u64() == Some(v.leaf.index)
+                        && i["time"].as_u64() == Some(v.leaf.time)
+                        && i["outcome"].as_str() == Some(v.leaf.outcome.code())
+                };
                 match comity_client::verify::verify_receipt(&bytes, id) {
-                    Ok(_) => "receipt verified".to_string(),
-                    Err(e) => format!("RECEIPT INVALID: {e}"),
+                    Ok(v) if proves(&v) => "receipt verified".to_string(),
+                    Ok(v) => {
+                        invalid += 1;
+                        format!(
+                            "RECEIPT INVALID: it proves entry {} ({}), not this one",
+                            v.leaf.index,
+                            v.leaf.outcome.code()
+                        )
+                    }
+                    Err(e) => {
+                        invalid += 1;
+                        format!("RECEIPT INVALID: {e}")
+                    }
                 }
             }
             (None, _) => "receipt pending".to_string(),
@@ -565,6 +586,9 @@ async fn history(cfg: &Config, client: &Client, subject: &str) -> anyhow::Result
             short(i["signer"].as_str().unwrap_or("?")),
             receipt
         );
+    }
+    if invalid > 0 {
+        bail!("{invalid} receipt(s) did not verify");
     }
     Ok(())
 }

@@ -72,6 +72,21 @@ pub async fn run(g: &Global, cmd: ReceiptCmd) -> anyhow::Result<()> {
             };
             let out =
                 out.unwrap_or_else(|| PathBuf::from(format!("{}.receipt.cose", hex::encode(hash))));
+            // Checked before it is written: a receipt that does not verify is not kept.
+            let verified = match cfg.local_network_identity()? {
+                Some(identity) => {
+                    let v = verify_bytes(&bytes, &identity)
+                        .context("the downloaded receipt does NOT verify; not written")?;
+                    Some(format!(
+                        "verified against {}: ledger index {}, checkpoint {}, {} member(s) signed",
+                        cfg.network.as_deref().unwrap_or(Path::new("?")).display(),
+                        v.leaf.index,
+                        v.checkpoint.seq,
+                        v.members
+                    ))
+                }
+                None => None,
+            };
             std::fs::write(&out, &bytes).with_context(|| format!("writing {}", out.display()))?;
             println!(
                 "wrote the receipt of tx {} ({} bytes) to {}",
@@ -79,16 +94,11 @@ pub async fn run(g: &Global, cmd: ReceiptCmd) -> anyhow::Result<()> {
                 bytes.len(),
                 out.display()
             );
-            if let Some(identity) = cfg.local_network_identity()? {
-                let v = verify_bytes(&bytes, &identity)
-                    .context("the downloaded receipt does NOT verify")?;
-                println!(
-                    "verified against {}: ledger index {}, checkpoint {}, {} member(s) signed",
-                    cfg.network.as_deref().unwrap_or(Path::new("?")).display(),
-                    v.leaf.index,
-                    v.checkpoint.seq,
-                    v.members
-                );
+            match verified {
+                Some(line) => println!("{line}"),
+                None => println!(
+                    "not verified: no local network identity (check it with `comity receipt verify --network-identity FILE`)"
+                ),
             }
             Ok(())
         }

@@ -207,10 +207,21 @@ fn sign(path: &Path, key: &Path, id: Option<&str>) -> anyhow::Result<()> {
         })
         .collect();
     sigs.push(checkpoint::sign(RECOVERY_CONTENT_TYPE, &body, &key, &id));
-    std::fs::write(
-        path,
-        checkpoint::signed_statement(RECOVERY_CONTENT_TYPE, &body, &sigs),
-    )?;
+    // Replaced whole (written beside it, synced, renamed over it): a crash
+    // mid-write must not lose the signatures collected so far.
+    let tmp = path.with_extension("signing");
+    {
+        use std::io::Write;
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(&checkpoint::signed_statement(
+            RECOVERY_CONTENT_TYPE,
+            &body,
+            &sigs,
+        ))?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
     println!(
         "signed as {}; {} signature(s) now",
         hex::encode(id),

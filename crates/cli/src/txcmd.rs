@@ -3,7 +3,7 @@
 use crate::config::{fmt_time, parse_hash, Config, Global};
 use anyhow::Context;
 use clap::Subcommand;
-use comity_client::TxStatus;
+use comity_client::{TxState, TxStatus};
 use std::path::PathBuf;
 
 #[derive(Subcommand, Debug)]
@@ -44,7 +44,16 @@ pub async fn run(g: &Global, cmd: TxCmd) -> anyhow::Result<()> {
             let bytes =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let st = cfg.public_client()?.submit(&bytes, !no_wait).await?;
-            print(&st, json)
+            print(&st, json)?;
+            // A script must see a refusal in the exit status.
+            match st.status {
+                TxState::Rejected => anyhow::bail!(
+                    "the transaction was recorded but rejected: {}",
+                    st.outcome.as_deref().unwrap_or("?")
+                ),
+                TxState::Unknown => anyhow::bail!("the node answered status unknown"),
+                _ => Ok(()),
+            }
         }
     }
 }

@@ -4,7 +4,7 @@
 use crate::config::{global, ClientJson};
 use crate::keys::{new_identity, write_new};
 use crate::network::{GenesisToml, IdentityToml, NodeToml};
-use anyhow::Context;
+use anyhow::{bail, Context};
 use comity_apps::gov::constitution::Constitution;
 use comity_core::crypto::{Alg, SigningKey};
 use comity_node::config::{Limits, NodeConfig};
@@ -155,30 +155,34 @@ async fn supervise(l: &Layout, n: usize, fresh: bool) -> anyhow::Result<()> {
         children.push(cmd.spawn().with_context(|| format!("starting node{i}"))?);
     }
     let ready = wait_network_ready(l, &addrs, &mut children);
-    tokio::select! {
-        r = ready => r?,
-        r = stop_signal() => r?,
-    }
-    print_summary(l, &addrs, fresh);
+    // A stop asked for while the nodes start stops them at once.
+    let stop_now = tokio::select! {
+        r = ready => { r?; false }
+        r = stop_signal() => { r?; true }
+    };
     let mut exited = vec![false; n];
-    loop {
-        tokio::select! {
-            r = stop_signal() => { r?; break; }
-            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
-        }
-        for (i, c) in children.iter_mut().enumerate() {
-            if let (false, Some(status)) = (exited[i], c.try_wait()?) {
-                exited[i] = true;
-                eprintln!(
-                    "node{i} exited ({status}); see {}",
-                    l.node_dir(i).join("node.log").display()
-                );
+    if !stop_now {
+        print_summary(l, &addrs, fresh);
+        loop {
+            tokio::select! {
+                r = stop_signal() => { r?; break; }
+                _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            }
+            for (i, c) in children.iter_mut().enumerate() {
+                if let (false, Some(status)) = (exited[i], c.try_wait()?) {
+                    exited[i] = true;
+                    eprintln!(
+                        "node{i} exited ({status}); see {}",
+                        l.node_dir(i).join("node.log").display()
+                    );
+                }
             }
         }
     }
     eprintln!("\nstopping…");
-    for c in &children {
-        // SAFETY: sending SIGTERM to our own child's pid.
+    for (c, _) in children.iter().zip(&exited).filter(|(_, gone)| !**gone) {
+        // SAFETY: sending SIGTERM to our own child's pid, not yet reaped (a
+        // reaped child's pid may be another process's by now).
         unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -287,6 +291,16 @@ fn print_summary(l: &Layout, addrs: &[SocketAddr], fresh: bool) {
 }
 
 fn create(l: &Layout, args: &UpArgs) -> anyhow::Result<()> {
+    // Checked before anything is written: a half-made network would be
+    // taken for an existing one by the next `up`.
+    let last_port = u32::from(args.port) + u32::from(args.nodes).saturating_sub(1);
+    if args.port == 0 || last_port > u32::from(u16::MAX) {
+        bail!(
+            "--port {} with {} node(s): the ports (port to port + nodes - 1) must lie in 1..=65535",
+            args.port,
+            args.nodes
+        );
+    }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)

@@ -1243,3 +1243,24 @@ async fn a_burst_of_join_requests_stays_within_the_cap() {
         "{e}"
     );
 }
+
+/// Ports out of range are refused before anything is written: a half-made
+/// network would be taken for an existing one by the next `up`.
+#[tokio::test]
+async fn up_refuses_ports_out_of_range_before_writing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("comity-data");
+    for args in [
+        ["up", "--port", "0", "--nodes", "1"],
+        ["up", "--port", "65534", "--nodes", "3"],
+    ] {
+        let out = common::run_cli(&data, tmp.path(), &args, Duration::from_secs(30)).await;
+        assert!(
+            !out.status.success() && out.stderr.contains("--port"),
+            "{args:?}:\n{}\n{}",
+            out.stdout,
+            out.stderr
+        );
+        assert!(!data.exists(), "{args:?} wrote {}", data.display());
+    }
+}

@@ -53,6 +53,18 @@ async fn each_identity_has_a_key_space_of_its_own() {
     let again = public.submit(&bob.kv_delete("terms"), true).await.unwrap();
     assert_eq!(again.status, TxState::Rejected, "{again:?}");
     assert_eq!(again.outcome.as_deref(), Some("not_found"), "{again:?}");
+    // Submitted from a file by the CLI, a rejection is a failure a script sees.
+    let file = net.tmp.path().join("delete.cose");
+    std::fs::write(&file, bob.kv_delete("terms")).unwrap();
+    let out = net
+        .cli(&["tx", "submit", file.to_str().unwrap()], T)
+        .await;
+    assert!(
+        !out.status.success() && out.stderr.contains("rejected: not_found"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
 
     // Each reads its own, proved against the network identity (the CLI
     // derives the state key from the reader's identity).
