@@ -132,7 +132,11 @@ async fn supervise(l: &Layout, n: usize, fresh: bool) -> anyhow::Result<()> {
     for i in 0..n {
         let cfg = NodeConfig::load(&l.node_toml(i))?;
         addrs.push(cfg.listen);
-        let log = std::fs::File::create(l.node_dir(i).join("node.log"))?;
+        // Appended to, so the log of a node that crashed survives the restart.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(l.node_dir(i).join("node.log"))?;
         let mut cmd = std::process::Command::new(&exe);
         cmd.arg("node")
             .arg("run")
