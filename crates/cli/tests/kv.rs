@@ -56,9 +56,7 @@ async fn each_identity_has_a_key_space_of_its_own() {
     // Submitted from a file by the CLI, a rejection is a failure a script sees.
     let file = net.tmp.path().join("delete.cose");
     std::fs::write(&file, bob.kv_delete("terms")).unwrap();
-    let out = net
-        .cli(&["tx", "submit", file.to_str().unwrap()], T)
-        .await;
+    let out = net.cli(&["tx", "submit", file.to_str().unwrap()], T).await;
     assert!(
         !out.status.success() && out.stderr.contains("rejected: not_found"),
         "{}\n{}",

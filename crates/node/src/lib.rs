@@ -270,7 +270,6 @@ impl Node {
         })
     }
 
-    /// Stops serving and shuts Raft down cleanly, making state durable.
     /// Resolves once Raft has stopped for good (after a storage error), with
     /// why: the node then serves only stale reads, and should exit.
     pub async fn raft_stopped(&self) -> String {
@@ -291,6 +290,7 @@ impl Node {
         }
     }
 
+    /// Stops serving and shuts Raft down cleanly, making state durable.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.server.abort();
         self.shared
@@ -359,10 +359,11 @@ fn trust(
         if nodes.get(fp).is_some() {
             return true;
         }
-        if nodes.get(&me).is_none() && bootstrap.get(fp).is_some() {
-            // Only while joining: a node once trusted (retired since) or a
-            // node retired meanwhile is not taken back on the old set's word.
-            return store
+        // Only while joining: a node once trusted (retired since) or a node
+        // retired meanwhile is not taken back on the old set's word.
+        if nodes.get(&me).is_none()
+            && bootstrap.get(fp).is_some()
+            && store
                 .read()
                 .and_then(|r| {
                     let sets = comity_apps::node_set::changes(&r, 0, u64::MAX)?;
@@ -371,7 +372,9 @@ fn trust(
                         .is_some_and(|i| i.status == comity_apps::registry::Status::Retired);
                     Ok(!was_trusted && !retired)
                 })
-                .unwrap_or(false);
+                .unwrap_or(false)
+        {
+            return true;
         }
         // The Raft id is 64 bits of the key's hash: the whole key must have
         // been in a trusted node set of this network.
