@@ -350,6 +350,20 @@ pub fn fmt_time(ms: u64) -> String {
 }
 
 /// Shows bytes as text when they are printable UTF-8, else as hex.
+/// A warning when a checkpoint fetched just now is old: a node can keep
+/// serving an old (validly signed) checkpoint, and what it proves, to hide
+/// what came later.
+pub fn stale_checkpoint_warning(time_ms: u64) -> Option<String> {
+    const STALE_MS: u64 = 5 * 60 * 1000;
+    let age = comity_client::now_ms().saturating_sub(time_ms);
+    (age > STALE_MS).then(|| {
+        format!(
+            "WARNING: this checkpoint is {} s old; a later one may show more (ask another node)",
+            age / 1000
+        )
+    })
+}
+
 pub fn show_bytes(b: &[u8]) -> String {
     match std::str::from_utf8(b) {
         Ok(s) if !s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') => {

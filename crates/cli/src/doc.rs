@@ -539,6 +539,12 @@ impl Ctx {
         loop {
             let v = self.client.notary_get(&["documents", &hexid], &[]).await?;
             let latest: Document = serde_json::from_value(v["document"].clone())?;
+            if latest.id.0 != *id {
+                bail!(
+                    "asked for document {hexid}, the node answered with {}",
+                    hex::encode(latest.id.0)
+                );
+            }
             let p = &v["proof"];
             let proved = p["value_hex"].as_str().map(hex::decode).transpose()?;
             if proved.as_deref() == Some(latest.to_cbor().as_slice()) {
@@ -756,6 +762,9 @@ pub async fn run(g: &Global, cmd: DocCmd) -> anyhow::Result<()> {
                 },
             )?;
             print_story(&story);
+            if let Some(w) = crate::config::stale_checkpoint_warning(story.checkpoint_time) {
+                println!("{w}");
+            }
             Ok(())
         }
         DocCmd::Evidence { document, out } => {
@@ -777,6 +786,9 @@ pub async fn run(g: &Global, cmd: DocCmd) -> anyhow::Result<()> {
                 out.display(),
                 story.checkpoint_seq
             );
+            if let Some(w) = crate::config::stale_checkpoint_warning(story.checkpoint_time) {
+                println!("{w}");
+            }
             Ok(())
         }
         DocCmd::Collection { cmd } => collection(&c, cmd).await,

@@ -144,6 +144,8 @@ fn identity_of(genesis: &[u8]) -> anyhow::Result<(NetworkIdentity, BTreeMap<Hash
 pub struct Story {
     pub identity: NetworkIdentity,
     pub checkpoint_seq: u64,
+    /// Ledger time of that checkpoint (ms).
+    pub checkpoint_time: u64,
     pub lines: Vec<String>,
 }
 
@@ -300,6 +302,7 @@ pub fn verify(
     Ok(Story {
         identity,
         checkpoint_seq: cp.seq,
+        checkpoint_time: cp.time,
         lines,
     })
 }

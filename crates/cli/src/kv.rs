@@ -1,6 +1,6 @@
 //! `comity kv`: the key-value application.
 
-use crate::config::{fmt_time, parse_hash, show_bytes, Config, Global};
+use crate::config::{fmt_time, parse_hash, show_bytes, stale_checkpoint_warning, Config, Global};
 use anyhow::{bail, Context};
 use clap::{ArgGroup, Subcommand};
 use comity_client::verify::verify_kv_read;
@@ -288,7 +288,7 @@ async fn verify_read(
         };
         anyhow::anyhow!("{e}{hint}")
     })?;
-    Ok(vec![
+    let mut lines = vec![
         format!(
             "verified: checkpoint {} (size {}) signed by {} node(s) of {} member(s), quorum {} (against the {source})",
             cp.seq,
@@ -306,5 +306,7 @@ async fn verify_read(
             },
             hex::encode(cp.state_root)
         ),
-    ])
+    ];
+    lines.extend(stale_checkpoint_warning(cp.time));
+    Ok(lines)
 }

@@ -77,6 +77,14 @@ pub async fn run(g: &Global, cmd: ReceiptCmd) -> anyhow::Result<()> {
                 Some(identity) => {
                     let v = verify_bytes(&bytes, &identity)
                         .context("the downloaded receipt does NOT verify; not written")?;
+                    // A valid receipt of another transaction is no receipt of this one.
+                    if v.leaf.digest != hash || v.tx.as_ref().is_some_and(|t| t.id != hash) {
+                        bail!(
+                            "the node sent a receipt of another entry (ledger index {}), not of tx {}; not written",
+                            v.leaf.index,
+                            hex::encode(hash)
+                        );
+                    }
                     Some(format!(
                         "verified against {}: ledger index {}, checkpoint {}, {} member(s) signed",
                         cfg.network.as_deref().unwrap_or(Path::new("?")).display(),

@@ -38,6 +38,12 @@ impl Client {
         identity: Option<(&[u8], &[u8])>,
     ) -> Result<Client, ClientError> {
         let base = parse_base(url)?;
+        // The CA pins the node's certificate; plain HTTP would drop it silently.
+        if base.scheme() != "https" {
+            return Err(ClientError::Config(format!(
+                "node URL {url:?} must be https:// (nodes serve HTTPS only)"
+            )));
+        }
         let cas = reqwest::Certificate::from_pem_bundle(ca_pem)
             .map_err(|e| ClientError::Config(format!("CA certificate: {e}")))?;
         if cas.is_empty() {
@@ -147,7 +153,15 @@ impl Client {
         if !wait {
             req = req.query(&[("wait", "false")]);
         }
-        self.json(req).await
+        let st: TxStatus = self.json(req).await?;
+        // The id is the hash of the bytes sent, never the node's word.
+        if st.id != comity_core::crypto::sha256(tx) {
+            return Err(ClientError::Decode(format!(
+                "the node answered for transaction {}, not the one sent",
+                hex::encode(st.id)
+            )));
+        }
+        Ok(st)
     }
 
     /// `GET /v1/tx/{id}`; status `unknown` if the node never saw it.

@@ -94,11 +94,25 @@ pub fn verify_kv_read(
     Ok(v)
 }
 
-/// Checks an RFC 9162 consistency proof: the tree of size `from` with
-/// `from_root` is a prefix of the tree of size `to` with `to_root`.
-pub fn verify_consistency(p: &ConsistencyProof) -> Result<(), ClientError> {
-    merkle::verify_consistency(p.from, p.to, &p.from_root, &p.to_root, &p.proof)
-        .map_err(|e| ClientError::Verify(format!("consistency proof {}..{}: {e}", p.from, p.to)))
+/// Checks an RFC 9162 consistency proof between two checkpoints the caller
+/// already verified (e.g. with [`verify_checkpoint`]): the ledger `old`
+/// signed is a prefix of the one `new` signed. The sizes and roots come from
+/// the checkpoints, never from the node's answer, which only supplies the
+/// proof's hashes.
+pub fn verify_consistency(
+    p: &ConsistencyProof,
+    old: &CheckpointInfo,
+    new: &CheckpointInfo,
+) -> Result<(), ClientError> {
+    if p.from != old.size || p.to != new.size {
+        return Err(ClientError::Verify(format!(
+            "consistency proof {}..{} is not between the checkpoints' sizes {} and {}",
+            p.from, p.to, old.size, new.size
+        )));
+    }
+    merkle::verify_consistency(old.size, new.size, &old.tx_root, &new.tx_root, &p.proof).map_err(
+        |e| ClientError::Verify(format!("consistency proof {}..{}: {e}", old.size, new.size)),
+    )
 }
 
 /// Parses and verifies receipt bytes against the network identity.
@@ -173,6 +187,35 @@ mod tests {
             signed: b.build().to_tagged_vec().unwrap(),
             chain: Vec::new(),
         }
+    }
+
+    /// The proof is checked between the checkpoints' sizes and roots; the
+    /// sizes and roots the node puts beside it count for nothing.
+    #[test]
+    fn consistency_is_checked_between_verified_checkpoints() {
+        let (ident, _) = setup(0);
+        let (a, b) = (merkle::leaf_hash(b"a"), merkle::leaf_hash(b"b"));
+        let at = |size: u64, tx_root: Hash| CheckpointInfo {
+            size,
+            tx_root,
+            ..info(&ident, &[])
+        };
+        let (old, new) = (at(1, a), at(2, merkle::node_hash(&a, &b)));
+        let mut p = ConsistencyProof {
+            from: 1,
+            to: 2,
+            from_root: [9; 32],
+            to_root: [9; 32],
+            proof: vec![b],
+        };
+        verify_consistency(&p, &old, &new).unwrap();
+        // Roots the checkpoints did not sign fail, whatever the node claims.
+        let forged = at(2, merkle::node_hash(&a, &a));
+        p.to_root = forged.tx_root;
+        assert!(verify_consistency(&p, &old, &forged).is_err());
+        // So does a proof between other sizes than the checkpoints'.
+        p.to = 3;
+        assert!(verify_consistency(&p, &old, &new).is_err());
     }
 
     #[test]
