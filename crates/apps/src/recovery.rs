@@ -95,11 +95,14 @@ pub fn enact(
     };
     // Its state root proves the member keys that sign the decision, so it
     // must be a checkpoint this ledger computed, not one a quorum of node
-    // keys signed over other roots.
-    if batch.aux_get(&keys::checkpoint(cp.seq))?.as_deref() != Some(cp_body.as_slice()) {
+    // keys signed over other roots, and the latest final one: an older one
+    // could name members since outnumbered by members added after it.
+    if batch.aux_get(&keys::checkpoint(cp.seq))?.as_deref() != Some(cp_body.as_slice())
+        || crate::query::latest_final_seq(&*batch)? != Some(cp.seq)
+    {
         tracing::error!(
             seq = cp.seq,
-            "refusing a recovery decision: its checkpoint is not the one this ledger computed"
+            "refusing a recovery decision: its checkpoint is not this ledger's latest final one"
         );
         return Ok(Err(codes::RECOVERY_MISMATCH));
     }

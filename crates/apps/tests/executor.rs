@@ -777,10 +777,11 @@ fn divergence_is_this_nodes_only_once_a_quorum_signed_other_roots() {
     assert_eq!(e.index, faulty_at + 1, "{e}");
 }
 
-/// A recovery decision's checkpoint must be one this ledger computed: its
-/// state root proves the member keys that sign the decision, so a body the
-/// nodes signed over other values is refused even with a quorum's
-/// signatures and a member key proof that checks.
+/// A recovery decision's checkpoint must be the latest final one this
+/// ledger computed: its state root proves the member keys that sign the
+/// decision, so a body the nodes signed over other values, or an older
+/// checkpoint (fewer members), is refused even with a quorum's signatures
+/// and a member key proof that checks.
 #[test]
 fn a_recovery_decision_names_a_checkpoint_this_ledger_computed() {
     use comity_core::recovery::{Recovery, MEMBER_KEYS_STATE_KEY, RECOVERY_CONTENT_TYPE};
@@ -834,6 +835,18 @@ fn a_recovery_decision_names_a_checkpoint_this_ledger_computed() {
         out.txs[0].outcome,
         Outcome::Rejected("recovery_mismatch".into())
     );
+    // A later checkpoint becomes final: the older one may no longer be
+    // named (members added since would not count).
+    let mut out = apply(&store, &mut ex, Command::Checkpoint { time: T0 + 30 });
+    let later = out.checkpoints.pop().expect("checkpoint");
+    let (_, sig_tx) = checkpoint_signature(&net, &later.to_cbor(), 2, T0 + 31);
+    let out = apply(&store, &mut ex, batch(vec![sig_tx], T0 + 31));
+    assert_eq!(out.txs[0].outcome, Outcome::Applied);
     let out = apply(&store, &mut ex, decide(&cp.to_cbor()));
+    assert_eq!(
+        out.txs[0].outcome,
+        Outcome::Rejected("recovery_mismatch".into())
+    );
+    let out = apply(&store, &mut ex, decide(&later.to_cbor()));
     assert_eq!(out.txs[0].outcome, Outcome::Applied);
 }

@@ -123,9 +123,18 @@ impl PublicKey {
             }
             return Ok(PublicKey::Ed25519(raw.into()));
         }
-        p256::ecdsa::VerifyingKey::from_public_key_der(der)
+        let key = p256::ecdsa::VerifyingKey::from_public_key_der(der)
             .map(PublicKey::P256)
-            .map_err(|e| CryptoError::BadPublicKey(e.to_string()))
+            .map_err(|e| CryptoError::BadPublicKey(e.to_string()))?;
+        // One key, one encoding: a compressed point would give the same key
+        // another id (the hash of its bytes), so one keyholder two identities.
+        if key.to_spki_der() != der {
+            return Err(CryptoError::BadPublicKey(
+                "not the canonical SubjectPublicKeyInfo (a P-256 point must be uncompressed)"
+                    .into(),
+            ));
+        }
+        Ok(key)
     }
 
     /// The id an identity gets when this is its first key.
@@ -285,6 +294,30 @@ mod tests {
             assert_eq!(PublicKey::from_spki_der(&spki).unwrap(), k.public());
             assert_eq!(k.public().fingerprint(), sha256(&spki));
         }
+    }
+
+    /// A P-256 key has one accepted encoding, so one id.
+    #[test]
+    fn a_compressed_p256_key_is_refused() {
+        let PublicKey::P256(vk) = SigningKey::generate(Alg::Es256).public() else {
+            unreachable!()
+        };
+        let der = PublicKey::P256(vk).to_spki_der();
+        let point = vk.to_encoded_point(true);
+        let compressed = [
+            &[0x30, 0x39][..],
+            &der[2..23],
+            &[0x03, 0x22, 0x00],
+            point.as_bytes(),
+        ]
+        .concat();
+        assert!(
+            p256::ecdsa::VerifyingKey::from_public_key_der(&compressed).is_ok(),
+            "the test's encoding is a valid SPKI"
+        );
+        let e = PublicKey::from_spki_der(&compressed).unwrap_err();
+        assert!(e.to_string().contains("canonical"), "{e}");
+        assert!(PublicKey::from_spki_der(&der).is_ok());
     }
 
     #[test]

@@ -153,6 +153,15 @@ impl Tx {
             .map_err(|_| {
                 TxError::Malformed("protected header kid must be a 32-byte identity id".into())
             })?;
+        // Exactly {1: alg, 4: kid}, canonically encoded: nothing else signed
+        // (no `crit`, no other parameter) and no second encoding of these.
+        let label = u8::try_from(-1 - alg.cose_id()).expect("small negative alg ids");
+        let want = [&[0xa2, 0x01, 0x20 | label, 0x04, 0x58, 0x20][..], &kid].concat();
+        if sign1.protected.original_data.as_deref() != Some(want.as_slice()) {
+            return Err(TxError::Malformed(
+                "the protected header must be exactly {alg, kid}, canonically encoded".into(),
+            ));
+        }
         let payload = match &sign1.payload {
             Some(p) => TxPayload::from_cbor(p)?,
             None => {
@@ -319,5 +328,38 @@ mod tests {
         // Same signature, with an unprotected header added: refused.
         sign1.unprotected.content_type = Some(coset::ContentType::Text("x".into()));
         assert!(Tx::parse(&sign1.to_tagged_vec().unwrap()).is_err());
+    }
+
+    /// The signer's own variants of the protected header (another parameter,
+    /// `crit`, another encoding) are refused even with a valid signature.
+    #[test]
+    fn only_the_canonical_protected_header_is_accepted() {
+        use coset::{iana, CoseSign1Builder, HeaderBuilder, TaggedCborSerializable};
+        let k = SigningKey::generate(Alg::EdDsa);
+        let kid = k.public().fingerprint();
+        let signed = |h: coset::Header| {
+            CoseSign1Builder::new()
+                .protected(h)
+                .payload(payload().to_cbor())
+                .create_signature(b"", |m| k.sign(m))
+                .build()
+                .to_tagged_vec()
+                .unwrap()
+        };
+        let base = || {
+            HeaderBuilder::new()
+                .algorithm(iana::Algorithm::EdDSA)
+                .key_id(kid.to_vec())
+        };
+        Tx::parse(&signed(base().build())).expect("the canonical header");
+        for h in [
+            base().content_type("text/plain".into()).build(),
+            base().add_critical(iana::HeaderParameter::Alg).build(),
+        ] {
+            assert!(matches!(
+                Tx::parse(&signed(h)),
+                Err(TxError::Malformed(m)) if m.contains("protected header")
+            ));
+        }
     }
 }
