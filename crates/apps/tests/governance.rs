@@ -454,7 +454,7 @@ fn authorization_membership_and_keys() {
     compressed.extend_from_slice(&der[2..23]); // the algorithm identifier
     compressed.extend_from_slice(&[0x03, 0x22, 0x00, 0x02 | (der[90] & 1)]);
     compressed.extend_from_slice(&der[27..59]);
-    assert!(comity_core::crypto::PublicKey::from_spki_der(&compressed).is_ok());
+    assert!(comity_core::crypto::PublicKey::from_spki_der(&compressed).is_err());
     let (_, code) = g.propose(
         0,
         json!([{"action": "user.add", "args": {
