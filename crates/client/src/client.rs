@@ -38,12 +38,6 @@ impl Client {
         identity: Option<(&[u8], &[u8])>,
     ) -> Result<Client, ClientError> {
         let base = parse_base(url)?;
-        // The CA pins the node's certificate; plain HTTP would drop it silently.
-        if base.scheme() != "https" {
-            return Err(ClientError::Config(format!(
-                "node URL {url:?} must be https:// (nodes serve HTTPS only)"
-            )));
-        }
         let cas = reqwest::Certificate::from_pem_bundle(ca_pem)
             .map_err(|e| ClientError::Config(format!("CA certificate: {e}")))?;
         if cas.is_empty() {
