@@ -201,7 +201,7 @@ fn body_timeout() -> ApiError {
 }
 
 /// Reads a body of at most `limit` bytes, refusing a larger declared length
-/// before reading any of it, so a client cannot make the node buffer more
+/// without keeping any of it, so a client cannot make the node buffer more
 /// than the ledger would accept.
 pub(crate) async fn read_limited(
     headers: &HeaderMap,
@@ -217,6 +217,16 @@ pub(crate) async fn read_limited(
     };
     let declared = content_length(headers);
     if let Some(n) = declared.filter(|&n| n > limit as u64) {
+        // What arrives within a second of a body no larger than any route
+        // reads is read and dropped (not kept), so a client that sends its
+        // body at once is not cut off mid-write (a broken pipe instead of
+        // this answer); a larger one, or one that does not come, is not
+        // waited for.
+        if n <= MAX_BODY as u64 {
+            let mut body = body;
+            let drain = async { while let Some(Ok(_)) = body.frame().await {} };
+            let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+        }
         return Err(too_large(n.to_string()));
     }
     let limited = http_body_util::Limited::new(body, limit);
