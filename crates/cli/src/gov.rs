@@ -554,9 +554,12 @@ async fn history(cfg: &Config, client: &Client, subject: &str) -> anyhow::Result
                 let bytes = hex::decode(r).context("receipt is not hex")?;
                 // The receipt must prove this very entry, not just some entry.
                 let proves = |v: &comity_core::receipt::Verified| {
+                    let signer = v.leaf.signer.as_ref().map(|(id, _)| hex::encode(id));
                     i["index"].as_u64() == Some(v.leaf.index)
                         && i["time"].as_u64() == Some(v.leaf.time)
                         && i["outcome"].as_str() == Some(v.leaf.outcome.code())
+                        && i["tx"].as_str() == Some(hex::encode(v.leaf.digest).as_str())
+                        && i["signer"].as_str() == signer.as_deref()
                 };
                 match comity_client::verify::verify_receipt(&bytes, id) {
                     Ok(v) if proves(&v) => "receipt verified".to_string(),

@@ -178,7 +178,7 @@ pub fn inspect(pem: &str) -> anyhow::Result<ShownKey> {
             let spki = c.tbs_certificate.subject_public_key_info.to_der()?;
             Ok(ShownKey {
                 kind: "certificate",
-                public: PublicKey::from_spki_der(&spki)?,
+                public: PublicKey::from_any_spki_der(&spki)?,
                 subject: Some(c.tbs_certificate.subject.to_string()),
             })
         }
@@ -189,7 +189,7 @@ pub fn inspect(pem: &str) -> anyhow::Result<ShownKey> {
             x509_cert::spki::SubjectPublicKeyInfoOwned::from_der(&der)?;
             Ok(ShownKey {
                 kind: "public key",
-                public: PublicKey::from_spki_der(&der)?,
+                public: PublicKey::from_any_spki_der(&der)?,
                 subject: None,
             })
         }

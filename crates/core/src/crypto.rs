@@ -110,6 +110,18 @@ impl PublicKey {
         Ok(key)
     }
 
+    /// Reads a key an operator supplies in any SPKI encoding its library
+    /// accepts (a compressed P-256 point, say); it goes on in its one
+    /// canonical encoding ([`PublicKey::to_spki_der`]), which is what the
+    /// network accepts.
+    pub fn from_any_spki_der(der: &[u8]) -> Result<Self, CryptoError> {
+        Self::from_spki_der(der).or_else(|e| {
+            p256::ecdsa::VerifyingKey::from_public_key_der(der)
+                .map(PublicKey::P256)
+                .map_err(|_| e)
+        })
+    }
+
     fn parse_spki_der(der: &[u8]) -> Result<Self, CryptoError> {
         if der.len() == 44 && der[..12] == ED25519_SPKI_PREFIX {
             let raw: [u8; 32] = der[12..].try_into().expect("length checked");
@@ -318,6 +330,9 @@ mod tests {
         let e = PublicKey::from_spki_der(&compressed).unwrap_err();
         assert!(e.to_string().contains("canonical"), "{e}");
         assert!(PublicKey::from_spki_der(&der).is_ok());
+        // An operator's compressed key is read, and goes on canonical.
+        let k = PublicKey::from_any_spki_der(&compressed).unwrap();
+        assert_eq!(k.to_spki_der(), der);
     }
 
     #[test]

@@ -222,7 +222,9 @@ pub(crate) async fn read_limited(
         // body at once is not cut off mid-write (a broken pipe instead of
         // this answer); a larger one, or one that does not come, is not
         // waited for.
-        if n <= MAX_BODY as u64 {
+        // A client that asked to be told first (`Expect: 100-continue`) is:
+        // reading would invite its body.
+        if n <= MAX_BODY as u64 && !headers.contains_key(header::EXPECT) {
             let mut body = body;
             let drain = async { while let Some(Ok(_)) = body.frame().await {} };
             let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;

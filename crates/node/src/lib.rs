@@ -227,7 +227,9 @@ impl Node {
                 }
             }
         }
-        let (submit, submit_rx) = mpsc::channel(65536);
+        // Room for every transaction the pending limit admits (and the
+        // node's own signatures), so a full channel never refuses one.
+        let (submit, submit_rx) = mpsc::channel(cfg.limits.max_pending.max(64 << 10) + 1024);
         let shared = Arc::new(Shared {
             store,
             view,
@@ -542,7 +544,12 @@ async fn events(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Event>) {
                 shared.applied.send_replace(last);
             }
             Event::CaughtUp => {
-                if let Err(e) = answer_from_ledger(&shared) {
+                let s = shared.clone();
+                let r = tokio::task::spawn_blocking(move || answer_from_ledger(&s)).await;
+                if let Err(e) = r
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()))
+                {
                     tracing::warn!(error = %e, "answering waiters after a snapshot install");
                 }
             }

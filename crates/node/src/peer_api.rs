@@ -187,12 +187,17 @@ async fn submit(State(shared): S, ApiBody(body): ApiBody) -> ApiResult<Response>
         let bytes = tx.into_vec();
         match ingress::admit(&shared, &bytes, ingress::Source::Peer).await {
             Ok((_, Admission::Known(_))) => waits.push(Err(Forwarded::Committed)),
-            Ok((id, Admission::Queued(rx, fresh))) => {
-                if fresh {
-                    ingress::hand_over(&shared, id, bytes)?;
-                }
-                waits.push(Ok(rx));
-            }
+            Ok((id, Admission::Queued(rx, fresh))) => match fresh
+                .then(|| ingress::hand_over(&shared, id, bytes))
+                .transpose()
+            {
+                Ok(_) => waits.push(Ok(rx)),
+                Err(e) => waits.push(Err(Forwarded::Refused {
+                    status: e.status.as_u16(),
+                    code: e.code.into_owned(),
+                    message: e.message,
+                })),
+            },
             Err(e) => waits.push(Err(Forwarded::Refused {
                 status: e.status.as_u16(),
                 code: e.code.into_owned(),
