@@ -29,24 +29,19 @@ json_num() { # json_num FILE KEY: first numeric value of "KEY" in FILE
     sed -n "s/^ *\"$2\": *\([-0-9.eE+]*\),\{0,1\}\$/\1/p" "$1" | head -n1
 }
 
-healthy() { # healthy DATA_DIR
+health() { # health DATA_DIR: the network's /v1/health JSON; fails if none answers
     local url ca
     [[ -f "$1/client.json" ]] || return 1
     url="$(sed -n 's/.*"url": *"\([^"]*\)".*/\1/p' "$1/client.json" | head -n1)"
     ca="$(sed -n 's/.*"ca": *"\([^"]*\)".*/\1/p' "$1/client.json" | head -n1)"
     [[ -n "$url" ]] || return 1
     [[ -f "$ca" ]] || ca="$1/ca.pem"
-    curl -sf --max-time 2 --cacert "$ca" "$url/v1/health" >/dev/null 2>&1
+    curl -sf --max-time 2 --cacert "$ca" "$url/v1/health" 2>/dev/null
 }
 
-# node_count DATA_DIR: how many nodes the network's health names.
-node_count() {
-    local url ca
-    url="$(sed -n 's/.*"url": *"\([^"]*\)".*/\1/p' "$1/client.json" | head -n1)"
-    ca="$(sed -n 's/.*"ca": *"\([^"]*\)".*/\1/p' "$1/client.json" | head -n1)"
-    [[ -f "$ca" ]] || ca="$1/ca.pem"
-    curl -sf --max-time 2 --cacert "$ca" "$url/v1/health" | grep -o '"voter"' | wc -l
-}
+healthy() { health "$1" >/dev/null; } # healthy DATA_DIR
+
+node_count() { health "$1" | grep -o '"voter"' | wc -l; } # node_count DATA_DIR: nodes in its Raft group
 
 COMITY_PID=""
 
@@ -77,16 +72,7 @@ stop_comity() {
     for _ in $(seq 1 100); do kill -0 "$COMITY_PID" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$COMITY_PID" 2>/dev/null || true
     wait "$COMITY_PID" 2>/dev/null || true
-    # node_count DATA_DIR: how many nodes the network's health names.
-node_count() {
-    local url ca
-    url="$(sed -n 's/.*"url": *"\([^"]*\)".*/\1/p' "$1/client.json" | head -n1)"
-    ca="$(sed -n 's/.*"ca": *"\([^"]*\)".*/\1/p' "$1/client.json" | head -n1)"
-    [[ -f "$ca" ]] || ca="$1/ca.pem"
-    curl -sf --max-time 2 --cacert "$ca" "$url/v1/health" | grep -o '"voter"' | wc -l
-}
-
-COMITY_PID=""
+    COMITY_PID=""
 }
 
 median() { # median N...: the median of the numbers given

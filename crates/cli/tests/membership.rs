@@ -85,6 +85,42 @@ async fn trust(c: &Cluster, client: &Client, new: usize) -> Hash {
     key.fingerprint()
 }
 
+/// Waits until node `node` reads `value` under `owner`'s kv `key` (as a
+/// member): it has caught up that far.
+async fn wait_read(c: &Cluster, node: usize, owner: &Hash, key: &str, value: &[u8], what: &str) {
+    let reader = c.client_as(node, "member0");
+    let deadline = Instant::now() + LONG;
+    while reader
+        .kv_get(Some(owner), key)
+        .await
+        .ok()
+        .and_then(|r| r.value)
+        .as_deref()
+        != Some(value)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "node{node} {what}; its log:\n{}",
+            c.log(node)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Lets several reconciler rounds (every 500 ms) pass, writes committing
+/// all along.
+async fn reconciler_rounds(c: &Cluster, client: &Client) {
+    for k in 0..8 {
+        commit(
+            client,
+            c.signer("user0").kv_put(&format!("k{k}"), b"x"),
+            "a write",
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+}
+
 /// The voters a node reports (none while it has no leader).
 async fn voters(client: &Client) -> Vec<u64> {
     let h: Option<Health> = client.health().await.ok();
@@ -382,22 +418,7 @@ async fn a_node_joins_a_network_led_by_a_node_trusted_after_genesis() {
     trust(&c, &client, second).await;
     wait_voters(&client, 2, "after trusting node2").await;
     c.wait_healthy(second, LONG).await;
-    let joined = c.client_as(second, "member0");
-    let deadline = Instant::now() + LONG;
-    while joined
-        .kv_get(Some(&user.id), "early")
-        .await
-        .ok()
-        .and_then(|r| r.value)
-        != Some(b"1".to_vec())
-    {
-        assert!(
-            Instant::now() < deadline,
-            "node{second} did not catch up; its log:\n{}",
-            c.log(second)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_read(&c, second, &user.id, "early", b"1", "did not catch up").await;
 }
 
 /// A trusted node that does not catch up (here nothing answers at its
@@ -410,16 +431,7 @@ async fn a_learner_that_is_not_caught_up_is_not_made_a_voter() {
     let client = c.client_as(0, "member0");
     let new = c.new_node("");
     let node_id = trust(&c, &client, new).await;
-    // Several reconciler rounds (every 500 ms), writes committing all along.
-    for k in 0..8 {
-        commit(
-            &client,
-            c.signer("user0").kv_put(&format!("k{k}"), b"x"),
-            "a write",
-        )
-        .await;
-        tokio::time::sleep(Duration::from_millis(400)).await;
-    }
+    reconciler_rounds(&c, &client).await;
     let h = client.health().await.expect("health");
     assert_eq!(voters(&client).await.len(), 1, "{:?}", h.members);
     assert_eq!(
@@ -477,16 +489,7 @@ async fn a_node_is_recognised_by_its_key_not_its_address() {
         "trust a node at another node's address",
     )
     .await;
-    // Several reconciler rounds (every 500 ms), writes committing all along.
-    for k in 0..8 {
-        commit(
-            &client,
-            c.signer("user0").kv_put(&format!("k{k}"), b"x"),
-            "a write",
-        )
-        .await;
-        tokio::time::sleep(Duration::from_millis(400)).await;
-    }
+    reconciler_rounds(&c, &client).await;
     let h = client.health().await.expect("health");
     assert_eq!(h.members.len(), 4, "{:?}", h.members);
     assert_eq!(
@@ -557,22 +560,15 @@ async fn a_node_behind_the_purged_log_catches_up_by_snapshot() {
     trust(&c, &client, new).await;
     wait_voters(&client, 4, "after node.trust").await;
     c.wait_healthy(new, LONG).await;
-    let joined = c.client_as(new, "member0");
-    let deadline = Instant::now() + LONG;
-    while joined
-        .kv_get(Some(&user.id), "early")
-        .await
-        .ok()
-        .and_then(|r| r.value)
-        != Some(b"1".to_vec())
-    {
-        assert!(
-            Instant::now() < deadline,
-            "node{new} did not receive the ledger; its log:\n{}",
-            c.log(new)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_read(
+        &c,
+        new,
+        &user.id,
+        "early",
+        b"1",
+        "did not receive the ledger",
+    )
+    .await;
     let log = c.log(new);
     assert!(
         log.contains("installed a snapshot"),
