@@ -220,10 +220,9 @@ pub(crate) async fn read_limited(
         // What arrives within a second of a body no larger than any route
         // reads is read and dropped (not kept), so a client that sends its
         // body at once is not cut off mid-write (a broken pipe instead of
-        // this answer); a larger one, or one that does not come, is not
-        // waited for.
-        // A client that asked to be told first (`Expect: 100-continue`) is:
-        // reading would invite its body.
+        // this answer). A larger body, one that does not come, or one whose
+        // client waits to be told (`Expect: 100-continue`, which reading
+        // would answer) is not read.
         if n <= MAX_BODY as u64 && !headers.contains_key(header::EXPECT) {
             let mut body = body;
             let drain = async { while let Some(Ok(_)) = body.frame().await {} };
