@@ -55,6 +55,16 @@ fn hx(k: &SigningKey) -> String {
 }
 
 impl Net {
+    /// The three users and the first member, to sign as.
+    fn people(&self) -> (SigningKey, SigningKey, SigningKey, SigningKey) {
+        (
+            self.alice.clone(),
+            self.bob.clone(),
+            self.carol.clone(),
+            self.m[0].clone(),
+        )
+    }
+
     fn new() -> Net {
         let m: Vec<SigningKey> = (0..3).map(|_| SigningKey::generate(Alg::EdDsa)).collect();
         let users: Vec<SigningKey> = (0..3).map(|_| SigningKey::generate(Alg::EdDsa)).collect();
@@ -350,12 +360,7 @@ fn a_contracts_whole_life() {
 #[test]
 fn forbidden_transitions_and_actors() {
     let mut n = Net::new();
-    let (alice, bob, carol, m0) = (
-        n.alice.clone(),
-        n.bob.clone(),
-        n.carol.clone(),
-        n.m[0].clone(),
-    );
+    let (alice, bob, carol, m0) = n.people();
     let stranger = SigningKey::generate(Alg::EdDsa);
     let a = n.register(
         &alice,
@@ -628,12 +633,7 @@ fn duplicate_registration_is_a_retry_or_refused() {
 #[test]
 fn an_amendment_needs_every_signing_party_and_respects_holds() {
     let mut n = Net::new();
-    let (alice, bob, carol, m0) = (
-        n.alice.clone(),
-        n.bob.clone(),
-        n.carol.clone(),
-        n.m[0].clone(),
-    );
+    let (alice, bob, carol, m0) = n.people();
     let both = [(&alice, "seller"), (&bob, "buyer")];
     let a = n.register(&alice, "register", reg(sha256(b"v1"), "V1", &both, DAY, 1));
     n.sign(&alice, &a, "ok");
@@ -1065,12 +1065,7 @@ fn personal_data_is_erasable_without_touching_proofs() {
 #[test]
 fn replay_reproduces_the_state_root() {
     let mut n = Net::new();
-    let (alice, bob, carol, m0) = (
-        n.alice.clone(),
-        n.bob.clone(),
-        n.carol.clone(),
-        n.m[0].clone(),
-    );
+    let (alice, bob, carol, m0) = n.people();
     let a = n.register(
         &alice,
         "register",

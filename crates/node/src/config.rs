@@ -165,42 +165,42 @@ mod tests {
     #[test]
     fn limits_the_node_cannot_run_with_are_refused() {
         assert!(Limits::default().check().is_ok());
-        let zero = Limits {
-            max_inflight_batches: 0,
-            ..Limits::default()
-        };
-        assert!(zero
-            .check()
-            .unwrap_err()
-            .to_string()
-            .contains("max_inflight_batches"));
-        let no_skew = Limits {
-            max_clock_skew_ms: 0,
-            ..Limits::default()
-        };
-        assert!(no_skew
-            .check()
-            .unwrap_err()
-            .to_string()
-            .contains("max_clock_skew_ms"));
-        let big = Limits {
-            batch_max_bytes: MAX_BATCH_BYTES + 1,
-            ..Limits::default()
-        };
-        assert!(big
-            .check()
-            .unwrap_err()
-            .to_string()
-            .contains("batch_max_bytes"));
-        let tight = Limits {
-            max_pending_mib: 3,
-            ..Limits::default()
-        };
-        assert!(tight
-            .check()
-            .unwrap_err()
-            .to_string()
-            .contains("max_pending_mib"));
+        let d = Limits::default;
+        for (name, bad) in [
+            (
+                "max_inflight_batches",
+                Limits {
+                    max_inflight_batches: 0,
+                    ..d()
+                },
+            ),
+            (
+                "max_clock_skew_ms",
+                Limits {
+                    max_clock_skew_ms: 0,
+                    ..d()
+                },
+            ),
+            (
+                "batch_max_bytes",
+                Limits {
+                    batch_max_bytes: MAX_BATCH_BYTES + 1,
+                    ..d()
+                },
+            ),
+            (
+                "max_pending_mib",
+                Limits {
+                    max_pending_mib: 3,
+                    ..d()
+                },
+            ),
+        ] {
+            assert!(
+                bad.check().unwrap_err().to_string().contains(name),
+                "{name}"
+            );
+        }
         for (name, small, large) in [
             (
                 "state_cache_mib",
