@@ -165,7 +165,16 @@ impl PeerError {
 #[derive(Clone)]
 pub struct Peers {
     http: reqwest::Client,
+    /// Fingerprints of the peer certificates seen (a few: one per peer),
+    /// so that a call does not parse its answerer's certificate again.
+    seen: Arc<std::sync::Mutex<Vec<SeenCert>>>,
 }
+
+/// A peer certificate (DER) and its key's fingerprint.
+type SeenCert = (Vec<u8>, Hash);
+
+/// Most certificates [`Peers`] remembers before it starts afresh.
+const SEEN_CERTS: usize = 64;
 
 impl Peers {
     /// `cert`/`key` are this node's TLS certificate (for its node key) and
@@ -196,7 +205,23 @@ impl Peers {
             .redirect(reqwest::redirect::Policy::none())
             .local_address(bind)
             .build()?;
-        Ok(Peers { http })
+        Ok(Peers {
+            http,
+            seen: Arc::default(),
+        })
+    }
+
+    fn fingerprint(&self, der: &[u8]) -> Option<Hash> {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, fp)) = seen.iter().find(|(d, _)| d == der) {
+            return Some(*fp);
+        }
+        let fp = cert_fingerprint(&CertificateDer::from(der))?;
+        if seen.len() >= SEEN_CERTS {
+            seen.clear();
+        }
+        seen.push((der.to_vec(), fp));
+        Some(fp)
     }
 
     /// POSTs `req` (CBOR) to `https://{addr}{path}` and decodes the CBOR
@@ -230,7 +255,7 @@ impl Peers {
                 .extensions()
                 .get::<reqwest::tls::TlsInfo>()
                 .and_then(|t| t.peer_certificate())
-                .and_then(|der| cert_fingerprint(&CertificateDer::from(der)));
+                .and_then(|der| self.fingerprint(der));
             if got.map(|fp| raft_id(&fp)) != Some(want) {
                 return Err(PeerError::Protocol(format!(
                     "{addr}{path}: answered by key {}, not by node {want}",
