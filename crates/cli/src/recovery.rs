@@ -281,6 +281,17 @@ fn seed(from: &Path, to: &Path) -> anyhow::Result<()> {
     if to.join("ledger").exists() {
         bail!("{} already has a ledger", to.display());
     }
+    // A running node changes its files while they are copied: the copy
+    // would be torn. Its state database holds this lock while it runs.
+    let lock = from.join("ledger").join("state").join("lock");
+    let held = std::fs::File::open(&lock)
+        .with_context(|| format!("{}: not a node's data directory", from.display()))?;
+    if let Err(std::fs::TryLockError::WouldBlock) = held.try_lock() {
+        bail!(
+            "{} is in use by a running node: stop it before seeding from its copy",
+            from.display()
+        );
+    }
     copy_dir(&from.join("ledger"), &to.join("ledger"))?;
     let store = open(to)?;
     comity_consensus::state_machine::forget_raft_log(&store)?;

@@ -61,6 +61,24 @@ async fn members_restart_a_network_that_lost_its_majority() {
         !matches!(s, Ok(Ok(ref st)) if st.status == TxState::Committed),
         "one node of three committed alone: {s:?}"
     );
+    // Seeding copies the survivor's files: not while its node runs.
+    let early = c.tmp.path().join("too-early");
+    let survivor = c.node_dir(0).join("data");
+    let args = [
+        "recovery",
+        "seed",
+        "--from",
+        survivor.to_str().unwrap(),
+        "--to",
+        early.to_str().unwrap(),
+    ];
+    let out = common::run_cli(&c.data, c.tmp.path(), &args, LONG).await;
+    assert!(
+        !out.status.success() && out.stderr.contains("in use by a running node"),
+        "{}",
+        out.stderr
+    );
+    assert!(!early.join("ledger").exists(), "nothing was copied");
     c.stop(0).await;
 
     let decision = c.tmp.path().join("decision.cbor");
@@ -84,7 +102,6 @@ async fn members_restart_a_network_that_lost_its_majority() {
     }
     let nodes_toml = c.tmp.path().join("recovery-nodes.toml");
     std::fs::write(&nodes_toml, &toml).unwrap();
-    let survivor = c.node_dir(0).join("data");
     let (survivor, decision_s) = (survivor.to_str().unwrap(), decision.to_str().unwrap());
     // The new set follows the rules of a node.trust vote: a user cannot
     // operate a node.

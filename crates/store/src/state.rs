@@ -172,7 +172,13 @@ pub enum StoreError {
 fn db_err(path: &Path) -> impl Fn(fjall::Error) -> StoreError + '_ {
     move |e| StoreError::Db {
         path: path.to_path_buf(),
-        message: e.to_string(),
+        message: match e {
+            fjall::Error::Locked => {
+                "in use by another process (is a node already running on this data directory?)"
+                    .into()
+            }
+            e => e.to_string(),
+        },
     }
 }
 
@@ -1292,6 +1298,27 @@ impl TreeReader for JmtReader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_in_use_is_refused_with_its_ledger_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path(), 1 << 20).unwrap();
+        let txn = store.begin().unwrap();
+        txn.batch()
+            .unwrap()
+            .append(&Record {
+                leaf: vec![0xa0],
+                body: vec![1],
+            })
+            .unwrap();
+        txn.commit(true).unwrap();
+        let err = Store::open(dir.path(), 1 << 20).err().expect("refused");
+        assert!(
+            err.to_string().contains("in use by another process"),
+            "{err}"
+        );
+        assert_eq!(store.read().unwrap().ledger_len().unwrap(), 1);
+    }
 
     #[test]
     fn a_transaction_abandoned_after_writing_stops_the_store() {
