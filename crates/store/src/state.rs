@@ -67,11 +67,16 @@ impl Default for StoreOptions {
 }
 
 /// Most one keyspace's memtable holds before it is flushed to disk (six
-/// keyspaces: this bounds the state database's write memory).
-const MEMTABLE_BYTES: u64 = 16 << 20;
+/// keyspaces: this bounds the state database's write memory). Large, with
+/// [`L0_TABLES`], because random keys make each merge into level 1 rewrite
+/// all of it (see docs/architecture.md).
+const MEMTABLE_BYTES: u64 = 64 << 20;
+
+/// Tables level 0 gathers before they are merged into level 1.
+const L0_TABLES: u8 = 8;
 
 /// Journal kept before memtables are flushed: bounds replay time after a crash.
-const JOURNAL_BYTES: u64 = 256 << 20;
+const JOURNAL_BYTES: u64 = 512 << 20;
 
 /// How long the writer gathers layers before writing them.
 const WRITE_EVERY: Duration = Duration::from_millis(100);
@@ -305,7 +310,11 @@ impl Store {
                 .iter()
                 .map(|name| {
                     db.keyspace(name, || {
-                        KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+                        KeyspaceCreateOptions::default()
+                            .max_memtable_size(MEMTABLE_BYTES)
+                            .compaction_strategy(Arc::new(
+                                fjall::compaction::Leveled::default().with_l0_threshold(L0_TABLES),
+                            ))
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()
