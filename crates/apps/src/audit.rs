@@ -130,7 +130,7 @@ pub fn check_replayed(
         };
         return Err(fail(index, what));
     }
-    if let Some(d) = out.divergence.as_ref().filter(|d| d.quorum) {
+    if let Some(d) = out.divergences.iter().find(|d| d.quorum) {
         return Err(fail(
             index,
             format!(
@@ -210,7 +210,7 @@ impl Audit {
     ) -> Result<(), Discrepancy> {
         check_replayed(&self.store, index, rec, leaf, out)?;
         let s = &mut self.summary;
-        if let Some(d) = &out.divergence {
+        for d in &out.divergences {
             s.faulty_signatures.push((index, d.node, d.seq));
         }
         s.entries += 1;

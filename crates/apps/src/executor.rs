@@ -59,8 +59,8 @@ pub struct Output {
     pub txs: Vec<TxResult>,
     /// Checkpoints completed in this step, which this node should now sign.
     pub checkpoints: Vec<Checkpoint>,
-    /// Set when a node's signed checkpoint differs from ours.
-    pub divergence: Option<Divergence>,
+    /// Each node's signed checkpoint that differs from ours, in order.
+    pub divergences: Vec<Divergence>,
     /// Node-set changes applied in this step, with the set before each: its
     /// nodes should endorse the change.
     pub node_set_changes: Vec<(NodeSetChange, NodeSet)>,
@@ -460,9 +460,7 @@ impl Executor {
                         _ => Err(Reject(codes::UNKNOWN_APP)),
                     },
                 };
-                if ctx.divergence.is_some() {
-                    out.divergence = ctx.divergence;
-                }
+                out.divergences.extend(ctx.divergence);
                 // The nonce is spent whatever the outcome, so the same intent cannot be replayed.
                 let nonce_key = keys::nonce(&tx.kid, &tx.payload.nonce);
                 self.spent.note(&nonce_key, tx.payload.created);

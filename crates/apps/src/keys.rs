@@ -88,6 +88,9 @@ pub fn final_checkpoint(seq: u64) -> Vec<u8> {
 
 pub const LATEST_FINAL: &[u8] = b"fin_latest";
 
+/// Set once nodes of a quorum of members signed roots this node did not compute.
+pub const DIVERGED: &[u8] = b"diverged";
+
 pub const PENDING_CHECKPOINT_PREFIX: &[u8] = b"cpp/";
 
 /// A checkpoint marker applied whose state root is not computed yet.

@@ -40,6 +40,9 @@ pub mod codes {
     pub const NOT_FOUND: &str = "not_found";
     pub const ALREADY_EXISTS: &str = "already_exists";
     pub const CONFLICTING_SIGNATURE: &str = "conflicting_signature";
+    /// A `node.checkpoint` signature of a checkpoint this ledger does not
+    /// have (its sequence number, or its size at that number).
+    pub const UNKNOWN_CHECKPOINT: &str = "unknown_checkpoint";
     /// A node asked to join while the most requests allowed wait for a vote.
     pub const TOO_MANY_PENDING: &str = "too_many_pending_nodes";
     /// `gov.dismiss` of a node that is not waiting for a vote.

@@ -66,6 +66,19 @@ pub fn execute(
     if cp.network_id != ctx.net {
         return Ok(Err(Reject(codes::WRONG_NETWORK)));
     }
+    // Only a checkpoint this ledger has can be signed: its marker precedes
+    // every honest signature of it, and apply completes it before checking
+    // one. Its size is then this ledger's, not one the signer claims (an
+    // early size would pick an old, smaller node set, whose few nodes could
+    // then pass for a quorum that signed other roots).
+    let local = ctx.batch.aux_get(&keys::checkpoint(cp.seq))?;
+    let local_size = local
+        .as_deref()
+        .and_then(|b| Checkpoint::from_cbor(b).ok())
+        .map(|c| c.size);
+    if local_size != Some(cp.size) {
+        return Ok(Err(Reject(codes::UNKNOWN_CHECKPOINT)));
+    }
     // The signers of a checkpoint are the trusted set at its tree size.
     let set = crate::node_set::set_at(&*ctx.batch, cp.size)?;
     let Some(node) = set.get(&ctx.signer) else {
@@ -105,14 +118,18 @@ pub fn execute(
         &sig_key,
         &cbor::to_vec(signature_args(body, sig_bytes)).expect("valid"),
     )?;
-    let local = ctx.batch.aux_get(&keys::checkpoint(cp.seq))?;
     if local.as_deref() != Some(body) {
         // This node computed something else for the same checkpoint: the
         // signer is faulty, or, once a quorum signed the same, this node.
+        let quorum = signing_members(ctx.batch, cp.seq, body, &set)? >= set.quorum();
+        if quorum {
+            // Remembered, so that a restart does not serve this state again.
+            ctx.batch.aux_put(keys::DIVERGED, &cp.seq.to_be_bytes())?;
+        }
         ctx.divergence = Some(Divergence {
             node: ctx.signer,
             seq: cp.seq,
-            quorum: signing_members(ctx.batch, cp.seq, body, &set)? >= set.quorum(),
+            quorum,
         });
     } else if ctx
         .batch
@@ -132,6 +149,15 @@ pub fn execute(
         }
     }
     Ok(Ok(()))
+}
+
+/// The checkpoint whose roots, as nodes of a quorum of members signed
+/// them, differ from this node's, if that was ever seen: this node's state
+/// is wrong and it must not serve it.
+pub fn diverged_at(r: &impl crate::registry::AuxRead) -> Result<Option<u64>, StoreError> {
+    Ok(r.aux_get_one(keys::DIVERGED)?
+        .and_then(|v| v.as_slice().try_into().ok())
+        .map(u64::from_be_bytes))
 }
 
 /// How many members' nodes of `set` signed `body` as checkpoint `seq`.

@@ -203,7 +203,7 @@ fn ledger_life_cycle() {
     let (sig, sig_tx) = checkpoint_signature(&net, &body, 9, T0 + 21);
     let out = apply(&store, &mut ex, batch(vec![sig_tx], T0 + 21));
     assert_eq!(out.txs[0].outcome, Outcome::Applied);
-    assert!(out.divergence.is_none());
+    assert!(out.divergences.is_empty());
     assert_eq!(
         query::evidence_count(&store.read().unwrap(), 10).unwrap(),
         0
@@ -741,13 +741,35 @@ fn divergence_is_this_nodes_only_once_a_quorum_signed_other_roots() {
         batch(vec![sign(&nodes[0], &mine, 1)], T0 + 11),
     );
     assert_eq!(out.txs[0].outcome, Outcome::Applied);
-    assert!(out.divergence.is_none());
+    assert!(out.divergences.is_empty());
+    // A checkpoint this ledger does not have, or one claiming another size
+    // (an early size's smaller node set would make two nodes a quorum), is
+    // refused before it can count for anything.
+    let mut unknown = other.clone();
+    unknown.seq += 1;
+    let mut resized = other.clone();
+    resized.size = 1;
+    let out = apply(
+        &store,
+        &mut ex,
+        batch(
+            vec![
+                sign(&nodes[1], &unknown.to_cbor(), 20),
+                sign(&nodes[1], &resized.to_cbor(), 21),
+            ],
+            T0 + 12,
+        ),
+    );
+    for t in &out.txs {
+        assert_eq!(t.outcome, Outcome::Rejected("unknown_checkpoint".into()));
+    }
+    assert!(out.divergences.is_empty());
     let out = apply(
         &store,
         &mut ex,
         batch(vec![sign(&nodes[1], &theirs, 2)], T0 + 12),
     );
-    let d = out.divergence.expect("a node signed other roots");
+    let d = &out.divergences[0];
     assert_eq!((d.node, d.seq), (nodes[1].public().fingerprint(), cp.seq));
     assert!(!d.quorum, "one node of three is not a quorum: {d:?}");
     // An auditor's replay names the faulty node and goes on.
@@ -770,8 +792,13 @@ fn divergence_is_this_nodes_only_once_a_quorum_signed_other_roots() {
         &mut ex,
         batch(vec![sign(&nodes[2], &theirs, 3)], T0 + 13),
     );
-    let d = out.divergence.expect("a second node signed other roots");
+    let d = &out.divergences[0];
     assert!(d.quorum, "two members of three signed other roots: {d:?}");
+    // Remembered across restarts: this node must not serve its state again.
+    assert_eq!(
+        node::diverged_at(&store.read().unwrap()).unwrap(),
+        Some(cp.seq)
+    );
     // Once a quorum signed other roots, the replay is the one that differs.
     let e = audit(&store).expect_err("a quorum contradicts the replay");
     assert_eq!(e.index, faulty_at + 1, "{e}");

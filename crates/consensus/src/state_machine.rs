@@ -439,7 +439,7 @@ impl StateMachine {
                         .into_iter()
                         .map(|(change, before)| Event::NodeSetChange { change, before }),
                 );
-                events.extend(out.divergence.map(Event::Divergence));
+                events.extend(out.divergences.into_iter().map(Event::Divergence));
                 replies.push(outcomes);
             }
             batch

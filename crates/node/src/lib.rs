@@ -160,6 +160,13 @@ impl Node {
             tree_cache_mib = cfg.limits.tree_cache_mib,
             "ledger verified"
         );
+        let diverged_at = comity_apps::node::diverged_at(&store.read()?)?;
+        if let Some(seq) = diverged_at {
+            tracing::error!(
+                seq,
+                "DIVERGENCE: nodes of a quorum of members signed checkpoint {seq} with roots that differ from this node's; this node reports itself unhealthy and serves no state (restore it from a healthy node's copy)"
+            );
+        }
         let store = Arc::new(store);
         let log = LogStore::open(&cfg.data_dir.join("raft"))?;
         let pending = Arc::new(PendingSet::default());
@@ -246,7 +253,7 @@ impl Node {
             verifier: verifier::Verifier::spawn()?,
             submit,
             limits: cfg.limits.clone(),
-            diverged: AtomicBool::new(false),
+            diverged: AtomicBool::new(diverged_at.is_some()),
             metrics,
             applied: tokio::sync::watch::Sender::new(0),
             started: t0,
