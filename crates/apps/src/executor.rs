@@ -159,20 +159,26 @@ impl PendingCheckpoint {
 /// so a snapshot carries it for the node that catches up by replaying
 /// records only.
 pub fn saved_ledger_time(r: &impl crate::registry::AuxRead) -> Result<u64, StoreError> {
-    Ok(match r.aux_get_one(keys::EXEC)? {
-        Some(b) => decode_state(&b)?.time,
-        None => 0,
-    })
+    Ok(saved_state(r)?.time)
+}
+
+/// The sequence number of the latest checkpoint marker applied (0 before any).
+pub fn saved_checkpoint_seq(r: &impl crate::registry::AuxRead) -> Result<u64, StoreError> {
+    Ok(saved_state(r)?.seq)
+}
+
+fn saved_state(r: &impl crate::registry::AuxRead) -> Result<ExecState, StoreError> {
+    match r.aux_get_one(keys::EXEC)? {
+        Some(b) => decode_state(&b),
+        None => Ok(ExecState::default()),
+    }
 }
 
 impl Executor {
     /// Loads executor state from the store (empty before genesis).
     pub fn load(store: &Store) -> Result<Self, StoreError> {
         let r = store.read()?;
-        let st = match r.aux_get(keys::EXEC)? {
-            Some(b) => decode_state(&b)?,
-            None => ExecState::default(),
-        };
+        let st = saved_state(&r)?;
         let config = match r.get(keys::CONFIG)? {
             Some(_) => gov::state::config(&r)?,
             None => Config::default(),

@@ -3,7 +3,7 @@
 //! and join requests ([`crate::join`]).
 
 use crate::executor::Ctx;
-use crate::registry::Role;
+use crate::registry::{AuxRead, Role};
 use crate::{codes, keys, Reject};
 use comity_core::cbor::{self, MapView, Value};
 use comity_core::checkpoint::{self, Checkpoint, CHECKPOINT_CONTENT_TYPE};
@@ -154,10 +154,31 @@ pub fn execute(
 /// The checkpoint whose roots, as nodes of a quorum of members signed
 /// them, differ from this node's, if that was ever seen: this node's state
 /// is wrong and it must not serve it.
-pub fn diverged_at(r: &impl crate::registry::AuxRead) -> Result<Option<u64>, StoreError> {
+pub fn diverged_at(r: &impl AuxRead) -> Result<Option<u64>, StoreError> {
     Ok(r.aux_get_one(keys::DIVERGED)?
         .and_then(|v| v.as_slice().try_into().ok())
         .map(u64::from_be_bytes))
+}
+
+/// The latest checkpoint, if it is not final and node `me`, a signer of it,
+/// has not signed it: its signature is submitted once, when the checkpoint
+/// is completed, and may be lost (a crash, an election, a refusal).
+pub fn unsigned_latest(r: &impl AuxRead, me: &Hash) -> Result<Option<Checkpoint>, StoreError> {
+    let seq = crate::executor::saved_checkpoint_seq(r)?;
+    let Some(body) = r.aux_get_one(&keys::checkpoint(seq))? else {
+        return Ok(None); // none yet, or its state root is still being computed
+    };
+    if r.aux_get_one(&keys::final_checkpoint(seq))?.is_some()
+        || r.aux_get_one(&keys::signature(seq, me))?.is_some()
+    {
+        return Ok(None);
+    }
+    let cp = Checkpoint::from_cbor(&body)
+        .map_err(|e| StoreError::StateTree(format!("checkpoint {seq}: {e}")))?;
+    Ok(crate::node_set::set_at(r, cp.size)?
+        .get(me)
+        .is_some()
+        .then_some(cp))
 }
 
 /// How many members' nodes of `set` signed `body` as checkpoint `seq`.

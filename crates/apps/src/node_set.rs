@@ -69,11 +69,7 @@ pub fn chain(r: &impl AuxRead, size: u64) -> Result<Option<Vec<Vec<u8>>>, StoreE
             continue;
         }
         let sigs = endorsements(r, pair[1].0.size)?;
-        let members: BTreeSet<Hash> = sigs
-            .iter()
-            .filter_map(|(n, _)| prev.nodes.get(n).map(|n| n.member))
-            .collect();
-        if members.len() < prev.nodes.quorum() {
+        if endorsing_members(&prev.nodes, &sigs) < prev.nodes.quorum() {
             return Ok(None);
         }
         let sigs: Vec<Vec<u8>> = sigs.into_iter().map(|(_, s)| s).collect();
@@ -84,6 +80,36 @@ pub fn chain(r: &impl AuxRead, size: u64) -> Result<Option<Vec<Vec<u8>>>, StoreE
         ));
     }
     Ok(Some(out))
+}
+
+/// How many members' nodes of `prev` are among the endorsers `sigs`.
+fn endorsing_members(prev: &NodeSet, sigs: &[(Hash, Vec<u8>)]) -> usize {
+    sigs.iter()
+        .filter_map(|(n, _)| prev.get(n).map(|n| n.member))
+        .collect::<BTreeSet<Hash>>()
+        .len()
+}
+
+/// The changes node `me` was in the set before and has not endorsed, while
+/// they still lack a quorum of endorsements. An endorsement is submitted
+/// once, when the change is applied; if that one is lost (a crash, an
+/// election, a refusal), every later receipt would wait for good.
+pub fn unendorsed(r: &impl AuxRead, me: &Hash) -> Result<Vec<NodeSetChange>, StoreError> {
+    let all = changes(r, 0, u64::MAX)?;
+    let mut owed = Vec::new();
+    for pair in all.windows(2) {
+        let ((prev, _), (change, _)) = (&pair[0], &pair[1]);
+        if prev.nodes.get(me).is_none() || r.aux_get_one(&keys::recovery(change.size))?.is_some() {
+            continue;
+        }
+        let sigs = endorsements(r, change.size)?;
+        if sigs.iter().all(|(n, _)| n != me)
+            && endorsing_members(&prev.nodes, &sigs) < prev.nodes.quorum()
+        {
+            owed.push(change.clone());
+        }
+    }
+    Ok(owed)
 }
 
 /// Checks and records a node's endorsement of the change whose body is `body`.

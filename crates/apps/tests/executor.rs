@@ -200,10 +200,14 @@ fn ledger_life_cycle() {
     assert_eq!(cp.size, 8);
     let body = cp.to_cbor();
     let node_id = net.node.public().fingerprint();
+    // Owed by the node until its signature is applied (or the checkpoint final).
+    let owed = |store: &Store| node::unsigned_latest(&store.read().unwrap(), &node_id).unwrap();
+    assert_eq!(owed(&store).map(|c| c.to_cbor()), Some(body.clone()));
     let (sig, sig_tx) = checkpoint_signature(&net, &body, 9, T0 + 21);
     let out = apply(&store, &mut ex, batch(vec![sig_tx], T0 + 21));
     assert_eq!(out.txs[0].outcome, Outcome::Applied);
     assert!(out.divergences.is_empty());
+    assert!(owed(&store).is_none());
     assert_eq!(
         query::evidence_count(&store.read().unwrap(), 10).unwrap(),
         0

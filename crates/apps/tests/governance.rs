@@ -13,6 +13,7 @@ use comity_apps::gov::{self, state, Id};
 use comity_apps::registry::{self, Role, Status};
 use comity_apps::{Command, Genesis, IdentitySpec};
 use comity_core::cbor::{self, Value};
+use comity_core::checkpoint::{self, NODE_SET_CONTENT_TYPE};
 use comity_core::crypto::{Alg, SigningKey};
 use comity_core::network::NodeSet;
 use comity_core::Hash;
@@ -25,6 +26,8 @@ struct Gov {
     l: common::Ledger,
     m: Vec<SigningKey>,
     user: SigningKey,
+    /// The genesis node set's only node.
+    node: SigningKey,
 }
 
 impl std::ops::Deref for Gov {
@@ -60,6 +63,7 @@ impl Gov {
             l: common::Ledger::start(&g),
             m,
             user,
+            node,
         }
     }
 
@@ -651,6 +655,23 @@ fn a_node_asks_to_join_and_members_trust_or_dismiss_it() {
     let m0k = g.m[0].clone();
     assert_eq!(g.vote(&m0k, &pid, "approve"), "ok");
     assert_eq!(g.proposal(&pid).state, ProposalState::Accepted);
+    // The set before the change (the genesis node) owes its endorsement,
+    // which every later receipt needs, until the endorsement is applied.
+    let first = g.node.clone();
+    let first_id = first.public().fingerprint();
+    let owed = |g: &Gov, who: &Hash| {
+        comity_apps::node_set::unendorsed(&g.store.read().unwrap(), who).unwrap()
+    };
+    let changes = owed(&g, &first_id);
+    assert_eq!(changes.len(), 1);
+    assert!(changes[0].nodes.get(&id).is_some());
+    assert!(owed(&g, &id).is_empty(), "not in the set before the change");
+    let body = changes[0].to_cbor();
+    let sig = checkpoint::sign(NODE_SET_CONTENT_TYPE, &body, &first, &first_id);
+    let args = comity_apps::node::signature_args(&body, &sig);
+    let tx = g.sign(&first, "node", "endorse", args);
+    assert_eq!(g.run(tx).1, "ok");
+    assert!(owed(&g, &first_id).is_empty());
     // An operator that refuses fails the proposal the others accepted.
     let other = SigningKey::generate(Alg::EdDsa);
     let m2_id = g.m[2].public().fingerprint();

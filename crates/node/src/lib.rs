@@ -11,6 +11,7 @@ pub mod gov_api;
 pub mod ingress;
 pub mod join;
 pub mod notary_api;
+mod owed;
 pub mod peer_api;
 pub mod reconcile;
 pub mod server;
@@ -262,6 +263,7 @@ impl Node {
         tokio::spawn(batcher::checkpoints(shared.clone()));
         tokio::spawn(events(shared.clone(), ev_rx));
         tokio::spawn(reconcile::run(shared.clone()));
+        tokio::spawn(owed::run(shared.clone()));
         if let Some((doc, _)) = genesis.filter(|_| shared.view().network_id.is_none()) {
             tokio::spawn(propose_genesis(shared.clone(), doc));
         }
@@ -561,26 +563,7 @@ async fn events(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Event>) {
                 }
             }
             Event::Checkpoint(cp) => {
-                let skew = cp.time.abs_diff(ingress::now_ms());
-                if skew > shared.limits.max_clock_skew_ms {
-                    tracing::warn!(
-                        seq = cp.seq,
-                        skew_ms = skew,
-                        "not co-signing checkpoint {}: its ledger time is {skew} ms from this node's clock",
-                        cp.seq
-                    );
-                    continue;
-                }
-                if !sign_and_submit(
-                    &shared,
-                    CHECKPOINT_CONTENT_TYPE,
-                    "checkpoint",
-                    &cp.to_cbor(),
-                    cp.network_id,
-                    cp.time,
-                )
-                .await
-                {
+                if !co_sign(&shared, &cp).await {
                     return;
                 }
             }
@@ -590,17 +573,7 @@ async fn events(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Event>) {
                     nodes = change.nodes.0.len(),
                     "the trusted node set changed"
                 );
-                if before.get(&shared.node_identity).is_some()
-                    && !sign_and_submit(
-                        &shared,
-                        NODE_SET_CONTENT_TYPE,
-                        "endorse",
-                        &change.to_cbor(),
-                        change.network_id,
-                        0,
-                    )
-                    .await
-                {
+                if before.get(&shared.node_identity).is_some() && !endorse(&shared, &change).await {
                     return;
                 }
             }
@@ -622,6 +595,43 @@ async fn events(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Event>) {
             ),
         }
     }
+}
+
+/// Signs checkpoint `cp` unless its ledger time is further from this
+/// node's clock than the configured bound. False once the node is stopping.
+async fn co_sign(shared: &Shared, cp: &checkpoint::Checkpoint) -> bool {
+    let skew = cp.time.abs_diff(ingress::now_ms());
+    if skew > shared.limits.max_clock_skew_ms {
+        tracing::warn!(
+            seq = cp.seq,
+            skew_ms = skew,
+            "not co-signing checkpoint {}: its ledger time is {skew} ms from this node's clock",
+            cp.seq
+        );
+        return true;
+    }
+    sign_and_submit(
+        shared,
+        CHECKPOINT_CONTENT_TYPE,
+        "checkpoint",
+        &cp.to_cbor(),
+        cp.network_id,
+        cp.time,
+    )
+    .await
+}
+
+/// Endorses a node-set change. False once the node is stopping.
+async fn endorse(shared: &Shared, change: &comity_core::receipt::NodeSetChange) -> bool {
+    sign_and_submit(
+        shared,
+        NODE_SET_CONTENT_TYPE,
+        "endorse",
+        &change.to_cbor(),
+        change.network_id,
+        0,
+    )
+    .await
 }
 
 /// Signs `body` as this node (a COSE_Signature with content type `ct`) and
