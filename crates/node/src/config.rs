@@ -98,41 +98,61 @@ pub const MIN_CACHE_MIB: u64 = 8;
 pub const MAX_CACHE_MIB: u64 = 1 << 20;
 
 impl Limits {
-    /// Refuses values the node cannot run with, naming the setting.
+    /// Refuses values the node cannot run with, naming the setting. The
+    /// upper bounds are against typos (a huge value would overflow a size
+    /// or wait forever), not recommendations.
     pub fn check(&self) -> anyhow::Result<()> {
-        let positive = [
-            ("batch_max_txs", self.batch_max_txs as u64),
-            ("max_inflight_batches", self.max_inflight_batches as u64),
-            ("max_pending", self.max_pending as u64),
-            ("batch_max_bytes", self.batch_max_bytes as u64),
-            ("raft_snapshot_every", self.raft_snapshot_every),
-            ("max_connections", self.max_connections as u64),
-            ("max_connections_per_ip", self.max_connections_per_ip as u64),
+        const DAY_MS: u64 = 24 * 3600 * 1000;
+        let n = |v: usize| v as u64;
+        let ranges = [
+            ("batch_max_txs", n(self.batch_max_txs), 1, 1 << 20),
+            (
+                "max_inflight_batches",
+                n(self.max_inflight_batches),
+                1,
+                1024,
+            ),
+            ("max_pending", n(self.max_pending), 1, 1 << 30),
+            // At least the largest transaction.
+            ("max_pending_mib", n(self.max_pending_mib), 4, MAX_CACHE_MIB),
+            // A follower must receive 16 entries in one request.
+            (
+                "batch_max_bytes",
+                n(self.batch_max_bytes),
+                1,
+                n(MAX_BATCH_BYTES),
+            ),
+            ("raft_snapshot_every", self.raft_snapshot_every, 1, 1 << 32),
+            ("max_connections", n(self.max_connections), 1, 1 << 24),
+            (
+                "max_connections_per_ip",
+                n(self.max_connections_per_ip),
+                1,
+                1 << 24,
+            ),
             // Zero would answer every submission `pending`, or refuse to
             // co-sign nearly every checkpoint.
-            ("commit_wait_ms", self.commit_wait_ms),
-            ("max_clock_skew_ms", self.max_clock_skew_ms),
+            ("commit_wait_ms", self.commit_wait_ms, 1, DAY_MS),
+            ("max_clock_skew_ms", self.max_clock_skew_ms, 1, DAY_MS),
+            (
+                "state_cache_mib",
+                self.state_cache_mib,
+                MIN_CACHE_MIB,
+                MAX_CACHE_MIB,
+            ),
+            (
+                "tree_cache_mib",
+                self.tree_cache_mib,
+                MIN_CACHE_MIB,
+                MAX_CACHE_MIB,
+            ),
         ];
-        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
-            anyhow::bail!("limits.{name} must be at least 1");
-        }
-        if self.batch_max_bytes > MAX_BATCH_BYTES {
-            anyhow::bail!(
-                "limits.batch_max_bytes is at most {MAX_BATCH_BYTES} (a follower must receive 16 entries in one request)"
-            );
-        }
-        if self.max_pending_mib < 4 {
-            anyhow::bail!("limits.max_pending_mib must be at least 4 (the largest transaction)");
-        }
-        for (name, mib) in [
-            ("state_cache_mib", self.state_cache_mib),
-            ("tree_cache_mib", self.tree_cache_mib),
-        ] {
-            if !(MIN_CACHE_MIB..=MAX_CACHE_MIB).contains(&mib) {
-                anyhow::bail!("limits.{name} must be between {MIN_CACHE_MIB} and {MAX_CACHE_MIB}");
+        match ranges.iter().find(|(_, v, lo, hi)| !(lo..=hi).contains(&v)) {
+            Some((name, v, lo, hi)) => {
+                anyhow::bail!("limits.{name} must be between {lo} and {hi}; it is {v}")
             }
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// The store's sizes these limits set.
@@ -192,6 +212,27 @@ mod tests {
                 "max_pending_mib",
                 Limits {
                     max_pending_mib: 3,
+                    ..d()
+                },
+            ),
+            (
+                "max_pending_mib",
+                Limits {
+                    max_pending_mib: 1 << 44,
+                    ..d()
+                },
+            ),
+            (
+                "commit_wait_ms",
+                Limits {
+                    commit_wait_ms: u64::MAX,
+                    ..d()
+                },
+            ),
+            (
+                "max_inflight_batches",
+                Limits {
+                    max_inflight_batches: usize::MAX,
                     ..d()
                 },
             ),
