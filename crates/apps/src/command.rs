@@ -1,5 +1,6 @@
 //! The commands carried by Raft log entries.
 
+use crate::genesis::MAX_TX_BYTES;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
@@ -18,4 +19,52 @@ pub enum Command {
     /// The members' signed recovery decision: the first entry of a network
     /// restarted from a surviving ledger copy with a new node set.
     Recover { time: u64, decision: ByteBuf },
+}
+
+impl Command {
+    /// Refuses a command no honest leader proposes and apply could not
+    /// record: every transaction, decision and genesis document becomes one
+    /// ledger record, which holds at most 16 MiB, so a larger one committed
+    /// would stop apply on every node for good. A follower checks the
+    /// entries it is sent before they can count towards a commit.
+    pub fn check_shape(&self) -> Result<(), String> {
+        let fits = |what: &str, len: usize| {
+            if len as u64 > MAX_TX_BYTES {
+                Err(format!("{what} of {len} bytes, over {MAX_TX_BYTES}"))
+            } else {
+                Ok(())
+            }
+        };
+        match self {
+            Command::Batch { txs, .. } => {
+                txs.iter().try_for_each(|t| fits("a transaction", t.len()))
+            }
+            Command::Genesis { doc } => fits("a genesis document", doc.len()),
+            Command::Recover { decision, .. } => fits("a recovery decision", decision.len()),
+            Command::Checkpoint { .. } | Command::Flush => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_too_large_to_record_is_refused() {
+        let big = ByteBuf::from(vec![0u8; MAX_TX_BYTES as usize + 1]);
+        let fine = ByteBuf::from(vec![0u8; MAX_TX_BYTES as usize]);
+        let batch = |txs| Command::Batch { time: 1, txs };
+        assert!(batch(vec![fine.clone(), fine.clone()])
+            .check_shape()
+            .is_ok());
+        assert!(batch(vec![fine.clone(), big.clone()])
+            .check_shape()
+            .is_err());
+        let recover = |decision| Command::Recover { time: 1, decision };
+        assert!(recover(fine.clone()).check_shape().is_ok());
+        assert!(recover(big.clone()).check_shape().is_err());
+        assert!(Command::Genesis { doc: big }.check_shape().is_err());
+        assert!(Command::Genesis { doc: fine }.check_shape().is_ok());
+    }
 }

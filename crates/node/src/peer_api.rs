@@ -108,6 +108,13 @@ async fn append(
     let t0 = std::time::Instant::now();
     let rpc: openraft::raft::AppendEntriesRequest<comity_consensus::TypeConfig> = decode(&body)?;
     from_sender(who, &rpc.vote)?;
+    for e in &rpc.entries {
+        if let openraft::EntryPayload::Normal(c) = &e.payload {
+            c.check_shape().map_err(|m| {
+                ApiError::bad_request("bad_entry", format!("entry {}: {m}", e.log_id.index))
+            })?;
+        }
+    }
     let r = reply(&shared.raft.append_entries(rpc).await);
     metrics::histogram!("comity_append_serve_seconds").record(t0.elapsed().as_secs_f64());
     Ok(r)
