@@ -708,6 +708,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError<u64>> {
         let mut st = self.inner.state.lock().expect("log lock");
+        // A leader never conflicts with a committed entry; openraft does not
+        // check, so a faulty one could have applied history rewritten under
+        // the ledger (replayed differently after a crash). Raft stops instead.
+        if let Some(c) = st.committed.filter(|c| log_id.index <= c.index) {
+            let e = format!(
+                "refusing to truncate the Raft log at {}: entries up to {} are committed (the leader is faulty)",
+                log_id.index, c.index
+            );
+            return Err(storage_io(ErrorSubject::Logs, ErrorVerb::Delete, e));
+        }
         st.entries.split_off(&log_id.index);
         self.write(&mut st, &[WalRecord::Truncate(log_id.index)])
     }
@@ -806,6 +816,23 @@ mod tests {
             floor.raise(30);
             purge.await.unwrap();
             assert_eq!(indexes(&mut s).await.first(), Some(&31));
+        });
+    }
+
+    #[test]
+    fn committed_entries_are_never_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        rt().block_on(async {
+            let mut s = LogStore::open_with(dir.path(), 4096).unwrap();
+            s.blocking_append((1..=10).map(|i| entry(i, 1)))
+                .await
+                .unwrap();
+            s.save_committed(Some(log_id(1, 6))).await.unwrap();
+            let e = s.truncate(log_id(1, 6)).await.unwrap_err();
+            assert!(e.to_string().contains("committed"), "{e}");
+            assert_eq!(indexes(&mut s).await.len(), 10);
+            s.truncate(log_id(1, 7)).await.unwrap();
+            assert_eq!(indexes(&mut s).await, (1..=6).collect::<Vec<_>>());
         });
     }
 
