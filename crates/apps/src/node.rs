@@ -122,8 +122,8 @@ pub fn execute(
         // This node computed something else for the same checkpoint: the
         // signer is faulty, or, once a quorum signed the same, this node.
         let quorum = signing_members(ctx.batch, cp.seq, body, &set)? >= set.quorum();
-        if quorum {
-            // Remembered, so that a restart does not serve this state again.
+        if quorum && diverged_at(&*ctx.batch)?.is_none() {
+            // Remembered (the first), so that a restart does not serve this state again.
             ctx.batch.aux_put(keys::DIVERGED, &cp.seq.to_be_bytes())?;
         }
         ctx.divergence = Some(Divergence {

@@ -200,14 +200,10 @@ fn ledger_life_cycle() {
     assert_eq!(cp.size, 8);
     let body = cp.to_cbor();
     let node_id = net.node.public().fingerprint();
-    // Owed by the node until its signature is applied (or the checkpoint final).
-    let owed = |store: &Store| node::unsigned_latest(&store.read().unwrap(), &node_id).unwrap();
-    assert_eq!(owed(&store).map(|c| c.to_cbor()), Some(body.clone()));
     let (sig, sig_tx) = checkpoint_signature(&net, &body, 9, T0 + 21);
     let out = apply(&store, &mut ex, batch(vec![sig_tx], T0 + 21));
     assert_eq!(out.txs[0].outcome, Outcome::Applied);
     assert!(out.divergences.is_empty());
-    assert!(owed(&store).is_none());
     assert_eq!(
         query::evidence_count(&store.read().unwrap(), 10).unwrap(),
         0
@@ -746,6 +742,15 @@ fn divergence_is_this_nodes_only_once_a_quorum_signed_other_roots() {
     );
     assert_eq!(out.txs[0].outcome, Outcome::Applied);
     assert!(out.divergences.is_empty());
+    // Not final yet (one member of three): a node owes its signature until
+    // one of its own, whatever the body, is applied.
+    let owes = |store: &Store, k: &SigningKey| {
+        node::unsigned_latest(&store.read().unwrap(), &k.public().fingerprint())
+            .unwrap()
+            .map(|c| c.seq)
+    };
+    assert_eq!(owes(&store, &nodes[0]), None);
+    assert_eq!(owes(&store, &nodes[2]), Some(cp.seq));
     // A checkpoint this ledger does not have, or one claiming another size
     // (an early size's smaller node set would make two nodes a quorum), is
     // refused before it can count for anything.
@@ -773,8 +778,10 @@ fn divergence_is_this_nodes_only_once_a_quorum_signed_other_roots() {
         &mut ex,
         batch(vec![sign(&nodes[1], &theirs, 2)], T0 + 12),
     );
+    assert_eq!(out.divergences.len(), 1);
     let d = &out.divergences[0];
     assert_eq!((d.node, d.seq), (nodes[1].public().fingerprint(), cp.seq));
+    assert_eq!(owes(&store, &nodes[1]), None);
     assert!(!d.quorum, "one node of three is not a quorum: {d:?}");
     // An auditor's replay names the faulty node and goes on.
     let audit = |store: &Store| {
@@ -796,8 +803,10 @@ fn divergence_is_this_nodes_only_once_a_quorum_signed_other_roots() {
         &mut ex,
         batch(vec![sign(&nodes[2], &theirs, 3)], T0 + 13),
     );
+    assert_eq!(out.divergences.len(), 1);
     let d = &out.divergences[0];
     assert!(d.quorum, "two members of three signed other roots: {d:?}");
+    assert_eq!(owes(&store, &nodes[2]), None);
     // Remembered across restarts: this node must not serve its state again.
     assert_eq!(
         node::diverged_at(&store.read().unwrap()).unwrap(),

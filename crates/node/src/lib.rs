@@ -600,16 +600,26 @@ async fn events(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Event>) {
 /// Signs checkpoint `cp` unless its ledger time is further from this
 /// node's clock than the configured bound. False once the node is stopping.
 async fn co_sign(shared: &Shared, cp: &checkpoint::Checkpoint) -> bool {
-    let skew = cp.time.abs_diff(ingress::now_ms());
-    if skew > shared.limits.max_clock_skew_ms {
+    if !within_clock_bound(shared, cp, ingress::now_ms()) {
         tracing::warn!(
             seq = cp.seq,
-            skew_ms = skew,
-            "not co-signing checkpoint {}: its ledger time is {skew} ms from this node's clock",
+            skew_ms = cp.time.abs_diff(ingress::now_ms()),
+            "not co-signing checkpoint {}: its ledger time is too far from this node's clock",
             cp.seq
         );
         return true;
     }
+    sign_checkpoint(shared, cp).await
+}
+
+/// Whether checkpoint `cp`'s ledger time lies within this node's clock
+/// bound of `clock_ms`, this node's clock when it first saw `cp`.
+fn within_clock_bound(shared: &Shared, cp: &checkpoint::Checkpoint, clock_ms: u64) -> bool {
+    cp.time.abs_diff(clock_ms) <= shared.limits.max_clock_skew_ms
+}
+
+/// Signs checkpoint `cp`. False once the node is stopping.
+async fn sign_checkpoint(shared: &Shared, cp: &checkpoint::Checkpoint) -> bool {
     sign_and_submit(
         shared,
         CHECKPOINT_CONTENT_TYPE,

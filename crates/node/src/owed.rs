@@ -6,16 +6,27 @@
 //! loses them. A lost endorsement would hold back every later receipt for
 //! good, a lost signature the entries before the next checkpoint. So every
 //! [`EVERY`] this task looks for what this node still owes and submits it
-//! again, but only what it already owed a round earlier, so that a
-//! submission still in flight is not doubled.
+//! again: first one round after it saw it owed (a submission merely slower
+//! than that is doubled, which apply takes as a resend), then at growing
+//! gaps, so that one the leader keeps refusing costs little. It keeps
+//! still while this node catches up (its store lacks what others applied),
+//! has diverged or is not a trusted node.
 
-use crate::Shared;
+use crate::{ingress, Shared};
+use comity_core::checkpoint::Checkpoint;
+use comity_core::receipt::NodeSetChange;
 use comity_store::StoreError;
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 const EVERY: Duration = Duration::from_secs(10);
+/// Most rounds between two submissions of one item.
+const MAX_GAP: u32 = 32;
+/// Raft entries committed but not yet applied beyond which this node is
+/// catching up, not merely busy.
+const CATCHING_UP: u64 = 64;
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 enum Owed {
@@ -25,15 +36,34 @@ enum Owed {
     Signature(u64),
 }
 
+/// When an item is next submitted.
+struct Due {
+    round: u32,
+    gap: u32,
+    /// False for a checkpoint whose time was out of this node's clock bound
+    /// when it was first seen: not signed, as when it was applied.
+    sign: bool,
+}
+
 pub(crate) async fn run(shared: Arc<Shared>) {
     let me = shared.node_identity;
-    let mut before = BTreeSet::new();
+    let mut due: BTreeMap<Owed, Due> = BTreeMap::new();
     let mut tick = tokio::time::interval(EVERY);
-    loop {
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for round in 0u32.. {
         tick.tick().await;
+        if shared.diverged.load(Ordering::SeqCst) || catching_up(&shared) {
+            continue;
+        }
         let s = shared.clone();
         let found = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
             let r = s.store.read()?;
+            if comity_apps::node_set::set_at(&r, u64::MAX)?
+                .get(&me)
+                .is_none()
+            {
+                return Ok((Vec::new(), None)); // retired, or not trusted yet
+            }
             Ok((
                 comity_apps::node_set::unendorsed(&r, &me)?,
                 comity_apps::node::unsigned_latest(&r, &me)?,
@@ -48,34 +78,98 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             }
             Err(_) => return, // the runtime is shutting down
         };
-        let mut now = BTreeSet::new();
+        let mut still = BTreeMap::new();
         for change in changes {
-            let owed = Owed::Endorsement(change.size);
-            if before.contains(&owed) {
-                tracing::info!(
-                    size = change.size,
-                    "endorsing the node-set change again: the endorsement never reached the ledger"
-                );
-                if !crate::endorse(&shared, &change).await {
+            let key = Owed::Endorsement(change.size);
+            let mut d = due.remove(&key).unwrap_or(Due::first(round, true));
+            if d.round <= round {
+                if !resubmit_endorsement(&shared, &change).await {
                     return;
                 }
+                d.advance(round);
             }
-            now.insert(owed);
+            still.insert(key, d);
         }
         if let Some(cp) = checkpoint {
-            let owed = Owed::Signature(cp.seq);
-            if before.contains(&owed) {
-                tracing::info!(
-                    seq = cp.seq,
-                    "signing checkpoint {} again: the signature never reached the ledger",
-                    cp.seq
-                );
-                if !crate::co_sign(&shared, &cp).await {
+            let key = Owed::Signature(cp.seq);
+            let in_bound = crate::within_clock_bound(&shared, &cp, ingress::now_ms());
+            let mut d = due.remove(&key).unwrap_or(Due::first(round, in_bound));
+            if d.round <= round && d.sign {
+                if !resubmit_signature(&shared, &cp).await {
                     return;
                 }
+                d.advance(round);
             }
-            now.insert(owed);
+            still.insert(key, d);
         }
-        before = now;
+        due = still;
+    }
+}
+
+impl Due {
+    /// An item first seen owed in `round` is due the round after.
+    fn first(round: u32, sign: bool) -> Due {
+        Due {
+            round: round + 1,
+            gap: 1,
+            sign,
+        }
+    }
+
+    /// Submitted in `round`: due again after a doubled gap.
+    fn advance(&mut self, round: u32) {
+        self.gap = (self.gap * 2).min(MAX_GAP);
+        self.round = round + self.gap;
+    }
+}
+
+async fn resubmit_endorsement(shared: &Shared, change: &NodeSetChange) -> bool {
+    tracing::info!(
+        size = change.size,
+        "endorsing the node-set change again: the endorsement has not reached the ledger"
+    );
+    crate::endorse(shared, change).await
+}
+
+async fn resubmit_signature(shared: &Shared, cp: &Checkpoint) -> bool {
+    tracing::info!(
+        seq = cp.seq,
+        "signing checkpoint {} again: the signature has not reached the ledger",
+        cp.seq
+    );
+    crate::sign_checkpoint(shared, cp).await
+}
+
+/// Whether this node applies entries far behind what is committed (a
+/// snapshot install, or a long catch-up).
+fn catching_up(shared: &Shared) -> bool {
+    let applied = shared
+        .raft
+        .metrics()
+        .borrow()
+        .last_applied
+        .map_or(0, |l| l.index);
+    shared
+        .log
+        .committed_index()
+        .is_some_and(|c| c > applied + CATCHING_UP)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_owed_item_is_submitted_a_round_later_then_at_doubling_gaps() {
+        let mut d = Due::first(5, true);
+        let mut rounds = Vec::new();
+        for round in 5..400 {
+            if d.round <= round {
+                rounds.push(round);
+                d.advance(round);
+            }
+        }
+        assert_eq!(&rounds[..7], &[6, 8, 12, 20, 36, 68, 100]);
+        assert!(rounds.windows(2).all(|w| w[1] - w[0] <= MAX_GAP));
     }
 }
