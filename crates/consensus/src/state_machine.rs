@@ -532,6 +532,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         info.meta = meta.clone();
         // Recorded durably first, so that a crash during the replay resumes it.
         blocking(|| {
+            // A snapshot shorter than this ledger is not one of its futures
+            // (a faulty leader's); recorded, every restart would refuse it.
+            let have = self
+                .store
+                .read()
+                .and_then(|r| r.ledger_len())
+                .map_err(read_err)?;
+            if info.ledger_len < have {
+                return Err(write_err(format!(
+                    "refusing a snapshot of {} ledger records: this node already has {have}",
+                    info.ledger_len
+                )));
+            }
             let txn = self.store.begin().map_err(write_err)?;
             txn.batch()
                 .map_err(write_err)?
@@ -732,6 +745,24 @@ mod tests {
         assert_eq!(ledger_time(&behind), later);
         drop(behind);
         assert_eq!(ledger_time(&machine(db.path())), later, "after a restart");
+
+        // A snapshot shorter than the ledger (a faulty leader's) is refused
+        // and not recorded, so a restart does not try it again.
+        let dc = tempfile::tempdir().unwrap();
+        let short = machine(dc.path())
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let mut behind = machine(db.path());
+        let e = behind
+            .install_snapshot(&short.meta, short.snapshot)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("refusing a snapshot"), "{e}");
+        let r = behind.store.read().unwrap();
+        assert_eq!(r.meta_get(META_INSTALLING).unwrap(), None);
     }
 
     #[test]
