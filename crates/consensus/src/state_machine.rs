@@ -683,6 +683,14 @@ mod tests {
         }
     }
 
+    async fn snapshot_of(sm: &mut StateMachine) -> Snapshot<TypeConfig> {
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap()
+    }
+
     fn ledger_time(sm: &StateMachine) -> u64 {
         sm.view().read().unwrap().ledger_time
     }
@@ -722,12 +730,7 @@ mod tests {
         let mut ahead = machine(da.path());
         ahead.apply([genesis.clone(), tick]).await.unwrap();
         assert_eq!(ledger_time(&ahead), later);
-        let snap = ahead
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let snap = snapshot_of(&mut ahead).await;
 
         // Same records, without the tick.
         let mut behind = machine(db.path());
@@ -749,12 +752,7 @@ mod tests {
         // A snapshot shorter than the ledger (a faulty leader's) is refused
         // and not recorded, so a restart does not try it again.
         let dc = tempfile::tempdir().unwrap();
-        let short = machine(dc.path())
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let short = snapshot_of(&mut machine(dc.path())).await;
         let mut behind = machine(db.path());
         let e = behind
             .install_snapshot(&short.meta, short.snapshot)
