@@ -194,9 +194,23 @@ impl Node {
             }
             None => None,
         };
+        let joined = match &genesis {
+            Some(_) => None,
+            None => join::load(&cfg.data_dir)?,
+        };
+        if let (Some(j), Some(net)) = (&joined, view.read().expect("view lock").network_id) {
+            if j.network_id != net {
+                anyhow::bail!(
+                    "this node's ledger is of network {}, but it joined network {} (join.json): a peer gave it another network's genesis; empty {} and join again",
+                    hex::encode(net),
+                    hex::encode(j.network_id),
+                    cfg.data_dir.display()
+                );
+            }
+        }
         let bootstrap = match &genesis {
             Some((_, g)) => Some(g.nodes.clone()),
-            None => join::load(&cfg.data_dir)?.map(|j| j.nodes),
+            None => joined.as_ref().map(|j| j.nodes.clone()),
         };
         let recovering = recovery.as_ref().map(|(_, r)| {
             Arc::new(Recovering {
@@ -211,6 +225,7 @@ impl Node {
             store.clone(),
             raft_members.clone(),
             bootstrap,
+            joined.map(|j| j.network_id),
             recovering.clone(),
         );
         let peers = Peers::new(&tls_cert, &tls_key, trust.clone(), cfg.peer_bind)?;
@@ -349,18 +364,34 @@ impl Recovering {
 /// A joining node also accepts the set it joined with (less nodes retired
 /// since) until its own trust is applied: replaying from genesis, its
 /// applied set lacks the nodes trusted since, the leader perhaps among them.
+/// Given another network's genesis than the one it joined, it accepts no
+/// one (and refuses to start again).
 fn trust(
     view: &SharedView,
     me: Hash,
     store: Arc<Store>,
     raft_members: RaftMembers,
     bootstrap: Option<comity_core::network::NodeSet>,
+    joined: Option<Hash>,
     recovering: Option<Arc<Recovering>>,
 ) -> Trust {
     let view = view.clone();
     let bootstrap = bootstrap.unwrap_or_default();
     Arc::new(move |fp: &Hash| {
-        let nodes = view.read().expect("view lock").nodes.clone();
+        let (nodes, net) = {
+            let v = view.read().expect("view lock");
+            (v.nodes.clone(), v.network_id)
+        };
+        if let (Some(j), Some(n)) = (joined, net) {
+            if j != n {
+                tracing::error!(
+                    joined = %hex::encode(j),
+                    applied = %hex::encode(n),
+                    "a peer gave this node another network's genesis than the one it joined: it accepts no peer"
+                );
+                return false;
+            }
+        }
         if let Some(r) = recovering.as_ref().filter(|r| r.pending(&nodes)) {
             return r.nodes.get(fp).is_some();
         }
