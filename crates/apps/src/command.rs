@@ -21,12 +21,22 @@ pub enum Command {
     Recover { time: u64, decision: ByteBuf },
 }
 
+/// Most transactions one Raft entry carries (a node's `batch_max_txs` is
+/// at most this): each becomes a permanent ledger record.
+pub const MAX_ENTRY_TXS: usize = 1 << 16;
+
+/// Most bytes of transactions one Raft entry carries: an honest leader's
+/// batch holds at most 4 MiB (`batch_max_bytes`), or one transaction.
+pub const MAX_ENTRY_TX_BYTES: usize = 2 * MAX_TX_BYTES as usize;
+
 impl Command {
     /// Refuses a command no honest leader proposes and apply could not
     /// record: every transaction, decision and genesis document becomes one
     /// ledger record, which holds at most 16 MiB, so a larger one committed
-    /// would stop apply on every node for good. A follower checks the
-    /// entries it is sent before they can count towards a commit.
+    /// would stop apply on every node for good; and a batch of more or
+    /// larger transactions than a leader ever batches would only fill the
+    /// ledger. A follower checks the entries it is sent before they can
+    /// count towards a commit.
     pub fn check_shape(&self) -> Result<(), String> {
         let fits = |what: &str, len: usize| {
             if len as u64 > MAX_TX_BYTES {
@@ -37,6 +47,13 @@ impl Command {
         };
         match self {
             Command::Batch { txs, .. } => {
+                let bytes: usize = txs.iter().map(|t| t.len()).sum();
+                if txs.len() > MAX_ENTRY_TXS || bytes > MAX_ENTRY_TX_BYTES {
+                    return Err(format!(
+                        "a batch of {} transactions and {bytes} bytes, over {MAX_ENTRY_TXS} or {MAX_ENTRY_TX_BYTES}",
+                        txs.len()
+                    ));
+                }
                 txs.iter().try_for_each(|t| fits("a transaction", t.len()))
             }
             Command::Genesis { doc } => fits("a genesis document", doc.len()),
@@ -58,6 +75,12 @@ mod tests {
         assert!(batch(vec![fine.clone(), fine.clone()])
             .check_shape()
             .is_ok());
+        assert!(batch(vec![fine.clone(); 3]).check_shape().is_err());
+        let tiny = ByteBuf::from(vec![0u8; 2]);
+        assert!(batch(vec![tiny.clone(); MAX_ENTRY_TXS])
+            .check_shape()
+            .is_ok());
+        assert!(batch(vec![tiny; MAX_ENTRY_TXS + 1]).check_shape().is_err());
         assert!(batch(vec![fine.clone(), big.clone()])
             .check_shape()
             .is_err());

@@ -105,7 +105,13 @@ impl Limits {
         const DAY_MS: u64 = 24 * 3600 * 1000;
         let n = |v: usize| v as u64;
         let ranges = [
-            ("batch_max_txs", n(self.batch_max_txs), 1, 1 << 20),
+            // Followers refuse entries of more.
+            (
+                "batch_max_txs",
+                n(self.batch_max_txs),
+                1,
+                n(comity_apps::command::MAX_ENTRY_TXS),
+            ),
             (
                 "max_inflight_batches",
                 n(self.max_inflight_batches),

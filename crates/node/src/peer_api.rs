@@ -26,6 +26,15 @@ use std::time::Duration;
 const MAX_PEER_BODY: usize = 96 << 20;
 /// Largest snapshot accepted: one names a durable point in a few hundred bytes.
 const MAX_SNAPSHOT_BYTES: u64 = 1 << 20;
+/// Largest batch a follower forwards (as many bytes as an entry may carry,
+/// with room for their encoding): decoding a body costs a multiple of it.
+const MAX_SUBMIT_BODY: usize = comity_apps::command::MAX_ENTRY_TX_BYTES + (1 << 20);
+/// Largest body of the small requests (a vote, a page request, a read index).
+const MAX_SMALL_BODY: usize = 64 << 10;
+/// Most read-index calls this node serves at once: each makes the leader
+/// send a heartbeat to every follower, so one faulty node could otherwise
+/// open connections without end.
+static READ_INDEX_SERVED: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(128);
 
 type S = State<Arc<Shared>>;
 
@@ -48,14 +57,25 @@ pub enum Forwarded {
 /// before any body is read: only a trusted node may make this node buffer a
 /// peer-sized body.
 pub fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
+    let small = || DefaultBodyLimit::max(MAX_SMALL_BODY);
     Router::new()
-        .route(path::APPEND, post(append))
-        .route(path::VOTE, post(vote))
-        .route(path::SNAPSHOT, post(snapshot))
-        .route(path::LEDGER, post(ledger))
-        .route(path::SUBMIT, post(submit))
-        .route(path::READ_INDEX, post(read_index))
-        .layer(DefaultBodyLimit::max(MAX_PEER_BODY))
+        .route(
+            path::APPEND,
+            post(append).layer(DefaultBodyLimit::max(MAX_PEER_BODY)),
+        )
+        .route(path::VOTE, post(vote).layer(small()))
+        .route(
+            path::SNAPSHOT,
+            post(snapshot).layer(DefaultBodyLimit::max(
+                MAX_SNAPSHOT_BYTES as usize + MAX_SMALL_BODY,
+            )),
+        )
+        .route(path::LEDGER, post(ledger).layer(small()))
+        .route(
+            path::SUBMIT,
+            post(submit).layer(DefaultBodyLimit::max(MAX_SUBMIT_BODY)),
+        )
+        .route(path::READ_INDEX, post(read_index).layer(small()))
         .route_layer(axum::middleware::from_fn_with_state(shared, peers_only))
 }
 
@@ -232,6 +252,9 @@ async fn submit(State(shared): S, ApiBody(body): ApiBody) -> ApiResult<Response>
 
 /// The log index a linearizable read must wait for, confirmed by a quorum.
 async fn read_index(State(shared): S) -> ApiResult<Response> {
+    let _serving = READ_INDEX_SERVED
+        .try_acquire()
+        .map_err(|_| ApiError::unavailable("too many read-index calls at once"))?;
     let id =
         shared.raft.ensure_linearizable().await.map_err(|e| {
             ApiError::new(StatusCode::MISDIRECTED_REQUEST, "not_leader", e.to_string())
