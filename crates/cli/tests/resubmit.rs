@@ -10,7 +10,7 @@
 mod common;
 
 use comity_client::Signer;
-use comity_node::ingress::{self, Admission, Check, Source};
+use comity_node::ingress::{self, Admission, Check};
 use comity_node::{config::NodeConfig, Node};
 use common::{free_port, run_cli};
 use std::time::{Duration, Instant};
@@ -42,7 +42,7 @@ async fn a_resubmission_checked_before_the_first_copy_applied_is_answered() {
     let bytes = signer.kv_put("race", b"both copies get an answer");
 
     // The resubmission passes its checks while the ledger lacks the bytes.
-    let Check::Passed(resubmission) = ingress::check(&shared, &bytes, Source::Client)
+    let Check::Passed(resubmission) = ingress::check(&shared, &bytes)
         .await
         .expect("the transaction is valid")
     else {
@@ -50,7 +50,7 @@ async fn a_resubmission_checked_before_the_first_copy_applied_is_answered() {
     };
 
     // The first copy is admitted, ordered and applied in the meantime.
-    let (id, admission) = ingress::admit(&shared, &bytes, Source::Client)
+    let (id, admission) = ingress::admit(&shared, &bytes)
         .await
         .expect("first copy admitted");
     let Admission::Queued(first, true) = admission else {

@@ -301,7 +301,7 @@ async fn submit(
     let body = read_limited(&headers, body, limit.min(MAX_BODY)).await?;
     metrics::counter!("comity_tx_received_total").increment(1);
     let bytes = body.to_vec();
-    let (id, admission) = ingress::admit(&shared, &bytes, ingress::Source::Client).await?;
+    let (id, admission) = ingress::admit(&shared, &bytes).await?;
     let rx = match admission {
         Admission::Known(index) => return committed_status(&shared, &id, index),
         Admission::Queued(rx, fresh) => {

@@ -124,23 +124,13 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Who handed this node a transaction.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    /// A client: every check, the signature included.
-    Client,
-    /// A trusted peer that ran every check at its own ingress: the signature
-    /// is left to apply, which checks a batch's signatures together.
-    Peer,
-}
-
-/// Runs the ingress checks and queues the transaction for ordering.
-pub async fn admit(
-    shared: &Shared,
-    bytes: &[u8],
-    from: Source,
-) -> Result<(Hash, Admission), ApiError> {
-    match check(shared, bytes, from).await? {
+/// Runs the ingress checks and queues the transaction for ordering. A
+/// follower's forwarded transactions are checked again, their signatures
+/// too: a faulty follower could otherwise put forgeries in the ledger,
+/// rejected but naming their victim. Apply then skips the signatures
+/// checked here, so this costs the leader nothing more.
+pub async fn admit(shared: &Shared, bytes: &[u8]) -> Result<(Hash, Admission), ApiError> {
+    match check(shared, bytes).await? {
         Check::Known(id, index) => Ok((id, Admission::Known(index))),
         Check::Passed(p) => queue(shared, p),
     }
@@ -166,7 +156,7 @@ pub struct Passed {
 }
 
 /// Every check that can be made before ordering; queues nothing.
-pub async fn check(shared: &Shared, bytes: &[u8], from: Source) -> Result<Check, ApiError> {
+pub async fn check(shared: &Shared, bytes: &[u8]) -> Result<Check, ApiError> {
     let v = shared.view();
     let (max_bytes, window, net) = (v.config.max_tx_bytes, v.config.tx_window_ms, v.network_id);
     if bytes.len() as u64 > max_bytes {
@@ -211,16 +201,14 @@ pub async fn check(shared: &Shared, bytes: &[u8], from: Source) -> Result<Check,
     let nonce_spent =
         v.spent_nonces.may_contain(&nonce_key) && reader.aux_get(&nonce_key)?.is_some();
     drop(reader);
-    if from == Source::Client {
-        let key = PublicKey::from_spki_der(ident.current_key()).map_err(ApiError::internal)?;
-        let good = key.alg() == tx.alg
-            && shared
-                .verifier
-                .verify(key, tx.signed_data(), tx.signature().to_vec())
-                .await;
-        if !good {
-            return Err(tx_error(TxError::BadSignature(CryptoError::BadSignature)));
-        }
+    let key = PublicKey::from_spki_der(ident.current_key()).map_err(ApiError::internal)?;
+    let good = key.alg() == tx.alg
+        && shared
+            .verifier
+            .verify(key, tx.signed_data(), tx.signature().to_vec())
+            .await;
+    if !good {
+        return Err(tx_error(TxError::BadSignature(CryptoError::BadSignature)));
     }
     // Only a signed transaction learns what its signer may not do.
     registry::authorize(&ident, &tx.payload.app, &tx.payload.op, v.open).map_err(|r| {
@@ -288,7 +276,7 @@ pub async fn check(shared: &Shared, bytes: &[u8], from: Source) -> Result<Check,
             "this signer already used this nonce",
         ));
     }
-    let key = (from == Source::Client).then(|| ident.current_key().to_vec());
+    let key = Some(ident.current_key().to_vec());
     Ok(Check::Passed(Passed {
         tx,
         len: bytes.len(),

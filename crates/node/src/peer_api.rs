@@ -209,28 +209,17 @@ async fn submit(State(shared): S, ApiBody(body): ApiBody) -> ApiResult<Response>
         ));
     }
     let txs: Vec<ByteBuf> = decode(&body)?;
-    let mut waits = Vec::with_capacity(txs.len());
-    for tx in txs {
-        let bytes = tx.into_vec();
-        match ingress::admit(&shared, &bytes, ingress::Source::Peer).await {
-            Ok((_, Admission::Known(_))) => waits.push(Err(Forwarded::Committed)),
-            Ok((id, Admission::Queued(rx, fresh))) => match fresh
-                .then(|| ingress::hand_over(&shared, id, bytes))
-                .transpose()
-            {
-                Ok(_) => waits.push(Ok(rx)),
-                Err(e) => waits.push(Err(Forwarded::Refused {
-                    status: e.status.as_u16(),
-                    code: e.code.into_owned(),
-                    message: e.message,
-                })),
-            },
-            Err(e) => waits.push(Err(Forwarded::Refused {
-                status: e.status.as_u16(),
-                code: e.code.into_owned(),
-                message: e.message,
-            })),
-        }
+    // Admitted side by side, so that their signatures are checked together.
+    let mut admitting = tokio::task::JoinSet::new();
+    let n = txs.len();
+    for (i, tx) in txs.into_iter().enumerate() {
+        let shared = shared.clone();
+        admitting.spawn(async move { (i, admit_forwarded(&shared, tx.into_vec()).await) });
+    }
+    let mut waits: Vec<_> = (0..n).map(|_| Err(Forwarded::Committed)).collect();
+    while let Some(done) = admitting.join_next().await {
+        let (i, w) = done.map_err(ApiError::internal)?;
+        waits[i] = w;
     }
     let wait = Duration::from_millis(shared.limits.commit_wait_ms);
     let mut out = Vec::with_capacity(waits.len());
@@ -248,6 +237,28 @@ async fn submit(State(shared): S, ApiBody(body): ApiBody) -> ApiResult<Response>
         });
     }
     Ok(reply(&out))
+}
+
+/// Admits one forwarded transaction: what to wait on, or the answer now.
+async fn admit_forwarded(
+    shared: &Shared,
+    bytes: Vec<u8>,
+) -> Result<tokio::sync::oneshot::Receiver<Result<comity_consensus::TxOutcome, ApiError>>, Forwarded>
+{
+    let refused = |e: ApiError| Forwarded::Refused {
+        status: e.status.as_u16(),
+        code: e.code.into_owned(),
+        message: e.message,
+    };
+    match ingress::admit(shared, &bytes).await.map_err(refused)? {
+        (_, Admission::Known(_)) => Err(Forwarded::Committed),
+        (id, Admission::Queued(rx, fresh)) => {
+            if fresh {
+                ingress::hand_over(shared, id, bytes).map_err(refused)?;
+            }
+            Ok(rx)
+        }
+    }
 }
 
 /// The log index a linearizable read must wait for, confirmed by a quorum.
