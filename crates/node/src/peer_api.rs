@@ -13,6 +13,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Router};
+use comity_apps::command::MAX_ENTRY_TXS;
 use comity_consensus::network::{path, raft_id, LedgerRequest, CONTENT_TYPE};
 use comity_consensus::state_machine::{LEDGER_PAGE_BYTES, LEDGER_PAGE_RECORDS};
 use serde::de::DeserializeOwned;
@@ -31,6 +32,9 @@ const MAX_SNAPSHOT_BYTES: u64 = 1 << 20;
 const MAX_SUBMIT_BODY: usize = comity_apps::command::MAX_ENTRY_TX_BYTES + (1 << 20);
 /// Largest body of the small requests (a vote, a page request, a read index).
 const MAX_SMALL_BODY: usize = 64 << 10;
+/// Most forwarded batches this node admits at once: decoding and checking
+/// one takes a few times its body in memory. A follower retries when refused.
+static SUBMITS_SERVED: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(32);
 /// Most read-index calls this node serves at once: each makes the leader
 /// send a heartbeat to every follower, so one faulty node could otherwise
 /// open connections without end.
@@ -208,6 +212,17 @@ async fn submit(State(shared): S, ApiBody(body): ApiBody) -> ApiResult<Response>
             "this node is not the leader",
         ));
     }
+    let _serving = SUBMITS_SERVED
+        .try_acquire()
+        .map_err(|_| ApiError::unavailable("too many forwarded batches at once"))?;
+    // Each element, were it empty, would still cost a buffer: the count is
+    // checked before anything is decoded.
+    if array_len(&body).is_none_or(|n| n > MAX_ENTRY_TXS as u64) {
+        return Err(ApiError::bad_request(
+            "malformed",
+            format!("expected an array of at most {MAX_ENTRY_TXS} transactions"),
+        ));
+    }
     let txs: Vec<ByteBuf> = decode(&body)?;
     // Admitted side by side, so that their signatures are checked together.
     let mut admitting = tokio::task::JoinSet::new();
@@ -237,6 +252,26 @@ async fn submit(State(shared): S, ApiBody(body): ApiBody) -> ApiResult<Response>
         });
     }
     Ok(reply(&out))
+}
+
+/// The length a definite-length CBOR array's head declares.
+fn array_len(b: &[u8]) -> Option<u64> {
+    let first = *b.first()?;
+    if first >> 5 != 4 {
+        return None;
+    }
+    let be = |k: usize| {
+        b.get(1..1 + k)
+            .map(|s| s.iter().fold(0u64, |n, &x| n << 8 | u64::from(x)))
+    };
+    match first & 0x1f {
+        n @ 0..=23 => Some(n.into()),
+        24 => be(1),
+        25 => be(2),
+        26 => be(4),
+        27 => be(8),
+        _ => None,
+    }
 }
 
 /// Admits one forwarded transaction: what to wait on, or the answer now.
@@ -319,6 +354,22 @@ pub async fn linearize(shared: &Shared) -> ApiResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn array_heads_give_their_declared_length() {
+        let enc = |n: usize| {
+            let mut out = Vec::new();
+            ciborium::into_writer(&vec![ByteBuf::from(vec![1u8]); n], &mut out).unwrap();
+            out
+        };
+        for n in [0, 23, 24, 255, 256, 70_000] {
+            assert_eq!(array_len(&enc(n)), Some(n as u64));
+        }
+        assert_eq!(array_len(&[0x9f, 0xff]), None, "indefinite length");
+        assert_eq!(array_len(&[0xa0]), None, "a map");
+        assert_eq!(array_len(&[0x9a, 0, 1]), None, "cut short");
+        assert_eq!(array_len(&[]), None);
+    }
 
     #[test]
     fn a_raft_message_must_come_from_the_node_it_names() {
