@@ -286,13 +286,6 @@ fn seed(from: &Path, to: &Path) -> anyhow::Result<()> {
     let lock = from.join("ledger").join("state").join("lock");
     let held = std::fs::File::open(&lock)
         .with_context(|| format!("{}: not a node's data directory", from.display()))?;
-    let diverged = comity_apps::node::diverged_at(&open(from)?.read()?)?;
-    if let Some(seq) = diverged {
-        bail!(
-            "{}: nodes of a quorum of members signed checkpoint {seq} with other roots than this copy computed; its state is not the one they agreed to: seed from another survivor's copy",
-            from.display()
-        );
-    }
     if let Err(std::fs::TryLockError::WouldBlock) = held.try_lock() {
         bail!(
             "{} is in use by a running node: stop it before seeding from its copy",
@@ -301,6 +294,14 @@ fn seed(from: &Path, to: &Path) -> anyhow::Result<()> {
     }
     copy_dir(&from.join("ledger"), &to.join("ledger"))?;
     let store = open(to)?;
+    if let Some(seq) = comity_apps::node::diverged_at(&store.read()?)? {
+        drop(store);
+        std::fs::remove_dir_all(to.join("ledger"))?;
+        bail!(
+            "{}: nodes of a quorum of members signed checkpoint {seq} with other roots than this copy computed; its state is not the one they agreed to: seed from another survivor's copy",
+            from.display()
+        );
+    }
     comity_consensus::state_machine::forget_raft_log(&store)?;
     println!(
         "seeded {} from {} ({} entries); start the node with `recovery = \"<decision>\"` in its configuration",

@@ -74,7 +74,7 @@ async fn members_restart_a_network_that_lost_its_majority() {
     ];
     let out = common::run_cli(&c.data, c.tmp.path(), &args, LONG).await;
     assert!(
-        !out.status.success() && out.stderr.contains("in use by"),
+        !out.status.success() && out.stderr.contains("in use by a running node"),
         "{}",
         out.stderr
     );

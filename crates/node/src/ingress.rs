@@ -149,8 +149,8 @@ pub enum Check {
 pub struct Passed {
     tx: Tx,
     len: usize,
-    /// The signer's key, when the signature was checked here.
-    key: Option<Vec<u8>>,
+    /// The signer's key the signature was checked with.
+    key: Vec<u8>,
     nonce_key: Vec<u8>,
     recent_ids: Arc<RecentIds>,
 }
@@ -276,7 +276,7 @@ pub async fn check(shared: &Shared, bytes: &[u8]) -> Result<Check, ApiError> {
             "this signer already used this nonce",
         ));
     }
-    let key = Some(ident.current_key().to_vec());
+    let key = ident.current_key().to_vec();
     Ok(Check::Passed(Passed {
         tx,
         len: bytes.len(),
@@ -414,11 +414,9 @@ pub fn queue(shared: &Shared, passed: Passed) -> Result<(Hash, Admission), ApiEr
         }
     }
     let id = tx.id;
-    if let Some(key) = key {
-        p.verified
-            .lock()
-            .expect("verified lock")
-            .insert(id, Verified { tx, key });
-    }
+    p.verified
+        .lock()
+        .expect("verified lock")
+        .insert(id, Verified { tx, key });
     Ok((id, Admission::Queued(wrx, true)))
 }

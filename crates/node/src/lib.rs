@@ -126,6 +126,11 @@ impl Node {
         let genesis = match &cfg.genesis {
             Some(g) => {
                 let doc = std::fs::read(g).map_err(|e| anyhow::anyhow!("{}: {e}", g.display()))?;
+                // One ledger entry, which followers take only this large.
+                let max = comity_apps::genesis::MAX_TX_BYTES;
+                if doc.len() as u64 > max {
+                    anyhow::bail!("{}: a genesis document is at most {max} bytes", g.display());
+                }
                 let parsed = comity_apps::Genesis::from_cbor(&doc)
                     .map_err(|e| anyhow::anyhow!("{}: {e}", g.display()))?;
                 Some((doc, parsed))

@@ -37,8 +37,9 @@ const MAX_SMALL_BODY: usize = 64 << 10;
 static SUBMITS_SERVED: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(32);
 /// Most read-index calls this node serves at once: each makes the leader
 /// send a heartbeat to every follower, so one faulty node could otherwise
-/// open connections without end.
-static READ_INDEX_SERVED: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(128);
+/// open connections without end. Four followers asking their most (64
+/// each, `READ_INDEX_CALLS`) fit.
+static READ_INDEX_SERVED: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(256);
 
 type S = State<Arc<Shared>>;
 
@@ -224,24 +225,37 @@ async fn submit(State(shared): S, ApiBody(body): ApiBody) -> ApiResult<Response>
         ));
     }
     let txs: Vec<ByteBuf> = decode(&body)?;
-    // Admitted side by side, so that their signatures are checked together.
-    let mut admitting = tokio::task::JoinSet::new();
+    drop(body);
+    // Checked side by side, so that their signatures are verified together,
+    // then queued in their order (a client may send dependent ones).
+    let mut checking = tokio::task::JoinSet::new();
     let n = txs.len();
     for (i, tx) in txs.into_iter().enumerate() {
         let shared = shared.clone();
-        admitting.spawn(async move { (i, admit_forwarded(&shared, tx.into_vec()).await) });
+        checking.spawn(async move {
+            let bytes = tx.into_vec();
+            let checked = ingress::check(&shared, &bytes).await;
+            (i, bytes, checked)
+        });
     }
-    let mut waits: Vec<_> = (0..n).map(|_| Err(Forwarded::Committed)).collect();
-    while let Some(done) = admitting.join_next().await {
-        let (i, w) = done.map_err(ApiError::internal)?;
-        waits[i] = w;
+    let mut checked: Vec<_> = (0..n).map(|_| None).collect();
+    while let Some(done) = checking.join_next().await {
+        let (i, bytes, c) = done.map_err(ApiError::internal)?;
+        checked[i] = Some((bytes, c));
     }
-    let wait = Duration::from_millis(shared.limits.commit_wait_ms);
+    let waits: Vec<_> = checked
+        .into_iter()
+        .flatten()
+        .map(|(bytes, c)| queue_forwarded(&shared, bytes, c))
+        .collect();
+    drop(_serving);
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(shared.limits.commit_wait_ms);
     let mut out = Vec::with_capacity(waits.len());
     for w in waits {
         out.push(match w {
             Err(f) => f,
-            Ok(rx) => match tokio::time::timeout(wait, rx).await {
+            Ok(rx) => match tokio::time::timeout_at(deadline, rx).await {
                 Ok(Ok(Ok(_))) => Forwarded::Committed,
                 Ok(Ok(Err(e))) => Forwarded::Failed(e.code.into_owned(), e.message),
                 Ok(Err(_)) | Err(_) => Forwarded::Failed(
@@ -274,10 +288,11 @@ fn array_len(b: &[u8]) -> Option<u64> {
     }
 }
 
-/// Admits one forwarded transaction: what to wait on, or the answer now.
-async fn admit_forwarded(
+/// Queues one checked forwarded transaction: what to wait on, or the answer now.
+fn queue_forwarded(
     shared: &Shared,
     bytes: Vec<u8>,
+    checked: Result<ingress::Check, ApiError>,
 ) -> Result<tokio::sync::oneshot::Receiver<Result<comity_consensus::TxOutcome, ApiError>>, Forwarded>
 {
     let refused = |e: ApiError| Forwarded::Refused {
@@ -285,7 +300,11 @@ async fn admit_forwarded(
         code: e.code.into_owned(),
         message: e.message,
     };
-    match ingress::admit(shared, &bytes).await.map_err(refused)? {
+    let passed = match checked.map_err(refused)? {
+        ingress::Check::Known(..) => return Err(Forwarded::Committed),
+        ingress::Check::Passed(p) => p,
+    };
+    match ingress::queue(shared, passed).map_err(refused)? {
         (_, Admission::Known(_)) => Err(Forwarded::Committed),
         (id, Admission::Queued(rx, fresh)) => {
             if fresh {
