@@ -58,6 +58,10 @@ struct SnapshotInfo {
     ledger_time: u64,
 }
 
+/// How long a snapshot install waits for any peer to have the ledger
+/// records it lacks before it gives up.
+const FETCH_PATIENCE: Duration = Duration::from_secs(300);
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Applied {
     last: Option<LogId>,
@@ -238,7 +242,24 @@ impl StateMachine {
         let mut last = None;
         let mut logged = Instant::now();
         while have < info.ledger_len {
-            let mut records = self.fetch(&addrs, have, info.ledger_len).await;
+            let Some(mut records) = self.fetch(&addrs, have, info.ledger_len).await else {
+                // No peer has them: the snapshot claimed a ledger that does
+                // not exist (a faulty leader's). Not resumed at the next
+                // start; the records replayed so far passed every check.
+                blocking(|| {
+                    let txn = self.store.begin().map_err(write_err)?;
+                    txn.batch()
+                        .map_err(write_err)?
+                        .meta_remove(META_INSTALLING)
+                        .map_err(write_err)?;
+                    txn.commit(true).map_err(write_err)
+                })?;
+                return Err(write_err(format!(
+                    "abandoned a snapshot install: for {} s no peer had ledger records from {have} (the snapshot claims {})",
+                    FETCH_PATIENCE.as_secs(),
+                    info.ledger_len
+                )));
+            };
             records.truncate((info.ledger_len - have) as usize);
             let n = records.len() as u64;
             last = blocking(|| self.replay(have, &records))?.or(last);
@@ -304,11 +325,18 @@ impl StateMachine {
     /// Ledger records `from..` (up to `to`) from the first peer that has
     /// some, starting at a random one (a peer whose records fail the
     /// replay's checks stops the install, and a restart should not ask it
-    /// first again); retries every second until one answers.
-    async fn fetch(&self, addrs: &[String], from: u64, to: u64) -> Vec<serde_bytes::ByteBuf> {
+    /// first again); retries every second until one answers, for at most
+    /// [`FETCH_PATIENCE`].
+    async fn fetch(
+        &self,
+        addrs: &[String],
+        from: u64,
+        to: u64,
+    ) -> Option<Vec<serde_bytes::ByteBuf>> {
         let req = LedgerRequest { from, to };
         let first = usize::from(comity_core::crypto::random_nonce()[0]);
-        loop {
+        let t0 = Instant::now();
+        while t0.elapsed() < FETCH_PATIENCE {
             if let Some(peers) = self.peers.get() {
                 let n = addrs.len();
                 for addr in (0..n).map(|k| &addrs[(first + k) % n]) {
@@ -323,7 +351,7 @@ impl StateMachine {
                         )
                         .await
                     {
-                        Ok(r) if !r.is_empty() => return r,
+                        Ok(r) if !r.is_empty() => return Some(r),
                         Ok(_) => {}
                         Err(e) => tracing::debug!(%addr, error = %e, "ledger records not fetched"),
                     }
@@ -336,6 +364,7 @@ impl StateMachine {
             );
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+        None
     }
 
     /// Moves ledger time to `time` as an entry without transactions would.
