@@ -292,17 +292,22 @@ fn seed(from: &Path, to: &Path) -> anyhow::Result<()> {
             from.display()
         );
     }
-    copy_dir(&from.join("ledger"), &to.join("ledger"))?;
-    let store = open(to)?;
-    if let Some(seq) = comity_apps::node::diverged_at(&store.read()?)? {
-        drop(store);
-        std::fs::remove_dir_all(to.join("ledger"))?;
-        bail!(
-            "{}: nodes of a quorum of members signed checkpoint {seq} with other roots than this copy computed; its state is not the one they agreed to: seed from another survivor's copy",
-            from.display()
-        );
-    }
-    comity_consensus::state_machine::forget_raft_log(&store)?;
+    // A half-made copy is removed, so that the command can be run again.
+    let seeded = || -> anyhow::Result<Store> {
+        copy_dir(&from.join("ledger"), &to.join("ledger"))?;
+        let store = open(to)?;
+        if let Some(seq) = comity_apps::node::diverged_at(&store.read()?)? {
+            bail!(
+                "{}: nodes of a quorum of members signed checkpoint {seq} with other roots than this copy computed; its state is not the one they agreed to: seed from another survivor's copy",
+                from.display()
+            );
+        }
+        comity_consensus::state_machine::forget_raft_log(&store)?;
+        Ok(store)
+    };
+    let store = seeded().inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(to.join("ledger"));
+    })?;
     println!(
         "seeded {} from {} ({} entries); start the node with `recovery = \"<decision>\"` in its configuration",
         to.display(),

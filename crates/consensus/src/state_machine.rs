@@ -58,8 +58,18 @@ struct SnapshotInfo {
     ledger_time: u64,
 }
 
+/// The nodes a snapshot names, to fetch ledger records from.
+fn peer_addrs(info: &SnapshotInfo) -> Vec<String> {
+    info.meta
+        .last_membership
+        .membership()
+        .nodes()
+        .map(|(_, n)| n.addr.clone())
+        .collect()
+}
+
 /// How long a snapshot install waits for any peer to have the ledger
-/// records it lacks before it gives up.
+/// records it lacks before it gives up (until the next start).
 const FETCH_PATIENCE: Duration = Duration::from_secs(300);
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -231,33 +241,17 @@ impl StateMachine {
                 info.ledger_len
             )));
         }
-        let addrs: Vec<String> = info
-            .meta
-            .last_membership
-            .membership()
-            .nodes()
-            .map(|(_, n)| n.addr.clone())
-            .collect();
+        let addrs = peer_addrs(info);
         let mut have = start;
         let mut last = None;
         let mut logged = Instant::now();
         while have < info.ledger_len {
             let Some(mut records) = self.fetch(&addrs, have, info.ledger_len).await else {
-                // No peer has them: the snapshot claimed a ledger that does
-                // not exist (a faulty leader's). Not resumed at the next
-                // start; the records replayed so far passed every check.
-                blocking(|| {
-                    let txn = self.store.begin().map_err(write_err)?;
-                    txn.batch()
-                        .map_err(write_err)?
-                        .meta_remove(META_INSTALLING)
-                        .map_err(write_err)?;
-                    txn.commit(true).map_err(write_err)
-                })?;
+                // Some peer had the last record when the install began: the
+                // next start resumes it.
                 return Err(write_err(format!(
-                    "abandoned a snapshot install: for {} s no peer had ledger records from {have} (the snapshot claims {})",
-                    FETCH_PATIENCE.as_secs(),
-                    info.ledger_len
+                    "no peer sent ledger records from {have} for {} s; the snapshot install resumes at the next start",
+                    FETCH_PATIENCE.as_secs()
                 )));
             };
             records.truncate((info.ledger_len - have) as usize);
@@ -559,21 +553,36 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), StorageError<u64>> {
         let mut info: SnapshotInfo = decode(snapshot.get_ref())?;
         info.meta = meta.clone();
+        // Checked before anything is recorded: a recorded install is resumed
+        // at every start. A snapshot shorter than this ledger is not one of
+        // its futures, and one of a ledger no peer has would have this node
+        // fetch for ever; some peer must have its last record (ledgers are
+        // prefixes of one another). Both are a faulty leader's.
+        let have = self
+            .store
+            .read()
+            .and_then(|r| r.ledger_len())
+            .map_err(read_err)?;
+        if info.ledger_len < have {
+            return Err(write_err(format!(
+                "refusing a snapshot of {} ledger records: this node already has {have}",
+                info.ledger_len
+            )));
+        }
+        if info.ledger_len > have
+            && self
+                .fetch(&peer_addrs(&info), info.ledger_len - 1, info.ledger_len)
+                .await
+                .is_none()
+        {
+            return Err(write_err(format!(
+                "refusing a snapshot of {} ledger records: for {} s no peer had its last record",
+                info.ledger_len,
+                FETCH_PATIENCE.as_secs()
+            )));
+        }
         // Recorded durably first, so that a crash during the replay resumes it.
         blocking(|| {
-            // A snapshot shorter than this ledger is not one of its futures
-            // (a faulty leader's); recorded, every restart would refuse it.
-            let have = self
-                .store
-                .read()
-                .and_then(|r| r.ledger_len())
-                .map_err(read_err)?;
-            if info.ledger_len < have {
-                return Err(write_err(format!(
-                    "refusing a snapshot of {} ledger records: this node already has {have}",
-                    info.ledger_len
-                )));
-            }
             let txn = self.store.begin().map_err(write_err)?;
             txn.batch()
                 .map_err(write_err)?
