@@ -21,7 +21,8 @@ pub const MAX_SCAN: usize = 4096;
 /// Reads an index in key order, `read` giving the next entries from a start
 /// key, and keeps what `keep` makes of each entry, until `limit` items or
 /// [`MAX_SCAN`] entries. Returns the items and, unless the index was read
-/// to its end, the last key read: the next page starts after it.
+/// to its end, the last key read: the next page starts after it. A page
+/// that fills up on the index's last entry has no next page.
 pub fn scan<T>(
     mut read: impl FnMut(&[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>,
     mut start: Vec<u8>,
@@ -39,7 +40,8 @@ pub fn scan<T>(
             if let Some(item) = keep(k, v)? {
                 items.push(item);
                 if items.len() >= limit {
-                    return Ok((items, Some(k.clone())));
+                    let more = k != last || !read(&[k.as_slice(), &[0]].concat())?.is_empty();
+                    return Ok((items, more.then(|| k.clone())));
                 }
             }
         }

@@ -574,6 +574,9 @@ fn listings_page_with_cursors_and_bounded_reads() {
         }
     }
     assert_eq!(seen, proposals);
+    let (all, next) = gov::query::proposals(&r, None, 0, proposals.len()).unwrap();
+    assert_eq!(all.len(), proposals.len());
+    assert_eq!(next, None, "a page that ends the listing has no cursor");
     let (open, next) = gov::query::proposals(&r, Some(ProposalState::Open), 0, 2).unwrap();
     assert!(open.is_empty() && next.is_none());
 
