@@ -47,11 +47,14 @@ pub struct PendingSet {
     bytes: AtomicUsize,
 }
 
+/// Answered once the transaction is applied (or given up on).
+pub type Answer = oneshot::Receiver<Result<TxOutcome, ApiError>>;
+
 pub enum Admission {
     /// Already in the ledger.
     Known(u64),
     /// Queued (or joined an identical queued transaction): wait on this.
-    Queued(oneshot::Receiver<Result<TxOutcome, ApiError>>, bool),
+    Queued(Answer, bool),
 }
 
 impl PendingSet {

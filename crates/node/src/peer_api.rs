@@ -293,8 +293,7 @@ fn queue_forwarded(
     shared: &Shared,
     bytes: Vec<u8>,
     checked: Result<ingress::Check, ApiError>,
-) -> Result<tokio::sync::oneshot::Receiver<Result<comity_consensus::TxOutcome, ApiError>>, Forwarded>
-{
+) -> Result<ingress::Answer, Forwarded> {
     let refused = |e: ApiError| Forwarded::Refused {
         status: e.status.as_u16(),
         code: e.code.into_owned(),

@@ -1308,10 +1308,8 @@ impl TreeReader for JmtReader<'_> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_store_in_use_is_refused_with_its_ledger_untouched() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, _) = Store::open(dir.path(), 1 << 20).unwrap();
+    /// Appends one ledger record and commits it durably.
+    fn commit_one_record(store: &Store) {
         let txn = store.begin().unwrap();
         txn.batch()
             .unwrap()
@@ -1321,6 +1319,13 @@ mod tests {
             })
             .unwrap();
         txn.commit(true).unwrap();
+    }
+
+    #[test]
+    fn a_store_in_use_is_refused_with_its_ledger_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path(), 1 << 20).unwrap();
+        commit_one_record(&store);
         let err = Store::open(dir.path(), 1 << 20).err().expect("refused");
         assert!(
             err.to_string().contains("in use by another process"),
@@ -1832,15 +1837,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let (store, _) = Store::open(dir.path(), 1 << 20).unwrap();
-            let txn = store.begin().unwrap();
-            txn.batch()
-                .unwrap()
-                .append(&Record {
-                    leaf: vec![0xa0],
-                    body: vec![],
-                })
-                .unwrap();
-            txn.commit(true).unwrap();
+            commit_one_record(&store);
         }
         std::fs::remove_dir_all(dir.path().join("state")).unwrap();
         let err = refusal(dir.path());
