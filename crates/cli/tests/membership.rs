@@ -575,3 +575,72 @@ async fn a_node_behind_the_purged_log_catches_up_by_snapshot() {
         "node{new} joined without a snapshot; its log:\n{log}"
     );
 }
+
+/// Submits `tx` until it commits: while the group has no leader, a node
+/// answers that it cannot take writes yet.
+async fn commit_eventually(client: &Client, tx: Vec<u8>, what: &str) {
+    let deadline = Instant::now() + LONG;
+    loop {
+        match client.submit(&tx, true).await {
+            Ok(s) if s.status == TxState::Committed => {
+                assert_eq!(s.outcome.as_deref(), Some("ok"), "{what}: {s:?}");
+                return;
+            }
+            Ok(s) => assert!(Instant::now() < deadline, "{what}: {s:?}"),
+            Err(e) => assert!(Instant::now() < deadline, "{what}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A node that was down while a new node was trusted comes back to find
+/// that node leading. Its own state does not know the leader, so it first
+/// learns the current node set from a final checkpoint another node of its
+/// group relays (here the retired node0), verified from genesis like a
+/// receipt; it refused the leader for good before, and with the only other
+/// voter down, the network took no more writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_returning_node_follows_a_leader_trusted_while_it_was_down() {
+    let _serial = common::serial().await;
+    let mut c = Cluster::start(3, false).await;
+    let user = c.signer("user0");
+    let client = c.client_as(0, "member0");
+    commit(&client, user.kv_put("before", b"1"), "a write").await;
+    c.kill9(2);
+
+    let new = c.join_new_node(0);
+    wait_pending(&client, &node_key(&c, new).fingerprint()).await;
+    trust(&c, &client, new).await;
+    wait_voters(&client, 4, "after trusting node3").await;
+    c.wait_healthy(new, LONG).await;
+    let client = c.client_as(new, "member0");
+    pass(
+        &c,
+        &client,
+        json!([{"action": "node.retire",
+                "args": {"id": hex::encode(node_key(&c, 0).fingerprint())}}]),
+        "retire node0",
+    )
+    .await;
+    wait_voters(&client, 3, "after retiring node0").await;
+    commit(&client, user.kv_put("while-down", b"2"), "a write").await;
+
+    // Of the group {node1, node2, node3}, only node3 now runs: it can lead
+    // only with node2, which has never heard of it.
+    c.kill9(1);
+    c.spawn(2);
+    commit_eventually(
+        &client,
+        user.kv_put("after", b"3"),
+        "a write after node2 is back",
+    )
+    .await;
+    wait_read(&c, 2, &user.id, "while-down", b"2", "did not catch up").await;
+    wait_read(&c, 2, &user.id, "after", b"3", "did not catch up").await;
+    assert!(
+        c.log(2)
+            .contains("learned the node set of a final checkpoint"),
+        "node2 took node3 on a verified checkpoint; its log:\n{}",
+        c.log(2)
+    );
+}

@@ -42,6 +42,18 @@ pub mod path {
     pub const READ_INDEX: &str = "/raft/read-index";
     /// Ledger records, for a node catching up by snapshot.
     pub const LEDGER: &str = "/raft/ledger";
+    /// The latest final checkpoint, for a node whose state is behind to
+    /// recognise nodes trusted since.
+    pub const CHECKPOINT: &str = "/raft/checkpoint";
+}
+
+/// A quorum-signed checkpoint (COSE_Sign) and the chain of endorsed
+/// node-set changes up to it: verifiable against the network identity
+/// alone, whoever relays it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct FinalCheckpoint {
+    pub signed: serde_bytes::ByteBuf,
+    pub chain: Vec<serde_bytes::ByteBuf>,
 }
 
 /// Asks a peer for ledger records `from..to` (it sends a prefix of them,

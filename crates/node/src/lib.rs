@@ -16,6 +16,7 @@ pub mod peer_api;
 pub mod reconcile;
 pub mod server;
 pub mod tls;
+pub mod trusted_since;
 pub mod verifier;
 
 use comity_apps::Command;
@@ -224,11 +225,13 @@ impl Node {
             })
         });
         let raft_members = RaftMembers::default();
+        let since = Arc::new(trusted_since::TrustedSince::default());
         let trust = trust(
             &view,
             node_identity,
             store.clone(),
             raft_members.clone(),
+            since.clone(),
             bootstrap,
             joined.map(|j| j.network_id),
             recovering.clone(),
@@ -284,6 +287,7 @@ impl Node {
         tokio::spawn(events(shared.clone(), ev_rx));
         tokio::spawn(reconcile::run(shared.clone()));
         tokio::spawn(owed::run(shared.clone()));
+        tokio::spawn(trusted_since::run(shared.clone(), since));
         if let Some((doc, _)) = genesis.filter(|_| shared.view().network_id.is_none()) {
             tokio::spawn(propose_genesis(shared.clone(), doc));
         }
@@ -371,11 +375,17 @@ impl Recovering {
 /// applied set lacks the nodes trusted since, the leader perhaps among them.
 /// Given another network's genesis than the one it joined, it accepts no
 /// one (and refuses to start again).
+///
+/// A node whose state is behind also accepts the nodes of a later final
+/// checkpoint it verified ([`trusted_since`]), and refusing a peer makes it
+/// look for one.
+#[allow(clippy::too_many_arguments)]
 fn trust(
     view: &SharedView,
     me: Hash,
     store: Arc<Store>,
     raft_members: RaftMembers,
+    since: Arc<trusted_since::TrustedSince>,
     bootstrap: Option<comity_core::network::NodeSet>,
     joined: Option<Hash>,
     recovering: Option<Arc<Recovering>>,
@@ -429,11 +439,19 @@ fn trust(
             .read()
             .expect("members lock")
             .contains(&raft_id(fp));
-        leaving
+        if leaving
             && store
                 .read()
                 .and_then(|r| comity_apps::node_set::changes(&r, 0, u64::MAX))
                 .is_ok_and(|sets| sets.iter().any(|(c, _)| c.nodes.get(fp).is_some()))
+        {
+            return true;
+        }
+        if since.admits(fp, || store.read().and_then(|r| r.ledger_len()).ok()) {
+            return true;
+        }
+        since.refused();
+        false
     })
 }
 

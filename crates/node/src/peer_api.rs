@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Router};
 use comity_apps::command::MAX_ENTRY_TXS;
-use comity_consensus::network::{path, raft_id, LedgerRequest, CONTENT_TYPE};
+use comity_consensus::network::{path, raft_id, FinalCheckpoint, LedgerRequest, CONTENT_TYPE};
 use comity_consensus::state_machine::{LEDGER_PAGE_BYTES, LEDGER_PAGE_RECORDS};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -81,6 +81,7 @@ pub fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
             post(submit).layer(DefaultBodyLimit::max(MAX_SUBMIT_BODY)),
         )
         .route(path::READ_INDEX, post(read_index).layer(small()))
+        .route(path::CHECKPOINT, post(checkpoint).layer(small()))
         .route_layer(axum::middleware::from_fn_with_state(shared, peers_only))
 }
 
@@ -201,6 +202,23 @@ async fn ledger(State(shared): S, ApiBody(body): ApiBody) -> ApiResult<Response>
     .await
     .map_err(ApiError::internal)??;
     Ok(reply(&records))
+}
+
+/// The latest final checkpoint with its endorsed chain, if there is one
+/// yet (and every node-set change up to it is endorsed).
+async fn checkpoint(State(shared): S) -> ApiResult<Response> {
+    let cp = tokio::task::spawn_blocking(move || -> ApiResult<Option<FinalCheckpoint>> {
+        let r = shared.store.read()?;
+        Ok(comity_apps::query::latest_final(&r)?.and_then(|cp| {
+            Some(FinalCheckpoint {
+                signed: ByteBuf::from(comity_apps::query::checkpoint_cose(&cp)),
+                chain: cp.chain?.into_iter().map(ByteBuf::from).collect(),
+            })
+        }))
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    Ok(reply(&cp))
 }
 
 /// Admits forwarded transactions as if submitted here, and answers once each
