@@ -419,6 +419,22 @@ async fn a_node_joins_a_network_led_by_a_node_trusted_after_genesis() {
     wait_voters(&client, 2, "after trusting node2").await;
     c.wait_healthy(second, LONG).await;
     wait_read(&c, second, &user.id, "early", b"1", "did not catch up").await;
+
+    // Its ledger is of another network than its join.json names (as if a
+    // peer had given it another genesis): it refuses to start.
+    c.stop(second).await;
+    let path = c.node_dir(second).join("data").join("join.json");
+    let mut join: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    join["network_id"] = json!(hex::encode([9u8; 32]));
+    std::fs::write(&path, serde_json::to_vec(&join).unwrap()).unwrap();
+    c.spawn(second);
+    let status = c.wait_exit(second, LONG).await;
+    let log = c.log(second);
+    assert!(
+        !status.success() && log.contains("but it joined network"),
+        "{status}: {log}"
+    );
 }
 
 /// A trusted node that does not catch up (here nothing answers at its

@@ -80,6 +80,42 @@ async fn members_restart_a_network_that_lost_its_majority() {
     );
     assert!(!early.join("ledger").exists(), "nothing was copied");
     c.stop(0).await;
+    // A copy that recorded a divergence (nodes of a quorum signed other
+    // roots than it computed) is refused, and what was copied removed.
+    let diverged = c.tmp.path().join("diverged");
+    let cp = std::process::Command::new("cp")
+        .args(["-a", survivor.to_str().unwrap(), diverged.to_str().unwrap()])
+        .status()
+        .expect("cp");
+    assert!(cp.success());
+    {
+        let (store, _) = comity_store::Store::open(
+            &diverged.join("ledger"),
+            comity_store::segments::DEFAULT_ROLL_BYTES,
+        )
+        .expect("the copy opens");
+        let txn = store.begin().unwrap();
+        txn.batch()
+            .unwrap()
+            .aux_put(comity_apps::keys::DIVERGED, &7u64.to_be_bytes())
+            .unwrap();
+        txn.commit(true).unwrap();
+    }
+    let args = [
+        "recovery",
+        "seed",
+        "--from",
+        diverged.to_str().unwrap(),
+        "--to",
+        early.to_str().unwrap(),
+    ];
+    let out = common::run_cli(&c.data, c.tmp.path(), &args, LONG).await;
+    assert!(
+        !out.status.success() && out.stderr.contains("signed checkpoint 7 with other roots"),
+        "{}",
+        out.stderr
+    );
+    assert!(!early.join("ledger").exists(), "the copy was removed");
 
     let decision = c.tmp.path().join("decision.cbor");
     let extra = format!("recovery = \"{}\"\n", decision.display());

@@ -332,6 +332,24 @@ impl Cluster {
         }
     }
 
+    /// Waits for node `i` to exit on its own; its exit status.
+    pub async fn wait_exit(&mut self, i: usize, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let c = self.children[i].as_mut().expect("node running");
+            if let Some(status) = c.try_wait().expect("try_wait") {
+                self.children[i] = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node{i} did not exit; stderr:\n{}",
+                tail(&self.stderr_path(i), 40)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Polls node `i`'s health until it answers `ok`.
     pub async fn wait_healthy(&mut self, i: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
