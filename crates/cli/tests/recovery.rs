@@ -15,6 +15,7 @@ use comity_core::receipt::Receipt;
 use common::cluster::Cluster;
 use common::load::check_acknowledged;
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const LONG: Duration = Duration::from_secs(60);
@@ -64,21 +65,7 @@ async fn members_restart_a_network_that_lost_its_majority() {
     // Seeding copies the survivor's files: not while its node runs.
     let early = c.tmp.path().join("too-early");
     let survivor = c.node_dir(0).join("data");
-    let args = [
-        "recovery",
-        "seed",
-        "--from",
-        survivor.to_str().unwrap(),
-        "--to",
-        early.to_str().unwrap(),
-    ];
-    let out = common::run_cli(&c.data, c.tmp.path(), &args, LONG).await;
-    assert!(
-        !out.status.success() && out.stderr.contains("in use by a running node"),
-        "{}",
-        out.stderr
-    );
-    assert!(!early.join("ledger").exists(), "nothing was copied");
+    seed_refused(&c, &survivor, &early, "in use by a running node").await;
     c.stop(0).await;
     // A copy that recorded a divergence (nodes of a quorum signed other
     // roots than it computed) is refused, and what was copied removed.
@@ -101,21 +88,13 @@ async fn members_restart_a_network_that_lost_its_majority() {
             .unwrap();
         txn.commit(true).unwrap();
     }
-    let args = [
-        "recovery",
-        "seed",
-        "--from",
-        diverged.to_str().unwrap(),
-        "--to",
-        early.to_str().unwrap(),
-    ];
-    let out = common::run_cli(&c.data, c.tmp.path(), &args, LONG).await;
-    assert!(
-        !out.status.success() && out.stderr.contains("signed checkpoint 7 with other roots"),
-        "{}",
-        out.stderr
-    );
-    assert!(!early.join("ledger").exists(), "the copy was removed");
+    seed_refused(
+        &c,
+        &diverged,
+        &early,
+        "signed checkpoint 7 with other roots",
+    )
+    .await;
 
     let decision = c.tmp.path().join("decision.cbor");
     let extra = format!("recovery = \"{}\"\n", decision.display());
@@ -262,6 +241,26 @@ async fn members_restart_a_network_that_lost_its_majority() {
     let out = c.ledger_verify(news[0]).await;
     assert!(out.contains("OK"), "{out}");
     eprintln!("test took {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+/// `comity recovery seed --from from --to to` fails, saying `why`, and
+/// leaves no copy.
+async fn seed_refused(c: &Cluster, from: &Path, to: &Path, why: &str) {
+    let args = [
+        "recovery",
+        "seed",
+        "--from",
+        from.to_str().unwrap(),
+        "--to",
+        to.to_str().unwrap(),
+    ];
+    let out = common::run_cli(&c.data, c.tmp.path(), &args, LONG).await;
+    assert!(
+        !out.status.success() && out.stderr.contains(why),
+        "{}",
+        out.stderr
+    );
+    assert!(!to.join("ledger").exists(), "no copy is left");
 }
 
 fn node_id(c: &Cluster, n: usize) -> Hash {
