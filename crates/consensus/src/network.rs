@@ -48,10 +48,13 @@ pub mod path {
 }
 
 /// A quorum-signed checkpoint (COSE_Sign) and the chain of endorsed
-/// node-set changes up to it: verifiable against the network identity
-/// alone, whoever relays it.
+/// node-set changes up to it: verifiable from a node set the receiver
+/// holds, whoever relays it.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct FinalCheckpoint {
+    /// The checkpoint's tree size, unverified: lets a receiver that needs
+    /// nothing that old skip the checks.
+    pub size: u64,
     pub signed: serde_bytes::ByteBuf,
     pub chain: Vec<serde_bytes::ByteBuf>,
 }

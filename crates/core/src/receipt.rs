@@ -327,6 +327,14 @@ pub fn verify_quorum(
         let node = set
             .get(&id)
             .ok_or_else(|| ReceiptError::UnknownSigner(hex::encode(id)))?;
+        if nodes.contains(&id) {
+            // Refused before its check: no statement needs two signatures
+            // of one node, and each would cost a verification.
+            return Err(malformed(format!(
+                "node {} signed the {what} twice",
+                hex::encode(id)
+            )));
+        }
         let key = node
             .public_key()
             .map_err(|e| ReceiptError::Chain(e.to_string()))?;
@@ -337,10 +345,8 @@ pub fn verify_quorum(
             )));
         }
         checkpoint::verify(ct, body, sig, &key)?;
-        if !nodes.contains(&id) {
-            nodes.push(id);
-            members.insert(node.member);
-        }
+        nodes.push(id);
+        members.insert(node.member);
     }
     if members.len() < set.quorum() {
         return Err(ReceiptError::NoQuorum {
@@ -389,15 +395,32 @@ pub fn node_set_at(
     chain: &[Vec<u8>],
     size: u64,
 ) -> Result<NodeSet, ReceiptError> {
-    let mut set = identity.nodes.clone();
-    let mut last = 0;
+    node_set_since(&identity.network_id, identity.nodes.clone(), 0, chain, size)
+}
+
+/// Walks the chain from `set`, the node set at tree size `since` (one a
+/// verifier already holds), and returns the set that signs at `size`.
+/// Changes at or before `since` are skipped: `set` already reflects them.
+pub fn node_set_since(
+    network_id: &Hash,
+    mut set: NodeSet,
+    since: u64,
+    chain: &[Vec<u8>],
+    size: u64,
+) -> Result<NodeSet, ReceiptError> {
+    let mut last = since;
     for (i, item) in chain.iter().enumerate() {
         let sign = CoseSign::from_tagged_slice(item)
             .or_else(|_| CoseSign::from_slice(item))
             .map_err(|e| ReceiptError::Chain(format!("change {i}: {e}")))?;
         if check_protected(&sign, crate::recovery::RECOVERY_CONTENT_TYPE).is_ok() {
             // Members restarted the network with a new node set after losing most nodes.
-            let r = crate::recovery::verify(item, &identity.network_id, &set, last)
+            let (_, r) = crate::recovery::parse(item)
+                .map_err(|e| ReceiptError::Chain(format!("change {i}: {e}")))?;
+            if since > 0 && r.change_size() <= since {
+                continue;
+            }
+            let r = crate::recovery::verify(item, network_id, &set, last)
                 .map_err(|e| ReceiptError::Chain(format!("change {i}: {e}")))?;
             if r.change_size() < last || r.change_size() > size {
                 return Err(ReceiptError::Chain(format!("change {i} is out of order")));
@@ -412,7 +435,10 @@ pub fn node_set_at(
             .as_deref()
             .ok_or_else(|| ReceiptError::Chain(format!("change {i}: no payload")))?;
         let change = NodeSetChange::from_cbor(body)?;
-        if change.network_id != identity.network_id || change.size < last || change.size > size {
+        if since > 0 && change.size <= since {
+            continue;
+        }
+        if change.network_id != *network_id || change.size < last || change.size > size {
             return Err(ReceiptError::Chain(format!(
                 "change {i} is for another network or out of order"
             )));
@@ -436,6 +462,18 @@ pub fn verify_signed_checkpoint(
     identity: &NetworkIdentity,
     chain: &[Vec<u8>],
 ) -> Result<(Checkpoint, Vec<Hash>), ReceiptError> {
+    verify_checkpoint_by(bytes, &identity.network_id, |size| {
+        node_set_at(identity, chain, size)
+    })
+}
+
+/// Verifies a bare signed checkpoint of network `network_id`: signed by a
+/// quorum of the set `signers` gives for its tree size.
+pub fn verify_checkpoint_by(
+    bytes: &[u8],
+    network_id: &Hash,
+    signers: impl FnOnce(u64) -> Result<NodeSet, ReceiptError>,
+) -> Result<(Checkpoint, Vec<Hash>), ReceiptError> {
     let sign = CoseSign::from_tagged_slice(bytes)
         .or_else(|_| CoseSign::from_slice(bytes))
         .map_err(|e| malformed(format!("not a COSE_Sign: {e}")))?;
@@ -445,13 +483,13 @@ pub fn verify_signed_checkpoint(
         .as_deref()
         .ok_or_else(|| malformed("no checkpoint payload"))?;
     let cp = Checkpoint::from_cbor(body).map_err(|e| malformed(format!("checkpoint: {e}")))?;
-    if cp.network_id != identity.network_id {
+    if cp.network_id != *network_id {
         return Err(ReceiptError::WrongNetwork {
             found: hex::encode(cp.network_id),
-            expected: hex::encode(identity.network_id),
+            expected: hex::encode(network_id),
         });
     }
-    let set = node_set_at(identity, chain, cp.size)?;
+    let set = signers(cp.size)?;
     let (signers, _) = verify_quorum(
         CHECKPOINT_CONTENT_TYPE,
         body,
@@ -460,4 +498,81 @@ pub fn verify_signed_checkpoint(
         "checkpoint",
     )?;
     Ok((cp, signers))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{Alg, SigningKey};
+    use crate::network::NodeInfo;
+
+    const NET: Hash = [5; 32];
+
+    fn node(member: u8) -> (SigningKey, NodeInfo) {
+        let key = SigningKey::generate(Alg::EdDsa);
+        let info = NodeInfo {
+            id: key.public().fingerprint(),
+            member: [member; 32],
+            key: key.public().to_spki_der(),
+        };
+        (key, info)
+    }
+
+    /// The change to `nodes` at `size`, endorsed by `by`.
+    fn change(size: u64, nodes: &[&NodeInfo], by: &[&(SigningKey, NodeInfo)]) -> Vec<u8> {
+        let body = NodeSetChange {
+            network_id: NET,
+            size,
+            nodes: NodeSet(nodes.iter().map(|n| (*n).clone()).collect()),
+        }
+        .to_cbor();
+        let sigs: Vec<Vec<u8>> = by
+            .iter()
+            .map(|(k, n)| checkpoint::sign(NODE_SET_CONTENT_TYPE, &body, k, &n.id))
+            .collect();
+        checkpoint::signed_statement(NODE_SET_CONTENT_TYPE, &body, &sigs)
+    }
+
+    #[test]
+    fn a_chain_walked_from_a_later_set_skips_what_it_covers_and_answers_to_that_set() {
+        let (a, b, c) = (node(1), node(2), node(3));
+        let genesis = NodeSet(vec![a.1.clone()]);
+        // {a} → {a, b} at 10 (a endorses), → {b, c} at 20 (a and b endorse).
+        let c1 = change(10, &[&a.1, &b.1], &[&a]);
+        let c2 = change(20, &[&b.1, &c.1], &[&a, &b]);
+        let at10 = NodeSet(vec![a.1.clone(), b.1.clone()]);
+        let want = NodeSet(vec![b.1.clone(), c.1.clone()]);
+        let chain = vec![c1.clone(), c2.clone()];
+        assert_eq!(
+            node_set_since(&NET, genesis.clone(), 0, &chain, 30).unwrap(),
+            want
+        );
+        assert_eq!(
+            node_set_since(&NET, at10.clone(), 10, &chain, 30).unwrap(),
+            want
+        );
+        assert_eq!(
+            node_set_since(&NET, at10.clone(), 10, &chain[1..], 30).unwrap(),
+            want
+        );
+
+        // a alone is a quorum of the genesis set, not of {a, b}: a change
+        // it endorses alone passes from genesis, but not from the set at 10.
+        let forged = change(20, &[&c.1], &[&a]);
+        let forged_chain = vec![c1, forged];
+        assert!(node_set_since(&NET, genesis, 0, &[forged_chain[1].clone()], 30).is_ok());
+        assert!(matches!(
+            node_set_since(&NET, at10.clone(), 10, &forged_chain, 30),
+            Err(ReceiptError::NoQuorum {
+                got: 1,
+                needed: 2,
+                ..
+            })
+        ));
+
+        // Two endorsements by one node are refused outright.
+        let twice = change(20, &[&b.1, &c.1], &[&a, &a]);
+        let err = node_set_since(&NET, at10, 10, &[twice], 30).unwrap_err();
+        assert!(err.to_string().contains("twice"), "{err}");
+    }
 }

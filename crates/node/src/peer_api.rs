@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Router};
 use comity_apps::command::MAX_ENTRY_TXS;
+use comity_apps::query;
 use comity_consensus::network::{path, raft_id, FinalCheckpoint, LedgerRequest, CONTENT_TYPE};
 use comity_consensus::state_machine::{LEDGER_PAGE_BYTES, LEDGER_PAGE_RECORDS};
 use serde::de::DeserializeOwned;
@@ -204,17 +205,31 @@ async fn ledger(State(shared): S, ApiBody(body): ApiBody) -> ApiResult<Response>
     Ok(reply(&records))
 }
 
-/// The latest final checkpoint with its endorsed chain, if there is one
-/// yet (and every node-set change up to it is endorsed).
+/// Final checkpoints looked at, newest first, for one whose node-set chain
+/// is complete (a change is endorsed a few checkpoints after it applies).
+const CHECKPOINTS_BACK: u64 = 1024;
+
+/// The newest final checkpoint whose node-set chain is complete, if a
+/// recent one is.
 async fn checkpoint(State(shared): S) -> ApiResult<Response> {
     let cp = tokio::task::spawn_blocking(move || -> ApiResult<Option<FinalCheckpoint>> {
         let r = shared.store.read()?;
-        Ok(comity_apps::query::latest_final(&r)?.and_then(|cp| {
-            Some(FinalCheckpoint {
-                signed: ByteBuf::from(comity_apps::query::checkpoint_cose(&cp)),
-                chain: cp.chain?.into_iter().map(ByteBuf::from).collect(),
-            })
-        }))
+        let Some(latest) = query::latest_final_seq(&r)? else {
+            return Ok(None);
+        };
+        for seq in (latest.saturating_sub(CHECKPOINTS_BACK)..=latest).rev() {
+            let Some(cp) = query::signed_checkpoint(&r, seq)? else {
+                continue;
+            };
+            if let (Some(chain), true) = (&cp.chain, query::is_final(&r, seq)?) {
+                return Ok(Some(FinalCheckpoint {
+                    size: cp.checkpoint.size,
+                    signed: ByteBuf::from(query::checkpoint_cose(&cp)),
+                    chain: chain.iter().cloned().map(ByteBuf::from).collect(),
+                }));
+            }
+        }
+        Ok(None)
     })
     .await
     .map_err(ApiError::internal)??;

@@ -3,18 +3,23 @@
 //! A node that was down while members trusted a new node does not know that
 //! node when it comes back, and refuses its connections; yet the new node
 //! may lead by then, and the returning node would never catch up. So when
-//! this node refuses a peer, it asks the nodes of its Raft group for their
-//! latest final checkpoint, verifies it and the node-set chain up to it
-//! against the network identity, as an offline verifier checks a receipt,
-//! and accepts that checkpoint's nodes until its own state reaches the
-//! checkpoint's size. Whoever relays the checkpoint, only a quorum of
-//! trusted nodes, endorsed change by change from genesis, can vouch for it.
+//! this node refuses a peer, it asks the nodes of its Raft group for a
+//! recent final checkpoint ahead of its state. It verifies the checkpoint
+//! as a receipt verifier would, but from the node set it holds itself
+//! rather than from genesis: the node-set changes since its own latest one
+//! must each be endorsed by a quorum of the set before, and the checkpoint
+//! signed by a quorum of the set they lead to. It accepts that set's nodes
+//! until its own ledger reaches the checkpoint's size. A relay can leave
+//! the latest changes out (and the signatures of nodes they added), so
+//! the set may be an earlier one than the checkpoint's; but every node in
+//! it was trusted by the network at some point since this node's state.
 
 use crate::Shared;
 use comity_consensus::network::{path, FinalCheckpoint};
-use comity_core::network::{NetworkIdentity, NodeSet};
-use comity_core::receipt::{node_set_at, verify_signed_checkpoint};
+use comity_core::network::NodeSet;
+use comity_core::receipt::{node_set_since, verify_checkpoint_by};
 use comity_core::Hash;
+use comity_store::StoreError;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -36,16 +41,25 @@ impl TrustedSince {
     /// Whether `fp` is a node of a set learned for a tree size beyond
     /// `applied()`, this node's ledger size.
     pub fn admits(&self, fp: &Hash, applied: impl FnOnce() -> Option<u64>) -> bool {
-        let learned = self.learned.read().expect("learned lock");
-        match &*learned {
-            Some((size, nodes)) if nodes.get(fp).is_some() => applied().is_some_and(|a| a < *size),
-            _ => false,
-        }
+        let size = match &*self.learned.read().expect("learned lock") {
+            Some((size, nodes)) if nodes.get(fp).is_some() => *size,
+            _ => return false,
+        };
+        applied().is_some_and(|a| a < size)
     }
 
     /// Asks for a round of learning: a peer was refused.
     pub fn refused(&self) {
         self.wanted.notify_one();
+    }
+
+    /// The tree size of the set learned, if any.
+    fn size(&self) -> u64 {
+        self.learned
+            .read()
+            .expect("learned lock")
+            .as_ref()
+            .map_or(0, |(s, _)| *s)
     }
 
     /// Keeps `nodes` if `size` is beyond what was learned before.
@@ -59,12 +73,51 @@ impl TrustedSince {
     }
 }
 
-/// Verifies `cp` against `identity`: its size and the node set signing there.
-fn verify(identity: &NetworkIdentity, cp: FinalCheckpoint) -> anyhow::Result<(u64, NodeSet)> {
-    let chain: Vec<Vec<u8>> = cp.chain.into_iter().map(|c| c.into_vec()).collect();
-    let (checkpoint, _) = verify_signed_checkpoint(&cp.signed, identity, &chain)?;
-    let nodes = node_set_at(identity, &chain, checkpoint.size)?;
-    Ok((checkpoint.size, nodes))
+/// What this node's own state says.
+struct Local {
+    network_id: Hash,
+    /// Its ledger size.
+    len: u64,
+    /// Its latest node-set change: the tree size it took effect at, and the set.
+    since: u64,
+    set: NodeSet,
+}
+
+impl Local {
+    fn read(shared: &Shared) -> Result<Option<Local>, StoreError> {
+        let Some(network_id) = shared.view().network_id else {
+            return Ok(None); // no genesis yet: a joining node's set applies
+        };
+        let r = shared.store.read()?;
+        let Some((change, _)) = comity_apps::node_set::changes(&r, 0, u64::MAX)?.pop() else {
+            return Ok(None);
+        };
+        Ok(Some(Local {
+            network_id,
+            len: r.ledger_len()?,
+            since: change.size,
+            set: change.nodes,
+        }))
+    }
+
+    /// Verifies `cp` from this node's set: its tree size and the node set
+    /// the chain leads to there.
+    fn verify(&self, cp: FinalCheckpoint) -> anyhow::Result<(u64, NodeSet)> {
+        let chain: Vec<Vec<u8>> = cp.chain.into_iter().map(|c| c.into_vec()).collect();
+        let mut signers = None;
+        let (checkpoint, _) = verify_checkpoint_by(&cp.signed, &self.network_id, |size| {
+            let set = node_set_since(&self.network_id, self.set.clone(), self.since, &chain, size)?;
+            signers = Some(set.clone());
+            Ok(set)
+        })?;
+        anyhow::ensure!(
+            checkpoint.size == cp.size,
+            "the checkpoint is of size {}, not {}",
+            checkpoint.size,
+            cp.size
+        );
+        Ok((checkpoint.size, signers.expect("set by the check")))
+    }
 }
 
 /// Learns, each time a peer was refused (at most every [`GAP`]).
@@ -78,12 +131,9 @@ pub(crate) async fn run(shared: Arc<Shared>, since: Arc<TrustedSince>) {
 
 /// One round: every other node of the Raft group is asked.
 async fn ask_peers(shared: &Arc<Shared>, since: &TrustedSince) {
-    let s = shared.clone();
-    let identity =
-        match tokio::task::spawn_blocking(move || crate::network_identity(&s.store)).await {
-            Ok(Ok(Some(identity))) => Arc::new(identity),
-            _ => return, // no genesis yet: the joining node's set applies
-        };
+    if shared.view().network_id.is_none() {
+        return; // no genesis yet: a joining node's set applies
+    }
     let peers: Vec<(u64, String)> = {
         let m = shared.raft.metrics().borrow().clone();
         m.membership_config
@@ -102,17 +152,29 @@ async fn ask_peers(shared: &Arc<Shared>, since: &TrustedSince) {
             Ok(Some(cp)) => cp,
             Ok(None) => continue,
             Err(e) => {
-                tracing::debug!(peer = id, error = %e, "asking for the latest final checkpoint");
+                tracing::debug!(peer = id, error = %e, "asking for a recent final checkpoint");
                 continue;
             }
         };
-        let identity = identity.clone();
-        let checked = tokio::task::spawn_blocking(move || verify(&identity, cp)).await;
+        let s = shared.clone();
+        let learned = since.size();
+        let checked = tokio::task::spawn_blocking(move || {
+            let local = match Local::read(&s) {
+                Ok(Some(local)) => local,
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(anyhow::Error::from(e)),
+            };
+            // Nothing this node's state or an earlier answer already covers.
+            if cp.size <= local.len.max(learned) {
+                return Ok(None);
+            }
+            local.verify(cp).map(Some)
+        })
+        .await;
         match checked {
-            Ok(Ok((size, nodes))) => {
-                let applied = shared.store.read().and_then(|r| r.ledger_len()).ok();
+            Ok(Ok(Some((size, nodes)))) => {
                 let count = nodes.0.len();
-                if applied.is_some_and(|a| a < size) && since.learn(size, nodes) {
+                if since.learn(size, nodes) {
                     tracing::info!(
                         peer = id,
                         size,
@@ -121,8 +183,9 @@ async fn ask_peers(shared: &Arc<Shared>, since: &TrustedSince) {
                     );
                 }
             }
+            Ok(Ok(None)) => {}
             Ok(Err(e)) => {
-                tracing::warn!(peer = id, error = %e, "a peer's latest final checkpoint does not verify")
+                tracing::warn!(peer = id, error = %e, "a peer's recent final checkpoint does not verify")
             }
             Err(_) => return, // the runtime is shutting down
         }
