@@ -222,6 +222,9 @@ fn sign(path: &Path, key: &Path, id: Option<&str>) -> anyhow::Result<()> {
         f.sync_all()?;
     }
     std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
     println!(
         "signed as {}; {} signature(s) now",
         hex::encode(id),
@@ -281,6 +284,13 @@ fn seed(from: &Path, to: &Path) -> anyhow::Result<()> {
     if to.join("ledger").exists() {
         bail!("{} already has a ledger", to.display());
     }
+    if to.join("raft").exists() {
+        // The new group's log would continue an old one under the copy.
+        bail!(
+            "{} has a Raft log: seed into a new, empty data directory",
+            to.display()
+        );
+    }
     // A running node changes its files while they are copied: the copy
     // would be torn. Its state database holds this lock while it runs.
     let lock = from.join("ledger").join("state").join("lock");
@@ -292,10 +302,18 @@ fn seed(from: &Path, to: &Path) -> anyhow::Result<()> {
             from.display()
         );
     }
-    // A half-made copy is removed, so that the command can be run again.
-    let seeded = || -> anyhow::Result<Store> {
-        copy_dir(&from.join("ledger"), &to.join("ledger"))?;
-        let store = open(to)?;
+    // The copy is made and prepared aside, then renamed into place: a
+    // seed cut short by a crash leaves no ledger a node would start from
+    // (with the old group's Raft position), and can be run again.
+    let staging = to.join("ledger.seeding");
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)
+            .with_context(|| format!("removing an unfinished copy {}", staging.display()))?;
+    }
+    let seeded = || -> anyhow::Result<u64> {
+        copy_dir(&from.join("ledger"), &staging)?;
+        let (store, _) = Store::open(&staging, comity_store::segments::DEFAULT_ROLL_BYTES)
+            .with_context(|| format!("opening the copy in {}", staging.display()))?;
         if let Some(seq) = comity_apps::node::diverged_at(&store.read()?)? {
             bail!(
                 "{}: nodes of a quorum of members signed checkpoint {seq} with other roots than this copy computed; its state is not the one they agreed to: seed from another survivor's copy",
@@ -303,16 +321,19 @@ fn seed(from: &Path, to: &Path) -> anyhow::Result<()> {
             );
         }
         comity_consensus::state_machine::forget_raft_log(&store)?;
-        Ok(store)
+        let len = store.read()?.ledger_len()?;
+        drop(store);
+        std::fs::rename(&staging, to.join("ledger"))?;
+        std::fs::File::open(to)?.sync_all()?;
+        Ok(len)
     };
-    let store = seeded().inspect_err(|_| {
-        let _ = std::fs::remove_dir_all(to.join("ledger"));
+    let len = seeded().inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(&staging);
     })?;
     println!(
-        "seeded {} from {} ({} entries); start the node with `recovery = \"<decision>\"` in its configuration",
+        "seeded {} from {} ({len} entries); start the node with `recovery = \"<decision>\"` in its configuration",
         to.display(),
         from.display(),
-        store.read()?.ledger_len()?
     );
     Ok(())
 }

@@ -6,19 +6,20 @@ use std::fs::File;
 use std::io;
 use std::path::Path;
 
-/// `create_dir_all` that fsyncs the parent of every directory it creates.
+/// `create_dir_all` that fsyncs the parent of every directory it creates,
+/// and the parent of `dir` even if it exists: a run killed between creating
+/// it and that fsync leaves an entry later runs must not take as durable.
 pub fn create_dir_all_synced(dir: &Path) -> io::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
-    if let Some(p) = parent {
-        create_dir_all_synced(p)?;
-    }
-    match std::fs::create_dir(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
-        Err(e) => return Err(e),
+    if !dir.is_dir() {
+        if let Some(p) = parent {
+            create_dir_all_synced(p)?;
+        }
+        match std::fs::create_dir(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+            Err(e) => return Err(e),
+        }
     }
     File::open(parent.unwrap_or(Path::new(".")))?.sync_all()
 }

@@ -274,11 +274,27 @@ impl Store {
             });
         }
         let ledger_dir = dir.join("ledger");
-        let has_ledger = std::fs::read_dir(&ledger_dir)
-            .map(|mut d| {
-                d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".seg")))
-            })
-            .unwrap_or(false);
+        // A listing that fails for any reason but absence must not pass
+        // for "no ledger": an empty state would then cut the ledger to 0.
+        let listing_err = |e: std::io::Error| StoreError::Db {
+            message: format!("listing the ledger files: {e}"),
+            path: ledger_dir.clone(),
+        };
+        let has_ledger = match std::fs::read_dir(&ledger_dir) {
+            Ok(d) => {
+                let mut any = false;
+                for e in d {
+                    any |= e
+                        .map_err(listing_err)?
+                        .file_name()
+                        .to_string_lossy()
+                        .ends_with(".seg");
+                }
+                any
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(listing_err(e)),
+        };
         if !db_path.exists() && has_ledger {
             // Opening would cut the ledger back to an empty state's length: refuse instead.
             return Err(StoreError::Mismatch {
