@@ -18,6 +18,7 @@ pub mod server;
 pub mod tls;
 pub mod trusted_since;
 pub mod verifier;
+pub mod write_deadline;
 
 use comity_apps::Command;
 use comity_consensus::log_store::LogStore;
