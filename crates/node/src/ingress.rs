@@ -6,6 +6,7 @@ use crate::error::ApiError;
 use crate::Shared;
 use axum::http::StatusCode;
 use comity_apps::executor::{within_window, Verified};
+use comity_apps::join::MAX_JOIN_BYTES;
 use comity_apps::replay_filter::RecentIds;
 use comity_apps::{codes, keys, registry};
 use comity_consensus::TxOutcome;
@@ -158,6 +159,12 @@ pub struct Passed {
     recent_ids: Arc<RecentIds>,
 }
 
+/// KiB of transactions checked at once. A transaction is decoded into a
+/// tree many times its size, kept while its signature waits for the
+/// verifier: many large ones at once could exhaust memory.
+const CHECKING_KIB: u32 = 8 << 10;
+static CHECKING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(CHECKING_KIB as usize);
+
 /// Every check that can be made before ordering; queues nothing.
 pub async fn check(shared: &Shared, bytes: &[u8]) -> Result<Check, ApiError> {
     let v = shared.view();
@@ -173,7 +180,24 @@ pub async fn check(shared: &Shared, bytes: &[u8]) -> Result<Check, ApiError> {
         ));
     }
     let net = net.ok_or_else(|| ApiError::unavailable("the network has no genesis yet"))?;
+    let kib = u32::try_from(bytes.len() >> 10).map_or(CHECKING_KIB, |k| (k + 1).min(CHECKING_KIB));
+    let _checking = CHECKING
+        .acquire_many(kib)
+        .await
+        .expect("the semaphore is never closed");
     let tx = Tx::parse(bytes).map_err(tx_error)?;
+    // Anyone may send a join request: one too large is refused before any
+    // lookup or signature check.
+    if comity_apps::join::is_join(&tx) && bytes.len() > MAX_JOIN_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "a join request is at most {MAX_JOIN_BYTES} bytes; this is {}",
+                bytes.len()
+            ),
+        ));
+    }
     if tx.payload.net != net {
         return Err(ApiError::bad_request(
             "wrong_network",
@@ -234,17 +258,6 @@ pub async fn check(shared: &Shared, bytes: &[u8]) -> Result<Check, ApiError> {
                 .map_err(|e| ApiError::bad_request("bad_args", format!("invalid proposal: {e}")))?;
         }
         ("node", "join") => {
-            use comity_apps::join::MAX_JOIN_BYTES;
-            if bytes.len() > MAX_JOIN_BYTES {
-                return Err(ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "too_large",
-                    format!(
-                        "a join request is at most {MAX_JOIN_BYTES} bytes; this is {}",
-                        bytes.len()
-                    ),
-                ));
-            }
             if let Err((code, why)) = comity_apps::join::admissible(&shared.store.read()?, &tx)? {
                 let status = match code {
                     codes::BAD_ARGS => StatusCode::BAD_REQUEST,
