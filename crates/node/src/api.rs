@@ -48,7 +48,7 @@ const MAX_PAGE: u64 = 1000;
 /// A page of ledger entries stops growing past this many bytes (it always
 /// holds at least one entry), so a request cannot make the node build a
 /// reply as large as a thousand maximal transactions.
-const MAX_PAGE_BYTES: usize = 4 << 20;
+pub(crate) const MAX_PAGE_BYTES: usize = 4 << 20;
 
 static OPENAPI: &str = include_str!("../../../docs/openapi.json");
 

@@ -1,7 +1,9 @@
 //! Governance reads: members, users, nodes, proposals, the constitution, and
 //! the history of each, with state proofs and receipts.
 
-use crate::api::{authorize, authorize_member, checkpoint_json, parse_hash, ApiPath, ApiQuery, S};
+use crate::api::{
+    authorize, authorize_member, checkpoint_json, parse_hash, ApiPath, ApiQuery, MAX_PAGE_BYTES, S,
+};
 use crate::error::{ApiError, ApiResult};
 use crate::server::ClientIdentity;
 use axum::http::StatusCode;
@@ -195,15 +197,30 @@ async fn history(
     let subject = subject(&s)?;
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_LIST);
     let from = q.after.map_or(0, |i| i.saturating_add(1));
+    // Off the async threads: each item reads a record and builds a receipt.
+    tokio::task::spawn_blocking(move || history_page(&shared, &subject, from, limit).map(Json))
+        .await
+        .map_err(ApiError::internal)?
+}
+
+/// A page of [`history`]: at most `limit` entries, ended early once it
+/// holds [`MAX_PAGE_BYTES`] (proposals may be large).
+fn history_page(
+    shared: &crate::Shared,
+    subject: &Hash,
+    from: u64,
+    limit: usize,
+) -> ApiResult<Value> {
     // One more than the page holds tells whether another page follows.
-    let mut entries = gov::query::history(&shared.store.read()?, &subject, from, limit + 1)?;
-    let next = (entries.len() > limit).then(|| entries[limit - 1].0);
+    let mut entries = gov::query::history(&shared.store.read()?, subject, from, limit + 1)?;
+    let mut next = (entries.len() > limit).then(|| entries[limit - 1].0);
     entries.truncate(limit);
-    let mut items = Vec::with_capacity(entries.len());
-    for (index, tx) in entries {
+    let (n, mut items, mut bytes) = (entries.len(), Vec::with_capacity(entries.len()), 0);
+    for (k, (index, tx)) in entries.into_iter().enumerate() {
         let (rec, leaf) = query::record(&shared.store, index)?;
         let parsed = comity_core::tx::Tx::parse(&rec.body).ok();
         let receipt = query::receipt(&shared.store, index, true)?.map(|r| hex::encode(r.to_cose()));
+        bytes += 2 * tx.len() + receipt.as_ref().map_or(0, String::len);
         items.push(json!({
             "index": index,
             "tx": hex::encode(tx),
@@ -213,8 +230,10 @@ async fn history(
             "signer": parsed.as_ref().map(|t| hex::encode(t.kid)),
             "receipt": receipt,
         }));
+        if bytes >= MAX_PAGE_BYTES && k + 1 < n {
+            next = Some(index);
+            break;
+        }
     }
-    Ok(Json(
-        json!({ "subject": hex::encode(subject), "items": items, "next": next }),
-    ))
+    Ok(json!({ "subject": hex::encode(subject), "items": items, "next": next }))
 }

@@ -26,6 +26,9 @@ use std::sync::Arc;
 const MAX_LIST: usize = 500;
 /// Largest personal-data blob a node keeps for a document.
 pub const MAX_PERSONAL: usize = 64 * 1024;
+/// Personal-data writes at once: each holds the store's write lock, which
+/// apply needs too, until it is fsynced.
+static PERSONAL_WRITES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
 pub fn routes() -> Router<Arc<crate::Shared>> {
     Router::new()
@@ -219,8 +222,20 @@ fn tx_shown(shared: &crate::Shared, index: u64, me: &Hash) -> ApiResult<bool> {
 }
 
 /// A subject's events from `from`, each with its hash, exact bytes and
-/// receipt (with the transaction when [`tx_shown`] to `me`).
-fn events_json(
+/// receipt (with the transaction when [`tx_shown`] to `me`). Off the async
+/// threads: each receipt reads records and proofs.
+async fn events_json(
+    shared: Arc<crate::Shared>,
+    subject: Hash,
+    q: EventParams,
+    me: Hash,
+) -> ApiResult<Json<Value>> {
+    tokio::task::spawn_blocking(move || events_page(&shared, &subject, &q, &me).map(Json))
+        .await
+        .map_err(ApiError::internal)?
+}
+
+fn events_page(
     shared: &crate::Shared,
     subject: &Hash,
     q: &EventParams,
@@ -254,7 +269,7 @@ async fn doc_events(
 ) -> ApiResult<Json<Value>> {
     let me = authorize(&shared, who)?;
     let d = readable(load(&shared, &parse_hash(&id)?)?, &me)?;
-    Ok(Json(events_json(&shared, &d.id.0, &q, &me)?))
+    events_json(shared, d.id.0, q, me).await
 }
 
 /// A collection is shown to its owner and to whoever may read all of its
@@ -318,7 +333,7 @@ async fn collection_events(
             "a collection's history is shown to its owner only: earlier orders may name documents you may not read",
         ));
     }
-    Ok(Json(events_json(&shared, &c.id.0, &q, &me)?))
+    events_json(shared, c.id.0, q, me).await
 }
 
 /// Personal data is for the people the record names: its registrant,
@@ -397,7 +412,21 @@ async fn personal_put(
     }
     let store = shared.store.clone();
     let id = d.id.0;
+    // Each write excludes apply until it is fsynced: few at a time, and
+    // none for a blob already stored.
+    let _writing = PERSONAL_WRITES
+        .acquire()
+        .await
+        .expect("the semaphore is never closed");
     let stored = tokio::task::spawn_blocking(move || -> Result<bool, comity_store::StoreError> {
+        if store
+            .read()?
+            .aux_get(&keys::notary_personal(&id))?
+            .as_deref()
+            == Some(&body[..])
+        {
+            return Ok(true);
+        }
         let t = store.begin()?;
         {
             let mut b = t.batch()?;
