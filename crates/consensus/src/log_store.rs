@@ -555,11 +555,20 @@ fn replay(path: &Path, last: bool, mut f: impl FnMut(WalRecord)) -> Result<(), W
         let end = off + 8 + len as usize;
         if len > MAX_RECORD || end > data.len() {
             // A torn write leaves nothing valid after it; a damaged length does.
-            if valid_frame_after(&data, off + 1, seed) {
-                return Err(corrupt(
-                    off,
-                    "damaged record length with valid records after it",
-                ));
+            match valid_frame_after(&data, off + 1, seed, SCAN_BUDGET) {
+                Some(false) => {}
+                Some(true) => {
+                    return Err(corrupt(
+                        off,
+                        "damaged record length with valid records after it",
+                    ))
+                }
+                None => {
+                    return Err(corrupt(
+                        off,
+                        "a record runs past the end of the file, and whether valid records follow could not be told within the scan's budget (a torn tail or damage: restore this node's copy from a healthy node)",
+                    ))
+                }
             }
             if torn("record runs past the end of the file")? {
                 break;
@@ -596,11 +605,31 @@ fn truncate(path: &Path, len: usize) -> Result<(), WalError> {
     file.sync_all().map_err(io(path))
 }
 
-/// Whether a checksum-valid record starts anywhere at or after `from`. With
-/// a salted segment only the node's own records can pass, never bytes a
+/// Most bytes [`valid_frame_after`] checksums while opening a segment: the
+/// bytes of a torn record are a client's, which could be made to look like
+/// lengths at every offset and keep a start hashing for hours.
+const SCAN_BUDGET: usize = 8 << 30;
+
+/// Whether a checksum-valid record starts anywhere at or after `from`
+/// (`None` if that took more than `budget` bytes of checksums). With a
+/// salted segment only the node's own records can pass, never bytes a
 /// client chose.
-fn valid_frame_after(data: &[u8], from: usize, seed: u32) -> bool {
-    (from..data.len().saturating_sub(8)).any(|o| frame_at(data, o, seed))
+fn valid_frame_after(data: &[u8], from: usize, seed: u32, budget: usize) -> Option<bool> {
+    let mut spent = 0usize;
+    for o in from..data.len().saturating_sub(8) {
+        let len = u32::from_le_bytes(data[o..o + 4].try_into().expect("4 bytes")) as usize;
+        if len == 0 || len > MAX_RECORD as usize || o + 8 + len > data.len() {
+            continue;
+        }
+        spent += len;
+        if spent > budget {
+            return None;
+        }
+        if frame_at(data, o, seed) {
+            return Some(true);
+        }
+    }
+    Some(false)
 }
 
 /// Whether a record with a matching checksum starts at offset `o`.
@@ -756,6 +785,33 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_scan_after_a_torn_record_is_bounded_and_finds_a_real_frame() {
+        // Every fourth offset claims a 4 KiB record: each costs a checksum.
+        let lengths: Vec<u8> = std::iter::repeat_n([0u8, 0x10, 0, 0], 64 << 10)
+            .flatten()
+            .collect();
+        assert_eq!(super::valid_frame_after(&lengths, 1, 7, 1 << 20), None);
+        assert_eq!(
+            super::valid_frame_after(&lengths, 1, 7, usize::MAX),
+            Some(false)
+        );
+        let payload = b"a record of this node's";
+        let mut with_frame = vec![0xee; 100];
+        with_frame.extend((payload.len() as u32).to_le_bytes());
+        with_frame.extend(super::checksum(7, payload).to_le_bytes());
+        with_frame.extend(payload);
+        assert_eq!(
+            super::valid_frame_after(&with_frame, 1, 7, 1 << 20),
+            Some(true)
+        );
+        assert_eq!(
+            super::valid_frame_after(&with_frame, 1, 8, 1 << 20),
+            Some(false),
+            "another segment's salt"
+        );
+    }
+
     use super::*;
     use comity_apps::Command;
     use openraft::storage::RaftLogStorageExt;
