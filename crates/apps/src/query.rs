@@ -21,8 +21,11 @@ pub const MAX_SCAN: usize = 4096;
 /// Reads an index in key order, `read` giving the next entries from a start
 /// key, and keeps what `keep` makes of each entry, until `limit` items or
 /// [`MAX_SCAN`] entries. Returns the items and, unless the index was read
-/// to its end, the last key read: the next page starts after it. A page
-/// that fills up on the index's last entry has no next page.
+/// to its end, the last key read: the next page starts after it.
+///
+/// A full page has a next page only if `keep` would keep another entry
+/// (within the scan's budget): a cursor present whenever any entry
+/// follows would tell the caller of entries it may not read.
 pub fn scan<T>(
     mut read: impl FnMut(&[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>,
     mut start: Vec<u8>,
@@ -31,6 +34,8 @@ pub fn scan<T>(
 ) -> Result<(Vec<T>, Option<Vec<u8>>), StoreError> {
     let mut items = Vec::new();
     let mut scanned = 0;
+    // Once the page is full: the key of its last item.
+    let mut full: Option<Vec<u8>> = None;
     loop {
         let entries = read(&start)?;
         let Some((last, _)) = entries.last() else {
@@ -38,16 +43,18 @@ pub fn scan<T>(
         };
         for (k, v) in &entries {
             if let Some(item) = keep(k, v)? {
+                if full.is_some() {
+                    return Ok((items, full));
+                }
                 items.push(item);
                 if items.len() >= limit {
-                    let more = k != last || !read(&[k.as_slice(), &[0]].concat())?.is_empty();
-                    return Ok((items, more.then(|| k.clone())));
+                    full = Some(k.clone());
                 }
             }
         }
         scanned += entries.len();
         if scanned >= MAX_SCAN {
-            return Ok((items, Some(last.clone())));
+            return Ok((items, Some(full.unwrap_or_else(|| last.clone()))));
         }
         start = [last.as_slice(), &[0]].concat();
     }
@@ -334,4 +341,48 @@ pub fn kv_history(
 /// The genesis document bytes (ledger entry 0).
 pub fn genesis_doc(store: &Store) -> Result<Vec<u8>, StoreError> {
     Ok(record(store, 0)?.0.body)
+}
+
+#[cfg(test)]
+mod scan_tests {
+    use super::*;
+
+    /// Pages of an index of keys 1..=n where `readable` entries are kept.
+    fn pages(n: u8, readable: &[u8], limit: usize) -> Vec<(Vec<u8>, bool)> {
+        let index: Vec<(Vec<u8>, Vec<u8>)> = (1..=n).map(|k| (vec![k], Vec::new())).collect();
+        let read = |from: &[u8]| {
+            Ok(index
+                .iter()
+                .filter(|(k, _)| k.as_slice() >= from)
+                .take(3)
+                .cloned()
+                .collect())
+        };
+        let mut out = Vec::new();
+        let mut start = vec![0];
+        loop {
+            let (items, next) = scan(read, start, limit, |k, _| {
+                Ok(readable.contains(&k[0]).then(|| k[0]))
+            })
+            .unwrap();
+            out.push((items, next.is_some()));
+            match next {
+                Some(k) => start = [k.as_slice(), &[0]].concat(),
+                None => return out,
+            }
+        }
+    }
+
+    #[test]
+    fn a_full_page_has_a_cursor_only_if_a_readable_entry_follows() {
+        assert_eq!(
+            pages(10, &[2, 4, 6, 8, 10], 2),
+            [(vec![2, 4], true), (vec![6, 8], true), (vec![10], false)]
+        );
+        // Entries the reader may not read after its last one: no cursor
+        // hints at them.
+        assert_eq!(pages(9, &[2, 4], 2), [(vec![2, 4], false)]);
+        assert_eq!(pages(4, &[2, 4], 2), [(vec![2, 4], false)]);
+        assert_eq!(pages(3, &[], 2), [(vec![], false)]);
+    }
 }
