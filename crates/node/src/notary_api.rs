@@ -283,18 +283,8 @@ fn load_collection(
     let r = shared.store.read()?;
     let c = collection::load(&r, &parse_hash(id)?)?;
     let shown = match &c {
-        Some(c) if c.owner.0 == *me => true,
-        Some(c) if !c.documents.is_empty() => {
-            let mut all = true;
-            for d in &c.documents {
-                if !document::load(&r, &d.0)?.is_some_and(|d| d.may_read(me)) {
-                    all = false;
-                    break;
-                }
-            }
-            all
-        }
-        _ => false,
+        Some(c) => collection::readable_by(&r, c, me)?,
+        None => false,
     };
     c.filter(|_| shown).ok_or_else(|| {
         ApiError::not_found(

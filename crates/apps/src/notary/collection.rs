@@ -55,6 +55,23 @@ pub fn load(s: &impl StateRead, id: &Hash) -> Result<Option<Collection>, StoreEr
         .transpose()
 }
 
+/// Whether `who` may read `c`: its owner, and whoever may read every one
+/// of its documents (an empty collection is its owner's alone).
+pub fn readable_by(s: &impl StateRead, c: &Collection, who: &Hash) -> Result<bool, StoreError> {
+    if c.owner.0 == *who {
+        return Ok(true);
+    }
+    if c.documents.is_empty() {
+        return Ok(false);
+    }
+    for d in &c.documents {
+        if !document::load(s, &d.0)?.is_some_and(|d| d.may_read(who)) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 pub fn create(ctx: &mut Ctx<'_, '_>, a: CreateArgs) -> AppResult {
     let max = document::MAX_TEXT;
     if a.name.is_empty() || a.name.len() > max || a.matter.len() > max {
@@ -93,7 +110,13 @@ pub fn set_order(ctx: &mut Ctx<'_, '_>, a: OrderArgs) -> AppResult {
         return Ok(Err(Reject(codes::NOT_FOUND)));
     };
     if c.owner.0 != ctx.signer {
-        return Ok(Err(Reject(codes::NOT_AUTHORIZED)));
+        // Whoever may not read it is not told it exists.
+        let code = if readable_by(&*ctx.batch, &c, &ctx.signer)? {
+            codes::NOT_AUTHORIZED
+        } else {
+            codes::NOT_FOUND
+        };
+        return Ok(Err(Reject(code)));
     }
     for d in &a.documents {
         if super::shown(ctx, &d.0)?.is_none() {

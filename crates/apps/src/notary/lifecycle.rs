@@ -318,7 +318,17 @@ pub fn destroy(ctx: &mut Ctx<'_, '_>, a: DocArgs) -> AppResult {
     if u.doc.retain_until.is_some_and(|t| ctx.time < t) {
         return Ok(Err(Reject(codes::RETENTION_NOT_ENDED)));
     }
-    if (u.doc.approvals.len() as u64) < u.doc.retention.approvals {
+    // Only approvals by those who may approve now count: custody that
+    // changed hands since must not carry a former custodian's approval
+    // (with an accomplice as custodian, any count could be reached).
+    let approvers: Vec<String> = u
+        .doc
+        .approvals
+        .iter()
+        .filter(|x| u.doc.may_approve(&x.by.0))
+        .map(|x| hex::encode(x.by.0))
+        .collect();
+    if (approvers.len() as u64) < u.doc.retention.approvals {
         return Ok(Err(Reject(codes::APPROVALS_MISSING)));
     }
     if u.doc.personal.is_some() && !u.doc.personal_erased {
@@ -332,13 +342,7 @@ pub fn destroy(ctx: &mut Ctx<'_, '_>, a: DocArgs) -> AppResult {
         index: ctx.index,
         time: ctx.time,
     });
-    let approvers = u
-        .doc
-        .approvals
-        .iter()
-        .map(|x| hex::encode(x.by.0))
-        .collect::<Vec<_>>()
-        .join(",");
+    let approvers = approvers.join(",");
     u.event(
         ctx,
         kind::DESTROYED,
