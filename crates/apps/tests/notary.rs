@@ -612,7 +612,14 @@ fn duplicate_registration_is_a_retry_or_refused() {
         reg(digest, "Second title", &[(&bob, "x")], 0, 1),
         "digest_registered",
     );
-    // The registrant's retry (a new transaction) is a no-op.
+    // The registrant's retry (a new transaction) is a no-op; with other
+    // terms it is refused like anyone's.
+    n.expect(
+        &alice,
+        "register",
+        reg(digest, "First", &[(&bob, "buyer")], 0, 1),
+        "digest_registered",
+    );
     let again = n.expect(&alice, "register", reg(digest, "First", &[], DAY, 1), "ok");
     assert_eq!(n.doc(&first), before, "unchanged, no new event");
     let r = n.store.read().unwrap();

@@ -408,6 +408,21 @@ impl Ctx {
             args["personal"] = json!(hex::encode(comity_core::crypto::sha256(p)));
         }
         let s = self.signer().await?;
+        let id = document::id_of(&digest);
+        // Registered by this identity already, as the same kind of version
+        // (an earlier run, perhaps with other terms, which the ledger would
+        // refuse): nothing is sent.
+        if let Ok(existing) = self.record(&id).await {
+            if existing.registrant.0 == s.id && existing.predecessor.map(|p| p.0) == predecessor {
+                println!(
+                    "already registered: this digest is document {}",
+                    hex::encode(id)
+                );
+                println!("document {}", hex::encode(id));
+                println!("  digest {}", hex::encode(digest));
+                return Ok(());
+            }
+        }
         let tx = match predecessor {
             Some(p) => {
                 args["predecessor"] = json!(hex::encode(p));
@@ -416,7 +431,6 @@ impl Ctx {
             None => s.notary_register(&args)?,
         };
         let st = self.submit(&tx, "registration").await?;
-        let id = document::id_of(&digest);
         if self.record(&id).await?.index != st.index.unwrap_or_default() {
             println!(
                 "already registered: this digest is document {}",

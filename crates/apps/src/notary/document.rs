@@ -303,6 +303,20 @@ impl Document {
         }
     }
 
+    /// Whether `a` asks for exactly the terms this record was registered
+    /// with (its digest aside, which names it): a registrant's retry.
+    pub fn registered_with(&self, a: &RegisterArgs) -> bool {
+        self.salted == a.salted
+            && self.title == a.title
+            && self.kind == a.kind
+            && self.matter == a.matter
+            && self.org == a.org
+            && self.parties == a.parties
+            && self.retention == a.retention
+            && self.personal == a.personal
+            && self.predecessor == a.predecessor
+    }
+
     pub fn is_party(&self, who: &Hash) -> bool {
         self.parties.iter().any(|p| p.id.0 == *who)
     }

@@ -11,8 +11,9 @@ use crate::registry::Role;
 use crate::{codes, keys, Reject};
 
 /// `register` (no predecessor) and `amend` (a new version of an executed
-/// document). Registering a digest again is an idempotent no-op for its
-/// registrant (a retry) and refused for anyone else (`digest_registered`):
+/// document). Registering a digest again with the same terms is an
+/// idempotent no-op for its registrant (a retry) and refused otherwise
+/// (`digest_registered`):
 /// the existing record stands and no event is added.
 ///
 /// An amendment is a draft that must name every signing party of the
@@ -31,7 +32,8 @@ pub fn register(ctx: &mut Ctx<'_, '_>, a: RegisterArgs, amend: bool) -> AppResul
         Some(p) => Some(refuse!(Update::load_managed(ctx, &p.0)?)),
     };
     if let Some(existing) = document::load(&*ctx.batch, &id)? {
-        let retry = existing.registrant.0 == ctx.signer && existing.predecessor == a.predecessor;
+        // Other terms would get an applied receipt that contradicts the record.
+        let retry = existing.registrant.0 == ctx.signer && existing.registered_with(&a);
         return Ok(if retry {
             Ok(())
         } else {
