@@ -33,8 +33,10 @@ pub fn refresh_member_keys(batch: &mut WriteBatch<'_>) -> Result<(), StoreError>
 }
 
 /// Whether the new node set may be trusted by `s`'s rules, as a `node.trust`
-/// vote would be: each operator an active member, no retired node back, no
-/// key that belongs to another identity. On refusal, the code and why.
+/// vote would be: each operator an active member (and the member a pending
+/// node asked to join for), no retired node back, no key that belongs to
+/// another identity, no two nodes with one Raft id. On refusal, the code
+/// and why.
 pub fn check_new_nodes(
     s: &impl StateRead,
     nodes: &NodeSet,
@@ -63,7 +65,22 @@ pub fn check_new_nodes(
                     format!("node {id} was retired; retired is final"),
                 )));
             }
+            Some(i) if i.operator.is_some_and(|op| op != n.member) => {
+                return Ok(Err((
+                    codes::FORBIDDEN,
+                    format!("node {id} asked to join for another member"),
+                )));
+            }
             _ => {}
+        }
+        // Raft knows a node by the first 8 bytes of its id.
+        if nodes
+            .0
+            .iter()
+            .any(|m| m.id != n.id && m.id[..8] == n.id[..8])
+        {
+            let why = format!("node {id} has the Raft id (first 8 bytes) of another of the set");
+            return Ok(Err((codes::ALREADY_EXISTS, why)));
         }
         if gov::state::key_owner(s, &n.id)?.is_some_and(|owner| owner != n.id) {
             let why = format!("the key of node {id} belongs to another identity");

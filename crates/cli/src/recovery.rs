@@ -162,7 +162,7 @@ fn prepare(from: &Path, nodes: &Path, reason: &str, out: &Path) -> anyhow::Resul
     crate::keys::write_new(out, &signed, 0o644)?;
     println!(
         "wrote {}: continue network {} from its {size} entries (checkpoint {} of size {}) with {} nodes.\n\
-         Each member signs it with `comity recovery sign {} --key <member key>`; a majority is needed.",
+         Each member signs it with `comity recovery sign {} --key <member key>`; a majority is needed, including the operator of every node it names.",
         out.display(),
         hex::encode(network_id),
         cp.checkpoint.seq,
@@ -252,7 +252,7 @@ fn show(path: &Path) -> anyhow::Result<()> {
     }
     let members = recovery::MemberKeys::from_cbor(&r.members)?;
     let body = r.to_cbor();
-    let mut valid = 0;
+    let mut valid = std::collections::BTreeSet::new();
     for s in &sign.signatures {
         let id = checkpoint::signer(s)?;
         let ok = members.0.iter().any(|(m, k)| {
@@ -260,7 +260,9 @@ fn show(path: &Path) -> anyhow::Result<()> {
                 && PublicKey::from_spki_der(k)
                     .is_ok_and(|k| checkpoint::verify(RECOVERY_CONTENT_TYPE, &body, s, &k).is_ok())
         });
-        valid += usize::from(ok);
+        if ok {
+            valid.insert(id);
+        }
         println!(
             "signed by {}{}",
             hex::encode(id),
@@ -272,10 +274,28 @@ fn show(path: &Path) -> anyhow::Result<()> {
         );
     }
     let needed = members.0.len() / 2 + 1;
+    let unsigned: std::collections::BTreeSet<_> = r
+        .nodes
+        .0
+        .iter()
+        .map(|n| n.member)
+        .filter(|m| !valid.contains(m))
+        .collect();
+    for m in &unsigned {
+        println!(
+            "operator  {} runs a node of the new set and must sign too",
+            hex::encode(m)
+        );
+    }
     println!(
-        "{valid} valid member signature(s) of {needed} needed ({} active members in the surviving copy){}",
+        "{} valid member signature(s) of {needed} needed ({} active members in the surviving copy){}",
+        valid.len(),
         members.0.len(),
-        if valid >= needed { ": ready" } else { "" }
+        if valid.len() >= needed && unsigned.is_empty() {
+            ": ready"
+        } else {
+            ""
+        }
     );
     Ok(())
 }

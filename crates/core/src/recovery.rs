@@ -173,7 +173,8 @@ pub fn signatures(sign: &CoseSign) -> Vec<Vec<u8>> {
 /// Checks a signed decision against `set`, the node set in force from tree
 /// size `since`: the surviving copy's checkpoint is final under `set` (so at
 /// least `since` and at most the decision's size), the member keys are
-/// proved in its state, and a majority of those members signed. Returns the decision.
+/// proved in its state, and a majority of those members signed, among them
+/// the operator of every node it names. Returns the decision.
 pub fn verify(
     signed: &[u8],
     network_id: &Hash,
@@ -234,6 +235,15 @@ pub fn verify(
             needed,
             what: "recovery (members)",
         });
+    }
+    // A node counts for its operator in every quorum after: no majority
+    // may give a member a node it did not agree to run.
+    if let Some(n) = r.nodes.0.iter().find(|n| !signed_by.contains(&n.member)) {
+        return Err(ReceiptError::Chain(format!(
+            "recovery names node {} for member {}, who did not sign it",
+            hex::encode(n.id),
+            hex::encode(n.member)
+        )));
     }
     Ok(r)
 }
