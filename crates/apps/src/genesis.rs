@@ -67,8 +67,8 @@ impl Config {
         if !(1_000..=7 * 24 * 3600 * 1000).contains(&self.tx_window_ms) {
             return Err("tx_window_ms must be 1 second to 7 days".into());
         }
-        if !(1024..=MAX_TX_BYTES).contains(&self.max_tx_bytes) {
-            return Err("max_tx_bytes must be 1 KiB to 4 MiB".into());
+        if !(MIN_TX_BYTES..=MAX_TX_BYTES).contains(&self.max_tx_bytes) {
+            return Err("max_tx_bytes must be 64 KiB to 4 MiB".into());
         }
         Ok(())
     }
@@ -136,6 +136,11 @@ pub struct NodeMeta {
 
 /// The data key holding a node's peer address (`host:port`).
 pub const ADDRESS: &str = "address";
+
+/// Smallest `max_tx_bytes` a network may set: the nodes' own transactions
+/// must always fit (an endorsement carries the whole node set, a join
+/// request up to 16 KiB), or receipts would wait for good.
+pub const MIN_TX_BYTES: u64 = 64 << 10;
 
 /// Largest `max_tx_bytes` a network may set: what the HTTP API reads of a
 /// body, and well inside a ledger record (16 MiB) with its outcome and proof.
