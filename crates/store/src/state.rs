@@ -321,6 +321,10 @@ impl Store {
             }))
             .open()
             .map_err(&err)?;
+        // What a killed process wrote may still be in the page cache only:
+        // made durable before anything (the purge floor, the ledger's
+        // length) is decided from it.
+        db.persist(PersistMode::SyncAll).map_err(&err)?;
         let keyspaces: Keyspaces = Arc::new(
             KEYSPACES
                 .iter()
