@@ -700,11 +700,15 @@ async fn a_contracts_life_over_https() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Some("unknown_signer"));
-    n.submit(
-        bob.notary("register", &json!({"digest": "zz"})).unwrap(),
-        "bad_args",
-    )
-    .await;
+    let e = n
+        .client
+        .submit(
+            &bob.notary("register", &json!({"digest": "zz"})).unwrap(),
+            true,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!((e.status(), e.code()), (Some(400), Some("bad_args")), "{e}");
     n.submit(
         bob.notary_sign(&wid, &sha256(b"another")),
         "digest_mismatch",

@@ -258,6 +258,14 @@ pub async fn check(shared: &Shared, bytes: &[u8]) -> Result<Check, ApiError> {
                 ApiError::bad_request(code, format!("kv.{op} takes {{key, value}} (put) or {{key}} (delete), a key of 1 to {} bytes and a value of at most {} bytes", comity_apps::kv::MAX_KEY_LEN, comity_apps::kv::MAX_VALUE_LEN))
             })?;
         }
+        ("notary", op) => {
+            comity_apps::notary::check_args(op, &tx.payload.args).map_err(|code| {
+                ApiError::bad_request(
+                    code,
+                    format!("notary.{op}: arguments not of the shape docs/api.md gives"),
+                )
+            })?;
+        }
         ("gov", "propose") => {
             comity_apps::gov::parse_proposal(&tx.payload.args)
                 .map_err(|e| ApiError::bad_request("bad_args", format!("invalid proposal: {e}")))?;

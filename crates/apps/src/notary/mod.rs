@@ -112,6 +112,30 @@ fn parse<T: DeserializeOwned>(args: &Value) -> Option<T> {
     cbor::to_serde(args).ok()
 }
 
+/// Expands `$each!(handler)` for the handler of `$op`, else `$unknown`:
+/// the one table of operations that apply and ingress share.
+macro_rules! by_op {
+    ($op:expr, $each:ident, $unknown:expr) => {
+        match $op {
+            "register" => $each!(register),
+            "amend" => $each!(amend),
+            "sign" => $each!(lifecycle::sign),
+            "expire" => $each!(lifecycle::expire),
+            "revoke" => $each!(lifecycle::revoke),
+            "hold.place" => $each!(lifecycle::hold_place),
+            "hold.lift" => $each!(lifecycle::hold_lift),
+            "custody.offer" => $each!(custody::offer),
+            "custody.accept" => $each!(custody::accept),
+            "destroy.approve" => $each!(lifecycle::destroy_approve),
+            "destroy" => $each!(lifecycle::destroy),
+            "metadata.erase" => $each!(lifecycle::erase),
+            "collection.create" => $each!(collection::create),
+            "collection.set_order" => $each!(collection::set_order),
+            _ => $unknown,
+        }
+    };
+}
+
 pub fn execute(ctx: &mut Ctx<'_, '_>, op: &str, args: &Value) -> AppResult {
     if !matches!(ctx.role, Role::User | Role::Member) {
         return Ok(Err(Reject(codes::FORBIDDEN)));
@@ -124,23 +148,25 @@ pub fn execute(ctx: &mut Ctx<'_, '_>, op: &str, args: &Value) -> AppResult {
             }
         };
     }
-    match op {
-        "register" => run!(register),
-        "amend" => run!(amend),
-        "sign" => run!(lifecycle::sign),
-        "expire" => run!(lifecycle::expire),
-        "revoke" => run!(lifecycle::revoke),
-        "hold.place" => run!(lifecycle::hold_place),
-        "hold.lift" => run!(lifecycle::hold_lift),
-        "custody.offer" => run!(custody::offer),
-        "custody.accept" => run!(custody::accept),
-        "destroy.approve" => run!(lifecycle::destroy_approve),
-        "destroy" => run!(lifecycle::destroy),
-        "metadata.erase" => run!(lifecycle::erase),
-        "collection.create" => run!(collection::create),
-        "collection.set_order" => run!(collection::set_order),
-        _ => Ok(Err(Reject(codes::UNKNOWN_OP))),
+    by_op!(op, run, Ok(Err(Reject(codes::UNKNOWN_OP))))
+}
+
+/// Whether `args` have the shape `op` takes, as apply reads them: checked
+/// at ingress, so that a malformed one is never queued or recorded.
+pub fn check_args(op: &str, args: &Value) -> Result<(), &'static str> {
+    fn parses<A: DeserializeOwned>(_: fn(&mut Ctx<'_, '_>, A) -> AppResult, args: &Value) -> bool {
+        parse::<A>(args).is_some()
     }
+    macro_rules! shape {
+        ($f:path) => {
+            if parses($f, args) {
+                Ok(())
+            } else {
+                Err(codes::BAD_ARGS)
+            }
+        };
+    }
+    by_op!(op, shape, Err(codes::UNKNOWN_OP))
 }
 
 fn register(ctx: &mut Ctx<'_, '_>, a: document::RegisterArgs) -> AppResult {
