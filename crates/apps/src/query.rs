@@ -21,11 +21,12 @@ pub const MAX_SCAN: usize = 4096;
 /// Reads an index in key order, `read` giving the next entries from a start
 /// key, and keeps what `keep` makes of each entry, until `limit` items or
 /// [`MAX_SCAN`] entries. Returns the items and, unless the index was read
-/// to its end, the last key read: the next page starts after it.
+/// to its end, where the next page starts after: the last item's key for a
+/// full page, else the last key read.
 ///
-/// A full page has a next page only if `keep` would keep another entry
-/// (within the scan's budget): a cursor present whenever any entry
-/// follows would tell the caller of entries it may not read.
+/// A full page has a next page only if `keep` would keep another entry,
+/// or the scan's budget ran out first: a cursor present whenever any
+/// entry followed would tell the caller of entries it may not read.
 pub fn scan<T>(
     mut read: impl FnMut(&[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>,
     mut start: Vec<u8>,

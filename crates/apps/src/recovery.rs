@@ -41,7 +41,7 @@ pub fn check_new_nodes(
     s: &impl StateRead,
     nodes: &NodeSet,
 ) -> Result<Result<(), (&'static str, String)>, StoreError> {
-    for n in &nodes.0 {
+    for (i, n) in nodes.0.iter().enumerate() {
         let id = hex::encode(n.id);
         if !registry::get(s, &n.member)?
             .is_some_and(|m| m.role == Role::Member && m.status == Status::Active)
@@ -77,9 +77,12 @@ pub fn check_new_nodes(
         if nodes
             .0
             .iter()
-            .any(|m| m.id != n.id && m.id[..8] == n.id[..8])
+            .enumerate()
+            .any(|(j, m)| j != i && m.id[..8] == n.id[..8])
         {
-            let why = format!("node {id} has the Raft id (first 8 bytes) of another of the set");
+            let why = format!(
+                "node {id} is named twice, or has the Raft id (first 8 bytes) of another of the set"
+            );
             return Ok(Err((codes::ALREADY_EXISTS, why)));
         }
         if gov::state::key_owner(s, &n.id)?.is_some_and(|owner| owner != n.id) {

@@ -538,6 +538,12 @@ fn destruction_rules() {
     n.act(&carol, "destroy", &e, "approvals_missing");
     n.act(&bob, "destroy.approve", &e, "ok");
     n.act(&carol, "destroy", &e, "ok");
+    let destroyed = decode_event(n.events(&e).last().unwrap());
+    assert_eq!(
+        destroyed.details["approvers"],
+        format!("{},{}", hx(&carol), hx(&bob)),
+        "alice's approval did not count"
+    );
 
     // Arguments that do not parse or do not make sense.
     n.expect(

@@ -409,33 +409,45 @@ impl Ctx {
         }
         let s = self.signer().await?;
         let id = document::id_of(&digest);
+        if let Some(p) = predecessor {
+            args["predecessor"] = json!(hex::encode(p));
+        }
+        let already = || {
+            println!(
+                "already registered: this digest is document {}",
+                hex::encode(id)
+            )
+        };
         // Registered by this identity already, as the same kind of version
-        // (an earlier run, perhaps with other terms, which the ledger would
-        // refuse): nothing is sent.
+        // (an earlier run): nothing is sent, and terms other than the
+        // record's are an error, not a silent no-op.
         if let Ok(existing) = self.record(&id).await {
             if existing.registrant.0 == s.id && existing.predecessor.map(|p| p.0) == predecessor {
-                println!(
-                    "already registered: this digest is document {}",
-                    hex::encode(id)
-                );
+                let mut asked: document::RegisterArgs = serde_json::from_value(args.clone())?;
+                // A new random prefix makes each run's personal digest new.
+                asked.personal = existing.personal;
+                if !existing.registered_with(&asked) {
+                    bail!(
+                        "you registered this digest already, as document {}, with other terms than these; its terms stand (a registration is not changed: amend the document instead)",
+                        hex::encode(id)
+                    );
+                }
+                already();
+                if personal.is_some() {
+                    println!("  (its personal data is the first run's: this run's was not stored)");
+                }
                 println!("document {}", hex::encode(id));
                 println!("  digest {}", hex::encode(digest));
                 return Ok(());
             }
         }
         let tx = match predecessor {
-            Some(p) => {
-                args["predecessor"] = json!(hex::encode(p));
-                s.notary_amend(&args)?
-            }
+            Some(_) => s.notary_amend(&args)?,
             None => s.notary_register(&args)?,
         };
         let st = self.submit(&tx, "registration").await?;
         if self.record(&id).await?.index != st.index.unwrap_or_default() {
-            println!(
-                "already registered: this digest is document {}",
-                hex::encode(id)
-            );
+            already();
         } else if let Some(p) = personal {
             self.client.notary_put_personal(&id, &p).await?;
             println!("personal data stored off the ledger ({} bytes)", p.len());

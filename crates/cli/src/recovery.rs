@@ -345,6 +345,10 @@ fn seed(from: &Path, to: &Path) -> anyhow::Result<()> {
         drop(store);
         std::fs::rename(&staging, to.join("ledger"))?;
         std::fs::File::open(to)?.sync_all()?;
+        // `to` itself may have been made by this seed.
+        if let Some(parent) = to.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::File::open(parent)?.sync_all()?;
+        }
         Ok(len)
     };
     let len = seeded().inspect_err(|_| {

@@ -612,9 +612,9 @@ async fn commit_eventually(client: &Client, tx: Vec<u8>, what: &str) {
 /// A node that was down while a new node was trusted comes back to find
 /// that node leading. Its own state does not know the leader, so it first
 /// learns the current node set from a final checkpoint another node of its
-/// group relays (here the retired node0), verified from genesis like a
-/// receipt; it refused the leader for good before, and with the only other
-/// voter down, the network took no more writes.
+/// group relays (here the retired node0), verified like a receipt from the
+/// node set it holds; it refused the leader for good before, and with the
+/// only other voter down, the network took no more writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_returning_node_follows_a_leader_trusted_while_it_was_down() {
     let _serial = common::serial().await;

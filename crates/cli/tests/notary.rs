@@ -115,41 +115,42 @@ async fn a_contracts_life_over_https() {
     std::fs::write(&contract, b"%PDF-1.7 sale of the barge Matilda, v1").unwrap();
 
     // Register with two signing parties, 10 s retention, 2 destruction approvals.
-    let out = n
-        .ok(
-            "user0",
-            &[
-                "doc",
-                "register",
-                contract.to_str().unwrap(),
-                "--title",
-                "Sale agreement",
-                "--type",
-                "contract",
-                "--matter",
-                "M-2026-001",
-                "--org",
-                "Firm LLP",
-                "--party",
-                "user0=seller",
-                "--party",
-                "bob=buyer",
-                "--retention",
-                "10s",
-                "--approvals",
-                "2",
-            ],
-        )
-        .await;
+    let register = [
+        "doc",
+        "register",
+        contract.to_str().unwrap(),
+        "--title",
+        "Sale agreement",
+        "--type",
+        "contract",
+        "--matter",
+        "M-2026-001",
+        "--org",
+        "Firm LLP",
+        "--party",
+        "user0=seller",
+        "--party",
+        "bob=buyer",
+        "--retention",
+        "10s",
+        "--approvals",
+        "2",
+    ];
+    let out = n.ok("user0", &register).await;
     let a = doc_id(&out);
     assert_eq!(n.doc(&a).await["status"], "draft");
     // The registrant registering the same bytes again (a retry) gets the
-    // same document; anyone else is refused.
-    let again = n
-        .ok("user0", &["doc", "register", contract.to_str().unwrap()])
-        .await;
+    // same document; with other terms it is told they stand; anyone else
+    // is refused.
+    let again = n.ok("user0", &register).await;
     assert!(again.contains("already registered"), "{again}");
     assert_eq!(doc_id(&again), a);
+    n.refused(
+        "user0",
+        &["doc", "register", contract.to_str().unwrap()],
+        "with other terms",
+    )
+    .await;
     n.refused(
         "bob",
         &["doc", "register", contract.to_str().unwrap()],

@@ -255,7 +255,7 @@ pub async fn check(shared: &Shared, bytes: &[u8]) -> Result<Check, ApiError> {
     match (tx.payload.app.as_str(), tx.payload.op.as_str()) {
         ("kv", op) => {
             comity_apps::kv::check_args(op, &tx.payload.args).map_err(|code| {
-                ApiError::bad_request(code, format!("kv.{op} takes {{key, value}} (put) or {{key}} (delete), a key of 1 to {} bytes and a value of at most {} bytes", comity_apps::kv::MAX_KEY_LEN, comity_apps::kv::MAX_VALUE_LEN))
+                ApiError::bad_request(code, format!("kv has put {{key, value}} and delete {{key}}, with a key of 1 to {} bytes and a value of at most {} bytes", comity_apps::kv::MAX_KEY_LEN, comity_apps::kv::MAX_VALUE_LEN))
             })?;
         }
         ("notary", op) => {

@@ -404,11 +404,13 @@ async fn personal_put(
     let id = d.id.0;
     // Each write excludes apply until it is fsynced: few at a time, and
     // none for a blob already stored.
-    let _writing = PERSONAL_WRITES
+    let writing = PERSONAL_WRITES
         .acquire()
         .await
         .expect("the semaphore is never closed");
+    // Held by the write itself, which goes on if the client goes away.
     let stored = tokio::task::spawn_blocking(move || -> Result<bool, comity_store::StoreError> {
+        let _writing = writing;
         if store
             .read()?
             .aux_get(&keys::notary_personal(&id))?

@@ -120,11 +120,16 @@ impl Local {
     }
 }
 
-/// Learns, each time a peer was refused (at most every [`GAP`]).
+/// Learns, each time a peer was refused while this node knows no leader
+/// (at most every [`GAP`]).
 pub(crate) async fn run(shared: Arc<Shared>, since: Arc<TrustedSince>) {
     loop {
         since.wanted.notified().await;
-        ask_peers(&shared, &since).await;
+        // A node that follows a leader catches up from it: the refused
+        // peer was no leader of its (perhaps a stranger's probe).
+        if shared.raft.metrics().borrow().current_leader.is_none() {
+            ask_peers(&shared, &since).await;
+        }
         tokio::time::sleep(GAP).await;
     }
 }

@@ -11,7 +11,8 @@ use std::path::Path;
 /// it and that fsync leaves an entry later runs must not take as durable.
 pub fn create_dir_all_synced(dir: &Path) -> io::Result<()> {
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
-    if !dir.is_dir() {
+    let existed = dir.is_dir();
+    if !existed {
         if let Some(p) = parent {
             create_dir_all_synced(p)?;
         }
@@ -21,7 +22,13 @@ pub fn create_dir_all_synced(dir: &Path) -> io::Result<()> {
             Err(e) => return Err(e),
         }
     }
-    File::open(parent.unwrap_or(Path::new(".")))?.sync_all()
+    match File::open(parent.unwrap_or(Path::new("."))) {
+        Ok(p) => p.sync_all(),
+        // A parent this process may pass through but not read (mode 0711)
+        // held the directory before this run: nothing to make durable.
+        Err(e) if existed && e.kind() == io::ErrorKind::PermissionDenied => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]
