@@ -243,14 +243,20 @@ fn events_page(
 ) -> ApiResult<Value> {
     let limit = q.limit.unwrap_or(MAX_LIST).clamp(1, MAX_LIST);
     let stored = event::stored(&shared.store.read()?, subject, q.from.unwrap_or(0), limit)?;
-    let mut items = Vec::with_capacity(stored.len());
+    let (mut items, mut size) = (Vec::with_capacity(stored.len()), 0);
     for bytes in stored {
+        // Each receipt may carry a transaction: a page ends early once it
+        // holds as much as a ledger page (the next starts at the next `seq`).
+        if size >= crate::api::MAX_PAGE_BYTES {
+            break;
+        }
         let e: event::Event = comity_core::cbor::from_slice(&bytes)
             .and_then(|v| comity_core::cbor::to_serde(&v))
             .map_err(ApiError::internal)?;
         let body = tx_shown(shared, e.index, me)?;
         let receipt =
             query::receipt(&shared.store, e.index, body)?.map(|r| hex::encode(r.to_cose()));
+        size += 2 * bytes.len() + receipt.as_ref().map_or(0, String::len);
         items.push(json!({
             "hash": hex::encode(sha256(&bytes)),
             "event": e,
