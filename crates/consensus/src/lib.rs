@@ -4,6 +4,7 @@
 // openraft's storage traits fix `StorageError` as the error type; it is large by design.
 #![allow(clippy::result_large_err)]
 
+mod crc_span;
 pub mod log_store;
 pub mod network;
 pub mod state_machine;
