@@ -105,13 +105,15 @@ impl ClientJson {
         }
     }
 
-    /// Writes `<data>/client.json` atomically (temp file + rename).
+    /// Writes `<data>/client.json` atomically and durably (temp file,
+    /// fsync, rename; the caller fsyncs the directory).
     #[allow(dead_code)]
     pub fn write(&self, data: &Path) -> anyhow::Result<()> {
         let path = Self::path(data);
         let tmp = data.join(format!(".{CLIENT_JSON}.tmp"));
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
-            .with_context(|| format!("writing {}", tmp.display()))?;
+        let written = std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
+            .and_then(|()| std::fs::File::open(&tmp)?.sync_all());
+        written.with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
     }
 }
@@ -292,11 +294,13 @@ impl Config {
     }
 }
 
-/// Paths in client.json: absolute; or relative to the working directory if
-/// that exists; else relative to the data directory.
+/// Paths in client.json: absolute; or relative to the data directory if
+/// that exists; else relative to the working directory. The data directory
+/// comes first: a file of the same name left (or planted) where a command
+/// happens to run must not become its trust anchor.
 fn resolve_path(data: &Path, p: &str) -> PathBuf {
     let p = PathBuf::from(p);
-    if p.is_absolute() || p.exists() {
+    if p.is_absolute() {
         return p;
     }
     let in_data = data.join(&p);

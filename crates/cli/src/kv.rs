@@ -125,7 +125,11 @@ pub async fn run(g: &Global, cmd: KvCmd) -> anyhow::Result<()> {
                 );
             }
             let verdict = if verify {
-                Some(verify_read(&cfg, &client, owner, &r).await)
+                match verify_read(&cfg, &client, owner, &r).await {
+                    // Nothing unverified is written where a program reads it.
+                    Err(e) if raw || json => return Err(e.context("verification FAILED")),
+                    v => Some(v),
+                }
             } else {
                 None
             };

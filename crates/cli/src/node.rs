@@ -133,7 +133,17 @@ async fn join(
             );
         }
     }
-    if comity_node::join::load(&cfg.data_dir)?.is_none() {
+    if let Some(joined) = comity_node::join::load(&cfg.data_dir)? {
+        if joined.network_id != nodes.network_id {
+            anyhow::bail!(
+                "{url} serves network {}, but this node joined network {} ({}): join that network, or empty {} to join another",
+                hex::encode(nodes.network_id),
+                hex::encode(joined.network_id),
+                cfg.data_dir.join("join.json").display(),
+                cfg.data_dir.display()
+            );
+        }
+    } else {
         comity_node::join::save(
             &cfg.data_dir,
             &Join {

@@ -76,7 +76,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     };
     let fresh = l.existing_nodes() == 0;
     if fresh {
-        create(&l, &args).with_context(|| format!("creating a network in {}", l.data.display()))?;
+        create(&l, &args).with_context(|| {
+            format!(
+                "creating a network in {} (if an earlier `comity up` there was cut short, delete the directory first)",
+                l.data.display()
+            )
+        })?;
+    } else if !l.data.join("client.json").exists() {
+        // `create` writes client.json last.
+        bail!(
+            "{} holds a network whose creation was cut short (it has no client.json): delete the directory and run `comity up` again",
+            l.data.display()
+        );
     }
     if args.init_only {
         println!(
@@ -428,6 +439,8 @@ fn create(l: &Layout, args: &UpArgs) -> anyhow::Result<()> {
         member_cert: s(member.cert_path.clone()),
     }
     .write(&l.data)?;
+    // Last: client.json marks the network whole (see `run`).
+    std::fs::File::open(&l.data)?.sync_all()?;
     Ok(())
 }
 

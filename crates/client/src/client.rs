@@ -160,11 +160,20 @@ impl Client {
 
     /// `GET /v1/tx/{id}`; status `unknown` if the node never saw it.
     pub async fn tx_status(&self, id: &Hash) -> Result<TxStatus, ClientError> {
-        self.json(
-            self.http
-                .get(self.endpoint(&["v1", "tx", &hex::encode(id)])),
-        )
-        .await
+        let st: TxStatus = self
+            .json(
+                self.http
+                    .get(self.endpoint(&["v1", "tx", &hex::encode(id)])),
+            )
+            .await?;
+        if st.id != *id {
+            return Err(ClientError::Decode(format!(
+                "asked for transaction {}, the node answered for {}",
+                hex::encode(id),
+                hex::encode(st.id)
+            )));
+        }
+        Ok(st)
     }
 
     /// `GET /v1/tx/{id}/receipt`: the COSE receipt bytes, or `None` while the

@@ -2,12 +2,10 @@
 
 use crate::types::{CheckpointInfo, ConsistencyProof, KvRead};
 use crate::ClientError;
-use comity_core::checkpoint::CHECKPOINT_CONTENT_TYPE;
 use comity_core::merkle;
 use comity_core::network::NetworkIdentity;
 use comity_core::receipt::{self, Receipt, Verified};
 use comity_core::Hash;
-use coset::{CborSerializable, CoseSign, TaggedCborSerializable};
 
 /// What a checkpoint's signatures proved.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,35 +26,24 @@ pub fn verify_checkpoint(
     info: &CheckpointInfo,
     identity: &NetworkIdentity,
 ) -> Result<VerifiedCheckpoint, ClientError> {
-    let nodes = &receipt::node_set_at(identity, &info.chain, info.size)
-        .map_err(|e| ClientError::Verify(e.to_string()))?;
-    if info.network_id != identity.network_id {
-        return Err(ClientError::Verify(format!(
-            "checkpoint is for network {}, expected {}",
-            hex::encode(info.network_id),
-            hex::encode(identity.network_id)
-        )));
-    }
-    let sign = CoseSign::from_tagged_slice(&info.signed)
-        .or_else(|_| CoseSign::from_slice(&info.signed))
-        .map_err(|e| ClientError::Verify(format!("signed checkpoint is not a COSE_Sign: {e}")))?;
-    let body = sign
-        .payload
-        .as_deref()
-        .ok_or_else(|| ClientError::Verify("signed checkpoint has no payload".into()))?;
-    if body != info.checkpoint().to_cbor().as_slice() {
+    let mut set = None;
+    let (cp, signers) = receipt::verify_checkpoint_by(&info.signed, &identity.network_id, |size| {
+        let nodes = receipt::node_set_at(identity, &info.chain, size)?;
+        set = Some(nodes.clone());
+        Ok(nodes)
+    })
+    .map_err(|e| ClientError::Verify(e.to_string()))?;
+    if cp.to_cbor() != info.checkpoint().to_cbor() {
         return Err(ClientError::Verify(
             "the signed checkpoint differs from the checkpoint fields the node reported".into(),
         ));
     }
-    let (signers, members) = receipt::verify_quorum(
-        CHECKPOINT_CONTENT_TYPE,
-        body,
-        &sign.signatures,
-        nodes,
-        "checkpoint",
-    )
-    .map_err(|e| ClientError::Verify(e.to_string()))?;
+    let nodes = set.expect("set by the check");
+    let members = signers
+        .iter()
+        .filter_map(|id| nodes.get(id).map(|n| n.member))
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
     Ok(VerifiedCheckpoint {
         signers,
         members,
@@ -122,13 +109,34 @@ pub fn verify_receipt(bytes: &[u8], identity: &NetworkIdentity) -> Result<Verifi
         .map_err(|e| ClientError::Verify(e.to_string()))
 }
 
+/// [`verify_receipt`] of the receipt of transaction `id`: a valid receipt
+/// of another entry is no receipt of this one.
+pub fn verify_receipt_for(
+    bytes: &[u8],
+    identity: &NetworkIdentity,
+    id: &Hash,
+) -> Result<Verified, ClientError> {
+    let v = verify_receipt(bytes, identity)?;
+    if v.leaf.kind != comity_core::entry::EntryKind::Tx
+        || v.leaf.digest != *id
+        || v.tx.as_ref().is_some_and(|t| t.id != *id)
+    {
+        return Err(ClientError::Verify(format!(
+            "the receipt is of another entry (ledger index {}), not of transaction {}",
+            v.leaf.index,
+            hex::encode(id)
+        )));
+    }
+    Ok(v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use comity_core::checkpoint::{self, body_protected, Checkpoint};
+    use comity_core::checkpoint::{self, body_protected, Checkpoint, CHECKPOINT_CONTENT_TYPE};
     use comity_core::crypto::{Alg, SigningKey};
     use comity_core::network::NodeInfo;
-    use coset::CoseSignBuilder;
+    use coset::{CoseSignBuilder, TaggedCborSerializable};
 
     fn setup(n: usize) -> (NetworkIdentity, Vec<(Hash, SigningKey)>) {
         let keys: Vec<_> = (0..n)
@@ -187,6 +195,32 @@ mod tests {
             signed: b.build().to_tagged_vec().unwrap(),
             chain: Vec::new(),
         }
+    }
+
+    /// The signed bytes are checked whole, headers too: a protected header
+    /// other than the checkpoint's, or anything in the unprotected one, fails
+    /// although the signatures (over a rebuilt header) would verify.
+    #[test]
+    fn a_checkpoint_with_altered_headers_fails() {
+        let (ident, keys) = setup(3);
+        let good = info(&ident, &keys[..2]);
+        verify_checkpoint(&good, &ident).unwrap();
+        let mut sign = coset::CoseSign::from_tagged_slice(&good.signed).unwrap();
+        sign.protected.original_data = None;
+        sign.protected.header.content_type = Some(coset::ContentType::Text("x".into()));
+        let altered = CheckpointInfo {
+            signed: sign.to_tagged_vec().unwrap(),
+            ..good.clone()
+        };
+        assert!(verify_checkpoint(&altered, &ident).is_err());
+        let mut sign = coset::CoseSign::from_tagged_slice(&good.signed).unwrap();
+        sign.unprotected.key_id = b"x".to_vec();
+        let altered = CheckpointInfo {
+            signed: sign.to_tagged_vec().unwrap(),
+            ..good
+        };
+        let e = verify_checkpoint(&altered, &ident).unwrap_err();
+        assert!(e.to_string().contains("unprotected"), "{e}");
     }
 
     /// The proof is checked between the checkpoints' sizes and roots; the

@@ -478,6 +478,11 @@ pub fn verify_checkpoint_by(
         .or_else(|_| CoseSign::from_slice(bytes))
         .map_err(|e| malformed(format!("not a COSE_Sign: {e}")))?;
     check_protected(&sign, CHECKPOINT_CONTENT_TYPE)?;
+    if !sign.unprotected.is_empty() {
+        return Err(malformed(
+            "a signed checkpoint's unprotected header must be empty",
+        ));
+    }
     let body = sign
         .payload
         .as_deref()
