@@ -1293,3 +1293,23 @@ async fn up_refuses_ports_out_of_range_before_writing() {
         assert!(!data.exists(), "{args:?} wrote {}", data.display());
     }
 }
+
+/// A network whose creation was cut short (client.json, written last, is
+/// missing) is refused by name, not started half-made.
+#[tokio::test]
+async fn up_refuses_a_network_whose_creation_was_cut_short() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("comity-data");
+    let port = common::free_ports(1).to_string();
+    let init = ["up", "--init-only", "--nodes", "1", "--port", &port];
+    let out = common::run_cli(&data, tmp.path(), &init, Duration::from_secs(60)).await;
+    assert!(out.status.success(), "{}", out.stderr);
+    std::fs::remove_file(data.join("client.json")).unwrap();
+    let out = common::run_cli(&data, tmp.path(), &init, Duration::from_secs(30)).await;
+    assert!(
+        !out.status.success() && out.stderr.contains("creation was cut short"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+}
