@@ -259,12 +259,11 @@ impl Receipt {
             if sha256(body) != leaf.digest {
                 return Err(ReceiptError::BodyMismatch);
             }
-            if leaf.kind == EntryKind::Tx {
+            // A transaction refused before its signer was known (malformed,
+            // wrong_network, unknown_signer) has no signer in its leaf: its
+            // body is proved by the digest alone.
+            if let (EntryKind::Tx, Some((signer, key))) = (leaf.kind, leaf.signer.as_ref()) {
                 let parsed = Tx::parse(body).map_err(|e| malformed(format!("body: {e}")))?;
-                let (signer, key) = leaf
-                    .signer
-                    .as_ref()
-                    .ok_or_else(|| malformed("tx leaf without signer"))?;
                 let key = PublicKey::from_spki_der(key).map_err(|_| ReceiptError::TxSignature)?;
                 if &parsed.kid != signer || parsed.verify(&key).is_err() {
                     return Err(ReceiptError::TxSignature);
