@@ -144,10 +144,12 @@ async fn supervise(l: &Layout, n: usize, fresh: bool) -> anyhow::Result<()> {
         let cfg = NodeConfig::load(&l.node_toml(i))?;
         addrs.push(cfg.listen);
         // Appended to, so the log of a node that crashed survives the restart.
+        let log_path = l.node_dir(i).join("node.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(l.node_dir(i).join("node.log"))?;
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
         let mut cmd = std::process::Command::new(&exe);
         cmd.arg("node")
             .arg("run")
@@ -169,23 +171,26 @@ async fn supervise(l: &Layout, n: usize, fresh: bool) -> anyhow::Result<()> {
         }
         children.push(cmd.spawn().with_context(|| format!("starting node{i}"))?);
     }
+    // Signals are listened for from here on: one between two waits is
+    // not lost, and a second one while stopping kills the nodes at once.
+    let mut stop = Stop::listen()?;
     let ready = wait_network_ready(l, &addrs, &mut children);
     // A stop asked for while the nodes start stops them at once.
-    let stop_now = tokio::select! {
-        r = ready => { r?; false }
-        r = stop_signal() => { r?; true }
+    let started = tokio::select! {
+        r = ready => r.map(|()| true),
+        () = stop.recv() => Ok(false),
     };
-    let mut exited = vec![false; n];
-    if !stop_now {
+    let mut exited: Vec<Option<std::process::ExitStatus>> = vec![None; n];
+    if let Ok(true) = started {
         print_summary(l, &addrs, fresh);
-        loop {
+        while exited.iter().any(Option::is_none) {
             tokio::select! {
-                r = stop_signal() => { r?; break; }
+                () = stop.recv() => break,
                 _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
             }
             for (i, c) in children.iter_mut().enumerate() {
-                if let (false, Some(status)) = (exited[i], c.try_wait()?) {
-                    exited[i] = true;
+                if let (None, Some(status)) = (exited[i], c.try_wait()?) {
+                    exited[i] = Some(status);
                     eprintln!(
                         "node{i} exited ({status}); see {}",
                         l.node_dir(i).join("node.log").display()
@@ -195,20 +200,49 @@ async fn supervise(l: &Layout, n: usize, fresh: bool) -> anyhow::Result<()> {
         }
     }
     eprintln!("\nstopping…");
-    for (c, _) in children.iter().zip(&exited).filter(|(_, gone)| !**gone) {
+    for (c, _) in children
+        .iter()
+        .zip(&exited)
+        .filter(|(_, gone)| gone.is_none())
+    {
         // SAFETY: sending SIGTERM to our own child's pid, not yet reaped (a
         // reaped child's pid may be another process's by now).
         unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut killed = Vec::new();
     for (i, c) in children.iter_mut().enumerate() {
-        while c.try_wait()?.is_none() {
-            if std::time::Instant::now() > deadline {
-                eprintln!("node{i} did not stop within 30 s; killing it");
-                c.kill()?;
+        loop {
+            if let Some(status) = c.try_wait()? {
+                exited[i].get_or_insert(status);
+                break;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            let forced = tokio::select! {
+                () = stop.recv() => true,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(20)) => {
+                    std::time::Instant::now() > deadline
+                }
+            };
+            if forced {
+                eprintln!("node{i} did not stop; killing it");
+                c.kill()?;
+                killed.push(i);
+            }
         }
+    }
+    started?;
+    let failed: Vec<String> = exited
+        .iter()
+        .enumerate()
+        .filter(|(i, st)| killed.contains(i) || st.is_some_and(|st| !st.success()))
+        .map(|(i, _)| format!("node{i}"))
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "stopped; {} did not stop cleanly (see node.log in each node's directory under {})",
+            failed.join(", "),
+            l.data.display()
+        );
     }
     eprintln!(
         "stopped cleanly; `comity up` restarts the same network from {}",
@@ -217,13 +251,37 @@ async fn supervise(l: &Layout, n: usize, fresh: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// SIGINT and SIGTERM, listened for once for the whole run.
+struct Stop {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    fn listen() -> anyhow::Result<Stop> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Stop {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
+}
+
 /// Waits until every node is healthy and a checkpoint is final.
 async fn wait_network_ready(
     l: &Layout,
     addrs: &[SocketAddr],
     children: &mut [std::process::Child],
 ) -> anyhow::Result<()> {
-    let ca = std::fs::read(l.data.join("ca.pem"))?;
+    let ca_path = l.data.join("ca.pem");
+    let ca = std::fs::read(&ca_path).with_context(|| format!("reading {}", ca_path.display()))?;
     let clients = addrs
         .iter()
         .map(|a| comity_client::Client::new(&format!("https://{a}"), &ca, None))
