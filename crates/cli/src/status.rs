@@ -101,6 +101,10 @@ pub async fn run(g: &Global, args: StatusArgs) -> anyhow::Result<()> {
     if let Some(n) = leader.and_then(|l| l.join_requests).filter(|n| *n > 0) {
         println!("{n} node(s) asked to join and wait for a vote (comity gov list nodes)");
     }
+    // For scripts: a network with no node answering is not a status.
+    if up == 0 {
+        anyhow::bail!("no node answers");
+    }
     Ok(())
 }
 
