@@ -838,7 +838,7 @@ fn a_recovery_decision_names_a_checkpoint_this_ledger_computed() {
     let new_node = SigningKey::generate(Alg::EdDsa);
     // A decision over checkpoint `body`, signed by the node (the whole set)
     // and by the only member, naming a node `operator` runs.
-    let decide = |body: &[u8], operator: comity_core::Hash| {
+    let decide = |body: &[u8], operator: comity_core::Hash, copies: usize| {
         let node_id = net.node.public().fingerprint();
         let cp_sig = checkpoint::sign(CHECKPOINT_CONTENT_TYPE, body, &net.node, &node_id);
         let proved = query::proved_state(&store, MEMBER_KEYS_STATE_KEY)
@@ -852,8 +852,8 @@ fn a_recovery_decision_names_a_checkpoint_this_ledger_computed() {
             checkpoint: checkpoint::signed_statement(CHECKPOINT_CONTENT_TYPE, body, &[cp_sig]),
             members: proved.value.expect("member keys"),
             members_proof: proved.proof,
-            nodes: NodeSet(vec![node_info(&new_node.public(), operator)]),
-            addresses: vec!["127.0.0.1:1".into()],
+            nodes: NodeSet(vec![node_info(&new_node.public(), operator); copies]),
+            addresses: vec!["127.0.0.1:1".into(); copies],
             reason: "test".into(),
         };
         let body = d.to_cbor();
@@ -870,7 +870,7 @@ fn a_recovery_decision_names_a_checkpoint_this_ledger_computed() {
     // The same state root, but another transaction root than this ledger's.
     let mut other = cp.clone();
     other.tx_root[0] ^= 1;
-    let out = apply(&store, &mut ex, decide(&other.to_cbor(), member_id));
+    let out = apply(&store, &mut ex, decide(&other.to_cbor(), member_id, 1));
     assert_eq!(
         out.txs[0].outcome,
         Outcome::Rejected("recovery_mismatch".into())
@@ -882,18 +882,24 @@ fn a_recovery_decision_names_a_checkpoint_this_ledger_computed() {
     let (_, sig_tx) = checkpoint_signature(&net, &later.to_cbor(), 2, T0 + 31);
     let out = apply(&store, &mut ex, batch(vec![sig_tx], T0 + 31));
     assert_eq!(out.txs[0].outcome, Outcome::Applied);
-    let out = apply(&store, &mut ex, decide(&cp.to_cbor(), member_id));
+    let out = apply(&store, &mut ex, decide(&cp.to_cbor(), member_id, 1));
     assert_eq!(
         out.txs[0].outcome,
         Outcome::Rejected("recovery_mismatch".into())
     );
     // A node given to a member that did not sign is refused: it would
     // count for that member in every quorum after.
-    let out = apply(&store, &mut ex, decide(&later.to_cbor(), [7; 32]));
+    let out = apply(&store, &mut ex, decide(&later.to_cbor(), [7; 32], 1));
     assert_eq!(
         out.txs[0].outcome,
         Outcome::Rejected("bad_signature".into())
     );
-    let out = apply(&store, &mut ex, decide(&later.to_cbor(), member_id));
+    // A node named twice would be one Raft member counted twice.
+    let out = apply(&store, &mut ex, decide(&later.to_cbor(), member_id, 2));
+    assert_eq!(
+        out.txs[0].outcome,
+        Outcome::Rejected("already_exists".into())
+    );
+    let out = apply(&store, &mut ex, decide(&later.to_cbor(), member_id, 1));
     assert_eq!(out.txs[0].outcome, Outcome::Applied);
 }
