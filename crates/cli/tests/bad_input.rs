@@ -1298,6 +1298,7 @@ async fn up_refuses_ports_out_of_range_before_writing() {
 /// missing) is refused by name, not started half-made.
 #[tokio::test]
 async fn up_refuses_a_network_whose_creation_was_cut_short() {
+    let _serial = common::serial().await;
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("comity-data");
     let port = common::free_ports(1).to_string();
