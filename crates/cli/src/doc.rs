@@ -13,6 +13,7 @@ use comity_core::crypto::random_nonce;
 use comity_core::Hash;
 use serde_json::{json, Value};
 use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -307,6 +308,49 @@ fn salt_path(file: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+fn personal_prefix_path(file: &Path) -> PathBuf {
+    let mut s = file.as_os_str().to_owned();
+    s.push(".prefix");
+    PathBuf::from(s)
+}
+
+/// The random prefix of a personal-data blob: the one an earlier run left
+/// beside `file` (it stopped before storing the blob), or a new one, kept
+/// there (0600) until the blob is stored.
+fn personal_prefix(file: &Path) -> anyhow::Result<Vec<u8>> {
+    let p = personal_prefix_path(file);
+    if let Ok(text) = std::fs::read_to_string(&p) {
+        println!(
+            "using the personal-data prefix an earlier run left in {}",
+            p.display()
+        );
+        return hex::decode(text.trim()).with_context(|| format!("{}: not hex", p.display()));
+    }
+    let prefix = [random_nonce(), random_nonce()].concat();
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&p)
+        .with_context(|| format!("creating {}", p.display()))?;
+    std::io::Write::write_all(&mut out, hex::encode(&prefix).as_bytes())
+        .and_then(|()| out.sync_all())
+        .with_context(|| format!("writing {}", p.display()))?;
+    Ok(prefix)
+}
+
+/// Once the blob is stored its prefix goes: kept, it would let whoever
+/// reads it match guesses against the digest after an erasure.
+fn remove_personal_prefix(file: &Path) -> anyhow::Result<()> {
+    let p = personal_prefix_path(file);
+    match std::fs::remove_file(&p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", p.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The salt given, or the one beside the file.
 fn salt_for(file: &Path, salt: Option<&str>) -> anyhow::Result<Option<Vec<u8>>> {
     let text = match salt {
@@ -379,10 +423,12 @@ impl Ctx {
         let digest = evidence::registered_digest(&h, salt.as_deref());
         // 32 random bytes first: once the blob is erased, the digest left in
         // the record cannot be matched by guessing its content (a name, a date).
+        // They are kept beside the file until the blob is stored, so that a
+        // run cut short in between can be run again.
         let personal = match &m.personal {
             Some(p) => {
                 let data = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-                Some([random_nonce().as_slice(), &random_nonce(), &data].concat())
+                Some([personal_prefix(p)?, data].concat())
             }
             None => None,
         };
@@ -433,8 +479,16 @@ impl Ctx {
                     );
                 }
                 already();
-                if personal.is_some() {
-                    println!("  (its personal data is the first run's: this run's was not stored)");
+                if let (Some(blob), Some(path)) = (&personal, &m.personal) {
+                    // An earlier run that stopped before storing the blob
+                    // left its prefix: the same blob is stored now (again,
+                    // if it was; storing is idempotent).
+                    let digest = comity_core::crypto::sha256(blob);
+                    if existing.personal.map(|d| d.0) == Some(digest) && !existing.personal_erased {
+                        self.client.notary_put_personal(&id, blob).await?;
+                        println!("personal data stored off the ledger ({} bytes)", blob.len());
+                    }
+                    remove_personal_prefix(path)?;
                 }
                 println!("document {}", hex::encode(id));
                 println!("  digest {}", hex::encode(digest));
@@ -448,9 +502,10 @@ impl Ctx {
         let st = self.submit(&tx, "registration").await?;
         if self.record(&id).await?.index != st.index.unwrap_or_default() {
             already();
-        } else if let Some(p) = personal {
-            self.client.notary_put_personal(&id, &p).await?;
-            println!("personal data stored off the ledger ({} bytes)", p.len());
+        } else if let (Some(blob), Some(path)) = (personal, &m.personal) {
+            self.client.notary_put_personal(&id, &blob).await?;
+            remove_personal_prefix(path)?;
+            println!("personal data stored off the ledger ({} bytes)", blob.len());
         }
         println!("document {}", hex::encode(id));
         println!("  digest {}", hex::encode(digest));

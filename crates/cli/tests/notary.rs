@@ -599,6 +599,10 @@ async fn a_contracts_life_over_https() {
         .await;
     let w = doc_id(&out);
     let wid: Hash = hex::decode(&w).unwrap().try_into().unwrap();
+    assert!(
+        !n.path("personal.json.prefix").exists(),
+        "the blob's random prefix is kept only until the blob is stored"
+    );
     let owner = n.net.client_as("user0");
     let e = owner
         .notary_put_personal(&wid, b"other bytes")
