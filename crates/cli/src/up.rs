@@ -174,13 +174,13 @@ async fn supervise(l: &Layout, n: usize, fresh: bool) -> anyhow::Result<()> {
     // Signals are listened for from here on: one between two waits is
     // not lost, and a second one while stopping kills the nodes at once.
     let mut stop = Stop::listen()?;
-    let ready = wait_network_ready(l, &addrs, &mut children);
+    let mut exited: Vec<Option<std::process::ExitStatus>> = vec![None; n];
+    let ready = wait_network_ready(l, &addrs, &mut children, &mut exited);
     // A stop asked for while the nodes start stops them at once.
     let started = tokio::select! {
         r = ready => r.map(|()| true),
         () = stop.recv() => Ok(false),
     };
-    let mut exited: Vec<Option<std::process::ExitStatus>> = vec![None; n];
     if let Ok(true) = started {
         print_summary(l, &addrs, fresh);
         while exited.iter().any(Option::is_none) {
@@ -274,11 +274,16 @@ impl Stop {
     }
 }
 
-/// Waits until every node is healthy and a checkpoint is final.
+/// Waits until every node still running is healthy and a checkpoint is
+/// final, noting in `exited` the nodes that exit meanwhile: a minority may
+/// fail (a node refusing damaged files, say) and the others still serve.
+/// Fails once a majority has exited. Past 60 s it keeps waiting while a
+/// majority runs, saying which nodes it waits for every 30 s.
 async fn wait_network_ready(
     l: &Layout,
     addrs: &[SocketAddr],
     children: &mut [std::process::Child],
+    exited: &mut [Option<std::process::ExitStatus>],
 ) -> anyhow::Result<()> {
     let ca_path = l.data.join("ca.pem");
     let ca = std::fs::read(&ca_path).with_context(|| format!("reading {}", ca_path.display()))?;
@@ -286,28 +291,45 @@ async fn wait_network_ready(
         .iter()
         .map(|a| comity_client::Client::new(&format!("https://{a}"), &ca, None))
         .collect::<Result<Vec<_>, _>>()?;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let majority = children.len() / 2 + 1;
+    let mut next_notice = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         for (i, c) in children.iter_mut().enumerate() {
-            if let Some(status) = c.try_wait()? {
-                anyhow::bail!(
+            if let (None, Some(status)) = (exited[i], c.try_wait()?) {
+                exited[i] = Some(status);
+                eprintln!(
                     "node{i} exited ({status}) while starting; see {}",
                     l.node_dir(i).join("node.log").display()
                 );
             }
         }
-        let mut ready = true;
-        for c in &clients {
-            ready &= matches!(c.health().await, Ok(h) if h.status == "ok");
-        }
-        if ready && clients[0].checkpoint().await.is_ok() {
-            return Ok(());
-        }
-        if std::time::Instant::now() > deadline {
+        let running: Vec<usize> = (0..children.len())
+            .filter(|i| exited[*i].is_none())
+            .collect();
+        if running.len() < majority {
             anyhow::bail!(
-                "the network did not become ready within 60 s; see the node logs in {}",
+                "{} of {} nodes exited while starting: too few are left to commit; see the node logs in {}",
+                children.len() - running.len(),
+                children.len(),
                 l.data.display()
             );
+        }
+        let mut waiting = Vec::new();
+        for &i in &running {
+            if !matches!(clients[i].health().await, Ok(h) if h.status == "ok") {
+                waiting.push(format!("node{i}"));
+            }
+        }
+        if waiting.is_empty() && clients[running[0]].checkpoint().await.is_ok() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > next_notice {
+            eprintln!(
+                "still waiting for {} to be ready (a large ledger is verified at start); see the node logs in {}",
+                if waiting.is_empty() { "a final checkpoint".to_string() } else { waiting.join(", ") },
+                l.data.display()
+            );
+            next_notice = std::time::Instant::now() + std::time::Duration::from_secs(30);
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
