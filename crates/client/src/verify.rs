@@ -175,15 +175,7 @@ mod tests {
             time: 3,
             version: 1,
         };
-        let body = cp.to_cbor();
-        let mut b = CoseSignBuilder::new()
-            .protected(body_protected(CHECKPOINT_CONTENT_TYPE).header)
-            .payload(body.clone());
-        for (id, k) in keys {
-            let sig = checkpoint::sign(CHECKPOINT_CONTENT_TYPE, &body, k, id);
-            b = b.add_signature(checkpoint::parse_signature(&sig).unwrap());
-        }
-        CheckpointInfo {
+        let mut info = CheckpointInfo {
             network_id: cp.network_id,
             seq: cp.seq,
             size: cp.size,
@@ -192,9 +184,24 @@ mod tests {
             time: cp.time,
             version: cp.version,
             signers: keys.iter().map(|(id, _)| *id).collect(),
-            signed: b.build().to_tagged_vec().unwrap(),
+            signed: Vec::new(),
             chain: Vec::new(),
+        };
+        sign_info(&mut info, keys);
+        info
+    }
+
+    /// Signs `cp` (as its fields say) with `keys`, as a node answers it.
+    fn sign_info(cp: &mut CheckpointInfo, keys: &[(Hash, SigningKey)]) {
+        let body = cp.checkpoint().to_cbor();
+        let mut b = CoseSignBuilder::new()
+            .protected(body_protected(CHECKPOINT_CONTENT_TYPE).header)
+            .payload(body.clone());
+        for (id, k) in keys {
+            let sig = checkpoint::sign(CHECKPOINT_CONTENT_TYPE, &body, k, id);
+            b = b.add_signature(checkpoint::parse_signature(&sig).unwrap());
         }
+        cp.signed = b.build().to_tagged_vec().unwrap();
     }
 
     /// The signed bytes are checked whole, headers too: a protected header
@@ -221,6 +228,18 @@ mod tests {
         };
         let e = verify_checkpoint(&altered, &ident).unwrap_err();
         assert!(e.to_string().contains("unprotected"), "{e}");
+    }
+
+    /// A checkpoint of a protocol version this verifier does not know is
+    /// refused, however well signed: its rules are not this version's.
+    #[test]
+    fn a_checkpoint_of_an_unknown_protocol_version_fails() {
+        let (ident, keys) = setup(3);
+        let mut cp = info(&ident, &keys[..2]);
+        cp.version = 2;
+        sign_info(&mut cp, &keys[..2]);
+        let e = verify_checkpoint(&cp, &ident).unwrap_err();
+        assert!(e.to_string().contains("protocol version 2"), "{e}");
     }
 
     /// The proof is checked between the checkpoints' sizes and roots; the
@@ -272,15 +291,7 @@ mod tests {
         let mut cp = info(&ident, &keys[..2]);
         // Re-sign a checkpoint that commits to this state root.
         cp.state_root = root.0;
-        let body = cp.checkpoint().to_cbor();
-        let mut b = CoseSignBuilder::new()
-            .protected(body_protected(CHECKPOINT_CONTENT_TYPE).header)
-            .payload(body.clone());
-        for (id, k) in &keys[..2] {
-            let sig = checkpoint::sign(CHECKPOINT_CONTENT_TYPE, &body, k, id);
-            b = b.add_signature(checkpoint::parse_signature(&sig).unwrap());
-        }
-        cp.signed = b.build().to_tagged_vec().unwrap();
+        sign_info(&mut cp, &keys[..2]);
         let read = |value: Option<&[u8]>, key: &[u8]| KvRead {
             owner: [7; 32],
             key: "a".into(),

@@ -127,6 +127,9 @@ impl Leaf {
             }
             None => None,
         };
+        if signer.is_some() && kind != EntryKind::Tx {
+            return Err(CborError::Shape("only a tx leaf names a signer".into()));
+        }
         let expected = 6 + if signer.is_some() { 2 } else { 0 };
         if m.0.len() != expected {
             return Err(CborError::Shape("unexpected fields in leaf".into()));
@@ -266,6 +269,11 @@ mod tests {
             ..leaf
         };
         assert_eq!(Leaf::from_cbor(&plain.to_cbor()).unwrap(), plain);
+        let signed_checkpoint = Leaf {
+            signer: leaf.signer.clone(),
+            ..plain
+        };
+        assert!(Leaf::from_cbor(&signed_checkpoint.to_cbor()).is_err());
     }
 
     /// The ledger format is fixed: the field-by-field writers give the bytes

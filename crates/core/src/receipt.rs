@@ -239,6 +239,7 @@ impl Receipt {
     pub fn verify(&self, identity: &NetworkIdentity) -> Result<Verified, ReceiptError> {
         let cp = Checkpoint::from_cbor(&self.checkpoint)
             .map_err(|e| malformed(format!("checkpoint: {e}")))?;
+        known_version(cp.version, "checkpoint")?;
         if cp.network_id != identity.network_id {
             return Err(ReceiptError::WrongNetwork {
                 found: hex::encode(cp.network_id),
@@ -248,6 +249,7 @@ impl Receipt {
         let leaf_hash = merkle::leaf_hash(&self.leaf);
         merkle::verify_inclusion(&leaf_hash, self.index, cp.size, &self.path, &cp.tx_root)?;
         let leaf = Leaf::from_cbor(&self.leaf).map_err(|e| malformed(format!("leaf: {e}")))?;
+        known_version(leaf.version, "leaf")?;
         if leaf.index != self.index {
             return Err(ReceiptError::IndexMismatch {
                 leaf: leaf.index,
@@ -287,6 +289,18 @@ impl Receipt {
             tx,
         })
     }
+}
+
+/// A verifier vouches only for rules it knows: a leaf or checkpoint of a
+/// later protocol version is refused, not read by this version's rules.
+fn known_version(v: u64, what: &str) -> Result<(), ReceiptError> {
+    if !(1..=crate::entry::PROTOCOL_VERSION).contains(&v) {
+        return Err(malformed(format!(
+            "{what} of protocol version {v}; this verifier knows 1 to {}",
+            crate::entry::PROTOCOL_VERSION
+        )));
+    }
+    Ok(())
 }
 
 fn check_protected(sign: &CoseSign, ct: &str) -> Result<(), ReceiptError> {
@@ -487,6 +501,7 @@ pub fn verify_checkpoint_by(
         .as_deref()
         .ok_or_else(|| malformed("no checkpoint payload"))?;
     let cp = Checkpoint::from_cbor(body).map_err(|e| malformed(format!("checkpoint: {e}")))?;
+    known_version(cp.version, "checkpoint")?;
     if cp.network_id != *network_id {
         return Err(ReceiptError::WrongNetwork {
             found: hex::encode(cp.network_id),
