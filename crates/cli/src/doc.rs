@@ -324,18 +324,27 @@ fn personal_prefix(file: &Path) -> anyhow::Result<Vec<u8>> {
             "using the personal-data prefix an earlier run left in {}",
             p.display()
         );
-        return hex::decode(text.trim()).with_context(|| format!("{}: not hex", p.display()));
+        return hex::decode(text.trim())
+            .ok()
+            .filter(|b| b.len() == 32)
+            .with_context(|| format!("{}: not 32 bytes of hex", p.display()));
     }
     let prefix = [random_nonce(), random_nonce()].concat();
-    let mut out = std::fs::OpenOptions::new()
+    // Written whole or not at all (temp file, fsync, rename): a partial
+    // one would be taken for a short prefix by the next run.
+    let tmp = personal_prefix_path(&p);
+    let written = std::fs::OpenOptions::new()
         .write(true)
-        .create_new(true)
+        .create(true)
+        .truncate(true)
         .mode(0o600)
-        .open(&p)
-        .with_context(|| format!("creating {}", p.display()))?;
-    std::io::Write::write_all(&mut out, hex::encode(&prefix).as_bytes())
-        .and_then(|()| out.sync_all())
-        .with_context(|| format!("writing {}", p.display()))?;
+        .open(&tmp)
+        .and_then(|mut out| {
+            std::io::Write::write_all(&mut out, hex::encode(&prefix).as_bytes())?;
+            out.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, &p));
+    written.with_context(|| format!("writing {}", p.display()))?;
     Ok(prefix)
 }
 
@@ -470,8 +479,11 @@ impl Ctx {
         if let Ok(existing) = self.record(&id).await {
             if existing.registrant.0 == s.id && existing.predecessor.map(|p| p.0) == predecessor {
                 let mut asked: document::RegisterArgs = serde_json::from_value(args.clone())?;
-                // A new random prefix makes each run's personal digest new.
-                asked.personal = existing.personal;
+                // Personal data asked for and recorded: the digests differ
+                // if the earlier run's prefix was lost (said below).
+                if asked.personal.is_some() && existing.personal.is_some() {
+                    asked.personal = existing.personal;
+                }
                 if !existing.registered_with(&asked) {
                     bail!(
                         "you registered this digest already, as document {}, with other terms than these; its terms stand (a registration is not changed: amend the document instead)",
@@ -484,11 +496,27 @@ impl Ctx {
                     // left its prefix: the same blob is stored now (again,
                     // if it was; storing is idempotent).
                     let digest = comity_core::crypto::sha256(blob);
-                    if existing.personal.map(|d| d.0) == Some(digest) && !existing.personal_erased {
+                    let matches = existing.personal.map(|d| d.0) == Some(digest);
+                    remove_personal_prefix(path)?;
+                    if existing.personal_erased {
+                        println!("  (its personal data was erased)");
+                    } else if matches {
                         self.client.notary_put_personal(&id, blob).await?;
                         println!("personal data stored off the ledger ({} bytes)", blob.len());
+                    } else if self
+                        .client
+                        .notary_personal(&id)
+                        .await
+                        .is_ok_and(|stored| stored.get(32..) == blob.get(32..))
+                    {
+                        println!("  (its personal data, this file's, is stored)");
+                    } else {
+                        bail!(
+                            "document {} commits to personal data under a random prefix this run no longer has ({} is gone): this file cannot be stored against it",
+                            hex::encode(id),
+                            personal_prefix_path(path).display()
+                        );
                     }
-                    remove_personal_prefix(path)?;
                 }
                 println!("document {}", hex::encode(id));
                 println!("  digest {}", hex::encode(digest));

@@ -33,6 +33,9 @@ pub async fn run(g: &Global, args: StatusArgs) -> anyhow::Result<()> {
             };
             println!("{v}");
         }
+        if rows.iter().all(|(_, h)| h.is_err()) {
+            anyhow::bail!("no node answers");
+        }
         return Ok(());
     }
     let leader = rows.iter().find_map(|(_, h)| {

@@ -137,6 +137,9 @@ async fn run_in_process(l: &Layout, fresh: bool) -> anyhow::Result<()> {
 /// Several nodes, each a `comity node run` child process that dies with
 /// this one (so `kill -9` of `up` is a crash of the whole network).
 async fn supervise(l: &Layout, n: usize, fresh: bool) -> anyhow::Result<()> {
+    // Signals are listened for from here on: one between two waits is
+    // not lost, and a second one while stopping kills the nodes at once.
+    let mut stop = Stop::listen()?;
     let exe = std::env::current_exe()?;
     let mut children = Vec::new();
     let mut addrs = Vec::new();
@@ -161,6 +164,10 @@ async fn supervise(l: &Layout, n: usize, fresh: bool) -> anyhow::Result<()> {
         // SAFETY: prctl is async-signal-safe; it asks the kernel to SIGKILL
         // the child when this thread (the main thread, which lives as long as
         // `up`) exits.
+        // Its own process group: a terminal's Ctrl-C reaches `up` alone,
+        // which stops the nodes in order (a node still verifying its ledger
+        // at start would otherwise die of it).
+        cmd.process_group(0);
         unsafe {
             cmd.pre_exec(|| {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
@@ -171,9 +178,6 @@ async fn supervise(l: &Layout, n: usize, fresh: bool) -> anyhow::Result<()> {
         }
         children.push(cmd.spawn().with_context(|| format!("starting node{i}"))?);
     }
-    // Signals are listened for from here on: one between two waits is
-    // not lost, and a second one while stopping kills the nodes at once.
-    let mut stop = Stop::listen()?;
     let mut exited: Vec<Option<std::process::ExitStatus>> = vec![None; n];
     let ready = wait_network_ready(l, &addrs, &mut children, &mut exited);
     // A stop asked for while the nodes start stops them at once.
@@ -210,6 +214,8 @@ async fn supervise(l: &Layout, n: usize, fresh: bool) -> anyhow::Result<()> {
         unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    // Set by a second signal or the deadline: every node left is killed.
+    let mut force = false;
     let mut killed = Vec::new();
     for (i, c) in children.iter_mut().enumerate() {
         loop {
@@ -217,29 +223,31 @@ async fn supervise(l: &Layout, n: usize, fresh: bool) -> anyhow::Result<()> {
                 exited[i].get_or_insert(status);
                 break;
             }
-            let forced = tokio::select! {
-                () = stop.recv() => true,
-                _ = tokio::time::sleep(std::time::Duration::from_millis(20)) => {
-                    std::time::Instant::now() > deadline
-                }
-            };
-            if forced {
+            if force && !killed.contains(&i) {
                 eprintln!("node{i} did not stop; killing it");
                 c.kill()?;
                 killed.push(i);
             }
+            tokio::select! {
+                () = stop.recv() => force = true,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(20)) => {
+                    force |= std::time::Instant::now() > deadline;
+                }
+            }
         }
     }
     started?;
-    let failed: Vec<String> = exited
-        .iter()
-        .enumerate()
-        .filter(|(i, st)| killed.contains(i) || st.is_some_and(|st| !st.success()))
-        .map(|(i, _)| format!("node{i}"))
-        .collect();
+    let mut failed = Vec::new();
+    for (i, st) in exited.iter().enumerate() {
+        if killed.contains(&i) {
+            failed.push(format!("node{i} (killed)"));
+        } else if let Some(st) = st.filter(|st| !st.success()) {
+            failed.push(format!("node{i} ({st})"));
+        }
+    }
     if !failed.is_empty() {
         bail!(
-            "stopped; {} did not stop cleanly (see node.log in each node's directory under {})",
+            "stopped; not cleanly: {} (see node.log in each node's directory under {})",
             failed.join(", "),
             l.data.display()
         );
@@ -505,6 +513,15 @@ fn create(l: &Layout, args: &UpArgs) -> anyhow::Result<()> {
     )?;
     crate::network::init(&genesis_toml, &l.data)?;
 
+    // Everything written so far is durable before client.json marks the
+    // network whole.
+    for dir in std::iter::once(l.data.join("keys"))
+        .chain((0..args.nodes).map(|i| l.node_dir(usize::from(i))))
+    {
+        std::fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing {}", dir.display()))?;
+    }
     let s = |p: PathBuf| Some(abs(&p).display().to_string());
     ClientJson {
         url: Some(format!("https://127.0.0.1:{}", args.port)),

@@ -603,6 +603,22 @@ async fn a_contracts_life_over_https() {
         !n.path("personal.json.prefix").exists(),
         "the blob's random prefix is kept only until the blob is stored"
     );
+    // Run again: the blob is already stored, nothing is sent.
+    let register_will = [
+        "doc",
+        "register",
+        will.to_str().unwrap(),
+        "--party",
+        "bob=testator",
+        "--personal",
+        personal.to_str().unwrap(),
+    ];
+    let again = n.ok("user0", &register_will).await;
+    assert!(
+        again.contains("already registered") && again.contains("is stored"),
+        "{again}"
+    );
+    assert!(!n.path("personal.json.prefix").exists());
     let owner = n.net.client_as("user0");
     let e = owner
         .notary_put_personal(&wid, b"other bytes")
