@@ -583,27 +583,6 @@ async fn a_contracts_life_over_https() {
     std::fs::write(&personal, br#"{"client": "Jane Doe"}"#).unwrap();
     let will = n.path("will.pdf");
     std::fs::write(&will, b"last will").unwrap();
-    let out = n
-        .ok(
-            "user0",
-            &[
-                "doc",
-                "register",
-                will.to_str().unwrap(),
-                "--party",
-                "bob=testator",
-                "--personal",
-                personal.to_str().unwrap(),
-            ],
-        )
-        .await;
-    let w = doc_id(&out);
-    let wid: Hash = hex::decode(&w).unwrap().try_into().unwrap();
-    assert!(
-        !n.path("personal.json.prefix").exists(),
-        "the blob's random prefix is kept only until the blob is stored"
-    );
-    // Run again: the blob is already stored, nothing is sent.
     let register_will = [
         "doc",
         "register",
@@ -613,6 +592,14 @@ async fn a_contracts_life_over_https() {
         "--personal",
         personal.to_str().unwrap(),
     ];
+    let out = n.ok("user0", &register_will).await;
+    let w = doc_id(&out);
+    let wid: Hash = hex::decode(&w).unwrap().try_into().unwrap();
+    assert!(
+        !n.path("personal.json.prefix").exists(),
+        "the blob's random prefix is kept only until the blob is stored"
+    );
+    // Run again: the blob is already stored, nothing is sent.
     let again = n.ok("user0", &register_will).await;
     assert!(
         again.contains("already registered") && again.contains("is stored"),
