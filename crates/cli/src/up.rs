@@ -161,13 +161,13 @@ async fn supervise(l: &Layout, n: usize, fresh: bool) -> anyhow::Result<()> {
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        // SAFETY: prctl is async-signal-safe; it asks the kernel to SIGKILL
-        // the child when this thread (the main thread, which lives as long as
-        // `up`) exits.
         // Its own process group: a terminal's Ctrl-C reaches `up` alone,
         // which stops the nodes in order (a node still verifying its ledger
         // at start would otherwise die of it).
         cmd.process_group(0);
+        // SAFETY: prctl is async-signal-safe; it asks the kernel to SIGKILL
+        // the child when this thread (the main thread, which lives as long as
+        // `up`) exits.
         unsafe {
             cmd.pre_exec(|| {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
