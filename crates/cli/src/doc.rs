@@ -185,7 +185,8 @@ pub struct Meta {
     #[arg(long)]
     pub salted: bool,
     /// Personal data kept off the ledger (committed to by digest, erasable);
-    /// stored after 32 random bytes, so its digest reveals nothing once erased.
+    /// stored after 32 random bytes, so its digest reveals nothing once erased
+    /// (kept in FILE.prefix until the data is stored, for a rerun).
     #[arg(long, value_name = "FILE")]
     pub personal: Option<PathBuf>,
 }

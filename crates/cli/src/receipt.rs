@@ -75,16 +75,9 @@ pub async fn run(g: &Global, cmd: ReceiptCmd) -> anyhow::Result<()> {
             // Checked before it is written: a receipt that does not verify is not kept.
             let verified = match cfg.local_network_identity()? {
                 Some(identity) => {
-                    let v = verify_bytes(&bytes, &identity)
-                        .context("the downloaded receipt does NOT verify; not written")?;
                     // A valid receipt of another transaction is no receipt of this one.
-                    if v.leaf.digest != hash || v.tx.as_ref().is_some_and(|t| t.id != hash) {
-                        bail!(
-                            "the node sent a receipt of another entry (ledger index {}), not of tx {}; not written",
-                            v.leaf.index,
-                            hex::encode(hash)
-                        );
-                    }
+                    let v = comity_client::verify::verify_receipt_for(&bytes, &identity, &hash)
+                        .context("the downloaded receipt does NOT verify; not written")?;
                     Some(format!(
                         "verified against {}: ledger index {}, checkpoint {}, {} member(s) signed",
                         cfg.network.as_deref().unwrap_or(Path::new("?")).display(),
@@ -140,11 +133,6 @@ pub async fn run(g: &Global, cmd: ReceiptCmd) -> anyhow::Result<()> {
             }
         }
     }
-}
-
-fn verify_bytes(bytes: &[u8], identity: &NetworkIdentity) -> anyhow::Result<Verified> {
-    let r = Receipt::from_cose(bytes)?;
-    Ok(r.verify(identity)?)
 }
 
 /// Verifies a receipt (and optionally a document) and says in plain words what

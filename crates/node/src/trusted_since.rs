@@ -53,7 +53,7 @@ impl TrustedSince {
         self.wanted.notify_one();
     }
 
-    /// The tree size of the set learned, if any.
+    /// The tree size of the set learned (0 if none).
     fn size(&self) -> u64 {
         self.learned
             .read()
