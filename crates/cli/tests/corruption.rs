@@ -25,9 +25,14 @@ struct Rec {
     len: usize,
 }
 
+/// Bytes before the first record of a ledger segment.
+const LEDGER_HEADER: usize = 24;
+/// Bytes before the first record of a Raft log segment.
+const RAFT_LOG_HEADER: usize = 28;
+
 /// Records of a file laid out as `[u32 LE len][u32 crc][payload]...` from
 /// `start` (the ledger segments and the Raft log segments both use this
-/// framing, each after a 24-byte header). Stops at the first thing that is
+/// framing, each after its header). Stops at the first thing that is
 /// not a complete record (a segment trailer).
 fn records(bytes: &[u8], start: usize) -> Vec<Rec> {
     let mut out = Vec::new();
@@ -205,7 +210,7 @@ async fn corrupt_ledger_segment_is_refused_and_named() {
     let (mut net, acked) = network_with_data(40).await;
     let seg = net.ledger_segment();
     let bytes = std::fs::read(&seg).unwrap();
-    let recs = records(&bytes, 24);
+    let recs = records(&bytes, LEDGER_HEADER);
     assert!(
         recs.len() > 40,
         "{} records in {}",
@@ -234,7 +239,7 @@ async fn corrupt_ledger_segment_is_refused_and_named() {
 
     // (b) a byte inside the last record (the file is unsealed: no trailer).
     let bytes = std::fs::read(&seg).unwrap();
-    let recs = records(&bytes, 24);
+    let recs = records(&bytes, LEDGER_HEADER);
     let last = *recs.last().unwrap();
     assert_eq!(last.payload + last.len, bytes.len(), "unsealed segment");
     let at = last.payload + last.len / 2;
@@ -299,7 +304,7 @@ async fn corrupt_raft_log_is_refused_and_torn_tail_is_not() {
     // (c) a byte inside a record payload in the middle of the Raft log.
     let wal = logs[0].clone();
     let bytes = std::fs::read(&wal).unwrap();
-    let recs = records(&bytes, 24);
+    let recs = records(&bytes, RAFT_LOG_HEADER);
     assert!(
         recs.len() >= 3,
         "{} records in {}",
@@ -392,7 +397,7 @@ async fn raft_log_damaged_length_field_is_refused() {
     assert_eq!(logs.len(), 1, "{logs:?}");
     let wal = logs[0].clone();
     let bytes = std::fs::read(&wal).unwrap();
-    let recs = records(&bytes, 24);
+    let recs = records(&bytes, RAFT_LOG_HEADER);
     assert!(
         recs.len() >= 6,
         "{} records in {}",

@@ -2,19 +2,23 @@
 //!
 //! Records are appended to segment files `wal-<seq>.log` as
 //! `[u32 LE length][u32 LE CRC-32C of salt ‖ payload][CBOR payload]`. A
-//! segment starts with a magic and a random 16-byte salt of its own, so bytes
-//! inside a record (a client's value) can never pass for a record of the
-//! segment, and a torn final record is told from damage reliably. Segments
-//! written before the salt have no header; their CRCs cover the payload only.
-//! A record is an entry, a truncation, a purge mark or the committed index.
-//! Appends are made durable by one flusher thread that fdatasyncs once for
-//! every append queued since its last sync (group commit), then acknowledges
-//! them in order.
+//! segment starts with a magic, a random 16-byte salt of its own and a
+//! checksum of both, so bytes inside a record (a client's value) can never
+//! pass for a record of the segment. Older segments have the magic and salt
+//! without the checksum, or (older still) no header, with CRCs over the
+//! payload only.
+//! A record is an entry, a truncation, a purge mark, the committed index or
+//! a sync mark. Appends are made durable by one flusher thread that
+//! fdatasyncs once for every append queued since its last sync (group
+//! commit), writes a sync mark saying how much of the segment is now
+//! durable, then acknowledges them in order.
 //! The vote is a separate file replaced atomically (write, fsync, rename).
 //!
-//! On open, only a torn tail of the last segment (an incomplete or
-//! unverifiable final record, which was never acknowledged) is discarded;
-//! damage anywhere else is an error naming the file and offset.
+//! On open, only a torn tail of the last segment, data that was never
+//! synced, is discarded; damage anywhere else is an error naming the file
+//! and offset. A power loss can leave unsynced blocks unwritten (zeros)
+//! before written ones, so the torn tail is not always the last record: it
+//! starts at the first damage that no later sync mark says was durable.
 
 use crate::crc_span::CrcSpans;
 use crate::{storage_io, Entry, LogId, TypeConfig};
@@ -33,10 +37,15 @@ use std::sync::{mpsc, Arc, Mutex};
 /// Segment size at which a new log file starts.
 pub const DEFAULT_ROLL_BYTES: u64 = 64 << 20;
 const MAX_RECORD: u32 = 256 << 20;
-/// Start of every salted segment. As a legacy record header it would claim
-/// a length over [`MAX_RECORD`], so the two formats cannot be confused.
-const MAGIC: &[u8; 8] = b"CMTYWAL2";
-const HEADER_LEN: usize = MAGIC.len() + 16;
+/// Start of every segment written now: magic, salt, then the CRC-32C of
+/// both. As a legacy record header it would claim a length over
+/// [`MAX_RECORD`], so the formats cannot be confused.
+const MAGIC: &[u8; 8] = b"CMTYWAL3";
+const HEADER_LEN: usize = MAGIC.len() + SALT_LEN + 4;
+/// Start of a segment written before sync marks: magic and salt only.
+const MAGIC_V2: &[u8; 8] = b"CMTYWAL2";
+const HEADER_LEN_V2: usize = MAGIC_V2.len() + SALT_LEN;
+const SALT_LEN: usize = 16;
 
 #[derive(Serialize, Deserialize)]
 enum WalRecord {
@@ -45,6 +54,9 @@ enum WalRecord {
     Truncate(u64),
     Purged(LogId),
     Committed(Option<LogId>),
+    /// The first this many bytes of the segment were synced. Written after
+    /// each sync, so that on open damage before it is told from a torn tail.
+    Synced(u64),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,9 +127,12 @@ struct State {
     current: Segment,
     current_seq: u64,
     writer: BufWriter<File>,
+    /// The current segment's file, for the flusher to sync.
+    sync: Arc<File>,
     /// Checksum seed of the current segment.
     seed: u32,
-    written: u64,
+    /// Bytes of the current segment handed to the OS.
+    len: u64,
 }
 
 /// How far the log is no longer needed: the state machine's state, or a
@@ -159,8 +174,6 @@ struct Inner {
     state: Mutex<State>,
     /// Set by the node: see [`PurgeFloor`].
     floor: std::sync::OnceLock<PurgeFloor>,
-    /// The file the flusher syncs; swapped on roll (after the old one is synced).
-    sync_file: Mutex<Arc<File>>,
     flush_tx: Mutex<mpsc::Sender<LogFlushed<TypeConfig>>>,
     roll_bytes: u64,
 }
@@ -194,28 +207,36 @@ fn frame(rec: &WalRecord, seed: u32) -> Vec<u8> {
     out
 }
 
+/// A segment being appended to.
+struct Started {
+    writer: BufWriter<File>,
+    sync: Arc<File>,
+    seed: u32,
+    len: u64,
+}
+
 /// Creates segment `path` with a fresh salt, restating the purge mark and
-/// committed index (so older segments can be deleted), durably. Returns its
-/// writer, the file the flusher syncs, and its checksum seed.
+/// committed index (so older segments can be deleted), durably.
 fn start_segment(
     dir: &Path,
     path: &Path,
     last_purged: Option<LogId>,
     committed: Option<LogId>,
-) -> Result<(BufWriter<File>, Arc<File>, u32), WalError> {
+) -> Result<Started, WalError> {
     let file = OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
         .map_err(io(path))?;
     let sync = Arc::new(file.try_clone().map_err(io(path))?);
-    let mut salt = [0u8; HEADER_LEN - MAGIC.len()];
+    let mut salt = [0u8; SALT_LEN];
     rand_core::OsRng
         .try_fill_bytes(&mut salt)
         .map_err(|e| io(path)(std::io::Error::other(e)))?;
     let seed = crc32c::crc32c(&salt);
     let mut writer = BufWriter::with_capacity(1 << 20, file);
     let mut head = [MAGIC.as_slice(), &salt].concat();
+    head.extend(crc32c::crc32c(&head).to_le_bytes());
     if let Some(p) = last_purged {
         head.extend(frame(&WalRecord::Purged(p), seed));
     }
@@ -224,7 +245,12 @@ fn start_segment(
     writer.flush().map_err(io(path))?;
     sync.sync_data().map_err(io(path))?;
     sync_dir(dir)?;
-    Ok((writer, sync, seed))
+    Ok(Started {
+        writer,
+        sync,
+        seed,
+        len: head.len() as u64,
+    })
 }
 
 fn segment_path(dir: &Path, seq: u64) -> PathBuf {
@@ -286,6 +312,7 @@ impl LogStore {
                     last_purged = Some(id);
                 }
                 WalRecord::Committed(c) => committed = c,
+                WalRecord::Synced(_) => {}
             })?;
             if last && std::fs::metadata(&path).map_err(io(&path))?.len() == 0 {
                 // Its header was torn (cut to nothing above): the file goes
@@ -310,7 +337,12 @@ impl LogStore {
         }
         let current_seq = reuse.unwrap_or_else(|| seqs.last().map_or(0, |s| s + 1));
         let path = segment_path(dir, current_seq);
-        let (writer, sync_file, seed) = start_segment(dir, &path, last_purged, committed)?;
+        let Started {
+            writer,
+            sync,
+            seed,
+            len,
+        } = start_segment(dir, &path, last_purged, committed)?;
         let vote = read_vote(dir)?;
         let state = State {
             entries,
@@ -321,15 +353,15 @@ impl LogStore {
             current: Segment { path, max_index: 0 },
             current_seq,
             writer,
+            sync,
             seed,
-            written: 0,
+            len,
         };
         let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
         let inner = Arc::new(Inner {
             dir: dir.to_path_buf(),
             state: Mutex::new(state),
             floor: std::sync::OnceLock::new(),
-            sync_file: Mutex::new(sync_file),
             flush_tx: Mutex::new(tx),
             roll_bytes,
         });
@@ -346,61 +378,6 @@ impl LogStore {
     /// Makes purges wait for `floor` (see [`PurgeFloor`]); set once.
     pub fn guard_purges(&self, floor: PurgeFloor) {
         let _ = self.inner.floor.set(floor);
-    }
-
-    fn write(&self, st: &mut State, recs: &[WalRecord]) -> Result<(), StorageError<u64>> {
-        let err = |e: std::io::Error| storage_io(ErrorSubject::Logs, ErrorVerb::Write, e);
-        let frames: Vec<Vec<u8>> = recs.iter().map(|r| frame(r, st.seed)).collect();
-        // Replay would take an over-limit record for a torn tail: refuse the
-        // whole append before any of it is written.
-        if let Some(f) = frames.iter().find(|f| f.len() - 8 > MAX_RECORD as usize) {
-            return Err(err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!(
-                    "a Raft log record of {} bytes is over the limit",
-                    f.len() - 8
-                ),
-            )));
-        }
-        for (r, f) in recs.iter().zip(&frames) {
-            st.writer.write_all(f).map_err(err)?;
-            st.written += f.len() as u64;
-            if let WalRecord::Entry(e) = r {
-                st.current.max_index = st.current.max_index.max(e.log_id.index);
-            }
-        }
-        st.writer.flush().map_err(err)?;
-        if st.written >= self.inner.roll_bytes {
-            self.roll(st)
-                .map_err(|e| storage_io(ErrorSubject::Logs, ErrorVerb::Write, e))?;
-        }
-        Ok(())
-    }
-
-    /// Starts a new segment; the old one is synced first so queued acknowledgements stay true.
-    fn roll(&self, st: &mut State) -> Result<(), WalError> {
-        st.writer.flush().map_err(io(&st.current.path))?;
-        st.writer
-            .get_ref()
-            .sync_data()
-            .map_err(io(&st.current.path))?;
-        st.current_seq += 1;
-        let path = segment_path(&self.inner.dir, st.current_seq);
-        let (writer, sync, seed) =
-            start_segment(&self.inner.dir, &path, st.last_purged, st.committed)?;
-        let old = std::mem::replace(
-            &mut st.current,
-            Segment {
-                path: path.clone(),
-                max_index: 0,
-            },
-        );
-        st.closed.push(old);
-        st.writer = writer;
-        st.seed = seed;
-        st.written = 0;
-        *self.inner.sync_file.lock().expect("sync file lock") = sync;
-        Ok(())
     }
 
     /// Deletes the oldest closed segments whose entries are all purged. Only
@@ -423,16 +400,92 @@ impl LogStore {
     }
 }
 
+impl Inner {
+    fn write(&self, st: &mut State, recs: &[WalRecord]) -> Result<(), StorageError<u64>> {
+        let err = |e: std::io::Error| storage_io(ErrorSubject::Logs, ErrorVerb::Write, e);
+        let frames: Vec<Vec<u8>> = recs.iter().map(|r| frame(r, st.seed)).collect();
+        // Replay would take an over-limit record for a torn tail: refuse the
+        // whole append before any of it is written.
+        if let Some(f) = frames.iter().find(|f| f.len() - 8 > MAX_RECORD as usize) {
+            return Err(err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "a Raft log record of {} bytes is over the limit",
+                    f.len() - 8
+                ),
+            )));
+        }
+        for (r, f) in recs.iter().zip(&frames) {
+            st.writer.write_all(f).map_err(err)?;
+            st.len += f.len() as u64;
+            if let WalRecord::Entry(e) = r {
+                st.current.max_index = st.current.max_index.max(e.log_id.index);
+            }
+        }
+        st.writer.flush().map_err(err)?;
+        if st.len >= self.roll_bytes {
+            self.roll(st)
+                .map_err(|e| storage_io(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        }
+        Ok(())
+    }
+
+    /// Starts a new segment; the old one is synced first so queued acknowledgements stay true.
+    fn roll(&self, st: &mut State) -> Result<(), WalError> {
+        st.writer.flush().map_err(io(&st.current.path))?;
+        st.writer
+            .get_ref()
+            .sync_data()
+            .map_err(io(&st.current.path))?;
+        st.current_seq += 1;
+        let path = segment_path(&self.dir, st.current_seq);
+        let Started {
+            writer,
+            sync,
+            seed,
+            len,
+        } = start_segment(&self.dir, &path, st.last_purged, st.committed)?;
+        let old = std::mem::replace(
+            &mut st.current,
+            Segment {
+                path: path.clone(),
+                max_index: 0,
+            },
+        );
+        st.closed.push(old);
+        st.writer = writer;
+        st.sync = sync;
+        st.seed = seed;
+        st.len = len;
+        Ok(())
+    }
+}
+
 fn flusher(inner: std::sync::Weak<Inner>, rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
         let Some(inner) = inner.upgrade() else { return };
-        let file = inner.sync_file.lock().expect("sync file lock").clone();
-        drop(inner);
+        let (file, seq, len) = {
+            let st = inner.state.lock().expect("log lock");
+            (st.sync.clone(), st.current_seq, st.len)
+        };
         let t0 = std::time::Instant::now();
         let res = file.sync_data();
         metrics::histogram!("comity_wal_sync_seconds").record(t0.elapsed().as_secs_f64());
+        let res = res.and_then(|()| {
+            // Marked before the acknowledgements, so that everything they
+            // acknowledge has a mark after it once the node stops. A
+            // failure is Raft's to see, as with any append.
+            let mut st = inner.state.lock().expect("log lock");
+            if st.current_seq != seq {
+                return Ok(()); // rolled: the old segment was synced whole
+            }
+            inner
+                .write(&mut st, &[WalRecord::Synced(len)])
+                .map_err(std::io::Error::other)
+        });
+        drop(inner);
         metrics::histogram!("comity_wal_appends_per_sync").record(batch.len() as f64);
         for cb in batch {
             cb.log_io_completed(
@@ -486,8 +539,17 @@ fn write_vote(dir: &Path, vote: &Vote<u64>) -> Result<(), WalError> {
     sync_dir(dir)
 }
 
-/// Replays one segment. In the last segment an incomplete or unverifiable
-/// final record is a torn write and is cut off.
+fn truncate(path: &Path, len: usize) -> Result<(), WalError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io(path))?;
+    file.set_len(len as u64).map_err(io(path))?;
+    file.sync_all().map_err(io(path))
+}
+
+/// Replays one segment. In the last segment a torn tail (see the module
+/// docs) is cut off.
 fn replay(path: &Path, last: bool, mut f: impl FnMut(WalRecord)) -> Result<(), WalError> {
     let mut data = Vec::new();
     File::open(path)
@@ -498,20 +560,30 @@ fn replay(path: &Path, last: bool, mut f: impl FnMut(WalRecord)) -> Result<(), W
         offset: offset as u64,
         reason: reason.to_string(),
     };
-    let (mut off, seed) = if data.starts_with(MAGIC) {
-        let Some(salt) = data.get(MAGIC.len()..HEADER_LEN) else {
-            if !last {
-                return Err(corrupt(0, "incomplete segment header"));
-            }
-            // Its header was being written when the node stopped: nothing
-            // in it was ever acknowledged.
-            tracing::warn!(path = %path.display(), "discarding a torn Raft log segment header (never acknowledged)");
-            return truncate(path, 0);
-        };
-        (HEADER_LEN, crc32c::crc32c(salt))
-    } else if MAGIC.starts_with(&data[..data.len().min(MAGIC.len())])
-        || data.iter().all(|&b| b == 0)
+    let torn_header = data.len() < HEADER_LEN
+        && [MAGIC, MAGIC_V2]
+            .iter()
+            .any(|m| data.starts_with(*m) || m.starts_with(&data))
+        || data.iter().all(|&b| b == 0);
+    let (mut off, seed, marked) = if let Some(head) =
+        data.get(..HEADER_LEN).filter(|h| h.starts_with(MAGIC))
     {
+        let (body, crc) = head.split_at(HEADER_LEN - 4);
+        if crc32c::crc32c(body).to_le_bytes() != crc {
+            // Not a torn write: cutting here would drop acknowledged entries.
+            return Err(corrupt(0, "damaged segment header"));
+        }
+        (HEADER_LEN, crc32c::crc32c(&body[MAGIC.len()..]), true)
+    } else if let Some(head) = data
+        .get(..HEADER_LEN_V2)
+        .filter(|h| h.starts_with(MAGIC_V2))
+    {
+        (
+            HEADER_LEN_V2,
+            crc32c::crc32c(&head[MAGIC_V2.len()..]),
+            false,
+        )
+    } else if torn_header {
         // Empty, or a header cut short or left unwritten: nothing in it was
         // ever acknowledged if it is the last segment.
         if !last {
@@ -521,65 +593,39 @@ fn replay(path: &Path, last: bool, mut f: impl FnMut(WalRecord)) -> Result<(), W
             tracing::warn!(path = %path.display(), "discarding a torn Raft log segment header (never acknowledged)");
         }
         return truncate(path, 0);
-    } else if frame_at(&data, 0, 0) {
-        (0, 0) // a segment from before headers: frames from the start, unsalted
+    } else if record_at(&data, 0, 0).is_ok() {
+        (0, 0, false) // a segment from before headers: frames from the start, unsalted
     } else {
-        // Not a torn write: cutting here would drop acknowledged entries.
         return Err(corrupt(
             0,
             "damaged segment header (or, in a segment from before headers, a checksum mismatch in its first record)",
         ));
     };
     while off < data.len() {
-        let torn = |reason: &str| -> Result<bool, WalError> {
-            if last {
-                tracing::warn!(path = %path.display(), offset = off, reason, "discarding a torn Raft log tail (never acknowledged)");
-                Ok(true)
-            } else {
-                Err(corrupt(off, reason))
+        let end = match record_at(&data, off, seed) {
+            Ok(end) => end,
+            Err(bad) => {
+                if !last {
+                    return Err(corrupt(off, bad.reason()));
+                }
+                if marked {
+                    if let Some(synced) = synced_past(&data, off, seed) {
+                        return Err(corrupt(
+                            off,
+                            &format!(
+                                "{} within the first {synced} bytes, which a later sync mark says were durable",
+                                bad.reason()
+                            ),
+                        ));
+                    }
+                } else if let Some(why) = unmarked_damage(bad, &data, off, seed) {
+                    return Err(corrupt(off, why));
+                }
+                tracing::warn!(path = %path.display(), offset = off, reason = bad.reason(), "discarding a torn Raft log tail (never acknowledged)");
+                break;
             }
         };
-        if data.len() - off < 8 && torn("incomplete record header")? {
-            break;
-        }
-        let len = u32::from_le_bytes(data[off..off + 4].try_into().expect("4 bytes"));
-        let crc = u32::from_le_bytes(data[off + 4..off + 8].try_into().expect("4 bytes"));
-        if len == 0 {
-            // No record encodes to nothing. Zeros up to the end are blocks a
-            // power loss left unwritten after the file grew; zeros with data
-            // after them are damage.
-            if data[off..].iter().all(|&b| b == 0) && torn("zero-filled tail")? {
-                break;
-            }
-            return Err(corrupt(off, "zero-length record"));
-        }
-        let end = off + 8 + len as usize;
-        if len > MAX_RECORD || end > data.len() {
-            // A torn write leaves nothing valid after it; a damaged length does.
-            // Only the last segment may end torn: elsewhere this is damage
-            // whatever follows, and there is nothing to look for.
-            if last && valid_frame_after(&data, off + 1, seed) {
-                return Err(corrupt(
-                    off,
-                    "damaged record length with valid records after it",
-                ));
-            }
-            if torn("record runs past the end of the file")? {
-                break;
-            }
-        }
-        let payload = &data[off + 8..end];
-        if checksum(seed, payload) != crc {
-            // Only the very last record can be a torn write, followed at most
-            // by zeros (blocks left unwritten past it); anything followed by
-            // more data is damage.
-            if data[end..].iter().all(|&b| b == 0) && torn("checksum mismatch in the final record")?
-            {
-                break;
-            }
-            return Err(corrupt(off, "checksum mismatch"));
-        }
-        let rec: WalRecord = ciborium::from_reader(payload)
+        let rec: WalRecord = ciborium::from_reader(&data[off + 8..end])
             .map_err(|e| corrupt(off, &format!("undecodable record: {e}")))?;
         f(rec);
         off = end;
@@ -590,41 +636,92 @@ fn replay(path: &Path, last: bool, mut f: impl FnMut(WalRecord)) -> Result<(), W
     Ok(())
 }
 
-fn truncate(path: &Path, len: usize) -> Result<(), WalError> {
-    let file = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(io(path))?;
-    file.set_len(len as u64).map_err(io(path))?;
-    file.sync_all().map_err(io(path))
+/// Why no record of the segment starts at an offset.
+#[derive(Clone, Copy, Debug)]
+enum Bad {
+    Short,
+    ZeroLength,
+    PastEnd,
+    Checksum { end: usize },
 }
 
-/// Whether a checksum-valid record starts anywhere at or after `from`. With
-/// a salted segment only the node's own records can pass, never bytes a
-/// client chose. The bytes after a torn record are a client's, which could
-/// make every offset claim a long record: each claim is checked from prefix
-/// checksums ([`CrcSpans`]), in time linear in the tail, not quadratic.
-fn valid_frame_after(data: &[u8], from: usize, seed: u32) -> bool {
+impl Bad {
+    fn reason(self) -> &'static str {
+        match self {
+            Bad::Short => "incomplete record header",
+            Bad::ZeroLength => "zero-length record",
+            Bad::PastEnd => "record runs past the end of the file",
+            Bad::Checksum { .. } => "checksum mismatch",
+        }
+    }
+}
+
+/// The end of the record of the segment starting at `off`.
+fn record_at(data: &[u8], off: usize, seed: u32) -> Result<usize, Bad> {
+    let head = data.get(off..off + 8).ok_or(Bad::Short)?;
+    let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes"));
+    let crc = u32::from_le_bytes(head[4..].try_into().expect("4 bytes"));
+    let end = off + 8 + len as usize;
+    if len == 0 {
+        Err(Bad::ZeroLength)
+    } else if len > MAX_RECORD || end > data.len() {
+        Err(Bad::PastEnd)
+    } else if checksum(seed, &data[off + 8..end]) != crc {
+        Err(Bad::Checksum { end })
+    } else {
+        Ok(end)
+    }
+}
+
+/// In the last segment of a log written before sync marks, why `bad` at
+/// `off` is damage rather than a torn final record, if it is. A torn write
+/// leaves nothing valid after it, at most zeros (blocks left unwritten
+/// after the file grew); a damaged length or checksum does.
+fn unmarked_damage(bad: Bad, data: &[u8], off: usize, seed: u32) -> Option<&'static str> {
+    let zeros_from = |at: usize| data[at..].iter().all(|&b| b == 0);
+    match bad {
+        Bad::Short => None,
+        Bad::ZeroLength => (!zeros_from(off)).then_some(bad.reason()),
+        Bad::PastEnd => valid_frame_after(data, off + 1, seed)
+            .then_some("damaged record length with valid records after it"),
+        Bad::Checksum { end } => (!zeros_from(end)).then_some(bad.reason()),
+    }
+}
+
+/// Payloads of the checksum-valid records starting anywhere at or after
+/// `from`. With a salted segment only the node's own records can pass,
+/// never bytes a client chose. The bytes after a torn record are a
+/// client's, which could make every offset claim a long record: each claim
+/// is checked from prefix checksums ([`CrcSpans`]), in time linear in the
+/// tail, not quadratic.
+fn frames_after(data: &[u8], from: usize, seed: u32) -> impl Iterator<Item = &[u8]> {
     let tail = &data[from.min(data.len())..];
     let spans = CrcSpans::new(tail);
-    (0..tail.len().saturating_sub(8)).any(|t| {
+    (0..tail.len().saturating_sub(8)).filter_map(move |t| {
         let len = u32::from_le_bytes(tail[t..t + 4].try_into().expect("4 bytes")) as usize;
         let crc = u32::from_le_bytes(tail[t + 4..t + 8].try_into().expect("4 bytes"));
-        len > 0
+        (len > 0
             && len <= MAX_RECORD as usize
             && t + 8 + len <= tail.len()
-            && spans.span(seed, t + 8, t + 8 + len) == crc
+            && spans.span(seed, t + 8, t + 8 + len) == crc)
+            .then(|| &tail[t + 8..t + 8 + len])
     })
 }
 
-/// Whether a record with a matching checksum starts at offset `o`.
-fn frame_at(data: &[u8], o: usize, seed: u32) -> bool {
-    let Some(head) = data.get(o..o + 8) else {
-        return false;
-    };
-    let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize;
-    let crc = u32::from_le_bytes(head[4..].try_into().expect("4 bytes"));
-    len > 0 && o + 8 + len <= data.len() && checksum(seed, &data[o + 8..o + 8 + len]) == crc
+fn valid_frame_after(data: &[u8], from: usize, seed: u32) -> bool {
+    frames_after(data, from, seed).next().is_some()
+}
+
+/// How much of the segment a sync mark after `off` says was durable, if
+/// that covers `off`: damage there is not a torn tail.
+fn synced_past(data: &[u8], off: usize, seed: u32) -> Option<u64> {
+    // A mark encodes to a few bytes; entries are not decoded to find one.
+    frames_after(data, off + 1, seed)
+        .filter(|p| p.len() <= 32)
+        .find_map(|p| match ciborium::from_reader(p) {
+            Ok(WalRecord::Synced(s)) if s > off as u64 => Some(s),
+            _ => None,
+        })
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -685,7 +782,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError<u64>> {
         let mut st = self.inner.state.lock().expect("log lock");
         st.committed = committed;
-        self.write(&mut st, &[WalRecord::Committed(committed)])
+        self.inner
+            .write(&mut st, &[WalRecord::Committed(committed)])
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError<u64>> {
@@ -704,7 +802,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         {
             let mut st = self.inner.state.lock().expect("log lock");
             let recs: Vec<WalRecord> = entries.into_iter().map(WalRecord::Entry).collect();
-            self.write(&mut st, &recs)?;
+            self.inner.write(&mut st, &recs)?;
             for r in recs {
                 if let WalRecord::Entry(e) = r {
                     st.entries.insert(e.log_id.index, e);
@@ -733,7 +831,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             return Err(storage_io(ErrorSubject::Logs, ErrorVerb::Delete, e));
         }
         st.entries.split_off(&log_id.index);
-        self.write(&mut st, &[WalRecord::Truncate(log_id.index)])
+        self.inner
+            .write(&mut st, &[WalRecord::Truncate(log_id.index)])
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError<u64>> {
@@ -756,7 +855,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut st = self.inner.state.lock().expect("log lock");
             st.entries = st.entries.split_off(&(log_id.index + 1));
             st.last_purged = Some(log_id);
-            self.write(&mut st, &[WalRecord::Purged(log_id)])?;
+            self.inner.write(&mut st, &[WalRecord::Purged(log_id)])?;
             // The purge mark must be durable before older segments disappear.
             st.writer
                 .get_ref()
@@ -1078,72 +1177,192 @@ mod tests {
         (dir, seg)
     }
 
+    /// The records of a salted segment: offset, end, and whether it is a
+    /// sync mark.
+    fn records(b: &[u8]) -> Vec<(usize, usize, bool)> {
+        let seed = crc32c::crc32c(&b[MAGIC.len()..MAGIC.len() + SALT_LEN]);
+        let mut out = Vec::new();
+        let mut off = if b.starts_with(MAGIC) {
+            HEADER_LEN
+        } else {
+            HEADER_LEN_V2
+        };
+        while let Ok(end) = record_at(b, off, seed) {
+            let mark = matches!(
+                ciborium::from_reader(&b[off + 8..end]),
+                Ok(WalRecord::Synced(_))
+            );
+            out.push((off, end, mark));
+            off = end;
+        }
+        out
+    }
+
+    /// End of the last record of `b` that is not a sync mark.
+    fn last_entry_end(b: &[u8]) -> usize {
+        records(b).iter().rev().find(|r| !r.2).unwrap().1
+    }
+
+    /// Rewrites segment `seg` as written before sync marks: the old header,
+    /// without the marks.
+    fn as_v2(seg: &Path) {
+        let b = std::fs::read(seg).unwrap();
+        let mut old = [MAGIC_V2.as_slice(), &b[MAGIC.len()..MAGIC.len() + SALT_LEN]].concat();
+        for (off, end, mark) in records(&b) {
+            if !mark {
+                old.extend(&b[off..end]);
+            }
+        }
+        std::fs::write(seg, old).unwrap();
+    }
+
+    /// [`ten_entries`], in the format written now or (`v2`) before sync marks.
+    fn ten_entries_as(v2: bool) -> (tempfile::TempDir, PathBuf) {
+        let (dir, seg) = ten_entries();
+        if v2 {
+            as_v2(&seg);
+        }
+        (dir, seg)
+    }
+
     #[test]
     fn torn_tail_is_discarded_but_damage_is_refused() {
-        let (dir, seg) = ten_entries();
-        let len = std::fs::metadata(&seg).unwrap().len();
-        // A torn final record: the last entry was never acknowledged.
-        cut(&seg, len - 5);
-        rt().block_on(async {
-            let mut s = LogStore::open(dir.path()).unwrap();
-            assert_eq!(indexes(&mut s).await, (1..=9).collect::<Vec<_>>());
-        });
-        // A flipped byte in the middle of an older record is corruption, named with its file.
-        let mut bytes = std::fs::read(&seg).unwrap();
-        let mid = bytes.len() / 3;
-        bytes[mid] ^= 0x40;
-        std::fs::write(&seg, &bytes).unwrap();
-        assert_refused_naming(dir.path(), &seg, "corrupt");
+        for v2 in [false, true] {
+            let (dir, seg) = ten_entries_as(v2);
+            // A torn final record: the last entry was never acknowledged.
+            let bytes = std::fs::read(&seg).unwrap();
+            cut(&seg, last_entry_end(&bytes) as u64 - 5);
+            rt().block_on(async {
+                let mut s = LogStore::open(dir.path()).unwrap();
+                assert_eq!(indexes(&mut s).await, (1..=9).collect::<Vec<_>>());
+            });
+            // A flipped byte in the middle of an older record is corruption,
+            // named with its file.
+            let mut bytes = std::fs::read(&seg).unwrap();
+            let mid = bytes.len() / 3;
+            bytes[mid] ^= 0x40;
+            std::fs::write(&seg, &bytes).unwrap();
+            assert_refused_naming(dir.path(), &seg, "corrupt");
+        }
     }
 
     #[test]
     fn damaged_length_before_valid_records_is_refused() {
-        let (dir, seg) = ten_entries();
-        let bytes = std::fs::read(&seg).unwrap();
-        // Walk the frames to the fourth one and give it an impossible length.
-        let mut off = HEADER_LEN;
-        for _ in 0..3 {
-            off += 8 + u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
+        for v2 in [false, true] {
+            let (dir, seg) = ten_entries_as(v2);
+            let bytes = std::fs::read(&seg).unwrap();
+            // Walk the frames to the fourth one and give it an impossible length.
+            let mut off = if v2 { HEADER_LEN_V2 } else { HEADER_LEN };
+            for _ in 0..3 {
+                off += 8 + u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
+            }
+            let mut bad = bytes.clone();
+            bad[off..off + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+            std::fs::write(&seg, &bad).unwrap();
+            let err = refusal(dir.path());
+            let why = if v2 {
+                "damaged record length"
+            } else {
+                "a later sync mark says were durable"
+            };
+            assert!(err.contains(why), "{err}");
         }
-        let mut bad = bytes.clone();
-        bad[off..off + 4].copy_from_slice(&u32::MAX.to_le_bytes());
-        std::fs::write(&seg, &bad).unwrap();
-        let err = refusal(dir.path());
-        assert!(err.contains("damaged record length"), "{err}");
     }
 
     #[test]
     fn a_zero_filled_tail_is_torn_but_zeros_before_records_are_damage() {
-        let (dir, seg) = ten_entries();
-        let bytes = std::fs::read(&seg).unwrap();
-        // The file grew but its last blocks were never written: zeros.
-        let mut grown = bytes.clone();
-        grown.extend(std::iter::repeat_n(0u8, 4096));
-        std::fs::write(&seg, &grown).unwrap();
+        for v2 in [false, true] {
+            let (dir, seg) = ten_entries_as(v2);
+            let bytes = std::fs::read(&seg).unwrap();
+            // The file grew but its last blocks were never written: zeros.
+            let mut grown = bytes.clone();
+            grown.extend(std::iter::repeat_n(0u8, 4096));
+            std::fs::write(&seg, &grown).unwrap();
+            rt().block_on(async {
+                let mut s = LogStore::open(dir.path()).unwrap();
+                assert_eq!(indexes(&mut s).await, (1..=10).collect::<Vec<_>>());
+            });
+            assert_eq!(std::fs::read(&seg).unwrap(), bytes, "the zeros are cut off");
+            // Unwritten blocks are page-aligned, records are not: the zeros
+            // may start inside the last record.
+            let (dir2, seg2) = ten_entries_as(v2);
+            let mut torn_mid = std::fs::read(&seg2).unwrap();
+            torn_mid.truncate(last_entry_end(&torn_mid));
+            let n = torn_mid.len();
+            torn_mid[n - 3..].fill(0);
+            torn_mid.extend(std::iter::repeat_n(0u8, 4096));
+            std::fs::write(&seg2, &torn_mid).unwrap();
+            rt().block_on(async {
+                let mut s = LogStore::open(dir2.path()).unwrap();
+                assert_eq!(indexes(&mut s).await, (1..=9).collect::<Vec<_>>());
+            });
+            // Zeros over a record that has records after it: refused.
+            let mut holed = bytes.clone();
+            let first = if v2 { HEADER_LEN_V2 } else { HEADER_LEN };
+            let second = first
+                + 8
+                + u32::from_le_bytes(bytes[first..first + 4].try_into().unwrap()) as usize;
+            holed[second..second + 8].fill(0);
+            std::fs::write(&seg, &holed).unwrap();
+            let err = refusal(dir.path());
+            assert!(err.contains("zero-length record"), "{err}");
+        }
+    }
+
+    /// A power loss may leave blocks of unsynced data unwritten (zeros)
+    /// before written ones. No sync mark after such a gap covers it, so it
+    /// starts a torn tail; a gap that a mark covers is damage to synced,
+    /// acknowledged data.
+    #[test]
+    fn a_gap_in_unsynced_data_is_a_torn_tail_but_a_gap_a_sync_mark_covers_is_damage() {
+        let dir = tempfile::tempdir().unwrap();
         rt().block_on(async {
             let mut s = LogStore::open(dir.path()).unwrap();
-            assert_eq!(indexes(&mut s).await, (1..=10).collect::<Vec<_>>());
+            s.blocking_append((1..=5).map(|i| entry(i, 1)))
+                .await
+                .unwrap();
+            s.blocking_append((6..=10).map(|i| entry(i, 1)))
+                .await
+                .unwrap();
         });
-        assert_eq!(std::fs::read(&seg).unwrap(), bytes, "the zeros are cut off");
-        // Unwritten blocks are page-aligned, records are not: the zeros may
-        // start inside the last record.
-        let (dir2, seg2) = ten_entries();
-        let mut torn_mid = std::fs::read(&seg2).unwrap();
-        let n = torn_mid.len();
-        torn_mid[n - 3..].fill(0);
-        torn_mid.extend(std::iter::repeat_n(0u8, 4096));
-        std::fs::write(&seg2, &torn_mid).unwrap();
+        let seg = newest_segment(dir.path());
+        let bytes = std::fs::read(&seg).unwrap();
+        let recs = records(&bytes);
+        let entries: Vec<_> = recs.iter().filter(|r| !r.2).skip(1).collect(); // after `Committed`
+        assert_eq!(entries.len(), 10);
+        assert!(recs.last().unwrap().2, "the last sync is marked");
+        let with_gap = |at: usize, marked: bool| {
+            let mut b = bytes.clone();
+            if !marked {
+                b.truncate(last_entry_end(&bytes)); // the second sync never happened
+            }
+            let (off, end, _) = *entries[at - 1];
+            b[off..end].fill(0);
+            std::fs::write(&seg, &b).unwrap();
+        };
+        // Entry 7 was never written, 8..=10 were: none was acknowledged.
+        with_gap(7, false);
         rt().block_on(async {
-            let mut s = LogStore::open(dir2.path()).unwrap();
-            assert_eq!(indexes(&mut s).await, (1..=9).collect::<Vec<_>>());
+            let mut s = LogStore::open(dir.path()).unwrap();
+            assert_eq!(indexes(&mut s).await, (1..=6).collect::<Vec<_>>());
         });
-        // Zeros over a record that has records after it: refused.
-        let mut holed = bytes.clone();
-        let first = HEADER_LEN;
-        let second =
-            first + 8 + u32::from_le_bytes(bytes[first..first + 4].try_into().unwrap()) as usize;
-        holed[second..second + 8].fill(0);
-        std::fs::write(&seg, &holed).unwrap();
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), entries[6].0 as u64);
+        // The same gap once the second sync is marked, or a gap in the
+        // first synced append: acknowledged entries are damaged.
+        for (at, marked) in [(7, true), (3, false)] {
+            std::fs::remove_dir_all(dir.path()).unwrap();
+            std::fs::create_dir(dir.path()).unwrap();
+            with_gap(at, marked);
+            let err = refusal(dir.path());
+            assert!(err.contains("sync mark says were durable"), "{err}");
+        }
+        // A segment written before sync marks cannot tell: the gap is damage.
+        std::fs::write(&seg, &bytes[..last_entry_end(&bytes)]).unwrap();
+        as_v2(&seg);
+        let mut old = std::fs::read(&seg).unwrap();
+        let (off, end, _) = records(&old)[7]; // entry 7, after `Committed`
+        old[off..end].fill(0);
+        std::fs::write(&seg, &old).unwrap();
         let err = refusal(dir.path());
         assert!(err.contains("zero-length record"), "{err}");
     }
