@@ -146,37 +146,7 @@ async fn supervise(l: &Layout, n: usize, fresh: bool) -> anyhow::Result<()> {
     for i in 0..n {
         let cfg = NodeConfig::load(&l.node_toml(i))?;
         addrs.push(cfg.listen);
-        // Appended to, so the log of a node that crashed survives the restart.
-        let log_path = l.node_dir(i).join("node.log");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .with_context(|| format!("opening {}", log_path.display()))?;
-        let mut cmd = std::process::Command::new(&exe);
-        cmd.arg("node")
-            .arg("run")
-            .arg("--config")
-            .arg(l.node_toml(i))
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        // Its own process group: a terminal's Ctrl-C reaches `up` alone,
-        // which stops the nodes in order (a node still verifying its ledger
-        // at start would otherwise die of it).
-        cmd.process_group(0);
-        // SAFETY: prctl is async-signal-safe; it asks the kernel to SIGKILL
-        // the child when this thread (the main thread, which lives as long as
-        // `up`) exits.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        children.push(cmd.spawn().with_context(|| format!("starting node{i}"))?);
+        children.push(spawn_node(l, &exe, i)?);
     }
     let mut exited: Vec<Option<std::process::ExitStatus>> = vec![None; n];
     let ready = wait_network_ready(l, &addrs, &mut children, &mut exited);
@@ -185,20 +155,45 @@ async fn supervise(l: &Layout, n: usize, fresh: bool) -> anyhow::Result<()> {
         r = ready => r.map(|()| true),
         () = stop.recv() => Ok(false),
     };
+    let mut lost_majority = false;
     if let Ok(true) = started {
         print_summary(l, &addrs, fresh);
-        while exited.iter().any(Option::is_none) {
+        let mut restarts: Vec<Vec<std::time::Instant>> = vec![Vec::new(); n];
+        'run: while exited.iter().any(Option::is_none) {
             tokio::select! {
                 () = stop.recv() => break,
                 _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
             }
-            for (i, c) in children.iter_mut().enumerate() {
-                if let (None, Some(status)) = (exited[i], c.try_wait()?) {
-                    exited[i] = Some(status);
+            for i in 0..n {
+                if exited[i].is_some() {
+                    continue;
+                }
+                let Some(status) = children[i].try_wait()? else {
+                    continue;
+                };
+                let log = l.node_dir(i).join("node.log");
+                // A crash is what a restart is for; a node that keeps
+                // exiting (damaged files, say) is left down.
+                restarts[i].retain(|t| t.elapsed() < RESTART_WINDOW);
+                if restarts[i].len() < MAX_RESTARTS {
+                    restarts[i].push(std::time::Instant::now());
                     eprintln!(
-                        "node{i} exited ({status}); see {}",
-                        l.node_dir(i).join("node.log").display()
+                        "node{i} exited ({status}); restarting it (see {})",
+                        log.display()
                     );
+                    children[i] = spawn_node(l, &exe, i)?;
+                    continue;
+                }
+                exited[i] = Some(status);
+                eprintln!(
+                    "node{i} exited ({status}) again, after {MAX_RESTARTS} restarts in {} minutes: not restarting it (see {})",
+                    RESTART_WINDOW.as_secs() / 60,
+                    log.display()
+                );
+                if exited.iter().filter(|e| e.is_some()).count() > n / 2 {
+                    eprintln!("too few nodes are left to commit anything: stopping the network");
+                    lost_majority = true;
+                    break 'run;
                 }
             }
         }
@@ -237,6 +232,12 @@ async fn supervise(l: &Layout, n: usize, fresh: bool) -> anyhow::Result<()> {
         }
     }
     started?;
+    if lost_majority {
+        bail!(
+            "a majority of the nodes kept exiting; see node.log in each node's directory under {}",
+            l.data.display()
+        );
+    }
     let mut failed = Vec::new();
     for (i, st) in exited.iter().enumerate() {
         if killed.contains(&i) {
@@ -258,6 +259,46 @@ async fn supervise(l: &Layout, n: usize, fresh: bool) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Starts node `i` as a `comity node run` child process.
+fn spawn_node(l: &Layout, exe: &Path, i: usize) -> anyhow::Result<std::process::Child> {
+    // Appended to, so the log of a node that crashed survives the restart.
+    let log_path = l.node_dir(i).join("node.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("node")
+        .arg("run")
+        .arg("--config")
+        .arg(l.node_toml(i))
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // Its own process group: a terminal's Ctrl-C reaches `up` alone,
+    // which stops the nodes in order (a node still verifying its ledger
+    // at start would otherwise die of it).
+    cmd.process_group(0);
+    // SAFETY: prctl is async-signal-safe; it asks the kernel to SIGKILL
+    // the child when this thread (the main thread, which lives as long as
+    // `up`) exits.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().with_context(|| format!("starting node{i}"))
+}
+
+/// A node that exits is restarted, unless this many restarts of it fall
+/// within [`RESTART_WINDOW`].
+const MAX_RESTARTS: usize = 3;
+const RESTART_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// SIGINT and SIGTERM, listened for once for the whole run.
 struct Stop {
