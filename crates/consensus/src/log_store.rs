@@ -133,6 +133,21 @@ struct State {
     seed: u32,
     /// Bytes of the current segment handed to the OS.
     len: u64,
+    /// Set by a failed write: the file may end in part of a record, and
+    /// `len` may count bytes not handed to the OS, so nothing more is
+    /// written, synced or marked (Raft stops; a restart reads what is there).
+    failed: bool,
+}
+
+impl State {
+    fn usable(&self) -> std::io::Result<()> {
+        if self.failed {
+            return Err(std::io::Error::other(
+                "an earlier write to the Raft log failed; restart the node",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// How far the log is no longer needed: the state machine's state, or a
@@ -245,11 +260,15 @@ fn start_segment(
     writer.flush().map_err(io(path))?;
     sync.sync_data().map_err(io(path))?;
     sync_dir(dir)?;
+    // Unsynced, like every mark: see the flusher.
+    let mark = frame(&WalRecord::Synced(head.len() as u64), seed);
+    writer.write_all(&mark).map_err(io(path))?;
+    writer.flush().map_err(io(path))?;
     Ok(Started {
         writer,
         sync,
         seed,
-        len: head.len() as u64,
+        len: (head.len() + mark.len()) as u64,
     })
 }
 
@@ -356,6 +375,7 @@ impl LogStore {
             sync,
             seed,
             len,
+            failed: false,
         };
         let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
         let inner = Arc::new(Inner {
@@ -403,6 +423,7 @@ impl LogStore {
 impl Inner {
     fn write(&self, st: &mut State, recs: &[WalRecord]) -> Result<(), StorageError<u64>> {
         let err = |e: std::io::Error| storage_io(ErrorSubject::Logs, ErrorVerb::Write, e);
+        st.usable().map_err(err)?;
         let frames: Vec<Vec<u8>> = recs.iter().map(|r| frame(r, st.seed)).collect();
         // Replay would take an over-limit record for a torn tail: refuse the
         // whole append before any of it is written.
@@ -415,6 +436,7 @@ impl Inner {
                 ),
             )));
         }
+        st.failed = true; // until everything below succeeds
         for (r, f) in recs.iter().zip(&frames) {
             st.writer.write_all(f).map_err(err)?;
             st.len += f.len() as u64;
@@ -427,6 +449,7 @@ impl Inner {
             self.roll(st)
                 .map_err(|e| storage_io(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         }
+        st.failed = false;
         Ok(())
     }
 
@@ -437,14 +460,15 @@ impl Inner {
             .get_ref()
             .sync_data()
             .map_err(io(&st.current.path))?;
-        st.current_seq += 1;
-        let path = segment_path(&self.dir, st.current_seq);
+        let seq = st.current_seq + 1;
+        let path = segment_path(&self.dir, seq);
         let Started {
             writer,
             sync,
             seed,
             len,
         } = start_segment(&self.dir, &path, st.last_purged, st.committed)?;
+        st.current_seq = seq;
         let old = std::mem::replace(
             &mut st.current,
             Segment {
@@ -466,12 +490,12 @@ fn flusher(inner: std::sync::Weak<Inner>, rx: mpsc::Receiver<LogFlushed<TypeConf
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
         let Some(inner) = inner.upgrade() else { return };
-        let (file, seq, len) = {
+        let (file, seq, len, usable) = {
             let st = inner.state.lock().expect("log lock");
-            (st.sync.clone(), st.current_seq, st.len)
+            (st.sync.clone(), st.current_seq, st.len, st.usable())
         };
         let t0 = std::time::Instant::now();
-        let res = file.sync_data();
+        let res = usable.and_then(|()| file.sync_data());
         metrics::histogram!("comity_wal_sync_seconds").record(t0.elapsed().as_secs_f64());
         let res = res.and_then(|()| {
             // Marked before the acknowledgements, so that everything they
@@ -758,13 +782,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut st = self.inner.state.lock().expect("log lock");
         let err = |e| storage_io(ErrorSubject::Vote, ErrorVerb::Write, e);
         // Writes are serialized: everything appended before the vote is made durable first.
-        st.writer.flush().map_err(|e| {
-            err(WalError::Io {
-                path: st.current.path.clone(),
-                source: e,
-            })
-        })?;
-        st.writer.get_ref().sync_data().map_err(|e| {
+        let synced = st
+            .usable()
+            .and_then(|()| st.writer.flush())
+            .and_then(|()| st.writer.get_ref().sync_data());
+        synced.map_err(|e| {
             err(WalError::Io {
                 path: st.current.path.clone(),
                 source: e,
@@ -1236,8 +1258,8 @@ mod tests {
                 let mut s = LogStore::open(dir.path()).unwrap();
                 assert_eq!(indexes(&mut s).await, (1..=9).collect::<Vec<_>>());
             });
-            // A flipped byte in the middle of an older record is corruption,
-            // named with its file.
+            // A flipped byte in a segment that is no longer the last (the
+            // open above started one) is corruption, named with its file.
             let mut bytes = std::fs::read(&seg).unwrap();
             let mid = bytes.len() / 3;
             bytes[mid] ^= 0x40;
@@ -1297,6 +1319,7 @@ mod tests {
                 assert_eq!(indexes(&mut s).await, (1..=9).collect::<Vec<_>>());
             });
             // Zeros over a record that has records after it: refused.
+            let (dir, seg) = ten_entries_as(v2);
             let mut holed = bytes.clone();
             let first = if v2 { HEADER_LEN_V2 } else { HEADER_LEN };
             let second = first
@@ -1347,6 +1370,23 @@ mod tests {
             assert_eq!(indexes(&mut s).await, (1..=6).collect::<Vec<_>>());
         });
         assert_eq!(std::fs::metadata(&seg).unwrap().len(), entries[6].0 as u64);
+        // A mark after the gap from a sync that ended before it (appends
+        // written while that sync ran): still a torn tail.
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        std::fs::create_dir(dir.path()).unwrap();
+        with_gap(7, false);
+        let seed = crc32c::crc32c(&bytes[MAGIC.len()..MAGIC.len() + SALT_LEN]);
+        let early = frame(&WalRecord::Synced(entries[4].1 as u64), seed);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&seg)
+            .unwrap()
+            .write_all(&early)
+            .unwrap();
+        rt().block_on(async {
+            let mut s = LogStore::open(dir.path()).unwrap();
+            assert_eq!(indexes(&mut s).await, (1..=6).collect::<Vec<_>>());
+        });
         // The same gap once the second sync is marked, or a gap in the
         // first synced append: acknowledged entries are damaged.
         for (at, marked) in [(7, true), (3, false)] {
@@ -1369,32 +1409,37 @@ mod tests {
 
     #[test]
     fn a_value_shaped_like_a_record_does_not_turn_a_torn_tail_into_damage() {
-        let dir = tempfile::tempdir().unwrap();
-        // A client's value holding a well-formed record, checksummed as it
-        // could be without the segment's salt, with more bytes after it.
-        let mut value = vec![7u8; 64];
-        value.extend(frame(&WalRecord::Committed(None), 0));
-        value.extend([7u8; 256]);
-        rt().block_on(async {
-            let mut s = LogStore::open(dir.path()).unwrap();
-            s.blocking_append((1..=9).map(|i| entry(i, 1)))
-                .await
-                .unwrap();
-            let mut last = entry(10, 1);
-            last.payload = EntryPayload::Normal(Command::Batch {
-                time: 10,
-                txs: vec![ByteBuf::from(value)],
+        for v2 in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            // A client's value holding a well-formed record, checksummed as
+            // it could be without the segment's salt, with more bytes after it.
+            let mut value = vec![7u8; 64];
+            value.extend(frame(&WalRecord::Committed(None), 0));
+            value.extend([7u8; 256]);
+            rt().block_on(async {
+                let mut s = LogStore::open(dir.path()).unwrap();
+                s.blocking_append((1..=9).map(|i| entry(i, 1)))
+                    .await
+                    .unwrap();
+                let mut last = entry(10, 1);
+                last.payload = EntryPayload::Normal(Command::Batch {
+                    time: 10,
+                    txs: vec![ByteBuf::from(value)],
+                });
+                s.blocking_append([last]).await.unwrap();
             });
-            s.blocking_append([last]).await.unwrap();
-        });
-        // The write of the last record was torn after the embedded record.
-        let seg = newest_segment(dir.path());
-        let len = std::fs::metadata(&seg).unwrap().len();
-        cut(&seg, len - 128);
-        rt().block_on(async {
-            let mut s = LogStore::open(dir.path()).unwrap();
-            assert_eq!(indexes(&mut s).await, (1..=9).collect::<Vec<_>>());
-        });
+            // The write of the last record was torn after the embedded record.
+            let seg = newest_segment(dir.path());
+            if v2 {
+                as_v2(&seg);
+            }
+            let bytes = std::fs::read(&seg).unwrap();
+            cut(&seg, last_entry_end(&bytes) as u64 - 128);
+            rt().block_on(async {
+                let mut s = LogStore::open(dir.path()).unwrap();
+                assert_eq!(indexes(&mut s).await, (1..=9).collect::<Vec<_>>());
+            });
+        }
     }
 
     #[test]
