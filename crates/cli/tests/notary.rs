@@ -546,8 +546,17 @@ async fn a_contracts_life_over_https() {
     p1.push(("limit".into(), "1".into()));
     let first = get(p1.clone()).await;
     assert_eq!(ids(&first), [a.as_str()]);
-    p1.push(("after".into(), first["next"].as_str().unwrap().to_string()));
+    let cursor = first["next"].as_str().unwrap().to_string();
+    p1.push(("after".into(), cursor.clone()));
     assert_eq!(ids(&get(p1).await), [b.as_str()]);
+    // A cursor serves only its own listing: replayed under another filter
+    // it would place where it stopped among that listing's records.
+    let mut other = q("matter", "M-2026-001".into());
+    other.push(("after".into(), cursor));
+    let q2: Vec<(&str, String)> = other.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let e = n.client.notary_get(&["documents"], &q2).await.unwrap_err();
+    assert_eq!(e.status(), Some(400), "{e}");
+    assert!(e.to_string().contains("bad_cursor"), "{e}");
     assert_eq!(
         ids(&get(q("matter", "M-2026-001".into())).await),
         [a.clone(), b.clone()]

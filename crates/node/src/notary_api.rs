@@ -172,10 +172,20 @@ async fn list(
             ))
         }
     };
+    // A cursor serves only the listing it came from.
+    let listing = serde_json::to_vec(&(
+        hex::encode(me),
+        &q.party,
+        &q.matter,
+        &q.status,
+        q.from_time,
+        q.to_time,
+    ))
+    .expect("encoding strings and numbers cannot fail");
     let after = q
         .after
         .as_deref()
-        .map(|c| shared.cursors.open(c))
+        .map(|c| shared.cursors.open(&listing, c))
         .transpose()?;
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_LIST);
     let page = nquery::documents(
@@ -191,7 +201,7 @@ async fn list(
         .iter()
         .map(doc_json)
         .collect::<ApiResult<Vec<_>>>()?;
-    let next = page.next.map(|k| shared.cursors.seal(&k));
+    let next = page.next.map(|k| shared.cursors.seal(&listing, &k));
     Ok(Json(json!({"items": items, "next": next})))
 }
 
