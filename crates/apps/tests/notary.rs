@@ -908,6 +908,43 @@ fn collections_order_changes_are_events() {
             .collect::<Vec<_>>()
             .join(",")
     );
+
+    // bob may read the collection once it holds only a document he is
+    // party to, but a proof showing the earlier order (as of a checkpoint
+    // before the change) would name one he may not read.
+    let shared = n.register(
+        &alice,
+        "register",
+        reg(sha256(b"shared"), "Shared", &[(&bob, "party")], 0, 1),
+    );
+    n.expect(
+        &alice,
+        "collection.set_order",
+        order(&[shared, docs[0]]),
+        "ok",
+    );
+    let state = |n: &Net| {
+        n.store
+            .read()
+            .unwrap()
+            .get(&keys::notary_collection(&c))
+            .unwrap()
+            .unwrap()
+    };
+    let then = state(&n);
+    n.expect(&alice, "collection.set_order", order(&[shared]), "ok");
+    let now = state(&n);
+    let r = n.store.read().unwrap();
+    let current = collection::load(&r, &c).unwrap().unwrap();
+    let (a, b) = (id(&alice), id(&bob));
+    assert!(collection::readable_by(&r, &current, &b).unwrap());
+    assert!(!collection::proof_readable_by(&r, &current, Some(&then), &b).unwrap());
+    assert!(collection::proof_readable_by(&r, &current, Some(&now), &b).unwrap());
+    assert!(collection::proof_readable_by(&r, &current, None, &b).unwrap());
+    assert!(
+        collection::proof_readable_by(&r, &current, Some(&then), &a).unwrap(),
+        "the owner is shown every order"
+    );
 }
 
 #[test]

@@ -83,7 +83,12 @@ async fn list(
 
 /// A state value proved against the latest final checkpoint.
 pub(crate) fn proof_json(shared: &crate::Shared, key: &[u8]) -> ApiResult<Value> {
-    Ok(match query::proved_state(&shared.store, key)? {
+    Ok(proved_json(key, query::proved_state(&shared.store, key)?))
+}
+
+/// The JSON of `proved`, the value at `key`.
+pub(crate) fn proved_json(key: &[u8], proved: Option<query::ProvedValue>) -> Value {
+    match proved {
         Some(p) => json!({
             "checkpoint": checkpoint_json(&p.checkpoint),
             "state_key_hex": hex::encode(key),
@@ -91,7 +96,7 @@ pub(crate) fn proof_json(shared: &crate::Shared, key: &[u8]) -> ApiResult<Value>
             "state_proof": hex::encode(&p.proof),
         }),
         None => Value::Null,
-    })
+    }
 }
 
 async fn identity(

@@ -5,7 +5,7 @@
 
 use crate::api::{authorize, parse_hash, read_limited, ApiPath, ApiQuery, S};
 use crate::error::{ApiError, ApiResult};
-use crate::gov_api::proof_json;
+use crate::gov_api::{proof_json, proved_json};
 use crate::server::ClientIdentity;
 use axum::body::Body;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -316,9 +316,17 @@ async fn collection(
 ) -> ApiResult<Json<Value>> {
     let me = authorize(&shared, who)?;
     let c = load_collection(&shared, &id, &me)?;
+    let key = keys::notary_collection(&c.id.0);
+    let mut proved = query::proved_state(&shared.store, &key)?;
+    if let Some(p) = &proved {
+        let then = p.value.as_deref();
+        if !collection::proof_readable_by(&shared.store.read()?, &c, then, &me)? {
+            proved = None;
+        }
+    }
     Ok(Json(json!({
         "collection": c,
-        "proof": proof_json(&shared, &keys::notary_collection(&c.id.0))?,
+        "proof": proved_json(&key, proved),
     })))
 }
 

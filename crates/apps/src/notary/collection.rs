@@ -51,8 +51,13 @@ pub struct OrderArgs {
 
 pub fn load(s: &impl StateRead, id: &Hash) -> Result<Option<Collection>, StoreError> {
     s.state(&keys::notary_collection(id))?
-        .map(|b| decode("notary collection", &b))
+        .map(|b| from_state(&b))
         .transpose()
+}
+
+/// A collection as stored (a proved value, say).
+pub fn from_state(b: &[u8]) -> Result<Collection, StoreError> {
+    decode("notary collection", b)
 }
 
 /// Whether `who` may read `c`: its owner, and whoever may read every one
@@ -70,6 +75,22 @@ pub fn readable_by(s: &impl StateRead, c: &Collection, who: &Hash) -> Result<boo
         }
     }
     Ok(true)
+}
+
+/// Whether `who`, who may read `current`, may also be shown `proved`, the
+/// collection a proof shows (as of the latest final checkpoint): an earlier
+/// order may name documents taken out since, which only the owner, or a
+/// reader of them all, may see.
+pub fn proof_readable_by(
+    s: &impl StateRead,
+    current: &Collection,
+    proved: Option<&[u8]>,
+    who: &Hash,
+) -> Result<bool, StoreError> {
+    match proved {
+        Some(b) if current.owner.0 != *who => readable_by(s, &from_state(b)?, who),
+        _ => Ok(true),
+    }
 }
 
 pub fn create(ctx: &mut Ctx<'_, '_>, a: CreateArgs) -> AppResult {
