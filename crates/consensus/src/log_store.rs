@@ -182,7 +182,7 @@ impl PurgeFloor {
 }
 
 /// How long a purge waits for its [`PurgeFloor`].
-const PURGE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+pub const PURGE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 struct Inner {
     dir: PathBuf,

@@ -71,6 +71,12 @@ fn peer_addrs(info: &SnapshotInfo) -> Vec<String> {
 /// How long a snapshot install waits for any peer to have the ledger
 /// records it lacks before it gives up (until the next start).
 const FETCH_PATIENCE: Duration = Duration::from_secs(300);
+/// How long a snapshot is checked (some peer has its last record) before
+/// anything is recorded: openraft asks for the log's purge together with
+/// the install, and the purge waits for the install to be recorded at
+/// most [`crate::log_store::PURGE_WAIT`] before it stops Raft.
+const PRECHECK_PATIENCE: Duration = Duration::from_secs(30);
+const _: () = assert!(PRECHECK_PATIENCE.as_secs() * 2 <= crate::log_store::PURGE_WAIT.as_secs());
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Applied {
@@ -246,7 +252,10 @@ impl StateMachine {
         let mut last = None;
         let mut logged = Instant::now();
         while have < info.ledger_len {
-            let Some(mut records) = self.fetch(&addrs, have, info.ledger_len).await else {
+            let Some(mut records) = self
+                .fetch(&addrs, have, info.ledger_len, FETCH_PATIENCE)
+                .await
+            else {
                 // Some peer had the last record when the install began: the
                 // next start resumes it.
                 return Err(write_err(format!(
@@ -320,20 +329,25 @@ impl StateMachine {
     /// some, starting at a random one (a peer whose records fail the
     /// replay's checks stops the install, and a restart should not ask it
     /// first again); retries every second until one answers, for at most
-    /// [`FETCH_PATIENCE`].
+    /// `patience`, each call included.
     async fn fetch(
         &self,
         addrs: &[String],
         from: u64,
         to: u64,
+        patience: Duration,
     ) -> Option<Vec<serde_bytes::ByteBuf>> {
         let req = LedgerRequest { from, to };
         let first = usize::from(comity_core::crypto::random_nonce()[0]);
-        let t0 = Instant::now();
-        while t0.elapsed() < FETCH_PATIENCE {
+        let deadline = Instant::now() + patience;
+        while Instant::now() < deadline {
             if let Some(peers) = self.peers.get() {
                 let n = addrs.len();
                 for addr in (0..n).map(|k| &addrs[(first + k) % n]) {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return None;
+                    }
                     match peers
                         // Any trusted node may serve records: replay checks them.
                         .call::<_, Vec<serde_bytes::ByteBuf>>(
@@ -341,7 +355,7 @@ impl StateMachine {
                             addr,
                             path::LEDGER,
                             &req,
-                            Duration::from_secs(30),
+                            left.min(Duration::from_secs(30)),
                         )
                         .await
                     {
@@ -571,14 +585,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         if info.ledger_len > have
             && self
-                .fetch(&peer_addrs(&info), info.ledger_len - 1, info.ledger_len)
+                .fetch(
+                    &peer_addrs(&info),
+                    info.ledger_len - 1,
+                    info.ledger_len,
+                    PRECHECK_PATIENCE,
+                )
                 .await
                 .is_none()
         {
             return Err(write_err(format!(
                 "refusing a snapshot of {} ledger records: for {} s no peer had its last record",
                 info.ledger_len,
-                FETCH_PATIENCE.as_secs()
+                PRECHECK_PATIENCE.as_secs()
             )));
         }
         // Recorded durably first, so that a crash during the replay resumes it.
@@ -614,6 +633,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 /// Detaches a store from the Raft log it was applied from, so that a new
 /// Raft group (disaster recovery) starts from the store's ledger and state
 /// as they are, with an empty log.
+/// Whether a snapshot install is under way (or one a crash interrupted is
+/// to be resumed): the ledger then holds records fetched from peers that
+/// are checked against the snapshot only at its end.
+pub fn installing(store: &Store) -> Result<bool, comity_store::StoreError> {
+    Ok(store.read()?.meta_get(META_INSTALLING)?.is_some())
+}
+
 pub fn forget_raft_log(store: &Store) -> Result<(), StorageError<u64>> {
     let txn = store.begin().map_err(write_err)?;
     {

@@ -141,8 +141,13 @@ async fn resubmit_signature(shared: &Shared, cp: &Checkpoint) -> bool {
 }
 
 /// Whether this node applies entries far behind what is committed (a
-/// snapshot install, or a long catch-up).
+/// long catch-up), or installs a snapshot: its ledger then holds records
+/// from peers that are checked only at the install's end, which it must
+/// not sign for.
 fn catching_up(shared: &Shared) -> bool {
+    if comity_consensus::state_machine::installing(&shared.store).unwrap_or(true) {
+        return true;
+    }
     let applied = shared
         .raft
         .metrics()
