@@ -73,6 +73,43 @@ pub const CONTENT_TYPE: &str = "application/cbor";
 /// ledger records a peer sends.
 pub const MAX_REPLY: usize = 128 << 20;
 
+/// The length a definite-length CBOR array's head declares.
+pub fn array_len(b: &[u8]) -> Option<u64> {
+    let first = *b.first()?;
+    if first >> 5 != 4 {
+        return None;
+    }
+    let be = |k: usize| {
+        b.get(1..1 + k)
+            .map(|s| s.iter().fold(0u64, |n, &x| n << 8 | u64::from(x)))
+    };
+    match first & 0x1f {
+        n @ 0..=23 => Some(n.into()),
+        24 => be(1),
+        25 => be(2),
+        26 => be(4),
+        27 => be(8),
+        _ => None,
+    }
+}
+
+/// What a peer's reply may hold: at most `bytes`, and, if `items` is set, a
+/// list of at most that many items.
+#[derive(Clone, Copy, Debug)]
+pub struct Bound {
+    pub bytes: usize,
+    pub items: Option<u64>,
+}
+
+impl Default for Bound {
+    fn default() -> Bound {
+        Bound {
+            bytes: MAX_REPLY,
+            items: None,
+        }
+    }
+}
+
 /// The Raft id of a node: the first 8 bytes of its key fingerprint.
 pub fn raft_id(node: &Hash) -> u64 {
     u64::from_be_bytes(node[..8].try_into().expect("8 bytes"))
@@ -253,6 +290,22 @@ impl Peers {
         req: &Req,
         timeout: Duration,
     ) -> Result<Resp, PeerError> {
+        self.call_bounded(node, addr, path, req, timeout, Bound::default())
+            .await
+    }
+
+    /// [`Peers::call`] for a reply within `bound`, checked before it is
+    /// decoded: a long list of tiny items decodes to many times its size.
+    pub async fn call_bounded<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        node: Option<u64>,
+        addr: &str,
+        path: &'static str,
+        req: &Req,
+        timeout: Duration,
+        bound: Bound,
+    ) -> Result<Resp, PeerError> {
+        let max = bound.bytes;
         let t0 = std::time::Instant::now();
         let mut body = Vec::new();
         ciborium::into_writer(req, &mut body).map_err(|e| PeerError::Protocol(e.to_string()))?;
@@ -279,14 +332,13 @@ impl Peers {
             }
         }
         let status = resp.status();
-        let too_large =
-            || PeerError::Protocol(format!("{addr}{path}: reply over {MAX_REPLY} bytes"));
-        if resp.content_length().is_some_and(|n| n > MAX_REPLY as u64) {
+        let too_large = || PeerError::Protocol(format!("{addr}{path}: reply over {max} bytes"));
+        if resp.content_length().is_some_and(|n| n > max as u64) {
             return Err(too_large());
         }
         let mut bytes = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(|e| failed(addr, e))? {
-            if bytes.len() + chunk.len() > MAX_REPLY {
+            if bytes.len() + chunk.len() > max {
                 return Err(too_large());
             }
             bytes.extend_from_slice(&chunk);
@@ -296,6 +348,13 @@ impl Peers {
                 "{addr}{path}: HTTP {status}: {}",
                 String::from_utf8_lossy(&bytes[..bytes.len().min(300)])
             )));
+        }
+        if let Some(items) = bound.items {
+            if array_len(&bytes).is_none_or(|n| n > items) {
+                return Err(PeerError::Protocol(format!(
+                    "{addr}{path}: reply is not a list of at most {items} items"
+                )));
+            }
         }
         let reply = ciborium::from_reader(&bytes[..])
             .map_err(|e| PeerError::Protocol(format!("{addr}{path}: bad reply: {e}")));
@@ -377,5 +436,27 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
         self.rpc(path::VOTE, &rpc, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_bytes::ByteBuf;
+
+    #[test]
+    fn array_heads_give_their_declared_length() {
+        let enc = |n: usize| {
+            let mut out = Vec::new();
+            ciborium::into_writer(&vec![ByteBuf::from(vec![1u8]); n], &mut out).unwrap();
+            out
+        };
+        for n in [0, 23, 24, 255, 256, 70_000] {
+            assert_eq!(array_len(&enc(n)), Some(n as u64));
+        }
+        assert_eq!(array_len(&[0x9f, 0xff]), None, "indefinite length");
+        assert_eq!(array_len(&[0xa0]), None, "a map");
+        assert_eq!(array_len(&[0x9a, 0, 1]), None, "cut short");
+        assert_eq!(array_len(&[]), None);
     }
 }

@@ -42,6 +42,12 @@ const META_INSTALLING: &str = "raft_installing";
 pub const LEDGER_PAGE_RECORDS: u64 = 1024;
 /// A peer stops adding ledger records to a reply once it holds this many bytes.
 pub const LEDGER_PAGE_BYTES: usize = 4 << 20;
+/// The most a page of ledger records may be: its last record may pass
+/// [`LEDGER_PAGE_BYTES`] by a whole record.
+const LEDGER_PAGE: crate::network::Bound = crate::network::Bound {
+    bytes: LEDGER_PAGE_BYTES + comity_store::segments::MAX_RECORD_LEN as usize + (64 << 10),
+    items: Some(LEDGER_PAGE_RECORDS),
+};
 
 /// The peer client, set once the node has built it (after the state machine).
 pub type PeerSlot = Arc<OnceLock<Peers>>;
@@ -350,12 +356,13 @@ impl StateMachine {
                     }
                     match peers
                         // Any trusted node may serve records: replay checks them.
-                        .call::<_, Vec<serde_bytes::ByteBuf>>(
+                        .call_bounded::<_, Vec<serde_bytes::ByteBuf>>(
                             None,
                             addr,
                             path::LEDGER,
                             &req,
                             left.min(Duration::from_secs(30)),
+                            LEDGER_PAGE,
                         )
                         .await
                     {

@@ -15,7 +15,9 @@ use axum::routing::post;
 use axum::{Extension, Router};
 use comity_apps::command::MAX_ENTRY_TXS;
 use comity_apps::query;
-use comity_consensus::network::{path, raft_id, FinalCheckpoint, LedgerRequest, CONTENT_TYPE};
+use comity_consensus::network::{
+    array_len, path, raft_id, FinalCheckpoint, LedgerRequest, CONTENT_TYPE,
+};
 use comity_consensus::state_machine::{LEDGER_PAGE_BYTES, LEDGER_PAGE_RECORDS};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -301,26 +303,6 @@ async fn submit(State(shared): S, ApiBody(body): ApiBody) -> ApiResult<Response>
     Ok(reply(&out))
 }
 
-/// The length a definite-length CBOR array's head declares.
-fn array_len(b: &[u8]) -> Option<u64> {
-    let first = *b.first()?;
-    if first >> 5 != 4 {
-        return None;
-    }
-    let be = |k: usize| {
-        b.get(1..1 + k)
-            .map(|s| s.iter().fold(0u64, |n, &x| n << 8 | u64::from(x)))
-    };
-    match first & 0x1f {
-        n @ 0..=23 => Some(n.into()),
-        24 => be(1),
-        25 => be(2),
-        26 => be(4),
-        27 => be(8),
-        _ => None,
-    }
-}
-
 /// Queues one checked forwarded transaction: what to wait on, or the answer now.
 fn queue_forwarded(
     shared: &Shared,
@@ -405,22 +387,6 @@ pub async fn linearize(shared: &Shared) -> ApiResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn array_heads_give_their_declared_length() {
-        let enc = |n: usize| {
-            let mut out = Vec::new();
-            ciborium::into_writer(&vec![ByteBuf::from(vec![1u8]); n], &mut out).unwrap();
-            out
-        };
-        for n in [0, 23, 24, 255, 256, 70_000] {
-            assert_eq!(array_len(&enc(n)), Some(n as u64));
-        }
-        assert_eq!(array_len(&[0x9f, 0xff]), None, "indefinite length");
-        assert_eq!(array_len(&[0xa0]), None, "a map");
-        assert_eq!(array_len(&[0x9a, 0, 1]), None, "cut short");
-        assert_eq!(array_len(&[]), None);
-    }
 
     #[test]
     fn a_raft_message_must_come_from_the_node_it_names() {

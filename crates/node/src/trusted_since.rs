@@ -15,7 +15,7 @@
 //! it was trusted by the network at some point since this node's state.
 
 use crate::Shared;
-use comity_consensus::network::{path, FinalCheckpoint};
+use comity_consensus::network::{path, Bound, FinalCheckpoint};
 use comity_core::network::NodeSet;
 use comity_core::receipt::{node_set_since, verify_checkpoint_by};
 use comity_core::Hash;
@@ -29,6 +29,13 @@ use tokio::sync::Notify;
 const GAP: Duration = Duration::from_secs(5);
 /// How long one peer has to answer.
 const TIMEOUT: Duration = Duration::from_secs(5);
+/// The most an answer may be (its node-set chain holds a few KiB per
+/// change): far less than any reply may, as a list of tiny items decodes to
+/// many times its size.
+const ANSWER: Bound = Bound {
+    bytes: 16 << 20,
+    items: None,
+};
 
 /// A node set learned from a verified checkpoint ahead of this node's state.
 #[derive(Default)]
@@ -151,7 +158,14 @@ async fn ask_peers(shared: &Arc<Shared>, since: &TrustedSince) {
     for (id, addr) in peers {
         let answer = shared
             .peers
-            .call::<_, Option<FinalCheckpoint>>(Some(id), &addr, path::CHECKPOINT, &(), TIMEOUT)
+            .call_bounded::<_, Option<FinalCheckpoint>>(
+                Some(id),
+                &addr,
+                path::CHECKPOINT,
+                &(),
+                TIMEOUT,
+                ANSWER,
+            )
             .await;
         let cp = match answer {
             Ok(Some(cp)) => cp,
