@@ -56,13 +56,24 @@ pub struct Slot {
 }
 
 impl ConnGate {
-    /// Caps of `places` connections in all, `max_per_ip` from one address;
-    /// a quarter of the places (at most 64) are the nodes' reserve.
+    /// Caps of `places` connections in all, `max_per_ip` from one address
+    /// but never more than a quarter of the ordinary places (else a few
+    /// addresses could take them all); a quarter of the places (at most 64)
+    /// are the nodes' reserve.
     pub fn new(places: usize, max_per_ip: usize) -> ConnGate {
         let reserve = (places / 4).min(64);
+        let max = places - reserve;
+        let per_ip = max_per_ip.min((max / 4).max(1));
+        if per_ip < max_per_ip {
+            tracing::warn!(
+                max_connections_per_ip = max_per_ip,
+                in_force = per_ip,
+                "max_connections_per_ip is over a quarter of the connection places (max_connections, or what the open-file limit leaves): a quarter applies"
+            );
+        }
         ConnGate {
-            max: places - reserve,
-            max_per_ip,
+            max,
+            max_per_ip: per_ip,
             reserve,
             counts: Arc::default(),
         }
@@ -159,7 +170,10 @@ mod tests {
 
     #[test]
     fn past_a_cap_connections_go_on_probation_into_the_reserve() {
-        let gate = ConnGate::new(8, 4); // 6 ordinary places, 2 in reserve
+        let gate = ConnGate {
+            reserve: 2,
+            ..gate(6, 4)
+        };
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
         let from_a: Vec<Slot> = (0..4).map(|_| gate.admit(a).unwrap()).collect();
         assert!(from_a.iter().all(|s| s.probation.is_none()));
@@ -172,6 +186,14 @@ mod tests {
         assert_eq!(gate.admit(b).err(), Some(Refusal::Full), "reserve full");
         drop(a5);
         assert_eq!(gate.admit(b).unwrap().probation, Some(Refusal::Full));
+    }
+
+    #[test]
+    fn one_address_never_gets_over_a_quarter_of_the_places() {
+        let per_ip = |places, cfg| ConnGate::new(places, cfg).max_per_ip;
+        assert_eq!(per_ip(100_000, 1024), 1024);
+        assert_eq!(per_ip(512, 1024), (512 - 64) / 4);
+        assert_eq!(per_ip(8, 4), 1);
     }
 
     #[test]

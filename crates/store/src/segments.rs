@@ -87,6 +87,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// Magic bytes that start every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"CMTYSEG1";
@@ -195,8 +196,9 @@ pub struct OpenReport {
 struct Segment {
     first_index: u64,
     path: PathBuf,
-    /// Read handle (positional reads only).
-    file: File,
+    /// Read handle (positional reads only) of the last segment; older ones
+    /// are opened as read (see [`LedgerFiles::sealed`]).
+    file: Option<File>,
     /// Byte offset of every record in the file.
     offsets: Vec<u64>,
     /// Byte offset just past the last record (where the trailer starts if
@@ -227,7 +229,14 @@ pub struct LedgerFiles {
     dir_dirty: bool,
     /// A write failed; all further mutation is refused.
     poisoned: bool,
+    /// Read handles of older segments, most recently used first, at most
+    /// [`OPEN_SEALED`]: the ledger grows for ever, and the node shares its
+    /// open-file limit with client connections.
+    sealed: Mutex<Vec<(u64, Arc<File>)>>,
 }
+
+/// Read handles of sealed segments kept open at most.
+const OPEN_SEALED: usize = 16;
 
 /// File name of the segment whose first record has index `first_index`.
 pub fn segment_file_name(first_index: u64) -> String {
@@ -557,7 +566,7 @@ fn scan_segment<E: Into<BoxError>>(
         seg: Segment {
             first_index: first,
             path: path.to_path_buf(),
-            file,
+            file: Some(file),
             offsets,
             data_end: off,
             sealed,
@@ -629,6 +638,10 @@ impl LedgerFiles {
                 }
             }
         }
+        let older = segments.len().saturating_sub(1);
+        for s in &mut segments[..older] {
+            s.file = None;
+        }
         if next_index < durable_len {
             return Err(SegmentError::MissingRecords {
                 dir: dir.to_path_buf(),
@@ -660,6 +673,7 @@ impl LedgerFiles {
                 len: next_index,
                 dir_dirty: false,
                 poisoned: false,
+                sealed: Mutex::default(),
             },
             report,
         ))
@@ -742,10 +756,13 @@ impl LedgerFiles {
         let read = file.try_clone().map_err(io_err(&path))?;
         let mut w = BufWriter::with_capacity(WRITE_BUFFER, file);
         w.write_all(&header_bytes(first)).map_err(io_err(&path))?;
+        if let Some(prev) = self.segments.last_mut() {
+            prev.file = None;
+        }
         self.segments.push(Segment {
             first_index: first,
             path,
-            file: read,
+            file: Some(read),
             offsets: Vec::new(),
             data_end: HEADER_LEN,
             sealed: false,
@@ -800,7 +817,7 @@ impl LedgerFiles {
                 return Ok(None);
             };
             w.flush().map_err(io_err(&seg.path))?;
-            let file = seg.file.try_clone().map_err(io_err(&seg.path))?;
+            let file = this.with_file(this.segments.len() - 1, File::try_clone)?;
             Ok(Some((file, seg.path.clone())))
         })
     }
@@ -866,9 +883,7 @@ impl LedgerFiles {
         let split = end.min(flushed_end).max(start);
         let from_file = (split - start) as usize;
         if from_file > 0 {
-            seg.file
-                .read_exact_at(&mut out[..from_file], start)
-                .map_err(io_err(&seg.path))?;
+            self.with_file(si, |f| f.read_exact_at(&mut out[..from_file], start))?;
         }
         if end > split {
             let from = (split - flushed_end) as usize;
@@ -876,6 +891,29 @@ impl LedgerFiles {
             out[from_file..].copy_from_slice(&buffered[from..from + n]);
         }
         Ok(out)
+    }
+
+    /// Runs `f` on a read handle of segment `si`.
+    fn with_file<T>(
+        &self,
+        si: usize,
+        f: impl FnOnce(&File) -> io::Result<T>,
+    ) -> Result<T, SegmentError> {
+        let seg = &self.segments[si];
+        if let Some(file) = &seg.file {
+            return f(file).map_err(io_err(&seg.path));
+        }
+        let file = {
+            let mut open = self.sealed.lock().unwrap_or_else(|e| e.into_inner());
+            let file = match open.iter().position(|(first, _)| *first == seg.first_index) {
+                Some(i) => open.remove(i).1,
+                None => Arc::new(File::open(&seg.path).map_err(io_err(&seg.path))?),
+            };
+            open.insert(0, (seg.first_index, file.clone()));
+            open.truncate(OPEN_SEALED);
+            file
+        };
+        f(&file).map_err(io_err(&seg.path))
     }
 
     /// Drops every record with index `>= len`, removing whole later segment
@@ -902,6 +940,12 @@ impl LedgerFiles {
         }
         // Remove whole segments from the end so that the remaining files
         // always form a contiguous prefix.
+        // A handle kept open could outlive its file, and a file of the same
+        // name made later would be read through it.
+        self.sealed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         let mut removed = false;
         while self.segments.last().is_some_and(|s| s.first_index >= len) {
             let seg = self.segments.pop().expect("checked non-empty");
@@ -914,6 +958,9 @@ impl LedgerFiles {
             self.dir_dirty = false;
         }
         if let Some(seg) = self.segments.last_mut() {
+            if seg.file.is_none() {
+                seg.file = Some(File::open(&seg.path).map_err(io_err(&seg.path))?);
+            }
             let keep = len - seg.first_index;
             if keep < seg.count() {
                 let new_end = seg.offsets[keep as usize];
@@ -928,10 +975,10 @@ impl LedgerFiles {
                 seg.data_end = new_end;
                 seg.sealed = false;
                 let mut acc = 0u32;
+                let file = seg.file.as_ref().expect("opened above");
                 for &o in &seg.offsets {
                     let mut crc = [0u8; 4];
-                    seg.file
-                        .read_exact_at(&mut crc, o + 4)
+                    file.read_exact_at(&mut crc, o + 4)
                         .map_err(io_err(&seg.path))?;
                     acc = crc32c::crc32c_append(acc, &crc);
                 }
@@ -1160,6 +1207,47 @@ mod tests {
         assert_eq!(seen, all);
         assert_eq!(l.len(), 50);
         for (i, p) in all.iter().enumerate() {
+            assert_eq!(&l.read(i as u64).unwrap(), p);
+        }
+    }
+
+    /// Files of `dir` this process holds open.
+    fn open_in(dir: &Path) -> usize {
+        fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+            .filter(|t| t.starts_with(dir))
+            .count()
+    }
+
+    /// A ledger grows for ever; the files it holds open must not.
+    #[test]
+    fn open_files_stay_bounded_as_segments_accumulate() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ledger");
+        let (mut l, _, _) = open_collect(&dir, 0, 100).unwrap();
+        let all: Vec<_> = (0..200).map(payload).collect();
+        for p in &all {
+            l.append(p).unwrap();
+        }
+        l.sync().unwrap();
+        assert!(l.segment_count() > 3 * OPEN_SEALED, "{}", l.segment_count());
+        for round in 0..2 {
+            for (i, p) in all.iter().enumerate() {
+                assert_eq!(&l.read(i as u64).unwrap(), p, "round {round}");
+            }
+            assert!(open_in(&dir) <= OPEN_SEALED + 2, "{} open", open_in(&dir));
+        }
+        drop(l);
+        let (l, _, seen) = open_collect(&dir, 200, 100).unwrap();
+        assert_eq!(seen, all);
+        assert!(open_in(&dir) <= 2, "{} open after opening", open_in(&dir));
+        // Cut back into a sealed segment: it is the last one, and written to.
+        let mut l = l;
+        l.truncate(30).unwrap();
+        l.append(b"after the cut").unwrap();
+        assert_eq!(l.read(30).unwrap(), b"after the cut");
+        for (i, p) in all.iter().take(30).enumerate() {
             assert_eq!(&l.read(i as u64).unwrap(), p);
         }
     }
