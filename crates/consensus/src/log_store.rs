@@ -163,6 +163,11 @@ impl PurgeFloor {
         PurgeFloor(Arc::new(tokio::sync::watch::Sender::new(durable)))
     }
 
+    /// How far everything is durable.
+    pub fn get(&self) -> u64 {
+        *self.0.borrow()
+    }
+
     /// Records that everything up to `index` is durable.
     pub fn raise(&self, index: u64) {
         self.0.send_if_modified(|v| {
@@ -395,9 +400,23 @@ impl LogStore {
         Ok(store)
     }
 
-    /// Makes purges wait for `floor` (see [`PurgeFloor`]); set once.
-    pub fn guard_purges(&self, floor: PurgeFloor) {
+    /// Makes purges wait for `floor` (see [`PurgeFloor`]); set once. Refuses
+    /// a floor below what the log has purged already: the state it stands
+    /// for went back past entries only it held (a damaged database journal
+    /// losing durable writes, or an older copy restored), and Raft could
+    /// not re-apply them.
+    pub fn guard_purges(&self, floor: PurgeFloor) -> Result<(), String> {
+        let purged = self.inner.state.lock().expect("log lock").last_purged;
+        if let Some(p) = purged.filter(|p| p.index > floor.get()) {
+            return Err(format!(
+                "the state is durable only up to Raft log entry {}, but the Raft log in {} was purged up to entry {} after the state reached it: the state went back (a damaged database journal, or a state directory older than the Raft log)",
+                floor.get(),
+                self.inner.dir.display(),
+                p.index
+            ));
+        }
         let _ = self.inner.floor.set(floor);
+        Ok(())
     }
 
     /// Deletes the oldest closed segments whose entries are all purged. Only
@@ -957,7 +976,7 @@ mod tests {
     /// openraft asks for a purge as soon as it hands a snapshot over; the
     /// purge waits until the state machine says that point is durable.
     #[test]
-    fn a_purge_waits_for_its_floor() {
+    fn a_purge_waits_for_its_floor_and_a_floor_below_it_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         rt().block_on(async {
             let mut s = LogStore::open_with(dir.path(), 4096).unwrap();
@@ -965,7 +984,7 @@ mod tests {
                 .await
                 .unwrap();
             let floor = PurgeFloor::new(10);
-            s.guard_purges(floor.clone());
+            s.guard_purges(floor.clone()).unwrap();
             let mut p = s.clone();
             let purge = tokio::spawn(async move { p.purge(log_id(1, 30)).await.unwrap() });
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -975,6 +994,15 @@ mod tests {
             purge.await.unwrap();
             assert_eq!(indexes(&mut s).await.first(), Some(&31));
         });
+        // State that went back past the purge cannot be rebuilt from the
+        // log: the node is refused, not left to fail later.
+        let s = LogStore::open_with(dir.path(), 4096).unwrap();
+        let e = s.guard_purges(PurgeFloor::new(29)).unwrap_err();
+        assert!(
+            e.contains("purged up to entry 30") && e.contains("went back"),
+            "{e}"
+        );
+        s.guard_purges(PurgeFloor::new(30)).unwrap();
     }
 
     #[test]

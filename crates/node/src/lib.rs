@@ -187,7 +187,12 @@ impl Node {
             Arc::new(move |id: &Hash| pv.take_verified(id)),
             peer_slot.clone(),
         )?;
-        log.guard_purges(sm.purge_floor());
+        log.guard_purges(sm.purge_floor()).map_err(|e| {
+            anyhow::anyhow!(
+                "{e}; restore this node's data directory {} from a healthy node's copy (docs/operations.md, Backup)",
+                cfg.data_dir.display()
+            )
+        })?;
         let view = sm.view();
         let recovery = match &cfg.recovery {
             Some(p) => {

@@ -992,6 +992,12 @@ impl LedgerFiles {
         Ok(())
     }
 
+    /// Refuses every further mutation, after a failure outside (a sync of
+    /// the file [`LedgerFiles::flush_for_sync`] handed out).
+    pub fn poison(&mut self) {
+        self.poisoned = true;
+    }
+
     /// Runs a mutation, refusing it if the ledger is poisoned and poisoning
     /// it if the mutation fails.
     fn guarded<T>(

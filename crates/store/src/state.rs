@@ -682,8 +682,12 @@ impl Inner {
         // after a power loss that keeps this write's journal entry.
         let active = self.ledger.write().expect("ledger lock").flush_for_sync()?;
         if let Some((file, path)) = active {
-            file.sync_data()
-                .map_err(|source| SegmentError::Io { path, source })?;
+            if let Err(source) = file.sync_data() {
+                // Linux reports a failed writeback once: a retry would
+                // succeed over data that never reached the disk.
+                self.ledger.write().expect("ledger lock").poison();
+                return Err(SegmentError::Io { path, source }.into());
+            }
         }
         let mut batch = self.db.batch();
         layers::write(&mut batch, &self.keyspaces, &layers[..n]);
@@ -1005,6 +1009,7 @@ impl WriteBatch<'_> {
         update: StateTreeUpdate,
         proved: Option<Version>,
     ) -> Result<Hash, StoreError> {
+        self.touched.set(true);
         let version = update.version;
         for (k, n) in update.nodes {
             self.set(Table::JmtNodes, k, Some(n));
