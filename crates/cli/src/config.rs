@@ -272,7 +272,7 @@ impl Config {
 
     /// Signs with `key` as `--identity`, or as the identity whose first key it is.
     pub fn key_signer(&self, key: &Path, network_id: Hash) -> anyhow::Result<Signer> {
-        let mut s = Signer::from_pem_file(key, network_id)?;
+        let mut s = load_signer(key, network_id)?;
         if let Some(id) = self.identity {
             s.id = id;
         }
@@ -290,8 +290,19 @@ impl Config {
                 ClientJson::path(&self.data).display()
             )
         })?;
-        Ok(Signer::from_pem_file(key, network_id)?)
+        load_signer(key, network_id)
     }
+}
+
+/// The signer of key file `key`, with a warning if others may read it.
+fn load_signer(key: &Path, network_id: Hash) -> anyhow::Result<Signer> {
+    if let Some(mode) = comity_node::key_file::exposed_mode(key) {
+        eprintln!(
+            "warning: {} is readable by others than its owner (mode {mode:o}); chmod 600 it",
+            key.display()
+        );
+    }
+    Ok(Signer::from_pem_file(key, network_id)?)
 }
 
 /// Paths in client.json: absolute; or relative to the data directory if

@@ -38,6 +38,13 @@ impl Client {
         identity: Option<(&[u8], &[u8])>,
     ) -> Result<Client, ClientError> {
         let base = parse_base(url)?;
+        // Over plain HTTP the CA would check nothing, and signed
+        // transactions and answers would travel unprotected.
+        if base.scheme() != "https" {
+            return Err(ClientError::Config(format!(
+                "node URL {url:?} must be https:// (a CA certificate is checked only over TLS)"
+            )));
+        }
         let cas = reqwest::Certificate::from_pem_bundle(ca_pem)
             .map_err(|e| ClientError::Config(format!("CA certificate: {e}")))?;
         if cas.is_empty() {
@@ -48,6 +55,7 @@ impl Client {
         let mut b = reqwest::Client::builder()
             .use_rustls_tls()
             .tls_built_in_root_certs(false)
+            .https_only(true)
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(120))
             .tcp_nodelay(true)
@@ -593,6 +601,13 @@ mod tests {
             Client::new("https://127.0.0.1:1", b"nothing here", None),
             Err(ClientError::Config(_))
         ));
+        let ca = rcgen::generate_simple_self_signed(vec!["localhost".into()])
+            .unwrap()
+            .cert
+            .pem();
+        assert!(Client::new("https://127.0.0.1:1", ca.as_bytes(), None).is_ok());
+        let e = Client::new("http://127.0.0.1:1", ca.as_bytes(), None).unwrap_err();
+        assert!(e.to_string().contains("must be https://"), "{e}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod fd_budget;
 pub mod gov_api;
 pub mod ingress;
 pub mod join;
+pub mod key_file;
 pub mod notary_api;
 mod owed;
 pub mod peer_api;
@@ -113,7 +114,7 @@ impl Node {
         cfg: NodeConfig,
         metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     ) -> anyhow::Result<Node> {
-        let key_pem = std::fs::read_to_string(&cfg.node_key)
+        let key_pem = String::from_utf8(key_file::read_private(&cfg.node_key)?)
             .map_err(|e| anyhow::anyhow!("{}: {e}", cfg.node_key.display()))?;
         let node_key = SigningKey::from_pkcs8_pem(&key_pem)
             .map_err(|e| anyhow::anyhow!("{}: {e}", cfg.node_key.display()))?;
@@ -121,8 +122,7 @@ impl Node {
         let node_id = raft_id(&node_identity);
         let tls_cert = std::fs::read(&cfg.tls_cert)
             .map_err(|e| anyhow::anyhow!("{}: {e}", cfg.tls_cert.display()))?;
-        let tls_key = std::fs::read(&cfg.tls_key)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", cfg.tls_key.display()))?;
+        let tls_key = key_file::read_private(&cfg.tls_key)?;
         tls::check_node_cert(&tls_cert, &node_identity)
             .map_err(|e| anyhow::anyhow!("{}: {e}", cfg.tls_cert.display()))?;
         let genesis = match &cfg.genesis {
