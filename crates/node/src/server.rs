@@ -3,7 +3,7 @@
 //! and so connections past the caps of [`ConnGate`] are closed at once.
 
 use crate::conn_gate::{ConnGate, Refusal};
-use crate::write_deadline::{WriteDeadline, WRITE_STALL};
+use crate::write_deadline::{WriteDeadline, MIN_RATE, WRITE_STALL};
 use crate::{api, tls, Shared};
 use axum::Extension;
 use hyper_util::rt::TokioIo;
@@ -61,7 +61,7 @@ pub async fn serve(
                 } else {
                     HANDSHAKE
                 };
-                let tcp = WriteDeadline::new(tcp, WRITE_STALL);
+                let tcp = WriteDeadline::new(tcp, WRITE_STALL, MIN_RATE);
                 let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
                     Ok(Ok(s)) => s,
                     failed => {
