@@ -410,8 +410,9 @@ impl Store {
         if let Some(e) = tree_err {
             return Err(e.into());
         }
-        // Checked before the unsynced tail is cut: a state database from
-        // another ledger is refused with the ledger files untouched.
+        // Checked before the intact records past the recorded length are
+        // cut: a state database from another ledger is refused with those
+        // kept (a damaged tail past that length was cut on opening).
         let root = tree.root();
         if durable_len > 0 && Some(root) != durable_root {
             return Err(StoreError::Mismatch {
