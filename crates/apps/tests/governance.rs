@@ -445,6 +445,33 @@ fn authorization_membership_and_keys() {
         .unwrap();
     assert_eq!(ident.id(), fid);
     assert_eq!(ident.keys.len(), 2);
+    // A member's key is its vote: a majority without it cannot rotate it.
+    // The accepted proposal waits for the member, and fails if it refuses.
+    let rotate_gina = |k: &SigningKey| {
+        json!([{"action": "identity.rotate_key", "args": {
+            "id": hex::encode(gid), "key": hex::encode(k.public().to_spki_der())}}])
+    };
+    let taken = SigningKey::generate(Alg::EdDsa);
+    let waits = g.pass(rotate_gina(&taken));
+    assert_eq!(waits.state, ProposalState::Open, "waits for gina");
+    assert_eq!(g.vote(&gina, &waits.id.0, "reject"), "ok");
+    let failed = g.proposal(&waits.id.0);
+    assert_eq!(failed.state, ProposalState::Failed);
+    let why = failed.resolved.and_then(|r| r.reason).unwrap_or_default();
+    assert!(why.contains("the member whose key it rotates"), "{why}");
+    let gina_new = SigningKey::generate(Alg::EdDsa);
+    let agreed = g.pass(rotate_gina(&gina_new));
+    assert_eq!(g.vote(&gina, &agreed.id.0, "approve"), "ok");
+    assert_eq!(g.proposal(&agreed.id.0).state, ProposalState::Accepted);
+    assert_eq!(
+        registry::get(&g.store.read().unwrap(), &gid)
+            .unwrap()
+            .unwrap()
+            .keys
+            .len(),
+        2
+    );
+
     // A rotated key cannot become a node's key.
     let m0 = hex::encode(g.m[0].public().fingerprint());
     let p = g.pass(json!([{"action": "node.trust", "args": {

@@ -317,7 +317,17 @@ pub async fn run(g: &Global, cmd: GovCmd) -> anyhow::Result<()> {
             let net = cfg.network_id(&client).await?;
             let tx = signer(g, &cfg, net)?.gov_vote(&id, vote == VoteArg::Approve);
             submit(&client, &tx, "ballot").await?;
-            print_proposal(&client, &id).await
+            match print_proposal(&client, &id).await {
+                // A member's approval of its own key's rotation decides it:
+                // the key just voted with reads no more.
+                Err(e) if client_forbidden(&e) => {
+                    println!(
+                        "(the proposal cannot be read with this key any more: if it rotated this key, sign with the new one, with --identity)"
+                    );
+                    Ok(())
+                }
+                r => r,
+            }
         }
         GovCmd::Withdraw { proposal } => {
             let id = parse_hash(&proposal)?;
@@ -375,6 +385,13 @@ pub async fn run(g: &Global, cmd: GovCmd) -> anyhow::Result<()> {
 
 fn short(id: &str) -> &str {
     &id[..id.len().min(16)]
+}
+
+/// Whether `e` is the node's 403: the caller's key may not read.
+fn client_forbidden(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<comity_client::ClientError>()
+        .and_then(|c| c.status())
+        == Some(403)
 }
 
 async fn print_proposal(client: &Client, id: &Hash) -> anyhow::Result<()> {

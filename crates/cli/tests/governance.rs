@@ -368,7 +368,31 @@ async fn governance_over_http() {
         )
         .await;
     assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
-    approve(&g.net, &proposal_id(&out.stdout), &key1).await;
+    // A majority is not enough for a member's key: its vote goes with it.
+    let pid = proposal_id(&out.stdout);
+    let args = [
+        "gov",
+        "vote",
+        &pid,
+        "approve",
+        "--key",
+        key1.to_str().unwrap(),
+    ];
+    let out = g.net.cli(&args, t).await;
+    assert!(
+        out.stdout.contains("state:       open"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    let args = ["gov", "vote", &pid, "approve", "--key", dana_key];
+    let out = g.net.cli(&args, t).await;
+    assert!(
+        out.status.success() && out.stdout.contains("cannot be read with this key any more"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
     let put = ["kv", "put", "rotated", "yes"];
     let out = g
         .net

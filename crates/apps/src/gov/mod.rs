@@ -300,18 +300,25 @@ fn resolve(
         approvals: &approvals,
         rejections: &rejections,
     });
-    // A node counts for its operator in every quorum: no vote of others may
-    // give a member a node it did not approve. An accepted proposal waits
-    // for the operators' approval, and fails if one refused or cannot vote.
-    let unapproved: Vec<Hash> = p
-        .actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::NodeTrust(n) if !approvals.contains(&n.member.0) => Some(n.member.0),
+    // A node counts for its operator in every quorum, and a member's key
+    // is its vote: no vote of others may give a member a node, or take its
+    // key, without its approval. An accepted proposal waits for the
+    // approval of each member concerned, and fails if one refused or
+    // cannot vote.
+    let mut unapproved: Vec<(Hash, &str)> = Vec::new();
+    for a in &p.actions {
+        let concerned = match a {
+            Action::NodeTrust(n) => Some((n.member.0, "the operating member of a node to trust")),
+            Action::RotateKey(r)
+                if registry::get(&*batch, &r.id.0)?.is_some_and(|i| i.role == Role::Member) =>
+            {
+                Some((r.id.0, "the member whose key it rotates"))
+            }
             _ => None,
-        })
-        .collect();
-    let mut refusal = unapproved.iter().find_map(|m| {
+        };
+        unapproved.extend(concerned.filter(|(m, _)| !approvals.contains(m)));
+    }
+    let mut refusal = unapproved.iter().find_map(|(m, who)| {
         let why = if rejections.contains(m) {
             "rejected it"
         } else if !active.contains(m) {
@@ -319,10 +326,7 @@ fn resolve(
         } else {
             return None;
         };
-        Some(format!(
-            "the operating member {} of a node to trust {why}",
-            hex::encode(m)
-        ))
+        Some(format!("{who} ({}) {why}", hex::encode(m)))
     });
     // A new constitution is judged under the one it replaces: once another
     // was adopted, an older proposal would undo it under the older rules.
