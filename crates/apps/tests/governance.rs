@@ -867,4 +867,8 @@ fn protocol_switches_need_every_member_and_can_be_cancelled() {
     assert_eq!(schedule(&g), vec![(0, 1), (1_000_000, 2)]);
     assert_eq!(unanimous(&mut g, 1), ProposalState::Accepted, "cancelled");
     assert_eq!(schedule(&g), vec![(0, 1)]);
+    // Only the next version: one no build knows would stop every node.
+    assert_eq!(unanimous(&mut g, u64::MAX), ProposalState::Failed);
+    assert_eq!(unanimous(&mut g, 3), ProposalState::Failed);
+    assert_eq!(schedule(&g), vec![(0, 1)]);
 }

@@ -234,6 +234,13 @@ impl Action {
                 let (_, in_force) = *sched.last().expect("schedule starts at genesis");
                 if p.version < in_force {
                     Err(format!("protocol is already at version {in_force}"))
+                } else if p.version > in_force + 1 {
+                    // A version no build knows would stop every node at `at`.
+                    Err(format!(
+                        "a switch names the next version, {}, not {}",
+                        in_force + 1,
+                        p.version
+                    ))
                 } else if p.at <= index {
                     Err(format!("ledger position {} has already passed", p.at))
                 } else {
