@@ -39,8 +39,13 @@ impl Client {
     ) -> Result<Client, ClientError> {
         let base = parse_base(url)?;
         // Over plain HTTP the CA would check nothing, and signed
-        // transactions and answers would travel unprotected.
-        if base.scheme() != "https" {
+        // transactions and answers would cross the network unprotected;
+        // only this machine's loopback may go without TLS (a test double).
+        let loopback = base
+            .host_str()
+            .and_then(|h| h.trim_matches(['[', ']']).parse::<std::net::IpAddr>().ok())
+            .is_some_and(|a| a.is_loopback());
+        if base.scheme() != "https" && !loopback {
             return Err(ClientError::Config(format!(
                 "node URL {url:?} must be https:// (a CA certificate is checked only over TLS)"
             )));
@@ -55,7 +60,7 @@ impl Client {
         let mut b = reqwest::Client::builder()
             .use_rustls_tls()
             .tls_built_in_root_certs(false)
-            .https_only(true)
+            .https_only(!loopback)
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(120))
             .tcp_nodelay(true)
@@ -606,8 +611,11 @@ mod tests {
             .cert
             .pem();
         assert!(Client::new("https://127.0.0.1:1", ca.as_bytes(), None).is_ok());
-        let e = Client::new("http://127.0.0.1:1", ca.as_bytes(), None).unwrap_err();
+        let e = Client::new("http://10.0.0.1:1", ca.as_bytes(), None).unwrap_err();
         assert!(e.to_string().contains("must be https://"), "{e}");
+        let e = Client::new("http://node.example:1", ca.as_bytes(), None).unwrap_err();
+        assert!(e.to_string().contains("must be https://"), "{e}");
+        assert!(Client::new("http://127.0.0.1:1", ca.as_bytes(), None).is_ok());
     }
 
     #[test]
