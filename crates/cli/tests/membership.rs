@@ -216,6 +216,50 @@ async fn a_node_joins_by_vote_and_a_node_retires_by_vote() {
         pending["data"]["address"],
         format!("127.0.0.1:{}", c.base + new as u16)
     );
+    // A data directory that joined another network is refused before any
+    // request is sent (the same key, another network's join.json).
+    let other = c.tmp.path().join("joined-elsewhere");
+    let mut joined = comity_node::join::load(&c.node_dir(new).join("data"))
+        .unwrap()
+        .expect("join.json");
+    joined.network_id = [7; 32];
+    comity_node::join::save(&other.join("data"), &joined).unwrap();
+    let toml = other.join("node.toml");
+    let (key, cert) = (
+        c.node_dir(new).join("node.key.pem"),
+        c.node_dir(new).join("tls.pem"),
+    );
+    std::fs::write(
+        &toml,
+        format!(
+            "listen = \"127.0.0.1:1\"\ndata_dir = \"{}\"\nnode_key = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            other.join("data").display(),
+            key.display(),
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let url0 = c.url(0);
+    let args = [
+        "node",
+        "join",
+        "--network",
+        &url0,
+        "--config",
+        toml.to_str().unwrap(),
+    ];
+    let out = common::run_cli(&c.data, c.tmp.path(), &args, Duration::from_secs(60)).await;
+    assert!(
+        !out.status.success()
+            && out.stderr.contains(&format!(
+                "but this node joined network {}",
+                hex::encode([7u8; 32])
+            )),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
     let h: Health = client.health().await.expect("health");
     assert_eq!(h.join_requests, Some(1), "{h:?}");
     let status = c.cli(&["status"]).await;
