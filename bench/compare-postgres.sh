@@ -6,9 +6,10 @@
 # (id bigserial primary key, payload bytea), and pgbench with 64 clients each
 # inserting 256 random-ish bytes per transaction.
 # Comity: `comity bench --json` (64 clients, one kv.put per request, each
-# waiting for the durable acknowledgement) against a running local network;
-# if none answers, one is started with `target/release/comity up` in a temp
-# data dir and stopped afterwards.
+# waiting for the durable acknowledgement) against a one-node network
+# started with `target/release/comity up --nodes 1` in the work dir and
+# stopped afterwards, or, with COMITY_DATA, the one-node network already
+# running there.
 #
 # The two run in ROUNDS alternating rounds (PostgreSQL, Comity signing
 # inline, Comity presigned), each against the same server, so that a noisy

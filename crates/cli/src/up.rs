@@ -190,7 +190,8 @@ async fn supervise(l: &Layout, n: usize, fresh: bool) -> anyhow::Result<()> {
                     RESTART_WINDOW.as_secs() / 60,
                     log.display()
                 );
-                if exited.iter().filter(|e| e.is_some()).count() > n / 2 {
+                let running = exited.iter().filter(|e| e.is_none()).count();
+                if running < n / 2 + 1 {
                     eprintln!("too few nodes are left to commit anything: stopping the network");
                     lost_majority = true;
                     break 'run;

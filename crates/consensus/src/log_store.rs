@@ -133,9 +133,11 @@ struct State {
     seed: u32,
     /// Bytes of the current segment handed to the OS.
     len: u64,
-    /// Set by a failed write: the file may end in part of a record, and
-    /// `len` may count bytes not handed to the OS, so nothing more is
-    /// written, synced or marked (Raft stops; a restart reads what is there).
+    /// Set by a failed write or sync: the file may end in part of a
+    /// record, `len` may count bytes not handed to the OS, and Linux
+    /// reports a failed writeback once (a later sync would succeed over
+    /// lost data), so nothing more is written, synced or marked (Raft
+    /// stops; a restart reads what is there).
     failed: bool,
 }
 
@@ -516,6 +518,9 @@ fn flusher(inner: std::sync::Weak<Inner>, rx: mpsc::Receiver<LogFlushed<TypeConf
         let t0 = std::time::Instant::now();
         let res = usable.and_then(|()| file.sync_data());
         metrics::histogram!("comity_wal_sync_seconds").record(t0.elapsed().as_secs_f64());
+        if res.is_err() {
+            inner.state.lock().expect("log lock").failed = true;
+        }
         let res = res.and_then(|()| {
             // Marked before the acknowledgements, so that everything they
             // acknowledge has a mark after it once the node stops. A
@@ -806,6 +811,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .and_then(|()| st.writer.flush())
             .and_then(|()| st.writer.get_ref().sync_data());
         synced.map_err(|e| {
+            st.failed = true;
             err(WalError::Io {
                 path: st.current.path.clone(),
                 source: e,
@@ -898,10 +904,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             st.last_purged = Some(log_id);
             self.inner.write(&mut st, &[WalRecord::Purged(log_id)])?;
             // The purge mark must be durable before older segments disappear.
-            st.writer
-                .get_ref()
-                .sync_data()
-                .map_err(|e| storage_io(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+            if let Err(e) = st.writer.get_ref().sync_data() {
+                st.failed = true;
+                return Err(storage_io(ErrorSubject::Logs, ErrorVerb::Write, e));
+            }
         }
         self.delete_old_segments();
         Ok(())

@@ -637,9 +637,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 }
 
-/// Detaches a store from the Raft log it was applied from, so that a new
-/// Raft group (disaster recovery) starts from the store's ledger and state
-/// as they are, with an empty log.
 /// Whether a snapshot install is under way (or one a crash interrupted is
 /// to be resumed): the ledger then holds records fetched from peers that
 /// are checked against the snapshot only at its end.
@@ -647,6 +644,9 @@ pub fn installing(store: &Store) -> Result<bool, comity_store::StoreError> {
     Ok(store.read()?.meta_get(META_INSTALLING)?.is_some())
 }
 
+/// Detaches a store from the Raft log it was applied from, so that a new
+/// Raft group (disaster recovery) starts from the store's ledger and state
+/// as they are, with an empty log.
 pub fn forget_raft_log(store: &Store) -> Result<(), StorageError<u64>> {
     let txn = store.begin().map_err(write_err)?;
     {

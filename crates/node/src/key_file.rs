@@ -22,7 +22,7 @@ pub fn read_private(path: &Path) -> anyhow::Result<Vec<u8>> {
 pub fn exposed_mode(path: &Path) -> Option<u32> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
-    (mode & 0o077 != 0).then_some(mode)
+    (mode & 0o066 != 0).then_some(mode)
 }
 
 #[cfg(test)]
@@ -38,6 +38,7 @@ mod tests {
         for (mode, exposed) in [
             (0o600, None),
             (0o400, None),
+            (0o611, None),
             (0o644, Some(0o644)),
             (0o660, Some(0o660)),
         ] {
