@@ -216,8 +216,8 @@ async fn a_node_joins_by_vote_and_a_node_retires_by_vote() {
         pending["data"]["address"],
         format!("127.0.0.1:{}", c.base + new as u16)
     );
-    // A data directory that joined another network is refused before any
-    // request is sent (the same key, another network's join.json).
+    // A data directory that joined another network is refused, naming it
+    // (the same key, another network's join.json).
     let other = c.tmp.path().join("joined-elsewhere");
     let mut joined = comity_node::join::load(&c.node_dir(new).join("data"))
         .unwrap()
