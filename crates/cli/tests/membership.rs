@@ -672,6 +672,9 @@ async fn a_returning_node_follows_a_leader_trusted_while_it_was_down() {
     wait_pending(&client, &node_key(&c, new).fingerprint()).await;
     trust(&c, &client, new).await;
     wait_voters(&client, 4, "after trusting node3").await;
+    // node0 relays later, from what it holds when retired: a final
+    // checkpoint whose chain carries node3's trust, endorsed.
+    receipt_with_chain(&c, &client, "endorsed", 1).await;
     c.wait_healthy(new, LONG).await;
     let client = c.client_as(new, "member0");
     pass(
