@@ -62,7 +62,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Start a local network on this machine.
+    /// Start a local network on this machine (a node that crashes is
+    /// restarted; Ctrl-C stops them all).
     Up(up::UpArgs),
     /// Run one node.
     Node(node::NodeArgs),

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{free_ports, run_cli, serial, tail, BIN};
+use common::{free_ports, run_cli, serial, signal, tail, BIN};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -86,9 +86,7 @@ impl Up {
 
     /// Sends SIGINT (a terminal's Ctrl-C) and waits for `up` to exit.
     async fn interrupt(&mut self) -> ExitStatus {
-        let pid = libc::pid_t::try_from(self.pid()).unwrap();
-        // SAFETY: kill(2) only reads its two integer arguments.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+        signal(self.pid(), libc::SIGINT);
         let mut c = self.child.take().expect("up running");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -141,9 +139,14 @@ fn children(parent: u32) -> Vec<u32> {
     out
 }
 
-fn kill9(pid: u32) {
-    // SAFETY: kill(2) only reads its two integer arguments.
-    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+/// A scratch directory, and the data directory `up` makes in it.
+fn scratch_and_data() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::Builder::new()
+        .prefix("comity-up-")
+        .tempdir()
+        .unwrap();
+    let data = tmp.path().join("comity-data");
+    (tmp, data)
 }
 
 fn alive(pid: u32) -> bool {
@@ -156,12 +159,8 @@ fn alive(pid: u32) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_runs_three_nodes_restarts_a_crashed_one_and_stops_cleanly_on_ctrl_c() {
     let _serial = serial().await;
-    let tmp = tempfile::Builder::new()
-        .prefix("comity-up-")
-        .tempdir()
-        .unwrap();
+    let (tmp, data) = scratch_and_data();
     let scratch = tmp.path();
-    let data = scratch.join("comity-data");
     let base = free_ports(3);
     let cli =
         |args: &'static [&'static str]| run_cli(&data, scratch, args, Duration::from_secs(60));
@@ -194,7 +193,7 @@ async fn up_runs_three_nodes_restarts_a_crashed_one_and_stops_cleanly_on_ctrl_c(
     // A node crashes: `up` says so and starts it again, and it serves the
     // value written before (proved against the network identity).
     let (pid1, _) = nodes[1];
-    kill9(pid1);
+    signal(pid1, libc::SIGKILL);
     up.wait_for(
         false,
         "node1 exited (signal: 9 (SIGKILL)); restarting it",
@@ -263,18 +262,14 @@ async fn up_runs_three_nodes_restarts_a_crashed_one_and_stops_cleanly_on_ctrl_c(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_gives_up_on_nodes_that_keep_exiting_and_stops_without_a_majority() {
     let _serial = serial().await;
-    let tmp = tempfile::Builder::new()
-        .prefix("comity-up-")
-        .tempdir()
-        .unwrap();
+    let (tmp, data) = scratch_and_data();
     let scratch = tmp.path();
-    let data = scratch.join("comity-data");
     let mut up = Up::start(&data, scratch, free_ports(3), 1).await;
     let nodes = up.nodes();
     // Nodes 1 and 2 crash and cannot start again (their configuration is gone).
     for (pid, name) in nodes.iter().filter(|n| n.1 != "node0") {
         std::fs::write(data.join(name).join("node.toml"), "not a configuration").unwrap();
-        kill9(*pid);
+        signal(*pid, libc::SIGKILL);
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     let st = loop {

@@ -28,20 +28,25 @@ pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     LOCK.lock().await
 }
 
-/// A TCP port that was free a moment ago.
 /// Sends SIGTERM to process `pid` (a clean stop, as Ctrl-C or systemd would).
 pub fn sigterm(pid: u32) {
+    signal(pid, libc::SIGTERM);
+}
+
+/// Sends signal `sig` to process `pid`, which must exist.
+pub fn signal(pid: u32, sig: libc::c_int) {
     let pid = libc::pid_t::try_from(pid).expect("pid fits pid_t");
     // SAFETY: kill(2) only reads its two integer arguments.
-    let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+    let rc = unsafe { libc::kill(pid, sig) };
     assert_eq!(
         rc,
         0,
-        "SIGTERM to {pid}: {}",
+        "signal {sig} to {pid}: {}",
         std::io::Error::last_os_error()
     );
 }
 
+/// A TCP port that was free a moment ago.
 pub fn free_port() -> u16 {
     free_ports(1)
 }
